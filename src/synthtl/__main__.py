@@ -1,0 +1,3 @@
+from synthtl.cli import main
+
+raise SystemExit(main())

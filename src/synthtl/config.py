@@ -1,0 +1,287 @@
+"""Typed configs: defaults < YAML preset < `a.b=value` overrides.
+
+Every stage receives a frozen dataclass; OmegaConf stays inside this module. Unknown keys and values of the
+wrong type fail at load time with the full key named; value checks live in `__post_init__`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from synthtl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _choice(value: str, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fine-tuning
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # registered dataset (`synthtl datasets`), or "folder" / "csv"
+    root: str = ""  # where datasets live; "" = $SYNTHTL_DATA or ./data
+    download: bool = False  # let torchvision download into root (needs internet; not every dataset can)
+    train_dir: str = "train"  # "folder" datasets: class-per-folder train images, relative to root
+    test_dir: str = "test"  # "folder" datasets: class-per-folder test images, relative to root
+    train_csv: str = ""  # "csv" datasets: file with a `path,label` header; paths relative to root
+    test_csv: str = ""
+    shots: int = 0  # k training images per class (few-shot); 0 = the full train split
+    split_seed: int = -1  # seed of the few-shot and validation draws; -1 = the run seed
+    split_file: str = ""  # a train split file (`synthtl split`) to use instead of drawing one
+    val_fraction: float = 0.0  # stratified validation split carved from train, for model selection
+    hflip: bool = True  # random horizontal flip when training
+    crop_scale_min: float = 0.08  # RandomResizedCrop lower scale bound (torchvision's default)
+    on_bad_image: str = "error"  # "error": stop and name the file; "skip": drop it and count it in result.json
+    allow_overlap: bool = False  # train/test images with identical bytes are an error unless this is true
+    cache: bool = True  # train from a pre-resized JPEG copy of every image (built once, reused by every run)
+    cache_dir: str = ""  # "" = $SYNTHTL_CACHE or ~/.cache/synthtl
+    cache_short_side: int = 256  # short side of the cached copies (METHOD.md: training reads short side 256)
+    decode: str = "cpu"  # "cpu": PIL in loader workers; "device": batched JPEG decode + crop/flip on the device
+    num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
+
+    def __post_init__(self) -> None:
+        _choice(self.on_bad_image, "data.on_bad_image", ("error", "skip"))
+        _choice(self.decode, "data.decode", ("cpu", "device"))
+        _check(self.shots >= 0, f"data.shots={self.shots}: must be >= 0 (0 = full train split)")
+        _check(0.0 <= self.val_fraction < 1.0, f"data.val_fraction={self.val_fraction}: must be in [0, 1)")
+        _check(0.0 < self.crop_scale_min <= 1.0, f"data.crop_scale_min={self.crop_scale_min}: must be in (0, 1]")
+        _check(self.num_workers >= 0, f"data.num_workers={self.num_workers}: must be >= 0")
+        _check(self.cache_short_side >= 8, f"data.cache_short_side={self.cache_short_side}: must be >= 8")
+        _check(self.decode != "device" or self.cache, "data.decode=device reads the JPEG cache: set data.cache=true")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    path: str = ""  # a generated set (folder with manifest.jsonl) or class-per-folder images
+    per_class: int = 0  # use the first k images of each class (0 = all); one big set serves a volume study
+
+    def __post_init__(self) -> None:
+        _check(self.per_class >= 0, f"synthetic.per_class={self.per_class}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet18"  # a short name (`synthtl models`) or "timm:<name>" / "tv:<name>"
+    pretrained: bool = True  # ImageNet (or the name's) weights from the hub cache; false = random init
+    weights: str = ""  # local weights file (.safetensors/.pth/.bin) used instead of the hub
+    img_size: int = 0  # training/eval resolution; 0 = the weights' native size
+    channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model (CUDA)
+
+    def __post_init__(self) -> None:
+        _check(self.img_size >= 0, f"model.img_size={self.img_size}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = 10  # passes over the stage's training set
+    batch_size: int = 64
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
+    lr: float = 0.01  # peak learning rate
+    weight_decay: float = 1e-4  # METHOD.md: 1e-4 for SGD, 5e-2 for AdamW (ViTs)
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0  # linear warmup, then cosine to min_lr
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    mixup: bool = False  # Mixup/CutMix with the `mixup` section's settings; strategies switch it on where needed
+    clip_grad: float = 0.0  # max gradient norm; 0 = off
+    eval_every: int = 1  # evaluate the test split every n epochs (reporting only; never used for selection)
+
+    def __post_init__(self) -> None:
+        _choice(self.optimizer, "optimizer", ("sgd", "adamw"))
+        _check(self.epochs >= 0, f"epochs={self.epochs}: must be >= 0")
+        _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+        _check(self.lr > 0, f"lr={self.lr}: must be > 0")
+        _check(self.eval_every >= 1, f"eval_every={self.eval_every}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class MixupConfig:
+    alpha: float = 0.2  # METHOD.md: Mixup alpha 0.2 in stage 1 of bridged++
+    cutmix_alpha: float = 0.0  # > 0 also enables CutMix (switching with switch_prob)
+    prob: float = 1.0  # probability of mixing a batch
+    switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
+
+    def __post_init__(self) -> None:
+        _check(self.alpha > 0 or self.cutmix_alpha > 0, "mixup.alpha or mixup.cutmix_alpha must be > 0")
+
+
+@dataclass(frozen=True)
+class MixedConfig:
+    synthetic_fraction: float = -1.0  # -1: all real + all synthetic images; in (0,1): that share of every epoch
+
+    def __post_init__(self) -> None:
+        f = self.synthetic_fraction
+        _check(f == -1.0 or 0.0 < f < 1.0, f"mixed.synthetic_fraction={f}: -1 or a value in (0, 1)")
+
+
+@dataclass(frozen=True)
+class MatchedConfig:
+    pair_run: str = ""  # run folder of the bridged run to match (reads its result.json step count)
+    steps: int = 0  # explicit optimizer step count; 0 = from pair_run, else computed from this config
+
+
+@dataclass(frozen=True)
+class LeepConfig:
+    enabled: bool = True  # LEEP of the starting model (and of the stage-1 model) on the real train split
+    max_images: int = 0  # subsample the train split for LEEP (0 = all)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    strategy: str = "vanilla"  # `synthtl strategies` lists them
+    seed: int = 0
+    out_dir: str = "runs"  # run folders go under here
+    run_name: str = ""  # "" = <dataset>/<model>/<strategy>/<shots>/seed<seed>
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
+    select: str = "last"  # "last" epoch, or "val": best validation top-1 (needs data.val_fraction > 0)
+    checkpoint_every: int = 1  # write the resumable checkpoint every n epochs (and always at stage end)
+    tensorboard: bool = False  # also log to TensorBoard under the run folder (rank 0)
+    progress: bool = True  # progress bars
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synth_stage: StageConfig = field(default_factory=StageConfig)  # stage 1 on synthetic images (bridged*)
+    real_stage: StageConfig = field(default_factory=StageConfig)  # the stage on real images (every strategy)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    mixed: MixedConfig = field(default_factory=MixedConfig)
+    matched: MatchedConfig = field(default_factory=MatchedConfig)
+    leep: LeepConfig = field(default_factory=LeepConfig)
+
+    def __post_init__(self) -> None:
+        _choice(self.select, "select", ("last", "val"))
+        _check(self.select != "val" or self.data.val_fraction > 0,
+               "select=val needs a validation split: set data.val_fraction (e.g. 0.1)")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+def configs_dir() -> Path:
+    """The repository's `configs/` folder (editable install) or ./configs."""
+    here = Path(__file__).resolve().parents[2] / "configs"
+    return here if here.is_dir() else Path.cwd() / "configs"
+
+
+def find_preset(name: str) -> Path:
+    """A preset path: an existing file, or a name under configs/ (with or without .yaml)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for base in (Path.cwd() / "configs", configs_dir()):
+        for cand in (base / name, base / f"{name}.yaml"):
+            if cand.is_file():
+                return cand
+    raise ConfigError(f"config preset {name!r} not found (looked for the file and under {configs_dir()}); "
+                      "`synthtl presets` lists the shipped ones")
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """Loads a YAML preset; a `_base_: other.yaml` key (relative to the file) is merged underneath it."""
+    if path in seen:
+        raise ConfigError(f"preset {path} includes itself through _base_")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {path} must be a mapping of config keys")
+    base = raw.pop("_base_", None)
+    node = OmegaConf.create(raw)
+    if base:
+        parent = _load_yaml_chain((path.parent / base).resolve(), (*seen, path))
+        node = OmegaConf.merge(parent, node)
+    return node
+
+
+def load_config(schema: type[T], preset: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
+    """Builds a `schema` instance from its defaults, an optional YAML preset and `a.b=value` overrides.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or a value that fails its check; the message
+            names the full key.
+    """
+    overrides = list(overrides or [])
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key=value (e.g. real_stage.epochs=5)")
+    try:
+        node = OmegaConf.structured(schema)
+        if preset is not None:
+            node = OmegaConf.merge(node, _load_yaml_chain(find_preset(str(preset)).resolve()))
+        if overrides:
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist(overrides))
+        return OmegaConf.to_object(node)  # runs every __post_init__ check
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).split("\n")[0]
+        if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+            raise ConfigError(f"unknown config key {key!r}: {msg}. `synthtl <command> --show-config` prints "
+                              "every valid key") from None
+        raise ConfigError(f"bad value for {key!r}: {msg}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (what every run folder saves as config.yaml)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def from_dict(schema: type[T], data: dict) -> T:
+    """Rebuilds a config from a saved dict (e.g. a run's config.yaml), with the same checks as load_config."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"saved config does not match {schema.__name__}: {str(e).splitlines()[0]}") from None
+
+
+def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
+    """A short stable hash of a resolved config (used for run ids and to detect changed re-runs)."""
+    d = to_dict(cfg)
+    for key in exclude:
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def describe(schema: type) -> list[tuple[str, str, Any]]:
+    """(key, type, default) for every leaf field: what `--show-config` prints."""
+    out: list[tuple[str, str, Any]] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        inst = cls()
+        for f in fields(cls):
+            val = getattr(inst, f.name)
+            if is_dataclass(val):
+                walk(type(val), f"{prefix}{f.name}.")
+            else:
+                out.append((prefix + f.name, str(f.type), val))
+
+    walk(schema, "")
+    return out

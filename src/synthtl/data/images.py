@@ -1,0 +1,81 @@
+"""Decoding any image file into 8-bit RGB, with errors that name the file."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from synthtl.errors import BadImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer / float grayscale to 8-bit L, keeping the full dynamic range."""
+    arr = np.asarray(img).astype(np.float64)
+    peak = float(arr.max()) if arr.size else 0.0
+    if img.mode == "F":
+        scale = 255.0 if peak <= 1.0 else 1.0  # float images are usually in [0, 1]
+    elif peak <= 255:
+        scale = 1.0
+    elif peak <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / peak
+    return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (1, L, P, LA, RGBA, CMYK, YCbCr, I;16, I, F, ...) as RGB; transparency over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_bit_depth_to_l(img).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, data: bytes | None = None, min_short_side: int = 0) -> Image.Image:
+    """Opens and fully decodes an image (from `data` if given) as RGB.
+
+    With `min_short_side`, a large JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8) that keeps
+    its short side at least that long: much faster when the caller downsizes anyway.
+
+    Raises:
+        BadImageError: the file is missing, truncated, corrupt or not an image; the message names it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF/palette warnings are noise here; real failures raise
+            src = io.BytesIO(data) if data is not None else open(path, "rb")  # noqa: SIM115
+            with src, Image.open(src) as img:
+                if min_short_side and img.format == "JPEG":
+                    w, h = img.size
+                    k = min_short_side / min(w, h)
+                    if k < 0.5:
+                        img.draft("RGB", (int(w * k) + 1, int(h * k) + 1))
+                img.load()
+                return to_rgb(img)
+    except FileNotFoundError:
+        raise BadImageError(str(path), "file not found") from None
+    except UnidentifiedImageError:
+        raise BadImageError(str(path), "not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise BadImageError(str(path), f"too many pixels ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(str(path), f"corrupt or truncated ({e})") from None

@@ -1,0 +1,155 @@
+"""Torch datasets and loaders whose order and augmentation depend only on (seed, stage, epoch).
+
+That makes a resumed run see exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from synthtl.data.imagelist import ImageList
+from synthtl.data.images import load_rgb
+from synthtl.errors import BadImageError, DataError
+from synthtl.runtime import derive_seed
+
+
+class ImageDataset(Dataset):
+    """Images of an ImageList through a transform.
+
+    Args:
+        images: What to read.
+        transform: PIL image -> tensor; ignored when `raw`.
+        on_bad: "error" raises on an unreadable file; "skip" yields None, which `collate` drops and counts.
+        raw: Yield the file's bytes as a uint8 tensor (decoded later on the device by `DeviceAugment`).
+    """
+
+    def __init__(self, images: ImageList, transform: Callable | None = None, on_bad: str = "error",
+                 raw: bool = False):
+        self.images = images
+        self.transform = transform
+        self.on_bad = on_bad
+        self.raw = raw
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        path, label = self.images.path(i), self.images.labels[i]
+        try:
+            if self.raw:
+                try:
+                    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), label
+                except FileNotFoundError:
+                    raise BadImageError(str(path), "file not found") from None
+            return self.transform(load_rgb(path)), label
+        except BadImageError:
+            if self.on_bad == "skip":
+                return None
+            raise
+
+
+def collate(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, int]:
+    """Stacks a batch, dropping skipped (None) samples; returns (images, labels, number skipped)."""
+    kept = [b for b in batch if b is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    labels = torch.tensor([y for _, y in kept], dtype=torch.long)
+    first = kept[0][0]
+    if first.dtype == torch.uint8 and first.dim() == 1:  # raw JPEG bytes: decoded on the device
+        return [x for x, _ in kept], labels, skipped
+    return torch.stack([x for x, _ in kept]), labels, skipped
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over n images; a final batch of one image is dropped (BatchNorm cannot
+    train on it), every other partial batch is kept (few-shot sets are often smaller than one batch)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches over one or two concatenated parts, reshuffled per epoch from (seed, epoch) alone.
+
+    Args:
+        sizes: Sizes of the concatenated parts: [n] or [n_real, n_synthetic].
+        batch_size: Images per batch.
+        seed: Base seed of the run stage.
+        fraction: With two parts, the share of the second part in each epoch: an epoch is every image of the
+            first part plus round(n_real * f / (1 - f)) images of the second. None = every image of both.
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, fraction: float | None = None):
+        self.sizes = list(sizes)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.fraction = fraction
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_size(self) -> int:
+        if self.fraction is None or len(self.sizes) == 1:
+            return sum(self.sizes)
+        return self.sizes[0] + round(self.sizes[0] * self.fraction / (1 - self.fraction))
+
+    def order(self) -> list[int]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+        if self.fraction is None or len(self.sizes) == 1:
+            idx = torch.randperm(sum(self.sizes), generator=g)
+        else:
+            n0, n1 = self.sizes
+            m = self.epoch_size() - n0
+            reps = -(-m // n1)  # enough permutations of the second part to draw m without early repeats
+            second = torch.cat([torch.randperm(n1, generator=g) for _ in range(reps)])[:m] + n0
+            both = torch.cat([torch.arange(n0), second])
+            idx = both[torch.randperm(len(both), generator=g)]
+        return idx.tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for s in range(len(self)):
+            yield order[s * self.batch_size:(s + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.epoch_size(), self.batch_size)
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # torch seeds each worker from the loader's generator
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def train_loader(parts: Sequence[ImageDataset], batch_size: int, seed: int, num_workers: int,
+                 fraction: float | None = None, pin_memory: bool = False) -> DataLoader:
+    """A training loader over one or two datasets (real, or real + synthetic for the mixed strategy)."""
+    n = sum(len(p) for p in parts)
+    if n < 2:
+        raise DataError(f"the training set has {n} image(s); at least 2 are needed")
+    dataset = parts[0] if len(parts) == 1 else ConcatDataset(list(parts))
+    sampler = EpochBatchSampler([len(p) for p in parts], batch_size, seed, fraction)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, worker_init_fn=_worker_init, generator=torch.Generator(),
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Makes the coming epoch's order, worker seeds and main-process RNG functions of (seed, epoch) alone."""
+    loader.batch_sampler.set_epoch(epoch)
+    s = derive_seed(seed, "epoch", epoch)
+    loader.generator.manual_seed(s)
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+
+
+def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)

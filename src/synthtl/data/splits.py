@@ -1,0 +1,83 @@
+"""Few-shot subsets and validation splits, written as inspectable split files (image ids + checksum)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from synthtl.data.imagelist import ImageList
+from synthtl.errors import DataError
+from synthtl.io import read_json, write_json
+
+SPLIT_FORMAT = 1
+
+
+def fewshot_indices(images: ImageList, shots: int, seed: int) -> tuple[list[int], list[str]]:
+    """k images per class drawn with `seed`; returns (sorted indices, classes that had fewer than k)."""
+    rng = np.random.default_rng(seed)
+    chosen, short = [], []
+    for c, idx in enumerate(images.by_class()):
+        if len(idx) < shots:
+            short.append(images.classes[c])
+        take = rng.permutation(len(idx))[:shots]
+        chosen += [idx[t] for t in take]
+    return sorted(chosen), short
+
+
+def stratified_val(images: ImageList, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): `fraction` of each class (at least one) goes to validation."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c, idx in enumerate(images.by_class()):
+        if not idx:
+            continue
+        n_val = max(1, round(len(idx) * fraction))
+        if n_val >= len(idx):
+            raise DataError(f"class {images.classes[c]!r} has {len(idx)} training images: too few to carve a "
+                            f"validation split with data.val_fraction={fraction}; lower it or use more shots")
+        perm = rng.permutation(len(idx))
+        val += [idx[p] for p in perm[:n_val]]
+        train += [idx[p] for p in perm[n_val:]]
+    return sorted(train), sorted(val)
+
+
+def checksum(ids: list[str], labels: list[int]) -> str:
+    h = hashlib.sha256()
+    for i, y in zip(ids, labels, strict=True):
+        h.update(f"{i}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+def write_split(path: str | os.PathLike, images: ImageList, indices: list[int], **meta: object) -> None:
+    """Writes the chosen images as a split file: their ids (relative paths), labels, class list and checksum."""
+    ids = [images.paths[i] for i in indices]
+    labels = [images.labels[i] for i in indices]
+    write_json(path, {"format": SPLIT_FORMAT, "source": images.name, "classes": list(images.classes),
+                      "count": len(ids), **meta, "checksum": checksum(ids, labels), "ids": ids, "labels": labels})
+
+
+def read_split(path: str | os.PathLike, images: ImageList) -> list[int]:
+    """Indices into `images` of a split file's ids, after checking its checksum, classes and labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file {path} does not exist")
+    d = read_json(path)
+    ids, labels = d.get("ids", []), d.get("labels", [])
+    if checksum(ids, labels) != d.get("checksum"):
+        raise DataError(f"split file {path} fails its checksum: it was edited or truncated; regenerate it with "
+                        "`synthtl split`")
+    if d.get("classes") and list(d["classes"]) != list(images.classes):
+        raise DataError(f"split file {path} was made for other classes than {images.name}")
+    where = {p: i for i, p in enumerate(images.paths)}
+    missing = [i for i in ids if i not in where]
+    if missing:
+        raise DataError(f"split file {path} names {len(missing)} images not in {images.name} "
+                        f"(e.g. {missing[:3]}); was it made for another dataset or root?")
+    out = [where[i] for i in ids]
+    wrong = [i for i, y in zip(ids, labels, strict=True) if images.labels[where[i]] != y]
+    if wrong:
+        raise DataError(f"split file {path} gives other labels than the dataset for {wrong[:3]}")
+    return out

@@ -1,0 +1,1 @@
+"""Accuracy, LEEP transferability, image-set distances and leakage checks."""

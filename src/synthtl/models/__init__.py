@@ -1,0 +1,219 @@
+"""Classifier factory: `create_classifier(name, num_classes) -> (model, data_config)`; head re-initialisation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from synthtl.errors import ConfigError, SynthTLError
+from synthtl.registry import Registry
+
+# Short names -> "library:architecture.weights". The paper's backbones are ImageNet-1k ResNets and ViTs; the
+# LAION CLIP ViT is the reviewers' control (Stable Diffusion itself saw LAION).
+MODELS: Registry[str] = Registry("model")
+MODELS.add("resnet18", "timm:resnet18.tv_in1k")
+MODELS.add("resnet50", "timm:resnet50.tv_in1k")
+MODELS.add("vit_b16", "timm:vit_base_patch16_224.augreg_in21k_ft_in1k")
+MODELS.add("vit_l16", "timm:vit_large_patch16_224.augreg_in21k_ft_in1k")
+MODELS.add("clip_vit_b16_laion", "timm:vit_base_patch16_clip_224.laion2b")
+MODELS.add("tv_resnet18", "tv:resnet18")
+MODELS.add("tv_resnet50", "tv:resnet50")
+MODELS.add("test_resnet", "timm:test_resnet")  # tiny, for tests and the offline demo
+MODELS.add("test_vit", "timm:test_vit")
+
+# Label spaces a pretrained head can be scored in by LEEP (ImageNet-1k/-12k/-21k variants).
+_CLASSIFIER_LABEL_SPACES = {1000, 11821, 21841, 21843}
+
+
+class WeightsError(SynthTLError):
+    """Pretrained weights are neither cached locally nor reachable."""
+
+
+def list_models() -> list[tuple[str, str]]:
+    return MODELS.items()
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """("timm" | "tv", architecture) for a short name or a "timm:..." / "tv:..." name."""
+    full = MODELS.get(name) if ":" not in name else name
+    lib, _, arch = full.partition(":")
+    if lib not in ("timm", "tv") or not arch:
+        raise ConfigError(f"model.name={name!r}: use a short name ({', '.join(MODELS.names())}) or "
+                          "'timm:<architecture>[.<tag>]' or 'tv:<torchvision architecture>'")
+    return lib, arch
+
+
+def _offline_error(name: str, err: Exception) -> WeightsError:
+    return WeightsError(
+        f"pretrained weights for {name!r} could not be loaded ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:200]}). "
+        "They are not in the local cache and the hub is unreachable. Fix: run once with internet to fill the cache, "
+        "or download the weights file and pass model.weights=/path/to/weights.safetensors, or set "
+        "model.pretrained=false for random initialisation.")
+
+
+def _load_state(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"model.weights={path!r} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    state = torch.load(str(p), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, img_size: int) -> tuple[nn.Module, dict]:
+    import timm
+
+    base = arch.split(".")[0]
+    if base not in timm.list_models():
+        raise ConfigError(f"timm has no architecture {base!r}; `timm.list_models('*{base[:4]}*')` lists similar ones")
+    kwargs: dict = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if img_size:
+        kwargs["img_size"] = img_size
+    if weights:
+        if not Path(weights).is_file():
+            raise ConfigError(f"model.weights={weights!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(weights).resolve())}
+    try:
+        try:
+            model = timm.create_model(arch, pretrained=pretrained or bool(weights), **kwargs)
+        except TypeError:
+            if "img_size" not in kwargs:
+                raise
+            kwargs.pop("img_size")  # CNNs take any resolution; only the data config changes
+            model = timm.create_model(arch, pretrained=pretrained or bool(weights), **kwargs)
+    except (ConfigError, TypeError):
+        raise
+    except RuntimeError as e:
+        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
+            raise ConfigError(f"timm cannot build {arch!r}: {e}") from None
+        raise _offline_error(f"timm:{arch}", e) from e
+    except Exception as e:  # hub/network errors come in many types
+        raise _offline_error(f"timm:{arch}", e) from e
+    data_config = timm.data.resolve_model_data_config(model)
+    if img_size:
+        data_config["input_size"] = (3, img_size, img_size)
+    return model, dict(data_config)
+
+
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent, attribute, layer) of the classifier: the model's last nn.Linear."""
+    found = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            found = name
+    if found is None:
+        raise ConfigError(f"{type(model).__name__} has no linear classifier layer to replace")
+    parent_name, _, attr = found.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, attr, getattr(parent, attr)
+
+
+def _tv(arch: str, num_classes: int | None, pretrained: bool, weights: str, img_size: int) -> tuple[nn.Module, dict]:
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise ConfigError(f"torchvision has no model {arch!r}")
+    model = torchvision.models.get_model(arch, weights=None)
+    data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+                   "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+    if pretrained or weights:
+        w = torchvision.models.get_model_weights(arch).DEFAULT
+        if weights:
+            state = _load_state(weights)
+        else:
+            try:
+                state = w.get_state_dict(progress=False, check_hash=True)
+            except Exception as e:
+                raise _offline_error(f"tv:{arch}", e) from e
+        model.load_state_dict(state)
+        t = w.transforms()
+        crop, resize = t.crop_size[0], t.resize_size[0]
+        data_config.update(input_size=(3, crop, crop), mean=tuple(t.mean), std=tuple(t.std), crop_pct=crop / resize,
+                           interpolation=t.interpolation.value)
+    if num_classes is not None:
+        replace_head(model, num_classes)
+    if img_size:
+        data_config["input_size"] = (3, img_size, img_size)
+    return model, data_config
+
+
+def create_classifier(name: str, num_classes: int | None, pretrained: bool = True, weights: str = "",
+                      img_size: int = 0) -> tuple[nn.Module, dict]:
+    """Builds a classifier and the preprocessing config that belongs to its weights.
+
+    Args:
+        name: A short name (`list_models()`), "timm:<arch>[.<tag>]" or "tv:<arch>".
+        num_classes: Output classes; None keeps the pretrained head (its own label space, used by LEEP).
+        pretrained: Load pretrained weights (hub cache) unless `weights` names a local file.
+        weights: Local weights file (.safetensors, .pth, .bin).
+        img_size: Input resolution; 0 = the weights' native one.
+
+    Returns:
+        (model, data_config) where data_config has input_size, mean, std, interpolation and crop_pct.
+    """
+    lib, arch = resolve(name)
+    build = _timm if lib == "timm" else _tv
+    return build(arch, num_classes, pretrained, os.fspath(weights) if weights else "", img_size)
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The classification layer."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        if isinstance(head, nn.Linear):
+            return head
+    return _last_linear(model)[2]
+
+
+def num_outputs(model: nn.Module) -> int:
+    return classifier(model).out_features
+
+
+def source_label_space(model: nn.Module) -> int | None:
+    """Size of the pretrained head's label space if it is a classifier LEEP can score in (ImageNet variants)."""
+    n = num_outputs(model)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if "clip" in str(cfg.get("architecture", "")) or n not in _CLASSIFIER_LABEL_SPACES:
+        return None
+    return n
+
+
+def replace_head(model: nn.Module, num_classes: int, seed: int | None = None) -> None:
+    """Swaps the classifier for a freshly initialised one with `num_classes` outputs (seeded if `seed`)."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if hasattr(model, "reset_classifier") and isinstance(getattr(model, "get_classifier", lambda: None)(),
+                                                             nn.Linear):
+            model.reset_classifier(num_classes)
+        else:
+            parent, attr, old = _last_linear(model)
+            setattr(parent, attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+
+
+def reset_head(model: nn.Module, seed: int) -> None:
+    """Re-initialises the classifier in place (same shape, same device/dtype, new seeded weights).
+
+    Bridged transfer++ does this before stage 2: the synthetic-trained head has fitted generator artifacts.
+    """
+    head = classifier(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # nn.Linear's own initialisation, computed on CPU so the result does not depend on the device.
+        fresh = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(fresh.weight)
+        if head.bias is not None:
+            head.bias.copy_(fresh.bias)

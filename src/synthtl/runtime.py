@@ -1,0 +1,98 @@
+"""Device, precision, seeds and rank, resolved once and passed around."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synthtl.errors import ConfigError
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Only rank 0 prints, writes files and shows progress bars."""
+    return rank() == 0
+
+
+def seed_everything(seed: int, rank_: int = 0) -> int:
+    """Seeds python, numpy and torch (all devices); returns the seed actually used."""
+    seed = int(seed) + int(rank_)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (base seed, stage name, epoch, class index...)."""
+    import hashlib
+
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in which precision the work runs."""
+
+    device: torch.device
+    dtype: torch.dtype  # autocast dtype; float32 means no autocast
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast on an accelerator, a no-op context in fp32 (the CPU path is the same code)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @property
+    def gpus(self) -> int:
+        return 1 if self.is_cuda else 0
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """Resolves `device` ("auto", "cpu", "cuda", "cuda:1") and `precision` ("auto", "fp32", "bf16", "fp16").
+
+    Never downgrades silently: asking for CUDA without CUDA, or fp16 on CPU, is an error.
+    """
+    if device == "auto":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
+        dev = dev or torch.device("cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    if precision == "auto":
+        if dev.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    elif precision in _DTYPES:
+        dtype = _DTYPES[precision]
+        if dev.type == "cpu" and dtype == torch.float16:
+            raise ConfigError("precision=fp16 is not supported on CPU; use precision=fp32 or bf16")
+    else:
+        raise ConfigError(f"precision={precision!r}: choose one of auto, fp32, bf16, fp16")
+    return Runtime(device=dev, dtype=dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]

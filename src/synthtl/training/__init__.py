@@ -1,0 +1,1 @@
+"""Fine-tuning: a plain loop, optimizers, checkpoints and the data-utilisation strategies."""

@@ -1,0 +1,145 @@
+"""The training loop in plain sight: `train_one_epoch` and `evaluate` are ordinary functions."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from synthtl.errors import SynthTLError
+from synthtl.metrics.accuracy import summarize
+from synthtl.runtime import Runtime, is_main
+from synthtl.training.optim import set_lr
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    top1: float  # against the un-mixed labels when Mixup is on
+    images: int
+    steps: int
+    seconds: float
+    skipped: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def to_device(x: torch.Tensor | list, rt: Runtime, augment: Callable | None, channels_last: bool) -> torch.Tensor:
+    """Moves a batch to the device; raw JPEG batches are decoded and augmented there by `augment`."""
+    x = augment(x) if augment is not None else x.to(rt.device, non_blocking=True)
+    if channels_last and rt.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def mix(mixup_fn: Callable, x: torch.Tensor, y: torch.Tensor, num_classes: int, smoothing: float):
+    """timm Mixup needs an even batch: an odd last sample joins unmixed with a (smoothed) one-hot target."""
+    if len(x) % 2 == 0:
+        return mixup_fn(x, y)
+    xm, ym = mixup_fn(x[:-1], y[:-1])
+    off = smoothing / num_classes
+    last = torch.full((1, num_classes), off, device=y.device, dtype=ym.dtype)
+    last[0, y[-1]] += 1.0 - smoothing
+    return torch.cat([xm, x[-1:]]), torch.cat([ym, last])
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, rt: Runtime, *, step: int,
+                    total_steps: int, lr_fn: Callable[[int], float], num_classes: int,
+                    mixup_fn: Callable | None = None, label_smoothing: float = 0.0, clip_grad: float = 0.0,
+                    scaler: torch.amp.GradScaler | None = None, augment: Callable | None = None,
+                    channels_last: bool = False, desc: str = "", progress: bool = True) -> tuple[EpochStats, int]:
+    """One pass over `loader` (stopping early at `total_steps`); returns the epoch's stats and the new step."""
+    model.train()
+    loss_sum, correct, images, steps, skipped = 0.0, 0, 0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(total=min(len(loader), total_steps - step), desc=desc, unit="step", leave=False,
+               disable=not (progress and is_main()))
+    for x, y, n_skipped in loader:
+        skipped += n_skipped
+        if step >= total_steps:
+            break
+        if len(y) < 2:  # everything in the batch was unreadable (skipped) or a lone sample: nothing to learn from
+            continue
+        set_lr(optimizer, lr_fn(step))
+        x = to_device(x, rt, augment, channels_last)
+        y = y.to(rt.device, non_blocking=True)
+        target = y
+        if mixup_fn is not None:
+            x, target = mix(mixup_fn, x, y, num_classes, label_smoothing)
+        with rt.autocast():
+            out = model(x)
+            if target.dim() == 2:  # soft targets from Mixup/CutMix (already smoothed by timm)
+                loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+            else:
+                loss = F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise SynthTLError(f"training loss became {loss.item()} at step {step} ({desc}); lower the learning rate "
+                               "or use precision=fp32/bf16")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        step += 1
+        steps += 1
+        n = len(y)
+        loss_sum += loss.item() * n
+        correct += (out.argmax(1) == y).sum().item()
+        images += n
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{loss_sum / images:.3f}", img_s=f"{images / max(elapsed, 1e-9):.0f}")
+        bar.update()
+    bar.close()
+    if rt.is_cuda:
+        torch.cuda.synchronize(rt.device)
+    seconds = time.perf_counter() - start
+    return EpochStats(loss=loss_sum / max(images, 1), top1=100.0 * correct / max(images, 1), images=images,
+                      steps=steps, seconds=seconds, skipped=skipped), step
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, rt: Runtime, augment: Callable | None = None,
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(logits, labels, skipped) over a loader, logits as float32 on CPU."""
+    model.eval()
+    outs, labels, skipped = [], [], 0
+    for x, y, n_skipped in loader:
+        skipped += n_skipped
+        if len(y) == 0:
+            continue
+        x = to_device(x, rt, augment, channels_last)
+        with rt.autocast():
+            outs.append(model(x).float().cpu())
+        labels.append(y)
+    if not outs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), skipped
+    return torch.cat(outs), torch.cat(labels), skipped
+
+
+def evaluate(model: nn.Module, loader, rt: Runtime, num_classes: int, augment: Callable | None = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """top1/top5/mean per-class accuracy and loss on a loader."""
+    logits, labels, skipped = predict(model, loader, rt, augment, channels_last)
+    out = summarize(logits, labels, num_classes)
+    out["skipped"] = skipped
+    return out
+
+
+def is_finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)

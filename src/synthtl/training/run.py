@@ -1,0 +1,101 @@
+"""`synthtl finetune`: setup -> strategy -> result.json, in a self-describing, resumable run folder."""
+
+from __future__ import annotations
+
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import timm
+import torch
+
+import synthtl
+from synthtl.config import FinetuneConfig, config_hash, from_dict, to_yaml
+from synthtl.errors import ConfigError
+from synthtl.io import git_sha, read_json, write_json, write_text
+from synthtl.models import resolve
+from synthtl.runtime import dtype_name, is_main, resolve_runtime, seed_everything
+from synthtl.training.context import LAST, Context
+from synthtl.training.setup import prepare_data
+from synthtl.training.strategies import STRATEGIES
+
+# Fields that do not change a run's result: a re-run differing only here is the same run.
+VOLATILE = ("progress", "tensorboard", "checkpoint_every", "out_dir", "run_name")
+
+
+def default_run_name(cfg: FinetuneConfig) -> str:
+    model = cfg.model.name.replace(":", "-").replace("/", "-")
+    shots = f"{cfg.data.shots}shot" if cfg.data.shots else "full"
+    return f"{cfg.data.name}/{model}/{cfg.strategy}/{shots}/seed{cfg.seed}"
+
+
+def run_dir_of(cfg: FinetuneConfig) -> Path:
+    return Path(cfg.out_dir) / (cfg.run_name or default_run_name(cfg))
+
+
+def _claim(run_dir: Path, cfg: FinetuneConfig) -> None:
+    """Writes config.yaml, or checks that the folder's existing config is the same run."""
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        old = from_dict(FinetuneConfig, yaml.safe_load(saved.read_text()))
+        if config_hash(old, VOLATILE) != config_hash(cfg, VOLATILE):
+            raise ConfigError(f"{run_dir} holds a run with a different config (see its config.yaml). Choose another "
+                              "run_name/out_dir, or delete the folder to start over")
+    if is_main():
+        write_text(saved, to_yaml(cfg))
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    """Runs (or resumes, or skips if finished) one fine-tuning run; returns its result.json content."""
+    spec = STRATEGIES.get(cfg.strategy)
+    resolve(cfg.model.name)  # unknown model names fail before any data work
+    run_dir = run_dir_of(cfg)
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        _claim(run_dir, cfg)
+        if is_main():
+            print(f"[synthtl] {run_dir} is already finished; nothing to do (delete result.json to re-run)")
+        return read_json(result_file)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _claim(run_dir, cfg)
+    t0 = time.perf_counter()
+    rt = resolve_runtime(cfg.device, cfg.precision)
+    seed_everything(cfg.seed)
+    data = prepare_data(cfg, run_dir, spec.needs_synthetic)
+    ctx = Context(cfg, rt, run_dir, data)
+    resumed = ctx.resume is not None
+    try:
+        model = spec.fn(ctx)
+        final = ctx.finish(model)
+    finally:
+        ctx.close()
+    stages = ctx.info["stages"]
+    result = {
+        "strategy": cfg.strategy, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
+        "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None,
+        "synthetic_per_class": cfg.synthetic.per_class, "config_hash": config_hash(cfg, VOLATILE),
+        "test": final["test"], "val": final["val"], "selected": final["selected"],
+        "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
+        "leep": ctx.info["leep"],
+        "images": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,
+                   "synthetic": len(data.synthetic) if data.synthetic is not None else 0},
+        "num_classes": data.num_classes,
+        "skipped_images": {**data.skipped,
+                           "during_training": sum(s.get("skipped_during_training", 0) for s in stages.values())},
+        "skipped_files": data.skipped_files, "train_test_overlap": data.overlap,
+        "few_shot_short_classes": data.short_classes,
+        "wall_s": sum(s["wall_s"] for s in stages.values()), "gpu_s": sum(s["gpu_s"] for s in stages.values()),
+        "session_wall_s": time.perf_counter() - t0, "resumed": resumed,
+        "device": str(rt.device) if not rt.is_cuda else torch.cuda.get_device_name(rt.device),
+        "precision": dtype_name(rt.dtype), "git_sha": git_sha(), "synthtl": synthtl.__version__,
+        "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if is_main():
+        write_json(result_file, result)
+        (ctx.ckpt_dir / LAST).unlink(missing_ok=True)  # the resumable state is no longer needed
+        print(f"[synthtl] {cfg.strategy}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
+    return result

@@ -1,0 +1,105 @@
+"""Setting up a fine-tuning run's data: splits, first-use scan and cache, overlap check, few-shot, synthetic set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synthtl.config import FinetuneConfig
+from synthtl.data.cache import ScanResult, check_overlap, default_cache_dir, scan_images
+from synthtl.data.datasets import load_split
+from synthtl.data.imagelist import ImageList
+from synthtl.data.splits import fewshot_indices, read_split, stratified_val, write_split
+from synthtl.data.synthetic import load_synthetic
+from synthtl.errors import ConfigError
+
+
+@dataclass
+class RunData:
+    """Everything a strategy trains and evaluates on (images point at the resized cache when enabled)."""
+
+    train: ImageList
+    test: ImageList
+    val: ImageList | None = None
+    synthetic: ImageList | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_files: dict[str, list[str]] = field(default_factory=dict)
+    overlap: int = 0
+    short_classes: list[str] = field(default_factory=list)  # few-shot classes with fewer than k images
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.train.names
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def cache_root(cfg: FinetuneConfig) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+
+
+def split_seed(cfg: FinetuneConfig) -> int:
+    return cfg.data.split_seed if cfg.data.split_seed >= 0 else cfg.seed
+
+
+def _scan(images: ImageList, cfg: FinetuneConfig) -> ScanResult:
+    d = cfg.data
+    return scan_images(images, cache_root(cfg), short_side=d.cache_short_side if d.cache else None,
+                       on_bad=d.on_bad_image, workers=max(1, d.num_workers), progress=cfg.progress)
+
+
+def _pick(scan: ScanResult, idx: list[int], name: str) -> tuple[ImageList, ImageList]:
+    return scan.images.subset(idx, name), scan.source.subset(idx, name)
+
+
+def load_real(cfg: FinetuneConfig, split: str) -> ImageList:
+    d = cfg.data
+    return load_split(d.name, split, d.root, cache_root(cfg) / "materialized", d.download, d.train_dir, d.test_dir,
+                      d.train_csv, d.test_csv)
+
+
+def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> RunData:
+    """Loads, scans and splits the real data (and the synthetic set), writing split files into the run folder."""
+    d = cfg.data
+    train_scan, test_scan = _scan(load_real(cfg, "train"), cfg), _scan(load_real(cfg, "test"), cfg)
+    source = train_scan.source
+    seed = split_seed(cfg)
+    short: list[str] = []
+    if d.split_file:
+        idx = read_split(d.split_file, source)
+    elif d.shots:
+        idx, short = fewshot_indices(source, d.shots, seed)
+    else:
+        idx = list(range(len(source)))
+    train, train_src = _pick(train_scan, idx, f"{source.name}" + (f"/{d.shots}-shot" if d.shots else ""))
+    write_split(run_dir / "splits" / "train.json", train_src, list(range(len(train_src))), kind="train",
+                shots=d.shots, seed=seed, short_classes=short)
+    val = None
+    if d.val_fraction > 0:
+        tr, va = stratified_val(train_src, d.val_fraction, seed)
+        write_split(run_dir / "splits" / "val.json", train_src, va, kind="val", fraction=d.val_fraction, seed=seed)
+        write_split(run_dir / "splits" / "train.json", train_src, tr, kind="train", shots=d.shots, seed=seed,
+                    short_classes=short, val_removed=len(va))
+        val = train.subset(va, f"{train.name}/val")
+        train = train.subset(tr)
+    used = ScanResult(images=train, hashes=tuple(train_scan.hashes[i] for i in idx), skipped=(), source=train_src)
+    overlap = check_overlap(used, test_scan, d.allow_overlap)
+    skipped = {"train": len(train_scan.skipped), "test": len(test_scan.skipped)}
+    files = {"train": [p for p, _ in train_scan.skipped], "test": [p for p, _ in test_scan.skipped]}
+    synthetic = None
+    if needs_synthetic or cfg.synthetic.path:
+        if not cfg.synthetic.path:
+            raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
+                              "generated set (`synthtl generate`) or a class-per-folder image folder")
+        syn_scan = _scan(load_synthetic(cfg.synthetic.path, source, cfg.synthetic.per_class), cfg)
+        synthetic = syn_scan.images
+        skipped["synthetic"] = len(syn_scan.skipped)
+        files["synthetic"] = [p for p, _ in syn_scan.skipped]
+    return RunData(train=train, test=test_scan.images, val=val, synthetic=synthetic, skipped=skipped,
+                   skipped_files=files, overlap=overlap, short_classes=short)

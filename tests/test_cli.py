@@ -1,0 +1,25 @@
+from tests.conftest import run_cli
+
+
+def test_listing_commands(capsys, tmp_path):
+    assert run_cli("datasets", "--root", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "aircraft" in out and "flowers102" in out and "data.name=folder" in out
+    assert run_cli("models") == 0
+    assert "timm:resnet18.tv_in1k" in capsys.readouterr().out
+    assert run_cli("strategies") == 0
+    out = capsys.readouterr().out
+    assert "bridged++" in out and "vanilla_matched" in out
+    assert run_cli("presets") == 0
+    assert "finetune/resnet18" in capsys.readouterr().out
+
+
+def test_show_config_prints_resolved_yaml(capsys):
+    assert run_cli("finetune", "-c", "finetune/vit_b16", "seed=3", "--show-config") == 0
+    out = capsys.readouterr().out
+    assert "optimizer: adamw" in out and "seed: 3" in out and "name: vit_b16" in out
+
+
+def test_unknown_key_exits_2_with_the_key(capsys):
+    assert run_cli("finetune", "real_stage.nope=1") == 2
+    assert "real_stage.nope" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from synthtl.errors import ConfigError
+from synthtl.runtime import derive_seed, is_main, resolve_runtime, seed_everything
+
+
+def test_cpu_runtime_is_fp32_and_autocast_is_a_noop():
+    rt = resolve_runtime("cpu", "auto")
+    assert rt.device.type == "cpu" and rt.dtype == torch.float32 and rt.gpus == 0
+    with rt.autocast():
+        assert (torch.ones(2) @ torch.ones(2)).dtype == torch.float32
+
+
+def test_no_silent_downgrade():
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_runtime("cpu", "fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_runtime("cuda", "auto")
+    with pytest.raises(ConfigError, match="precision"):
+        resolve_runtime("cpu", "fp8")
+
+
+def test_seeds():
+    assert seed_everything(7) == 7 and seed_everything(7, rank_=2) == 9
+    a = torch.rand(3)
+    seed_everything(7)
+    torch.rand(3)
+    assert derive_seed(1, "stage", 0) == derive_seed(1, "stage", 0)
+    assert len({derive_seed(1, "stage", e) for e in range(100)}) == 100
+    assert a.shape == (3,)
+
+
+def test_rank_zero(monkeypatch):
+    assert is_main()
+    monkeypatch.setenv("RANK", "1")
+    assert not is_main()
