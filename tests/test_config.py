@@ -76,3 +76,7 @@ def test_every_shipped_preset_loads():
         assert text.startswith("#"), f"{p} must start with a comment giving its command"
         if "finetune" in p.parts:
             load_config(FinetuneConfig, p, [])
+        if "generate" in p.parts:
+            from synthtl.config import GenerateConfig
+
+            load_config(GenerateConfig, p, [])

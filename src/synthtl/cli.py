@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from synthtl.errors import SynthTLError
+from synthtl.errors import ConfigError, SynthTLError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +97,58 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from synthtl.generation import plan
+
+    if args.status:
+        st = plan.status(args.status)
+        for name, (done, total) in st["classes"].items():
+            print(f"{done:>7}/{total:<7} {name}")
+        print(f"{st['done']:>7}/{st['total']:<7} all classes ({st['redraws']} redraws)")
+        return 0
+    if args.validate:
+        res = plan.validate(args.validate, repair=args.repair)
+        for rel in res["missing"]:
+            print(f"missing  {rel}")
+        for rel in res["corrupt"]:
+            print(f"corrupt  {rel}" + ("  (deleted: the next generate run redraws it)" if args.repair else ""))
+        print(f"checked {res['checked']} finished images: {len(res['missing'])} missing, {len(res['corrupt'])} corrupt")
+        return 0 if not (res["missing"] or res["corrupt"]) else 1
+    from synthtl.config import GenerateConfig
+    from synthtl.generation.run import run_generate
+
+    cfg = _load(GenerateConfig, args)
+    if cfg is not None:
+        run_generate(cfg)
+    return 0
+
+
+def cmd_grid_images(args: argparse.Namespace) -> int:
+    from synthtl.config import FinetuneConfig, load_config
+    from synthtl.generation.grid import contact_sheets
+
+    labels = args.labels.split(",") if args.labels else [Path(s).name for s in args.sets]
+    if len(labels) != len(args.sets):
+        raise ConfigError(f"--labels has {len(labels)} names for {len(args.sets)} sets")
+    real = None
+    if args.overrides:
+        from synthtl.training.setup import load_real
+
+        real = load_real(load_config(FinetuneConfig, None, args.overrides), "train")
+    paths = contact_sheets(list(zip(labels, args.sets, strict=True)), args.out, args.per_row, real)
+    print(f"[synthtl] wrote {len(paths)} contact sheets to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from synthtl.generation.export import export_imagefolder
+
+    n = export_imagefolder(args.set, args.out, link=not args.copy)
+    print(f"[synthtl] exported {n} images to {args.out}; read it with "
+          f"datasets.load_dataset('imagefolder', data_dir='{args.out}')")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from synthtl.demo import run_demo
 
@@ -113,13 +166,31 @@ def build_parser() -> argparse.ArgumentParser:
         "strategies": (cmd_strategies, "list fine-tuning strategies"),
         "presets": (cmd_presets, "list the YAML presets under configs/"),
         "split": (cmd_split, "write a few-shot (or full) train split file"),
+        "generate": (cmd_generate, "generate a synthetic training set with Stable Diffusion (resumable, sharded)"),
+        "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
+        "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
         "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
     }
     for name, (fn, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=fn)
-        if name in ("finetune", "split"):
+        if name in ("finetune", "split", "generate"):
             _config_args(p)
+        if name == "generate":
+            p.add_argument("--status", metavar="DIR", help="print done/total per class of a generated set and exit")
+            p.add_argument("--validate", metavar="DIR", help="decode every finished image; report missing/corrupt")
+            p.add_argument("--repair", action="store_true", help="with --validate: delete corrupt files for redraw")
+        if name == "grid-images":
+            p.add_argument("sets", nargs="+", help="generated-set folders")
+            p.add_argument("--labels", default="", help="comma-separated row labels, one per set")
+            p.add_argument("--out", required=True, help="folder for the PNG contact sheets")
+            p.add_argument("--per-row", type=int, default=8)
+            p.add_argument("--real", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="data.* overrides naming the real dataset to show first, e.g. --real data.name=pets")
+        if name == "export":
+            p.add_argument("set", help="generated-set folder")
+            p.add_argument("--out", required=True, help="output folder")
+            p.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
         if name == "split":
             p.add_argument("--out", required=True, help="split file to write (JSON)")
         if name == "datasets":

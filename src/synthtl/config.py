@@ -175,6 +175,75 @@ class FinetuneConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GeneratorConfig:
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, .safetensors file, "tiny"
+    revision: str = ""  # hub branch or commit to pin ("" = main)
+    single_file_config: str = ""  # a single .safetensors checkpoint offline: local diffusers folder with its configs
+    scheduler: str = "dpmsolver++"  # dpmsolver++ | ddim | euler_a | euler | pndm
+    steps: int = 25  # ours: DPM-Solver++ 25 steps
+    guidance: float = 2.0  # ours: classifier-free guidance 2.0 (the guidance study sweeps 1.5-7.5)
+    height: int = 512
+    width: int = 512
+    device: str = "auto"
+    dtype: str = "auto"  # "auto" (fp16 on GPU, fp32 on CPU), "fp16", "bf16", "fp32"
+    batch_size: int = 16  # images per denoising batch (prompts of different classes share a batch)
+    channels_last: bool = True  # UNet/VAE in channels_last on CUDA
+    fuse_qkv: bool = True  # fuse attention q/k/v projections on CUDA (one matmul instead of three)
+    compile: bool = False  # torch.compile the UNet (CUDA; pays off after the first batches)
+    tiny_seed: int = 0  # weights seed of the tiny random pipeline (model=tiny: tests and the offline demo)
+
+    def __post_init__(self) -> None:
+        _choice(self.scheduler, "generator.scheduler", ("dpmsolver++", "ddim", "euler_a", "euler", "pndm"))
+        _choice(self.dtype, "generator.dtype", ("auto", "fp16", "bf16", "fp32"))
+        _check(self.steps >= 1, f"generator.steps={self.steps}: must be >= 1")
+        _check(self.guidance >= 0, f"generator.guidance={self.guidance}: must be >= 0")
+        _check(self.height % 8 == 0 and self.width % 8 == 0,
+               f"generator.height/width={self.height}x{self.width}: must be multiples of 8")
+        _check(self.batch_size >= 1, "generator.batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    templates: str = "single"  # "single", "imagenet80", "style" (needs style_embedding) or "custom"
+    custom: list[str] = field(default_factory=list)  # templates for templates=custom; {} = class, {token} = style
+    suffix: str = ""  # appended to every prompt, e.g. ", a type of aircraft."
+    negative: str = ""  # negative prompt ("" = none)
+    style_embedding: str = ""  # learned_embeds.safetensors from `synthtl learn-style`
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    out_dir: str = "gen"  # the generated set's folder (manifest.jsonl, images/, train/, progress/)
+    per_class: int = 1000  # images per class (paper: 1k main, 2.5k architectures, 0.5k-3k volume)
+    seed: int = 0  # base seed: image seed = f(seed, class index, image index)
+    classes: list[str] = field(default_factory=list)  # generate only these class names (default: all)
+    data: DataConfig = field(default_factory=DataConfig)  # the dataset whose class names are drawn
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    image_format: str = "jpeg"  # "jpeg" (q=quality), "png", "webp"
+    quality: int = 95  # METHOD.md: JPEG q95
+    train_copy: int = 256  # also write a copy with this short side for training (0 = none)
+    max_redraws: int = 5  # black or NaN outputs are redrawn with a new seed at most this often
+    black_threshold: int = 2  # an image whose every pixel value is <= this counts as black (safety-checker style)
+    shard: str = ""  # "i/N": this worker's shard ("" = from torchrun's RANK/WORLD_SIZE, else 0/1)
+    writers: int = 4  # threads encoding and writing images while the GPU denoises the next batch
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice(self.image_format, "image_format", ("jpeg", "png", "webp"))
+        _check(self.per_class >= 1, f"per_class={self.per_class}: must be >= 1")
+        _check(1 <= self.quality <= 100, "quality must be in 1..100")
+        _check(self.train_copy >= 0, "train_copy must be >= 0")
+        if self.shard:
+            parts = self.shard.split("/")
+            ok = len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < int(parts[1])
+            _check(ok, f"shard={self.shard!r}: use i/N with 0 <= i < N, e.g. shard=0/4")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
 def configs_dir() -> Path:

@@ -19,6 +19,10 @@ def _generated_set(root, classes, per_class, done):
     (root / "progress").mkdir()
     (root / "progress" / "shard-0.jsonl").write_text(
         "".join(json.dumps({"id": r["id"], "seed": r["seed"] + 1000}) + "\n" for r in rows if r["id"] in done))
+    for r in rows:
+        if r["id"] in done:
+            (root / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (root / r["path"]).write_bytes(b"jpeg")
     return rows
 
 
@@ -29,6 +33,8 @@ def test_reader_returns_only_completed_rows_and_first_k(tmp_path, folder_data):
     rows = completed_rows(tmp_path / "gen")
     assert len(rows) == 11 and all(r["status"] == "done" for r in rows)
     assert {r["id"]: r["seed"] for r in rows}["0-0"] == 1000  # the seed actually used (after a redraw)
+    (tmp_path / "gen" / "images/red_fox/00003.jpg").unlink()  # logged but deleted: no longer counts
+    assert len(completed_rows(tmp_path / "gen")) == 10
     syn = load_synthetic(tmp_path / "gen", real, per_class=2)
     assert len(syn) == 6 and syn.classes == real.classes
     fox = [p for p, y in zip(syn.paths, syn.labels, strict=True) if real.classes[y] == "red_fox"]

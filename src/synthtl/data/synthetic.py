@@ -50,7 +50,7 @@ def completed_rows(folder: str | os.PathLike) -> list[dict]:
                 done[r["id"]] = r
     out = []
     for row in rows:
-        if row.get("status") == "done" or row["id"] in done:
+        if (row.get("status") == "done" or row["id"] in done) and (folder / row["path"]).is_file():
             out.append({**row, **done.get(row["id"], {}), "status": "done"})
     return out
 

@@ -1,0 +1,1 @@
+"""Synthetic image generation with Stable Diffusion: prompts, pipelines, manifest-first sharded generation."""

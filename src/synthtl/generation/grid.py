@@ -1,0 +1,67 @@
+"""Contact sheets: per class, a row of real images above rows of synthetic images from one or more sets."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageOps
+
+from synthtl.data.imagelist import ImageList
+from synthtl.data.images import load_rgb
+from synthtl.data.synthetic import completed_rows, safe_folder
+from synthtl.errors import BadImageError
+from synthtl.io import write_bytes
+
+THUMB = 128
+LABEL_W = 150
+
+
+def _thumb(path: Path) -> Image.Image:
+    try:
+        return ImageOps.fit(load_rgb(path), (THUMB, THUMB), Image.Resampling.BICUBIC)
+    except BadImageError:
+        return Image.new("RGB", (THUMB, THUMB), (255, 0, 255))
+
+
+def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.PathLike, per_row: int = 8,
+                   real: ImageList | None = None, classes: list[str] | None = None) -> list[Path]:
+    """One PNG per class: a labelled row of real images (if given) and a row per synthetic set.
+
+    Args:
+        sets: (label, generated-set folder) pairs, e.g. [("single", "gen/a"), ("DSI", "gen/b")].
+        out: Folder for the PNG files.
+        per_row: Images per row.
+        real: Real images to show first (classes matched by readable name).
+        classes: Only these class names (default: every class of the first set).
+    """
+    by_set = []
+    for label, folder in sets:
+        rows: dict[str, list[Path]] = {}
+        for r in sorted(completed_rows(folder), key=lambda r: (r["class_index"], r["index"])):
+            rows.setdefault(r["class_name"], []).append(Path(folder) / r["path"])
+        by_set.append((label, rows))
+    names = classes or list(by_set[0][1]) if by_set else list(classes or [])
+    real_by_name: dict[str, list[Path]] = {}
+    if real is not None:
+        for i, y in enumerate(real.labels):
+            real_by_name.setdefault(real.names[y], []).append(real.path(i))
+    written = []
+    for name in names:
+        lines = ([("real", real_by_name.get(name, []))] if real is not None else [])
+        lines += [(label, rows.get(name, [])) for label, rows in by_set]
+        sheet = Image.new("RGB", (LABEL_W + per_row * THUMB, len(lines) * THUMB + 24), "white")
+        draw = ImageDraw.Draw(sheet)
+        draw.text((4, 4), name, fill="black")
+        for row_i, (label, paths) in enumerate(lines):
+            y = 24 + row_i * THUMB
+            draw.text((4, y + THUMB // 2), label, fill="black")
+            for j, p in enumerate(paths[:per_row]):
+                sheet.paste(_thumb(p), (LABEL_W + j * THUMB, y))
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG")
+        path = Path(out) / f"{safe_folder(name)}.png"
+        write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written

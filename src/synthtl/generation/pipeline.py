@@ -1,0 +1,191 @@
+"""Building the Stable Diffusion pipeline: hub id, local folder, single-file checkpoint, or a tiny random one.
+
+Explicit components, concise errors: an offline machine without the weights gets a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from synthtl.config import GeneratorConfig
+from synthtl.errors import ConfigError, SynthTLError
+from synthtl.registry import Registry
+from synthtl.runtime import Runtime, resolve_runtime
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+SCHEDULERS: Registry[tuple[str, dict]] = Registry("scheduler")
+SCHEDULERS.add("dpmsolver++", ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}))
+SCHEDULERS.add("ddim", ("DDIMScheduler", {}))
+SCHEDULERS.add("euler_a", ("EulerAncestralDiscreteScheduler", {}))
+SCHEDULERS.add("euler", ("EulerDiscreteScheduler", {}))
+SCHEDULERS.add("pndm", ("PNDMScheduler", {"skip_prk_steps": True}))
+
+
+class PipelineError(SynthTLError):
+    """The generator's weights cannot be loaded."""
+
+
+def generator_runtime(gen: GeneratorConfig) -> Runtime:
+    """Device from the config; dtype "auto" = fp16 on GPU (Stable Diffusion's usual inference dtype), fp32 on CPU."""
+    precision = gen.dtype
+    if precision == "auto":
+        precision = "fp16" if resolve_runtime(gen.device).is_cuda else "fp32"
+    return resolve_runtime(gen.device, precision)
+
+
+def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
+    """Stable Diffusion v1.5's UNet, VAE and CLIP ViT-L/14 text encoder built from their published configs, with
+    random weights (for benchmarks: same architecture and FLOPs, no download)."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
+    if tokenizer is None:
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
+        tokenizer.model_max_length = 77
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            algorithm_type="dpmsolver++", steps_offset=1)
+    parts = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    for m in parts.values():
+        m.to(dtype).eval()
+    return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Random-weight components of a tiny Stable Diffusion (32x32 images) built from configs: no download.
+
+    UNet with block_out_channels (4, 8), a VAE with two blocks, a 2-layer CLIP text encoder and the tiny
+    tokenizer shipped with synthtl. Same seed -> same weights.
+    """
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tok_dir = resources.files("synthtl").joinpath("assets", "tiny_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, norm_num_groups=2,
+            attention_head_dim=2)
+        vae = AutoencoderKL(
+            block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            layers_per_block=1, sample_size=32)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            algorithm_type="dpmsolver++", steps_offset=1)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def _offline(what: str, err: Exception) -> PipelineError:
+    return PipelineError(
+        f"could not load the generator {what!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Its files "
+        "are not in the local Hugging Face cache and the hub is unreachable. Fix: download it once with internet "
+        "(huggingface-cli download <id>) or point generator.model at a local diffusers folder or .safetensors file; "
+        "generator.model=tiny runs a random-weight pipeline for testing.")
+
+
+def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
+    """A ready StableDiffusionPipeline on the resolved device/dtype with the configured scheduler."""
+    import warnings
+
+    from diffusers import StableDiffusionPipeline
+
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+    rt = rt or generator_runtime(gen)
+    dtype = rt.dtype
+    common = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    model = gen.model
+    if model == "tiny":
+        pipe = StableDiffusionPipeline(**tiny_components(gen.tiny_seed), **common)
+    elif Path(model).is_file():
+        if not model.endswith((".safetensors", ".ckpt")):
+            raise ConfigError(f"generator.model={model!r}: a single-file checkpoint must be .safetensors or .ckpt")
+        kwargs = {"config": gen.single_file_config} if gen.single_file_config else {}
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(model, torch_dtype=dtype, **kwargs, **common)
+        except Exception as e:
+            raise _offline(model, e) from e
+    elif Path(model).is_dir():
+        if not (Path(model) / "model_index.json").is_file():
+            raise ConfigError(f"generator.model={model!r} is a folder without model_index.json: not a diffusers "
+                              "pipeline folder")
+        pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **common)
+    else:
+        if model.startswith(("/", "./", "../")):
+            raise ConfigError(f"generator.model={model!r} does not exist")
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(model, revision=gen.revision or None, torch_dtype=dtype,
+                                                           **common)
+        except Exception as e:
+            raise _offline(model, e) from e
+    cls_name, kwargs = SCHEDULERS.get(gen.scheduler)
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **kwargs)
+    pipe.to(rt.device)
+    if model == "tiny" and dtype != torch.float32:
+        pipe.to(dtype=dtype)  # the tiny components are built in fp32
+    return optimize(pipe, gen, rt)
+
+
+def optimize(pipe, gen: GeneratorConfig, rt: Runtime):
+    """Speed settings that do not change what is generated: fused q/k/v, channels_last, optional compile (CUDA).
+
+    Attention already runs through PyTorch's fused scaled_dot_product_attention (diffusers' default processor).
+    """
+    pipe.set_progress_bar_config(disable=True)
+    if rt.is_cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        if gen.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+            pipe.fuse_qkv_projections()
+        if gen.channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        if gen.compile:
+            pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+    return pipe
+
+
+def model_revision(pipe, gen: GeneratorConfig) -> str:
+    """The exact weights: the hub snapshot commit, else a fingerprint of the components' configs (and, for the
+    tiny pipeline, of its weights)."""
+    where = str(getattr(pipe.unet.config, "_name_or_path", "") or "")
+    snap = re.search(r"snapshots/([0-9a-f]{40})", where)
+    if snap:
+        return snap.group(1)
+    h = hashlib.sha256()
+    for name in ("unet", "vae", "text_encoder"):
+        comp = getattr(pipe, name)
+        conf = comp.config.to_dict() if hasattr(comp.config, "to_dict") else dict(comp.config)
+        conf = {k: v for k, v in conf.items() if not k.startswith("_") and k != "transformers_version"}
+        h.update(json.dumps(conf, sort_keys=True, default=str).encode())
+        if gen.model == "tiny":
+            for t in comp.state_dict().values():
+                h.update(t.detach().float().cpu().numpy().tobytes())
+    return ("local-" if gen.model != "tiny" else "tiny-") + h.hexdigest()[:16]

@@ -1,0 +1,230 @@
+"""`synthtl generate`: plan -> this shard's unfinished rows -> batched denoising -> overlapped writes -> log.
+
+A killed worker loses at most the batch in flight: an image is written atomically, then logged in this shard's
+append-only progress file; a restart skips every logged image whose file exists. Outputs that are black or hold
+NaN/Inf are redrawn with a new seed (recorded). CUDA out-of-memory halves the batch and goes on. A full disk stops
+cleanly with nothing half-written counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from synthtl.config import GenerateConfig
+from synthtl.data.cache import default_cache_dir, resized_jpeg
+from synthtl.data.datasets import DATASETS, classnames, load_split
+from synthtl.data.synthetic import PROGRESS_DIR
+from synthtl.errors import ConfigError, SynthTLError
+from synthtl.generation import plan as planning
+from synthtl.generation.pipeline import generator_runtime, load_pipeline, model_revision
+from synthtl.generation.prompts import STYLE_TOKEN, needs_token, prompt_for, template_set
+from synthtl.io import append_jsonl, read_json, write_bytes, write_json
+from synthtl.runtime import dtype_name, is_main
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """(i, N) from "i/N", else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    if spec:
+        i, n = spec.split("/")
+        return int(i), int(n)
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def class_list(cfg: GenerateConfig) -> list[tuple[str, str]]:
+    """(class id, readable name) of every class to generate, in the dataset's label order."""
+    d = cfg.data
+    if d.name in DATASETS:
+        names = classnames(d.name)
+        classes = [(n, n) for n in names]
+        try:  # the on-disk ids (folder names, wnids) when the dataset is present; names alone suffice otherwise
+            cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+            train = load_split(d.name, "train", d.root, work_dir=cache / "materialized")
+            classes = list(zip(train.classes, train.names, strict=True))
+        except SynthTLError:
+            pass
+    else:
+        train = load_split(d.name, "train", d.root, train_dir=d.train_dir, test_dir=d.test_dir,
+                           train_csv=d.train_csv, test_csv=d.test_csv)
+        classes = list(zip(train.classes, train.names, strict=True))
+    if cfg.classes:
+        wanted = set(cfg.classes)
+        unknown = wanted - {n for _, n in classes} - {c for c, _ in classes}
+        if unknown:
+            raise ConfigError(f"classes={sorted(unknown)[:5]} are not classes of {d.name}")
+        classes = [(c, n) for c, n in classes if c in wanted or n in wanted]
+    return classes
+
+
+def _encode(img: np.ndarray, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    pil = Image.fromarray(img)
+    if fmt == "jpeg":
+        pil.save(buf, format="JPEG", quality=quality)
+    elif fmt == "webp":
+        pil.save(buf, format="WEBP", quality=quality)
+    else:
+        pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(folder: Path, row: dict, img: np.ndarray, seed: int, redraws: int, cfg: GenerateConfig) -> dict:
+    """Writes one image (and its training copy) atomically; returns its progress-log row."""
+    write_bytes(folder / row["path"], _encode(img, cfg.image_format, cfg.quality))
+    if row.get("train_path"):
+        write_bytes(folder / row["train_path"], resized_jpeg(Image.fromarray(img), cfg.train_copy, quality=95))
+    return {"id": row["id"], "seed": seed, "redraws": redraws}
+
+
+@torch.inference_mode()
+def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig) -> tuple[np.ndarray, list[bool]]:
+    """Generates one batch: (uint8 images B x H x W x 3, per-image flag "black or non-finite")."""
+    g = cfg.generator
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # CPU noise: same image on any device
+    negative = [r["negative_prompt"] for r in rows] if any(r["negative_prompt"] for r in rows) else None
+    latents = pipe(prompt=[r["prompt"] for r in rows], negative_prompt=negative, num_inference_steps=g.steps,
+                   guidance_scale=g.guidance, height=g.height, width=g.width, generator=generators,
+                   output_type="latent").images
+    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0].float()
+    finite = torch.isfinite(images).flatten(1).all(1) & torch.isfinite(latents.float()).flatten(1).all(1)
+    images = torch.nan_to_num((images / 2 + 0.5).clamp(0, 1), nan=0.0)
+    u8 = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    black = u8.reshape(len(rows), -1).max(axis=1) <= cfg.black_threshold
+    return u8, [bool(b) or not bool(f) for b, f in zip(black, finite.cpu(), strict=True)]
+
+
+def _prompts_and_tokens(cfg: GenerateConfig, classes: list[tuple[str, str]], templates: list[str],
+                        token_map: dict[str, str], default_token: str) -> tuple[list, list[str]]:
+    tokens = [token_map.get(name, default_token) if needs_token(templates) else "" for _, name in classes]
+    prompts = [[prompt_for(templates, name, i, cfg.prompts.suffix, tokens[c]) for i in range(cfg.per_class)]
+               for c, (_, name) in enumerate(classes)]
+    return prompts, tokens
+
+
+def _setup(cfg: GenerateConfig):
+    """Pipeline (with the style embedding), plan rows and the folder."""
+    from synthtl.style.embeddings import class_tokens, embeddings_hash, load_into_pipeline
+
+    templates = template_set(cfg.prompts.templates, cfg.prompts.custom)
+    if needs_token(templates) and not cfg.prompts.style_embedding:
+        raise ConfigError(f"prompts.templates={cfg.prompts.templates} uses the style token: set "
+                          "prompts.style_embedding to the output of `synthtl learn-style`")
+    classes = class_list(cfg)
+    rt = generator_runtime(cfg.generator)
+    pipe = load_pipeline(cfg.generator, rt)
+    style_hash, token_map, default_token = "", {}, STYLE_TOKEN
+    if cfg.prompts.style_embedding:
+        loaded = load_into_pipeline(pipe, cfg.prompts.style_embedding)
+        style_hash = embeddings_hash(cfg.prompts.style_embedding)
+        token_map = class_tokens(cfg.prompts.style_embedding)
+        default_token = loaded[0]
+    ident = planning.identity(cfg, classes, model_revision(pipe, cfg.generator), dtype_name(rt.dtype), templates,
+                              style_hash)
+    prompts, tokens = _prompts_and_tokens(cfg, classes, templates, token_map, default_token)
+    rows = planning.build_rows(ident, classes, cfg.per_class, prompts, tokens)
+    folder = Path(cfg.out_dir)
+    rows = planning.write_or_check(folder, ident, rows, cfg.per_class)
+    return pipe, rt, rows, folder
+
+
+def run_generate(cfg: GenerateConfig) -> dict:
+    """Generates (or resumes) this shard's part of the set; returns a summary."""
+    shard, num_shards = parse_shard(cfg.shard)
+    pipe, rt, rows, folder = _setup(cfg)
+    done = planning.done_rows(folder)
+    mine = [r for r in rows if r["index"] < cfg.per_class and planning.shard_of(r["id"], num_shards) == shard]
+    todo = [r for r in mine if not (r["id"] in done and (folder / r["path"]).is_file())]
+    todo.sort(key=lambda r: (r["index"], r["class_index"]))  # batches span classes
+    log = folder / PROGRESS_DIR / f"shard-{shard:04d}-of-{num_shards:04d}.jsonl"
+    t0 = time.perf_counter()
+    stats = _generate(pipe, rt, todo, folder, log, cfg)
+    seconds = time.perf_counter() - t0
+    summary_file = log.with_suffix(".summary.json")
+    prev = read_json(summary_file) if summary_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
+    total = {"images": prev["images"] + stats["images"], "seconds": prev["seconds"] + seconds,
+             "redraws": prev["redraws"] + stats["redraws"], "device": str(rt.device), "gpus": rt.gpus}
+    if is_main() or cfg.shard:
+        write_json(summary_file, total)
+    complete = planning.finalize(folder, rows)
+    summary = {"shard": f"{shard}/{num_shards}", "planned": len(mine), "already_done": len(mine) - len(todo),
+               "generated": stats["images"], "redraws": stats["redraws"], "seconds": seconds,
+               "gpu_seconds": seconds * rt.gpus, "images_per_s": stats["images"] / seconds if seconds else 0.0,
+               "set_complete": complete, "out_dir": str(folder)}
+    if is_main():
+        print(f"[synthtl] generated {summary['generated']} images ({summary['already_done']} already done, "
+              f"{summary['redraws']} redrawn) in {seconds:.1f} s, {summary['images_per_s']:.2f} img/s, "
+              f"{summary['gpu_seconds']:.0f} GPU-s -> {folder}" + ("" if complete else " (set not complete yet)"))
+    return summary
+
+
+def _generate(pipe, rt, todo: list[dict], folder: Path, log: Path, cfg: GenerateConfig) -> dict:
+    queue = deque((r, 0) for r in todo)  # (row, redraw attempt)
+    batch_size = cfg.generator.batch_size
+    pending: list[tuple[Future, dict]] = []
+    stats = {"images": 0, "redraws": 0}
+    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not (cfg.progress and is_main()))
+
+    def drain(wait: bool) -> None:
+        """Logs finished writes in submission order; re-raises a write error after logging what succeeded."""
+        error = None
+        while pending and (wait or pending[0][0].done()):
+            fut, _ = pending.pop(0)
+            try:
+                entry = fut.result()
+            except BaseException as e:  # DiskFullError, a cancelled write...: log the others first, then raise
+                error = error or e
+                continue
+            append_jsonl(log, [entry])
+            stats["images"] += 1
+            bar.update()
+        if error is not None:
+            raise error
+
+    with ThreadPoolExecutor(max(1, cfg.writers)) as pool:
+        try:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+                rows = [r for r, _ in batch]
+                seeds = [planning.image_seed(cfg.seed, r["class_index"], r["index"], a) for r, a in batch]
+                try:
+                    images, bad = denoise(pipe, rows, seeds, cfg)
+                except torch.cuda.OutOfMemoryError:
+                    if batch_size == 1:
+                        raise SynthTLError("CUDA out of memory even with generator.batch_size=1; lower "
+                                           "generator.height/width or free the GPU") from None
+                    torch.cuda.empty_cache()
+                    queue.extendleft(reversed(batch))
+                    batch_size //= 2
+                    print(f"[synthtl] CUDA out of memory: continuing with generator.batch_size={batch_size}")
+                    continue
+                for (row, attempt), img, seed, is_bad in zip(batch, images, seeds, bad, strict=True):
+                    if is_bad:
+                        if attempt >= cfg.max_redraws:
+                            raise SynthTLError(
+                                f"image {row['id']} ({row['class_name']}) was black or non-finite in {attempt + 1} "
+                                "draws; fp16 VAE overflow? try generator.dtype=bf16 or fp32")
+                        queue.appendleft((row, attempt + 1))
+                        stats["redraws"] += 1
+                        continue
+                    pending.append((pool.submit(_write, folder, row, img, seed, attempt, cfg), row))
+                drain(wait=False)
+            drain(wait=True)
+        except BaseException:
+            for fut, _ in pending:
+                fut.cancel()
+            with contextlib.suppress(BaseException):  # the original error is the one to report
+                drain(wait=True)  # keep what was fully written before stopping
+            raise
+        finally:
+            bar.close()
+    return stats

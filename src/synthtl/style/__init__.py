@@ -1,0 +1,1 @@
+"""Dataset Style Inversion (one pseudo-token for a dataset) and per-class textual inversion."""
