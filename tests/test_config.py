@@ -80,3 +80,7 @@ def test_every_shipped_preset_loads():
             from synthtl.config import GenerateConfig
 
             load_config(GenerateConfig, p, [])
+        if "style" in p.parts:
+            from synthtl.config import StyleConfig
+
+            load_config(StyleConfig, p, [])

@@ -123,6 +123,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn_style(args: argparse.Namespace) -> int:
+    from synthtl.config import StyleConfig
+    from synthtl.style.train import run_learn_style
+
+    cfg = _load(StyleConfig, args)
+    if cfg is not None:
+        run_learn_style(cfg)
+    return 0
+
+
 def cmd_grid_images(args: argparse.Namespace) -> int:
     from synthtl.config import FinetuneConfig, load_config
     from synthtl.generation.grid import contact_sheets
@@ -167,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "presets": (cmd_presets, "list the YAML presets under configs/"),
         "split": (cmd_split, "write a few-shot (or full) train split file"),
         "generate": (cmd_generate, "generate a synthetic training set with Stable Diffusion (resumable, sharded)"),
+        "learn-style": (cmd_learn_style, "learn a dataset style token (DSI) or per-class tokens by textual inversion"),
         "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
         "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
         "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
@@ -174,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_) in commands.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=fn)
-        if name in ("finetune", "split", "generate"):
+        if name in ("finetune", "split", "generate", "learn-style"):
             _config_args(p)
         if name == "generate":
             p.add_argument("--status", metavar="DIR", help="print done/total per class of a generated set and exit")

@@ -244,6 +244,52 @@ class GenerateConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Style inversion
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StyleConfig:
+    out_dir: str = "styles/default"  # learned_embeds.safetensors, style.json, checkpoint, validation grids
+    mode: str = "dataset"  # "dataset": one token S* for the whole dataset (DSI); "class": one token per class
+    token: str = "<synthtl-style>"  # S*; per-class tokens append the class index: <synthtl-style-0>, ...
+    vectors: int = 1  # embedding vectors per token
+    initializer: str = "photo"  # the word whose embedding every new vector starts from (must be one token)
+    templates: list[str] = field(default_factory=list)  # training prompts with {} = class, {token}; [] = ours
+    steps: int = 20000  # paper: ~20k steps for DSI
+    steps_per_class: int = 0  # if > 0: steps = this x number of classes (paper: 5k per class for per-class inversion)
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-3  # ours: 5e-3 (diffusers' textual-inversion example)
+    scale_lr: bool = False  # multiply lr by batch_size x grad_accum (the example's --scale_lr)
+    weight_decay: float = 1e-2  # AdamW weight decay on the learned vectors (the example's default)
+    warmup_steps: int = 0  # linear warmup, then constant lr
+    resolution: int = 512  # training resolution (the VAE latents are cached at this size once)
+    crop: str = "random"  # "random": random square crop of the cached latent each step; "center": fixed crop
+    random_flip: bool = True  # latents of the flipped images are cached too and drawn half the time
+    images_per_class: int = 0  # cap on real images per class (0 = all): bounds the latent cache's memory
+    gradient_checkpointing: bool = False  # trade UNet compute for memory
+    seed: int = 0
+    checkpoint_every: int = 500  # resumable checkpoint (atomic) every n steps
+    validate_every: int = 1000  # validation grid every n steps (0 = only at the end)
+    validation_classes: int = 4  # classes in the grid (the first n)
+    validation_images: int = 4  # images per class (fixed seeds)
+    validation_steps: int = 25  # denoising steps of the grid
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)  # training images: the train split (or few-shot split)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the Stable Diffusion to invert
+
+    def __post_init__(self) -> None:
+        _choice(self.mode, "mode", ("dataset", "class"))
+        _choice(self.crop, "crop", ("random", "center"))
+        _check(self.vectors >= 1, "vectors must be >= 1")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+               "steps, batch_size and grad_accum must be >= 1")
+        _check(self.lr > 0, "lr must be > 0")
+        _check(self.resolution % 8 == 0, f"resolution={self.resolution}: must be a multiple of 8")
+        _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _check(bool(self.token.strip()) and " " not in self.token, f"token={self.token!r}: one word without spaces")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
 def configs_dir() -> Path:

@@ -62,6 +62,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, atomically."""
+    import io as _io
+
+    import torch
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import torch
 
-from synthtl.io import write_bytes
+from synthtl.io import save_torch
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_bytes(path, buf.getvalue())
+    save_torch(path, state)
 
 
 def load(path: str | os.PathLike) -> dict:
