@@ -159,6 +159,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from synthtl.config import StudyConfig
+    from synthtl.experiments.runner import run_study
+
+    if args.preset and "=" in args.preset:  # argparse took the first override for the preset
+        args.overrides.insert(0, args.preset)
+        args.preset = None
+    if args.preset and args.config:
+        raise ConfigError("give the study as a preset name or as --config FILE, not both")
+    args.config = args.config or (f"studies/{args.preset}" if args.preset and not Path(args.preset).is_file()
+                                  else args.preset)
+    if not args.config:
+        raise ConfigError("which study? e.g. `synthtl study paper/utilization` or `synthtl study --config grid.yaml`; "
+                          "`synthtl presets` lists them")
+    cfg = _load(StudyConfig, args)
+    if cfg is None:
+        return 0
+    run_study(cfg, dry_run=args.dry_run)
+    if not args.dry_run:
+        if args.report:
+            from synthtl.reporting.report import build_report
+
+            paths = build_report(cfg.folder, cfg.report)
+            print(f"[synthtl] report: {paths['html']}")
+        else:
+            print(f"[synthtl] study finished; build its report with: synthtl report {cfg.folder}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from synthtl.config import with_overrides
+    from synthtl.reporting.report import build_report, study_report_config
+
+    cfg = with_overrides(study_report_config(Path(args.study)), args.overrides)
+    paths = build_report(args.study, cfg)
+    print(f"[synthtl] report: {paths['html']} (also {paths['markdown']}, tables/*.csv|.tex, figures/*.png)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from synthtl.demo import run_demo
 
@@ -180,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "learn-style": (cmd_learn_style, "learn a dataset style token (DSI) or per-class tokens by textual inversion"),
         "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
         "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
+        "study": (cmd_study, "run (or resume) a grid of style, generation and fine-tuning jobs from a preset"),
+        "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
         "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
     }
     for name, (fn, help_) in commands.items():
@@ -187,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         if name in ("finetune", "split", "generate", "learn-style"):
             _config_args(p)
+        if name == "study":
+            p.add_argument("preset", nargs="?", default=None, help="a preset under configs/studies/ or a YAML file")
+            p.add_argument("--config", "-c", default=None, help="a study YAML (grid.yaml)")
+            p.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hour estimate, run nothing")
+            p.add_argument("--report", action="store_true", help="build the report when the study has finished")
+            p.add_argument("--show-config", action="store_true", help="print the resolved study config")
+            p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grid.seeds=[0] launcher.parallel=0")
+        if name == "report":
+            p.add_argument("study", help="a study folder (with runs/ and, for synthetic sets, gen/)")
+            p.add_argument("overrides", nargs="*", help="report key=value overrides, e.g. features=resnet50")
         if name == "generate":
             p.add_argument("--status", metavar="DIR", help="print done/total per class of a generated set and exit")
             p.add_argument("--validate", metavar="DIR", help="decode every finished image; report missing/corrupt")
@@ -209,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demo":
             p.add_argument("--out", default="demo_out", help="where the demo writes everything")
             p.add_argument("--real", action="store_true", help="run a small real study (GPU + hub access needed)")
-            p.add_argument("overrides", nargs="*", help="key=value overrides for the demo's fine-tuning runs")
+            p.add_argument("overrides", nargs="*", help="key=value overrides of the demo study (e.g. grid.seeds=[0])")
     return parser
 
 

@@ -290,6 +290,96 @@ class StyleConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Studies and reports
+# --------------------------------------------------------------------------------------------------------------
+PROMPT_STYLES = ("single", "imagenet80", "dsi", "per_class")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    datasets: list[str] = field(default_factory=lambda: ["digits"])
+    models: list[str] = field(default_factory=lambda: ["resnet18"])
+    strategies: list[str] = field(default_factory=lambda: ["vanilla"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    shots: list[int] = field(default_factory=lambda: [0])  # 0 = full train split
+    volumes: list[int] = field(default_factory=lambda: [1000])  # synthetic images per class (one set serves all)
+    guidance: list[float] = field(default_factory=lambda: [2.0])
+    prompts: list[str] = field(default_factory=lambda: ["single"])  # single | imagenet80 | dsi | per_class
+    shared_style: bool = False  # few-shot runs: learn the style from the full train split instead of the k shots
+
+    def __post_init__(self) -> None:
+        for p in self.prompts:
+            _choice(p, "grid.prompts", PROMPT_STYLES)
+        for name in ("datasets", "models", "strategies", "seeds", "shots", "volumes", "guidance", "prompts"):
+            _check(len(getattr(self, name)) > 0, f"grid.{name} is empty")
+        _check(all(v >= 1 for v in self.volumes), "grid.volumes must be >= 1")
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    kind: str = "local"  # "local" or "slurm" (submitit)
+    parallel: int = 1  # local: jobs at once, each on its own GPU; 0 = one per visible GPU
+    gen_shards: int = 1  # split each generation job into this many shards (array tasks / parallel jobs)
+    wait: bool = True  # slurm: block until each stage's jobs finish before submitting the next
+    folder: str = ""  # submitit logs ("" = <study>/slurm)
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 720
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int = 64
+    array_parallelism: int = 64
+    cluster: str = ""  # submitit cluster override ("local" runs on this machine: used by the tests)
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, "launcher.kind", ("local", "slurm"))
+        _check(self.parallel >= 0 and self.gen_shards >= 1, "launcher.parallel >= 0 and launcher.gen_shards >= 1")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    features: str = "timm:inception_v3.tv_in1k"  # feature space for FID/KID/precision/recall and leakage
+    features_fallback: str = "resnet50"  # used when the Inception weights are not available
+    features_pretrained: bool = True  # false: random-weight features (plumbing checks only)
+    features_img_size: int = 0  # 0 = the feature model's native size
+    max_images: int = 2000  # images per set for the distances (a seeded subsample)
+    kid_subsets: int = 50
+    kid_subset_size: int = 1000
+    pr_k: int = 3  # k of the k-NN manifold estimate (improved precision/recall)
+    clip_model: str = ""  # a CLIP model id or folder for CLIP score ("" = skip)
+    leak_hash_bits: int = 6  # perceptual-hash Hamming distance (of 64 bits) counted as a near-duplicate
+    leak_cosine: float = 0.95  # feature cosine similarity counted as a near-duplicate
+    leak_max_listed: int = 20
+    grid_classes: int = 6  # classes in the real vs synthetic image grids
+    bootstrap: int = 10000  # resamples of the bootstrap interval of paired differences
+    quality: bool = True  # compute FID/KID/precision/recall and the leakage check
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    description: str = ""  # what the study reproduces (shown in the report)
+    out_dir: str = ""  # "" = studies/<name>
+    data_root: str = ""  # data.root of every job
+    cache_dir: str = ""  # data.cache_dir of every job
+    finetune_preset: str = "finetune/resnet18"
+    model_presets: dict[str, str] = field(default_factory=dict)  # model -> its own fine-tuning preset (ViTs: AdamW)
+    finetune: list[str] = field(default_factory=list)  # overrides for every fine-tuning run
+    generate_preset: str = "generate/sd15"
+    generate: list[str] = field(default_factory=list)  # overrides for every generation job
+    style_preset: str = "style/dsi"
+    style: list[str] = field(default_factory=list)  # overrides for every style job
+    grid: GridConfig = field(default_factory=GridConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def folder(self) -> str:
+        return self.out_dir or f"studies/{self.name}"
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
 def configs_dir() -> Path:
@@ -354,6 +444,18 @@ def load_config(schema: type[T], preset: str | os.PathLike | None = None, overri
             raise ConfigError(f"unknown config key {key!r}: {msg}. `synthtl <command> --show-config` prints "
                               "every valid key") from None
         raise ConfigError(f"bad value for {key!r}: {msg}") from None
+
+
+def with_overrides(cfg: T, overrides: list[str]) -> T:
+    """A copy of a config instance with `a.b=value` overrides applied (same checks as load_config)."""
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key=value")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad override for {getattr(e, 'full_key', None)!r}: {str(e).splitlines()[0]}") from None
 
 
 def to_yaml(cfg: Any) -> str:

@@ -16,6 +16,15 @@ from typing import Any
 from synthtl.errors import SynthTLError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide results from collaborators
+
+
 class DiskFullError(SynthTLError):
     """No space left on the device: nothing half-written was kept."""
 
@@ -30,6 +39,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -309,13 +309,16 @@ def _cifar(root: Path, split: str, work: Path, which: str) -> ImageList:
 
 def _digits(root: Path, split: str, work: Path) -> ImageList:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images): the offline demo's real dataset."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    arrays = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
     classes = [str(i) for i in range(10)]
     out = work / "digits-png"
-    all_items = _materialize(out, arrays, [int(t) for t in d.target], classes)
+    if (out / "complete.json").is_file():  # written once; no need to import scikit-learn again
+        all_items = sorted((f"{c}/{p.name}", int(c)) for c in classes for p in (out / c).glob("*.png"))
+    else:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        arrays = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+        all_items = _materialize(out, arrays, [int(t) for t in d.target], classes)
     per_class = [[p for p, y in all_items if y == c] for c in range(10)]
     items = _rule_split(per_class, split, lambda n: n // 2)  # fixed 50/50 split by the hash rule
     return _make(out, items, classes, _names_for("digits", 10), f"digits/{split}")

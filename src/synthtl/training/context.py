@@ -55,6 +55,7 @@ class Context:
             self.metrics = list(self.resume["metrics"])
             self.info = self.resume["info"]
         self.best_val: tuple[float, int] | None = None
+        self.final_test: dict | None = None
         self._tb = None
 
     # ---------------------------------------------------------------------------------------------------- data
@@ -190,6 +191,8 @@ class Context:
             if last or (epoch + 1) % stage.eval_every == 0:
                 test = self._eval(model, self.data.test, 2 * stage.batch_size)
                 row.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
+                if last and final:
+                    self.final_test = test  # the reported numbers when select=last (no second pass)
             if self.data.val is not None:
                 val = self._eval(model, self.data.val, 2 * stage.batch_size)
                 row.update(val_top1=val["top1"], val_loss=val["loss"])
@@ -258,7 +261,8 @@ class Context:
             model.load_state_dict(best["model"])
             selected = f"val:epoch{best['epoch']}"
         bs = 2 * self.cfg.real_stage.batch_size
-        out = {"test": self._eval(model, self.data.test, bs), "selected": selected}
+        test = self.final_test if selected == "last" and self.final_test is not None else None
+        out = {"test": test or self._eval(model, self.data.test, bs), "selected": selected}
         out["val"] = self._eval(model, self.data.val, bs) if self.data.val is not None else None
         return out
 

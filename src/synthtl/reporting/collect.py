@@ -1,0 +1,114 @@
+"""Reading a study folder: finished runs with their grid labels, metrics curves, generated sets, styles, costs.
+
+Everything comes from files (run folders, plan.json, generated sets' plan/progress files, style.json); nothing
+is imported from the training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from synthtl.io import read_json, read_jsonl
+
+SYNTHETIC_STRATEGIES = {"mixed", "synthetic_only", "bridged", "bridged_reinit", "bridged++", "vanilla_matched"}
+
+
+@dataclass
+class Run:
+    id: str
+    folder: Path
+    labels: dict
+    result: dict
+    config: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def top1(self) -> float:
+        return float(self.result["test"]["top1"])
+
+
+def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
+    plan = gen_dir / "plan.json"
+    if not plan.is_file():
+        return None, None
+    ident = read_json(plan)["identity"]
+    if ident.get("style_hash"):
+        tokens = {r.get("token") for r in read_jsonl(gen_dir / "manifest.jsonl")[:1000]}
+        prompt = "per_class" if len(tokens) > 1 else "dsi"
+    elif len(ident.get("templates", [])) == 80:
+        prompt = "imagenet80"
+    elif ident.get("templates") == ["a good photo of the {}."]:
+        prompt = "single"
+    else:
+        prompt = "custom"
+    return ident.get("guidance"), prompt
+
+
+def labels_from_config(cfg: dict) -> dict:
+    """Grid coordinates of a run that was not launched by a study (read from its config and synthetic set)."""
+    syn = cfg.get("synthetic", {}) or {}
+    labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
+              "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": None, "guidance": None, "prompt": None}
+    if syn.get("path") and cfg["strategy"] in SYNTHETIC_STRATEGIES:
+        guidance, prompt = _prompt_label(Path(syn["path"]))
+        labels.update(volume=syn.get("per_class") or None, guidance=guidance, prompt=prompt)
+    return labels
+
+
+def collect_runs(study_dir: str | Path) -> list[Run]:
+    """Every finished run (folders with result.json) under <study>/runs, with labels."""
+    root = Path(study_dir)
+    plan_labels = {}
+    if (root / "plan.json").is_file():
+        plan_labels = {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == "finetune"}
+    runs = []
+    for res in sorted(root.glob("runs/**/result.json")):
+        folder = res.parent
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+        rid = folder.name if folder.name in plan_labels else str(folder.relative_to(root / "runs"))
+        labels = plan_labels.get(rid) or labels_from_config(cfg)
+        metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+        runs.append(Run(rid, folder, labels, read_json(res), cfg, metrics))
+    return runs
+
+
+@dataclass
+class GenSet:
+    id: str
+    folder: Path
+    identity: dict
+    labels: dict
+    images: int
+    seconds: float
+    gpu_seconds: float
+    redraws: int
+
+
+def collect_gensets(study_dir: str | Path) -> list[GenSet]:
+    root = Path(study_dir)
+    plan_labels = {}
+    if (root / "plan.json").is_file():
+        plan_labels = {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == "generate"}
+    out = []
+    for plan in sorted(root.glob("gen/*/plan.json")):
+        folder = plan.parent
+        ident = read_json(plan)["identity"]
+        images = seconds = gpu = redraws = 0
+        for s in folder.glob("progress/*.summary.json"):
+            d = read_json(s)
+            images += d["images"]
+            seconds += d["seconds"]
+            gpu += d["seconds"] * d.get("gpus", 0)
+            redraws += d.get("redraws", 0)
+        guidance, prompt = _prompt_label(folder)
+        labels = plan_labels.get(folder.name) or {"dataset": None, "guidance": guidance, "prompt": prompt}
+        out.append(GenSet(folder.name, folder, ident, labels, images, seconds, gpu, redraws))
+    return out
+
+
+def collect_styles(study_dir: str | Path) -> list[dict]:
+    return [{"id": p.parent.name, "folder": p.parent, **read_json(p)}
+            for p in sorted(Path(study_dir).glob("styles/*/style.json"))]

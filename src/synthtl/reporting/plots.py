@@ -1,0 +1,137 @@
+"""Figures (PNG, matplotlib Agg): radar of strategies across datasets, stage-2 convergence, sweeps with error bars,
+LEEP before/after stage 1, cost per stage."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from synthtl.io import write_bytes  # noqa: E402
+from synthtl.reporting.collect import Run  # noqa: E402
+from synthtl.reporting.tables import Table, strategy_rank  # noqa: E402
+
+COLORS = plt.get_cmap("tab10")
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+    return path
+
+
+def radar(table: Table, path: Path) -> Path | None:
+    """Strategies across datasets (radar with >= 3 datasets, grouped bars otherwise)."""
+    data: dict[str, dict[str, float]] = {}
+    for r in table.raw:
+        if r["n"]:
+            data.setdefault(r["strategy"], {})[r["dataset"]] = r["mean"]
+    datasets = sorted({d for v in data.values() for d in v})
+    if not datasets:
+        return None
+    strategies = sorted(data, key=strategy_rank)
+    if len(datasets) >= 3:
+        angles = np.linspace(0, 2 * math.pi, len(datasets), endpoint=False).tolist()
+        fig = plt.figure(figsize=(6, 6))
+        ax = fig.add_subplot(polar=True)
+        for i, s in enumerate(strategies):
+            vals = [data[s].get(d, np.nan) for d in datasets]
+            ax.plot(angles + angles[:1], vals + vals[:1], color=COLORS(i), label=s)
+            ax.fill(angles + angles[:1], vals + vals[:1], color=COLORS(i), alpha=0.05)
+        ax.set_xticks(angles)
+        ax.set_xticklabels(datasets)
+        vals = [v for d in data.values() for v in d.values() if not math.isnan(v)]
+        ax.set_ylim(max(0.0, min(vals) - 5), max(vals) + 2)  # zoom on the differences, not on 0-100
+    else:
+        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(strategies) * len(datasets)), 4))
+        width = 0.8 / len(strategies)
+        for i, s in enumerate(strategies):
+            ax.bar(np.arange(len(datasets)) + i * width, [data[s].get(d, np.nan) for d in datasets], width,
+                   color=COLORS(i), label=s)
+        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
+        ax.set_xticklabels(datasets)
+        ax.set_ylabel("test top-1 (%)")
+    ax.set_title(table.title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
+    return _save(fig, path)
+
+
+def convergence(runs: list[Run], dataset: str, path: Path) -> Path | None:
+    """Test (solid) and train (dashed) top-1 per epoch of the real-data stage, mean over seeds, per strategy."""
+    by_strategy: dict[str, list[list[dict]]] = {}
+    for r in runs:
+        rows = [m for m in r.metrics if m["stage"] in ("real", "mixed") and "test_top1" in m]
+        if r.labels["dataset"] == dataset and rows:
+            by_strategy.setdefault(r.labels["strategy"], []).append(rows)
+    if not by_strategy:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (s, seeds) in enumerate(sorted(by_strategy.items(), key=lambda kv: strategy_rank(kv[0]))):
+        n = min(len(x) for x in seeds)
+        epochs = [seeds[0][k]["epoch"] for k in range(n)]
+        test = np.mean([[x[k]["test_top1"] for k in range(n)] for x in seeds], axis=0)
+        train = np.mean([[x[k]["train_top1"] for k in range(n)] for x in seeds], axis=0)
+        ax.plot(epochs, test, color=COLORS(i), marker="o", ms=3, label=f"{s} (test)")
+        ax.plot(epochs, train, color=COLORS(i), ls="--", alpha=0.6)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch of the real-data stage")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{dataset}: convergence on real images (dashed: train)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def sweep(table: Table, axis: str, path: Path, log2: bool = False) -> Path | None:
+    series: dict[tuple, dict] = {}
+    for r in table.raw:
+        if r["n"]:
+            series.setdefault((r["dataset"], r["model"], r["strategy"]), {})[r[axis]] = (r["mean"], r["std"])
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, ((ds, model, s), pts) in enumerate(sorted(series.items(), key=str)):
+        xs = sorted(pts)
+        ax.errorbar(xs, [pts[x][0] for x in xs], yerr=[pts[x][1] for x in xs], marker="o", ms=3, capsize=3,
+                    color=COLORS(i % 10), label=f"{ds} / {model} / {s}")
+    if log2:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(axis)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(table.title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def leep_bars(table: Table, path: Path) -> Path | None:
+    rows = [r for r in table.raw if not math.isnan(r["leep_pretrained"]) or not math.isnan(r["leep_stage1"])]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 4))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["leep_pretrained"] for r in rows], 0.4, label="pretrained")
+    ax.bar(x + 0.2, [r["leep_stage1"] for r in rows], 0.4, label="after stage 1 (synthetic)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{r['dataset']}\n{r['model']}" for r in rows], fontsize=7)
+    ax.set_ylabel("LEEP (higher = more transferable)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def cost_bars(table: Table, path: Path) -> Path | None:
+    if not table.raw:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    use_gpu = any(r["gpu_hours"] for r in table.raw)
+    vals = [r["gpu_hours" if use_gpu else "wall_hours"] for r in table.raw]
+    ax.barh([r["stage"] for r in table.raw], vals, color=COLORS(0))
+    ax.set_xlabel("GPU hours" if use_gpu else "wall hours (CPU)")
+    return _save(fig, path)

@@ -1,0 +1,167 @@
+"""`synthtl report <study dir>`: tables (Markdown, CSV, LaTeX), figures (PNG) and one self-contained HTML page,
+built only from the files in the study folder."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from synthtl.config import ReportConfig, StudyConfig, from_dict
+from synthtl.errors import DataError
+from synthtl.io import git_sha, read_json, write_text
+from synthtl.reporting import plots
+from synthtl.reporting.collect import collect_gensets, collect_runs, collect_styles
+from synthtl.reporting.html import Page
+from synthtl.reporting.tables import (
+    Table,
+    accuracy_per_gpu_hour,
+    cost_table,
+    leep_table,
+    strategy_rank,
+    strategy_tables,
+    sweep_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
+
+
+def study_report_config(study_dir: Path) -> ReportConfig:
+    """The report section of the study's study.yaml (defaults when the folder has none)."""
+    f = study_dir / "study.yaml"
+    if f.is_file():
+        return from_dict(StudyConfig, yaml.safe_load(f.read_text())).report
+    return ReportConfig()
+
+
+def _runs_table(runs) -> Table:
+    rows, raw = [], []
+    for r in sorted(runs, key=lambda r: (r.labels["dataset"], strategy_rank(r.labels["strategy"]), r.id)):
+        lab, res = r.labels, r.result
+        rows.append([r.id, lab["dataset"], lab["model"], lab["strategy"], str(lab["seed"]), str(lab["shots"]),
+                     str(lab.get("volume") or "–"), str(lab.get("prompt") or "–"), f"{res['test']['top1']:.2f}",
+                     f"{res['test']['top5']:.2f}", f"{res['test']['mean_class_acc']:.2f}", str(res["total_steps"]),
+                     f"{res['wall_s']:.0f}"])
+        raw.append({"run": r.id, **lab, "top1": res["test"]["top1"], "top5": res["test"]["top5"],
+                    "mean_class_acc": res["test"]["mean_class_acc"], "steps": res["total_steps"],
+                    "wall_s": res["wall_s"], "gpu_s": res["gpu_s"], "leep_pretrained": res["leep"].get("pretrained"),
+                    "leep_stage1": res["leep"].get("stage1"), "selected": res["selected"]})
+    return Table("runs", "Every run", ["run", "dataset", "model", "strategy", "seed", "shots", "volume", "prompts",
+                                       "top-1", "top-5", "mean class acc", "steps", "wall s"], rows, raw)
+
+
+def _uses_random_weights(runs, gensets) -> bool:
+    return (any(not r.config.get("model", {}).get("pretrained", True) for r in runs)
+            or any(g.identity.get("model") == "tiny" for g in gensets))
+
+
+def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
+    """Writes <study>/report/{index.html, report.md, runs.csv, tables/, figures/}; returns the main paths."""
+    study_dir = Path(study_dir)
+    cfg = cfg or study_report_config(study_dir)
+    runs = collect_runs(study_dir)
+    if not runs:
+        raise DataError(f"{study_dir} has no finished runs (folders with result.json under runs/); run the study first")
+    gensets, styles = collect_gensets(study_dir), collect_styles(study_dir)
+    out = study_dir / "report"
+    figs = out / "figures"
+    meta = read_json(study_dir / "plan.json") if (study_dir / "plan.json").is_file() else {}
+    page = Page(f"synthtl report: {meta.get('name', study_dir.name)}")
+    page.text(f"{meta.get('description', '')}", "meta")
+    page.text(f"{len(runs)} runs, {len(gensets)} generated sets, {len(styles)} style embeddings · generated "
+              f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} · synthtl {git_sha()}", "meta")
+    if _uses_random_weights(runs, gensets):
+        page.text("This study uses random-weight components (a tiny Stable Diffusion and/or a classifier without "
+                  "pretrained weights): its numbers prove the plumbing, not the method.", "banner")
+    tables: list[Table] = []
+
+    page.section("Results by strategy", "strategies")
+    for t in strategy_tables(runs, cfg.bootstrap):
+        tables.append(t)
+        page.table(t)
+        page.figure(plots.radar(t, figs / f"radar_{t.key}.png"), "strategies across datasets")
+    page.section("Convergence on the real images", "convergence")
+    for ds in sorted({r.labels["dataset"] for r in runs}):
+        page.figure(plots.convergence(runs, ds, figs / f"convergence_{ds}.png"), f"{ds}: stage-2 curves")
+    sweeps = [("volume", "volume", "Synthetic volume (images per class)", False),
+              ("guidance", "guidance", "Guidance scale of the generator", False),
+              ("shots", "fewshot", "Few-shot: real images per class", True)]
+    for axis, key, title, log2 in sweeps:
+        t = sweep_table(runs, axis, key, title)
+        if t is not None:
+            page.section(title, key)
+            tables.append(t)
+            page.table(t)
+            page.figure(plots.sweep(t, axis, figs / f"{key}.png", log2), title)
+    t = leep_table(runs)
+    if t is not None:
+        page.section("Transferability (LEEP)", "leep")
+        tables.append(t)
+        page.table(t)
+        page.figure(plots.leep_bars(t, figs / "leep.png"), "LEEP before and after stage 1")
+    if gensets and cfg.quality:
+        q, leak, examples, note = quality_section(runs, gensets, cfg, out)
+        page.section("Synthetic-set quality", "quality")
+        tables.append(q)
+        page.table(q)
+        page.section("Leakage check", "leakage")
+        tables.append(leak)
+        page.table(leak)
+        page.pairs(examples)
+    page.section("Cost", "cost")
+    cost = cost_table(runs, gensets, styles)
+    tables.append(cost)
+    page.table(cost)
+    page.figure(plots.cost_bars(cost, figs / "cost.png"), "cost per stage")
+    per_hour = accuracy_per_gpu_hour(runs, gensets)
+    if per_hour is not None:
+        tables.append(per_hour)
+        page.table(per_hour)
+    if gensets:
+        page.section("Real vs synthetic images", "grids")
+        for path, caption in image_grids(runs, gensets, cfg, figs / "grids"):
+            page.figure(path, caption)
+    page.section("Every run", "runs")
+    runs_t = _runs_table(runs)
+    tables.append(runs_t)
+    page.table(runs_t)
+
+    for t in tables:
+        write_text(out / "tables" / f"{t.key}.md", to_markdown(t))
+        write_text(out / "tables" / f"{t.key}.csv", to_csv(t))
+        write_text(out / "tables" / f"{t.key}.tex", to_latex(t))
+    write_text(out / "runs.csv", to_csv(runs_t))
+    write_text(out / "report.md", f"# {page.title}\n\n" + "\n".join(to_markdown(t) for t in tables))
+    write_text(out / "index.html", page.render())
+    return {"html": out / "index.html", "markdown": out / "report.md", "tables": out / "tables", "figures": figs}
+
+
+def quality_section(runs, gensets, cfg: ReportConfig, out: Path):
+    from synthtl.reporting.quality import quality
+
+    return quality(runs, gensets, cfg, out / "cache")
+
+
+def image_grids(runs, gensets, cfg: ReportConfig, folder: Path) -> list[tuple[Path, str]]:
+    """Per dataset: real train images above one row per generated set (single template, DSI, ...)."""
+    from synthtl.generation.grid import contact_sheets
+    from synthtl.reporting.quality import real_splits
+
+    out = []
+    by_dataset: dict[str, list] = {}
+    for g in gensets:
+        by_dataset.setdefault(g.labels.get("dataset") or "?", []).append(g)
+    for ds, sets in sorted(by_dataset.items()):
+        splits = real_splits(runs, ds)
+        labelled = [(f"{g.labels.get('prompt')} g{g.identity.get('guidance')}", g.folder) for g in sets]
+        names = None
+        if splits is not None:
+            names = list(splits[0].names[: cfg.grid_classes])
+        else:
+            first = sorted({n for n in sets[0].identity.get("classes", [])})
+            names = first[: cfg.grid_classes]
+        paths = contact_sheets(labelled, folder / ds, per_row=6, real=splits[0] if splits else None, classes=names)
+        out += [(p, f"{ds}: {p.stem}") for p in paths]
+    return out

@@ -1,0 +1,184 @@
+"""The report built from canned run folders (no training), checked against hand-computed numbers."""
+
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from synthtl.config import ReportConfig
+from synthtl.reporting.report import build_report
+from synthtl.reporting.stats import mean_std, paired
+from tests.conftest import run_cli
+
+RANDOM_FEATURES = ReportConfig(features="test_resnet", features_fallback="test_resnet", features_pretrained=False,
+                               max_images=50, kid_subsets=3, kid_subset_size=10, bootstrap=2000)
+
+
+def canned_run(root: Path, rid: str, labels: dict, top1: float, leep=None, syn_path=None, data_root=None) -> None:
+    folder = root / "runs" / rid
+    folder.mkdir(parents=True)
+    bridged = labels["strategy"].startswith("bridged")
+    stages = {"real": {"epochs": 2, "steps": 20, "batch_size": 8, "wall_s": 10.0, "gpu_s": 10.0,
+                       "train_images_per_s": 100.0}}
+    if bridged:
+        stages = {"synthetic": {**stages["real"], "wall_s": 5.0, "gpu_s": 5.0}, **stages}
+    result = {"test": {"top1": top1, "top5": 99.0, "mean_class_acc": top1 - 1, "loss": 0.5}, "val": None,
+              "selected": "last", "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
+              "leep": leep or {}, "wall_s": sum(s["wall_s"] for s in stages.values()),
+              "gpu_s": sum(s["gpu_s"] for s in stages.values()), "model": labels["model"], "seed": labels["seed"]}
+    (folder / "result.json").write_text(json.dumps(result))
+    cfg = {"strategy": labels["strategy"], "seed": labels["seed"],
+           "model": {"name": labels["model"], "pretrained": True},
+           "data": {"name": labels["dataset"], "shots": labels["shots"], "root": str(data_root or ""), "cache_dir": ""},
+           "synthetic": {"path": str(syn_path or ""), "per_class": labels.get("volume") or 0}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = [{"stage": "real", "epoch": e, "train_top1": top1 - 10 + e, "test_top1": top1 - 5 + 2.5 * e}
+            for e in (1, 2)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def labels(dataset, strategy, seed, volume=None, model="resnet18"):
+    syn = strategy != "vanilla"
+    return {"dataset": dataset, "model": model, "strategy": strategy, "seed": seed, "shots": 0,
+            "volume": (volume or 1000) if syn else None, "guidance": 2.0 if syn else None,
+            "prompt": "single" if syn else None}
+
+
+@pytest.fixture
+def canned_study(tmp_path) -> Path:
+    root = tmp_path / "study"
+    plan = []
+    accs = {"vanilla": [80.0, 81.0, 82.0], "bridged++": [85.0, 85.0, 86.0], "mixed": [70.0, 72.0, 71.0]}
+    for ds in ("aircraft", "cars", "dtd"):
+        for strategy, values in accs.items():
+            for seed, acc in enumerate(values):
+                rid = f"{ds}-{strategy}-s{seed}"
+                lab = labels(ds, strategy, seed)
+                leep = {"pretrained": -4.0, **({"stage1": -3.0} if strategy == "bridged++" else {})}
+                canned_run(root, rid, lab, acc + (1 if ds == "cars" else 0), leep)
+                plan.append({"kind": "finetune", "id": rid, "labels": lab})
+    for seed, acc in enumerate([83.0, 84.0, 84.5]):  # a second volume for the sweep
+        rid = f"aircraft-bridged++-v500-s{seed}"
+        lab = labels("aircraft", "bridged++", seed, volume=500)
+        canned_run(root, rid, lab, acc)
+        plan.append({"kind": "finetune", "id": rid, "labels": lab})
+    (root / "plan.json").write_text(json.dumps({"name": "canned", "description": "canned runs", "jobs": plan}))
+    return root
+
+
+def test_paired_statistics_hand_computed():
+    p = paired({0: 81.0, 1: 82.0, 2: 83.0}, {0: 80.0, 1: 80.0, 2: 80.0}, n_boot=2000)
+    # diffs 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3); for 2 degrees of freedom p = 1 - t / sqrt(2 + t^2)
+    t = 2 * math.sqrt(3)
+    assert p["n"] == 3 and p["mean_diff"] == 2.0 and abs(p["std_diff"] - 1.0) < 1e-12
+    assert abs(p["t"] - t) < 1e-9 and abs(p["p"] - (1 - t / math.sqrt(2 + t * t))) < 1e-9
+    assert 1.0 <= p["ci_low"] <= 2.0 <= p["ci_high"] <= 3.0
+    assert paired({0: 1.0}, {1: 1.0})["n"] == 0
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3) and mean_std([5.0]) == (5.0, 0.0, 1)
+
+
+def test_report_from_canned_runs(canned_study):
+    paths = build_report(canned_study, RANDOM_FEATURES)
+    tables = canned_study / "report" / "tables"
+    rows = list(csv.DictReader(io.StringIO((tables / "strategies_1.csv").read_text())))
+    cell = next(r for r in rows if r["dataset"] == "aircraft" and r["strategy"] == "bridged++")
+    # bridged++ 85, 85, 86 vs vanilla 80, 81, 82 paired by seed: diffs 5, 4, 4
+    assert abs(float(cell["mean"]) - 85 - 1 / 3) < 1e-9 and abs(float(cell["std"]) - math.sqrt(1 / 3)) < 1e-9
+    assert abs(float(cell["delta_vs_vanilla"]) - 13 / 3) < 1e-9
+    t = (13 / 3) / (math.sqrt(1 / 3) / math.sqrt(3))
+    assert abs(float(cell["p_value"]) - (1 - t / math.sqrt(2 + t * t))) < 1e-9
+    assert float(cell["paper"]) == 85.2  # the paper's number beside ours
+    md = (tables / "strategies_1.md").read_text()
+    assert "85.33 ± 0.58 [+4.33 (p=0.006)]" in md and "paper bridged++" in md
+    assert "\\begin{tabular}" in (tables / "strategies_1.tex").read_text()
+    assert (tables / "volume.csv").is_file() and (tables / "leep.csv").is_file() and (tables / "cost.csv").is_file()
+    leep = list(csv.DictReader(io.StringIO((tables / "leep.csv").read_text())))
+    assert float(next(r for r in leep if r["dataset"] == "aircraft")["paper_stage1"]) == -3.41
+    for name in ("radar_strategies_1.png", "convergence_aircraft.png", "volume.png", "leep.png", "cost.png"):
+        f = canned_study / "report" / "figures" / name
+        assert f.is_file() and f.stat().st_size > 2000, name
+        with Image.open(f) as im:
+            assert im.size[0] > 200
+    html = paths["html"].read_text()
+    assert html.count("<table class='results'") >= 5 and html.count("data:image/png;base64,") >= 5
+    assert (canned_study / "report" / "runs.csv").read_text().count("\n") == 3 * 3 * 3 + 3 + 1
+
+
+def _folder_gen_set(root: Path, folder_data: Path, plant: bool) -> Path:
+    """A generated set for the folder dataset; with `plant`, one image is a copy of a real test image."""
+    gen = root / "gen" / "gen-folder"
+    rows = []
+    for ci, cls in enumerate(["blue jay", "green frog", "red fox"]):
+        for i in range(3):
+            rel = f"images/c{ci}/{i:06d}.jpg"
+            (gen / rel).parent.mkdir(parents=True, exist_ok=True)
+            src = folder_data / "train" / cls.replace(" ", "_") / f"img_00{i}.jpg"
+            if plant and ci == 2 and i == 1:
+                src = folder_data / "test" / "red_fox" / "img_002.jpg"
+            shutil.copy(src, gen / rel)
+            rows.append({"id": f"{ci}-{i}", "class_index": ci, "class_name": cls, "index": i, "path": rel,
+                         "prompt": f"a good photo of the {cls}.", "status": "done", "token": ""})
+    (gen / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (gen / "plan.json").write_text(json.dumps({"identity": {"guidance": 2.0, "templates": ["a good photo of the {}."],
+                                                            "style_hash": "", "model": "tiny"}, "per_class": 3}))
+    return gen
+
+
+def test_quality_and_leakage_find_a_planted_duplicate(tmp_path, folder_data):
+    root = tmp_path / "study"
+    gen = _folder_gen_set(root, folder_data, plant=True)
+    for seed in (0, 1):
+        canned_run(root, f"v{seed}", labels("folder", "vanilla", seed), 70.0 + seed, data_root=folder_data)
+        canned_run(root, f"b{seed}", labels("folder", "bridged++", seed), 75.0, syn_path=gen, data_root=folder_data)
+    build_report(root, RANDOM_FEATURES)
+    leak = list(csv.DictReader(io.StringIO((root / "report" / "tables" / "leakage.csv").read_text())))
+    assert leak[0]["near_duplicates"] != "0"
+    html = (root / "report" / "index.html").read_text()
+    assert "vs test img_002.jpg" in html and "hash_bits=0" in html
+    quality = list(csv.DictReader(io.StringIO((root / "report" / "tables" / "quality.csv").read_text())))
+    assert float(quality[0]["fid"]) >= 0 and 0 <= float(quality[0]["precision"]) <= 1
+    assert list((root / "report" / "figures" / "grids").rglob("*.png"))  # real vs synthetic sheets
+
+
+def test_report_cli_and_missing_runs(canned_study, tmp_path, capsys):
+    assert run_cli("report", str(canned_study), "features=test_resnet", "features_pretrained=false",
+                   "bootstrap=100") == 0
+    assert "index.html" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert run_cli("report", str(tmp_path / "empty")) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (.ci/run installs Debian's chromium)")
+def test_html_renders_in_headless_chromium(canned_study, tmp_path, folder_data):
+    gen = _folder_gen_set(canned_study, folder_data, plant=True)
+    canned_run(canned_study, "extra-v", labels("folder", "vanilla", 0), 70.0, data_root=folder_data)
+    canned_run(canned_study, "extra-b", labels("folder", "bridged++", 0), 71.0, syn_path=gen, data_root=folder_data)
+    page = build_report(canned_study, RANDOM_FEATURES)["html"]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}"]
+    dom = subprocess.run([_chromium(), *flags, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    import re
+
+    check = json.loads(re.search(r'data-check="([^"]+)"', dom).group(1).replace("&quot;", '"'))
+    assert check["broken"] == 0 and check["images"] >= 10
+    assert check["tables"] >= 8 and check["empty_tables"] == 0
+    shot = tmp_path / "page.png"
+    subprocess.run([_chromium(), *flags, "--window-size=1280,3000", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        assert im.size == (1280, 3000) and len(set(im.convert("L").resize((64, 64)).getdata())) > 10
