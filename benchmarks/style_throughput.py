@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from synthtl.config import StyleConfig, load_config  # noqa: E402
 from synthtl.generation.pipeline import sd15_components, tiny_components  # noqa: E402
 from synthtl.runtime import resolve_runtime  # noqa: E402
-from synthtl.style.train import add_tokens, diffusion_loss, install_hook  # noqa: E402
+from synthtl.style.train import add_tokens, diffusion_loss, install_hook, optimizer_step  # noqa: E402
 
 
 def components(tiny: bool):
@@ -116,12 +116,7 @@ def ours(args, device) -> tuple[float, float]:
         t = torch.randint(0, 1000, (args.batch,), device=device)
         loss = diffusion_loss(Pipe, sched, cached, ids, noise, t, rt)
         (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(opt, scaler)
 
     return timed(step, args.steps, args.warmup, device)
 

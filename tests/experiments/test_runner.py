@@ -124,3 +124,11 @@ def test_cli_dry_run_runs_nothing(tmp_path, folder_data, capsys):
     out = capsys.readouterr().out
     assert "finetune" in out and "2 to run" in out and "GPU-hours" in out
     assert not (tmp_path / "g" / "runs").exists()
+
+
+def test_parallel_local_launcher_runs_one_subprocess_per_slot(tmp_path, folder_data):
+    cfg = tiny_study(tmp_path, folder_data, "par", "grid.strategies=[vanilla]", "launcher.parallel=2")
+    run_study(cfg)
+    assert len(list((tmp_path / "par" / "runs").glob("*/result.json"))) == 2
+    logs = sorted(p.name for p in (tmp_path / "par" / "logs").glob("*.log"))
+    assert len(logs) == 2 and {name.split(".")[-2] for name in logs} == {"0", "1"}  # one per slot

@@ -76,3 +76,11 @@ def test_reset_head_changes_only_the_head_and_is_seeded():
 def test_clip_projection_head_is_not_a_leep_label_space():
     model, _ = create_classifier("timm:vit_base_patch16_clip_224.laion2b", None, pretrained=False)
     assert source_label_space(model) is None
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vit_b16", "vit_l16", "clip_vit_b16_laion", "tv_resnet50"])
+def test_every_paper_backbone_builds(name):
+    """The architectures of the paper and the LAION control build with their preprocessing (random weights here)."""
+    model, dc = create_classifier(name, 7, pretrained=False)
+    assert classifier(model).out_features == 7 and dc["input_size"][-1] == 224 and len(dc["mean"]) == 3
+    del model

@@ -35,6 +35,17 @@ def safe_folder(name: str, max_len: int = 64) -> str:
     return safe
 
 
+def read_progress(folder: str | os.PathLike) -> dict[str, dict]:
+    """id -> log row of every image a generation shard logged as written (files are written before logging)."""
+    done: dict[str, dict] = {}
+    progress = Path(folder) / PROGRESS_DIR
+    if progress.is_dir():
+        for log in sorted(progress.glob("shard-*.jsonl")):
+            for r in read_jsonl(log):
+                done[r["id"]] = r
+    return done
+
+
 def completed_rows(folder: str | os.PathLike) -> list[dict]:
     """Manifest rows whose image is written and valid, with the seed actually used (after any redraw)."""
     folder = Path(folder)
@@ -42,12 +53,7 @@ def completed_rows(folder: str | os.PathLike) -> list[dict]:
     if not manifest.is_file():
         raise DataError(f"{folder} has no {MANIFEST}; is it a generated set? (`synthtl generate` writes one)")
     rows = read_jsonl(manifest)
-    done: dict[str, dict] = {}
-    progress = folder / PROGRESS_DIR
-    if progress.is_dir():
-        for log in sorted(progress.glob("*.jsonl")):
-            for r in read_jsonl(log):
-                done[r["id"]] = r
+    done = read_progress(folder)
     out = []
     for row in rows:
         if (row.get("status") == "done" or row["id"] in done) and (folder / row["path"]).is_file():

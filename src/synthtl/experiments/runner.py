@@ -69,18 +69,11 @@ DEFAULT_RATES = {  # seconds per unit on one H100-class GPU when nothing was mea
 def measured_rates(root: Path) -> dict[str, float]:
     """Seconds per unit measured by the study's finished jobs (they override the defaults)."""
     rates: dict[str, float] = {}
-    imgs = secs = 0.0
-    for s in root.glob("gen/*/progress/*.summary.json"):
-        d = read_json(s)
-        imgs, secs = imgs + d["images"], secs + d["seconds"]
-    if imgs:
-        rates["generate"] = secs / imgs
-    steps = secs = 0.0
-    for s in root.glob("styles/*/style.json"):
-        d = read_json(s)
-        steps, secs = steps + d["steps"], secs + d["train_seconds"]
-    if steps:
-        rates["style"] = secs / steps
+    for kind, pattern, units, seconds in (("generate", "gen/*/progress/*.summary.json", "images", "seconds"),
+                                          ("style", "styles/*/style.json", "steps", "train_seconds")):
+        rows = [read_json(s) for s in root.glob(pattern)]
+        if sum(r[units] for r in rows):
+            rates[kind] = sum(r[seconds] for r in rows) / sum(r[units] for r in rows)
     per_model: dict[str, list[float]] = {}
     for r in root.glob("runs/*/result.json"):
         d = read_json(r)

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 
 from synthtl.config import GenerateConfig
-from synthtl.data.synthetic import MANIFEST, PROGRESS_DIR, safe_folder
+from synthtl.data.synthetic import MANIFEST, PROGRESS_DIR, read_progress, safe_folder
 from synthtl.errors import ConfigError, DataError
 from synthtl.io import read_json, read_jsonl, write_json, write_jsonl
 from synthtl.runtime import derive_seed
@@ -104,13 +104,7 @@ def write_or_check(folder: Path, ident: dict, rows: list[dict], per_class: int) 
 
 def done_rows(folder: Path) -> dict[str, dict]:
     """id -> progress row of every image some shard logged as written (files are written before logging)."""
-    done: dict[str, dict] = {}
-    progress = folder / PROGRESS_DIR
-    if progress.is_dir():
-        for log in sorted(progress.glob("shard-*.jsonl")):
-            for r in read_jsonl(log):
-                done[r["id"]] = r
-    return done
+    return read_progress(folder)
 
 
 def status(folder: str | Path) -> dict:

@@ -58,18 +58,23 @@ def labels_from_config(cfg: dict) -> dict:
     return labels
 
 
+def plan_labels(root: Path, kind: str) -> dict[str, dict]:
+    """job id -> grid labels from the study's plan.json ({} for a folder of runs made without a study)."""
+    if not (root / "plan.json").is_file():
+        return {}
+    return {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == kind}
+
+
 def collect_runs(study_dir: str | Path) -> list[Run]:
     """Every finished run (folders with result.json) under <study>/runs, with labels."""
     root = Path(study_dir)
-    plan_labels = {}
-    if (root / "plan.json").is_file():
-        plan_labels = {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == "finetune"}
+    plan = plan_labels(root, "finetune")
     runs = []
     for res in sorted(root.glob("runs/**/result.json")):
         folder = res.parent
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-        rid = folder.name if folder.name in plan_labels else str(folder.relative_to(root / "runs"))
-        labels = plan_labels.get(rid) or labels_from_config(cfg)
+        rid = folder.name if folder.name in plan else str(folder.relative_to(root / "runs"))
+        labels = plan.get(rid) or labels_from_config(cfg)
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
         runs.append(Run(rid, folder, labels, read_json(res), cfg, metrics))
     return runs
@@ -89,13 +94,11 @@ class GenSet:
 
 def collect_gensets(study_dir: str | Path) -> list[GenSet]:
     root = Path(study_dir)
-    plan_labels = {}
-    if (root / "plan.json").is_file():
-        plan_labels = {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == "generate"}
+    labels_of = plan_labels(root, "generate")
     out = []
-    for plan in sorted(root.glob("gen/*/plan.json")):
-        folder = plan.parent
-        ident = read_json(plan)["identity"]
+    for plan_file in sorted(root.glob("gen/*/plan.json")):
+        folder = plan_file.parent
+        ident = read_json(plan_file)["identity"]
         images = seconds = gpu = redraws = 0
         for s in folder.glob("progress/*.summary.json"):
             d = read_json(s)
@@ -104,7 +107,7 @@ def collect_gensets(study_dir: str | Path) -> list[GenSet]:
             gpu += d["seconds"] * d.get("gpus", 0)
             redraws += d.get("redraws", 0)
         guidance, prompt = _prompt_label(folder)
-        labels = plan_labels.get(folder.name) or {"dataset": None, "guidance": guidance, "prompt": prompt}
+        labels = labels_of.get(folder.name) or {"dataset": None, "guidance": guidance, "prompt": prompt}
         out.append(GenSet(folder.name, folder, ident, labels, images, seconds, gpu, redraws))
     return out
 

@@ -296,6 +296,16 @@ def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, .
     write_bytes(path, buf.getvalue())
 
 
+def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """One (loss-scaled, for fp16) optimizer step, then clear the gradients."""
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def _peak_memory_mb(rt: Runtime) -> float:
     if rt.is_cuda:
         return torch.cuda.max_memory_allocated(rt.device) / 2**20
@@ -356,12 +366,7 @@ def run_learn_style(cfg: StyleConfig) -> dict:
             loss = diffusion_loss(pipe, noise_sched, lat, ids.to(rt.device), noise, t, rt) / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             total += loss.item()
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(opt, scaler)
         step += 1
         losses.append(total)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
