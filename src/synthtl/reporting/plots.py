@@ -51,15 +51,19 @@ def radar(table: Table, path: Path) -> Path | None:
         ax.set_xticklabels(datasets)
         vals = [v for d in data.values() for v in d.values() if not math.isnan(v)]
         ax.set_ylim(max(0.0, min(vals) - 5), max(vals) + 2)  # zoom on the differences, not on 0-100
-    else:
-        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(strategies) * len(datasets)), 4))
-        width = 0.8 / len(strategies)
-        for i, s in enumerate(strategies):
-            ax.bar(np.arange(len(datasets)) + i * width, [data[s].get(d, np.nan) for d in datasets], width,
-                   color=COLORS(i), label=s)
-        ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
-        ax.set_xticklabels(datasets)
+    else:  # too few datasets for a radar: bars, strategies on the x axis
+        fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(strategies) * len(datasets)), 3.5))
+        width = 0.8 / len(datasets)
+        for j, d in enumerate(datasets):
+            ax.bar(np.arange(len(strategies)) + j * width, [data[s].get(d, np.nan) for s in strategies], width,
+                   color=[COLORS(i) for i in range(len(strategies))], alpha=1.0 - 0.35 * j, label=d)
+        ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2)
+        ax.set_xticklabels(strategies, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("test top-1 (%)")
+        ax.set_title(table.title, fontsize=9)
+        if len(datasets) > 1:
+            ax.legend(fontsize=7)
+        return _save(fig, path)
     ax.set_title(table.title, fontsize=9)
     ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
     return _save(fig, path)

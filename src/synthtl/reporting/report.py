@@ -19,6 +19,8 @@ from synthtl.reporting.tables import (
     accuracy_per_gpu_hour,
     cost_table,
     leep_table,
+    setting_name,
+    settings,
     strategy_rank,
     strategy_tables,
     sweep_table,
@@ -83,8 +85,11 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         page.table(t)
         page.figure(plots.radar(t, figs / f"radar_{t.key}.png"), "strategies across datasets")
     page.section("Convergence on the real images", "convergence")
-    for ds in sorted({r.labels["dataset"] for r in runs}):
-        page.figure(plots.convergence(runs, ds, figs / f"convergence_{ds}.png"), f"{ds}: stage-2 curves")
+    for i, (setting, members) in enumerate(settings(runs)):
+        for ds in sorted({r.labels["dataset"] for r in members}):
+            name = f"convergence_{ds}" + (f"_{i + 1}" if i else "")
+            page.figure(plots.convergence(members, ds, figs / f"{name}.png"),
+                        f"{ds}, {setting_name(*setting)}: stage-2 curves")
     sweeps = [("volume", "volume", "Synthetic volume (images per class)", False),
               ("guidance", "guidance", "Guidance scale of the generator", False),
               ("shots", "fewshot", "Few-shot: real images per class", True)]

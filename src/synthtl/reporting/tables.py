@@ -51,8 +51,9 @@ def _by_seed(runs: list[Run]) -> dict[int, float]:
     return {r.labels["seed"]: r.top1 for r in runs}
 
 
-def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
-    """One table per synthetic setting: datasets x strategies, with vanilla-paired deltas and the paper's numbers."""
+def settings(runs: list[Run]) -> list[tuple[tuple, list[Run]]]:
+    """(model, shots, volume, guidance, prompt) -> the runs compared in that setting: its synthetic-data runs plus
+    the real-only runs (vanilla, ...) of the same model and shots."""
     base: dict[tuple, list[Run]] = {}
     syn: dict[tuple, list[Run]] = {}
     for r in runs:
@@ -61,11 +62,15 @@ def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
             syn.setdefault((lab["model"], lab["shots"], lab["volume"], lab["guidance"], lab["prompt"]), []).append(r)
         else:
             base.setdefault((lab["model"], lab["shots"]), []).append(r)
-    settings = sorted(syn, key=str) or [(m, s, None, None, None) for m, s in sorted(base, key=str)]
+    keys = sorted(syn, key=str) or [(m, s, None, None, None) for m, s in sorted(base, key=str)]
+    return [(k, syn.get(k, []) + base.get(k[:2], [])) for k in keys]
+
+
+def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
+    """One table per synthetic setting: datasets x strategies, with vanilla-paired deltas and the paper's numbers."""
     tables = []
-    for i, setting in enumerate(settings):
+    for i, (setting, members) in enumerate(settings(runs)):
         model, shots, volume, guidance, prompt = setting
-        members = syn.get(setting, []) + base.get((model, shots), [])
         strategies = sorted({r.labels["strategy"] for r in members}, key=strategy_rank)
         datasets = sorted({r.labels["dataset"] for r in members})
         paper_cols = sorted({s for (d, s, p) in PAPER_TOP1 if d in datasets and s in strategies

@@ -67,5 +67,12 @@ def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
                               "style.token")
     dtype = pipe.text_encoder.get_input_embeddings().weight.dtype
     tokens = list(state)
-    pipe.load_textual_inversion([{t: state[t].to(dtype)} for t in tokens], token=tokens)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # diffusers resizes the embedding table; transformers' notice about it is noise
+    try:
+        pipe.load_textual_inversion([{t: state[t].to(dtype)} for t in tokens], token=tokens)
+    finally:
+        hf_logging.set_verbosity(level)
     return tokens

@@ -200,12 +200,16 @@ def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime) -> tupl
     return out, labels, skipped
 
 
-def sample_batch(latents: list, labels: list[int], num_classes: int, cfg: StyleConfig, size: int,
+def by_class_index(labels: list[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        out.setdefault(y, []).append(i)
+    return out
+
+
+def sample_batch(latents: list, by_class: dict[int, list[int]], cfg: StyleConfig, size: int,
                  g: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """A class-balanced batch: a class uniformly at random, then one of its images, a flip and a crop."""
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(y, []).append(i)
     present = sorted(by_class)
     batch, ys = [], []
     for _ in range(cfg.batch_size):
@@ -346,6 +350,7 @@ def run_learn_style(cfg: StyleConfig) -> dict:
         opt.load_state_dict(state["optimizer"])
         step, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
     total_steps = cfg.steps_per_class * images.num_classes if cfg.steps_per_class else cfg.steps
+    groups = by_class_index(labels)
     size = cfg.resolution // 8
     scaling = pipe.vae.config.scaling_factor
     t0 = time.perf_counter()
@@ -357,7 +362,7 @@ def run_learn_style(cfg: StyleConfig) -> dict:
             group["lr"] = lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
         total = 0.0
         for _ in range(cfg.grad_accum):
-            lat, ys = sample_batch(latents, labels, images.num_classes, cfg, size, g)
+            lat, ys = sample_batch(latents, groups, cfg, size, g)
             lat = lat.to(rt.device, pipe.unet.dtype) * scaling
             noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
             t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
