@@ -132,3 +132,9 @@ def test_parallel_local_launcher_runs_one_subprocess_per_slot(tmp_path, folder_d
     assert len(list((tmp_path / "par" / "runs").glob("*/result.json"))) == 2
     logs = sorted(p.name for p in (tmp_path / "par" / "logs").glob("*.log"))
     assert len(logs) == 2 and {name.split(".")[-2] for name in logs} == {"0", "1"}  # one per slot
+
+
+def test_slurm_stages_chain_by_dependency_without_waiting():
+    assert launch_mod.slurm_dependency([]) == {}
+    assert launch_mod.slurm_dependency(["101", "102"]) == {"slurm_additional_parameters": {"dependency":
+                                                                                          "afterok:101:102"}}

@@ -51,12 +51,16 @@ def _expand_shards(stage: str, jobs: list, files: list[Path], shards: int) -> li
     return out
 
 
-def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path]) -> list[str]:
-    """Runs a stage's jobs with the configured launcher; returns the ids of failed jobs."""
+def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path],
+           submitted: list[str] | None = None) -> list[str]:
+    """Runs a stage's jobs with the configured launcher; returns the ids of failed jobs.
+
+    `submitted` collects the Slurm job ids of earlier stages: with launcher.wait=false a stage depends on them.
+    """
     lc = study.launcher
     tasks = _expand_shards(stage, jobs, files, lc.gen_shards)
     if lc.kind == "slurm":
-        return _slurm(stage, tasks, study)
+        return _slurm(stage, tasks, study, submitted if submitted is not None else [])
     parallel = lc.parallel
     if parallel == 0:
         import torch
@@ -111,7 +115,12 @@ def _subprocesses(tasks: list[tuple[str, list[str]]], study: StudyConfig, parall
     return sorted(set(failed))
 
 
-def _slurm(stage: str, tasks: list[tuple[str, list[str]]], study: StudyConfig) -> list[str]:
+def slurm_dependency(earlier: list[str]) -> dict:
+    """Without waiting, a stage starts only after every job of the earlier stages succeeded (afterok)."""
+    return {"slurm_additional_parameters": {"dependency": "afterok:" + ":".join(earlier)}} if earlier else {}
+
+
+def _slurm(stage: str, tasks: list[tuple[str, list[str]]], study: StudyConfig, earlier: list[str]) -> list[str]:
     try:
         import submitit
     except ImportError as e:
@@ -125,11 +134,14 @@ def _slurm(stage: str, tasks: list[tuple[str, list[str]]], study: StudyConfig) -
     for key, value in (("slurm_partition", lc.partition), ("slurm_account", lc.account), ("slurm_qos", lc.qos)):
         if value:
             params[key] = value
+    if not lc.wait and executor.cluster == "slurm":
+        params.update(slurm_dependency(earlier))
     executor.update_parameters(**params)
     jobs = executor.map_array(JobRunner(), [argv for _, argv in tasks])
     if is_main():
         print(f"[synthtl] submitted {len(jobs)} {stage} task(s): {jobs[0].job_id.split('_')[0] if jobs else ''}")
     if not lc.wait:
+        earlier += sorted({j.job_id.split("_")[0] for j in jobs})  # array ids: the next stage waits for them
         return []
     failed = []
     for (jid, _), job in zip(tasks, jobs, strict=True):

@@ -135,6 +135,7 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
     if dry_run:
         return {"dry_run": True}
     failed: list[str] = []
+    submitted: list[str] = []  # Slurm ids of earlier stages (dependencies when launcher.wait=false)
     t0 = time.perf_counter()
     for stage in STAGES:
         jobs = [j for j in plan.of(stage) if not is_done(j)]
@@ -146,7 +147,7 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
         if is_main():
             print(f"[synthtl] {stage}: {len(jobs)} job(s)")
         t_stage = time.perf_counter()
-        failed += launch(stage, jobs, study, [job_file(study, j) for j in jobs])
+        failed += launch(stage, jobs, study, [job_file(study, j) for j in jobs], submitted)
         if is_main():
             print(f"[synthtl] {stage}: done in {time.perf_counter() - t_stage:.0f} s")
     summary = {stage: len(plan.of(stage)) for stage in STAGES}
