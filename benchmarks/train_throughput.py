@@ -1,12 +1,15 @@
 """Training images/s of synthtl's loop beside a plain ImageFolder loop and the compute bound, in one run.
 
-    python benchmarks/train_throughput.py --model resnet50 --images 2048 --workers 8          # on a GPU
-    python benchmarks/train_throughput.py --model test_resnet --size 64 --images 256 --steps 10   # CPU smoke
+    python benchmarks/train_throughput.py --model resnet50 --images 4096 --workers 16          # on a GPU
+    python benchmarks/train_throughput.py --model test_resnet --size 64 --images 512 --epochs 1  # CPU smoke
 
-(a) plain: torchvision ImageFolder + DataLoader with PIL RandomResizedCrop/flip on the full-size JPEGs;
-(b) ours: synthtl's first-use scan cache (short side 256) + loader (+ `--decode device`: nvJPEG + roi_align crops);
-(c) bound: the same model fed from one batch already on the device (no data loading at all).
-All three run the same model, optimizer, precision and memory format, so the ratios isolate the data path.
+(a) plain: a textbook epoch loop over torchvision ImageFolder + DataLoader (PIL RandomResizedCrop/flip on the
+    full-size JPEGs, default non-persistent workers);
+(b) ours: synthtl's `train_one_epoch` over its first-use scan cache (short side 256) and loader (persistent workers,
+    seeded per-sample augmentation; `--decode device`: nvJPEG + roi_align crops on the GPU);
+(c) bound: the same model stepped on one batch already on the device (no data loading at all).
+Same model, optimizer, precision and memory format; (a) and (b) are timed over whole epochs after a warm-up epoch
+(so per-epoch worker start-up counts), (c) over the same number of steps.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from synthtl.data.loader import ImageDataset, set_epoch, train_loader  # noqa: E
 from synthtl.data.transforms import DeviceAugment, train_transform  # noqa: E402
 from synthtl.models import create_classifier  # noqa: E402
 from synthtl.runtime import resolve_runtime  # noqa: E402
-from synthtl.training.loop import to_device  # noqa: E402
+from synthtl.training.loop import train_one_epoch  # noqa: E402
 
 
 def make_jpeg_folder(root: Path, n: int, classes: int = 10, size: tuple[int, int] = (500, 375)) -> Path:
@@ -47,32 +50,6 @@ def make_jpeg_folder(root: Path, n: int, classes: int = 10, size: tuple[int, int
     return root
 
 
-def timed_steps(step_fn, batches, steps: int, warmup: int, device: torch.device) -> float:
-    """images/s over `steps` steps after `warmup` steps; `batches` yields (x, y)."""
-    it = iter(batches)
-    n = 0
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, n = time.perf_counter(), 0
-        x, y = next(it)
-        step_fn(x, y)
-        n += len(y)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return n / (time.perf_counter() - t0)
-
-
-def cycle(loader, seed: int = 0):
-    epoch = 0
-    while True:
-        if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
-            set_epoch(loader, seed, epoch)
-        yield from loader
-        epoch += 1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50")
@@ -80,8 +57,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
+    ap.add_argument("--warmup", type=int, default=10, help="warm-up steps of the compute-bound measurement")
     ap.add_argument("--folder", default="", help="use this class-per-folder JPEG folder instead of generating one")
     ap.add_argument("--decode", choices=["cpu", "device"], default="cpu")
     ap.add_argument("--precision", default="auto")
@@ -111,7 +88,9 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-    def plain_batches():
+    steps_per_epoch = args.images // args.batch
+
+    def plain_rate() -> float:
         import torchvision
         from torchvision import transforms as T
 
@@ -119,12 +98,20 @@ def main() -> None:
                         T.Normalize(dc["mean"], dc["std"])])
         ds = torchvision.datasets.ImageFolder(str(folder), tf)
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                                             pin_memory=rt.is_cuda, drop_last=True, persistent_workers=True)
-        for x, y in cycle(loader):
-            x = x.to(rt.device, non_blocking=True)
-            yield (x.contiguous(memory_format=torch.channels_last) if channels_last else x), y.to(rt.device)
+                                             pin_memory=rt.is_cuda, drop_last=True)
+        images, t0 = 0, 0.0
+        for epoch in range(args.epochs + 1):
+            if epoch == 1:
+                sync()
+                t0, images = time.perf_counter(), 0
+            for x, y in loader:
+                x = x.to(rt.device, non_blocking=True)
+                step(x.contiguous(memory_format=torch.channels_last) if channels_last else x, y.to(rt.device))
+                images += len(y)
+        sync()
+        return images / (time.perf_counter() - t0)
 
-    def our_batches():
+    def our_rate() -> float:
         images = image_folder(folder, tag="bench")
         t0 = time.perf_counter()
         cached = scan_images(images, work / "cache", short_side=256, workers=args.workers, progress=False).images
@@ -134,23 +121,43 @@ def main() -> None:
         else:
             ds, augment = ImageDataset(cached, train_transform(dc)), None
         loader = train_loader([ds], args.batch, seed=0, num_workers=args.workers, pin_memory=rt.is_cuda)
-        for x, y, _ in cycle(loader):
-            yield to_device(x, rt, augment, channels_last), y.to(rt.device, non_blocking=True)
+        n, step_count, t0 = 0, 0, 0.0
+        for epoch in range(args.epochs + 1):
+            if epoch == 1:
+                sync()
+                t0, n = time.perf_counter(), 0
+            set_epoch(loader, 0, epoch)
+            stats, step_count = train_one_epoch(model, loader, opt, rt, step=step_count, total_steps=10**9,
+                                                lr_fn=lambda s: 0.01, num_classes=10, scaler=scaler, augment=augment,
+                                                channels_last=channels_last, progress=False)
+            n += stats.images
+        sync()
+        return n / (time.perf_counter() - t0)
 
-    def bound_batches():
+    def bound_rate() -> float:
         x = torch.randn(args.batch, 3, args.size, args.size, device=rt.device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (args.batch,), device=rt.device)
-        while True:
-            yield x, y
+        for _ in range(args.warmup):
+            step(x, y)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps_per_epoch * args.epochs):
+            step(x, y)
+        sync()
+        return steps_per_epoch * args.epochs * args.batch / (time.perf_counter() - t0)
+
+    def sync() -> None:
+        if rt.is_cuda:
+            torch.cuda.synchronize(rt.device)
 
     device_name = torch.cuda.get_device_name(rt.device) if rt.is_cuda else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {device_name}; model {args.model} at {args.size}px, batch {args.batch}, precision "
           f"{rt.dtype}, workers {args.workers}, decode {args.decode}")
     rates = {}
-    for name, batches in (("bound", bound_batches), ("plain", plain_batches), ("ours", our_batches)):
-        rates[name] = timed_steps(step, batches(), args.steps, args.warmup, rt.device)
+    for name, fn in (("bound", bound_rate), ("plain", plain_rate), ("ours", our_rate)):
+        rates[name] = fn()
         print(f"  {name:<6} {rates[name]:9.1f} images/s")
     print(f"ours / plain = {rates['ours'] / rates['plain']:.2f}x    ours / compute bound = "
           f"{100 * rates['ours'] / rates['bound']:.0f}%    plain / compute bound = "

@@ -21,7 +21,8 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
     a = list(s)
     s.set_epoch(0)
     s.set_epoch(3)
-    assert list(s) == a and sorted(i for b in a for i in b) == list(range(20)) and len(s) == 4
+    assert list(s) == a and sorted(i for b in a for i, _ in b) == list(range(20)) and len(s) == 4
+    assert len({seed for b in a for _, seed in b}) == 20  # every sample gets its own augmentation seed
     s.set_epoch(4)
     assert list(s) != a
 
@@ -32,6 +33,13 @@ def test_mixed_fraction_composes_each_epoch():
     assert len(order) == 40 and sum(i < 30 for i in order) == 30 and len(set(order)) == 40
     both = EpochBatchSampler([30, 100], 10, seed=0)
     assert len(both.order()) == 130
+
+
+def test_seeded_samples_get_the_same_augmentation_anywhere(folder_data):
+    images = load_split("folder", "train", folder_data)
+    ds = ImageDataset(images, train_transform(DC))
+    a, b = ds[(3, 12345)][0], ds[(3, 12345)][0]
+    assert torch.equal(a, b) and not torch.equal(a, ds[(3, 54321)][0])
 
 
 def test_collate_drops_and_counts_skipped():

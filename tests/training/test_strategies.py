@@ -138,6 +138,14 @@ def test_same_seed_gives_identical_metrics(base, tmp_path):
     assert metrics(out_of(c), "bridged++", seed=1) != metrics(out_of(a), "bridged++")
 
 
+def test_result_does_not_depend_on_the_number_of_loader_workers(base, tmp_path):
+    a = [*base, f"out_dir={tmp_path / 'w0'}", "strategy=mixed", "data.num_workers=0"]
+    b = [*base, f"out_dir={tmp_path / 'w2'}", "strategy=mixed", "data.num_workers=2"]
+    assert run_cli("finetune", *a) == 0 and run_cli("finetune", *b) == 0
+    ra, rb = result(out_of(a), "mixed"), result(out_of(b), "mixed")
+    assert ra["test"] == rb["test"] and metrics(out_of(a), "mixed") == metrics(out_of(b), "mixed")
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(base, tmp_path, monkeypatch):
     longer = ["synth_stage.epochs=2", "real_stage.epochs=3", "strategy=bridged++"]
     whole = [*base, *longer, f"out_dir={tmp_path / 'whole'}"]

@@ -1,6 +1,8 @@
 """Torch datasets and loaders whose order and augmentation depend only on (seed, stage, epoch).
 
-That makes a resumed run see exactly the batches an uninterrupted one would have seen.
+The batch sampler hands every sample its own seed (from the seed, the epoch and its position in the epoch), and
+the dataset seeds the augmentation with it: a resumed run sees exactly the batches an uninterrupted one would have
+seen, the result does not depend on the number of loader workers, and workers can persist across epochs.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
@@ -38,7 +40,9 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`key` is an index, or (index, sample seed) from `EpochBatchSampler` for seeded augmentation."""
+        i, sample_seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.images.path(i), self.images.labels[i]
         try:
             if self.raw:
@@ -46,11 +50,33 @@ class ImageDataset(Dataset):
                     return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), label
                 except FileNotFoundError:
                     raise BadImageError(str(path), "file not found") from None
-            return self.transform(load_rgb(path)), label
+            img = load_rgb(path)
+            if sample_seed is None:
+                return self.transform(img), label
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                return self.transform(img), label
         except BadImageError:
             if self.on_bad == "skip":
                 return None
             raise
+
+
+class ConcatImages(Dataset):
+    """Several ImageDatasets back to back (real + synthetic for the mixed strategy); keeps (index, seed) keys."""
+
+    def __init__(self, parts: Sequence[ImageDataset]):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, sample_seed = key if isinstance(key, tuple) else (key, None)
+        part = next(k for k in range(len(self.parts)) if i < self.offsets[k + 1])
+        local = i - self.offsets[part]
+        return self.parts[part][(local, sample_seed) if sample_seed is not None else local]
 
 
 def collate(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, int]:
@@ -73,7 +99,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 else 0)
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches over one or two concatenated parts, reshuffled per epoch from (seed, epoch) alone.
 
     Args:
@@ -112,10 +138,12 @@ class EpochBatchSampler(Sampler[list[int]]):
             idx = both[torch.randperm(len(both), generator=g)]
         return idx.tolist()
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self.order()
+        base = derive_seed(self.seed, "samples", self.epoch)
         for s in range(len(self)):
-            yield order[s * self.batch_size:(s + 1) * self.batch_size]
+            lo = s * self.batch_size
+            yield [(i, (base + lo + k) % 2**63) for k, i in enumerate(order[lo:lo + self.batch_size])]
 
     def __len__(self) -> int:
         return steps_per_epoch(self.epoch_size(), self.batch_size)
@@ -133,15 +161,16 @@ def train_loader(parts: Sequence[ImageDataset], batch_size: int, seed: int, num_
     n = sum(len(p) for p in parts)
     if n < 2:
         raise DataError(f"the training set has {n} image(s); at least 2 are needed")
-    dataset = parts[0] if len(parts) == 1 else ConcatDataset(list(parts))
+    dataset = parts[0] if len(parts) == 1 else ConcatImages(parts)
     sampler = EpochBatchSampler([len(p) for p in parts], batch_size, seed, fraction)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, worker_init_fn=_worker_init, generator=torch.Generator(),
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
 
 
 def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    """Makes the coming epoch's order, worker seeds and main-process RNG functions of (seed, epoch) alone."""
+    """Makes the coming epoch's order and the main process's RNG (Mixup, dropout, device-side augmentation)
+    functions of (seed, epoch) alone; per-sample seeds come from the sampler."""
     loader.batch_sampler.set_epoch(epoch)
     s = derive_seed(seed, "epoch", epoch)
     loader.generator.manual_seed(s)
@@ -150,6 +179,8 @@ def set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     np.random.seed(s % 2**32)
 
 
-def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def eval_loader(dataset: ImageDataset, batch_size: int, num_workers: int, pin_memory: bool = False,
+                persistent: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, prefetch_factor=4 if num_workers else None)
+                      pin_memory=pin_memory, prefetch_factor=4 if num_workers else None,
+                      persistent_workers=persistent and num_workers > 0)

@@ -56,6 +56,7 @@ class Context:
             self.info = self.resume["info"]
         self.best_val: tuple[float, int] | None = None
         self.final_test: dict | None = None
+        self._eval_loaders: dict[tuple, object] = {}
         self._tb = None
 
     # ---------------------------------------------------------------------------------------------------- data
@@ -81,8 +82,12 @@ class Context:
         return DeviceAugment(self.data_config, self.rt.device, train, d.crop_scale_min, d.hflip)
 
     def _eval(self, model: nn.Module, images: ImageList, batch_size: int) -> dict:
-        loader = eval_loader(self._dataset(images, train=False), batch_size, self.cfg.data.num_workers,
-                             pin_memory=self.rt.is_cuda)
+        key = (id(images), batch_size)
+        if key not in self._eval_loaders:  # kept for the whole run: its workers persist between evaluations
+            self._eval_loaders[key] = eval_loader(self._dataset(images, train=False), batch_size,
+                                                  self.cfg.data.num_workers, pin_memory=self.rt.is_cuda,
+                                                  persistent=True)
+        loader = self._eval_loaders[key]
         return evaluate(model, loader, self.rt, self.data.num_classes, self._augment(False), self._channels_last)
 
     @property

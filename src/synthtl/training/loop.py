@@ -58,7 +58,11 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     channels_last: bool = False, desc: str = "", progress: bool = True) -> tuple[EpochStats, int]:
     """One pass over `loader` (stopping early at `total_steps`); returns the epoch's stats and the new step."""
     model.train()
-    loss_sum, correct, images, steps, skipped = 0.0, 0, 0, 0, 0
+    # Running sums stay on the device: reading them (a host sync) every step would stall the GPU.
+    loss_sum = torch.zeros((), device=rt.device)
+    correct = torch.zeros((), dtype=torch.long, device=rt.device)
+    images, steps, skipped = 0, 0, 0
+    sync_every = 25 if rt.is_cuda else 1
     start = time.perf_counter()
     bar = tqdm(total=min(len(loader), total_steps - step), desc=desc, unit="step", leave=False,
                disable=not (progress and is_main()))
@@ -80,9 +84,6 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
             else:
                 loss = F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):
-            raise SynthTLError(f"training loss became {loss.item()} at step {step} ({desc}); lower the learning rate "
-                               "or use precision=fp32/bf16")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -99,18 +100,27 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         step += 1
         steps += 1
         n = len(y)
-        loss_sum += loss.item() * n
-        correct += (out.argmax(1) == y).sum().item()
+        loss_sum += loss.detach().float() * n
+        correct += (out.argmax(1) == y).sum()
         images += n
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{loss_sum / images:.3f}", img_s=f"{images / max(elapsed, 1e-9):.0f}")
+        if steps % sync_every == 0:
+            _check_finite(loss_sum, step, desc)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{loss_sum.item() / images:.3f}", img_s=f"{images / max(elapsed, 1e-9):.0f}")
         bar.update()
+    _check_finite(loss_sum, step, desc)
     bar.close()
     if rt.is_cuda:
         torch.cuda.synchronize(rt.device)
     seconds = time.perf_counter() - start
-    return EpochStats(loss=loss_sum / max(images, 1), top1=100.0 * correct / max(images, 1), images=images,
-                      steps=steps, seconds=seconds, skipped=skipped), step
+    return EpochStats(loss=loss_sum.item() / max(images, 1), top1=100.0 * correct.item() / max(images, 1),
+                      images=images, steps=steps, seconds=seconds, skipped=skipped), step
+
+
+def _check_finite(loss_sum: torch.Tensor, step: int, desc: str) -> None:
+    if not torch.isfinite(loss_sum):
+        raise SynthTLError(f"training loss became {loss_sum.item()} by step {step} ({desc}); lower the learning rate "
+                           "or use precision=fp32/bf16")
 
 
 @torch.no_grad()
