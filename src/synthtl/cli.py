@@ -79,13 +79,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     from synthtl.config import FinetuneConfig
     from synthtl.data.cache import scan_images
+    from synthtl.data.datasets import load_data
     from synthtl.data.splits import fewshot_indices, write_split
-    from synthtl.training.setup import cache_root, load_real, split_seed
+    from synthtl.training.setup import cache_root, split_seed
 
     cfg = _load(FinetuneConfig, args)
     if cfg is None:
         return 0
-    scan = scan_images(load_real(cfg, "train"), cache_root(cfg), short_side=None, on_bad=cfg.data.on_bad_image,
+    scan = scan_images(load_data(cfg.data, "train"), cache_root(cfg), short_side=None, on_bad=cfg.data.on_bad_image,
                        workers=max(1, cfg.data.num_workers), progress=cfg.progress)
     src = scan.source
     if cfg.data.shots:
@@ -142,9 +143,9 @@ def cmd_grid_images(args: argparse.Namespace) -> int:
         raise ConfigError(f"--labels has {len(labels)} names for {len(args.sets)} sets")
     real = None
     if args.overrides:
-        from synthtl.training.setup import load_real
+        from synthtl.data.datasets import load_data
 
-        real = load_real(load_config(FinetuneConfig, None, args.overrides), "train")
+        real = load_data(load_config(FinetuneConfig, None, args.overrides).data, "train")
     paths = contact_sheets(list(zip(labels, args.sets, strict=True)), args.out, args.per_row, real)
     print(f"[synthtl] wrote {len(paths)} contact sheets to {args.out}")
     return 0

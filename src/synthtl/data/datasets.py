@@ -17,14 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from synthtl.data.cache import default_cache_dir
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import is_image_file
 from synthtl.errors import ConfigError, DataError
 from synthtl.io import write_bytes, write_json
 from synthtl.registry import Registry
+
+if TYPE_CHECKING:
+    from synthtl.config import DataConfig
 
 SPLITS = ("train", "test")
 
@@ -441,6 +446,19 @@ def load_split(name: str, split: str, root: str | os.PathLike = "", work_dir: st
     if download:
         _download(name, spec, root_p)
     return spec.build(root_p, split, work)
+
+
+def load_data(d: DataConfig, split: str, download: bool | None = None) -> ImageList:
+    """The train or test list a data config names; datasets stored as arrays are written out under its cache.
+
+    Args:
+        d: The `data` section of a fine-tuning, generation or style config.
+        split: "train" or "test".
+        download: Override `d.download` (False for readers that must not fetch anything).
+    """
+    cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+    return load_split(d.name, split, d.root, cache / "materialized", d.download if download is None else download,
+                      d.train_dir, d.test_dir, d.train_csv, d.test_csv)
 
 
 def _download(name: str, spec: DatasetSpec, root: Path) -> None:

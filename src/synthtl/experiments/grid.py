@@ -22,6 +22,7 @@ from synthtl.config import (
     StyleConfig,
     config_hash,
     load_config,
+    with_overrides,
 )
 from synthtl.data.datasets import DATASETS, classnames
 from synthtl.training.strategies import STRATEGIES
@@ -81,8 +82,7 @@ def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: 
                  f"data.split_seed={seed if shots else -1}"]
     cfg = load_config(StyleConfig, study.style_preset, overrides)
     sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{config_hash(cfg, STYLE_VOLATILE)}"
-    cfg = load_config(StyleConfig, study.style_preset, [*overrides, f"out_dir={Path(study.folder) / 'styles' / sid}",
-                                                        "progress=false"])
+    cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'styles' / sid}", "progress=false"])
     return Job("style", sid, cfg, labels={"dataset": dataset, "prompt": prompt, "shots": shots})
 
 
@@ -93,8 +93,8 @@ def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, sty
         overrides.append(f"prompts.style_embedding={style.out}")
     cfg = load_config(GenerateConfig, study.generate_preset, overrides)
     gid = f"gen-{_slug(dataset)}-{prompt}-g{guidance:g}-{config_hash(cfg, GEN_VOLATILE)}"
-    overrides += [f"out_dir={Path(study.folder) / 'gen' / gid}", "progress=false"]
-    return Job("generate", gid, overrides, needs=[style.id] if style else [],
+    cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'gen' / gid}", "progress=false"])
+    return Job("generate", gid, cfg, needs=[style.id] if style else [],
                labels={"dataset": dataset, "guidance": guidance, "prompt": prompt})
 
 
@@ -133,13 +133,12 @@ def expand(study: StudyConfig) -> Plan:
         h = config_hash(cfg, ("out_dir", "run_name", "progress", "tensorboard", "checkpoint_every"))
         rid = _slug(f"{dataset}_{model}_{strategy}_{shots}shot_s{seed}") + f"_{h}"
         if rid not in runs:
-            cfg = load_config(FinetuneConfig, preset, [*overrides, f"out_dir={runs_dir}", f"run_name={rid}"])
+            cfg = with_overrides(cfg, [f"out_dir={runs_dir}", f"run_name={rid}"])
             runs[rid] = Job("finetune", rid, cfg, needs=needs, labels=labels)
-    gen_jobs = []
-    for gid, job in gens.items():
-        cfg = load_config(GenerateConfig, study.generate_preset, [*job.config, f"per_class={gen_volume[gid]}"])
-        gen_jobs.append(Job("generate", gid, cfg, job.needs, {**job.labels, "per_class": gen_volume[gid]}))
-    return Plan(study, [*styles.values(), *gen_jobs, *runs.values()])
+    for gid, job in gens.items():  # each set is generated once, with the largest volume any run needs
+        job.config = with_overrides(job.config, [f"per_class={gen_volume[gid]}"])
+        job.labels["per_class"] = gen_volume[gid]
+    return Plan(study, [*styles.values(), *gens.values(), *runs.values()])
 
 
 # Standard train-split sizes (for GPU-hour estimates when a dataset is not on this machine).

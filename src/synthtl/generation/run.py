@@ -22,8 +22,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from synthtl.config import GenerateConfig
-from synthtl.data.cache import default_cache_dir, resized_jpeg
-from synthtl.data.datasets import DATASETS, classnames, load_split
+from synthtl.data.cache import resized_jpeg
+from synthtl.data.datasets import DATASETS, classnames, load_data
 from synthtl.data.synthetic import PROGRESS_DIR
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.generation import plan as planning
@@ -48,14 +48,12 @@ def class_list(cfg: GenerateConfig) -> list[tuple[str, str]]:
         names = classnames(d.name)
         classes = [(n, n) for n in names]
         try:  # the on-disk ids (folder names, wnids) when the dataset is present; names alone suffice otherwise
-            cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
-            train = load_split(d.name, "train", d.root, work_dir=cache / "materialized")
+            train = load_data(d, "train", download=False)
             classes = list(zip(train.classes, train.names, strict=True))
         except SynthTLError:
             pass
     else:
-        train = load_split(d.name, "train", d.root, train_dir=d.train_dir, test_dir=d.test_dir,
-                           train_csv=d.train_csv, test_csv=d.test_csv)
+        train = load_data(d, "train", download=False)
         classes = list(zip(train.classes, train.names, strict=True))
     if cfg.classes:
         wanted = set(cfg.classes)

@@ -6,6 +6,7 @@ is imported from the training code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Run:
 
 
 def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
+    """(guidance, prompt style) of a generated set, from its plan and the first manifest rows."""
     plan = gen_dir / "plan.json"
     if not plan.is_file():
         return None, None
@@ -47,13 +49,13 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
     return ident.get("guidance"), prompt
 
 
-def labels_from_config(cfg: dict) -> dict:
+def labels_from_config(cfg: dict, prompt_label=_prompt_label) -> dict:
     """Grid coordinates of a run that was not launched by a study (read from its config and synthetic set)."""
     syn = cfg.get("synthetic", {}) or {}
     labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
               "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": None, "guidance": None, "prompt": None}
     if syn.get("path") and cfg["strategy"] in SYNTHETIC_STRATEGIES:
-        guidance, prompt = _prompt_label(Path(syn["path"]))
+        guidance, prompt = prompt_label(Path(syn["path"]))
         labels.update(volume=syn.get("per_class") or None, guidance=guidance, prompt=prompt)
     return labels
 
@@ -69,12 +71,13 @@ def collect_runs(study_dir: str | Path) -> list[Run]:
     """Every finished run (folders with result.json) under <study>/runs, with labels."""
     root = Path(study_dir)
     plan = plan_labels(root, "finetune")
+    prompt_label = functools.cache(_prompt_label)  # one manifest read per generated set, for this collection only
     runs = []
     for res in sorted(root.glob("runs/**/result.json")):
         folder = res.parent
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
         rid = folder.name if folder.name in plan else str(folder.relative_to(root / "runs"))
-        labels = plan.get(rid) or labels_from_config(cfg)
+        labels = plan.get(rid) or labels_from_config(cfg, prompt_label)
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
         runs.append(Run(rid, folder, labels, read_json(res), cfg, metrics))
     return runs

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthtl.config import ReportConfig
-from synthtl.data.cache import default_cache_dir
-from synthtl.data.datasets import load_split
+from synthtl.config import DataConfig, ReportConfig, from_dict
+from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.loader import ImageDataset, eval_loader
@@ -86,11 +85,9 @@ def real_splits(runs: list[Run], dataset: str) -> tuple[ImageList, ImageList] | 
         d = r.config.get("data", {})
         if d.get("name") != dataset:
             continue
-        cache = Path(d["cache_dir"]) if d.get("cache_dir") else default_cache_dir()
         try:
-            return tuple(load_split(d["name"], s, d.get("root", ""), cache / "materialized", False,
-                                    d.get("train_dir", "train"), d.get("test_dir", "test"), d.get("train_csv", ""),
-                                    d.get("test_csv", "")) for s in ("train", "test"))
+            data = from_dict(DataConfig, d)
+            return tuple(load_data(data, s, download=False) for s in ("train", "test"))
         except SynthTLError:
             return None
     return None
@@ -103,8 +100,8 @@ def _subsample(images: ImageList, n: int, seed: int = 0) -> ImageList:
     return images.subset(sorted(idx.tolist()))
 
 
-def synthetic_list(g: GenSet) -> ImageList:
-    rows = completed_rows(g.folder)
+def synthetic_list(g: GenSet, rows: list[dict]) -> ImageList:
+    """The finished images of a generated set (`rows`: its completed manifest rows)."""
     names = sorted({(r["class_index"], r["class_name"]) for r in rows})
     classes = tuple(n for _, n in names)
     index = {c: i for i, (c, _) in enumerate(names)}
@@ -159,7 +156,8 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
         if dataset not in real_cache:
             real_cache[dataset] = real_splits(runs, dataset) if dataset else None
         splits = real_cache[dataset]
-        syn = _subsample(synthetic_list(g), cfg.max_images)
+        rows = {r["path"]: r for r in completed_rows(g.folder)}
+        syn = _subsample(synthetic_list(g, list(rows.values())), cfg.max_images)
         label = f"{dataset} / {g.labels.get('prompt')} / guidance {g.identity.get('guidance')}"
         if splits is None or not len(syn):
             q_rows.append([label, str(len(syn)), "–", "–", "–", "–", "–"])
@@ -169,7 +167,6 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
         kid_m, kid_s = kid(f_real, f_syn, cfg.kid_subsets, cfg.kid_subset_size)
         prec, rec = precision_recall(f_real, f_syn, cfg.pr_k)
         fd = fid(f_real, f_syn) if min(len(f_real), len(f_syn)) > 1 else float("nan")
-        rows = {r["path"]: r for r in completed_rows(g.folder)}
         clip = _clip_score(cfg, syn, [rows[p]["prompt"] for p in syn.paths], device)
         q_rows.append([label, str(len(syn)), f"{fd:.2f}", f"{kid_m:.4f} ± {kid_s:.4f}", f"{prec:.3f}", f"{rec:.3f}",
                        f"{clip:.2f}" if clip is not None else "n/a"])

@@ -22,8 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from synthtl.config import StyleConfig, config_hash, to_dict, to_yaml
-from synthtl.data.cache import default_cache_dir
-from synthtl.data.datasets import load_split
+from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.splits import fewshot_indices, read_split, write_split
@@ -136,9 +135,7 @@ def install_hook(text_encoder, inv: Inversion):
 def training_images(cfg: StyleConfig, out: Path) -> ImageList:
     """The real training images (train split, or its few-shot subset): never a test image."""
     d = cfg.data
-    cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
-    images = load_split(d.name, "train", d.root, cache / "materialized", d.download, d.train_dir, d.test_dir,
-                        d.train_csv, d.test_csv)
+    images = load_data(d, "train")
     seed = d.split_seed if d.split_seed >= 0 else cfg.seed
     if d.split_file:
         idx = read_split(d.split_file, images)
@@ -393,19 +390,15 @@ def run_learn_style(cfg: StyleConfig) -> dict:
 
 def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses: list[float], seconds: float,
           wall: float, skipped: int, identity: str, rt: Runtime) -> dict:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from synthtl.io import sha256_file
 
     state = inv.state()
-    tmp = out / f".{EMBEDS}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / EMBEDS)
+    write_bytes(out / EMBEDS, save(state))
     if cfg.mode == "class":  # one diffusers-format file per token as well
         for tok, emb in state.items():
-            path = out / "tokens" / f"{tok.strip('<>')}.safetensors"
-            path.parent.mkdir(exist_ok=True)
-            save_file({tok: emb}, str(path))
+            write_bytes(out / "tokens" / f"{tok.strip('<>')}.safetensors", save({tok: emb}))
     window = max(1, len(losses) // 100)
     curve = [{"step": (i + 1) * window, "loss": float(np.mean(losses[i * window:(i + 1) * window]))}
              for i in range(math.ceil(len(losses) / window))]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from synthtl.config import FinetuneConfig
 from synthtl.data.cache import ScanResult, check_overlap, default_cache_dir, scan_images
-from synthtl.data.datasets import load_split
+from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.splits import fewshot_indices, read_split, stratified_val, write_split
 from synthtl.data.synthetic import load_synthetic
@@ -58,16 +58,10 @@ def _pick(scan: ScanResult, idx: list[int], name: str) -> tuple[ImageList, Image
     return scan.images.subset(idx, name), scan.source.subset(idx, name)
 
 
-def load_real(cfg: FinetuneConfig, split: str) -> ImageList:
-    d = cfg.data
-    return load_split(d.name, split, d.root, cache_root(cfg) / "materialized", d.download, d.train_dir, d.test_dir,
-                      d.train_csv, d.test_csv)
-
-
 def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> RunData:
     """Loads, scans and splits the real data (and the synthetic set), writing split files into the run folder."""
     d = cfg.data
-    train_scan, test_scan = _scan(load_real(cfg, "train"), cfg), _scan(load_real(cfg, "test"), cfg)
+    train_scan, test_scan = _scan(load_data(d, "train"), cfg), _scan(load_data(d, "test"), cfg)
     source = train_scan.source
     seed = split_seed(cfg)
     short: list[str] = []
