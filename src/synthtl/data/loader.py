@@ -54,7 +54,9 @@ class ImageDataset(Dataset):
             if sample_seed is None:
                 return self.transform(img), label
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
+                # Only the CPU generator the transforms draw from: torch.manual_seed would also queue lazy
+                # CUDA/XPU seeding calls (each capturing a stack trace) for every sample.
+                torch.default_generator.manual_seed(sample_seed)
                 return self.transform(img), label
         except BadImageError:
             if self.on_bad == "skip":
