@@ -80,8 +80,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     from synthtl.config import FinetuneConfig
     from synthtl.data.cache import scan_images
     from synthtl.data.datasets import load_data
+    from synthtl.data.prepare import cache_root, split_seed
     from synthtl.data.splits import fewshot_indices, write_split
-    from synthtl.training.setup import cache_root, split_seed
 
     cfg = _load(FinetuneConfig, args)
     if cfg is None:
@@ -136,7 +136,7 @@ def cmd_learn_style(args: argparse.Namespace) -> int:
 
 def cmd_grid_images(args: argparse.Namespace) -> int:
     from synthtl.config import FinetuneConfig, load_config
-    from synthtl.generation.grid import contact_sheets
+    from synthtl.generation.sheets import contact_sheets
 
     labels = args.labels.split(",") if args.labels else [Path(s).name for s in args.sets]
     if len(labels) != len(args.sets):

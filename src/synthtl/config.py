@@ -72,6 +72,7 @@ class DataConfig:
 class SyntheticConfig:
     path: str = ""  # a generated set (folder with manifest.jsonl) or class-per-folder images
     per_class: int = 0  # use the first k images of each class (0 = all); one big set serves a volume study
+    allow_partial: bool = False  # train on an unfinished generated set (recorded in result.json); else refused
 
     def __post_init__(self) -> None:
         _check(self.per_class >= 0, f"synthetic.per_class={self.per_class}: must be >= 0")
@@ -172,6 +173,10 @@ class FinetuneConfig:
         _check(self.select != "val" or self.data.val_fraction > 0,
                "select=val needs a validation split: set data.val_fraction (e.g. 0.1)")
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        for name in ("real_stage", "synth_stage"):
+            epochs = getattr(self, name).epochs
+            _check(epochs >= 1, f"{name}.epochs={epochs}: must be >= 1 (a strategy that needs no such stage "
+                   "ignores it)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,7 +348,9 @@ class ReportConfig:
     features_fallback: str = "resnet50"  # used when the Inception weights are not available
     features_pretrained: bool = True  # false: random-weight features (plumbing checks only)
     features_img_size: int = 0  # 0 = the feature model's native size
-    max_images: int = 2000  # images per set for the distances (a seeded subsample)
+    max_images: int = 50000  # cap on images per set for FID/KID/PR (all images below it; the table reports n)
+    features_seed: int = 0  # seed of random-weight feature extractors (features_pretrained=false), so reports repeat
+    leak_chunk: int = 4096  # rows per block of the all-pairs leakage comparison (bounds memory)
     kid_subsets: int = 50
     kid_subset_size: int = 1000
     pr_k: int = 3  # k of the k-NN manifold estimate (improved precision/recall)
@@ -368,8 +375,10 @@ class StudyConfig:
     finetune: list[str] = field(default_factory=list)  # overrides for every fine-tuning run
     generate_preset: str = "generate/sd15"
     generate: list[str] = field(default_factory=list)  # overrides for every generation job
-    style_preset: str = "style/dsi"
+    style_presets: dict[str, str] = field(default_factory=lambda: {"dsi": "style/dsi", "per_class": "style/per_class"})
+    # ^ each style method's own preset (prompt style -> preset): per-class inversion keeps its 5k steps per class
     style: list[str] = field(default_factory=list)  # overrides for every style job
+    fewshot_recipe: str = "finetune/fewshot_recipe"  # laid over the model's preset for every k-shot run (one recipe)
     grid: GridConfig = field(default_factory=GridConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -402,7 +411,7 @@ def find_preset(name: str) -> Path:
 
 
 def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> Any:
-    """Loads a YAML preset; a `_base_: other.yaml` key (relative to the file) is merged underneath it."""
+    """Loads a YAML preset; `_base_: other.yaml` (or a list, merged in order; relative to the file) goes underneath."""
     if path in seen:
         raise ConfigError(f"preset {path} includes itself through _base_")
     try:
@@ -413,14 +422,14 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         raise ConfigError(f"preset {path} must be a mapping of config keys")
     base = raw.pop("_base_", None)
     node = OmegaConf.create(raw)
-    if base:
-        parent = _load_yaml_chain((path.parent / base).resolve(), (*seen, path))
-        node = OmegaConf.merge(parent, node)
-    return node
+    bases = [base] if isinstance(base, str) else list(base or [])
+    parents = [_load_yaml_chain((path.parent / b).resolve(), (*seen, path)) for b in bases]
+    return OmegaConf.merge(*parents, node) if parents else node
 
 
-def load_config(schema: type[T], preset: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
-    """Builds a `schema` instance from its defaults, an optional YAML preset and `a.b=value` overrides.
+def load_config(schema: type[T], preset: str | os.PathLike | list | None = None,
+                overrides: list[str] | None = None) -> T:
+    """Builds a `schema` instance from its defaults, optional YAML preset(s) (merged in order) and overrides.
 
     Raises:
         ConfigError: an unknown key, a value of the wrong type or a value that fails its check; the message
@@ -432,8 +441,8 @@ def load_config(schema: type[T], preset: str | os.PathLike | None = None, overri
             raise ConfigError(f"override {o!r} is not of the form key=value (e.g. real_stage.epochs=5)")
     try:
         node = OmegaConf.structured(schema)
-        if preset is not None:
-            node = OmegaConf.merge(node, _load_yaml_chain(find_preset(str(preset)).resolve()))
+        for p in [preset] if isinstance(preset, (str, os.PathLike)) else list(preset or []):
+            node = OmegaConf.merge(node, _load_yaml_chain(find_preset(str(p)).resolve()))
         if overrides:
             node = OmegaConf.merge(node, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(node)  # runs every __post_init__ check

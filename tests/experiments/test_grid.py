@@ -8,7 +8,9 @@ GEN = ["generator.model=tiny", "generator.height=32", "generator.width=32", "gen
 def study(tmp_path, *overrides) -> StudyConfig:
     return load_config(StudyConfig, None, [
         f"out_dir={tmp_path / 'study'}", "finetune_preset=finetune/tiny_cpu", "generate_preset=generate/tiny",
-        "style_preset=style/tiny", "grid.datasets=[digits]", "grid.models=[test_resnet]", *overrides])
+        "style_presets.dsi=style/tiny",
+        "style_presets.per_class=style/tiny_per_class", "grid.datasets=[digits]", "grid.models=[test_resnet]",
+        *overrides])
 
 
 def test_grid_expands_with_shared_inputs_and_dedup(tmp_path):

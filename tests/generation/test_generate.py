@@ -12,10 +12,10 @@ from synthtl.config import GenerateConfig, load_config
 from synthtl.data.datasets import load_split
 from synthtl.data.synthetic import MANIFEST, load_synthetic
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.files import DiskFullError, read_jsonl
 from synthtl.generation import plan as planning
 from synthtl.generation import run as gen_run
 from synthtl.generation.run import run_generate
-from synthtl.io import DiskFullError, read_jsonl
 from tests.conftest import run_cli
 
 TINY = ["generator.model=tiny", "generator.height=32", "generator.width=32", "generator.steps=3",

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 from synthtl.config import GenerateConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError, DataError
+from synthtl.files import read_jsonl
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
-from synthtl.io import read_jsonl
 from synthtl.runtime import resolve_runtime
 from synthtl.style import train as style_train
 from synthtl.style.embeddings import EMBEDS, load_into_pipeline

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.errors import BadImageError, DataError
-from synthtl.io import append_jsonl, read_jsonl, sha256_bytes, write_bytes
+from synthtl.files import append_jsonl, read_jsonl, sha256_bytes, write_bytes
 from synthtl.runtime import is_main
 
 

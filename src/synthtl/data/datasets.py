@@ -25,7 +25,7 @@ from synthtl.data.cache import default_cache_dir
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import is_image_file
 from synthtl.errors import ConfigError, DataError
-from synthtl.io import write_bytes, write_json
+from synthtl.files import write_bytes, write_json
 from synthtl.registry import Registry
 
 if TYPE_CHECKING:

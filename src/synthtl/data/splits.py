@@ -10,7 +10,7 @@ import numpy as np
 
 from synthtl.data.imagelist import ImageList
 from synthtl.errors import DataError
-from synthtl.io import read_json, write_json
+from synthtl.files import read_json, write_json
 
 SPLIT_FORMAT = 1
 

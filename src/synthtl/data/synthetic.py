@@ -15,7 +15,7 @@ from pathlib import Path
 from synthtl.data.datasets import image_folder, readable
 from synthtl.data.imagelist import ImageList
 from synthtl.errors import DataError
-from synthtl.io import read_jsonl
+from synthtl.files import read_jsonl
 
 MANIFEST = "manifest.jsonl"
 PROGRESS_DIR = "progress"

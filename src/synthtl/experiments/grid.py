@@ -25,6 +25,7 @@ from synthtl.config import (
     with_overrides,
 )
 from synthtl.data.datasets import DATASETS, classnames
+from synthtl.errors import ConfigError
 from synthtl.training.strategies import STRATEGIES
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style"}
@@ -78,9 +79,15 @@ def _common(study: StudyConfig) -> list[str]:
 def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int) -> Job:
     shots = 0 if study.grid.shared_style else shots
     mode = "class" if prompt == "per_class" else "dataset"
-    overrides = [*study.style, *_common(study), f"data.name={dataset}", f"mode={mode}", f"data.shots={shots}",
+    if prompt not in study.style_presets:
+        raise ConfigError(f"style_presets has no preset for prompts={prompt!r}; add style_presets.{prompt}=<preset>")
+    preset = study.style_presets[prompt]
+    overrides = [*study.style, *_common(study), f"data.name={dataset}", f"data.shots={shots}",
                  f"data.split_seed={seed if shots else -1}"]
-    cfg = load_config(StyleConfig, study.style_preset, overrides)
+    cfg = load_config(StyleConfig, preset, overrides)
+    if cfg.mode != mode:  # each method comes from its own preset, never from a mode flip of another one
+        raise ConfigError(f"style_presets.{prompt}={preset!r} resolves to mode={cfg.mode!r}; {prompt} needs a "
+                          f"preset with mode: {mode}")
     sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{config_hash(cfg, STYLE_VOLATILE)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'styles' / sid}", "progress=false"])
     return Job("style", sid, cfg, labels={"dataset": dataset, "prompt": prompt, "shots": shots})

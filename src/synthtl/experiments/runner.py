@@ -14,7 +14,7 @@ from synthtl.data.synthetic import MANIFEST
 from synthtl.errors import SynthTLError
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes
 from synthtl.experiments.launch import launch
-from synthtl.io import read_json, read_jsonl, write_json, write_text
+from synthtl.files import read_json, read_jsonl, write_json, write_text
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "finetune")

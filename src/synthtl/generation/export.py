@@ -8,7 +8,7 @@ from pathlib import Path
 
 from synthtl.data.synthetic import completed_rows
 from synthtl.errors import DataError
-from synthtl.io import read_json, write_jsonl, write_text
+from synthtl.files import read_json, write_jsonl, write_text
 
 META_KEYS = ("class_name", "class_index", "prompt", "negative_prompt", "seed", "redraws", "model", "revision",
              "scheduler", "steps", "guidance", "height", "width", "dtype", "style_hash")

@@ -14,7 +14,7 @@ from pathlib import Path
 from synthtl.config import GenerateConfig
 from synthtl.data.synthetic import MANIFEST, PROGRESS_DIR, read_progress, safe_folder
 from synthtl.errors import ConfigError, DataError
-from synthtl.io import read_json, read_jsonl, write_json, write_jsonl
+from synthtl.files import read_json, read_jsonl, write_json, write_jsonl
 from synthtl.runtime import derive_seed
 
 PLAN = "plan.json"

@@ -26,10 +26,10 @@ from synthtl.data.cache import resized_jpeg
 from synthtl.data.datasets import DATASETS, classnames, load_data
 from synthtl.data.synthetic import PROGRESS_DIR
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.files import append_jsonl, read_json, write_bytes, write_json
 from synthtl.generation import plan as planning
 from synthtl.generation.pipeline import generator_runtime, load_pipeline, model_revision
 from synthtl.generation.prompts import STYLE_TOKEN, needs_token, prompt_for, template_set
-from synthtl.io import append_jsonl, read_json, write_bytes, write_json
 from synthtl.runtime import dtype_name, is_main
 
 

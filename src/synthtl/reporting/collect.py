@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from synthtl.io import read_json, read_jsonl
+from synthtl.files import read_json, read_jsonl
 
 SYNTHETIC_STRATEGIES = {"mixed", "synthetic_only", "bridged", "bridged_reinit", "bridged++", "vanilla_matched"}
 

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from synthtl.io import write_bytes  # noqa: E402
+from synthtl.files import write_bytes  # noqa: E402
 from synthtl.reporting.collect import Run  # noqa: E402
 from synthtl.reporting.tables import Table, strategy_rank  # noqa: E402
 

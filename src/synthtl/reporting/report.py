@@ -10,7 +10,7 @@ import yaml
 
 from synthtl.config import ReportConfig, StudyConfig, from_dict
 from synthtl.errors import DataError
-from synthtl.io import git_sha, read_json, write_text
+from synthtl.files import git_sha, read_json, write_text
 from synthtl.reporting import plots
 from synthtl.reporting.collect import collect_gensets, collect_runs, collect_styles
 from synthtl.reporting.html import Page
@@ -151,7 +151,7 @@ def quality_section(runs, gensets, cfg: ReportConfig, out: Path):
 
 def image_grids(runs, gensets, cfg: ReportConfig, folder: Path) -> list[tuple[Path, str]]:
     """Per dataset: real train images above one row per generated set (single template, DSI, ...)."""
-    from synthtl.generation.grid import contact_sheets
+    from synthtl.generation.sheets import contact_sheets
     from synthtl.reporting.quality import real_splits
 
     out = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from synthtl.errors import ConfigError
-from synthtl.io import read_json, sha256_file
+from synthtl.files import read_json, sha256_file
 
 EMBEDS = "learned_embeds.safetensors"
 STYLE_JSON = "style.json"

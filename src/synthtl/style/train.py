@@ -27,7 +27,7 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.splits import fewshot_indices, read_split, write_split
 from synthtl.errors import BadImageError, ConfigError, DataError
-from synthtl.io import read_json, save_torch, write_bytes, write_json, write_text
+from synthtl.files import read_json, save_torch, write_bytes, write_json, write_text
 from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime
 from synthtl.style.embeddings import EMBEDS, STYLE_JSON
 
@@ -392,7 +392,7 @@ def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses
           wall: float, skipped: int, identity: str, rt: Runtime) -> dict:
     from safetensors.torch import save
 
-    from synthtl.io import sha256_file
+    from synthtl.files import sha256_file
 
     state = inv.state()
     write_bytes(out / EMBEDS, save(state))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from synthtl.io import save_torch
+from synthtl.files import save_torch
 
 
 def save(path: str | os.PathLike, state: dict) -> None:

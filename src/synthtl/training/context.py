@@ -17,15 +17,15 @@ from torch import nn
 from synthtl.config import FinetuneConfig, StageConfig
 from synthtl.data.imagelist import ImageList
 from synthtl.data.loader import ImageDataset, eval_loader, set_epoch, steps_per_epoch, train_loader
+from synthtl.data.prepare import RunData
 from synthtl.data.transforms import DeviceAugment, eval_transform, train_transform
-from synthtl.io import write_jsonl
+from synthtl.files import write_jsonl
 from synthtl.metrics.leep import leep
 from synthtl.models import create_classifier, replace_head, source_label_space
 from synthtl.runtime import Runtime, derive_seed, is_main
 from synthtl.training import checkpoint
 from synthtl.training.loop import evaluate, predict, train_one_epoch
 from synthtl.training.optim import build_optimizer, lr_at
-from synthtl.training.setup import RunData
 
 LAST = "last.pt"
 

@@ -12,12 +12,12 @@ import torch
 
 import synthtl
 from synthtl.config import FinetuneConfig, config_hash, from_dict, to_yaml
+from synthtl.data.prepare import prepare_data
 from synthtl.errors import ConfigError
-from synthtl.io import git_sha, read_json, write_json, write_text
+from synthtl.files import git_sha, read_json, write_json, write_text
 from synthtl.models import resolve
 from synthtl.runtime import dtype_name, is_main, resolve_runtime, seed_everything
 from synthtl.training.context import LAST, Context
-from synthtl.training.setup import prepare_data
 from synthtl.training.strategies import STRATEGIES
 
 # Fields that do not change a run's result: a re-run differing only here is the same run.

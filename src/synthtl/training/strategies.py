@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from synthtl.errors import ConfigError
-from synthtl.io import read_json
+from synthtl.files import read_json
 from synthtl.models import reset_head
 from synthtl.registry import Registry
 from synthtl.runtime import derive_seed

@@ -12,7 +12,7 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.synthetic import completed_rows, safe_folder
 from synthtl.errors import BadImageError
-from synthtl.io import write_bytes
+from synthtl.files import write_bytes
 
 THUMB = 128
 LABEL_W = 150

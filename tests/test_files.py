@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from synthtl import io
-from synthtl.io import DiskFullError, append_jsonl, atomic_open, read_jsonl, write_json, write_text
+from synthtl import files as io
+from synthtl.files import DiskFullError, append_jsonl, atomic_open, read_jsonl, write_json, write_text
 
 
 def test_atomic_write_keeps_old_file_when_interrupted(tmp_path):

@@ -1,0 +1,273 @@
+"""Atomic file writes, JSON/JSONL helpers, hashing and provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from synthtl.errors import SynthTLError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide results from collaborators
+
+
+class DiskFullError(SynthTLError):
+    """No space left on the device: nothing half-written was kept."""
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Writes to a temp file in the same folder, then `os.replace`s it over `path`.
+
+    A killed process leaves either the old file or the new one, never half of one. A full disk raises
+    `DiskFullError` and leaves the old file untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink(tmp)
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space left on the device while writing {path}; free space and re-run "
+                                "(finished work is kept, the unfinished file was discarded)") from e
+        raise
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(p: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(p)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, atomically."""
+    import io as _io
+
+    import torch
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+
+
+class CorruptFileError(SynthTLError):
+    """A file of ours is damaged somewhere other than a torn last line."""
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Streams the rows of a JSONL file written by `write_jsonl` or `append_jsonl`.
+
+    A torn last line (no final newline: an appender was killed or hit a full disk) is ignored. Any other damage
+    raises `CorruptFileError` naming the file and the line number.
+    """
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                return  # torn tail: the append never finished
+            if not raw.strip():
+                continue
+            try:
+                yield json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise CorruptFileError(f"{path}, line {n}: not a JSON row (the file is damaged); restore it, delete "
+                                       "the line, or delete the file to rebuild it") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All rows of a JSONL file (see `iter_jsonl`: a torn last line is ignored, other damage is an error)."""
+    return list(iter_jsonl(path))
+
+
+def torn_tail(path: str | os.PathLike) -> int:
+    """How many bytes at the end of `path` follow its last newline (0 for a missing or intact file)."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+    if size == 0:
+        return 0
+    with open(path, "rb") as f:
+        back = min(size, 1 << 16)
+        while True:
+            f.seek(size - back)
+            block = f.read(back)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                return back - cut - 1
+            if back == size:
+                return size
+            back = min(size, back * 4)
+
+
+def repair_jsonl(path: str | os.PathLike) -> int:
+    """Cuts a torn last line off an append-only JSONL file; returns the bytes removed (0 if it was intact)."""
+    n = torn_tail(path)
+    if n:
+        os.truncate(path, os.path.getsize(path) - n)
+    return n
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict], fsync: bool = True) -> None:
+    """Appends complete rows, then fsyncs.
+
+    Never appends after a torn fragment: a torn last line left by an earlier kill or full disk is cut first. If this
+    append fails (e.g. the disk fills), the file is cut back to what it was, so it never ends mid-row.
+    """
+    data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows).encode()
+    repair_jsonl(path)
+    start = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.truncate(path, start)
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(f"no space left on the device while appending to {path}; free space and re-run "
+                                "(the log was cut back to its last complete row)") from e
+        raise
+
+
+TEMP_GLOB = ".*.tmp"  # what `atomic_open` leaves behind when its process is killed mid-write
+
+
+def remove_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Deletes the temp files `atomic_open` left in `folder` after a kill; returns how many.
+
+    Call it only while holding the folder's lock (`exclusive`), so that no live writer's temp file is taken.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    found = folder.rglob(TEMP_GLOB) if recursive else folder.glob(TEMP_GLOB)
+    n = 0
+    for p in found:
+        if p.is_file():
+            _unlink(str(p))
+            n += 1
+    return n
+
+
+class LockedError(SynthTLError):
+    """Another process is writing the same place."""
+
+
+LOCK_NAME = ".synthtl.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, what: str, wait: float = 0.0) -> Iterator[None]:
+    """Holds `folder`'s writer lock (filelock) for the duration; a second writer waits `wait` seconds, then fails.
+
+    The lock is an OS file lock, so a killed holder releases it by dying: there is no stale lock to clean up. The
+    holder's host, pid and command are written beside it so that the error can name them.
+    """
+    import socket
+    import sys
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME), timeout=wait)
+    holder_file = folder / f"{LOCK_NAME}.holder"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = holder_file.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise LockedError(f"{what} {folder} is being written by {holder}; wait for it to finish or stop it, "
+                          "then re-run (two writers never share a folder)") from None
+    try:
+        with contextlib.suppress(OSError):
+            holder_file.write_text(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])})\n")
+        yield
+    finally:
+        lock.release()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_sha() -> str:
+    """The git commit of the synthtl source tree, with "-dirty" if it has changes; "unknown" outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
