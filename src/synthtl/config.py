@@ -484,6 +484,37 @@ def from_dict(schema: type[T], data: dict) -> T:
         raise ConfigError(f"saved config does not match {schema.__name__}: {str(e).splitlines()[0]}") from None
 
 
+# Keys that never change a result: where files live, how fast work is done, how it is shown. Identities (run and
+# job ids, "is this folder the same run") hash everything else. Study ids additionally replace paths to inputs with
+# content fingerprints (experiments/identity.py).
+_DATA_VOLATILE = ("data.root", "data.cache_dir", "data.num_workers", "data.download")
+FINETUNE_VOLATILE = ("out_dir", "run_name", "progress", "tensorboard", "checkpoint_every", "device",
+                     "model.channels_last", "model.compile", *_DATA_VOLATILE)
+GENERATE_VOLATILE = ("out_dir", "progress", "shard", "writers", "generator.device", "generator.batch_size",
+                     "generator.channels_last", "generator.fuse_qkv", "generator.compile", *_DATA_VOLATILE)
+STYLE_VOLATILE = ("out_dir", "progress", "checkpoint_every", "validate_every", "generator.device",
+                  "generator.batch_size", "generator.channels_last", "generator.fuse_qkv", "generator.compile",
+                  *_DATA_VOLATILE)
+
+
+def config_diff(a: Any, b: Any, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The dotted keys whose values differ between two configs of one schema (ignoring `exclude` and below)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    keys = sorted(set(fa) | set(fb))
+    skip = tuple(exclude)
+    return [k for k in keys if fa.get(k) != fb.get(k) and not any(k == e or k.startswith(e + ".") for e in skip)]
+
+
 def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
     """A short stable hash of a resolved config (used for run ids and to detect changed re-runs)."""
     d = to_dict(cfg)
