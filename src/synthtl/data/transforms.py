@@ -99,15 +99,14 @@ class DeviceAugment:
         self.std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
 
     def __call__(self, jpegs: list[torch.Tensor]) -> torch.Tensor:
-        dev = "cuda" if self.device.type == "cuda" else "cpu"
-        images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=dev)
+        images = decode_on(jpegs, self.device)
         hmax = max(im.shape[1] for im in images)
         wmax = max(im.shape[2] for im in images)
-        batch = torch.zeros(len(images), 3, hmax, wmax, device=self.device, dtype=torch.float32)
+        batch = torch.empty(len(images), 3, hmax, wmax, device=self.device, dtype=torch.float32)
         boxes = torch.empty(len(images), 5, dtype=torch.float32)
         for i, im in enumerate(images):
             h, w = im.shape[1:]
-            batch[i, :, :h, :w] = im.to(self.device)
+            place(batch[i], im.to(self.device))
             if self.train:
                 box = random_resized_box(h, w, self.scale, (3 / 4, 4 / 3))
             else:
@@ -120,3 +119,41 @@ class DeviceAugment:
             flip = torch.rand(len(images)) < 0.5
             out[flip.to(self.device)] = out[flip.to(self.device)].flip(-1)
         return (out - self.mean) / self.std
+
+
+def place(slot: torch.Tensor, im: torch.Tensor) -> None:
+    """Copies a (3, h, w) image into the top-left of a larger (3, H, W) batch slot, edge pixels repeated beyond it.
+
+    With aligned=True, roi_align's samples for a box that reaches the image's right (bottom) edge fall up to half
+    a pixel past the last pixel centre, so bilinear interpolation also reads column w (row h). On its own image
+    roi_align clamps there (the edge value, as torch's interpolate does); in a padded batch that column is the
+    padding, so zeros would bleed into the last output row and column. Repeating the edge makes the padded
+    image read exactly like the image alone; nothing further than one pixel past the edge is ever read.
+    """
+    _, h, w = im.shape
+    slot[:, :h, :w] = im
+    if w < slot.shape[2]:
+        slot[:, :h, w:] = im[:, :, w - 1:w]
+    if h < slot.shape[1]:
+        slot[:, h:, :] = slot[:, h - 1:h, :]
+
+
+def decode_on(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Decodes JPEG byte tensors to uint8 (3, h, w) images on `device` (nvJPEG on CUDA), safely.
+
+    nvJPEG's hardware decoder does not wait for work already queued on the stream it is given (pytorch/vision
+    PR #9606, seen corrupting results on H100s): torchvision hands it output blocks from PyTorch's caching
+    allocator, which may be memory that kernels still queued on the current stream (the last training step) are
+    about to read, and the decoder overwrites it first. Draining the current stream before the decode closes that
+    window; waiting for the decoder after it makes its outputs complete before any consumer kernel reads them,
+    and record_stream keeps each output's memory from being reused until the consumer stream is done with it.
+    """
+    if device.type != "cuda":
+        return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device="cpu")
+    consumer = torch.cuda.current_stream(device)
+    consumer.synchronize()  # a host barrier: the bug ignores stream order, so an event wait would not do
+    images = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+    torch.cuda.synchronize(device)  # the decoder's own stream is not ordered with ours
+    for im in images:
+        im.record_stream(consumer)
+    return images
