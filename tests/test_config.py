@@ -84,3 +84,21 @@ def test_every_shipped_preset_loads():
             from synthtl.config import StyleConfig
 
             load_config(StyleConfig, p, [])
+
+
+def test_text_values_need_no_quoting_and_bad_lists_get_one_line():
+    from synthtl.config import GenerateConfig
+
+    cfg = load_config(GenerateConfig, None, ["prompts.suffix=, a type of aircraft.", 'prompts.negative="low, blurry"'])
+    assert cfg.prompts.suffix == ", a type of aircraft." and cfg.prompts.negative == "low, blurry"
+    with pytest.raises(ConfigError, match=r"prompts.custom=\[a,b.*quote it"):
+        load_config(GenerateConfig, None, ["prompts.custom=[a,b"])
+    assert load_config(GenerateConfig, None, ['prompts.custom=["a {}", "b {}"]']).prompts.custom == ["a {}", "b {}"]
+
+
+def test_presets_can_stack_several_bases():
+    from synthtl.config import FinetuneConfig
+
+    few = load_config(FinetuneConfig, "finetune/fewshot")
+    stacked = load_config(FinetuneConfig, ["finetune/resnet18", "finetune/fewshot_recipe"], ["data.shots=4"])
+    assert few == stacked and few.real_stage.epochs == 100 and few.real_stage.batch_size == 32

@@ -82,13 +82,15 @@ class SyntheticConfig:
 class ModelConfig:
     name: str = "resnet18"  # a short name (`synthtl models`) or "timm:<name>" / "tv:<name>"
     pretrained: bool = True  # ImageNet (or the name's) weights from the hub cache; false = random init
-    weights: str = ""  # local weights file (.safetensors/.pth/.bin) used instead of the hub
+    weights: str = ""  # local weights file (.safetensors/.pth/.bin) used instead of the hub (from_scratch ignores it)
     img_size: int = 0  # training/eval resolution; 0 = the weights' native size
     channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model (CUDA)
 
     def __post_init__(self) -> None:
         _check(self.img_size >= 0, f"model.img_size={self.img_size}: must be >= 0")
+        _check(self.pretrained or not self.weights, f"model.weights={self.weights!r} is set but model.pretrained=false"
+               " would ignore it: drop model.weights for random initialisation, or set model.pretrained=true")
 
 
 @dataclass(frozen=True)
@@ -443,8 +445,7 @@ def load_config(schema: type[T], preset: str | os.PathLike | list | None = None,
         node = OmegaConf.structured(schema)
         for p in [preset] if isinstance(preset, (str, os.PathLike)) else list(preset or []):
             node = OmegaConf.merge(node, _load_yaml_chain(find_preset(str(p)).resolve()))
-        if overrides:
-            node = OmegaConf.merge(node, OmegaConf.from_dotlist(overrides))
+        node = _apply_overrides(node, overrides)
         return OmegaConf.to_object(node)  # runs every __post_init__ check
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
@@ -455,13 +456,42 @@ def load_config(schema: type[T], preset: str | os.PathLike | list | None = None,
         raise ConfigError(f"bad value for {key!r}: {msg}") from None
 
 
+def _apply_overrides(node: Any, overrides: list[str]) -> Any:
+    """Merges `a.b=value` overrides into `node`.
+
+    A text key takes its value literally (", a type of aircraft." needs no quoting; one pair of surrounding quotes is
+    dropped). Other keys parse the value as YAML (numbers, true/false, [lists]); a value that does not parse is one
+    error line that shows the quoting.
+    """
+    for o in overrides:
+        key, value = o.split("=", 1)
+        key = key.strip()
+        current = OmegaConf.select(node, key, default=None, throw_on_missing=False) if key else None
+        if isinstance(current, str):
+            text = value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'" else value
+            item = OmegaConf.create({})
+            OmegaConf.update(item, key, text, merge=True)
+        else:
+            try:
+                item = OmegaConf.from_dotlist([o])
+            except OmegaConfBaseException:
+                raise
+            except Exception as e:  # YAML syntax errors of the value
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"override {o!r}: the value does not parse ({first}); quote it for the shell, e.g. "
+                                  f"'{key}=[\"a\", \"b\"]' for a list or '{key}=\"text, with commas\"' for text"
+                                  ) from None
+        node = OmegaConf.merge(node, item)
+    return node
+
+
 def with_overrides(cfg: T, overrides: list[str]) -> T:
     """A copy of a config instance with `a.b=value` overrides applied (same checks as load_config)."""
     for o in overrides:
         if "=" not in o:
             raise ConfigError(f"override {o!r} is not of the form key=value")
     try:
-        node = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(list(overrides)))
+        node = _apply_overrides(OmegaConf.structured(cfg), list(overrides))
         return OmegaConf.to_object(node)
     except OmegaConfBaseException as e:
         raise ConfigError(f"bad override for {getattr(e, 'full_key', None)!r}: {str(e).splitlines()[0]}") from None

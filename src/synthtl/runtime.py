@@ -80,6 +80,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)  # torchrun: each rank on its own GPU (kernels and NCCL use the current device)
     if precision == "auto":
         if dev.type == "cuda":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -69,6 +69,11 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
         idx = read_split(d.split_file, source)
     elif d.shots:
         idx, short = fewshot_indices(source, d.shots, seed)
+        if short:
+            counts = {n: c for n, c in zip(source.classes, source.class_counts(), strict=True) if n in set(short)}
+            print(f"[synthtl] warning: data.shots={d.shots} but {len(short)} of {source.num_classes} classes have "
+                  f"fewer training images (smallest: {min(counts.values())}); those classes use all their images "
+                  "(listed in result.json as few_shot_short_classes)")
     else:
         idx = list(range(len(source)))
     train, train_src = _pick(train_scan, idx, f"{source.name}" + (f"/{d.shots}-shot" if d.shots else ""))

@@ -55,15 +55,28 @@ def _offline_error(name: str, err: Exception) -> WeightsError:
         "model.pretrained=false for random initialisation.")
 
 
+def _weights_error(arch: str, weights: str, err: Exception) -> WeightsError:
+    if not weights:
+        return _offline_error(f"timm:{arch}", err)
+    return WeightsError(f"model.weights={weights!r} does not fit timm:{arch} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200] if str(err) else ''}); pass weights of that architecture")
+
+
 def _load_state(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"model.weights={path!r} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(p))
-    state = torch.load(str(p), map_location="cpu", weights_only=True)
+            return load_file(str(p))
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file: name it and the real cause, never "the hub"
+        kind = "safetensors" if p.suffix == ".safetensors" else "PyTorch"
+        cause = str(e).splitlines()[0][:200] if str(e) else ""
+        raise WeightsError(f"model.weights={path!r} could not be read as a {kind} state dict ({type(e).__name__}: "
+                           f"{cause}); check the file (.safetensors, or a .pth/.bin state dict)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -82,8 +95,7 @@ def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, im
     if img_size:
         kwargs["img_size"] = img_size
     if weights:
-        if not Path(weights).is_file():
-            raise ConfigError(f"model.weights={weights!r} does not exist")
+        _load_state(weights)  # unreadable files fail here, naming the file and the cause
         kwargs["pretrained_cfg_overlay"] = {"file": str(Path(weights).resolve())}
     try:
         try:
@@ -98,9 +110,9 @@ def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, im
     except RuntimeError as e:
         if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
             raise ConfigError(f"timm cannot build {arch!r}: {e}") from None
-        raise _offline_error(f"timm:{arch}", e) from e
+        raise _weights_error(arch, weights, e) from e
     except Exception as e:  # hub/network errors come in many types
-        raise _offline_error(f"timm:{arch}", e) from e
+        raise _weights_error(arch, weights, e) from e
     data_config = timm.data.resolve_model_data_config(model)
     if img_size:
         data_config["input_size"] = (3, img_size, img_size)

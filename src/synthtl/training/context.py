@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -38,9 +39,12 @@ class Context:
         rt: Device and precision.
         run_dir: The run folder.
         data: Real (and synthetic) images, already split and scanned.
+        claim: Called once, when the first stage starts training: the run folder is claimed (config.yaml) only
+            then, so a run that fails while setting up (missing weights, bad data) can be re-run with the fix.
     """
 
-    def __init__(self, cfg: FinetuneConfig, rt: Runtime, run_dir: Path, data: RunData):
+    def __init__(self, cfg: FinetuneConfig, rt: Runtime, run_dir: Path, data: RunData,
+                 claim: Callable[[], None] = lambda: None):
         self.cfg = cfg
         self.rt = rt
         self.run_dir = run_dir
@@ -58,6 +62,12 @@ class Context:
         self.final_test: dict | None = None
         self._eval_loaders: dict[tuple, object] = {}
         self._tb = None
+        self._claim = claim
+
+    def claim(self) -> None:
+        if self._claim is not None:
+            self._claim()
+            self._claim = None
 
     # ---------------------------------------------------------------------------------------------------- data
     def real_train(self) -> list[ImageList]:
@@ -139,7 +149,7 @@ class Context:
         return stage.epochs * steps_per_epoch(n, stage.batch_size)
 
     def run_stage(self, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
-                  mixup: bool = False, total_steps: int | None = None, fraction: float | None = None,
+                  total_steps: int | None = None, fraction: float | None = None,
                   final: bool = False) -> None:
         """Trains `model` on `parts` for one stage; resumes or skips it if the run folder says so.
 
@@ -147,17 +157,19 @@ class Context:
             name: Stage name ("synthetic", "real", "mixed"), unique within the run.
             model: Trained in place.
             parts: One image list, or [real, synthetic] for the mixed strategy.
-            stage: Optimisation settings.
-            mixup: Force Mixup on for this stage (the strategy needs it), on top of `stage.mixup`.
+            stage: Optimisation settings, as the strategy runs them (see `strategies.effective_config`).
             total_steps: Exact optimizer steps (compute-matched control); default epochs x steps per epoch.
             fraction: Mixed strategy's synthetic share per epoch (None = all of both).
             final: The last stage: validation-based selection (select=val) applies to it.
         """
         done_file = self.ckpt_dir / f"stage-{name}.pt"
         if done_file.is_file():
-            model.load_state_dict(checkpoint.load(done_file)["model"])
+            state = checkpoint.load(done_file)
+            model.load_state_dict(state["model"])
+            if "record" in state:  # killed between writing stage-X.pt and last.pt: the record travels with the weights
+                self.info["stages"].setdefault(name, state["record"])
             return
-        stage = replace(stage, mixup=stage.mixup or mixup)
+        self.claim()
         seed = derive_seed(self.cfg.seed, "stage", name)
         loader = train_loader([self._dataset(p, train=True) for p in parts], stage.batch_size, seed,
                               self.cfg.data.num_workers, fraction, pin_memory=self.rt.is_cuda)
@@ -176,6 +188,9 @@ class Context:
             step, start_epoch, spent = self.resume["step"], self.resume["epoch"] + 1, self.resume["seconds"]
             self.best_val = self.resume.get("best_val")
         warmup = int(stage.warmup_epochs * spe)
+        if warmup >= total > 0 and step == 0 and is_main():
+            print(f"[synthtl] warning: {name} stage: warmup ({stage.warmup_epochs} epochs = {warmup} steps) is not "
+                  f"shorter than the stage ({total} steps); the learning rate never reaches its peak {stage.lr}")
 
         def lr_fn(s: int) -> float:
             return lr_at(s, total, warmup, stage.lr, stage.min_lr)
@@ -213,11 +228,12 @@ class Context:
         train_s = sum(r["train_seconds"] for r in rows)
         self.info["stages"][name] = {
             "epochs": epochs, "steps": step, "steps_per_epoch": spe, "train_images": sum(len(p) for p in parts),
-            "batch_size": stage.batch_size, "lr": stage.lr, "mixup": stage.mixup, "wall_s": spent,
+            "batch_size": stage.batch_size, "lr": stage.lr, "mixup": stage.mixup, "settings": asdict(stage),
+            "wall_s": spent,
             "gpu_s": spent * self.rt.gpus,
             "train_images_per_s": sum(r["images"] for r in rows) / train_s if train_s else 0.0,
             "skipped_during_training": sum(r["skipped"] for r in rows)}
-        checkpoint.save(done_file, {"model": model.state_dict()})
+        checkpoint.save(done_file, {"model": model.state_dict(), "record": self.info["stages"][name]})
         self._save_resume(name, epochs - 1, step, spent, model, optimizer, scaler, finished=True)
 
     def _mixup(self, stage: StageConfig):

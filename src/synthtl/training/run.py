@@ -11,17 +11,17 @@ import timm
 import torch
 
 import synthtl
-from synthtl.config import FinetuneConfig, config_hash, from_dict, to_yaml
+from synthtl.config import FINETUNE_VOLATILE, FinetuneConfig, config_diff, config_hash, from_dict, to_yaml
 from synthtl.data.prepare import prepare_data
 from synthtl.errors import ConfigError
-from synthtl.files import git_sha, read_json, write_json, write_text
+from synthtl.files import exclusive, git_sha, read_json, remove_temps, write_json, write_text
 from synthtl.models import resolve
-from synthtl.runtime import dtype_name, is_main, resolve_runtime, seed_everything
+from synthtl.runtime import dtype_name, is_main, resolve_runtime, seed_everything, world_size
 from synthtl.training.context import LAST, Context
-from synthtl.training.strategies import STRATEGIES
+from synthtl.training.strategies import STRATEGIES, effective_config
 
-# Fields that do not change a run's result: a re-run differing only here is the same run.
-VOLATILE = ("progress", "tensorboard", "checkpoint_every", "out_dir", "run_name")
+# Fields that do not change a run's result (paths, speed, display): a re-run differing only here is the same run.
+VOLATILE = FINETUNE_VOLATILE
 
 
 def default_run_name(cfg: FinetuneConfig) -> str:
@@ -34,38 +34,72 @@ def run_dir_of(cfg: FinetuneConfig) -> Path:
     return Path(cfg.out_dir) / (cfg.run_name or default_run_name(cfg))
 
 
-def _claim(run_dir: Path, cfg: FinetuneConfig) -> None:
-    """Writes config.yaml, or checks that the folder's existing config is the same run."""
+def _check_same_run(run_dir: Path, cfg: FinetuneConfig) -> bool:
+    """False if the folder holds no config yet; raises if it holds another run (naming the keys that differ)."""
     saved = run_dir / "config.yaml"
-    if saved.is_file():
-        import yaml
+    if not saved.is_file():
+        return False
+    import yaml
 
-        old = from_dict(FinetuneConfig, yaml.safe_load(saved.read_text()))
-        if config_hash(old, VOLATILE) != config_hash(cfg, VOLATILE):
-            raise ConfigError(f"{run_dir} holds a run with a different config (see its config.yaml). Choose another "
-                              "run_name/out_dir, or delete the folder to start over")
-    if is_main():
-        write_text(saved, to_yaml(cfg))
+    try:
+        old = effective_config(from_dict(FinetuneConfig, yaml.safe_load(saved.read_text())))
+    except (ConfigError, yaml.YAMLError) as e:
+        raise ConfigError(f"{saved} cannot be read ({e}); delete the folder to start over or choose another "
+                          "run_name/out_dir") from None
+    differ = config_diff(old, cfg, VOLATILE)
+    if differ:
+        shown = ", ".join(f"{k} ({_get(old, k)!r} there, {_get(cfg, k)!r} now)" for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise ConfigError(f"{run_dir} holds a run with a different config: {shown}{more}. Choose another "
+                          "run_name/out_dir, or delete the folder to start over")
+    return True
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part, None)
+    return cfg
+
+
+def _claim(run_dir: Path, cfg: FinetuneConfig) -> None:
+    """Writes config.yaml (the effective config), unless the folder already holds this run."""
+    if not _check_same_run(run_dir, cfg) and is_main():
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Runs (or resumes, or skips if finished) one fine-tuning run; returns its result.json content."""
+    if world_size() > 1:
+        raise ConfigError(f"finetune under torchrun ({world_size()} processes) would train {world_size()} identical "
+                          "copies: data-parallel training inside one run is not supported yet. Run it as one process "
+                          "(a study runs several runs in parallel: launcher.parallel)")
     spec = STRATEGIES.get(cfg.strategy)
+    cfg = effective_config(cfg)  # what actually runs, e.g. bridged++ -> synth_stage.mixup: true
     resolve(cfg.model.name)  # unknown model names fail before any data work
     run_dir = run_dir_of(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"the run folder {run_dir} is an existing file; choose another out_dir/run_name")
     result_file = run_dir / "result.json"
     if result_file.is_file():
-        _claim(run_dir, cfg)
+        _check_same_run(run_dir, cfg)
         if is_main():
             print(f"[synthtl] {run_dir} is already finished; nothing to do (delete result.json to re-run)")
         return read_json(result_file)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _claim(run_dir, cfg)
+    with exclusive(run_dir, "run folder"):
+        return _run(cfg, spec, run_dir)
+
+
+def _run(cfg: FinetuneConfig, spec, run_dir: Path) -> dict:
+    result_file = run_dir / "result.json"
+    if result_file.is_file():  # finished by the writer this process waited for
+        return read_json(result_file)
+    _check_same_run(run_dir, cfg)  # refuse early; config.yaml is written only when training starts
+    remove_temps(run_dir, recursive=True)  # what a killed writer left (we hold the folder's lock)
     t0 = time.perf_counter()
     rt = resolve_runtime(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     data = prepare_data(cfg, run_dir, spec.needs_synthetic)
-    ctx = Context(cfg, rt, run_dir, data)
+    ctx = Context(cfg, rt, run_dir, data, claim=lambda: _claim(run_dir, cfg))
     resumed = ctx.resume is not None
     try:
         model = spec.fn(ctx)

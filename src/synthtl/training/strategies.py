@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from synthtl.config import FinetuneConfig, with_overrides
 from synthtl.errors import ConfigError
 from synthtl.files import read_json
 from synthtl.models import reset_head
@@ -26,14 +27,20 @@ class Strategy:
     fn: Callable[[Context], nn.Module]
     needs_synthetic: bool
     summary: str
+    settings: tuple[str, ...] = ()  # config overrides the strategy implies: written into the run's config.yaml
+
+
+def effective_config(cfg: FinetuneConfig) -> FinetuneConfig:
+    """The config as the strategy runs it (e.g. bridged++ shows synth_stage.mixup: true): what the run folder saves."""
+    return with_overrides(cfg, list(STRATEGIES.get(cfg.strategy).settings))
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
-def strategy(name: str, needs_synthetic: bool, summary: str):
+def strategy(name: str, needs_synthetic: bool, summary: str, settings: tuple[str, ...] = ()):
     def deco(fn: Callable[[Context], nn.Module]) -> Callable[[Context], nn.Module]:
-        STRATEGIES.add(name, Strategy(fn, needs_synthetic, summary))
+        STRATEGIES.add(name, Strategy(fn, needs_synthetic, summary, settings))
         return fn
 
     return deco
@@ -46,10 +53,11 @@ def vanilla(ctx: Context) -> nn.Module:
     return model
 
 
-@strategy("vanilla_mixup", False, "vanilla with Mixup (control: is bridged++'s gain just Mixup?)")
+@strategy("vanilla_mixup", False, "vanilla with Mixup (control: is bridged++'s gain just Mixup?)",
+          settings=("real_stage.mixup=true",))
 def vanilla_mixup(ctx: Context) -> nn.Module:
     model = ctx.new_model()
-    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, mixup=True, final=True)
+    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, final=True)  # mixup: see settings
     return model
 
 
@@ -76,9 +84,9 @@ def synthetic_only(ctx: Context) -> nn.Module:
     return model
 
 
-def _bridged(ctx: Context, mixup: bool, reinit: bool) -> nn.Module:
+def _bridged(ctx: Context, reinit: bool) -> nn.Module:
     model = ctx.new_model()
-    ctx.run_stage("synthetic", model, ctx.synthetic_train(), ctx.cfg.synth_stage, mixup=mixup)
+    ctx.run_stage("synthetic", model, ctx.synthetic_train(), ctx.cfg.synth_stage)
     ctx.record_leep("stage1", model)
     if reinit:
         reset_head(model, derive_seed(ctx.cfg.seed, "reinit"))
@@ -88,17 +96,18 @@ def _bridged(ctx: Context, mixup: bool, reinit: bool) -> nn.Module:
 
 @strategy("bridged", True, "stage 1 synthetic only, stage 2 real, head kept")
 def bridged(ctx: Context) -> nn.Module:
-    return _bridged(ctx, mixup=False, reinit=False)
+    return _bridged(ctx, reinit=False)
 
 
 @strategy("bridged_reinit", True, "bridged with the head re-initialised before stage 2")
 def bridged_reinit(ctx: Context) -> nn.Module:
-    return _bridged(ctx, mixup=False, reinit=True)
+    return _bridged(ctx, reinit=True)
 
 
-@strategy("bridged++", True, "bridged with Mixup in stage 1 and the head re-initialised before stage 2")
+@strategy("bridged++", True, "bridged with Mixup in stage 1 and the head re-initialised before stage 2",
+          settings=("synth_stage.mixup=true",))
 def bridged_pp(ctx: Context) -> nn.Module:
-    return _bridged(ctx, mixup=True, reinit=True)
+    return _bridged(ctx, reinit=True)  # Mixup in stage 1: see settings
 
 
 def matched_steps(ctx: Context) -> int:
