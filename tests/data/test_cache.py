@@ -62,3 +62,159 @@ def test_overlap_is_found_and_refused_unless_allowed(tmp_path, folder_data):
     with pytest.raises(DataError, match=r"1 training images are byte-identical.*allow_overlap=true"):
         check_overlap(train, test, allow=False)
     assert check_overlap(train, test, allow=True) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scan log is append-only: torn tails, damaged rows, a full disk, two writers
+# ---------------------------------------------------------------------------------------------------------------
+def _log(cache_root):
+    (log,) = (cache_root / "scans").glob("*/scan.jsonl")
+    return log
+
+
+class _TornWriter:
+    """An append handle that writes the first half of what it is given, then fails like a full disk or a kill."""
+
+    def __init__(self, f, exc):
+        self.f, self.exc = f, exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[: len(data) // 2])
+        self.f.flush()
+        raise self.exc
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("failure", ["disk full", "killed"])
+def test_interrupted_append_then_rerun_equals_an_uninterrupted_scan(tmp_path, folder_data, monkeypatch, failure):
+    import builtins
+    import errno
+
+    from synthtl import files as files_mod
+    from synthtl.files import DiskFullError
+
+    train = load_split("folder", "train", folder_data)
+    clean = scan_images(train, tmp_path / "clean", short_side=32, progress=False)
+    exc = OSError(errno.ENOSPC, "No space left on device") if failure == "disk full" else KeyboardInterrupt()
+    real_open = builtins.open
+
+    def full_disk_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return _TornWriter(f, exc) if mode == "ab" else f
+
+    monkeypatch.setattr(files_mod, "open", full_disk_open, raising=False)
+    with pytest.raises(DiskFullError if failure == "disk full" else KeyboardInterrupt):
+        scan_images(train, tmp_path / "c", short_side=32, progress=False)
+    monkeypatch.undo()  # space freed / process restarted
+    log = _log(tmp_path / "c")
+    raw = log.read_bytes()
+    # A full disk cuts the log back to its last complete row; a kill leaves a torn fragment behind.
+    assert (raw == b"") if failure == "disk full" else (raw and not raw.endswith(b"\n"))
+    again = scan_images(train, tmp_path / "c", short_side=32, progress=False)
+    assert again.hashes == clean.hashes and again.skipped == clean.skipped and again.source == clean.source
+    assert again.images.paths == clean.images.paths
+    for a, b in zip(again.images.paths, clean.images.paths, strict=True):
+        assert (again.images.root / a).read_bytes() == (clean.images.root / b).read_bytes()
+    lines = log.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) - 1 == len(train)  # no torn fragment kept, one row per image
+
+
+def test_damaged_scan_row_names_the_file_and_line(tmp_path, folder_data):
+    from synthtl.files import CorruptFileError
+
+    train = load_split("folder", "train", folder_data)
+    scan_images(train, tmp_path / "c", short_side=None, progress=False)
+    log = _log(tmp_path / "c")
+    lines = log.read_text().splitlines(keepends=True)
+    for bad in ('{"path": 7, "ok": true}\n', "[1, 2]\n", '{"sig": null}\n', "{not json\n"):
+        log.write_text(lines[0] + bad + "".join(lines[2:]))
+        with pytest.raises(CorruptFileError, match=r"scan\.jsonl, line 2: .*delete") as e:
+            scan_images(train, tmp_path / "c", short_side=None, progress=False)
+        assert "\n" not in str(e.value)
+    torn = "".join(lines) + '{"path": "red_fox/img_0'  # a torn last line is only an unfinished append
+    log.write_text(torn)
+    assert len(scan_images(train, tmp_path / "c", short_side=None, progress=False).images) == len(train)
+    assert log.read_text() == torn  # readers leave it alone
+    Image.new("RGB", (50, 50), (0, 0, 0)).save(folder_data / "train" / "blue_jay" / "img_002.jpg")
+    scan_images(train, tmp_path / "c", short_side=None, progress=False)
+    text = log.read_text()  # the writer cut the fragment before appending its row
+    assert text.startswith("".join(lines)) and text.count("\n") == len(lines) + 1 and text.endswith("\n")
+
+
+_SCANNER = """
+import json, sys, time
+from pathlib import Path
+from synthtl.data import cache
+from synthtl.data.datasets import load_split
+
+root, cache_dir, started, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+decoded = []
+real = cache.load_rgb
+
+def held(path, data=None, **kw):  # the first decode holds the lock until the test says go
+    if not decoded:
+        started.touch()
+        deadline = time.monotonic() + 60
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    decoded.append(str(path))
+    return real(path, data, **kw)
+
+cache.load_rgb = held
+res = cache.scan_images(load_split("folder", "train", root), cache_dir, short_side=32, workers=1, progress=False)
+print("RESULT " + json.dumps({"decoded": len(decoded), "hashes": list(res.hashes)}), flush=True)
+"""
+
+
+def test_two_processes_share_one_cache_and_only_one_writes(tmp_path, folder_data):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "scanner.py"
+    script.write_text(_SCANNER)
+    started, go = tmp_path / "a_started", tmp_path / "go"
+
+    def launch(flag):
+        return subprocess.Popen([sys.executable, str(script), str(folder_data), str(tmp_path / "c"), str(flag),
+                                 str(go)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    a = launch(started)
+    deadline = time.monotonic() + 60
+    while not started.exists() and a.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists(), a.communicate()[0]  # A is scanning, so it holds the cache lock
+    b = launch(tmp_path / "b_started")
+    waiting = ""
+    while "waiting" not in waiting and (line := b.stdout.readline()):  # B prints this line, then blocks on the lock
+        waiting += line
+    go.touch()
+    out_a, out_b = a.communicate(timeout=120)[0], waiting + b.communicate(timeout=120)[0]
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert "is being built by pid" in waiting and "waiting" in waiting, out_b  # B said whom it waits for
+    res_a = json.loads(out_a.split("RESULT ", 1)[1])
+    res_b = json.loads(out_b.split("RESULT ", 1)[1])
+    assert res_a["decoded"] == 24 and res_b["decoded"] == 0  # B reused A's scan instead of writing its own
+    assert res_a["hashes"] == res_b["hashes"]
+    rows = [json.loads(line) for line in _log(tmp_path / "c").read_text().splitlines()]
+    assert len(rows) == 24 and len({r["path"] for r in rows}) == 24
+
+
+def test_scan_cleans_temp_files_a_killed_scan_left(tmp_path, folder_data):
+    train = load_split("folder", "train", folder_data)
+    first = scan_images(train, tmp_path / "c", short_side=32, progress=False)
+    leftover = first.images.root / "ab" / ".0123.jpg.x1y2.tmp"  # what atomic_open leaves when killed mid-write
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    Image.new("RGB", (50, 50), (0, 0, 0)).save(folder_data / "train" / "blue_jay" / "img_002.jpg")  # work to do
+    scan_images(train, tmp_path / "c", short_side=32, progress=False)
+    assert not leftover.exists()

@@ -4,13 +4,20 @@ The scan decodes every image once, records the SHA-256 of its bytes (for the tra
 when asked, writes a copy whose short side is `short_side` as JPEG q95. Training then reads the small copies,
 which is what makes the data loader keep up with the GPU. Scans are resumable (an append-only log) and
 invalidated per file when a source file's size or mtime changes.
+
+One writer per dataset: the scan holds the cache folder's lock (`synthtl.files.exclusive`) while it decodes and
+appends, so parallel jobs of a study that share a dataset never both write. A job that finds the cache being built
+prints a line naming the builder and waits for it (up to `SCAN_LOCK_WAIT_S`), then reuses what it built. Jobs that
+find the scan complete take no lock at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,10 +26,26 @@ from PIL import Image
 from tqdm import tqdm
 
 from synthtl.data.imagelist import ImageList
-from synthtl.data.images import load_rgb
+from synthtl.data.images import load_rgb, printable
 from synthtl.errors import BadImageError, DataError
-from synthtl.files import append_jsonl, read_jsonl, sha256_bytes, write_bytes
+from synthtl.files import (
+    LOCK_NAME,
+    CorruptFileError,
+    DiskFullError,
+    LockedError,
+    append_jsonl,
+    exclusive,
+    iter_jsonl,
+    remove_temps,
+    sha256_bytes,
+    write_bytes,
+)
 from synthtl.runtime import is_main
+
+CACHE_FORMAT = 2  # 2: hashed copy names, EXIF orientation applied; a new format never reuses an old scan
+SCAN_LOCK_WAIT_S = 2 * 3600  # how long a job waits for another job building the same cache: a scan of ~100k
+# images takes minutes (an hour on a slow network disk); a dead builder releases the lock at once, so only a hung
+# one makes the wait run out, and then the error names it.
 
 
 def default_cache_dir() -> Path:
@@ -39,11 +62,19 @@ class ScanResult:
     source: ImageList  # the same usable images at their original location
 
 
+def _fs_bytes(name: str) -> bytes:
+    """A path as the bytes the file system holds: names that are not UTF-8 arrive as lone surrogates."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def _key(images: ImageList) -> str:
-    h = hashlib.sha1(str(images.root.resolve()).encode())
+    h = hashlib.sha1(f"format {CACHE_FORMAT}\n".encode())
+    h.update(os.fsencode(images.root.resolve()))
     for p in images.paths:
-        h.update(p.encode() + b"\n")
-    return f"{images.name.replace('/', '-') or 'images'}-{h.hexdigest()[:12]}"
+        h.update(_fs_bytes(p) + b"\n")
+    # The readable part is only a hint for people browsing the cache: kept short and plain for any file system.
+    hint = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "-" for ch in images.name)[:40]
+    return f"{hint or 'images'}-{h.hexdigest()[:12]}"
 
 
 def resized_jpeg(img: Image.Image, short_side: int, quality: int = 95) -> bytes:
@@ -59,7 +90,54 @@ def resized_jpeg(img: Image.Image, short_side: int, quality: int = 95) -> bytes:
 
 
 def _cached_name(rel: str) -> str:
-    return rel + ".jpg"
+    """The resized copy's name: a hash of the source path, so that any legal source name (non-UTF-8 bytes, 255 bytes
+    long) gives a short legal one; two-letter sub-folders keep folders small."""
+    h = hashlib.sha1(_fs_bytes(rel)).hexdigest()
+    return f"{h[:2]}/{h}.jpg"
+
+
+def _line_number(path: Path, row: int) -> int:
+    """The line of the `row`-th (0-based) row of a JSONL file (`iter_jsonl` skips blank lines)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if raw.strip():
+                if row == 0:
+                    return n
+                row -= 1
+    return 0
+
+
+def _read_log(log: Path) -> dict[str, dict]:
+    """path -> latest row of a scan log. A torn last line is ignored; any other damage names the file and line."""
+    done: dict[str, dict] = {}
+    if not log.is_file():
+        return done
+    for i, row in enumerate(iter_jsonl(log)):
+        if not (isinstance(row, dict) and isinstance(row.get("path"), str) and isinstance(row.get("ok"), bool)
+                and isinstance(row.get("sha256"), str) and isinstance(row.get("reason", ""), str)):
+            raise CorruptFileError(f"{log}, line {_line_number(log, i)}: not a scan row (the file is damaged); delete "
+                                   "the file to rescan the dataset")
+        done[row["path"]] = row
+    return done
+
+
+@contextlib.contextmanager
+def _writer_lock(base: Path) -> Iterator[None]:
+    """Holds the cache folder's writer lock; says whom it waits for when another job holds it."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(base, "data cache", wait=0))
+        except LockedError:
+            if is_main():
+                try:
+                    holder = (base / f"{LOCK_NAME}.holder").read_text().strip() or "another process"
+                except OSError:
+                    holder = "another process"
+                print(f"[synthtl] data cache {base} is being built by {holder}; waiting for it to finish "
+                      f"(up to {SCAN_LOCK_WAIT_S // 3600} h)", flush=True)
+            stack.enter_context(exclusive(base, "data cache", wait=SCAN_LOCK_WAIT_S))
+        remove_temps(base, recursive=True)  # copies a killed scan left half-written; no live writer now
+        yield
 
 
 def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side: int | None = 256,
@@ -78,7 +156,6 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
     base.mkdir(parents=True, exist_ok=True)
     log = base / "scan.jsonl"
     resized_dir = base / f"s{short_side}" if short_side else None
-    done: dict[str, dict] = {r["path"]: r for r in read_jsonl(log)} if log.is_file() else {}
 
     def stat_sig(rel: str) -> list[int] | None:
         try:
@@ -87,7 +164,7 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
         except FileNotFoundError:
             return None
 
-    def fresh(rel: str) -> bool:
+    def fresh(rel: str, done: dict[str, dict]) -> bool:
         row = done.get(rel)
         if row is None or row.get("sig") != stat_sig(rel):
             return False
@@ -100,6 +177,8 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
             data = path.read_bytes()
         except FileNotFoundError:
             return {"path": rel, "sig": sig, "ok": False, "reason": "file not found", "sha256": ""}
+        except OSError as e:  # e.g. permission denied: skippable like an unreadable image, never a traceback
+            return {"path": rel, "sig": sig, "ok": False, "reason": f"cannot be read ({e.strerror})", "sha256": ""}
         digest = sha256_bytes(data)
         try:
             img = load_rgb(path, data, min_short_side=short_side or 0)
@@ -109,41 +188,61 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
             write_bytes(resized_dir / _cached_name(rel), resized_jpeg(img, short_side))
         return {"path": rel, "sig": sig, "ok": True, "reason": "", "sha256": digest, "size": list(img.size)}
 
-    todo = [rel for rel in dict.fromkeys(images.paths) if not fresh(rel)]
-    if todo:
-        bar = tqdm(total=len(todo), desc=f"scan {images.name}", unit="img", disable=not (progress and is_main()))
-        batch: list[dict] = []
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for row in pool.map(work, todo):
-                done[row["path"]] = row
-                batch.append(row)
-                bar.update()
-                if len(batch) >= 256:
-                    append_jsonl(log, batch)
-                    batch = []
-                if not row["ok"] and on_bad == "error":
-                    append_jsonl(log, batch)
-                    pool.shutdown(cancel_futures=True)
-                    raise BadImageError(str(images.root / row["path"]), row["reason"])
-        append_jsonl(log, batch)
-        bar.close()
+    unique = list(dict.fromkeys(images.paths))
+    done = _read_log(log)
+    if any(not fresh(rel, done) for rel in unique):
+        with _writer_lock(base):
+            done = _read_log(log)  # another job may have scanned while this one waited
+            todo = [rel for rel in unique if not fresh(rel, done)]
+            if todo:
+                _scan_todo(todo, work, log, done, images, on_bad, workers, progress)
     keep, skipped = [], []
     for i, rel in enumerate(images.paths):
         row = done[rel]
         if row["ok"]:
             keep.append(i)
         elif on_bad == "error":
-            raise BadImageError(str(images.root / rel), row["reason"])
+            raise BadImageError(printable(images.root / rel), row["reason"])
         else:
             skipped.append((rel, row["reason"]))
     if not keep:
-        raise DataError(f"{images.name}: none of the {len(images)} images under {images.root} could be read")
+        raise DataError(f"{images.name}: none of the {len(images)} images under {printable(images.root)} could be "
+                        "read")
     source = images.subset(keep)
     used = source
     if resized_dir is not None:
         used = replace(source, root=resized_dir, paths=tuple(_cached_name(p) for p in source.paths))
     hashes = tuple(done[images.paths[i]]["sha256"] for i in keep)
     return ScanResult(images=used, hashes=hashes, skipped=tuple(skipped), source=source)
+
+
+def _scan_todo(todo: list[str], work: Callable[[str], dict], log: Path, done: dict[str, dict], images: ImageList,
+               on_bad: str, workers: int, progress: bool) -> None:
+    """Decodes `todo` on threads, appending rows to the log in batches (the caller holds the writer lock)."""
+    bar = tqdm(total=len(todo), desc=f"scan {images.name}", unit="img", disable=not (progress and is_main()))
+    batch: list[dict] = []
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
+        for row in pool.map(work, todo):
+            done[row["path"]] = row
+            batch.append(row)
+            bar.update()
+            if len(batch) >= 256 or (not row["ok"] and on_bad == "error"):
+                rows, batch = batch, []  # an append that fails is not retried below: its rows are redone next time
+                append_jsonl(log, rows)
+            if not row["ok"] and on_bad == "error":
+                raise BadImageError(printable(images.root / row["path"]), row["reason"])
+        rows, batch = batch, []
+        append_jsonl(log, rows)
+    finally:
+        # On an error (a full disk, an interrupt) stop decoding at once instead of finishing every queued image,
+        # and keep the rows finished since the last append; a full disk may refuse them too (the next scan redoes
+        # whatever the log lacks).
+        pool.shutdown(wait=True, cancel_futures=True)
+        if batch:
+            with contextlib.suppress(OSError, DiskFullError):
+                append_jsonl(log, batch)
+        bar.close()
 
 
 def find_overlap(train: ScanResult, test: ScanResult) -> list[tuple[str, str]]:
