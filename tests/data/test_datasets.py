@@ -312,3 +312,32 @@ def test_dataset_status_lists_presence(tmp_path):
     rows = {r["name"]: r for r in dataset_status(tmp_path)}
     assert rows["eurosat"]["present"] and not rows["aircraft"]["present"] and rows["digits"]["present"]
     assert rows["aircraft"]["classes"] == 100
+
+
+def test_dataset_fingerprint_follows_content_not_location(tmp_path, folder_data, monkeypatch):
+    import shutil
+
+    from synthtl.config import DataConfig
+    from synthtl.data import datasets
+
+    def fingerprint(root):
+        datasets._FINGERPRINTS.clear()  # memoised per process: start afresh after editing files
+        return datasets.dataset_fingerprint(DataConfig(name="folder", root=str(root), cache_dir=str(tmp_path / "c")))
+
+    here = fingerprint(folder_data)
+    copy = shutil.copytree(folder_data, tmp_path / "elsewhere" / "copy")
+    assert fingerprint(copy) == here and len(here) == 64
+    img = copy / "train" / "red_fox" / "img_003.jpg"
+    img.write_bytes(img.read_bytes() + b"\0")  # one file one byte longer
+    assert fingerprint(copy) != here
+    shutil.rmtree(copy)
+    shutil.copytree(folder_data, copy)
+    (copy / "test" / "red_fox" / "img_000.jpg").rename(copy / "test" / "blue_jay" / "moved.jpg")  # relabelled
+    assert fingerprint(copy) != here
+
+    calls = []
+    real = datasets.load_data
+    monkeypatch.setattr(datasets, "load_data", lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = DataConfig(name="folder", root=str(folder_data), cache_dir=str(tmp_path / "c"))
+    assert datasets.dataset_fingerprint(cfg) == datasets.dataset_fingerprint(cfg) == here
+    assert len(calls) == 2  # listed once (train + test), then memoised

@@ -78,3 +78,31 @@ def test_reduced_scale_jpeg_decode_keeps_the_short_side(tmp_path):
     out = load_rgb(p, min_short_side=256)
     assert min(out.size) >= 256 and out.size[0] < 1200  # decoded at 1/2 scale (600x400)
     assert load_rgb(p).size == (1200, 800)
+
+
+def _sideways_jpeg(path, orientation=6):
+    """A 40x20 JPEG stored sideways (left half red, right half blue) whose EXIF says: rotate 90 degrees clockwise."""
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, format="JPEG", exif=exif, quality=95)
+    return path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    out = load_rgb(_sideways_jpeg(tmp_path / "phone.jpg"))
+    assert out.size == (20, 40)  # upright: portrait
+    top, bottom = out.getpixel((10, 5)), out.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60  # the left edge is now on top
+    assert load_rgb(_sideways_jpeg(tmp_path / "plain.jpg", orientation=1)).size == (40, 20)
+
+
+def test_cached_copy_of_a_rotated_jpeg_is_upright(tmp_path, folder_data):
+    from synthtl.data.cache import scan_images
+    from synthtl.data.datasets import load_split
+
+    _sideways_jpeg(folder_data / "train" / "red_fox" / "phone.jpg")
+    res = scan_images(load_split("folder", "train", folder_data), tmp_path / "c", short_side=16, progress=False)
+    with Image.open(res.images.path(res.source.paths.index("red_fox/phone.jpg"))) as im:
+        assert im.size == (16, 32) and im.getexif().get(0x0112, 1) == 1  # no tag left to rotate it twice

@@ -23,10 +23,11 @@ import numpy as np
 
 from synthtl.data.cache import default_cache_dir
 from synthtl.data.imagelist import ImageList
-from synthtl.data.images import is_image_file
+from synthtl.data.images import IMAGE_EXTENSIONS, is_image_file, printable
 from synthtl.errors import ConfigError, DataError
 from synthtl.files import write_bytes, write_json
 from synthtl.registry import Registry
+from synthtl.runtime import is_main
 
 if TYPE_CHECKING:
     from synthtl.config import DataConfig
@@ -91,7 +92,7 @@ def _names_for(name: str, n: int) -> tuple[str, ...]:
 
 def _hash_order(paths: list[str]) -> list[str]:
     """A machine-independent shuffle: paths ordered by the SHA-1 of their relative path."""
-    return sorted(paths, key=lambda p: hashlib.sha1(p.encode()).hexdigest())
+    return sorted(paths, key=lambda p: hashlib.sha1(p.encode("utf-8", "surrogateescape")).hexdigest())
 
 
 def _rule_split(per_class: list[list[str]], split: str, n_train: Callable[[int], int]) -> list[tuple[str, int]]:
@@ -158,7 +159,7 @@ def _food101(root: Path, split: str, work: Path) -> ImageList:
 def _dtd(root: Path, split: str, work: Path, partition: int = 1) -> ImageList:
     base = root / "dtd" / "dtd"
     _require(base / "labels" / f"test{partition}.txt", "dtd", root)
-    classes = sorted(p.name for p in (base / "images").iterdir() if p.is_dir())
+    classes = sorted(p.name for p in (base / "images").iterdir() if p.is_dir() and not hidden(p.name))
     index = {c: i for i, c in enumerate(classes)}
     files = [f"train{partition}.txt", f"val{partition}.txt"] if split == "train" else [f"test{partition}.txt"]
     items = []
@@ -211,8 +212,10 @@ def _sun397(root: Path, split: str, work: Path) -> ImageList:
 def _caltech101(root: Path, split: str, work: Path) -> ImageList:
     base = root / "caltech101" / "101_ObjectCategories"
     _require(base, "caltech101", root)
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "BACKGROUND_Google")
-    per_class = [[f"{c}/{f.name}" for f in (base / c).iterdir() if is_image_file(f.name)] for c in classes]
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "BACKGROUND_Google"
+                     and not hidden(p.name))
+    per_class = [[f"{c}/{f.name}" for f in (base / c).iterdir() if is_image_file(f.name) and not hidden(f.name)]
+                 for c in classes]
     # No official split: 30 training images per class by the hash rule, the rest for test (the common protocol).
     items = _rule_split(per_class, split, lambda n: min(30, n - 1))
     return _make(base, items, classes, _names_for("caltech101", len(classes)), f"caltech101/{split}")
@@ -267,8 +270,9 @@ def _cub200(root: Path, split: str, work: Path) -> ImageList:
 def _eurosat(root: Path, split: str, work: Path) -> ImageList:
     base = root / "eurosat" / "2750"
     _require(base, "eurosat", root)
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
-    per_class = [[f"{c}/{f.name}" for f in (base / c).iterdir() if is_image_file(f.name)] for c in classes]
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not hidden(p.name))
+    per_class = [[f"{c}/{f.name}" for f in (base / c).iterdir() if is_image_file(f.name) and not hidden(f.name)]
+                 for c in classes]
     items = _rule_split(per_class, split, lambda n: (n * 4) // 5)  # no official split: 80/20 by the hash rule
     return _make(base, items, classes, _names_for("eurosat", len(classes)), f"eurosat/{split}")
 
@@ -369,30 +373,120 @@ def readable(class_id: str) -> str:
     return name.replace("_", " ").strip()
 
 
+TOOL_FOLDERS = ("__MACOSX",)  # what unzipping a macOS archive adds beside the data (AppleDouble "._x.jpg" files)
+
+
+def hidden(name: str) -> bool:
+    """Whether a folder or file name is skipped when listing images: it starts with "." (.git, .ipynb_checkpoints,
+    .DS_Store, macOS "._x.jpg") or is a tool folder such as __MACOSX: the rule `ls`, git and the Hugging Face
+    imagefolder loader follow. Every skipped entry is reported, and a hidden folder holding images where classes
+    are expected is an error (`image_folder`): a class is never dropped silently."""
+    return name.startswith(".") or name in TOOL_FOLDERS
+
+
+_REPORTED: set[str] = set()  # listings already reported by this process (load_data runs several times per run)
+
+
+def _report_ignored(folder: Path, ignored: list[str]) -> None:
+    """One line (rank 0, once per process) naming what a folder listing skipped."""
+    if not ignored or not is_main():
+        return
+    line = (f"[synthtl] {printable(folder)}: ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'}: "
+            + "; ".join(ignored[:8]) + (f"; and {len(ignored) - 8} more" if len(ignored) > 8 else "")
+            + " (names starting with '.' and __MACOSX are skipped; images are " + " ".join(IMAGE_EXTENSIONS) + ")")
+    if line not in _REPORTED:
+        _REPORTED.add(line)
+        print(line)
+
+
+def _list_class(folder: Path, c: str, ignored: list[str]) -> list[str]:
+    """Image files under folder/c at any depth (relative to `folder`, sorted); what it skips goes to `ignored`.
+
+    Symbolic links to folders are followed (each real folder once, so a link loop ends); an unreadable sub-folder
+    is reported, not dropped silently.
+    """
+    found, seen = [], set()
+    errors: list[OSError] = []
+    for dirpath, dirnames, files in os.walk(folder / c, followlinks=True, onerror=errors.append):
+        rel_dir = Path(dirpath).relative_to(folder).as_posix()
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            ignored.append(f"{printable(rel_dir)}/ (link to a folder already listed)")
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for d in sorted(dirnames):
+            if hidden(d):
+                ignored.append(f"{printable(rel_dir)}/{printable(d)}/ (hidden folder)")
+        dirnames[:] = sorted(d for d in dirnames if not hidden(d))
+        for f in sorted(files):
+            if hidden(f):
+                ignored.append(f"{printable(rel_dir)}/{printable(f)} (hidden file)")
+            elif is_image_file(f):
+                found.append(f"{rel_dir}/{f}")
+            else:
+                ignored.append(f"{printable(rel_dir)}/{printable(f)} (not an image file name)")
+    for e in errors:
+        ignored.append(f"{printable(e.filename or c)} (cannot be listed: {e.strerror})")
+    return found
+
+
+def _images_inside(folder: Path) -> int:
+    """How many image files a (hidden) folder holds directly: tells a would-be class from a tool folder."""
+    try:
+        return sum(1 for e in os.scandir(folder) if e.is_file() and is_image_file(e.name))
+    except OSError:
+        return 0
+
+
 def image_folder(folder: Path, classes: list[str] | None = None, tag: str = "") -> ImageList:
-    """A class-per-folder image folder. With `classes`, labels follow that order and other folders are an error."""
+    """A class-per-folder image folder. With `classes`, labels follow that order and other folders are an error.
+
+    Hidden names (see `hidden`) and files without an image extension are skipped and reported (one printed line,
+    and `ImageList.ignored`). A hidden folder that holds images beside the class folders (say "..dotdot") and a
+    class folder without a single image are errors that name the folder: either would silently change the classes.
+    """
     if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist; it must hold one sub-folder of images per class")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"image folder {printable(folder)} does not exist; it must hold one sub-folder of images per "
+                        "class")
+    found, ignored = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if hidden(entry.name) and entry.is_dir():
+            n = _images_inside(Path(entry.path))
+            if n:  # it looks like a class: refusing it beats both guesses (a class dropped, or a tool folder taken)
+                raise DataError(f"{printable(folder / entry.name)} holds {n} image file(s) but its name starts with "
+                                "'.', which marks a hidden folder, never a class: rename it (without the leading "
+                                "'.') if it is a class, or move it out of the image folder")
+            ignored.append(f"{printable(entry.name)}/ (hidden folder)")
+        elif hidden(entry.name):
+            ignored.append(f"{printable(entry.name)} (hidden file)")
+        elif entry.is_dir():
+            found.append(entry.name)
+        else:
+            ignored.append(f"{printable(entry.name)} (a file beside the class folders)")
     if not found:
-        raise DataError(f"image folder {folder} has no class sub-folders (expected {folder}/<class>/<image>)")
+        raise DataError(f"image folder {printable(folder)} has no class sub-folders (expected "
+                        f"{printable(folder)}/<class>/<image>)" + (f"; it holds only {ignored[:5]}" if ignored else ""))
     if classes is None:
         classes = found
     extra = sorted(set(found) - set(classes))
     if extra:
-        raise DataError(f"{folder} has class folders not in the training classes: {extra[:10]}")
+        raise DataError(f"{printable(folder)} has class folders not in the training classes: "
+                        f"{[printable(c) for c in extra[:10]]}")
     index = {c: i for i, c in enumerate(classes)}
     items = []
     for c in found:
-        for dirpath, _, files in os.walk(folder / c):
-            for f in sorted(files):
-                if is_image_file(f):
-                    rel = Path(dirpath, f).relative_to(folder).as_posix()
-                    items.append((rel, index[c]))
+        paths = _list_class(folder, c, ignored)
+        if not paths:
+            raise DataError(f"class folder {printable(folder / c)} holds no image files ("
+                            + " ".join(IMAGE_EXTENSIONS) + "): add its images or remove the folder (an empty folder "
+                            "would still count as a class)")
+        items += [(p, index[c]) for p in paths]
     items.sort()
-    if not items:
-        raise DataError(f"image folder {folder} contains no image files ({', '.join(('.jpg', '.png', '...'))})")
-    return _make(folder, items, classes, tuple(readable(c) for c in classes), tag or folder.name)
+    _report_ignored(folder, ignored)
+    return ImageList(root=folder, paths=tuple(p for p, _ in items), labels=tuple(y for _, y in items),
+                     classes=tuple(classes), names=tuple(readable(c) for c in classes), name=tag or folder.name,
+                     ignored=tuple(ignored))
 
 
 def csv_list(path: Path, root: Path, classes: list[str] | None = None, tag: str = "") -> ImageList:
@@ -459,6 +553,36 @@ def load_data(d: DataConfig, split: str, download: bool | None = None) -> ImageL
     cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     return load_split(d.name, split, d.root, cache / "materialized", d.download if download is None else download,
                       d.train_dir, d.test_dir, d.train_csv, d.test_csv)
+
+
+_FINGERPRINTS: dict[tuple[str, ...], str] = {}  # per process: a study computes the ids of many jobs
+
+
+def dataset_fingerprint(cfg: DataConfig) -> str:
+    """A fingerprint of a dataset's content that does not depend on where it lives (data.root, data.cache_dir).
+
+    SHA-256 over the dataset name and, for the train and test lists, the class ids and the sorted (path relative to
+    the list's root, size in bytes, label) of every image. A copy under another root keeps its fingerprint; adding,
+    removing, renaming, relabelling or resizing a file changes it. It costs one stat() per file (no image is read)
+    and is memoised per process, so a file edited to the same size is not seen (the scan's SHA-256 checks bytes).
+    A listed file that is missing counts with size -1.
+    """
+    root = Path(cfg.root) if cfg.root else default_root()
+    key = (cfg.name, str(root.resolve()), cfg.train_dir, cfg.test_dir, cfg.train_csv, cfg.test_csv, cfg.cache_dir)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256(json.dumps(["synthtl dataset fingerprint", 1, cfg.name]).encode())
+        for split in SPLITS:
+            images = load_data(cfg, split, download=False)
+            h.update((json.dumps([split, list(images.classes)]) + "\n").encode())
+            for rel, label in sorted(zip(images.paths, images.labels, strict=True)):
+                try:
+                    size = (images.root / rel).stat().st_size
+                except OSError:
+                    size = -1
+                # json.dumps escapes every odd character (newlines, non-UTF-8 bytes): one unambiguous line per file
+                h.update((json.dumps([rel, size, label]) + "\n").encode())
+        _FINGERPRINTS[key] = h.hexdigest()
+    return _FINGERPRINTS[key]
 
 
 def _download(name: str, spec: DatasetSpec, root: Path) -> None:

@@ -20,6 +20,7 @@ class ImageList:
         classes: Class ids as the dataset names them on disk (folder names, wnids, variant names).
         names: Human-readable class names (what prompts use), aligned with `classes`.
         name: A short description such as "aircraft/train".
+        ignored: Entries the listing skipped, each "relative path (why)": hidden names, files that are not images.
     """
 
     root: Path
@@ -28,6 +29,7 @@ class ImageList:
     classes: tuple[str, ...]
     names: tuple[str, ...]
     name: str = ""
+    ignored: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import struct
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthtl.errors import BadImageError
 
@@ -16,6 +18,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def printable(name: str | os.PathLike) -> str:
+    """`name` safe to print and to put in JSON: bytes that are not UTF-8 (a file name such as b"\\xff.jpg", which
+    Python holds as a lone surrogate) are shown as `\\xff` instead of crashing the print."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _upright(img: Image.Image) -> None:
+    """Applies the EXIF orientation tag in place (`ImageOps.exif_transpose`), so that a phone photo stored sideways
+    is seen upright, as every image viewer and torchvision's `decode_image(apply_exif_orientation=True)` show it."""
+    # EXIF that cannot be parsed leaves the pixels as stored, as a loader that ignores EXIF would show them: the
+    # pixels themselves are fine, so this is not a bad image.
+    with contextlib.suppress(OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        ImageOps.exif_transpose(img, in_place=True)
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
@@ -51,7 +68,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike, data: bytes | None = None, min_short_side: int = 0) -> Image.Image:
-    """Opens and fully decodes an image (from `data` if given) as RGB.
+    """Opens and fully decodes an image (from `data` if given) as upright RGB (EXIF orientation applied).
 
     With `min_short_side`, a large JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8) that keeps
     its short side at least that long: much faster when the caller downsizes anyway.
@@ -70,12 +87,13 @@ def load_rgb(path: str | os.PathLike, data: bytes | None = None, min_short_side:
                     if k < 0.5:
                         img.draft("RGB", (int(w * k) + 1, int(h * k) + 1))
                 img.load()
+                _upright(img)
                 return to_rgb(img)
     except FileNotFoundError:
-        raise BadImageError(str(path), "file not found") from None
+        raise BadImageError(printable(path), "file not found") from None
     except UnidentifiedImageError:
-        raise BadImageError(str(path), "not a recognised image format") from None
+        raise BadImageError(printable(path), "not a recognised image format") from None
     except Image.DecompressionBombError as e:
-        raise BadImageError(str(path), f"too many pixels ({e})") from None
+        raise BadImageError(printable(path), f"too many pixels ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(str(path), f"corrupt or truncated ({e})") from None
+        raise BadImageError(printable(path), f"corrupt or truncated ({printable(str(e))})") from None

@@ -47,7 +47,7 @@ def stratified_val(images: ImageList, fraction: float, seed: int) -> tuple[list[
 def checksum(ids: list[str], labels: list[int]) -> str:
     h = hashlib.sha256()
     for i, y in zip(ids, labels, strict=True):
-        h.update(f"{i}\t{y}\n".encode())
+        h.update(f"{i}\t{y}\n".encode("utf-8", "surrogateescape"))  # ids that are not UTF-8 keep their bytes
     return h.hexdigest()
 
 
