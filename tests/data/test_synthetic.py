@@ -35,14 +35,16 @@ def test_reader_returns_only_completed_rows_and_first_k(tmp_path, folder_data):
     assert {r["id"]: r["seed"] for r in rows}["0-0"] == 1000  # the seed actually used (after a redraw)
     (tmp_path / "gen" / "images/red_fox/00003.jpg").unlink()  # logged but deleted: no longer counts
     assert len(completed_rows(tmp_path / "gen")) == 10
-    syn = load_synthetic(tmp_path / "gen", real, per_class=2)
+    with pytest.raises(DataError, match="unfinished: 5 of 6 planned images.*synthetic.allow_partial"):
+        load_synthetic(tmp_path / "gen", real, per_class=2)  # blue_jay's image 0 is not finished
+    syn = load_synthetic(tmp_path / "gen", real, per_class=2, allow_partial=True)
     assert len(syn) == 6 and syn.classes == real.classes
     fox = [p for p, y in zip(syn.paths, syn.labels, strict=True) if real.classes[y] == "red_fox"]
     assert fox == ["images/red_fox/00000.jpg", "images/red_fox/00001.jpg"]
     jay = [p for p, y in zip(syn.paths, syn.labels, strict=True) if real.classes[y] == "blue_jay"]
     assert jay == ["images/blue_jay/00001.jpg", "images/blue_jay/00002.jpg"]  # 00000 is not finished
     with pytest.raises(DataError, match="fewer finished images"):
-        load_synthetic(tmp_path / "gen", real, per_class=5)
+        load_synthetic(tmp_path / "gen", real, per_class=5, allow_partial=True)
 
 
 def test_class_mismatch_lists_both_sides(tmp_path, folder_data):

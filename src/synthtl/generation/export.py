@@ -1,4 +1,4 @@
-"""Export a generated set as a Hugging Face `imagefolder` dataset (class folders + metadata.jsonl)."""
+"""Export a generated set as a Hugging Face `imagefolder` dataset (class folders + metadata.jsonl + card)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,53 @@ import os
 import shutil
 from pathlib import Path
 
-from synthtl.data.synthetic import completed_rows
-from synthtl.errors import DataError
+import yaml
+
+from synthtl.data.synthetic import completed_rows, completion
+from synthtl.errors import ConfigError, DataError
 from synthtl.files import read_json, write_jsonl, write_text
 
 META_KEYS = ("class_name", "class_index", "prompt", "negative_prompt", "seed", "redraws", "model", "revision",
-             "scheduler", "steps", "guidance", "height", "width", "dtype", "style_hash")
+             "scheduler", "steps", "guidance", "height", "width", "dtype", "style_hash", "truncated")
+FEATURE_TYPES = {"class_index": "int64", "seed": "int64", "redraws": "int64", "steps": "int64", "height": "int64",
+                 "width": "int64", "guidance": "float64", "truncated": "bool"}  # every other metadata key is a string
 
 
-def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: bool = True) -> int:
-    """Writes `out/train/<class folder>/<image>` and `out/train/metadata.jsonl`; returns the image count.
+def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: bool = True,
+                       allow_partial: bool = False) -> dict:
+    """Writes `out/train/<class folder>/<image>`, `out/train/metadata.jsonl` and `out/README.md`.
 
-    `datasets.load_dataset("imagefolder", data_dir=out)` reads it with an integer `label` (the class index; names in
-    `class_name`) and one column per generator setting. (With a metadata file, `datasets` does not infer labels from
-    the folders, so the label is written into the metadata.) Files are hard-linked when possible (`link`), else copied.
+    `datasets.load_dataset(out)` reads it with `label` as a `ClassLabel` carrying the class names (declared in
+    the card's YAML: with a metadata file, `datasets` would otherwise type it as a bare int) and one column per
+    generator setting. Files are hard-linked when possible (`link`), else copied.
+
+    Args:
+        folder: The generated set.
+        out: The export folder (new, or an earlier export of the same set).
+        link: Hard-link images instead of copying them.
+        allow_partial: Export the finished images of an unfinished set instead of refusing; the card says so.
+
+    Returns:
+        {"images", "done", "total", "partial"}: what was exported, and how far the set was.
     """
     folder, out = Path(folder), Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is an existing file; give a folder for the exported dataset")
+    state = completion(folder)
+    partial = not state["complete"]
+    if partial and not allow_partial:
+        raise DataError(f"generated set {folder} is unfinished: {state['done']} of {state['total']} planned images are "
+                        "done; resume `synthtl generate` to finish it, or pass --allow-partial to export the finished "
+                        "images (the dataset card records it)")
     rows = completed_rows(folder)
     if not rows:
         raise DataError(f"{folder} has no finished images to export")
+    plan = read_json(folder / "plan.json")["identity"] if (folder / "plan.json").is_file() else {}
+    names = list(plan.get("classes") or [])
+    for r in sorted(rows, key=lambda r: r["class_index"]):  # a set without plan.json: names from the rows
+        if r["class_index"] >= len(names):
+            names += [""] * (r["class_index"] + 1 - len(names))
+        names[r["class_index"]] = names[r["class_index"]] or r["class_name"]
     split = out / "train"
     meta = []
     for r in rows:
@@ -38,13 +66,26 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
                 os.link(folder / r["path"], dst)
             except OSError:
                 shutil.copy2(folder / r["path"], dst)
-        meta.append({"file_name": rel.as_posix(), "label": r["class_index"], **{k: r.get(k) for k in META_KEYS}})
+        meta.append({"file_name": rel.as_posix(), "label": r["class_index"],
+                     **{k: r.get(k, False if k == "truncated" else None) for k in META_KEYS}})
     write_jsonl(split / "metadata.jsonl", meta)
-    plan = read_json(folder / "plan.json")["identity"] if (folder / "plan.json").is_file() else {}
-    card = ["---", "task_categories:", "- image-classification", "tags:", "- synthetic", "- stable-diffusion",
-            "- synthtl", "---", "", f"# Synthetic images ({len(meta)} images, {len({m['class_name'] for m in meta})} "
-            "classes)", "", "Generated with synthtl; every image's prompt, seed and generator settings are in "
-            "`train/metadata.jsonl`.", "", "| setting | value |", "|---|---|"]
+    write_text(out / "README.md", _card(names, plan, len(meta), state if partial else None))
+    return {"images": len(meta), "done": state["done"], "total": state["total"], "partial": partial}
+
+
+def _card(names: list[str], plan: dict, n: int, partial: dict | None) -> str:
+    """The dataset card: YAML that types `label` as a ClassLabel, then the generator settings."""
+    features = [{"name": "image", "dtype": "image"},
+                {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(names)}}}}]
+    features += [{"name": k, "dtype": FEATURE_TYPES.get(k, "string")} for k in META_KEYS]
+    header = {"task_categories": ["image-classification"], "tags": ["synthetic", "stable-diffusion", "synthtl"],
+              "configs": [{"config_name": "default", "data_dir": "train", "features": features}]}
+    card = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+            f"# Synthetic images ({n} images, {len(names)} classes)", ""]
+    if partial:
+        card += [f"**Unfinished set**: exported with --allow-partial when {partial['done']} of {partial['total']} "
+                 "planned images were done.", ""]
+    card += ["Generated with synthtl; every image's prompt, seed and generator settings are in `train/metadata.jsonl`.",
+             "", "| setting | value |", "|---|---|"]
     card += [f"| {k} | {v} |" for k, v in plan.items() if k not in ("classes", "templates")]
-    write_text(out / "README.md", "\n".join(card) + "\n")
-    return len(meta)
+    return "\n".join(card) + "\n"

@@ -5,8 +5,11 @@ Explicit components, concise errors: an offline machine without the weights gets
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -15,6 +18,7 @@ import torch
 
 from synthtl.config import GeneratorConfig
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.files import read_json, sha256_file, write_json
 from synthtl.registry import Registry
 from synthtl.runtime import Runtime, resolve_runtime
 
@@ -34,10 +38,16 @@ class PipelineError(SynthTLError):
 
 def generator_runtime(gen: GeneratorConfig) -> Runtime:
     """Device from the config; dtype "auto" = fp16 on GPU (Stable Diffusion's usual inference dtype), fp32 on CPU."""
+    device = gen.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun: each rank on its own GPU, not all on GPU 0
     precision = gen.dtype
     if precision == "auto":
-        precision = "fp16" if resolve_runtime(gen.device).is_cuda else "fp32"
-    return resolve_runtime(gen.device, precision)
+        precision = "fp16" if resolve_runtime(device).is_cuda else "fp32"
+    rt = resolve_runtime(device, precision)
+    if rt.is_cuda:
+        torch.cuda.set_device(rt.device.index if rt.device.index is not None else torch.cuda.current_device())
+    return rt
 
 
 def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
@@ -129,7 +139,14 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
         try:
             pipe = StableDiffusionPipeline.from_single_file(model, torch_dtype=dtype, **kwargs, **common)
         except Exception as e:
-            raise _offline(model, e) from e
+            if gen.single_file_config:
+                raise _offline(model, e) from e
+            raise PipelineError(
+                f"could not load the single-file checkpoint {model!r} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}). A single .safetensors/.ckpt file holds weights "
+                "only; its configs come from the hub, which is unreachable. Fix: set generator.single_file_config to "
+                "a local diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5 "
+                "snapshot)") from e
     elif Path(model).is_dir():
         if not (Path(model) / "model_index.json").is_file():
             raise ConfigError(f"generator.model={model!r} is a folder without model_index.json: not a diffusers "
@@ -172,20 +189,97 @@ def optimize(pipe, gen: GeneratorConfig, rt: Runtime):
     return pipe
 
 
-def model_revision(pipe, gen: GeneratorConfig) -> str:
-    """The exact weights: the hub snapshot commit, else a fingerprint of the components' configs (and, for the
-    tiny pipeline, of its weights)."""
-    where = str(getattr(pipe.unet.config, "_name_or_path", "") or "")
-    snap = re.search(r"snapshots/([0-9a-f]{40})", where)
-    if snap:
-        return snap.group(1)
+def generator_identity(gen: GeneratorConfig) -> dict:
+    """What identifies the generator's weights, never where they live: {"model", "revision"}.
+
+    - hub id: {"model": id, "revision": the snapshot commit} (from the local cache; the configured ref if the
+      model is not downloaded yet, e.g. "main");
+    - local diffusers folder or single-file checkpoint: {"model": "local", "revision": "local-" + a content hash
+      of its files (and of `single_file_config`'s)}: two fine-tuned checkpoints with one config differ;
+    - "tiny": {"model": "tiny", "revision": "tiny-" + a hash of the random weights' configs and values}.
+
+    Depends on the config only, not on a loaded pipeline, so loading a style embedding (which grows the text
+    encoder's vocabulary) cannot change it. Local files are hashed once (see `hash_files`).
+    """
+    model = gen.model
+    if model == "tiny":
+        return {"model": "tiny", "revision": _tiny_revision(gen.tiny_seed)}
+    path = Path(model)
+    if path.is_file() or path.is_dir():
+        files = _weight_files(path)
+        if path.is_file() and gen.single_file_config and Path(gen.single_file_config).is_dir():
+            files += _weight_files(Path(gen.single_file_config))
+        return {"model": "local", "revision": "local-" + hash_files(files)[:16]}
+    if re.fullmatch(r"[0-9a-f]{40}", gen.revision):
+        return {"model": model, "revision": gen.revision}
+    return {"model": model, "revision": _hub_commit(model, gen.revision)}
+
+
+def _hub_commit(repo_id: str, ref: str) -> str:
+    """The commit a hub ref points at in the local cache; the ref itself when nothing is cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        where = snapshot_download(repo_id, revision=ref or None, local_files_only=True)
+    except Exception:  # not downloaded (or not a hub id): loading the pipeline gives the clear error
+        return ref or "main"
+    snap = re.search(r"snapshots/([0-9a-f]{40})", Path(where).as_posix())
+    return snap.group(1) if snap else (ref or "main")
+
+
+def _weight_files(path: Path) -> list[tuple[str, Path]]:
+    """(name inside the model, file) of every file that can change what a model folder generates.
+
+    Hidden files (caches, locks) and docs are left out; names are relative so the folder can move.
+    """
+    if path.is_file():
+        return [(path.name, path)]
+    found = []
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix != ".md":
+            found.append((rel.as_posix(), p))
+    return found
+
+
+def hash_files(files: list[tuple[str, Path]]) -> str:
+    """sha256 over (name, content sha256) of each file. Contents are streamed and memoised on disk, keyed by
+    (absolute path, size, mtime_ns), so a 4 GB checkpoint is read once, not at every run or study expansion."""
+    memo_file = _memo_path()
+    try:
+        memo = read_json(memo_file) if memo_file.is_file() else {}
+    except (OSError, ValueError):
+        memo = {}  # a damaged memo only costs a re-hash
+    changed = False
+    h = hashlib.sha256()
+    for name, p in sorted(files, key=lambda x: x[0]):
+        st = p.stat()
+        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in memo:
+            memo[key] = sha256_file(p)
+            changed = True
+        h.update(f"{name}\0{memo[key]}\n".encode())
+    if changed:
+        with contextlib.suppress(OSError, SynthTLError):  # a read-only or full cache only costs a re-hash next time
+            write_json(memo_file, memo)
+    return h.hexdigest()
+
+
+def _memo_path() -> Path:
+    root = os.environ.get("SYNTHTL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "synthtl")
+    return Path(root) / "file-sha256.json"
+
+
+@functools.cache
+def _tiny_revision(seed: int) -> str:
+    """A fingerprint of the tiny pipeline's configs and random weights (the same recipe as earlier sets used)."""
+    comps = tiny_components(seed)
     h = hashlib.sha256()
     for name in ("unet", "vae", "text_encoder"):
-        comp = getattr(pipe, name)
+        comp = comps[name]
         conf = comp.config.to_dict() if hasattr(comp.config, "to_dict") else dict(comp.config)
         conf = {k: v for k, v in conf.items() if not k.startswith("_") and k != "transformers_version"}
         h.update(json.dumps(conf, sort_keys=True, default=str).encode())
-        if gen.model == "tiny":
-            for t in comp.state_dict().values():
-                h.update(t.detach().float().cpu().numpy().tobytes())
-    return ("local-" if gen.model != "tiny" else "tiny-") + h.hexdigest()[:16]
+        for t in comp.state_dict().values():
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    return "tiny-" + h.hexdigest()[:16]

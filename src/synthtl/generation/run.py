@@ -1,9 +1,10 @@
 """`synthtl generate`: plan -> this shard's unfinished rows -> batched denoising -> overlapped writes -> log.
 
 A killed worker loses at most the batch in flight: an image is written atomically, then logged in this shard's
-append-only progress file; a restart skips every logged image whose file exists. Outputs that are black or hold
-NaN/Inf are redrawn with a new seed (recorded). CUDA out-of-memory halves the batch and goes on. A full disk stops
-cleanly with nothing half-written counted.
+append-only progress file (a torn last line is cut before the next append); a restart skips every logged image whose
+file exists and removes this shard's leftover temp files. One writer per shard (a lock); plan and finalize run under
+the set's lock. Outputs that are black or hold NaN/Inf are redrawn with a new seed (recorded). CUDA out-of-memory
+halves the batch and goes on. A full disk stops cleanly with nothing half-written counted.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from synthtl.data.cache import resized_jpeg
 from synthtl.data.datasets import DATASETS, classnames, load_data
 from synthtl.data.synthetic import PROGRESS_DIR
 from synthtl.errors import ConfigError, SynthTLError
-from synthtl.files import append_jsonl, read_json, write_bytes, write_json
+from synthtl.files import append_jsonl, read_json, remove_temps, write_bytes, write_json
 from synthtl.generation import plan as planning
-from synthtl.generation.pipeline import generator_runtime, load_pipeline, model_revision
-from synthtl.generation.prompts import STYLE_TOKEN, needs_token, prompt_for, template_set
+from synthtl.generation.pipeline import generator_identity, generator_runtime, load_pipeline
+from synthtl.generation.prompts import STYLE_TOKEN, fit_prompt, needs_token, template_set
 from synthtl.runtime import dtype_name, is_main
 
 
@@ -101,16 +102,28 @@ def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig) -> tu
     return u8, [bool(b) or not bool(f) for b, f in zip(black, finite.cpu(), strict=True)]
 
 
-def _prompts_and_tokens(cfg: GenerateConfig, classes: list[tuple[str, str]], templates: list[str],
+def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]], templates: list[str],
                         token_map: dict[str, str], default_token: str) -> tuple[list, list[str]]:
+    """Every image's prompt record (`fit_prompt`: fits the text encoder, style token kept) and each class's token."""
+    tokenizer = pipe.tokenizer
+    convert = getattr(pipe, "maybe_convert_prompt", lambda text, tok: text)  # multi-vector tokens expand to several
+
+    def count(text: str) -> int:
+        return len(tokenizer(convert(text, tokenizer), verbose=False).input_ids)
+
     tokens = [token_map.get(name, default_token) if needs_token(templates) else "" for _, name in classes]
-    prompts = [[prompt_for(templates, name, i, cfg.prompts.suffix, tokens[c]) for i in range(cfg.per_class)]
-               for c, (_, name) in enumerate(classes)]
+    prompts = []
+    for c, (_, name) in enumerate(classes):
+        distinct = {}  # templates cycle: tokenize each distinct prompt once, not once per image
+        for t in range(min(len(templates), cfg.per_class)):
+            distinct[t] = fit_prompt(templates, name, t, count, tokenizer.model_max_length, cfg.prompts.suffix,
+                                     tokens[c])
+        prompts.append([distinct[i % len(templates)] for i in range(cfg.per_class)])
     return prompts, tokens
 
 
-def _setup(cfg: GenerateConfig):
-    """Pipeline (with the style embedding), plan rows and the folder."""
+def _setup(cfg: GenerateConfig, folder: Path):
+    """Pipeline (with the style embedding) and the plan rows (written or checked under the set's lock)."""
     from synthtl.style.embeddings import class_tokens, embeddings_hash, load_into_pipeline
 
     templates = template_set(cfg.prompts.templates, cfg.prompts.custom)
@@ -120,48 +133,60 @@ def _setup(cfg: GenerateConfig):
     classes = class_list(cfg)
     rt = generator_runtime(cfg.generator)
     pipe = load_pipeline(cfg.generator, rt)
+    generator = generator_identity(cfg.generator)  # from the weights, so a style embedding cannot change it
     style_hash, token_map, default_token = "", {}, STYLE_TOKEN
     if cfg.prompts.style_embedding:
         loaded = load_into_pipeline(pipe, cfg.prompts.style_embedding)
         style_hash = embeddings_hash(cfg.prompts.style_embedding)
         token_map = class_tokens(cfg.prompts.style_embedding)
         default_token = loaded[0]
-    ident = planning.identity(cfg, classes, model_revision(pipe, cfg.generator), dtype_name(rt.dtype), templates,
-                              style_hash)
-    prompts, tokens = _prompts_and_tokens(cfg, classes, templates, token_map, default_token)
+    ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash)
+    prompts, tokens = _prompts_and_tokens(pipe, cfg, classes, templates, token_map, default_token)
     rows = planning.build_rows(ident, classes, cfg.per_class, prompts, tokens)
-    folder = Path(cfg.out_dir)
-    rows = planning.write_or_check(folder, ident, rows, cfg.per_class)
-    return pipe, rt, rows, folder
+    with planning.set_lock(folder):
+        rows = planning.write_or_check(folder, ident, rows, cfg.per_class)
+        remove_temps(folder)  # a killed plan write's temp file (plan and manifest are only written under this lock)
+    return pipe, rt, rows
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
-    """Generates (or resumes) this shard's part of the set; returns a summary."""
+    """Generates (or resumes) this shard's part of the set; returns a summary (this shard's and the whole set's)."""
     shard, num_shards = parse_shard(cfg.shard)
-    pipe, rt, rows, folder = _setup(cfg)
-    done = planning.done_rows(folder)
+    folder = Path(cfg.out_dir)
+    planning.check_out_dir(folder)
+    with planning.shard_lock(folder, shard, num_shards):
+        return _run_shard(cfg, folder, shard, num_shards)
+
+
+def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -> dict:
+    pipe, rt, rows = _setup(cfg, folder)
     mine = [r for r in rows if r["index"] < cfg.per_class and planning.shard_of(r["id"], num_shards) == shard]
+    planning.remove_shard_temps(folder, mine, shard, num_shards)
+    done = planning.done_rows(folder)
     todo = [r for r in mine if not (r["id"] in done and (folder / r["path"]).is_file())]
     todo.sort(key=lambda r: (r["index"], r["class_index"]))  # batches span classes
-    log = folder / PROGRESS_DIR / f"shard-{shard:04d}-of-{num_shards:04d}.jsonl"
+    log = folder / PROGRESS_DIR / f"{planning.shard_name(shard, num_shards)}.jsonl"
     t0 = time.perf_counter()
     stats = _generate(pipe, rt, todo, folder, log, cfg)
     seconds = time.perf_counter() - t0
-    summary_file = log.with_suffix(".summary.json")
-    prev = read_json(summary_file) if summary_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
-    total = {"images": prev["images"] + stats["images"], "seconds": prev["seconds"] + seconds,
-             "redraws": prev["redraws"] + stats["redraws"], "device": str(rt.device), "gpus": rt.gpus}
-    if is_main() or cfg.shard:
-        write_json(summary_file, total)
-    complete = planning.finalize(folder, rows)
+    stats_file = planning.stats_file(folder, shard, num_shards)
+    prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
+    # Every shard (torchrun rank) keeps its own file, so the set's cost is the sum over shards, not rank 0's share.
+    write_json(stats_file, {"images": prev["images"] + stats["images"], "seconds": prev["seconds"] + seconds,
+                            "redraws": prev["redraws"] + stats["redraws"], "device": str(rt.device), "gpus": rt.gpus})
+    with planning.set_lock(folder):
+        complete = planning.finalize(folder, rows)
+    whole = planning.set_stats(folder)
     summary = {"shard": f"{shard}/{num_shards}", "planned": len(mine), "already_done": len(mine) - len(todo),
                "generated": stats["images"], "redraws": stats["redraws"], "seconds": seconds,
                "gpu_seconds": seconds * rt.gpus, "images_per_s": stats["images"] / seconds if seconds else 0.0,
-               "set_complete": complete, "out_dir": str(folder)}
+               "set_complete": complete, "set": whole, "out_dir": str(folder)}
     if is_main():
-        print(f"[synthtl] generated {summary['generated']} images ({summary['already_done']} already done, "
-              f"{summary['redraws']} redrawn) in {seconds:.1f} s, {summary['images_per_s']:.2f} img/s, "
-              f"{summary['gpu_seconds']:.0f} GPU-s -> {folder}" + ("" if complete else " (set not complete yet)"))
+        print(f"[synthtl] shard {shard}/{num_shards}: generated {summary['generated']} images "
+              f"({summary['already_done']} already done, {summary['redraws']} redrawn) in {seconds:.1f} s, "
+              f"{summary['images_per_s']:.2f} img/s -> {folder}" + ("" if complete else " (set not complete yet)"))
+        print(f"[synthtl] all {whole['shards']} shard(s) so far: {whole['images']} images, {whole['seconds']:.1f} "
+              f"device-s, {whole['gpu_seconds']:.0f} GPU-s")
     return summary
 
 

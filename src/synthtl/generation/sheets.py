@@ -10,9 +10,10 @@ from PIL import Image, ImageDraw, ImageOps
 
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
-from synthtl.data.synthetic import completed_rows, safe_folder
+from synthtl.data.synthetic import completed_rows
 from synthtl.errors import BadImageError
 from synthtl.files import write_bytes
+from synthtl.generation.plan import class_folders
 
 THUMB = 128
 LABEL_W = 150
@@ -48,7 +49,8 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
         for i, y in enumerate(real.labels):
             real_by_name.setdefault(real.names[y], []).append(real.path(i))
     written = []
-    for name in names:
+    files = class_folders(names)  # unique even on case-insensitive file systems ("Cat" and "cat")
+    for name, file in zip(names, files, strict=True):
         lines = ([("real", real_by_name.get(name, []))] if real is not None else [])
         lines += [(label, rows.get(name, [])) for label, rows in by_set]
         sheet = Image.new("RGB", (LABEL_W + per_row * THUMB, len(lines) * THUMB + 24), "white")
@@ -61,7 +63,7 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
                 sheet.paste(_thumb(p), (LABEL_W + j * THUMB, y))
         buf = io.BytesIO()
         sheet.save(buf, format="PNG")
-        path = Path(out) / f"{safe_folder(name)}.png"
+        path = Path(out) / f"{file}.png"
         write_bytes(path, buf.getvalue())
         written.append(path)
     return written
