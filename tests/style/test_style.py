@@ -1,6 +1,7 @@
 """Dataset Style Inversion and per-class inversion on the tiny random-weight Stable Diffusion (CPU, offline)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from safetensors.torch import load_file
 
 from synthtl.config import GenerateConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError, DataError
-from synthtl.files import read_jsonl
+from synthtl.files import LockedError, read_jsonl
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
 from synthtl.runtime import resolve_runtime
@@ -29,7 +30,7 @@ def cfg_for(folder_data, out, *extra) -> StyleConfig:
 def effective_table(pipe, inv):
     """The embedding matrix the text encoder effectively uses: the table with the learned rows written in."""
     table = pipe.text_encoder.get_input_embeddings().weight.detach().clone().float()
-    table[inv.ids] = inv.learned.detach().float()
+    table[inv.ids] = torch.cat([p.detach().float() for p in inv.learned])
     return table
 
 
@@ -40,7 +41,7 @@ def test_one_step_changes_only_the_new_token_rows(folder_data, tmp_path):
     inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, 3, rt.device)
     hook = install_hook(pipe.text_encoder, inv)
     before = effective_table(pipe, inv)
-    opt = torch.optim.AdamW([inv.learned], lr=0.1)
+    opt = style_train.make_optimizer(inv, cfg)
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -54,7 +55,7 @@ def test_one_step_changes_only_the_new_token_rows(folder_data, tmp_path):
     after = effective_table(pipe, inv)
     changed = (before != after).any(dim=1).nonzero().flatten().tolist()
     assert changed == inv.ids.tolist()
-    assert inv.learned.grad is not None
+    assert all(p.grad is not None for p in inv.learned)
     assert all(p.grad is None for m in (pipe.text_encoder, pipe.unet) for p in m.parameters())  # nothing else learns
     hook.remove()
 
@@ -215,3 +216,207 @@ def test_cli_learn_style(folder_data, tmp_path):
 def test_steps_per_class_scales_with_the_classes(folder_data, tmp_path):
     info = run_learn_style(cfg_for(folder_data, tmp_path / "s", "mode=class", "steps_per_class=2", "validate_every=0"))
     assert info["steps"] == 6 and len(info["loss_curve"]) == 6
+    assert info["total_steps"] == 6 and info["steps_per_class"] == 2
+    # classes take turns, each step on one class's batch: every token took exactly its steps_per_class updates
+    assert info["token_updates"] == {"<synthtl-style-0>": 2, "<synthtl-style-1>": 2, "<synthtl-style-2>": 2}
+
+
+def test_presets_resolve_steps():
+    per_class = load_config(StyleConfig, "style/per_class")
+    assert per_class.mode == "class" and per_class.steps_per_class == 5000  # the paper's 5k steps per class
+    assert load_config(StyleConfig, "style/dsi").steps_per_class == 0  # DSI: `steps` in total
+
+
+# ------------------------------------------------------------------ per-class tokens are N separate runs (METHOD.md)
+def test_a_token_absent_from_the_batch_does_not_move(folder_data, tmp_path, monkeypatch):
+    """Class 0 is in the first batch only: its token after 4 steps is bit-identical to its token after 1 step."""
+    real_sample, real_index = style_train.sample_batch, style_train.by_class_index
+    full, calls = {}, []
+
+    def index(labels):
+        full.update(real_index(labels))
+        return real_index(labels)
+
+    def sample(latents, by_class, cfg, size, g):
+        calls.append(1)
+        pool = {0: full[0]} if len(calls) == 1 else {1: full[1], 2: full[2]}
+        return real_sample(latents, pool, cfg, size, g)
+
+    monkeypatch.setattr(style_train, "by_class_index", index)
+    monkeypatch.setattr(style_train, "sample_batch", sample)
+    args = ("mode=class", "validate_every=0", "weight_decay=0.1")
+    run_learn_style(cfg_for(folder_data, tmp_path / "one", *args, "steps=1"))
+    calls.clear()
+    info = run_learn_style(cfg_for(folder_data, tmp_path / "four", *args, "steps=4"))
+    one, four = load_file(str(tmp_path / "one" / EMBEDS)), load_file(str(tmp_path / "four" / EMBEDS))
+    assert torch.equal(one["<synthtl-style-0>"], four["<synthtl-style-0>"])  # 3 steps without a gradient: untouched
+    assert not torch.equal(one["<synthtl-style-1>"], four["<synthtl-style-1>"])  # the tokens in those batches moved
+    assert info["token_updates"]["<synthtl-style-0>"] == 1
+    assert info["token_updates"]["<synthtl-style-1>"] + info["token_updates"]["<synthtl-style-2>"] >= 3
+
+
+def _inversion(cfg, rt):
+    from diffusers import DDPMScheduler
+
+    pipe = style_train.freeze(load_pipeline(cfg.generator, rt))
+    inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, 1 if cfg.mode == "dataset" else 3, rt.device)
+    install_hook(pipe.text_encoder, inv)
+    return pipe, DDPMScheduler.from_config(pipe.scheduler.config), inv, style_train.make_optimizer(inv, cfg)
+
+
+def test_one_class_alone_matches_its_token_inside_a_per_class_run(folder_data, tmp_path):
+    """Token 0 of a per-class run ends where a single-token run fed only class 0's batches ends, though other
+    classes' steps come in between (weight decay and warmup on, so shared optimizer state would show)."""
+    rt = resolve_runtime("cpu")
+    common = ("warmup_steps=3", "weight_decay=0.1", "batch_size=3")
+    pc_cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", *common)
+    alone_cfg = cfg_for(folder_data, tmp_path / "alone", "token=<alone>", *common)
+    pc, alone = _inversion(pc_cfg, rt), _inversion(alone_cfg, rt)
+    images = style_train.training_images(pc_cfg, tmp_path / "pc")
+    latents, labels, _ = style_train.cache_latents(pc[0].vae, images, pc_cfg, rt)
+    groups = style_train.by_class_index(labels)
+    for s, c in enumerate([0, 1, 0, 2, 2, 1, 0]):
+        g = torch.Generator().manual_seed(s)
+        batch = style_train.draw_micro_batch(pc[0], pc[1], pc[2], pc_cfg, images.names, latents, {c: groups[c]}, rt, g)
+        style_train.inversion_step(*pc, pc_cfg, [batch], rt)
+        if c == 0:
+            same = style_train.MicroBatch(batch.latents, batch.noise, batch.timesteps,
+                                          [p.replace("<synthtl-style-0>", "<alone>") for p in batch.prompts])
+            style_train.inversion_step(*alone, alone_cfg, [same], rt)
+    assert pc[2].updates == [3, 2, 2] and alone[2].updates == [3]
+    start = pc[0].text_encoder.get_input_embeddings().weight[pc[2].ids[0]].float()
+    assert not torch.equal(alone[2].learned[0].detach()[0], start)  # it did learn
+    torch.testing.assert_close(pc[2].learned[0].detach(), alone[2].learned[0].detach(), rtol=0, atol=1e-6)
+
+
+def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
+    args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2")
+    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
+    real = style_train.save_torch
+
+    def die_after_first_checkpoint(path, obj):
+        real(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(style_train, "save_torch", die_after_first_checkpoint)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_learn_style(cfg_for(folder_data, killed, *args))
+    monkeypatch.setattr(style_train, "save_torch", real)
+    leftovers = [killed / ".checkpoint.pt.x1y2z3.tmp", killed / "validation" / ".step-000002.png.abc.tmp"]
+    for p in leftovers:  # what a kill during an atomic write leaves
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"half")
+    resumed = run_learn_style(cfg_for(folder_data, killed, *args))
+    assert not any(p.exists() for p in leftovers)
+    a, b = load_file(str(tmp_path / "whole" / EMBEDS)), load_file(str(killed / EMBEDS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["token_updates"] == whole["token_updates"] and sum(whole["token_updates"].values()) == 5
+    assert [c["loss"] for c in resumed["loss_curve"]] == [c["loss"] for c in whole["loss_curve"]]
+
+
+def test_checkpoints_of_the_shared_parameter_format(folder_data, tmp_path):
+    """Per-class: refused in one line (its Adam state mixed the tokens). DSI: the same layout, resumed."""
+    cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", "steps=2", "validate_every=0")
+    (tmp_path / "pc").mkdir()
+    torch.save({"config_hash": style_train.style_identity(cfg), "step": 1, "learned": torch.zeros(3, 16),
+                "optimizer": {}, "losses": [1.0], "seconds": 0.0}, tmp_path / "pc" / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="older synthtl .* delete it") as e:
+        run_learn_style(cfg)
+    assert "\n" not in str(e.value)
+
+    dsi = cfg_for(folder_data, tmp_path / "dsi", "steps=2", "validate_every=0")
+    learned = torch.nn.Parameter(torch.randn(1, 16))
+    opt = torch.optim.AdamW([learned])
+    learned.grad = torch.randn(1, 16)
+    opt.step()
+    ckpt = tmp_path / "dsi" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    torch.save({"config_hash": style_train.style_identity(dsi), "step": 2, "learned": learned.detach(),
+                "optimizer": opt.state_dict(), "losses": [1.0, 0.9], "seconds": 0.0}, ckpt)
+    info = run_learn_style(dsi)
+    assert torch.equal(load_file(str(tmp_path / "dsi" / EMBEDS))["<synthtl-style>"], learned.detach())
+    assert info["token_updates"] == {"<synthtl-style>": 2}
+
+
+# ------------------------------------------------------------------------------------------------ validation grids
+def test_validation_grid_feeds_each_sub_token_once(folder_data, tmp_path, monkeypatch):
+    """A 3-vector token reaches the text encoder as S* S*_1 S*_2, once each (diffusers' prompt expansion repeated
+    an already expanded token)."""
+    real = style_train._validation_grid
+    rows, new_ids = [], []
+
+    def grid(pipe, inv, cfg, names, path):
+        new_ids.extend(inv.ids.tolist())
+        emb = pipe.text_encoder.get_input_embeddings()
+        h = emb.register_forward_pre_hook(lambda module, args: rows.extend(args[0].clone()))
+        try:
+            real(pipe, inv, cfg, names, path)
+        finally:
+            h.remove()
+
+    monkeypatch.setattr(style_train, "_validation_grid", grid)
+    run_learn_style(cfg_for(folder_data, tmp_path / "s", "vectors=3", "steps=1", "validate_every=0",
+                            "validation_classes=2"))
+    prompted = [r.tolist() for r in rows if any(i in new_ids for i in r.tolist())]
+    assert len(new_ids) == 3 and len(prompted) == 2 * 2  # 2 classes x 2 images
+    assert all(r.count(i) == 1 for r in prompted for i in new_ids)
+
+
+# ------------------------------------------------------------------------------------------- processes and folders
+def test_several_processes_are_refused_before_loading(folder_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(style_train, "_components", lambda *a: pytest.fail("loaded models"))
+    with pytest.raises(ConfigError, match="run learn-style as a single process"):
+        run_learn_style(cfg_for(folder_data, tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+
+
+HOLD_LOCK = """
+import sys
+from synthtl.files import exclusive
+with exclusive(sys.argv[1], "style folder"):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin
+"""
+
+TRY_LOCK = """
+import sys
+from synthtl.files import LockedError, exclusive
+try:
+    with exclusive(sys.argv[1], "style folder"):
+        pass
+except LockedError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_one_writer_per_style_folder(folder_data, tmp_path, monkeypatch):
+    """A second learn-style on a folder being written is refused, naming the holder; the lock lasts the whole run."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockedError, match=f"style folder {out} is being written by pid {holder.pid}"):
+            run_learn_style(cfg_for(folder_data, out))
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert not (out / "config.yaml").exists()  # refused before writing anything
+
+    seen = []
+    real = style_train.inversion_step
+
+    def step_and_try_a_second_writer(*args, **kwargs):
+        if not seen:
+            seen.append(subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], capture_output=True, text=True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(style_train, "inversion_step", step_and_try_a_second_writer)
+    run_learn_style(cfg_for(folder_data, out, "steps=2", "validate_every=0"))
+    assert seen[0].returncode == 3 and f"pid {os.getpid()}" in seen[0].stdout

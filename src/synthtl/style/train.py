@@ -3,8 +3,13 @@
 Paper (METHOD.md, point 5): one pseudo-token for the whole dataset, learned from its real training images with
 prompts that name each image's class ("a {class} photo in the style of S*"), ~20k steps. Ours: per-class mode
 (one token per class, same prompts: a clean comparison), VAE latents cached once (with flipped variants), the
-frozen models in bf16/fp16 on GPU, the learned vectors as a separate fp32 parameter written into the text
-encoder's embedding output by a hook, so no other embedding row can change.
+frozen models in bf16/fp16 on GPU, the learned vectors as separate fp32 parameters (one per token) written into the
+text encoder's embedding output by a hook, so no other embedding row can change.
+
+Per-class mode trains N tokens in one process as if they were N separate runs (METHOD.md, "Per-class textual
+inversion"): every step's batch holds one class, classes take turns, and a token that is not in a batch gets no
+gradient, so AdamW leaves it alone (no weight decay, no moment update, no step count); its warmup follows its own
+update count.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.splits import fewshot_indices, read_split, write_split
 from synthtl.errors import BadImageError, ConfigError, DataError
-from synthtl.files import read_json, save_torch, write_bytes, write_json, write_text
-from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime
+from synthtl.files import exclusive, read_json, remove_temps, save_torch, write_bytes, write_json, write_text
+from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime, world_size
 from synthtl.style.embeddings import EMBEDS, STYLE_JSON
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2  # 2: one parameter and param group per token; 1 (no "format" key): one parameter for all tokens
 DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI prompt does
     "a {} photo in the style of {token}.",
     "a photo of a {} in the style of {token}.",
@@ -57,13 +63,13 @@ def class_token(base: str, index: int) -> str:
 
 @dataclass
 class Inversion:
-    """The learnable state: new tokens (each with `vectors` sub-tokens) and their fp32 vectors."""
+    """The learnable state: new tokens (each with `vectors` sub-tokens), their fp32 vectors and update counts."""
 
     tokens: list[str]  # one per class (class mode) or one (dataset mode)
     sub_tokens: list[list[str]]  # the tokenizer entries of each token: [S*, S*_1, ...]
-    ids: torch.Tensor  # tokenizer ids of every sub-token, flattened
-    learned: torch.nn.Parameter  # (len(ids), dim) float32
-    row_of: dict[int, int] = field(default_factory=dict)  # token id -> row of `learned`
+    ids: torch.Tensor  # tokenizer ids of every sub-token, flattened in token order
+    learned: list[torch.nn.Parameter]  # one (vectors, dim) float32 parameter per token, so each has its own Adam state
+    updates: list[int] = field(default_factory=list)  # optimizer steps each token has taken
 
     def prompt_token(self, t: int) -> str:
         """What a prompt contains for token t: every sub-token, as diffusers' multi-vector convention does."""
@@ -71,11 +77,7 @@ class Inversion:
 
     def state(self) -> dict[str, torch.Tensor]:
         """{token: (vectors, dim)}: the learned_embeds.safetensors layout."""
-        out, k = {}, 0
-        for tok, subs in zip(self.tokens, self.sub_tokens, strict=True):
-            out[tok] = self.learned[k:k + len(subs)].detach().float().cpu().clone()
-            k += len(subs)
-        return out
+        return {tok: p.detach().float().cpu().clone() for tok, p in zip(self.tokens, self.learned, strict=True)}
 
 
 def add_tokens(tokenizer, text_encoder, cfg: StyleConfig, num_classes: int, device: torch.device) -> Inversion:
@@ -108,27 +110,58 @@ def add_tokens(tokenizer, text_encoder, cfg: StyleConfig, num_classes: int, devi
     init = table[init_ids[0]].detach().float().clone()
     with torch.no_grad():
         table[ids] = init.to(table.dtype)  # the table rows are never read: the hook replaces them
-    learned = torch.nn.Parameter(init.repeat(len(flat), 1).to(device))
-    return Inversion(tokens, sub_tokens, ids.to(device), learned, {int(i): r for r, i in enumerate(ids.tolist())})
+    learned = [torch.nn.Parameter(init.repeat(len(subs), 1).to(device)) for subs in sub_tokens]
+    return Inversion(tokens, sub_tokens, ids.to(device), learned, [0] * len(tokens))
 
 
 def install_hook(text_encoder, inv: Inversion):
-    """Makes the embedding layer output the fp32 learned vectors (cast) at the new tokens' positions."""
-    lookup = torch.full((len(text_encoder.get_input_embeddings().weight),), -1, dtype=torch.long,
-                        device=inv.ids.device)
-    lookup[inv.ids] = torch.arange(len(inv.ids), device=inv.ids.device)
+    """Makes the embedding layer output the fp32 learned vectors (cast) at the new tokens' positions.
+
+    Only the tokens that occur in the prompts enter the graph, so the others get no gradient (and do not step).
+    """
+    size = len(text_encoder.get_input_embeddings().weight)
+    token_of = torch.full((size,), -1, dtype=torch.long)
+    vector_of = torch.zeros(size, dtype=torch.long)
+    flat = iter(inv.ids.tolist())
+    for t, subs in enumerate(inv.sub_tokens):
+        for v in range(len(subs)):
+            i = next(flat)
+            token_of[i], vector_of[i] = t, v
+    token_of, vector_of = token_of.to(inv.ids.device), vector_of.to(inv.ids.device)
 
     def hook(module, inputs, output):
         ids = inputs[0]
-        rows = lookup.to(ids.device)[ids]
-        mask = rows >= 0
-        if not mask.any():
+        tok = token_of.to(ids.device)[ids]
+        present = tok[tok >= 0].unique().tolist()
+        if not present:
             return output
+        vec = vector_of.to(ids.device)[ids]
         out = output.clone()
-        out[mask] = inv.learned[rows[mask]].to(out.dtype)
+        for t in present:
+            mask = tok == t
+            out[mask] = inv.learned[t][vec[mask]].to(out.dtype)
         return out
 
     return text_encoder.get_input_embeddings().register_forward_hook(hook)
+
+
+def make_optimizer(inv: Inversion, cfg: StyleConfig) -> torch.optim.AdamW:
+    """AdamW with one param group per token (group t holds `inv.learned[t]`).
+
+    AdamW skips a parameter whose grad is None (no decay, no moments, no step), and a token absent from a batch has
+    none (see `install_hook`, `optimizer_step`): no token moves another.
+    """
+    return torch.optim.AdamW([{"params": [p]} for p in inv.learned], lr=base_lr(cfg), weight_decay=cfg.weight_decay)
+
+
+def base_lr(cfg: StyleConfig) -> float:
+    return cfg.lr * (cfg.batch_size * cfg.grad_accum if cfg.scale_lr else 1)
+
+
+def token_lr(cfg: StyleConfig, updates: int) -> float:
+    """The lr of a token's next update: linear warmup over the token's own updates, then constant."""
+    lr = base_lr(cfg)
+    return lr * min(1.0, (updates + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
 
 
 # -------------------------------------------------------------------------------------------------------------- data
@@ -223,6 +256,16 @@ def sample_batch(latents: list, by_class: dict[int, list[int]], cfg: StyleConfig
     return torch.stack(batch), ys
 
 
+def class_of_step(cfg: StyleConfig, classes: list[int], step: int) -> int:
+    """Per-class mode: the class whose images fill step `step`'s batch.
+
+    Classes take turns, in a fresh seeded order every round of len(classes) steps, so after k rounds every token has
+    had exactly k updates, each on a batch of its own class: what a separate run with this batch size does.
+    """
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "style-class-order", step // len(classes)))
+    return classes[int(torch.randperm(len(classes), generator=g)[step % len(classes)])]
+
+
 # -------------------------------------------------------------------------------------------------------------- run
 def freeze(pipe):
     """UNet, VAE and text encoder frozen and in eval mode (their activations still carry gradients to the tokens)."""
@@ -255,6 +298,12 @@ def diffusion_loss(pipe, noise_sched, lat: torch.Tensor, ids: torch.Tensor, nois
     return F.mse_loss(pred.float(), target.float())
 
 
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Prompt ids padded to the text encoder's length: the ids are fed to the text encoder as they are."""
+    return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                     return_tensors="pt").input_ids
+
+
 def _prompts(cfg: StyleConfig, inv: Inversion, names: tuple[str, ...], ys: list[int], g: torch.Generator) -> list[str]:
     templates = cfg.templates or DEFAULT_TEMPLATES
     out = []
@@ -263,6 +312,66 @@ def _prompts(cfg: StyleConfig, inv: Inversion, names: tuple[str, ...], ys: list[
         token = inv.prompt_token(0 if cfg.mode == "dataset" else y)
         out.append(t.replace("{token}", token).replace("{}", names[y]))
     return out
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward's worth of training data, drawn before any compute."""
+
+    latents: torch.Tensor  # scaled VAE latents (b, 4, h, w) on the device
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    prompts: list[str]
+
+
+def draw_micro_batch(pipe, noise_sched, inv: Inversion, cfg: StyleConfig, names: tuple[str, ...], latents: list,
+                     by_class: dict[int, list[int]], rt: Runtime, g: torch.Generator) -> MicroBatch:
+    """Images from `by_class` (one class in per-class mode), noise, timesteps and prompts, all drawn from `g`."""
+    lat, ys = sample_batch(latents, by_class, cfg, cfg.resolution // 8, g)
+    lat = lat.to(rt.device, pipe.unet.dtype) * pipe.vae.config.scaling_factor
+    noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
+    return MicroBatch(lat, noise, t, _prompts(cfg, inv, names, ys, g))
+
+
+def inversion_step(pipe, noise_sched, inv: Inversion, opt: torch.optim.Optimizer, cfg: StyleConfig,
+                   batches: list[MicroBatch], rt: Runtime, scaler: torch.amp.GradScaler | None = None) -> float:
+    """One optimizer step on `batches` (gradients accumulated over them); returns the loss.
+
+    Only the tokens named in the prompts get a gradient, so only they change and only their update counts grow. A
+    per-class run feeds batches of one class; a mixed batch also leaves absent tokens alone, but scales each
+    present token's gradient by its share of the batch.
+    """
+    for t, group in enumerate(opt.param_groups):  # group t holds token t (make_optimizer)
+        group["lr"] = token_lr(cfg, inv.updates[t])
+    total = 0.0
+    for b in batches:
+        ids = tokenize(pipe.tokenizer, b.prompts).to(rt.device)
+        loss = diffusion_loss(pipe, noise_sched, b.latents, ids, b.noise, b.timesteps, rt) / len(batches)
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.item()
+    stepped = [t for t, p in enumerate(inv.learned) if p.grad is not None]
+    if optimizer_step(opt, scaler):
+        for t in stepped:
+            inv.updates[t] += 1
+    return total
+
+
+def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> bool:
+    """One (loss-scaled, for fp16) optimizer step, then the gradients set to None; returns whether it stepped.
+
+    None, not zero: a zero gradient would make AdamW decay the token and update its moments.
+    """
+    taken = True
+    if scaler:
+        scale = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        taken = scaler.get_scale() >= scale  # the scaler lowers its scale exactly when it skipped (inf/NaN grads)
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return taken
 
 
 def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, ...], path: Path) -> None:
@@ -281,7 +390,11 @@ def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, .
         prompt = template.replace("{token}", token).replace("{}", names[c])
         gens = [torch.Generator("cpu").manual_seed(cfg.seed + k) for k in range(cfg.validation_images)]
         with torch.inference_mode():
-            imgs = val([prompt] * cfg.validation_images, num_inference_steps=cfg.validation_steps,
+            # Embedded here, as in training: given the prompt text, diffusers would expand the already expanded
+            # multi-vector token again ("S* S*_1" -> "S* S*_1 S* S*_1_1").
+            ids = tokenize(pipe.tokenizer, [prompt] * cfg.validation_images).to(pipe.text_encoder.device)
+            embeds = pipe.text_encoder(ids)[0]
+            imgs = val(prompt_embeds=embeds, num_inference_steps=cfg.validation_steps,
                        guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
                        generator=gens).images
         rows.append(imgs)
@@ -297,34 +410,45 @@ def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, .
     write_bytes(path, buf.getvalue())
 
 
-def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    """One (loss-scaled, for fp16) optimizer step, then clear the gradients."""
-    if scaler:
-        scaler.step(opt)
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def _peak_memory_mb(rt: Runtime) -> float:
     if rt.is_cuda:
         return torch.cuda.max_memory_allocated(rt.device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def style_identity(cfg: StyleConfig) -> str:
+    """The hash that ties a checkpoint and a finished style.json to the config keys that change the result."""
+    return config_hash(cfg, ("progress", "out_dir", "checkpoint_every", "validate_every"))
+
+
 def run_learn_style(cfg: StyleConfig) -> dict:
-    """Learns (or resumes, or skips if finished) a style embedding; returns style.json's content."""
+    """Learns (or resumes, or skips if finished) a style embedding; returns style.json's content.
+
+    Raises:
+        ConfigError: started as several processes, or the folder holds another config's (or an older format's) work.
+        LockedError: another process is writing the same out_dir.
+    """
+    if world_size() > 1:  # checked before anything loads: N ranks would each learn, and race on the same files
+        raise ConfigError(f"learn-style was started as {world_size()} processes (WORLD_SIZE): run learn-style as a "
+                          "single process; textual inversion has no multi-GPU mode yet (start it without torchrun)")
     out = Path(cfg.out_dir)
-    identity = config_hash(cfg, ("progress", "out_dir", "checkpoint_every", "validate_every"))
-    if (out / STYLE_JSON).is_file() and (out / EMBEDS).is_file():
-        done = read_json(out / STYLE_JSON)
-        if done.get("config_hash") != identity:
-            raise ConfigError(f"{out} holds a style learned with another config; use another out_dir")
-        if is_main():
-            print(f"[synthtl] {out} is already finished; nothing to do")
-        return done
-    out.mkdir(parents=True, exist_ok=True)
+    identity = style_identity(cfg)
+    with exclusive(out, "style folder"):
+        remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
+        if (out / STYLE_JSON).is_file() and (out / EMBEDS).is_file():
+            done = read_json(out / STYLE_JSON)
+            if done.get("config_hash") != identity:
+                raise ConfigError(f"{out} holds a style learned with another config; use another out_dir")
+            if cfg.mode == "class" and "token_updates" not in done:
+                raise ConfigError(f"{out} holds per-class tokens learned by an older synthtl, whose tokens shared "
+                                  "weight decay and Adam moments; delete the folder or use another out_dir to relearn")
+            if is_main():
+                print(f"[synthtl] {out} is already finished; nothing to do")
+            return done
+        return _learn(cfg, out, identity)
+
+
+def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
     write_text(out / "config.yaml", to_yaml(cfg))
     t_start = time.perf_counter()
     rt = style_runtime(cfg)
@@ -333,51 +457,37 @@ def run_learn_style(cfg: StyleConfig) -> dict:
     inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, images.num_classes, rt.device)
     hook = install_hook(pipe.text_encoder, inv)
     latents, labels, skipped = cache_latents(pipe.vae, images, cfg, rt)
-    lr = cfg.lr * (cfg.batch_size * cfg.grad_accum if cfg.scale_lr else 1)
-    opt = torch.optim.AdamW([inv.learned], lr=lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
-    step, losses, seconds = 0, [], 0.0
-    ckpt = out / CHECKPOINT
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if state["config_hash"] != identity:
-            raise ConfigError(f"{ckpt} belongs to another config; use another out_dir or delete it")
-        with torch.no_grad():
-            inv.learned.copy_(state["learned"])
-        opt.load_state_dict(state["optimizer"])
-        step, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
-    total_steps = cfg.steps_per_class * images.num_classes if cfg.steps_per_class else cfg.steps
     groups = by_class_index(labels)
-    size = cfg.resolution // 8
-    scaling = pipe.vae.config.scaling_factor
+    missing = [images.names[c] for c in range(images.num_classes) if c not in groups]
+    if cfg.mode == "class" and missing:
+        raise DataError(f"class {missing[0]!r} has no readable training image, so its token cannot be learned; add "
+                        "images of it or use mode=dataset")
+    opt = make_optimizer(inv, cfg)
+    scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
+    ckpt = out / CHECKPOINT
+    step, losses, seconds = _resume(ckpt, identity, cfg, inv, opt) if ckpt.is_file() else (0, [], 0.0)
+    total_steps = cfg.steps_per_class * images.num_classes if cfg.steps_per_class else cfg.steps
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc="learn-style", unit="step",
                disable=not (cfg.progress and is_main()))
     while step < total_steps:
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "style-step", step))
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            lat, ys = sample_batch(latents, groups, cfg, size, g)
-            lat = lat.to(rt.device, pipe.unet.dtype) * scaling
-            noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
-            ids = pipe.tokenizer(_prompts(cfg, inv, images.names, ys, g), padding="max_length", truncation=True,
-                                 max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-            loss = diffusion_loss(pipe, noise_sched, lat, ids.to(rt.device), noise, t, rt) / cfg.grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            total += loss.item()
-        optimizer_step(opt, scaler)
+        pool = groups
+        if cfg.mode == "class":
+            c = class_of_step(cfg, sorted(groups), step)
+            pool = {c: groups[c]}
+        batches = [draw_micro_batch(pipe, noise_sched, inv, cfg, images.names, latents, pool, rt, g)
+                   for _ in range(cfg.grad_accum)]
+        losses.append(inversion_step(pipe, noise_sched, inv, opt, cfg, batches, rt, scaler))
         step += 1
-        losses.append(total)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.update()
         if step % cfg.checkpoint_every == 0 or step == total_steps:
             seconds_now = seconds + time.perf_counter() - t0
             if is_main():
-                save_torch(ckpt, {"config_hash": identity, "step": step, "learned": inv.learned.detach().cpu(),
-                            "optimizer": opt.state_dict(), "losses": losses, "seconds": seconds_now})
+                save_torch(ckpt, {"format": CHECKPOINT_FORMAT, "config_hash": identity, "step": step,
+                                  "learned": [p.detach().cpu() for p in inv.learned], "updates": inv.updates,
+                                  "optimizer": opt.state_dict(), "losses": losses, "seconds": seconds_now})
         if cfg.validate_every and step % cfg.validate_every == 0 and step != total_steps and is_main():
             _validation_grid(pipe, inv, cfg, images.names, out / "validation" / f"step-{step:06d}.png")
     bar.close()
@@ -385,11 +495,32 @@ def run_learn_style(cfg: StyleConfig) -> dict:
     if is_main():
         _validation_grid(pipe, inv, cfg, images.names, out / "validation" / f"step-{step:06d}.png")
     hook.remove()
-    return _save(cfg, out, inv, images, losses, seconds, time.perf_counter() - t_start, skipped, identity, rt)
+    return _save(cfg, out, inv, images, losses, seconds, time.perf_counter() - t_start, skipped, identity, rt,
+                 total_steps)
+
+
+def _resume(ckpt: Path, identity: str, cfg: StyleConfig, inv: Inversion,
+            opt: torch.optim.Optimizer) -> tuple[int, list[float], float]:
+    """Loads a checkpoint into `inv` and `opt`; returns (step, losses, seconds)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if state["config_hash"] != identity:
+        raise ConfigError(f"{ckpt} belongs to another config; use another out_dir or delete it")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") is not None or cfg.mode != "dataset":
+            raise ConfigError(f"{ckpt} was written by an older synthtl (all class tokens in one parameter, one Adam "
+                              "state) and cannot be resumed exactly; delete it to start the run over")
+        # Format 1 with one token is this format's layout: one parameter, one param group.
+        state = {**state, "learned": [state["learned"]], "updates": [state["step"]]}
+    with torch.no_grad():
+        for p, saved in zip(inv.learned, state["learned"], strict=True):
+            p.copy_(saved)
+    opt.load_state_dict(state["optimizer"])
+    inv.updates[:] = list(state["updates"])
+    return state["step"], list(state["losses"]), state["seconds"]
 
 
 def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses: list[float], seconds: float,
-          wall: float, skipped: int, identity: str, rt: Runtime) -> dict:
+          wall: float, skipped: int, identity: str, rt: Runtime, total_steps: int) -> dict:
     from safetensors.torch import save
 
     from synthtl.files import sha256_file
@@ -402,12 +533,15 @@ def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses
     window = max(1, len(losses) // 100)
     curve = [{"step": (i + 1) * window, "loss": float(np.mean(losses[i * window:(i + 1) * window]))}
              for i in range(math.ceil(len(losses) / window))]
+    per_class = (cfg.steps_per_class or total_steps // images.num_classes) if cfg.mode == "class" else None
     info = {
         "mode": cfg.mode, "tokens": inv.tokens, "vectors": cfg.vectors, "initializer": cfg.initializer,
         "class_tokens": {n: inv.tokens[c] for c, n in enumerate(images.names)} if cfg.mode == "class" else {},
         "classes": list(images.names), "train_images": len(images), "skipped_images": skipped,
         "split_file": "splits/train.json", "dataset": cfg.data.name, "model": cfg.generator.model,
-        "steps": len(losses), "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr,
+        "steps": len(losses), "total_steps": total_steps, "steps_per_class": per_class,
+        "token_updates": dict(zip(inv.tokens, inv.updates, strict=True)),  # optimizer steps each token took
+        "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr,
         "resolution": cfg.resolution, "loss_curve": curve, "train_seconds": seconds, "wall_s": wall,
         "gpu_s": seconds * rt.gpus, "peak_memory_mb": _peak_memory_mb(rt), "device": str(rt.device),
         "dtype": str(rt.dtype).replace("torch.", ""), "hash": sha256_file(out / EMBEDS)[:16],
