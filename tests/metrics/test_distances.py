@@ -1,8 +1,6 @@
 import numpy as np
-from PIL import Image
 
 from synthtl.metrics.distances import fid, kid, precision_recall
-from synthtl.metrics.leakage import hamming, near_duplicates, phash
 
 
 def test_fid_hand_computed_for_diagonal_gaussians():
@@ -33,19 +31,17 @@ def test_precision_recall_separate_and_identical_sets():
     assert precision_recall(real, far, k=3) == (0.0, 0.0)
 
 
-def test_phash_finds_a_planted_duplicate():
-    rng = np.random.default_rng(1)
-    imgs = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(6)]
-    test_hashes = [phash(im) for im in imgs]
-    copy = imgs[3].resize((48, 48)).rotate(0)  # a resized copy of test image 3
-    syn_hashes = [phash(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))) for _ in range(4)]
-    syn_hashes.append(phash(copy))
-    pairs = near_duplicates(syn_hashes, test_hashes, None, None, max_bits=6)
-    assert [(p["synthetic"], p["test"]) for p in pairs] == [(4, 3)]
-    assert hamming(np.array([0b1011], dtype=np.uint64), np.array([0b0001], dtype=np.uint64))[0, 0] == 2
+def test_chunked_precision_recall_equals_the_full_matrix():
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(90, 6)), rng.normal(size=(70, 6)) + 0.7
 
+    def full(real, fake, k=3):  # the textbook formulation: whole n x n distance matrices
+        d = lambda a, b: np.linalg.norm(a[:, None] - b[None], axis=-1)  # noqa: E731
+        rr, rf = np.sort(d(real, real), 1)[:, k], np.sort(d(fake, fake), 1)[:, k]
+        return (d(fake, real) <= rr[None]).any(1).mean(), (d(real, fake) <= rf[None]).any(1).mean()
 
-def test_feature_cosine_duplicates():
-    feats = np.eye(4)
-    pairs = near_duplicates([], [], feats[[2]] * 3, feats, min_cosine=0.95)
-    assert pairs == [{"synthetic": 0, "test": 2, "cosine": 1.0}]
+    want = full(real, fake)
+    assert 0 < want[0] < 1 and 0 < want[1] < 1
+    for chunk in (1, 16, 4096):
+        got = precision_recall(real, fake, k=3, chunk=chunk)
+        assert np.allclose(got, want)

@@ -141,7 +141,9 @@ def test_quality_and_leakage_find_a_planted_duplicate(tmp_path, folder_data):
     leak = list(csv.DictReader(io.StringIO((root / "report" / "tables" / "leakage.csv").read_text())))
     assert leak[0]["near_duplicates"] != "0"
     html = (root / "report" / "index.html").read_text()
-    assert "vs test img_002.jpg" in html and "hash_bits=0" in html
+    # both thumbnails are captioned with their split, class and file
+    assert "test · red fox · red_fox/img_002.jpg" in html and "synthetic · red fox · images/c2/000001.jpg" in html
+    assert "hash_bits=0" in html
     quality = list(csv.DictReader(io.StringIO((root / "report" / "tables" / "quality.csv").read_text())))
     assert float(quality[0]["fid"]) >= 0 and 0 <= float(quality[0]["precision"]) <= 1
     assert list((root / "report" / "figures" / "grids").rglob("*.png"))  # real vs synthetic sheets

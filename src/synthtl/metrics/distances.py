@@ -56,14 +56,28 @@ def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(aa + bb - 2 * a @ b.T, 0.0))
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold)."""
-    def radii(x: np.ndarray) -> np.ndarray:
-        d = _pairwise(x, x)
-        return np.sort(d, axis=1)[:, min(k, len(x) - 1)]  # column 0 is the point itself
+def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Distance of every row to its k-th nearest other row, over blocks of `chunk` rows."""
+    kk = min(k, len(x) - 1)  # position 0 is the point itself
+    out = np.empty(len(x))
+    for s in range(0, len(x), chunk):
+        out[s:s + chunk] = np.partition(_pairwise(x[s:s + chunk], x), kk, axis=1)[:, kk]
+    return out
 
-    r_real, r_fake = radii(real), radii(fake)
-    d = _pairwise(fake, real)  # (fake, real)
-    precision = float((d <= r_real[None, :]).any(axis=1).mean())
-    recall = float((r_fake[None, :] >= d.T).any(axis=1).mean())
-    return precision, recall
+
+def _covered(x: np.ndarray, y: np.ndarray, radii: np.ndarray, chunk: int) -> float:
+    """Fraction of the rows of x inside the k-NN ball (`radii`) of some row of y."""
+    inside = 0
+    for s in range(0, len(x), chunk):
+        inside += int((_pairwise(x[s:s + chunk], y) <= radii[None, :]).any(axis=1).sum())
+    return inside / len(x)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 4096) -> tuple[float, float]:
+    """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold).
+
+    All-pairs distances are taken in blocks of `chunk` rows, so memory is chunk x n, not n x n (50k images would
+    need 20 GB at once).
+    """
+    r_real, r_fake = _knn_radii(real, k, chunk), _knn_radii(fake, k, chunk)
+    return _covered(fake, real, r_real, chunk), _covered(real, fake, r_fake, chunk)

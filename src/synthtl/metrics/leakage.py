@@ -1,42 +1,255 @@
-"""Near-duplicates between synthetic images and the real test split: perceptual hash and feature cosine."""
+"""Near-duplicates between two image sets (synthetic or train vs the real test split): every image against every
+image, by perceptual hash and, when the features mean something, by feature cosine.
+
+Nothing is sampled: the hash comparison is a tiled all-pairs XOR + popcount over uint64 hashes (about 1e9 pairs in
+seconds on one core) and the cosine comparison a tiled matrix product, so memory stays bounded by the tile size.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
-from PIL import Image
-from scipy.fft import dctn
+from PIL import Image, UnidentifiedImageError
+
+from synthtl.data.images import to_rgb
+
+HASH_SIZE = 32  # side of the grayscale thumbnail the DCT is taken of
+HASH_KEEP = 8  # low frequencies kept per axis: 8 x 8 = 64 bits
+TILE_PAIRS = 1 << 19  # hash pairs per tile of the all-pairs comparison (sized for the CPU cache)
 
 
-def phash(img: Image.Image, size: int = 32, keep: int = 8) -> int:
-    """64-bit DCT perceptual hash: low frequencies of the grayscale 32x32 image above their median."""
-    g = np.asarray(img.convert("L").resize((size, size), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = dctn(g, norm="ortho")[:keep, :keep].flatten()
-    bits = low[1:] > np.median(low[1:])  # the DC term carries brightness only
-    bits = np.concatenate([[low[0] > 0], bits])
-    return int("".join("1" if b else "0" for b in bits), 2)
+def _dct_matrix(n: int, keep: int) -> np.ndarray:
+    """The first `keep` rows of the orthonormal DCT-II matrix of size n (scipy's dct(norm="ortho"))."""
+    k = np.arange(keep)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT = _dct_matrix(HASH_SIZE, HASH_KEEP)
+
+
+def phash_batch(gray: np.ndarray) -> np.ndarray:
+    """64-bit DCT perceptual hashes of a batch of grayscale thumbnails.
+
+    Args:
+        gray: (n, 32, 32) array of 8-bit luminance.
+
+    Returns:
+        (n,) uint64. Bit 63 (the first) says the DC term is positive; the other 63 say whether each low-frequency
+        AC term lies above the median of the AC terms (the DC term carries brightness only).
+    """
+    low = np.einsum("ij,njk,lk->nil", _DCT, gray.astype(np.float64), _DCT).reshape(len(gray), -1)
+    bits = np.empty(low.shape, dtype=bool)
+    bits[:, 0] = low[:, 0] > 0
+    bits[:, 1:] = low[:, 1:] > np.median(low[:, 1:], axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
+
+
+def thumbnail(img: Image.Image) -> np.ndarray:
+    """The 32 x 32 grayscale thumbnail a hash is taken of (BOX-filtered, so every source pixel counts)."""
+    return np.asarray(img.convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def phash(img: Image.Image) -> int:
+    """The perceptual hash of one image (the same value `hash_files` gives its file)."""
+    return int(phash_batch(thumbnail(img)[None])[0])
+
+
+def _scan_one(path: Path) -> tuple[bytes, np.ndarray | None]:
+    """(content digest, thumbnail or None when the file cannot be decoded).
+
+    JPEGs are decoded at a reduced DCT scale (libjpeg's draft mode, luminance only) no smaller than 64 px: the
+    thumbnail is 32 px, so the full-size decode would be thrown away.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return b"", None
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG":
+                img.draft("L", (2 * HASH_SIZE, 2 * HASH_SIZE))
+            img.load()
+            return digest, thumbnail(img if img.mode in ("L", "RGB") else to_rgb(img))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return digest, None
+
+
+@contextlib.contextmanager
+def quiet_pil() -> Iterator[None]:
+    """Silences PIL's warnings (EXIF, palette, large images) around a thread pool of decoders.
+
+    `warnings.catch_warnings` swaps process-wide state and is not thread-safe: entered in several threads at once
+    it can leave every warning ignored for the rest of the process. So decoders running in threads never touch the
+    filters; the caller sets this one filter once, on its own thread.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        yield
+
+
+def hash_files(paths: Sequence[Path], workers: int = 0) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """Perceptual hash and content digest of every file, read once.
+
+    Args:
+        paths: Image files.
+        workers: Threads (0 = one per CPU core). Decoding and hashing of the bytes release the GIL.
+
+    Returns:
+        (hashes (n,) uint64, readable (n,) bool, digests: 16-byte BLAKE2b of each file's bytes, b"" when missing).
+    """
+    workers = workers or os.cpu_count() or 1
+    hashes = np.zeros(len(paths), dtype=np.uint64)
+    ok = np.zeros(len(paths), dtype=bool)
+    digests: list[bytes] = []
+    block = 1024
+    with quiet_pil(), ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(paths), block):
+            scanned = list(pool.map(_scan_one, paths[start:start + block], chunksize=16))
+            digests += [d for d, _ in scanned]
+            good = [i for i, (_, t) in enumerate(scanned) if t is not None]
+            if good:
+                thumbs = np.stack([scanned[i][1] for i in good])
+                hashes[[start + i for i in good]] = phash_batch(thumbs)
+                ok[[start + i for i in good]] = True
+    return hashes, ok, digests
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances between two arrays of 64-bit hashes (as uint64)."""
-    x = np.bitwise_xor(a[:, None], b[None, :])
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+    return np.bitwise_count(np.bitwise_xor(a[:, None], b[None, :]))
 
 
-def near_duplicates(syn_hashes: list[int], test_hashes: list[int], syn_feats: np.ndarray | None,
-                    test_feats: np.ndarray | None, max_bits: int = 6, min_cosine: float = 0.95) -> list[dict]:
-    """Pairs (synthetic index, test index) within `max_bits` hash bits or above `min_cosine`, closest first."""
-    a = np.array(syn_hashes, dtype=np.uint64)
-    b = np.array(test_hashes, dtype=np.uint64)
-    found: dict[tuple[int, int], dict] = {}
-    if len(a) and len(b):
-        dist = hamming(a, b)
-        for i, j in zip(*np.nonzero(dist <= max_bits), strict=True):
-            found[(int(i), int(j))] = {"synthetic": int(i), "test": int(j), "hash_bits": int(dist[i, j])}
-    if syn_feats is not None and test_feats is not None and len(syn_feats) and len(test_feats):
-        sn = syn_feats / np.linalg.norm(syn_feats, axis=1, keepdims=True).clip(1e-12)
-        tn = test_feats / np.linalg.norm(test_feats, axis=1, keepdims=True).clip(1e-12)
-        cos = sn @ tn.T
-        for i, j in zip(*np.nonzero(cos >= min_cosine), strict=True):
-            entry = found.setdefault((int(i), int(j)), {"synthetic": int(i), "test": int(j)})
-            entry["cosine"] = float(cos[i, j])
-    return sorted(found.values(), key=lambda e: (e.get("hash_bits", 64), -e.get("cosine", 0.0)))
+def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
+               workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j) with Hamming(a[i], b[j]) <= max_bits.
+
+    Args:
+        a: Hashes (uint64) of one set; b of the other.
+        max_bits: Largest Hamming distance that counts.
+        chunk: Most rows of `a` per block; the block's columns cover up to `chunk` hashes of `b`.
+        workers: Threads over blocks of rows (0 = one per CPU core).
+
+    Returns:
+        (i, j, bits) as int64, int64, uint8 arrays.
+    """
+    workers = workers or os.cpu_count() or 1
+    a, b = np.ascontiguousarray(a, dtype=np.uint64), np.ascontiguousarray(b, dtype=np.uint64)
+    cols = max(1, min(chunk, len(b)))
+    # Tiles of about TILE_PAIRS pairs stay in the CPU cache, which makes XOR + popcount + compare ~3x faster than
+    # one large block; the buffers are reused, so memory is a few MB per thread whatever the set sizes.
+    rows = max(1, min(chunk, TILE_PAIRS // cols))
+    block = rows * max(1, 64 // workers)
+
+    def scan(start: int) -> tuple[list, list, list]:
+        x = np.empty((rows, cols), np.uint64)
+        bits = np.empty((rows, cols), np.uint8)
+        hit = np.empty((rows, cols), bool)
+        out: tuple[list, list, list] = ([], [], [])
+        for i0 in range(start, min(start + block, len(a)), rows):
+            pa = a[i0:i0 + rows, None]
+            for j0 in range(0, len(b), cols):
+                pb = b[None, j0:j0 + cols]
+                r, c = len(pa), pb.shape[1]
+                np.bitwise_xor(pa, pb, out=x[:r, :c])
+                np.bitwise_count(x[:r, :c], out=bits[:r, :c])
+                np.less_equal(bits[:r, :c], max_bits, out=hit[:r, :c])
+                if hit[:r, :c].any():
+                    ii, jj = np.nonzero(hit[:r, :c])
+                    out[0].append(ii + i0)
+                    out[1].append(jj + j0)
+                    out[2].append(bits[ii, jj])
+        return out
+
+    found: tuple[list, list, list] = ([], [], [])
+    with ThreadPoolExecutor(workers) as pool:  # numpy's ufuncs release the GIL: blocks run on every core
+        for part in pool.map(scan, range(0, len(a), block)):
+            for k in range(3):
+                found[k].extend(part[k])
+    return _cat(found[0], np.int64), _cat(found[1], np.int64), _cat(found[2], np.uint8)
+
+
+def cosine_pairs(a: np.ndarray, b: np.ndarray, min_cosine: float,
+                 chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j) of feature rows with cosine similarity >= min_cosine, over `chunk` x `chunk` tiles.
+
+    Returns:
+        (i, j, cosine) as int64, int64, float32 arrays.
+    """
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+    an, bn = unit(a), unit(b)
+    found: tuple[list, list, list] = ([], [], [])
+    for i0 in range(0, len(an), chunk):
+        for j0 in range(0, len(bn), chunk):
+            cos = an[i0:i0 + chunk] @ bn[j0:j0 + chunk].T
+            ii, jj = np.nonzero(cos >= min_cosine)
+            found[0].append(ii + i0)
+            found[1].append(jj + j0)
+            found[2].append(cos[ii, jj])
+    return _cat(found[0], np.int64), _cat(found[1], np.int64), _cat(found[2], np.float32)
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndarray | None = None,
+                    b_feats: np.ndarray | None = None, max_bits: int = 6, min_cosine: float = 0.95,
+                    chunk: int = 4096, limit: int | None = None, a_ok: np.ndarray | None = None,
+                    b_ok: np.ndarray | None = None) -> tuple[int, int, list[dict]]:
+    """Near-duplicate pairs between set A (synthetic or train) and set B (test), every image against every image.
+
+    Args:
+        a_hashes: Perceptual hashes of A (uint64); b_hashes likewise for B.
+        a_feats: Feature rows of A (None: hashes only); b_feats likewise for B.
+        max_bits: Hamming distance (of 64 bits) at or below which a pair counts.
+        min_cosine: Feature cosine at or above which a pair counts.
+        chunk: Rows per tile of the all-pairs comparisons (bounds memory).
+        limit: Pairs returned (the closest first); None = all.
+        a_ok: Which rows of A were readable (unreadable rows are never matched); b_ok likewise.
+
+    Returns:
+        (number of distinct pairs, number of distinct A images in them, pairs closest first as dicts with
+        "image" (index in A), "test" (index in B), and "hash_bits" and/or "cosine").
+    """
+    a_hashes, b_hashes = np.asarray(a_hashes, dtype=np.uint64), np.asarray(b_hashes, dtype=np.uint64)
+    a_idx = np.flatnonzero(a_ok) if a_ok is not None else np.arange(len(a_hashes))
+    b_idx = np.flatnonzero(b_ok) if b_ok is not None else np.arange(len(b_hashes))
+    pairs: dict[tuple[int, int], dict] = {}
+    keys = []
+    hi, hj, hb = hash_pairs(a_hashes[a_idx], b_hashes[b_idx], max_bits, chunk)
+    hi, hj = a_idx[hi], b_idx[hj]
+    keys.append(hi * max(len(b_hashes), 1) + hj)
+    use_feats = a_feats is not None and b_feats is not None and len(a_feats) and len(b_feats)
+    if use_feats:
+        ci, cj, cc = cosine_pairs(np.asarray(a_feats)[a_idx], np.asarray(b_feats)[b_idx], min_cosine, chunk)
+        ci, cj = a_idx[ci], b_idx[cj]
+        keys.append(ci * max(len(b_hashes), 1) + cj)
+    all_keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
+    count, images = len(all_keys), len(np.unique(all_keys // max(len(b_hashes), 1)))
+    # Closest first: fewest hash bits, then highest cosine; only `limit` of them become dicts.
+    order = np.argsort(hb, kind="stable")
+    for k in order[: limit if limit is not None else len(order)]:
+        pairs[(int(hi[k]), int(hj[k]))] = {"image": int(hi[k]), "test": int(hj[k]), "hash_bits": int(hb[k])}
+    if use_feats:
+        order = np.argsort(-cc, kind="stable")
+        for k in order[: limit if limit is not None else len(order)]:
+            entry = pairs.setdefault((int(ci[k]), int(cj[k])), {"image": int(ci[k]), "test": int(cj[k])})
+            entry["cosine"] = float(cc[k])
+    listed = sorted(pairs.values(), key=lambda e: (e.get("hash_bits", 65), -e.get("cosine", -2.0), e["image"],
+                                                   e["test"]))
+    return count, images, listed[:limit] if limit is not None else listed

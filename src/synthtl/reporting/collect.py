@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from synthtl.config import FINETUNE_VOLATILE, config_hash
 from synthtl.files import read_json, read_jsonl
 
 SYNTHETIC_STRATEGIES = {"mixed", "synthetic_only", "bridged", "bridged_reinit", "bridged++", "vanilla_matched"}
@@ -67,8 +68,8 @@ def plan_labels(root: Path, kind: str) -> dict[str, dict]:
     return {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == kind}
 
 
-def collect_runs(study_dir: str | Path) -> list[Run]:
-    """Every finished run (folders with result.json) under <study>/runs, with labels."""
+def find_runs(study_dir: str | Path) -> list[Run]:
+    """Every finished run folder (with result.json) under <study>/runs, with labels, duplicates included."""
     root = Path(study_dir)
     plan = plan_labels(root, "finetune")
     prompt_label = functools.cache(_prompt_label)  # one manifest read per generated set, for this collection only
@@ -76,11 +77,50 @@ def collect_runs(study_dir: str | Path) -> list[Run]:
     for res in sorted(root.glob("runs/**/result.json")):
         folder = res.parent
         cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-        rid = folder.name if folder.name in plan else str(folder.relative_to(root / "runs"))
+        # A study puts its runs at runs/<job id>; a folder elsewhere (a copy?) is named by its own path
+        rid = folder.name if folder.name in plan and folder.parent == root / "runs" else \
+            str(folder.relative_to(root / "runs"))
         labels = plan.get(rid) or labels_from_config(cfg, prompt_label)
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
         runs.append(Run(rid, folder, labels, read_json(res), cfg, metrics))
     return runs
+
+
+def run_identity(run: Run) -> tuple[str, object]:
+    """(config hash, seed): what makes two run folders the same run, wherever they live.
+
+    The hash is the one the run wrote into result.json; runs written before it existed get the same hash of their
+    config.yaml without the keys that never change a result (FINETUNE_VOLATILE).
+    """
+    h = run.result.get("config_hash")
+    if not h and run.config:
+        h = config_hash(run.config, FINETUNE_VOLATILE)
+    return str(h or f"folder:{run.folder}"), run.result.get("seed", run.labels.get("seed"))
+
+
+def unique_runs(runs: list[Run]) -> tuple[list[Run], list[dict]]:
+    """Counts each run once: of folders with the same identity (a copied or moved study), the first is kept.
+
+    Returns:
+        (kept runs, one record per dropped folder: run, kept (the run kept in its place), identity, both top-1s).
+    """
+    kept: dict[tuple, Run] = {}
+    dropped = []
+    for r in runs:
+        ident = run_identity(r)
+        if ident in kept:
+            k = kept[ident]
+            dropped.append({"run": r.id, "folder": str(r.folder), "kept": k.id, "kept_folder": str(k.folder),
+                            "config_hash": ident[0], "seed": ident[1], "top1": r.result.get("test", {}).get("top1"),
+                            "kept_top1": k.result.get("test", {}).get("top1")})
+        else:
+            kept[ident] = r
+    return list(kept.values()), dropped
+
+
+def collect_runs(study_dir: str | Path) -> list[Run]:
+    """Every finished run under <study>/runs, each counted once (see `unique_runs`)."""
+    return unique_runs(find_runs(study_dir))[0]
 
 
 @dataclass

@@ -22,8 +22,9 @@ table.results th:first-child,table.results td:first-child{text-align:left}
 table.results thead{background:#f3f3f3}.note{font-size:12px;color:#666;margin:2px 0 12px}
 .banner{background:#fff4ce;border:1px solid #e0c060;padding:10px 14px;border-radius:4px}
 figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figure img{max-width:560px;border:1px solid #eee}
-figcaption{font-size:12px;color:#555}.pair{display:inline-block;width:280px;margin:4px 8px 8px 0;vertical-align:top}
-.pair img{width:128px;height:128px;object-fit:cover;margin-right:4px}.pair .note{display:block}
+figcaption{font-size:12px;color:#555}.pair{display:inline-block;width:300px;margin:4px 8px 8px 0;vertical-align:top}
+.pair figure{margin:0 4px 0 0;width:140px}.pair img{width:128px;height:128px;object-fit:cover}
+.pair figcaption{word-break:break-all}.pair .note{display:block}
 .meta{color:#666;font-size:13px}nav a{margin-right:12px;font-size:13px}
 """
 
@@ -79,13 +80,13 @@ class Page:
             self.parts.append(f"<figure><img src='{data_uri(path)}' alt='{html.escape(caption)}'>"
                               f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    def pairs(self, examples: list) -> None:
-        for syn, test, info in examples:
-            desc = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
-                             if k not in ("synthetic", "test"))
-            label = f"synthetic {syn.name} vs test {test.name}: {desc}"
-            self.parts.append(f"<div class='pair'><img src='{thumb_uri(syn)}' alt='synthetic'>"
-                              f"<img src='{thumb_uri(test)}' alt='test'><span class='note'>{html.escape(label)}</span>"
+    def pairs(self, examples: list[dict]) -> None:
+        """Near-duplicate pairs side by side, each thumbnail captioned with its split, class and file."""
+        for e in examples:
+            thumbs = "".join(f"<figure><img src='{thumb_uri(e[side])}' alt='{html.escape(e[side + '_caption'])}'>"
+                             f"<figcaption>{html.escape(e[side + '_caption'])}</figcaption></figure>"
+                             for side in ("left", "right"))
+            self.parts.append(f"<div class='pair'>{thumbs}<span class='note'>{html.escape(e['caption'])}</span>"
                               "</div>")
 
     def render(self) -> str:

@@ -30,43 +30,50 @@ def _save(fig, path: Path) -> Path:
 
 
 def radar(table: Table, path: Path) -> Path | None:
-    """Strategies across datasets (radar with >= 3 datasets, grouped bars otherwise)."""
-    data: dict[str, dict[str, float]] = {}
+    """Strategies across datasets (radar with >= 3 datasets, grouped bars of mean ± std otherwise)."""
+    fig = radar_figure(table)
+    return _save(fig, path) if fig is not None else None
+
+
+def radar_figure(table: Table):
+    data: dict[str, dict[str, tuple[float, float]]] = {}
     for r in table.raw:
         if r["n"]:
-            data.setdefault(r["strategy"], {})[r["dataset"]] = r["mean"]
+            data.setdefault(r["strategy"], {})[r["dataset"]] = (r["mean"], r["std"])
     datasets = sorted({d for v in data.values() for d in v})
     if not datasets:
         return None
     strategies = sorted(data, key=strategy_rank)
+    nan = (np.nan, np.nan)
     if len(datasets) >= 3:
         angles = np.linspace(0, 2 * math.pi, len(datasets), endpoint=False).tolist()
         fig = plt.figure(figsize=(6, 6))
         ax = fig.add_subplot(polar=True)
         for i, s in enumerate(strategies):
-            vals = [data[s].get(d, np.nan) for d in datasets]
+            vals = [data[s].get(d, nan)[0] for d in datasets]
             ax.plot(angles + angles[:1], vals + vals[:1], color=COLORS(i), label=s)
             ax.fill(angles + angles[:1], vals + vals[:1], color=COLORS(i), alpha=0.05)
         ax.set_xticks(angles)
         ax.set_xticklabels(datasets)
-        vals = [v for d in data.values() for v in d.values() if not math.isnan(v)]
+        vals = [v for d in data.values() for v, _ in d.values() if not math.isnan(v)]
         ax.set_ylim(max(0.0, min(vals) - 5), max(vals) + 2)  # zoom on the differences, not on 0-100
-    else:  # too few datasets for a radar: bars, strategies on the x axis
-        fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(strategies) * len(datasets)), 3.5))
-        width = 0.8 / len(datasets)
-        for j, d in enumerate(datasets):
-            ax.bar(np.arange(len(strategies)) + j * width, [data[s].get(d, np.nan) for s in strategies], width,
-                   color=[COLORS(i) for i in range(len(strategies))], alpha=1.0 - 0.35 * j, label=d)
-        ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2)
-        ax.set_xticklabels(strategies, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("test top-1 (%)")
         ax.set_title(table.title, fontsize=9)
-        if len(datasets) > 1:
-            ax.legend(fontsize=7)
-        return _save(fig, path)
+        ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
+        return fig
+    # too few datasets for a radar: bars of the mean with ± std over seeds, strategies on the x axis
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(strategies) * len(datasets)), 3.5))
+    width = 0.8 / len(datasets)
+    for j, d in enumerate(datasets):
+        cells = [data[s].get(d, nan) for s in strategies]
+        ax.bar(np.arange(len(strategies)) + j * width, [m for m, _ in cells], width, yerr=[sd for _, sd in cells],
+               capsize=3, color=[COLORS(i) for i in range(len(strategies))], alpha=1.0 - 0.35 * j, label=d)
+    ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2)
+    ax.set_xticklabels(strategies, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
     ax.set_title(table.title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
-    return _save(fig, path)
+    if len(datasets) > 1:
+        ax.legend(fontsize=7)
+    return fig
 
 
 def convergence(runs: list[Run], dataset: str, path: Path) -> Path | None:
@@ -116,18 +123,26 @@ def sweep(table: Table, axis: str, path: Path, log2: bool = False) -> Path | Non
 
 
 def leep_bars(table: Table, path: Path) -> Path | None:
+    """LEEP of the pretrained and the stage-1 model: bars of the mean with ± std over runs."""
+    fig = leep_figure(table)
+    return _save(fig, path) if fig is not None else None
+
+
+def leep_figure(table: Table):
     rows = [r for r in table.raw if not math.isnan(r["leep_pretrained"]) or not math.isnan(r["leep_stage1"])]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 4))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["leep_pretrained"] for r in rows], 0.4, label="pretrained")
-    ax.bar(x + 0.2, [r["leep_stage1"] for r in rows], 0.4, label="after stage 1 (synthetic)")
+    ax.bar(x - 0.2, [r["leep_pretrained"] for r in rows], 0.4, yerr=[r["leep_pretrained_std"] for r in rows],
+           capsize=3, label="pretrained")
+    ax.bar(x + 0.2, [r["leep_stage1"] for r in rows], 0.4, yerr=[r["leep_stage1_std"] for r in rows], capsize=3,
+           label="after stage 1 (synthetic)")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{r['dataset']}\n{r['model']}" for r in rows], fontsize=7)
-    ax.set_ylabel("LEEP (higher = more transferable)")
+    ax.set_ylabel("LEEP (higher = more transferable), mean ± std")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
 def cost_bars(table: Table, path: Path) -> Path | None:

@@ -3,6 +3,7 @@ built only from the files in the study folder."""
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from synthtl.config import ReportConfig, StudyConfig, from_dict
 from synthtl.errors import DataError
 from synthtl.files import git_sha, read_json, write_text
 from synthtl.reporting import plots
-from synthtl.reporting.collect import collect_gensets, collect_runs, collect_styles
+from synthtl.reporting.collect import collect_gensets, collect_styles, find_runs, unique_runs
 from synthtl.reporting.html import Page
 from synthtl.reporting.tables import (
     Table,
@@ -54,6 +55,19 @@ def _runs_table(runs) -> Table:
                                        "top-1", "top-5", "mean class acc", "steps", "wall s"], rows, raw)
 
 
+def _duplicates_table(duplicates: list[dict]) -> Table:
+    rows = [[d["run"], d["kept"], d["config_hash"], str(d["seed"]), _fmt(d["top1"]), _fmt(d["kept_top1"])]
+            for d in duplicates]
+    return Table("duplicates", "Duplicate run folders (not counted)",
+                 ["repeated folder", "run counted instead", "config hash", "seed", "its top-1", "counted top-1"], rows,
+                 duplicates, f"{len(duplicates)} run folder(s) share the config hash and seed of a run already counted "
+                 "(a copied or moved study?); each run is counted once. Delete the copies to silence this")
+
+
+def _fmt(v) -> str:
+    return f"{v:.2f}" if isinstance(v, int | float) else "–"
+
+
 def _uses_random_weights(runs, gensets) -> bool:
     return (any(not r.config.get("model", {}).get("pretrained", True) for r in runs)
             or any(g.identity.get("model") == "tiny" for g in gensets))
@@ -63,7 +77,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     """Writes <study>/report/{index.html, report.md, runs.csv, tables/, figures/}; returns the main paths."""
     study_dir = Path(study_dir)
     cfg = cfg or study_report_config(study_dir)
-    runs = collect_runs(study_dir)
+    runs, duplicates = unique_runs(find_runs(study_dir))
     if not runs:
         raise DataError(f"{study_dir} has no finished runs (folders with result.json under runs/); run the study first")
     gensets, styles = collect_gensets(study_dir), collect_styles(study_dir)
@@ -78,6 +92,12 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         page.text("This study uses random-weight components (a tiny Stable Diffusion and/or a classifier without "
                   "pretrained weights): its numbers prove the plumbing, not the method.", "banner")
     tables: list[Table] = []
+    if duplicates:
+        dup = _duplicates_table(duplicates)
+        page.text(f"{len(duplicates)} run folder(s) repeat a run already counted (same config hash and seed, e.g. a "
+                  "copied or moved study): each run is counted once; the repeats are listed under 'Duplicate run "
+                  "folders'.", "banner")
+        warnings.warn(dup.note, stacklevel=2)
 
     page.section("Results by strategy", "strategies")
     for t in strategy_tables(runs, cfg.bootstrap):
@@ -107,14 +127,18 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         page.table(t)
         page.figure(plots.leep_bars(t, figs / "leep.png"), "LEEP before and after stage 1")
     if gensets and cfg.quality:
-        q, leak, examples, note = quality_section(runs, gensets, cfg, out)
+        qr = quality_section(runs, gensets, cfg, out)
         page.section("Synthetic-set quality", "quality")
-        tables.append(q)
-        page.table(q)
-        page.section("Leakage check", "leakage")
-        tables.append(leak)
-        page.table(leak)
-        page.pairs(examples)
+        tables.append(qr.quality)
+        page.table(qr.quality)
+        page.section("Leakage check: synthetic vs test", "leakage")
+        tables.append(qr.synthetic_leak)
+        page.table(qr.synthetic_leak)
+        page.pairs(qr.synthetic_examples)
+        page.section("Leakage check: train vs test", "leakage_train")
+        tables.append(qr.train_leak)
+        page.table(qr.train_leak)
+        page.pairs(qr.train_examples)
     page.section("Cost", "cost")
     cost = cost_table(runs, gensets, styles)
     tables.append(cost)
@@ -132,6 +156,10 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     runs_t = _runs_table(runs)
     tables.append(runs_t)
     page.table(runs_t)
+    if duplicates:
+        page.section("Duplicate run folders", "duplicates")
+        tables.append(dup)
+        page.table(dup)
 
     for t in tables:
         write_text(out / "tables" / f"{t.key}.md", to_markdown(t))
@@ -144,6 +172,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
 
 
 def quality_section(runs, gensets, cfg: ReportConfig, out: Path):
+    """Quality and leakage tables (`reporting.quality`, imported only when needed: it loads torch models)."""
     from synthtl.reporting.quality import quality
 
     return quality(runs, gensets, cfg, out / "cache")

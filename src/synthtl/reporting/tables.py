@@ -119,7 +119,8 @@ def leep_table(runs: list[Run]) -> Table | None:
         paper = PAPER_LEEP.get(ds) if model == "resnet18" and not shots else None
         rows.append([ds, setting_name(model, shots), fmt_mean_std(mp, sp, npre), fmt_mean_std(m1, s1d, n1),
                      f"{paper[0]:.2f} → {paper[1]:.2f}" if paper else "–"])
-        raw.append({"dataset": ds, "model": model, "shots": shots, "leep_pretrained": mp, "leep_stage1": m1,
+        raw.append({"dataset": ds, "model": model, "shots": shots, "leep_pretrained": mp, "leep_pretrained_std": sp,
+                    "n_pretrained": npre, "leep_stage1": m1, "leep_stage1_std": s1d, "n_stage1": n1,
                     "paper_pretrained": paper[0] if paper else None, "paper_stage1": paper[1] if paper else None})
     if not rows:
         return None
