@@ -85,7 +85,7 @@ class ModelConfig:
     weights: str = ""  # local weights file (.safetensors/.pth/.bin) used instead of the hub (from_scratch ignores it)
     img_size: int = 0  # training/eval resolution; 0 = the weights' native size
     channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the model (CUDA)
+    compile: bool = False  # torch.compile the classifier (nn.Module.compile: checkpoints keep their keys)
 
     def __post_init__(self) -> None:
         _check(self.img_size >= 0, f"model.img_size={self.img_size}: must be >= 0")
@@ -106,10 +106,13 @@ class StageConfig:
     label_smoothing: float = 0.0
     mixup: bool = False  # Mixup/CutMix with the `mixup` section's settings; strategies switch it on where needed
     clip_grad: float = 0.0  # max gradient norm; 0 = off
+    accum_steps: int = 1  # split each batch into n micro-batches whose gradients add up (less memory, same steps)
     eval_every: int = 1  # evaluate the test split every n epochs (reporting only; never used for selection)
 
     def __post_init__(self) -> None:
         _choice(self.optimizer, "optimizer", ("sgd", "adamw"))
+        _check(1 <= self.accum_steps <= self.batch_size,
+               f"accum_steps={self.accum_steps}: must be in 1..batch_size ({self.batch_size})")
         _check(self.epochs >= 0, f"epochs={self.epochs}: must be >= 0")
         _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         _check(self.lr > 0, f"lr={self.lr}: must be > 0")
@@ -143,6 +146,15 @@ class MatchedConfig:
 
 
 @dataclass(frozen=True)
+class EmaConfig:
+    enabled: bool = False  # also keep an exponential moving average of the weights (timm ModelEmaV3) per stage
+    decay: float = 0.9998  # its decay per optimizer step; the EMA model's test numbers go beside the raw ones
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.decay < 1.0, f"ema.decay={self.decay}: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class LeepConfig:
     enabled: bool = True  # LEEP of the starting model (and of the stage-1 model) on the real train split
     max_images: int = 0  # subsample the train split for LEEP (0 = all)
@@ -169,6 +181,7 @@ class FinetuneConfig:
     mixed: MixedConfig = field(default_factory=MixedConfig)
     matched: MatchedConfig = field(default_factory=MatchedConfig)
     leep: LeepConfig = field(default_factory=LeepConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
     def __post_init__(self) -> None:
         _choice(self.select, "select", ("last", "val"))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from synthtl.files import exclusive
-from synthtl.training.context import Context
+from synthtl.training.checkpoint import ResumeRecord
 from tests.conftest import run_cli
 from tests.training.test_strategies import out_of, result, run_dir
 
@@ -25,18 +25,18 @@ def test_kill_between_stage_file_and_last_checkpoint_keeps_the_stage_record(base
     whole = [*base, *steps, f"out_dir={tmp_path / 'whole'}"]
     assert run_cli("finetune", *whole) == 0
     killed = [*base, *steps, f"out_dir={tmp_path / 'killed'}"]
-    real = Context._save_resume
+    real = ResumeRecord.save_progress
 
-    def die_after_stage_file(self, name, *a, finished=False, **k):
-        if finished and name == "synthetic":  # stage-synthetic.pt is on disk, last.pt not yet updated
+    def die_after_stage_file(self, state):
+        if state.get("finished") and state["stage"] == "synthetic":  # stage-synthetic.pt is on disk, last.pt is not
             raise KeyboardInterrupt
-        return real(self, name, *a, finished=finished, **k)
+        return real(self, state)
 
-    monkeypatch.setattr(Context, "_save_resume", die_after_stage_file)
+    monkeypatch.setattr(ResumeRecord, "save_progress", die_after_stage_file)
     assert run_cli("finetune", *killed) == 130
     folder = run_dir(out_of(killed), "bridged")
     assert (folder / "checkpoints" / "stage-synthetic.pt").is_file()
-    monkeypatch.setattr(Context, "_save_resume", real)
+    monkeypatch.setattr(ResumeRecord, "save_progress", real)
     assert run_cli("finetune", *killed) == 0
     got, want = result(out_of(killed), "bridged"), result(out_of(whole), "bridged")
     assert got["total_steps"] == want["total_steps"] and list(got["stages"]) == ["synthetic", "real"]
@@ -93,12 +93,6 @@ def test_weights_are_loaded_or_refused_with_the_real_cause(base, tmp_path, capsy
     assert "could not be read" in err and str(junk) in err and "hub" not in err
 
 
-def test_torchrun_finetune_is_refused_until_ddp(base, monkeypatch, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert run_cli("finetune", *base) == 2
-    assert "torchrun" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("args, needle", [(["data.shots=100"], "warning: data.shots=100"),
                                           (["real_stage.warmup_epochs=3"], "warning: real stage: warmup")])
 def test_silent_guesses_become_warnings(base, capsys, args, needle):
@@ -112,15 +106,15 @@ def test_zero_epochs_is_refused(base, capsys):
 
 
 def test_resume_removes_temp_leftovers_and_a_second_writer_is_refused(base, monkeypatch, capsys):
-    real = Context._save_resume
+    real = ResumeRecord.save_progress
 
-    def die(self, name, epoch, *a, **k):
-        real(self, name, epoch, *a, **k)
+    def die(self, state):
+        real(self, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Context, "_save_resume", die)
+    monkeypatch.setattr(ResumeRecord, "save_progress", die)
     assert run_cli("finetune", *base, "real_stage.epochs=2") == 130
-    monkeypatch.setattr(Context, "_save_resume", real)
+    monkeypatch.setattr(ResumeRecord, "save_progress", real)
     folder = run_dir(out_of(base), "vanilla")
     leftover = folder / "checkpoints" / ".last.pt.abc123.tmp"
     leftover.write_bytes(b"half a checkpoint")

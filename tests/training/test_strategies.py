@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthtl.training import context as context_mod
-from synthtl.training.context import Context
+from synthtl.training import stage as stage_mod
+from synthtl.training import strategies as strategies_mod
+from synthtl.training.checkpoint import ResumeRecord
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -74,13 +75,13 @@ def test_every_strategy_end_to_end(base, strategy):
 def _spy_stage_entry(monkeypatch):
     """Records the model's weights when each stage starts (before any resume logic)."""
     seen = {}
-    real = Context.run_stage
+    real = strategies_mod.run_stage
 
-    def spy(self, name, model, *a, **k):
+    def spy(run, name, model, *a, **k):
         seen[name] = {k2: v.clone() for k2, v in model.state_dict().items()}
-        return real(self, name, model, *a, **k)
+        return real(run, name, model, *a, **k)
 
-    monkeypatch.setattr(Context, "run_stage", spy)
+    monkeypatch.setattr(strategies_mod, "run_stage", spy)
     return seen
 
 
@@ -97,13 +98,13 @@ def test_stage_two_starts_from_stage_one_weights(base, monkeypatch, strategy, fr
 
 def test_mixup_only_in_stage_one_of_bridged_pp(base, monkeypatch):
     calls = []
-    real = context_mod.train_one_epoch
+    real = stage_mod.train_one_epoch
 
     def spy(*a, **k):
         calls.append((k["desc"].split()[0], k["mixup_fn"] is not None))
         return real(*a, **k)
 
-    monkeypatch.setattr(context_mod, "train_one_epoch", spy)
+    monkeypatch.setattr(stage_mod, "train_one_epoch", spy)
     assert run_cli("finetune", *base, "strategy=bridged++") == 0
     assert calls == [("synthetic", True), ("real", False)]
     calls.clear()
@@ -151,18 +152,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(base, tmp_path, monkeypa
     whole = [*base, *longer, f"out_dir={tmp_path / 'whole'}"]
     assert run_cli("finetune", *whole) == 0
     killed = [*base, *longer, f"out_dir={tmp_path / 'killed'}"]
-    saves = []
-    real = Context._save_resume
+    real = ResumeRecord.save_progress
 
-    def die_after_real_epoch_one(self, name, epoch, *a, **k):
-        real(self, name, epoch, *a, **k)
-        saves.append((name, epoch))
-        if (name, epoch) == ("real", 0):
+    def die_after_real_epoch_one(self, state):
+        real(self, state)
+        if (state["stage"], state["epoch"]) == ("real", 0):
             raise KeyboardInterrupt  # as if the process were killed right after this checkpoint
 
-    monkeypatch.setattr(Context, "_save_resume", die_after_real_epoch_one)
+    monkeypatch.setattr(ResumeRecord, "save_progress", die_after_real_epoch_one)
     assert run_cli("finetune", *killed) == 130
-    monkeypatch.setattr(Context, "_save_resume", real)
+    monkeypatch.setattr(ResumeRecord, "save_progress", real)
     folder = run_dir(out_of(killed), "bridged++")
     assert (folder / "checkpoints" / "last.pt").is_file() and not (folder / "result.json").exists()
     assert run_cli("finetune", *killed) == 0

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from synthtl.data.imagelist import ImageList
-from synthtl.data.images import load_rgb
+from synthtl.data.images import load_rgb, printable
 from synthtl.errors import BadImageError, DataError
 from synthtl.runtime import derive_seed
 
@@ -49,7 +49,7 @@ class ImageDataset(Dataset):
                 try:
                     return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), label
                 except FileNotFoundError:
-                    raise BadImageError(str(path), "file not found") from None
+                    raise BadImageError(printable(path), "file not found") from None
             img = load_rgb(path)
             if sample_seed is None:
                 return self.transform(img), label
@@ -110,13 +110,19 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         seed: Base seed of the run stage.
         fraction: With two parts, the share of the second part in each epoch: an epoch is every image of the
             first part plus round(n_real * f / (1 - f)) images of the second. None = every image of both.
+        rank: This process's rank under data-parallel training: it yields its contiguous share of every global
+            batch (the configured batch size stays the global batch; every sample keeps its seed).
+        world: Number of data-parallel processes.
     """
 
-    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, fraction: float | None = None):
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, fraction: float | None = None,
+                 rank: int = 0, world: int = 1):
         self.sizes = list(sizes)
         self.batch_size = batch_size
         self.seed = seed
         self.fraction = fraction
+        self.rank = rank
+        self.world = world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -140,12 +146,21 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             idx = both[torch.randperm(len(both), generator=g)]
         return idx.tolist()
 
+    def global_size(self, step: int) -> int:
+        """Images in global batch `step` of the epoch (all ranks together)."""
+        return min(self.batch_size, self.epoch_size() - step * self.batch_size)
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = self.order()
         base = derive_seed(self.seed, "samples", self.epoch)
         for s in range(len(self)):
             lo = s * self.batch_size
-            yield [(i, (base + lo + k) % 2**63) for k, i in enumerate(order[lo:lo + self.batch_size])]
+            batch = [(i, (base + lo + k) % 2**63) for k, i in enumerate(order[lo:lo + self.batch_size])]
+            if self.world > 1:
+                share, extra = divmod(len(batch), self.world)  # contiguous shares differing by at most one
+                start = self.rank * share + min(self.rank, extra)
+                batch = batch[start:start + share + (1 if self.rank < extra else 0)]
+            yield batch
 
     def __len__(self) -> int:
         return steps_per_epoch(self.epoch_size(), self.batch_size)
@@ -158,13 +173,17 @@ def _worker_init(worker_id: int) -> None:
 
 
 def train_loader(parts: Sequence[ImageDataset], batch_size: int, seed: int, num_workers: int,
-                 fraction: float | None = None, pin_memory: bool = False) -> DataLoader:
-    """A training loader over one or two datasets (real, or real + synthetic for the mixed strategy)."""
+                 fraction: float | None = None, pin_memory: bool = False, rank: int = 0,
+                 world: int = 1) -> DataLoader:
+    """A training loader over one or two datasets (real, or real + synthetic for the mixed strategy).
+
+    Under data-parallel training (`world` > 1) each rank loads its share of every global batch of `batch_size`.
+    """
     n = sum(len(p) for p in parts)
     if n < 2:
         raise DataError(f"the training set has {n} image(s); at least 2 are needed")
     dataset = parts[0] if len(parts) == 1 else ConcatImages(parts)
-    sampler = EpochBatchSampler([len(p) for p in parts], batch_size, seed, fraction)
+    sampler = EpochBatchSampler([len(p) for p in parts], batch_size, seed, fraction, rank, world)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, worker_init_fn=_worker_init, generator=torch.Generator(),
                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)

@@ -9,9 +9,12 @@ from synthtl.config import FinetuneConfig
 from synthtl.data.cache import ScanResult, check_overlap, default_cache_dir, scan_images
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
-from synthtl.data.splits import fewshot_indices, read_split, stratified_val, write_split
+from synthtl.data.images import printable
+from synthtl.data.splits import fewshot_indices, read_split, stratified_val
+from synthtl.data.splits import write_split as _write_split
 from synthtl.data.synthetic import load_synthetic
 from synthtl.errors import ConfigError
+from synthtl.runtime import is_main
 
 
 @dataclass
@@ -26,6 +29,7 @@ class RunData:
     skipped_files: dict[str, list[str]] = field(default_factory=dict)
     overlap: int = 0
     short_classes: list[str] = field(default_factory=list)  # few-shot classes with fewer than k images
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # entries the listing skipped (hidden, not images)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -38,6 +42,11 @@ class RunData:
     @property
     def num_classes(self) -> int:
         return self.train.num_classes
+
+
+def write_split(path: Path, *args, **kwargs) -> None:
+    if is_main():  # under torchrun every rank draws the same split; one writes it
+        _write_split(path, *args, **kwargs)
 
 
 def cache_root(cfg: FinetuneConfig) -> Path:
@@ -61,7 +70,8 @@ def _pick(scan: ScanResult, idx: list[int], name: str) -> tuple[ImageList, Image
 def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> RunData:
     """Loads, scans and splits the real data (and the synthetic set), writing split files into the run folder."""
     d = cfg.data
-    train_scan, test_scan = _scan(load_data(d, "train"), cfg), _scan(load_data(d, "test"), cfg)
+    train_list, test_list = load_data(d, "train"), load_data(d, "test")
+    train_scan, test_scan = _scan(train_list, cfg), _scan(test_list, cfg)
     source = train_scan.source
     seed = split_seed(cfg)
     short: list[str] = []
@@ -90,7 +100,8 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     used = ScanResult(images=train, hashes=tuple(train_scan.hashes[i] for i in idx), skipped=(), source=train_src)
     overlap = check_overlap(used, test_scan, d.allow_overlap)
     skipped = {"train": len(train_scan.skipped), "test": len(test_scan.skipped)}
-    files = {"train": [p for p, _ in train_scan.skipped], "test": [p for p, _ in test_scan.skipped]}
+    files = {split: [printable(p) for p, _ in scan.skipped] for split, scan in (("train", train_scan),
+                                                                               ("test", test_scan))}
     synthetic = None
     if needs_synthetic or cfg.synthetic.path:
         if not cfg.synthetic.path:
@@ -99,6 +110,7 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
         syn_scan = _scan(load_synthetic(cfg.synthetic.path, source, cfg.synthetic.per_class), cfg)
         synthetic = syn_scan.images
         skipped["synthetic"] = len(syn_scan.skipped)
-        files["synthetic"] = [p for p, _ in syn_scan.skipped]
+        files["synthetic"] = [printable(p) for p, _ in syn_scan.skipped]
     return RunData(train=train, test=test_scan.images, val=val, synthetic=synthetic, skipped=skipped,
-                   skipped_files=files, overlap=overlap, short_classes=short)
+                   skipped_files=files, overlap=overlap, short_classes=short,
+                   ignored={"train": list(train_list.ignored), "test": list(test_list.ignored)})

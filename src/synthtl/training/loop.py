@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -55,54 +56,81 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     total_steps: int, lr_fn: Callable[[int], float], num_classes: int,
                     mixup_fn: Callable | None = None, label_smoothing: float = 0.0, clip_grad: float = 0.0,
                     scaler: torch.amp.GradScaler | None = None, augment: Callable | None = None,
-                    channels_last: bool = False, desc: str = "", progress: bool = True) -> tuple[EpochStats, int]:
-    """One pass over `loader` (stopping early at `total_steps`); returns the epoch's stats and the new step."""
+                    channels_last: bool = False, desc: str = "", progress: bool = True, accum_steps: int = 1,
+                    ema=None, world: int = 1) -> tuple[EpochStats, int]:
+    """One pass over `loader` (stopping early at `total_steps`); returns the epoch's stats and the new step.
+
+    Args:
+        accum_steps: Split every batch into this many micro-batches whose gradients add up (same optimizer steps,
+            less memory); the update equals that of the whole batch (up to BatchNorm statistics).
+        ema: A timm `ModelEmaV3` updated after every optimizer step.
+        world: Data-parallel processes (`model` is DDP-wrapped); the loader yields this rank's share of each global
+            batch, and losses are scaled so that the averaged gradient is the global batch's.
+    """
     model.train()
     # Running sums stay on the device: reading them (a host sync) every step would stall the GPU.
     loss_sum = torch.zeros((), device=rt.device)
     correct = torch.zeros((), dtype=torch.long, device=rt.device)
     images, steps, skipped = 0, 0, 0
     sync_every = 25 if rt.is_cuda else 1
+    sampler = getattr(loader, "batch_sampler", None)
+    rank, last_batch = getattr(sampler, "rank", 0), None
     start = time.perf_counter()
     bar = tqdm(total=min(len(loader), total_steps - step), desc=desc, unit="step", leave=False,
                disable=not (progress and is_main()))
-    for x, y, n_skipped in loader:
+    for i, (x, y, n_skipped) in enumerate(loader):
         skipped += n_skipped
         if step >= total_steps:
             break
-        if len(y) < 2:  # everything in the batch was unreadable (skipped) or a lone sample: nothing to learn from
+        n_global = sampler.global_size(i) if world > 1 else len(y)  # known to every rank without communication
+        if n_global < max(2, world) or (world == 1 and len(y) < 2):  # a lone sample (or fewer than the ranks)
             continue
+        idle = world > 1 and len(y) == 0  # this rank's share was unreadable: it still joins the gradient average
+        if idle:
+            if last_batch is None:
+                raise SynthTLError(f"every image of rank {rank}'s share of the first batch was unreadable ({desc}); "
+                                   "fix or remove the bad images (data.on_bad_image=error names them)")
+            x, y = last_batch
+        last_batch = (x, y)
         set_lr(optimizer, lr_fn(step))
         x = to_device(x, rt, augment, channels_last)
         y = y.to(rt.device, non_blocking=True)
         target = y
         if mixup_fn is not None:
             x, target = mix(mixup_fn, x, y, num_classes, label_smoothing)
-        with rt.autocast():
-            out = model(x)
-            if target.dim() == 2:  # soft targets from Mixup/CutMix (already smoothed by timm)
-                loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
-            else:
-                loss = F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
+        outs = []
+        chunks = list(zip(x.tensor_split(accum_steps), target.tensor_split(accum_steps), strict=True))
+        chunks = [c for c in chunks if len(c[1])]
+        for k, (xc, tc) in enumerate(chunks):
+            # The global batch's mean loss: this chunk's share of it, times `world` (DDP averages over ranks).
+            scale = 0.0 if idle else len(tc) * world / n_global
+            sync = k == len(chunks) - 1 or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if sync else model.no_sync(), rt.autocast():
+                out = model(xc)
+                loss = _loss(out, tc, label_smoothing)
+                scaled = loss if scale == 1.0 else loss * scale
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            outs.append(out.detach())
+            if not idle:
+                loss_sum += loss.detach().float() * len(tc)
         if scaler is not None:
-            scaler.scale(loss).backward()
             if clip_grad:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             if clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
+        if ema is not None:
+            ema.update(getattr(model, "module", model), step=step)
         step += 1
         steps += 1
-        n = len(y)
-        loss_sum += loss.detach().float() * n
-        correct += (out.argmax(1) == y).sum()
-        images += n
+        if not idle:
+            correct += (torch.cat(outs).argmax(1) == y).sum()
+            images += len(y)
         if steps % sync_every == 0:
             _check_finite(loss_sum, step, desc)
             elapsed = time.perf_counter() - start
@@ -115,6 +143,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     seconds = time.perf_counter() - start
     return EpochStats(loss=loss_sum.item() / max(images, 1), top1=100.0 * correct.item() / max(images, 1),
                       images=images, steps=steps, seconds=seconds, skipped=skipped), step
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    if target.dim() == 2:  # soft targets from Mixup/CutMix (already smoothed by timm)
+        return torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(out.float(), target, label_smoothing=label_smoothing)
 
 
 def _check_finite(loss_sum: torch.Tensor, step: int, desc: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from datetime import datetime, timezone
@@ -9,15 +10,19 @@ from pathlib import Path
 
 import timm
 import torch
+from torch import nn
 
 import synthtl
 from synthtl.config import FINETUNE_VOLATILE, FinetuneConfig, config_diff, config_hash, from_dict, to_yaml
 from synthtl.data.prepare import prepare_data
 from synthtl.errors import ConfigError
-from synthtl.files import exclusive, git_sha, read_json, remove_temps, write_json, write_text
+from synthtl.files import LockedError, exclusive, git_sha, read_json, remove_temps, write_json, write_text
 from synthtl.models import resolve
-from synthtl.runtime import dtype_name, is_main, resolve_runtime, seed_everything, world_size
-from synthtl.training.context import LAST, Context
+from synthtl.runtime import Runtime, dtype_name, is_main, resolve_runtime, seed_everything
+from synthtl.training import checkpoint, distributed
+from synthtl.training.checkpoint import ResumeRecord
+from synthtl.training.metrics_writer import MetricsWriter
+from synthtl.training.stage import Run, evaluate_on
 from synthtl.training.strategies import STRATEGIES, effective_config
 
 # Fields that do not change a run's result (paths, speed, display): a re-run differing only here is the same run.
@@ -68,11 +73,11 @@ def _claim(run_dir: Path, cfg: FinetuneConfig) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
-    """Runs (or resumes, or skips if finished) one fine-tuning run; returns its result.json content."""
-    if world_size() > 1:
-        raise ConfigError(f"finetune under torchrun ({world_size()} processes) would train {world_size()} identical "
-                          "copies: data-parallel training inside one run is not supported yet. Run it as one process "
-                          "(a study runs several runs in parallel: launcher.parallel)")
+    """Runs (or resumes, or skips if finished) one fine-tuning run; returns its result.json content.
+
+    Under `torchrun --nproc-per-node N` the N processes train one model data-parallel (`training.distributed`);
+    only rank 0 takes the folder's lock, evaluates and writes.
+    """
     spec = STRATEGIES.get(cfg.strategy)
     cfg = effective_config(cfg)  # what actually runs, e.g. bridged++ -> synth_stage.mixup: true
     resolve(cfg.model.name)  # unknown model names fail before any data work
@@ -85,51 +90,87 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         if is_main():
             print(f"[synthtl] {run_dir} is already finished; nothing to do (delete result.json to re-run)")
         return read_json(result_file)
-    with exclusive(run_dir, "run folder"):
-        return _run(cfg, spec, run_dir)
+    rt = resolve_runtime(cfg.device, cfg.precision)
+    world = distributed.init(rt)
+    try:
+        with contextlib.ExitStack() as stack:
+            error = None
+            if is_main():
+                try:
+                    stack.enter_context(exclusive(run_dir, "run folder"))
+                except LockedError as e:
+                    error = e
+            error = distributed.broadcast(error)
+            if error is not None:
+                raise error
+            return _run(cfg, spec, run_dir, rt, world)
+    finally:
+        distributed.close()
 
 
-def _run(cfg: FinetuneConfig, spec, run_dir: Path) -> dict:
+def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int) -> dict:
     result_file = run_dir / "result.json"
     if result_file.is_file():  # finished by the writer this process waited for
         return read_json(result_file)
     _check_same_run(run_dir, cfg)  # refuse early; config.yaml is written only when training starts
-    remove_temps(run_dir, recursive=True)  # what a killed writer left (we hold the folder's lock)
+    if is_main():
+        remove_temps(run_dir, recursive=True)  # what a killed writer left (we hold the folder's lock)
+    distributed.barrier()
     t0 = time.perf_counter()
-    rt = resolve_runtime(cfg.device, cfg.precision)
     seed_everything(cfg.seed)
     data = prepare_data(cfg, run_dir, spec.needs_synthetic)
-    ctx = Context(cfg, rt, run_dir, data, claim=lambda: _claim(run_dir, cfg))
-    resumed = ctx.resume is not None
+    record = ResumeRecord(run_dir / "checkpoints")
+    run = Run(cfg, rt, run_dir, data, record, MetricsWriter(run_dir, record.metrics, cfg.tensorboard),
+              claim=lambda: _claim(run_dir, cfg), world=world)
     try:
-        model = spec.fn(ctx)
-        final = ctx.finish(model)
+        model = spec.fn(run)
+        final = finish(run, model) if is_main() else None
     finally:
-        ctx.close()
-    stages = ctx.info["stages"]
-    result = {
+        run.log.close()
+    result = _result(cfg, run, final, time.perf_counter() - t0) if is_main() else None
+    if is_main():
+        write_json(result_file, result)
+        record.close()
+        print(f"[synthtl] {cfg.strategy}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
+    return distributed.broadcast(result)
+
+
+def finish(run: Run, model: nn.Module) -> dict:
+    """Final metrics: the last epoch's, or the best validation epoch's with select=val; EMA numbers beside them."""
+    out = run.final
+    selected = "last"
+    best_file = run.dir / "checkpoints" / "best_val.pt"
+    if run.cfg.select == "val" and best_file.is_file():
+        best = checkpoint.load(best_file)
+        model.load_state_dict(best["model"])
+        selected = f"val:epoch{best['epoch']}"
+    bs = 2 * run.cfg.real_stage.batch_size
+    test = out.final_test if selected == "last" and out is not None and out.final_test is not None else None
+    return {"test": test or evaluate_on(run, model, run.data.test, bs), "selected": selected,
+            "test_ema": out.final_test_ema if out is not None else None,
+            "val": evaluate_on(run, model, run.data.val, bs) if run.data.val is not None else None}
+
+
+def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dict:
+    data, rt, stages = run.data, run.rt, run.record.info["stages"]
+    return {
         "strategy": cfg.strategy, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
         "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None,
         "synthetic_per_class": cfg.synthetic.per_class, "config_hash": config_hash(cfg, VOLATILE),
-        "test": final["test"], "val": final["val"], "selected": final["selected"],
+        "test": final["test"], "test_ema": final["test_ema"], "val": final["val"], "selected": final["selected"],
         "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
-        "leep": ctx.info["leep"],
+        "leep": run.record.info["leep"],
         "images": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,
                    "synthetic": len(data.synthetic) if data.synthetic is not None else 0},
         "num_classes": data.num_classes,
         "skipped_images": {**data.skipped,
                            "during_training": sum(s.get("skipped_during_training", 0) for s in stages.values())},
         "skipped_files": data.skipped_files, "train_test_overlap": data.overlap,
-        "few_shot_short_classes": data.short_classes,
+        "few_shot_short_classes": data.short_classes, "ignored_entries": data.ignored,
         "wall_s": sum(s["wall_s"] for s in stages.values()), "gpu_s": sum(s["gpu_s"] for s in stages.values()),
-        "session_wall_s": time.perf_counter() - t0, "resumed": resumed,
+        "session_wall_s": session_s, "resumed": run.record.resumed, "world_size": run.world,
         "device": str(rt.device) if not rt.is_cuda else torch.cuda.get_device_name(rt.device),
         "precision": dtype_name(rt.dtype), "git_sha": git_sha(), "synthtl": synthtl.__version__,
         "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if is_main():
-        write_json(result_file, result)
-        (ctx.ckpt_dir / LAST).unlink(missing_ok=True)  # the resumable state is no longer needed
-        print(f"[synthtl] {cfg.strategy}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
-    return result

@@ -11,20 +11,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from synthtl.config import FinetuneConfig, with_overrides
+from synthtl.config import FinetuneConfig, StageConfig, with_overrides
+from synthtl.data.imagelist import ImageList
+from synthtl.data.loader import eval_loader, steps_per_epoch
 from synthtl.errors import ConfigError
 from synthtl.files import read_json
-from synthtl.models import reset_head
+from synthtl.metrics.leep import leep
+from synthtl.models import create_classifier, replace_head, reset_head, source_label_space
 from synthtl.registry import Registry
 from synthtl.runtime import derive_seed
-from synthtl.training.context import Context
+from synthtl.training import distributed
+from synthtl.training.loop import predict
+from synthtl.training.stage import Run, augment, dataset, run_stage
 
 
 @dataclass(frozen=True)
 class Strategy:
-    fn: Callable[[Context], nn.Module]
+    fn: Callable[[Run], nn.Module]
     needs_synthetic: bool
     summary: str
     settings: tuple[str, ...] = ()  # config overrides the strategy implies: written into the run's config.yaml
@@ -39,80 +45,131 @@ STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def strategy(name: str, needs_synthetic: bool, summary: str, settings: tuple[str, ...] = ()):
-    def deco(fn: Callable[[Context], nn.Module]) -> Callable[[Context], nn.Module]:
+    def deco(fn: Callable[[Run], nn.Module]) -> Callable[[Run], nn.Module]:
         STRATEGIES.add(name, Strategy(fn, needs_synthetic, summary, settings))
         return fn
 
     return deco
 
 
+# ---------------------------------------------------------------------------------------------------- parts
+def new_model(run: Run, pretrained: bool | None = None) -> nn.Module:
+    """The starting model with a fresh target head; scores its LEEP first when it has a classifier head."""
+    m = run.cfg.model
+    pretrained = m.pretrained if pretrained is None else pretrained
+    model, run.data_config = create_classifier(m.name, None, pretrained, m.weights if pretrained else "", m.img_size)
+    leeps = run.record.info["leep"]
+    if pretrained and run.cfg.leep.enabled and "pretrained" not in leeps:
+        space = source_label_space(model)
+        model.to(run.rt.device)
+        leeps["pretrained"] = leep_score(run, model) if space else None
+        leeps["pretrained_label_space"] = space
+    replace_head(model, run.data.num_classes, seed=derive_seed(run.cfg.seed, "head"))
+    model.to(run.rt.device)
+    if run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if m.compile:
+        model.compile()  # in place: state_dict keys (checkpoints) stay those of the plain model
+    return model
+
+
+def leep_score(run: Run, model: nn.Module) -> float:
+    """LEEP of `model`'s own label space for the real training images (eval transform)."""
+    images = run.data.train
+    n = run.cfg.leep.max_images
+    if n and n < len(images):
+        g = torch.Generator().manual_seed(derive_seed(run.cfg.seed, "leep"))
+        images = images.subset(sorted(torch.randperm(len(images), generator=g)[:n].tolist()))
+    loader = eval_loader(dataset(run, images, train=False), 2 * run.cfg.real_stage.batch_size,
+                         run.cfg.data.num_workers)
+    logits, labels, _ = predict(distributed.unwrap(model), loader, run.rt, augment(run, False), run.channels_last)
+    return leep(torch.softmax(logits, dim=1), labels, run.data.num_classes)
+
+
+def record_leep(run: Run, key: str, model: nn.Module) -> None:
+    if run.cfg.leep.enabled and key not in run.record.info["leep"]:
+        run.record.info["leep"][key] = leep_score(run, model)
+
+
+def synthetic(run: Run) -> list[ImageList]:
+    if run.data.synthetic is None:
+        raise RuntimeError("no synthetic set was prepared")
+    return [run.data.synthetic]
+
+
+def stage_steps(parts: list[ImageList], stage: StageConfig) -> int:
+    """Optimizer steps of a stage over `parts` (what the compute-matched control matches)."""
+    return stage.epochs * steps_per_epoch(sum(len(p) for p in parts), stage.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------- strategies
 @strategy("vanilla", False, "fine-tune the pretrained model on the real images (the baseline)")
-def vanilla(ctx: Context) -> nn.Module:
-    model = ctx.new_model()
-    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, final=True)
+def vanilla(run: Run) -> nn.Module:
+    model = new_model(run)
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 
 @strategy("vanilla_mixup", False, "vanilla with Mixup (control: is bridged++'s gain just Mixup?)",
           settings=("real_stage.mixup=true",))
-def vanilla_mixup(ctx: Context) -> nn.Module:
-    model = ctx.new_model()
-    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, final=True)  # mixup: see settings
+def vanilla_mixup(run: Run) -> nn.Module:
+    model = new_model(run)
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)  # mixup: see settings
     return model
 
 
 @strategy("from_scratch", False, "random initialisation, real images only (control: what pretraining buys)")
-def from_scratch(ctx: Context) -> nn.Module:
-    model = ctx.new_model(pretrained=False)
-    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, final=True)
+def from_scratch(run: Run) -> nn.Module:
+    model = new_model(run, pretrained=False)
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 
 @strategy("mixed", True, "one stage on real + synthetic images together (paper: hurts)")
-def mixed(ctx: Context) -> nn.Module:
-    model = ctx.new_model()
-    f = ctx.cfg.mixed.synthetic_fraction
-    ctx.run_stage("mixed", model, ctx.real_train() + ctx.synthetic_train(), ctx.cfg.real_stage,
-                  fraction=None if f < 0 else f, final=True)
+def mixed(run: Run) -> nn.Module:
+    model = new_model(run)
+    f = run.cfg.mixed.synthetic_fraction
+    run_stage(run, "mixed", model, [run.data.train] + synthetic(run), run.cfg.real_stage,
+              fraction=None if f < 0 else f, final=True)
     return model
 
 
 @strategy("synthetic_only", True, "trained on synthetic images only, tested on real (control)")
-def synthetic_only(ctx: Context) -> nn.Module:
-    model = ctx.new_model()
-    ctx.run_stage("synthetic", model, ctx.synthetic_train(), ctx.cfg.synth_stage, final=True)
+def synthetic_only(run: Run) -> nn.Module:
+    model = new_model(run)
+    run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage, final=True)
     return model
 
 
-def _bridged(ctx: Context, reinit: bool) -> nn.Module:
-    model = ctx.new_model()
-    ctx.run_stage("synthetic", model, ctx.synthetic_train(), ctx.cfg.synth_stage)
-    ctx.record_leep("stage1", model)
+def _bridged(run: Run, reinit: bool) -> nn.Module:
+    model = new_model(run)
+    run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage)
+    record_leep(run, "stage1", model)
     if reinit:
-        reset_head(model, derive_seed(ctx.cfg.seed, "reinit"))
-    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, final=True)
+        reset_head(model, derive_seed(run.cfg.seed, "reinit"))
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 
 @strategy("bridged", True, "stage 1 synthetic only, stage 2 real, head kept")
-def bridged(ctx: Context) -> nn.Module:
-    return _bridged(ctx, reinit=False)
+def bridged(run: Run) -> nn.Module:
+    return _bridged(run, reinit=False)
 
 
 @strategy("bridged_reinit", True, "bridged with the head re-initialised before stage 2")
-def bridged_reinit(ctx: Context) -> nn.Module:
-    return _bridged(ctx, reinit=True)
+def bridged_reinit(run: Run) -> nn.Module:
+    return _bridged(run, reinit=True)
 
 
 @strategy("bridged++", True, "bridged with Mixup in stage 1 and the head re-initialised before stage 2",
           settings=("synth_stage.mixup=true",))
-def bridged_pp(ctx: Context) -> nn.Module:
-    return _bridged(ctx, reinit=True)  # Mixup in stage 1: see settings
+def bridged_pp(run: Run) -> nn.Module:
+    return _bridged(run, reinit=True)  # Mixup in stage 1: see settings
 
 
-def matched_steps(ctx: Context) -> int:
+def matched_steps(run: Run) -> int:
     """Optimizer steps of the bridged run this control is paired with."""
-    m = ctx.cfg.matched
+    m = run.cfg.matched
     if m.steps:
         return m.steps
     if m.pair_run:
@@ -120,18 +177,18 @@ def matched_steps(ctx: Context) -> int:
         if not result.is_file():
             raise ConfigError(f"matched.pair_run={m.pair_run!r} has no result.json; finish that run first")
         return int(read_json(result)["total_steps"])
-    if ctx.data.synthetic is None:
+    if run.data.synthetic is None:
         raise ConfigError("vanilla_matched needs matched.steps, matched.pair_run, or synthetic.path to compute the "
                           "bridged run's step count")
-    return (ctx.stage_steps(ctx.synthetic_train(), ctx.cfg.synth_stage)
-            + ctx.stage_steps(ctx.real_train(), ctx.cfg.real_stage))
+    return (stage_steps(synthetic(run), run.cfg.synth_stage)
+            + stage_steps([run.data.train], run.cfg.real_stage))
 
 
 @strategy("vanilla_matched", False, "vanilla with as many optimizer steps as the paired bridged run (compute control)")
-def vanilla_matched(ctx: Context) -> nn.Module:
-    steps = matched_steps(ctx)
-    model = ctx.new_model()
-    ctx.run_stage("real", model, ctx.real_train(), ctx.cfg.real_stage, total_steps=steps, final=True)
+def vanilla_matched(run: Run) -> nn.Module:
+    steps = matched_steps(run)
+    model = new_model(run)
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, total_steps=steps, final=True)
     return model
 
 

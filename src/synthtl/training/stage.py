@@ -1,0 +1,229 @@
+"""One training stage as a plain function: `run_stage` trains a model on some images, resumably.
+
+A strategy is re-executed from its first line when a run resumes: `run_stage` of a stage that already finished just
+loads its final weights (and its record), and the unfinished stage continues from `last.pt`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from synthtl.config import FinetuneConfig, StageConfig
+from synthtl.data.imagelist import ImageList
+from synthtl.data.loader import ImageDataset, eval_loader, set_epoch, train_loader
+from synthtl.data.prepare import RunData
+from synthtl.data.transforms import DeviceAugment, eval_transform, train_transform
+from synthtl.runtime import Runtime, derive_seed, is_main
+from synthtl.training import checkpoint, distributed
+from synthtl.training.checkpoint import ResumeRecord
+from synthtl.training.loop import evaluate, train_one_epoch
+from synthtl.training.metrics_writer import MetricsWriter
+from synthtl.training.optim import build_optimizer, lr_at
+
+
+@dataclass
+class Run:
+    """What the stages of one fine-tuning run share. It holds state only; functions do the work."""
+
+    cfg: FinetuneConfig
+    rt: Runtime
+    dir: Path
+    data: RunData
+    record: ResumeRecord  # checkpoint files, metrics and records so far (restored on resume)
+    log: MetricsWriter
+    claim: Callable[[], None] = lambda: None  # called when the first stage starts training (writes config.yaml)
+    world: int = 1  # data-parallel processes
+    data_config: dict = field(default_factory=dict)  # preprocessing of the model's weights (set by new_model)
+    eval_loaders: dict = field(default_factory=dict)  # kept for the whole run: workers persist between evaluations
+    final: StageResult | None = None  # the last stage's result (what the run reports)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.cfg.model.channels_last and self.rt.is_cuda
+
+
+@dataclass
+class StageResult:
+    record: dict  # steps, epochs, settings, throughput, ... (result.json's stages[name])
+    final_test: dict | None = None  # test metrics of the last epoch (the reported ones when select=last)
+    final_test_ema: dict | None = None  # the same for the EMA weights (ema.enabled)
+    best_val: tuple[float, int] | None = None  # (val top-1, epoch) of the best epoch (select=val)
+
+
+def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
+              total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> StageResult:
+    """Trains `model` in place on `parts` for one stage; resumes it, or skips it if it is finished.
+
+    Args:
+        run: The run's shared state.
+        name: Stage name ("synthetic", "real", "mixed"), unique within the run.
+        model: Trained in place.
+        parts: One image list, or [real, synthetic] for the mixed strategy.
+        stage: Optimisation settings, as the strategy runs them (see `strategies.effective_config`).
+        total_steps: Exact optimizer steps (compute-matched control); default epochs x steps per epoch.
+        fraction: Mixed strategy's synthetic share per epoch (None = all of both).
+        final: The run's last stage: its last epoch's test numbers (or best validation epoch) are reported.
+    """
+    done = run.record.finished_stage(name)
+    if done is not None:
+        model.load_state_dict(done["model"])
+        out = StageResult(run.record.info["stages"][name], done.get("final_test"), done.get("final_test_ema"),
+                          done.get("best_val"))
+        run.final = out if final else run.final
+        return out
+    run.claim()
+    seed = derive_seed(run.cfg.seed, "stage", name)
+    loader = train_loader([dataset(run, p, train=True) for p in parts], stage.batch_size, seed,
+                          run.cfg.data.num_workers, fraction, pin_memory=run.rt.is_cuda,
+                          rank=distributed.rank(), world=run.world)
+    spe = len(loader)
+    total = total_steps if total_steps is not None else stage.epochs * spe
+    epochs = math.ceil(total / spe) if spe else 0
+    trained = distributed.wrap(model, run.rt)
+    optimizer = build_optimizer(model, stage)
+    scaler = torch.amp.GradScaler("cuda") if run.rt.dtype == torch.float16 else None
+    ema = new_ema(run, model)
+    out = StageResult(record={})
+    step, start_epoch, spent, rate = 0, 0, 0.0, 0.0
+    state = run.record.in_progress(name)
+    if state is not None:
+        step, start_epoch, spent = _restore(state, model, optimizer, scaler, ema, out)
+    warmup = int(stage.warmup_epochs * spe)
+    if warmup >= total > 0 and step == 0 and is_main():
+        print(f"[synthtl] warning: {name} stage: warmup ({stage.warmup_epochs} epochs = {warmup} steps) is not "
+              f"shorter than the stage ({total} steps); the learning rate never reaches its peak {stage.lr}")
+    lr_fn = partial(lr_at, total_steps=total, warmup_steps=warmup, peak=stage.lr, floor=stage.min_lr)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        set_epoch(loader, seed, epoch)
+        stats, step = train_one_epoch(
+            trained, loader, optimizer, run.rt, step=step, total_steps=total, lr_fn=lr_fn,
+            num_classes=run.data.num_classes, mixup_fn=mixup(run, stage), label_smoothing=stage.label_smoothing,
+            clip_grad=stage.clip_grad, scaler=scaler, augment=augment(run, True), channels_last=run.channels_last,
+            desc=f"{name} {epoch + 1}/{epochs}", progress=run.cfg.progress, accum_steps=stage.accum_steps, ema=ema,
+            world=run.world)
+        rate = stats.images_per_s
+        images, train_s = distributed.sum_all([stats.images, stats.seconds], run.rt.device)
+        row = {"stage": name, "epoch": epoch + 1, "step": step, "lr": lr_fn(max(step - 1, 0)),
+               "train_loss": stats.loss, "train_top1": stats.top1, "images": int(images),
+               "images_per_s": images / (train_s / run.world) if train_s else 0.0, "train_seconds": stats.seconds,
+               "skipped": stats.skipped}
+        last = epoch == epochs - 1
+        if is_main():
+            _evaluate_epoch(run, name, model, ema, stage, row, out, last=last, final=final)
+        spent += time.perf_counter() - t0
+        row["stage_seconds"] = spent
+        run.log.log(row)
+        if last or (epoch + 1) % run.cfg.checkpoint_every == 0:
+            run.record.save_progress(_state(name, epoch, step, spent, model, optimizer, scaler, ema, out))
+    out.record = stage_record(run, name, stage, parts, epochs, step, spe, spent, rate)
+    final_state = _state(name, epochs - 1, step, spent, model, optimizer, scaler, ema, out)
+    run.record.finish_stage(name, out.record, final_state)
+    run.final = out if final else run.final
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ parts
+def dataset(run: Run, images: ImageList, train: bool) -> ImageDataset:
+    d = run.cfg.data
+    if d.decode == "device":
+        return ImageDataset(images, on_bad=d.on_bad_image, raw=True)
+    tf = train_transform(run.data_config, d.crop_scale_min, d.hflip) if train else eval_transform(run.data_config)
+    return ImageDataset(images, tf, on_bad=d.on_bad_image)
+
+
+def augment(run: Run, train: bool) -> DeviceAugment | None:
+    d = run.cfg.data
+    if d.decode != "device":
+        return None
+    return DeviceAugment(run.data_config, run.rt.device, train, d.crop_scale_min, d.hflip)
+
+
+def mixup(run: Run, stage: StageConfig):
+    if not stage.mixup:
+        return None
+    from timm.data import Mixup
+
+    m = run.cfg.mixup
+    return Mixup(mixup_alpha=m.alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
+                 label_smoothing=stage.label_smoothing, num_classes=run.data.num_classes)
+
+
+def new_ema(run: Run, model: nn.Module):
+    """A fresh EMA of the weights for this stage (timm ModelEmaV3), or None when ema.enabled is false."""
+    if not run.cfg.ema.enabled:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=run.cfg.ema.decay)
+
+
+def evaluate_on(run: Run, model: nn.Module, images: ImageList, batch_size: int) -> dict:
+    """top-1/top-5/mean per-class accuracy of `model` on `images` (eval transform)."""
+    key = (id(images), batch_size)
+    if key not in run.eval_loaders:
+        run.eval_loaders[key] = eval_loader(dataset(run, images, train=False), batch_size, run.cfg.data.num_workers,
+                                            pin_memory=run.rt.is_cuda, persistent=True)
+    return evaluate(model, run.eval_loaders[key], run.rt, run.data.num_classes, augment(run, False),
+                    run.channels_last)
+
+
+def _evaluate_epoch(run: Run, name: str, model: nn.Module, ema, stage: StageConfig, row: dict, out: StageResult,
+                    *, last: bool, final: bool) -> None:
+    """Test (for the curves; never for selection) and validation numbers of one epoch, into `row` (rank 0)."""
+    bs = 2 * stage.batch_size
+    if last or int(row["epoch"]) % stage.eval_every == 0:
+        test = evaluate_on(run, model, run.data.test, bs)
+        row.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
+        if ema is not None:
+            row["test_top1_ema"] = (test_ema := evaluate_on(run, ema.module, run.data.test, bs))["top1"]
+        if last and final:
+            out.final_test = test
+            out.final_test_ema = test_ema if ema is not None else None
+    if run.data.val is not None:
+        val = evaluate_on(run, model, run.data.val, bs)
+        row.update(val_top1=val["top1"], val_loss=val["loss"])
+        if final and run.cfg.select == "val" and (out.best_val is None or val["top1"] > out.best_val[0]):
+            out.best_val = (val["top1"], int(row["epoch"]))
+            checkpoint.save(run.dir / "checkpoints" / "best_val.pt", {"model": model.state_dict(),
+                                                                       "epoch": row["epoch"]})
+
+
+def stage_record(run: Run, name: str, stage: StageConfig, parts: list[ImageList], epochs: int, step: int, spe: int,
+                 spent: float, rank_images_per_s: float) -> dict:
+    rows = [r for r in run.log.rows if r["stage"] == name]
+    train_s = sum(r["train_seconds"] for r in rows)
+    return {"epochs": epochs, "steps": step, "steps_per_epoch": spe, "train_images": sum(len(p) for p in parts),
+            "batch_size": stage.batch_size, "lr": stage.lr, "mixup": stage.mixup, "settings": asdict(stage),
+            "wall_s": spent, "gpu_s": spent * run.rt.gpus * run.world,
+            "train_images_per_s": sum(r["images"] for r in rows) / train_s if train_s else 0.0,
+            "rank_images_per_s": distributed.gather(rank_images_per_s), "world_size": run.world,
+            "skipped_during_training": sum(r["skipped"] for r in rows)}
+
+
+def _state(name: str, epoch: int, step: int, seconds: float, model: nn.Module, optimizer, scaler, ema,
+           out: StageResult) -> dict:
+    return {"stage": name, "epoch": epoch, "step": step, "seconds": seconds, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": ema.module.state_dict() if ema is not None else None, "best_val": out.best_val,
+            "final_test": out.final_test, "final_test_ema": out.final_test_ema}
+
+
+def _restore(state: dict, model: nn.Module, optimizer, scaler, ema, out: StageResult) -> tuple[int, int, float]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema"):
+        ema.module.load_state_dict(state["ema"])
+    out.best_val, out.final_test, out.final_test_ema = (state.get(k) for k in ("best_val", "final_test",
+                                                                              "final_test_ema"))
+    return state["step"], state["epoch"] + 1, state["seconds"]
