@@ -194,3 +194,23 @@ def test_bar_charts_of_means_carry_std_error_bars(canned_study):
     errs = _bar_errors(fig)
     assert len(errs) == 2 and np.allclose(errs[0], [lt.raw[0]["leep_pretrained_std"]])
     plt.close(fig)
+
+
+def test_features_use_clean_fid_resize_to_299_without_crop():
+    import torch
+
+    from synthtl.config import ReportConfig
+    from synthtl.reporting.quality import clean_resize
+
+    arr = np.zeros((100, 200, 3), dtype=np.uint8)
+    arr[:, :50] = 255  # a white left quarter: a centre crop to the short side would cut it away
+    arr[:, 50:, 1] = np.linspace(0, 255, 150, dtype=np.uint8)[None, :]
+    out = clean_resize(Image.fromarray(arr), 299)
+    assert out.shape == (3, 299, 299) and out.dtype == np.float32
+    assert out[:, :, :60].mean() > 250 and out[0, :, 100:].max() < 5
+    # PIL bicubic on each float channel, not re-quantised to 8 bits (clean-fid's "clean" mode)
+    ref = np.asarray(Image.fromarray(arr[:, :, 1].astype(np.float32)).resize((299, 299), Image.Resampling.BICUBIC))
+    assert np.array_equal(out[1], ref) and not np.array_equal(out[1], np.round(out[1]))
+    space = FeatureSpace(ReportConfig(features="timm:inception_v3.tv_in1k", features_pretrained=False),
+                         torch.device("cpu"))
+    assert (space.size, space.dim) == (299, 2048)
