@@ -27,6 +27,9 @@ def cfg_for(folder_data, out, *extra) -> StyleConfig:
                                            "steps=6", "validate_every=3", *extra])
 
 
+SMALL = ["images_per_class=3", "validation_classes=1", "validation_images=1"]  # fewer latents and grid images
+
+
 def effective_table(pipe, inv):
     """The embedding matrix the text encoder effectively uses: the table with the learned rows written in."""
     table = pipe.text_encoder.get_input_embeddings().weight.detach().clone().float()
@@ -244,7 +247,7 @@ def test_a_token_absent_from_the_batch_does_not_move(folder_data, tmp_path, monk
 
     monkeypatch.setattr(style_train, "by_class_index", index)
     monkeypatch.setattr(style_train, "sample_batch", sample)
-    args = ("mode=class", "validate_every=0", "weight_decay=0.1")
+    args = ("mode=class", "validate_every=0", "weight_decay=0.1", *SMALL)
     run_learn_style(cfg_for(folder_data, tmp_path / "one", *args, "steps=1"))
     calls.clear()
     info = run_learn_style(cfg_for(folder_data, tmp_path / "four", *args, "steps=4"))
@@ -272,7 +275,7 @@ def test_one_class_alone_matches_its_token_inside_a_per_class_run(folder_data, t
     pc_cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", *common)
     alone_cfg = cfg_for(folder_data, tmp_path / "alone", "token=<alone>", *common)
     pc, alone = _inversion(pc_cfg, rt), _inversion(alone_cfg, rt)
-    images = style_train.training_images(pc_cfg, tmp_path / "pc")
+    images = style_train.training_images(pc_cfg, tmp_path / "pc")  # 8 images per class: 3-image batches vary
     latents, labels, _ = style_train.cache_latents(pc[0].vae, images, pc_cfg, rt)
     groups = style_train.by_class_index(labels)
     for s, c in enumerate([0, 1, 0, 2, 2, 1, 0]):
@@ -290,7 +293,7 @@ def test_one_class_alone_matches_its_token_inside_a_per_class_run(folder_data, t
 
 
 def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
-    args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2")
+    args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2", *SMALL)
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
     real = style_train.save_torch
 
@@ -317,7 +320,7 @@ def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data,
 
 def test_checkpoints_of_the_shared_parameter_format(folder_data, tmp_path):
     """Per-class: refused in one line (its Adam state mixed the tokens). DSI: the same layout, resumed."""
-    cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", "steps=2", "validate_every=0")
+    cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", "steps=2", "validate_every=0", *SMALL)
     (tmp_path / "pc").mkdir()
     torch.save({"config_hash": style_train.style_identity(cfg), "step": 1, "learned": torch.zeros(3, 16),
                 "optimizer": {}, "losses": [1.0], "seconds": 0.0}, tmp_path / "pc" / "checkpoint.pt")
@@ -325,7 +328,7 @@ def test_checkpoints_of_the_shared_parameter_format(folder_data, tmp_path):
         run_learn_style(cfg)
     assert "\n" not in str(e.value)
 
-    dsi = cfg_for(folder_data, tmp_path / "dsi", "steps=2", "validate_every=0")
+    dsi = cfg_for(folder_data, tmp_path / "dsi", "steps=2", "validate_every=0", *SMALL)
     learned = torch.nn.Parameter(torch.randn(1, 16))
     opt = torch.optim.AdamW([learned])
     learned.grad = torch.randn(1, 16)
@@ -337,6 +340,18 @@ def test_checkpoints_of_the_shared_parameter_format(folder_data, tmp_path):
     info = run_learn_style(dsi)
     assert torch.equal(load_file(str(tmp_path / "dsi" / EMBEDS))["<synthtl-style>"], learned.detach())
     assert info["token_updates"] == {"<synthtl-style>": 2}
+
+    (tmp_path / "pc" / EMBEDS).write_bytes(b"")  # a finished per-class folder of the older version: not reused
+    (tmp_path / "pc" / "style.json").write_text(json.dumps({"config_hash": style_train.style_identity(cfg)}))
+    with pytest.raises(ConfigError, match="learned by an older synthtl"):
+        run_learn_style(cfg)
+
+
+def test_per_class_needs_images_of_every_class(folder_data, tmp_path):
+    for f in (folder_data / "train" / "blue_jay").iterdir():
+        f.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="class 'blue jay' has no readable training image"):
+        run_learn_style(cfg_for(folder_data, tmp_path / "s", "mode=class", "data.on_bad_image=skip", *SMALL))
 
 
 # ------------------------------------------------------------------------------------------------ validation grids
@@ -357,7 +372,7 @@ def test_validation_grid_feeds_each_sub_token_once(folder_data, tmp_path, monkey
 
     monkeypatch.setattr(style_train, "_validation_grid", grid)
     run_learn_style(cfg_for(folder_data, tmp_path / "s", "vectors=3", "steps=1", "validate_every=0",
-                            "validation_classes=2"))
+                            "images_per_class=3", "validation_classes=2"))
     prompted = [r.tolist() for r in rows if any(i in new_ids for i in r.tolist())]
     assert len(new_ids) == 3 and len(prompted) == 2 * 2  # 2 classes x 2 images
     assert all(r.count(i) == 1 for r in prompted for i in new_ids)
@@ -418,5 +433,5 @@ def test_one_writer_per_style_folder(folder_data, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(style_train, "inversion_step", step_and_try_a_second_writer)
-    run_learn_style(cfg_for(folder_data, out, "steps=2", "validate_every=0"))
+    run_learn_style(cfg_for(folder_data, out, "steps=1", "validate_every=0", *SMALL))
     assert seen[0].returncode == 3 and f"pid {os.getpid()}" in seen[0].stdout
