@@ -34,3 +34,21 @@ def test_tokenizer_fixture_matches_the_shipped_copy():
     fixture = Path(__file__).parents[1] / "fixtures" / "tiny_tokenizer"
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (fixture / name).read_bytes() == shipped.joinpath(name).read_bytes()
+
+
+def test_fit_prompt_cuts_only_the_class_name():
+    from synthtl.generation.prompts import fit_prompt
+
+    def words(text):  # a stand-in tokenizer: one token per word, plus start and end
+        return len(text.split()) + 2
+
+    style = template_set("style")
+    short = fit_prompt(style, "pug", 0, words, 12, token="<s>")
+    assert short == {"prompt": "a pug photo in the style of <s>.", "template": 0, "truncated": False,
+                     "requested_prompt": "a pug photo in the style of <s>."}
+    long = fit_prompt(style, "very " * 20 + "long dog", 0, words, 12, token="<s>", suffix=", a pet.")
+    assert long["truncated"] and long["prompt"] == "a very photo in the style of <s>, a pet."
+    assert words(long["prompt"]) == 12
+    assert long["requested_prompt"].endswith("long dog photo in the style of <s>, a pet.")
+    with pytest.raises(ConfigError, match="even without a class name"):
+        fit_prompt(style, "pug", 0, words, 8, token="<s>")

@@ -146,9 +146,9 @@ def check_out_dir(folder: Path, what: str = "out_dir") -> None:
 
 
 @contextlib.contextmanager
-def set_lock(folder: Path, wait: float = SET_LOCK_WAIT) -> Iterator[None]:
+def set_lock(folder: Path, wait: float | None = None) -> Iterator[None]:
     """The set's writer lock, held for the short steps that touch shared files (plan, finalize, repair)."""
-    with exclusive(folder, "generated set", wait=wait):
+    with exclusive(folder, "generated set", wait=SET_LOCK_WAIT if wait is None else wait):
         yield
 
 
