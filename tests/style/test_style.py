@@ -180,10 +180,11 @@ def test_per_class_mode_learns_one_distinct_row_per_class(folder_data, tmp_path)
 @pytest.mark.parametrize("override, error, message", [
     ("token=photo", ConfigError, "already in the tokenizer"),
     ("initializer=butterfly", ConfigError, "is 9 tokens"),
+    ("mode=class", ConfigError, "leaves some of the 3 class tokens untrained"),  # with steps=2 below
 ])
 def test_bad_tokens(folder_data, tmp_path, override, error, message):
     with pytest.raises(error, match=message):
-        run_learn_style(cfg_for(folder_data, tmp_path / "s", override))
+        run_learn_style(cfg_for(folder_data, tmp_path / "s", override, "steps=2"))
 
 
 def test_dataset_without_training_images(tmp_path, folder_data):

@@ -449,11 +449,16 @@ def run_learn_style(cfg: StyleConfig) -> dict:
 
 
 def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
+    """Setup, the step loop (checkpointed), the final grid and files; the caller holds the folder's lock."""
     write_text(out / "config.yaml", to_yaml(cfg))
     t_start = time.perf_counter()
+    images = training_images(cfg, out)
+    total_steps = cfg.steps_per_class * images.num_classes if cfg.steps_per_class else cfg.steps
+    if cfg.mode == "class" and total_steps < images.num_classes:
+        raise ConfigError(f"mode=class with steps={total_steps} leaves some of the {images.num_classes} class tokens "
+                          "untrained; set steps_per_class (paper: 5000) or steps >= the number of classes")
     rt = style_runtime(cfg)
     pipe, noise_sched = _components(cfg, rt)
-    images = training_images(cfg, out)
     inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, images.num_classes, rt.device)
     hook = install_hook(pipe.text_encoder, inv)
     latents, labels, skipped = cache_latents(pipe.vae, images, cfg, rt)
@@ -466,7 +471,6 @@ def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
     scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
     ckpt = out / CHECKPOINT
     step, losses, seconds = _resume(ckpt, identity, cfg, inv, opt) if ckpt.is_file() else (0, [], 0.0)
-    total_steps = cfg.steps_per_class * images.num_classes if cfg.steps_per_class else cfg.steps
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc="learn-style", unit="step",
                disable=not (cfg.progress and is_main()))
