@@ -111,11 +111,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
             desc=f"{name} {epoch + 1}/{epochs}", progress=run.cfg.progress, accum_steps=stage.accum_steps, ema=ema,
             world=run.world)
         rate = stats.images_per_s
-        images, train_s = distributed.sum_all([stats.images, stats.seconds], run.rt.device)
-        row = {"stage": name, "epoch": epoch + 1, "step": step, "lr": lr_fn(max(step - 1, 0)),
-               "train_loss": stats.loss, "train_top1": stats.top1, "images": int(images),
-               "images_per_s": images / (train_s / run.world) if train_s else 0.0, "train_seconds": stats.seconds,
-               "skipped": stats.skipped}
+        row = {"stage": name, "epoch": epoch + 1, "step": step, "lr": lr_fn(max(step - 1, 0)), **_totals(run, stats)}
         last = epoch == epochs - 1
         if is_main():
             _evaluate_epoch(run, name, model, ema, stage, row, out, last=last, final=final)
@@ -207,6 +203,18 @@ def stage_record(run: Run, name: str, stage: StageConfig, parts: list[ImageList]
             "train_images_per_s": sum(r["images"] for r in rows) / train_s if train_s else 0.0,
             "rank_images_per_s": distributed.gather(rank_images_per_s), "world_size": run.world,
             "skipped_during_training": sum(r["skipped"] for r in rows)}
+
+
+def _totals(run: Run, stats) -> dict:
+    """The epoch's loss, accuracy and throughput over every rank (this process's numbers without torchrun)."""
+    images, train_s, loss, top1 = stats.images, stats.seconds, stats.loss, stats.top1
+    if run.world > 1:
+        images, train_s, loss, top1 = distributed.sum_all([images, train_s, loss * images, top1 * images],
+                                                          run.rt.device)
+        loss, top1 = loss / max(images, 1), top1 / max(images, 1)
+    return {"train_loss": loss, "train_top1": top1, "images": int(images),
+            "images_per_s": images / (train_s / run.world) if train_s else 0.0, "train_seconds": stats.seconds,
+            "skipped": stats.skipped}
 
 
 def _state(name: str, epoch: int, step: int, seconds: float, model: nn.Module, optimizer, scaler, ema,
