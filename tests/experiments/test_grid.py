@@ -1,5 +1,11 @@
-from synthtl.config import StudyConfig, load_config
-from synthtl.experiments.grid import expand
+import json
+import shutil
+
+import yaml
+
+from synthtl.config import FinetuneConfig, StudyConfig, find_preset, load_config
+from synthtl.data.datasets import classnames
+from synthtl.experiments.grid import expand, style_steps
 from synthtl.experiments.runner import describe_plan
 
 GEN = ["generator.model=tiny", "generator.height=32", "generator.width=32", "generator.steps=2"]
@@ -59,3 +65,69 @@ def test_model_presets_and_dry_run_estimate(tmp_path):
     assert opts == {"test_resnet": "sgd", "test_vit": "adamw"}
     text = describe_plan(plan)
     assert "finetune" in text and "GPU-hours" in text and "2 to run" in text
+
+
+def paper_study(tmp_path, preset, *overrides) -> StudyConfig:
+    """A shipped study preset with its data root pointing at nothing (expansion must not need the data)."""
+    return load_config(StudyConfig, preset, [f"data_root={tmp_path / 'nothing'}", f"out_dir={tmp_path / 'out'}",
+                                             *overrides])
+
+
+def test_controls_per_class_style_resolves_to_5000_steps_per_class(tmp_path):
+    plan = expand(paper_study(tmp_path, "studies/controls"))
+    per_class = [j for j in plan.of("style") if j.labels["prompt"] == "per_class"]
+    assert len(per_class) == 3 and set(plan.missing) == {"aircraft", "cars", "dtd"}  # planned without the data
+    for job in per_class:
+        classes = len(classnames(job.config.data.name))
+        assert style_steps(job) == (5000 * classes, 5000)
+    dsi = [j for j in plan.of("style") if j.labels["prompt"] == "dsi"]
+    assert all(style_steps(j) == (20000, None) for j in dsi)
+    text = describe_plan(plan)  # what --dry-run prints: every style job with its steps
+    for job in per_class:
+        assert f"{job.id}: {5000 * len(classnames(job.config.data.name)):,} steps (5,000 per class" in text
+    assert all(f"{j.id}: 20,000 steps" in text for j in dsi)
+    assert "'aircraft' is not present" in text and "provisional" in text
+
+
+def test_kshot_runs_take_the_fewshot_recipe_in_every_study(tmp_path):
+    recipe = yaml.safe_load(find_preset("finetune/fewshot_recipe").read_text())
+    small = ["grid.datasets=[aircraft]", "grid.seeds=[0]"]
+    runs = [r for preset in ("studies/paper/volume", "studies/paper/architectures", "studies/paper/fewshot")
+            for r in expand(paper_study(tmp_path, preset, *small)).of("finetune")]
+    kshot = [r for r in runs if r.labels["shots"] > 0]
+    resnets = [r for r in kshot if r.labels["model"] in ("resnet18", "resnet50")]
+    assert {r.labels["model"] for r in resnets} == {"resnet18", "resnet50"}
+    assert len({(r.config.real_stage, r.config.synth_stage) for r in resnets}) == 1  # one recipe, every study
+    vits = [r for r in kshot if r.labels["model"] in ("vit_b16", "vit_l16")]
+    assert vits
+    for r in [*resnets, *vits]:
+        for stage, keys in recipe.items():
+            for key, value in keys.items():
+                assert getattr(getattr(r.config, stage), key) == value, (r.id, stage, key)
+    assert all(r.config.real_stage.optimizer == "adamw" for r in vits)
+    full = [r for r in runs if r.labels["shots"] == 0 and r.labels["model"] == "resnet18"]
+    assert full and all(r.config.real_stage == load_config(FinetuneConfig, "finetune/resnet18").real_stage
+                        for r in full)  # full-data runs keep the model's own preset
+
+
+def test_ids_hash_the_science_not_the_paths_or_speed(tmp_path, folder_data):
+    copy = shutil.copytree(folder_data, tmp_path / "elsewhere" / "data")
+    args = ["grid.datasets=[folder]", "grid.strategies=[vanilla,bridged++]", "grid.prompts=[dsi]", "grid.shots=[0,2]"]
+    a = expand(study(tmp_path, *args, f"data_root={folder_data}", f"cache_dir={tmp_path / 'ca'}"))
+    b = expand(study(tmp_path / "elsewhere", *args, f"data_root={copy}", f"cache_dir={tmp_path / 'cb'}",
+                     "finetune=[data.num_workers=7,device=cpu,checkpoint_every=3]",
+                     "generate=[generator.fuse_qkv=false,generator.batch_size=3,writers=1]",
+                     "style=[generator.fuse_qkv=false,data.num_workers=2]"))
+    assert a.missing == {} and len(a.jobs) == 2 + 2 + 4  # per shots value: a style, a set, vanilla and bridged++
+    assert [j.id for j in a.jobs] == [j.id for j in b.jobs]
+    for job in a.jobs:
+        assert str(tmp_path) not in json.dumps(job.identity)  # no path of this machine in any identity
+    assert all(j.identity["synthetic"]["path"] == {"job": j.needs[0]} for j in a.of("finetune") if j.needs)
+    other = shutil.copytree(folder_data, tmp_path / "other")
+    (other / "train" / "red_fox" / "img_000.jpg").unlink()  # other data content: other ids
+    c = expand(study(tmp_path, *args, f"data_root={other}", f"cache_dir={tmp_path / 'ca'}"))
+    assert {j.id for j in c.jobs}.isdisjoint({j.id for j in a.jobs})
+    d = expand(study(tmp_path, *args, f"data_root={folder_data}", "style=[lr=0.01]"))  # reaches every reader
+    assert {j.id for j in d.of("generate")}.isdisjoint({j.id for j in a.of("generate")})
+    assert {j.id for j in d.of("finetune") if j.needs}.isdisjoint({j.id for j in a.of("finetune")})
+    assert {j.id for j in d.of("finetune") if not j.needs} <= {j.id for j in a.of("finetune")}

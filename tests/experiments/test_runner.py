@@ -138,4 +138,4 @@ def test_parallel_local_launcher_runs_one_subprocess_per_slot(tmp_path, folder_d
 def test_slurm_stages_chain_by_dependency_without_waiting():
     assert launch_mod.slurm_dependency([]) == {}
     assert launch_mod.slurm_dependency(["101", "102"]) == {"slurm_additional_parameters": {"dependency":
-                                                                                          "afterok:101:102"}}
+                                                                                          "afterany:101:102"}}

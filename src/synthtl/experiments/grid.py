@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,15 @@ from synthtl.config import (
     GenerateConfig,
     StudyConfig,
     StyleConfig,
-    config_hash,
     load_config,
     with_overrides,
 )
 from synthtl.data.datasets import DATASETS, classnames
-from synthtl.errors import ConfigError
+from synthtl.errors import ConfigError, DataError
+from synthtl.experiments.identity import dataset_identity, identity_hash, job_identity
 from synthtl.training.strategies import STRATEGIES
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style"}
-GEN_VOLATILE = ("out_dir", "per_class", "shard", "progress", "writers", "generator.batch_size", "generator.compile")
-STYLE_VOLATILE = ("out_dir", "progress", "checkpoint_every", "validate_every")
 
 
 @dataclass
@@ -42,6 +40,7 @@ class Job:
     config: Any
     needs: list[str] = field(default_factory=list)
     labels: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)  # what the id hashes (experiments/identity.py)
 
     @property
     def out(self) -> Path:
@@ -55,6 +54,7 @@ class Job:
 class Plan:
     study: StudyConfig
     jobs: list[Job]
+    missing: dict[str, str] = field(default_factory=dict)  # dataset -> why it could not be fingerprinted
 
     def of(self, kind: str) -> list[Job]:
         return [j for j in self.jobs if j.kind == kind]
@@ -76,7 +76,17 @@ def _common(study: StudyConfig) -> list[str]:
     return out
 
 
-def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int) -> Job:
+def _identity(kind: str, cfg: Any, produced_by: dict[str, str], missing: dict[str, str]) -> dict:
+    """The job's identity; a dataset that is not there yet gets a provisional fingerprint (noted in `missing`)."""
+    try:
+        fingerprint = dataset_identity(cfg.data)
+    except DataError as e:  # a dry run may plan a study before its data is on this machine
+        missing.setdefault(cfg.data.name, str(e))
+        fingerprint = "not-present"
+    return job_identity(kind, cfg, produced_by, dataset=fingerprint)
+
+
+def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int, missing: dict) -> Job:
     shots = 0 if study.grid.shared_style else shots
     mode = "class" if prompt == "per_class" else "dataset"
     if prompt not in study.style_presets:
@@ -88,64 +98,106 @@ def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: 
     if cfg.mode != mode:  # each method comes from its own preset, never from a mode flip of another one
         raise ConfigError(f"style_presets.{prompt}={preset!r} resolves to mode={cfg.mode!r}; {prompt} needs a "
                           f"preset with mode: {mode}")
-    sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{config_hash(cfg, STYLE_VOLATILE)}"
+    ident = _identity("style", cfg, {}, missing)
+    sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{identity_hash(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'styles' / sid}", "progress=false"])
-    return Job("style", sid, cfg, labels={"dataset": dataset, "prompt": prompt, "shots": shots})
+    return Job("style", sid, cfg, labels={"dataset": dataset, "prompt": prompt, "shots": shots}, identity=ident)
 
 
-def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, style: Job | None) -> Job:
+def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, style: Job | None,
+             missing: dict) -> Job:
     overrides = [*study.generate, *_common(study), f"data.name={dataset}", f"generator.guidance={guidance}",
                  f"prompts.templates={TEMPLATES[prompt]}"]
     if style is not None:
         overrides.append(f"prompts.style_embedding={style.out}")
     cfg = load_config(GenerateConfig, study.generate_preset, overrides)
-    gid = f"gen-{_slug(dataset)}-{prompt}-g{guidance:g}-{config_hash(cfg, GEN_VOLATILE)}"
+    ident = _identity("generate", cfg, {"prompts.style_embedding": style.id} if style else {}, missing)
+    gid = f"gen-{_slug(dataset)}-{prompt}-g{guidance:g}-{identity_hash(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'gen' / gid}", "progress=false"])
     return Job("generate", gid, cfg, needs=[style.id] if style else [],
-               labels={"dataset": dataset, "guidance": guidance, "prompt": prompt})
+               labels={"dataset": dataset, "guidance": guidance, "prompt": prompt}, identity=ident)
+
+
+def finetune_presets(study: StudyConfig, model: str, shots: int) -> list[str]:
+    """The model's preset, with the study's few-shot recipe laid over it for k-shot runs (one recipe everywhere)."""
+    preset = study.model_presets.get(model, study.finetune_preset)
+    return [preset, study.fewshot_recipe] if shots > 0 and study.fewshot_recipe else [preset]
 
 
 def expand(study: StudyConfig) -> Plan:
-    """All jobs of a study, shared inputs first, deduplicated by resolved config."""
+    """All jobs of a study, shared inputs first, deduplicated by identity."""
     g = study.grid
     for s in g.strategies:
         STRATEGIES.get(s)
     styles: dict[str, Job] = {}
     gens: dict[str, Job] = {}
+    bases: dict[tuple, FinetuneConfig] = {}  # fine-tuning config per preset list, before the grid's values
+    made: dict[tuple, Job] = {}  # style/generation job per distinct arguments: many runs share one (configs are slow)
     gen_volume: dict[str, int] = {}
     runs: dict[str, Job] = {}
+    missing: dict[str, str] = {}
     runs_dir = Path(study.folder) / "runs"
     combos = itertools.product(g.datasets, g.models, g.strategies, g.seeds, g.shots, g.volumes, g.guidance, g.prompts)
     for dataset, model, strategy, seed, shots, volume, guidance, prompt in combos:
         needs_syn = STRATEGIES.get(strategy).needs_synthetic or strategy == "vanilla_matched"
-        overrides = [*study.finetune, *_common(study), f"strategy={strategy}", f"seed={seed}", f"model.name={model}",
-                     f"data.name={dataset}", f"data.shots={shots}", "progress=false"]
         labels = {"dataset": dataset, "model": model, "strategy": strategy, "seed": seed, "shots": shots,
                   "volume": None, "guidance": None, "prompt": None}
-        needs = []
+        needs, produced_by = [], {}
         if needs_syn:
             style = None
             if prompt in ("dsi", "per_class"):
-                style = _style_job(study, dataset, prompt, shots, seed)
-                styles.setdefault(style.id, style)
-            gen = _gen_job(study, dataset, guidance, prompt, style)
-            gens.setdefault(gen.id, gen)
+                key = ("style", dataset, prompt, shots if not g.shared_style else 0, seed if shots else -1)
+                if key not in made:
+                    made[key] = _style_job(study, dataset, prompt, shots, seed, missing)
+                style = styles.setdefault(made[key].id, made[key])
+            key = ("generate", dataset, guidance, prompt, style.id if style else None)
+            if key not in made:
+                made[key] = _gen_job(study, dataset, guidance, prompt, style, missing)
+            gen = gens.setdefault(made[key].id, made[key])
             gen_volume[gen.id] = max(gen_volume.get(gen.id, 0), volume)
-            gen_dir = Path(study.folder) / "gen" / gen.id
-            overrides += [f"synthetic.path={gen_dir}", f"synthetic.per_class={volume}"]
             labels.update(volume=volume, guidance=guidance, prompt=prompt)
-            needs = [gen.id]
-        preset = study.model_presets.get(model, study.finetune_preset)
-        cfg = load_config(FinetuneConfig, preset, overrides)
-        h = config_hash(cfg, ("out_dir", "run_name", "progress", "tensorboard", "checkpoint_every"))
-        rid = _slug(f"{dataset}_{model}_{strategy}_{shots}shot_s{seed}") + f"_{h}"
+            needs, produced_by = [gen.id], {"synthetic.path": gen.id}
+        presets = tuple(finetune_presets(study, model, shots))
+        if presets not in bases:  # one slow config load per preset list; the grid's values are set directly below
+            bases[presets] = load_config(FinetuneConfig, list(presets), [*study.finetune, *_common(study),
+                                                                         f"out_dir={runs_dir}", "progress=false"])
+        base = bases[presets]
+        syn = replace(base.synthetic, path=str(gen.out), per_class=volume) if needs else base.synthetic
+        cfg = replace(base, strategy=strategy, seed=seed, model=replace(base.model, name=model),
+                      data=replace(base.data, name=dataset, shots=shots), synthetic=syn)
+        ident = _identity("finetune", cfg, produced_by, missing)
+        rid = _slug(f"{dataset}_{model}_{strategy}_{shots}shot_s{seed}") + f"_{identity_hash(ident)}"
         if rid not in runs:
-            cfg = with_overrides(cfg, [f"out_dir={runs_dir}", f"run_name={rid}"])
-            runs[rid] = Job("finetune", rid, cfg, needs=needs, labels=labels)
+            runs[rid] = Job("finetune", rid, replace(cfg, run_name=rid), needs=needs, labels=labels, identity=ident)
     for gid, job in gens.items():  # each set is generated once, with the largest volume any run needs
-        job.config = with_overrides(job.config, [f"per_class={gen_volume[gid]}"])
+        job.config = replace(job.config, per_class=gen_volume[gid])
         job.labels["per_class"] = gen_volume[gid]
-    return Plan(study, [*styles.values(), *gens.values(), *runs.values()])
+    return Plan(study, [*styles.values(), *gens.values(), *runs.values()], missing)
+
+
+def num_classes_of(data) -> int | None:
+    """Classes of a job's dataset: shipped class names, else the class folders of a folder dataset that is present;
+    None when they cannot be known without the data."""
+    if data.name in DATASETS:
+        return len(classnames(data.name))
+    if data.name == "folder":
+        from synthtl.data.datasets import default_root
+
+        train = Path(data.root or default_root()) / data.train_dir
+        if train.is_dir():
+            return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return None
+
+
+def style_steps(job: Job) -> tuple[int | None, int | None]:
+    """(total steps, steps per class) a style job will train; per class is None for DSI, total None when the
+    number of classes is unknown until the data is present. Mirrors style/train.py's total_steps."""
+    c = job.config
+    classes = num_classes_of(c.data)
+    if c.steps_per_class:
+        return (c.steps_per_class * classes if classes else None), (c.steps_per_class if c.mode == "class" else None)
+    per_class = (c.steps // classes if classes else None) if c.mode == "class" else None
+    return c.steps, per_class
 
 
 # Standard train-split sizes (for GPU-hour estimates when a dataset is not on this machine).

@@ -6,59 +6,120 @@ own checkpoints, so a requeued or re-launched job continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthtl.config import StudyConfig
+from synthtl.errors import ConfigError
+from synthtl.files import LockedError, exclusive, read_json, write_json
 from synthtl.runtime import is_main
 
 COMMANDS = {"style": "learn-style", "generate": "generate", "finetune": "finetune"}
+SUBMITTED = "submitted.json"  # <study>/slurm/: one row per Slurm task submitted without waiting
+# Slurm states (sacct) of a task that will still run, and of one that ended without finishing its work.
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING",
+          "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
 def job_argv(stage: str, job_yaml: Path, shard: str = "") -> list[str]:
     return [COMMANDS[stage], "-c", str(job_yaml), *([f"shard={shard}"] if shard else [])]
 
 
+@dataclass
+class Task:
+    """One process to run: a job, or one shard of a generation job."""
+
+    job: str  # the job's id
+    name: str  # the job's id, with ".<i>of<N>" for a shard
+    argv: list[str]
+    lock: Path  # held while it runs, so that a second `synthtl study` never runs it at the same time
+    needs: list = field(default_factory=list)  # Jobs that must be finished first (checked before running on Slurm)
+
+
+@dataclass
+class Outcome:
+    failed: list[str] = field(default_factory=list)  # job ids
+    elsewhere: list[str] = field(default_factory=list)  # job ids running in another process: skipped this pass
+
+
+def lock_folder(study: StudyConfig, task_name: str) -> Path:
+    """A task's lock, outside the job folder: the job's own command locks that folder for itself."""
+    return Path(study.folder) / "locks" / task_name
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether another process holds the lock (without creating anything when nobody ever took it)."""
+    if not folder.is_dir():
+        return False
+    try:
+        with exclusive(folder, "study job"):
+            return False
+    except LockedError:
+        return True
+
+
+def _inputs_missing(needs: list) -> list[str]:
+    from synthtl.experiments.runner import is_done
+
+    return [j.id for j in needs if not is_done(j)]
+
+
 class JobRunner:
     """Runs one job in the current process; picklable for submitit, which requeues it on preemption."""
 
-    def __call__(self, argv: list[str]) -> int:
+    def __call__(self, argv: list[str], lock: str = "", needs: list | None = None) -> int:
         from synthtl import cli
 
-        code = cli.main(list(argv))
+        with exclusive(lock, "study job") if lock else contextlib.nullcontext():
+            missing = _inputs_missing(needs or [])
+            if missing:  # Slurm chains use afterany: a failed input must stop this job, not leave it pending
+                raise RuntimeError(f"not started: input job(s) {', '.join(missing)} did not finish (failed or "
+                                   "cancelled); see their logs, fix the cause and run the study again")
+            code = cli.main(list(argv))
         if code != 0:
             raise RuntimeError(f"synthtl {' '.join(argv)} exited with {code}")
         return code
 
-    def checkpoint(self, argv: list[str]):
-        """submitit calls this on preemption/timeout: resubmit the same job (it resumes from its checkpoints)."""
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this on preemption/timeout with the call's arguments: resubmit the same job (it resumes
+        from its checkpoints)."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(self, argv)
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _expand_shards(stage: str, jobs: list, files: list[Path], shards: int) -> list[tuple[str, list[str]]]:
+def tasks_of(stage: str, jobs: list, study: StudyConfig, files: list[Path], needs: dict[str, list]) -> list[Task]:
+    """The processes a stage's jobs need (generation jobs split into launcher.gen_shards shards)."""
+    shards = study.launcher.gen_shards
     out = []
     for job, f in zip(jobs, files, strict=True):
         if stage == "generate" and shards > 1:
-            out += [(job.id, job_argv(stage, f, f"{i}/{shards}")) for i in range(shards)]
+            for i in range(shards):
+                name = f"{job.id}.{i}of{shards}"
+                out.append(Task(job.id, name, job_argv(stage, f, f"{i}/{shards}"), lock_folder(study, name),
+                                needs.get(job.id, [])))
         else:
-            out.append((job.id, job_argv(stage, f)))
+            out.append(Task(job.id, job.id, job_argv(stage, f), lock_folder(study, job.id), needs.get(job.id, [])))
     return out
 
 
-def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path],
-           submitted: list[str] | None = None) -> list[str]:
-    """Runs a stage's jobs with the configured launcher; returns the ids of failed jobs.
+def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path], submitted: list[str] | None = None,
+           needs: dict[str, list] | None = None) -> Outcome:
+    """Runs a stage's jobs with the configured launcher.
 
     `submitted` collects the Slurm job ids of earlier stages: with launcher.wait=false a stage depends on them.
+    `needs` maps a job id to the Jobs it reads (checked by a Slurm task before it runs).
     """
     lc = study.launcher
-    tasks = _expand_shards(stage, jobs, files, lc.gen_shards)
+    tasks = tasks_of(stage, jobs, study, files, needs or {})
     if lc.kind == "slurm":
         return _slurm(stage, tasks, study, submitted if submitted is not None else [])
     parallel = lc.parallel
@@ -71,61 +132,190 @@ def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path],
     return _subprocesses(tasks, study, parallel)
 
 
-def _in_process(tasks: list[tuple[str, list[str]]], study: StudyConfig) -> list[str]:
-    failed = []
-    for jid, argv in tasks:
+def _log_failure(study: StudyConfig, name: str, e: BaseException) -> None:
+    log = Path(study.folder) / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(traceback.format_exception(e)))
+    if is_main():
+        print(f"[synthtl] job {name} failed: {e} (log: {log})")
+
+
+def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
+    out = Outcome()
+    for t in tasks:
         try:
-            JobRunner()(argv)
+            with exclusive(t.lock, "study job"):
+                JobRunner()(t.argv)
         except KeyboardInterrupt:
             raise
+        except LockedError:  # a second `synthtl study` (or a lone command) is running this very job
+            out.elsewhere.append(t.job)
         except Exception as e:  # one failed job must not stop the others
-            failed.append(jid)
-            log = Path(study.folder) / "logs" / f"{jid}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("".join(traceback.format_exception(e)))
-            if is_main():
-                print(f"[synthtl] job {jid} failed: {e} (log: {log})")
-    return sorted(set(failed))
+            out.failed.append(t.job)
+            _log_failure(study, t.name, e)
+    return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))
 
 
-def _subprocesses(tasks: list[tuple[str, list[str]]], study: StudyConfig, parallel: int) -> list[str]:
-    """One job per GPU slot at a time (CUDA_VISIBLE_DEVICES), logs under <study>/logs/."""
+def gpu_slots(parallel: int, env: dict[str, str] | None = None) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES value of each of `parallel` job slots, taken from the GPUs this process may use.
+
+    An inherited CUDA_VISIBLE_DEVICES mask is respected (its entries, indices or UUIDs, are handed out in order);
+    without one, the visible GPUs are 0..n-1. With no GPU at all the slots run on the CPU (None: leave it unset).
+
+    Raises:
+        ConfigError: more slots than visible GPUs.
+    """
+    env = os.environ if env is None else env
+    mask = env.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        visible = [d.strip() for d in mask.split(",") if d.strip()]
+    else:
+        import torch
+
+        visible = [str(i) for i in range(torch.cuda.device_count())]
+    if not visible:
+        return [None] * parallel
+    if parallel > len(visible):
+        seen = f"CUDA_VISIBLE_DEVICES={mask}" if mask is not None else f"{len(visible)} GPU(s) on this machine"
+        raise ConfigError(f"launcher.parallel={parallel} needs {parallel} GPUs but this process may use "
+                          f"{len(visible)} ({seen}); set launcher.parallel={len(visible)} (or 0: one job per GPU)")
+    return visible[:parallel]
+
+
+def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dict[str, str] | None = None) -> Outcome:
+    """One job per GPU slot at a time (CUDA_VISIBLE_DEVICES from the visible GPUs), logs under <study>/logs/.
+
+    This process holds each task's lock while its subprocess runs.
+    """
+    env = dict(os.environ if env is None else env)
+    devices = gpu_slots(parallel, env)
     queue = list(tasks)
-    running: dict[int, tuple[subprocess.Popen, str, object]] = {}
-    failed = []
+    running: dict[int, tuple[subprocess.Popen, Task, object, contextlib.ExitStack]] = {}
+    out = Outcome()
     logs = Path(study.folder) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     while queue or running:
         for slot in range(parallel):
-            if slot not in running and queue:
-                jid, argv = queue.pop(0)
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot)}
-                fh = open(logs / f"{jid}.{slot}.log", "a")  # noqa: SIM115 - closed when the process ends
-                proc = subprocess.Popen([sys.executable, "-m", "synthtl", *argv], env=env, stdout=fh,
+            while slot not in running and queue:
+                t = queue.pop(0)
+                held = contextlib.ExitStack()
+                try:
+                    held.enter_context(exclusive(t.lock, "study job"))
+                except LockedError:
+                    out.elsewhere.append(t.job)
+                    continue
+                child_env = dict(env)
+                if devices[slot] is not None:
+                    child_env["CUDA_VISIBLE_DEVICES"] = devices[slot]
+                fh = open(logs / f"{t.name}.{slot}.log", "a")  # noqa: SIM115 - closed when the process ends
+                proc = subprocess.Popen([sys.executable, "-m", "synthtl", *t.argv], env=child_env, stdout=fh,
                                         stderr=subprocess.STDOUT)
-                running[slot] = (proc, jid, fh)
-        for slot, (proc, jid, fh) in list(running.items()):
+                running[slot] = (proc, t, fh, held)
+        for slot, (proc, t, fh, held) in list(running.items()):
             if proc.poll() is not None:
                 fh.close()
+                held.close()
                 if proc.returncode != 0:
-                    failed.append(jid)
-                    print(f"[synthtl] job {jid} failed (exit {proc.returncode}); log: {fh.name}")
+                    out.failed.append(t.job)
+                    print(f"[synthtl] job {t.name} failed (exit {proc.returncode}); log: {fh.name}")
                 del running[slot]
         time.sleep(0.5)
-    return sorted(set(failed))
+    return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))
 
 
+# ---------------------------------------------------------------------------------------------------------- Slurm
 def slurm_dependency(earlier: list[str]) -> dict:
-    """Without waiting, a stage starts only after every job of the earlier stages succeeded (afterok)."""
-    return {"slurm_additional_parameters": {"dependency": "afterok:" + ":".join(earlier)}} if earlier else {}
+    """Without waiting, a stage starts after every job of the earlier stages ended, however it ended (afterany):
+    with afterok a failed shard would leave the later stages pending forever. Each task checks its inputs first."""
+    return {"slurm_additional_parameters": {"dependency": "afterany:" + ":".join(earlier)}} if earlier else {}
 
 
-def _slurm(stage: str, tasks: list[tuple[str, list[str]]], study: StudyConfig, earlier: list[str]) -> list[str]:
+def submitted_file(study: StudyConfig) -> Path:
+    return Path(study.folder) / "slurm" / SUBMITTED
+
+
+def read_submitted(study: StudyConfig) -> list[dict]:
+    f = submitted_file(study)
+    return read_json(f) if f.is_file() else []
+
+
+def slurm_states(ids: list[str]) -> dict[str, str]:
+    """Slurm id ("123" or array task "123_4") -> state, from sacct; {} where sacct is not on this machine."""
+    if not ids or shutil.which("sacct") is None:
+        return {}
+    jobs = ",".join(sorted({i.split("_")[0] for i in ids}))
+    try:
+        res = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", jobs], capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in res.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        states[jid.strip()] = state.split()[0] if state.split() else ""  # "CANCELLED by 42" -> CANCELLED
+    return states
+
+
+def state_of(states: dict[str, str], slurm_id: str) -> str:
+    """A task's state; a pending array shows as one "123_[0-9]" row in sacct until its tasks start."""
+    if slurm_id in states:
+        return states[slurm_id]
+    base = slurm_id.split("_")[0]
+    for jid, state in states.items():
+        if jid.startswith(f"{base}_[") or jid == base:
+            return state
+    return ""  # unknown: never submitted from here, or purged from the accounting database
+
+
+def _record_submitted(study: StudyConfig, stage: str, tasks: list[Task], jobs: list) -> None:
+    names = {t.name for t in tasks}
+    rows = [r for r in read_submitted(study) if r["task"] not in names]  # a resubmission supersedes the old row
+    for t, j in zip(tasks, jobs, strict=True):
+        rows.append({"job": t.job, "task": t.name, "stage": stage, "slurm_id": str(j.job_id),
+                     "log": str(j.paths.stderr), "reported": False})
+    write_json(submitted_file(study), rows)
+
+
+def check_submitted(study: StudyConfig, unfinished: set[str]) -> tuple[list[dict], list[dict]]:
+    """Tasks submitted earlier without waiting, for jobs still unfinished: (ended badly and not yet reported,
+    still queued or running). Each row names the job, its Slurm id, state and log."""
+    rows = [r for r in read_submitted(study) if r["job"] in unfinished and not r.get("reported")]
+    states = slurm_states([r["slurm_id"] for r in rows])
+    failed, active = [], []
+    for r in rows:
+        state = state_of(states, r["slurm_id"])
+        if state in ENDED_BADLY:
+            failed.append({**r, "state": state})
+        elif state in ACTIVE:
+            active.append({**r, "state": state})
+    return failed, active
+
+
+def mark_reported(study: StudyConfig, tasks: set[str]) -> None:
+    """A failure is reported once; the next `synthtl study` submits the job again (it resumes)."""
+    rows = read_submitted(study)
+    for r in rows:
+        if r["task"] in tasks:
+            r["reported"] = True
+    write_json(submitted_file(study), rows)
+
+
+def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]) -> Outcome:
     try:
         import submitit
     except ImportError as e:
         raise RuntimeError("launcher.kind=slurm needs submitit: pip install 'synthtl[slurm]'") from e
     lc = study.launcher
+    out = Outcome()
+    free = []
+    for t in tasks:  # a task another process is running now is not submitted twice
+        if is_locked(t.lock):
+            out.elsewhere.append(t.job)
+        else:
+            free.append(t)
+    tasks = free
+    if not tasks:
+        return Outcome(elsewhere=sorted(set(out.elsewhere)))
     folder = Path(lc.folder or Path(study.folder) / "slurm") / "%j"
     executor = submitit.AutoExecutor(folder=str(folder), cluster=lc.cluster or None)
     params = {"timeout_min": lc.time_min, "gpus_per_node": lc.gpus_per_task, "cpus_per_task": lc.cpus_per_task,
@@ -137,17 +327,18 @@ def _slurm(stage: str, tasks: list[tuple[str, list[str]]], study: StudyConfig, e
     if not lc.wait and executor.cluster == "slurm":
         params.update(slurm_dependency(earlier))
     executor.update_parameters(**params)
-    jobs = executor.map_array(JobRunner(), [argv for _, argv in tasks])
+    jobs = executor.map_array(JobRunner(), [t.argv for t in tasks], [str(t.lock) for t in tasks],
+                              [t.needs for t in tasks])
     if is_main():
         print(f"[synthtl] submitted {len(jobs)} {stage} task(s): {jobs[0].job_id.split('_')[0] if jobs else ''}")
     if not lc.wait:
+        _record_submitted(study, stage, tasks, jobs)
         earlier += sorted({j.job_id.split("_")[0] for j in jobs})  # array ids: the next stage waits for them
-        return []
-    failed = []
-    for (jid, _), job in zip(tasks, jobs, strict=True):
+        return Outcome(elsewhere=sorted(set(out.elsewhere)))
+    for t, job in zip(tasks, jobs, strict=True):
         try:
             job.result()
         except Exception as e:  # submitit raises UncompletedJobError / FailedJobError with the remote traceback
-            failed.append(jid)
-            print(f"[synthtl] job {jid} failed: {str(e).splitlines()[0]} (logs: {job.paths.stderr})")
-    return sorted(set(failed))
+            out.failed.append(t.job)
+            print(f"[synthtl] job {t.name} failed: {str(e).splitlines()[0]} (logs: {job.paths.stderr})")
+    return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))

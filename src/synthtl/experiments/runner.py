@@ -11,13 +11,15 @@ from pathlib import Path
 
 from synthtl.config import StudyConfig, to_yaml
 from synthtl.data.synthetic import MANIFEST
-from synthtl.errors import SynthTLError
-from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes
-from synthtl.experiments.launch import launch
+from synthtl.errors import ConfigError, DataError, SynthTLError
+from synthtl.experiments import launch as launcher
+from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, style_steps
+from synthtl.experiments.identity import identity_diff, identity_hash
 from synthtl.files import read_json, read_jsonl, write_json, write_text
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "finetune")
+STUDY_JOB = "study_job.json"  # in each job's folder: the id and identity of the study job that made it
 
 
 class StudyError(SynthTLError):
@@ -28,9 +30,37 @@ def job_file(study: StudyConfig, job: Job) -> Path:
     return Path(study.folder) / "jobs" / f"{job.id}.yaml"
 
 
+def check_folder(job: Job) -> None:
+    """Refuses a job folder made by another job (compares identities, never paths: a moved study is the same).
+
+    Raises:
+        ConfigError: the folder's study_job.json records another identity; names the keys that differ.
+    """
+    record = job.out / STUDY_JOB
+    if not record.is_file():
+        return
+    old = read_json(record).get("identity", {})
+    if identity_hash(old) != identity_hash(job.identity):
+        keys = identity_diff(old, job.identity)
+        raise ConfigError(f"{job.out} holds another job than {job.id} ({', '.join(keys[:6]) or 'identity'} differ); "
+                          "delete that folder, or run the study from another out_dir")
+
+
+def claim_folder(job: Job) -> None:
+    """Records which study job a folder belongs to (before the job runs), so later checks compare identities."""
+    check_folder(job)
+    if not (job.out / STUDY_JOB).is_file():
+        write_json(job.out / STUDY_JOB, {"id": job.id, "kind": job.kind, "identity": job.identity})
+
+
 def is_done(job: Job) -> bool:
-    """Finished jobs are skipped: style.json / every planned image of the needed volume / result.json."""
+    """Finished jobs are skipped: style.json / every planned image of the needed volume / result.json.
+
+    Raises:
+        ConfigError: the job's folder belongs to another job (see `check_folder`).
+    """
     out = job.out
+    check_folder(job)
     if job.kind == "style":
         return (out / "style.json").is_file()
     if job.kind == "finetune":
@@ -88,8 +118,8 @@ def measured_rates(root: Path) -> dict[str, float]:
 def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
     c = job.config
     if job.kind == "style":
-        classes = num_classes(c.data.name) or 10
-        steps = c.steps_per_class * classes if c.steps_per_class else c.steps
+        steps, per_class = style_steps(job)
+        steps = steps if steps is not None else c.steps_per_class * 10  # classes unknown until the data is there
         return steps * rates.get("style", DEFAULT_RATES["style"])
     if job.kind == "generate":
         return c.per_class * (num_classes(c.data.name) or 10) * rates.get("generate", DEFAULT_RATES["generate"])
@@ -109,50 +139,123 @@ def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
     return images * rate
 
 
-def describe_plan(plan: Plan) -> str:
+def describe_style_job(job: Job) -> str:
+    """One line: the steps a style job will train (per class for per-class inversion)."""
+    steps, per_class = style_steps(job)
+    c = job.config
+    total = f"{steps:,} steps" if steps is not None else f"{c.steps_per_class:,} steps x the classes (unknown here)"
+    if c.mode == "class":
+        each = f"{per_class:,}" if per_class is not None else "?"
+        return f"    {job.id}: {total} ({each} per class, one token per class)"
+    return f"    {job.id}: {total} (one token for the dataset)"
+
+
+def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
+    """The plan: jobs per stage, finished, running elsewhere, to run, the GPU-hour estimate and each style job's
+    steps."""
     rates = {**measured_rates(Path(plan.study.folder))}
+    elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if _locked(plan.study, j)}
     lines = [f"study {plan.study.name!r} -> {plan.study.folder}"]
+    for name, why in plan.missing.items():
+        lines.append(f"  dataset {name!r} is not present ({why}); its job ids are provisional until it is")
     total = 0.0
     for stage in STAGES:
         jobs = plan.of(stage)
         todo = [j for j in jobs if not is_done(j)]
+        busy = [j for j in todo if j.id in elsewhere]
+        todo = [j for j in todo if j.id not in elsewhere]
         secs = sum(estimate_seconds(j, rates) for j in todo)
         total += secs
-        lines.append(f"  {stage:<9} {len(jobs):>5} jobs, {len(jobs) - len(todo):>5} finished, {len(todo):>5} to run, "
-                     f"~{secs / 3600:.1f} GPU-hours")
+        lines.append(f"  {stage:<9} {len(jobs):>5} jobs, {len(jobs) - len(todo) - len(busy):>5} finished, "
+                     + (f"{len(busy):>5} running elsewhere, " if busy else "")
+                     + f"{len(todo):>5} to run, ~{secs / 3600:.1f} GPU-hours")
+        if stage == "style":
+            lines += [describe_style_job(j) for j in jobs]
     source = "measured in this study" if rates else "default rates (nothing measured yet)"
     lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source}; see experiments/runner.py DEFAULT_RATES)")
     return "\n".join(lines)
 
 
+def _locked(study: StudyConfig, job: Job) -> bool:
+    names = [job.id]
+    if job.kind == "generate" and study.launcher.gen_shards > 1:
+        names = [f"{job.id}.{i}of{study.launcher.gen_shards}" for i in range(study.launcher.gen_shards)]
+    return any(launcher.is_locked(launcher.lock_folder(study, n)) for n in names)
+
+
+def _earlier_submissions(plan: Plan) -> set[str]:
+    """Slurm tasks submitted by an earlier call without waiting: raises if any ended badly (naming the job and its
+    log, once; the next call submits it again), returns the ids of jobs still queued or running there."""
+    study = plan.study
+    if study.launcher.kind != "slurm":
+        return set()
+    unfinished = {j.id for j in plan.jobs if not is_done(j)}
+    failed, active = launcher.check_submitted(study, unfinished)
+    if failed:
+        launcher.mark_reported(study, {r["task"] for r in failed})
+        shown = "; ".join(f"{r['task']} (Slurm {r['slurm_id']}, {r['state']}; log: {r['log']})" for r in failed[:5])
+        raise StudyError(f"the study failed: {len(failed)} Slurm task(s) submitted earlier ended without finishing: "
+                         f"{shown}. Fix the cause and run the same command again to submit them again (finished "
+                         "jobs are skipped)")
+    return {r["job"] for r in active}
+
+
+def study_status(study: StudyConfig) -> str:
+    """What `--status` prints: the plan with finished / running elsewhere / to-run counts.
+
+    Raises:
+        StudyError: Slurm tasks submitted earlier (launcher.wait=false) failed; names each job and its log.
+    """
+    plan = expand(study)
+    return describe_plan(plan, _earlier_submissions(plan))
+
+
 # ------------------------------------------------------------------------------------------------------------ run
 def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
-    """Runs (or resumes) every unfinished job; returns counts per stage and the failed job ids."""
+    """Runs (or resumes) every unfinished job; returns counts per stage, the failed job ids and the ids of jobs
+    skipped because another process runs them (`elsewhere`)."""
     plan = expand(study)
+    elsewhere = _earlier_submissions(plan)
     if is_main():
         write_plan(plan)
-        print(describe_plan(plan))
+        print(describe_plan(plan, elsewhere))
     if dry_run:
         return {"dry_run": True}
+    if plan.missing:
+        name, why = next(iter(plan.missing.items()))
+        raise DataError(f"dataset {name!r} cannot be used: {why}")
     failed: list[str] = []
+    waiting: list[str] = []  # jobs whose inputs another process is still making
     submitted: list[str] = []  # Slurm ids of earlier stages (dependencies when launcher.wait=false)
+    by_id = plan.by_id()
     t0 = time.perf_counter()
     for stage in STAGES:
-        jobs = [j for j in plan.of(stage) if not is_done(j)]
+        jobs = [j for j in plan.of(stage) if not is_done(j) and j.id not in elsewhere]
         blocked = [j for j in jobs if any(n in failed for n in j.needs)]
-        jobs = [j for j in jobs if j not in blocked]
+        held = [j for j in jobs if j not in blocked and any(n in elsewhere or n in waiting for n in j.needs)]
+        jobs = [j for j in jobs if j not in blocked and j not in held]
         failed += [j.id for j in blocked]
+        waiting += [j.id for j in held]
         if not jobs:
             continue
         if is_main():
             print(f"[synthtl] {stage}: {len(jobs)} job(s)")
+            for j in jobs:
+                claim_folder(j)
         t_stage = time.perf_counter()
-        failed += launch(stage, jobs, study, [job_file(study, j) for j in jobs], submitted)
+        out = launcher.launch(stage, jobs, study, [job_file(study, j) for j in jobs], submitted,
+                              {j.id: [by_id[n] for n in j.needs] for j in jobs})
+        failed += out.failed
+        elsewhere |= set(out.elsewhere)
         if is_main():
             print(f"[synthtl] {stage}: done in {time.perf_counter() - t_stage:.0f} s")
     summary = {stage: len(plan.of(stage)) for stage in STAGES}
-    summary.update(failed=failed, seconds=time.perf_counter() - t0)
+    summary.update(failed=failed, elsewhere=sorted(elsewhere), waiting=waiting, seconds=time.perf_counter() - t0)
     write_plan(plan)
+    if elsewhere and is_main():
+        shown = ", ".join(sorted(elsewhere)[:5]) + (", ..." if len(elsewhere) > 5 else "")
+        print(f"[synthtl] {len(elsewhere)} job(s) are running in another process and were skipped ({shown}); "
+              f"{len(waiting)} job(s) wait for them. Run the same command again once they finish")
     if failed:
         raise StudyError(f"{len(failed)} job(s) failed or were blocked by a failed input: {failed[:5]}. Their logs "
                          f"are under {Path(study.folder) / 'logs'}; fix the cause and re-run the same command to "
