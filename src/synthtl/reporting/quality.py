@@ -291,7 +291,7 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
     space = FeatureSpace(cfg, device)
     use_features = not space.random  # random-weight features make every pair look alike: hashes only
     q_rows, q_raw, s_rows, s_raw, t_rows, t_raw = [], [], [], [], [], []
-    out = QualityReport(None, None, None)  # type: ignore[arg-type]
+    syn_examples, train_examples = [], []
     reals: dict[str, tuple[Scanned, Scanned] | None] = {}
     small = []
     for g in gensets:
@@ -330,7 +330,7 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
                       "synthetic_checked": row["checked"], "test_images": row["test_images"],
                       "test_checked": row["test_checked"], "unreadable": row["unreadable"],
                       "near_duplicates": row["near_duplicate_pairs"], "synthetic_flagged": row["flagged"]})
-        out.synthetic_examples += [_example(syn, "synthetic", test, p, label) for p in pairs]
+        syn_examples += [_example(syn, "synthetic", test, p, label) for p in pairs]
     for dataset, pair in sorted(reals.items(), key=lambda kv: str(kv[0])):
         if pair is None:
             continue
@@ -342,10 +342,9 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
                       "test_images": row["test_images"], "test_checked": row["test_checked"],
                       "unreadable": row["unreadable"], "near_duplicates": row["near_duplicate_pairs"],
                       "train_flagged": row["flagged"]})
-        out.train_examples += [_example(train, "train", test, p, dataset) for p in pairs]
-    out.note = f"feature space: {space.name}, {space.dim} dimensions" + (f" — {space.warning}" if space.warning
-                                                                          else "")
-    q_note = (f"{out.note}; images resized the clean-fid way (PIL bicubic per channel to {space.size} px, no crop); "
+        train_examples += [_example(train, "train", test, p, dataset) for p in pairs]
+    note = f"feature space: {space.name}, {space.dim} dimensions" + (f" — {space.warning}" if space.warning else "")
+    q_note = (f"{note}; images resized the clean-fid way (PIL bicubic per channel to {space.size} px, no crop); "
               f"n = every readable image of a set, at most report.max_images = {cfg.max_images} (a seeded sample "
               f"above it); KID: {cfg.kid_subsets} subsets of {cfg.kid_subset_size} images (or of the smaller set's n), "
               f"mean ± std; precision/recall k={cfg.pr_k}")
@@ -357,13 +356,13 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
     how = f"every image against every test image; pairs within {cfg.leak_hash_bits} of 64 perceptual-hash bits" + (
         f" or with feature cosine ≥ {cfg.leak_cosine} ({space.name})" if use_features else
         " (feature cosine not used: random-weight features)")
-    out.quality = Table("quality", "Synthetic-set quality against the real train split",
-                        ["set", "n synthetic", "n real (train)", "feature dim", "FID ↓", "KID ↓", "precision ↑",
-                         "recall ↑", "CLIP score ↑"], q_rows, q_raw, q_note)
-    out.synthetic_leak = Table("leakage", "Leakage: near-duplicates between synthetic images and the real test split",
-                               ["set", "synthetic checked", "test checked", "unreadable", "near-duplicate pairs",
-                                "synthetic images flagged"], s_rows, s_raw, how)
-    out.train_leak = Table("leakage_train", "Leakage: near-duplicates between the real train and test splits",
-                           ["dataset", "train checked", "test checked", "unreadable", "near-duplicate pairs",
-                            "train images flagged"], t_rows, t_raw, how)
-    return out
+    q = Table("quality", "Synthetic-set quality against the real train split",
+              ["set", "n synthetic", "n real (train)", "feature dim", "FID ↓", "KID ↓", "precision ↑", "recall ↑",
+               "CLIP score ↑"], q_rows, q_raw, q_note)
+    s_leak = Table("leakage", "Leakage: near-duplicates between synthetic images and the real test split",
+                   ["set", "synthetic checked", "test checked", "unreadable", "near-duplicate pairs",
+                    "synthetic images flagged"], s_rows, s_raw, how)
+    t_leak = Table("leakage_train", "Leakage: near-duplicates between the real train and test splits",
+                   ["dataset", "train checked", "test checked", "unreadable", "near-duplicate pairs",
+                    "train images flagged"], t_rows, t_raw, how)
+    return QualityReport(q, s_leak, t_leak, syn_examples, train_examples, note)
