@@ -41,7 +41,11 @@ def peak_for(name: str, override: float) -> float | None:
 def build(tiny: bool, dtype: torch.dtype, device: torch.device):
     from diffusers import StableDiffusionPipeline
 
-    parts = tiny_components(0) if tiny else sd15_components(dtype)
+    if tiny:
+        parts = tiny_components(0)
+    else:
+        with torch.device(device):  # random init on the GPU: seconds instead of a minute on the CPU
+            parts = sd15_components(dtype)
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(device, dtype)
@@ -96,6 +100,16 @@ def plain(pipe, args, out: Path, batch: int, device) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def prompt_record(pipe, text: str):
+    """A plan's prompt entry for `text`, in whatever form this synthtl's planner takes."""
+    try:
+        from synthtl.generation.prompts import fit_prompt
+    except ImportError:  # planners before prompt records took (prompt, template index) pairs
+        return (text, 0)
+    tok = pipe.tokenizer
+    return fit_prompt(["{}"], text, 0, lambda t: len(tok(t).input_ids), tok.model_max_length)
+
+
 def ours(pipe, args, out: Path, rt) -> float:
     overrides = [f"generator.steps={args.steps}", f"generator.guidance={args.guidance}",
                  f"generator.height={args.height}", f"generator.width={args.width}",
@@ -108,7 +122,8 @@ def ours(pipe, args, out: Path, rt) -> float:
              "height": args.height, "width": args.width, "dtype": str(rt.dtype), "style_hash": ""}
     n = args.images + args.batch  # the first batch is warm-up (and compilation when --compile)
     classes = [(f"c{i}", p) for i, p in enumerate(prompts(8))]
-    rows = planning.build_rows(ident, classes, n // 8 + 1, [[(p, 0)] * (n // 8 + 1) for _, p in classes],
+    per_class = n // 8 + 1
+    rows = planning.build_rows(ident, classes, per_class, [[prompt_record(pipe, p)] * per_class for _, p in classes],
                                [""] * 8)[:n]
     rows.sort(key=lambda r: (r["index"], r["class_index"]))
     (out / "progress").mkdir(parents=True, exist_ok=True)
@@ -134,6 +149,7 @@ def main() -> None:
     ap.add_argument("--plain-batches", default="1,4,8,16", help="batch sizes tried for the plain pipeline")
     ap.add_argument("--compile", action="store_true", help="torch.compile our UNet")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="dense fp16/bf16 peak (default: from the name)")
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file (benchmarks/gpu_check.sh)")
     args = ap.parse_args()
     if args.tiny:
         args.height = args.width = 32
@@ -170,6 +186,12 @@ def main() -> None:
         line += (f"; achieved {rate * fl / 1e12:.0f} TFLOP/s = {100 * rate * fl / 1e12 / peak:.0f}% of {peak:.0f} "
                  f"TFLOP/s peak (plain: {100 * best * fl / 1e12 / peak:.0f}%)")
     print(line)
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "device": name, "command": " ".join(sys.argv[1:]), "plain": best, "plain_batch": best_bs, "ours": rate,
+            "percent_of_peak": 100 * rate * fl / 1e12 / peak if peak else None}, indent=1))
 
 
 if __name__ == "__main__":

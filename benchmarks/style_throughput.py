@@ -28,8 +28,11 @@ from synthtl.runtime import resolve_runtime  # noqa: E402
 from synthtl.style.train import add_tokens, diffusion_loss, install_hook, optimizer_step  # noqa: E402
 
 
-def components(tiny: bool):
-    return tiny_components(0) if tiny else sd15_components(torch.float32)
+def components(tiny: bool, device: torch.device):
+    if tiny:
+        return tiny_components(0)
+    with torch.device(device):  # random init on the GPU: seconds instead of a minute on the CPU
+        return sd15_components(torch.float32)
 
 
 def timed(step_fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
@@ -50,7 +53,7 @@ def timed(step_fn, steps: int, warmup: int, device: torch.device) -> tuple[float
 def reference(args, device) -> tuple[float, float]:
     from diffusers import DDPMScheduler
 
-    c = components(args.tiny)
+    c = components(args.tiny, device)
     half = torch.float16 if device.type == "cuda" else torch.float32
     tok, te, vae, unet = c["tokenizer"], c["text_encoder"], c["vae"], c["unet"]
     tok.add_tokens(["<ref-style>"])
@@ -91,7 +94,7 @@ def ours(args, device) -> tuple[float, float]:
 
     rt = resolve_runtime("cuda" if device.type == "cuda" else "cpu",
                          ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32")
-    c = components(args.tiny)
+    c = components(args.tiny, device)
     for m in (c["unet"], c["vae"], c["text_encoder"]):
         m.to(device, rt.dtype).requires_grad_(False)
     if device.type == "cuda":
@@ -103,7 +106,8 @@ def ours(args, device) -> tuple[float, float]:
     cfg = load_config(StyleConfig, None, [f"batch_size={args.batch}", f"resolution={args.res}"])
     inv = add_tokens(Pipe.tokenizer, Pipe.text_encoder, cfg, 1, device)
     install_hook(Pipe.text_encoder, inv)
-    opt = torch.optim.AdamW([inv.learned], lr=5e-3, weight_decay=1e-2)
+    params = inv.learned if isinstance(inv.learned, list) else [inv.learned]  # one parameter per token, or one
+    opt = torch.optim.AdamW(params, lr=5e-3, weight_decay=1e-2)
     scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     cached = torch.randn(args.batch, 4, args.res // 8, args.res // 8, device=device, dtype=rt.dtype)
@@ -128,6 +132,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file (benchmarks/gpu_check.sh)")
     args = ap.parse_args()
     if args.tiny:
         args.res = 32
@@ -141,6 +146,12 @@ def main() -> None:
     our_rate, our_mem = ours(args, device)
     print(f"  ours      {our_rate:6.2f} steps/s, peak {our_mem:.1f} GiB")
     print(f"ours / reference = {our_rate / ref_rate:.2f}x steps/s")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({
+            "device": name, "command": " ".join(sys.argv[1:]), "reference": ref_rate, "ours": our_rate,
+            "reference_gib": ref_mem, "ours_gib": our_mem}, indent=1))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--folder", default="", help="use this class-per-folder JPEG folder instead of generating one")
     ap.add_argument("--decode", choices=["cpu", "device"], default="cpu")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--json", default="", help="also write the figures to this JSON file (benchmarks/gpu_check.sh)")
     args = ap.parse_args()
 
     rt = resolve_runtime("auto", args.precision)
@@ -162,6 +163,14 @@ def main() -> None:
     print(f"ours / plain = {rates['ours'] / rates['plain']:.2f}x    ours / compute bound = "
           f"{100 * rates['ours'] / rates['bound']:.0f}%    plain / compute bound = "
           f"{100 * rates['plain'] / rates['bound']:.0f}%")
+    if args.json:
+        write_json(args.json, {"device": device_name, "command": " ".join(sys.argv[1:]), **rates})
+
+
+def write_json(path: str, row: dict) -> None:
+    import json
+
+    Path(path).write_text(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":
