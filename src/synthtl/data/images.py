@@ -15,6 +15,11 @@ from synthtl.errors import BadImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
+# PIL's EXIF/palette warnings are noise here (real failures raise). Filtered once at import: a per-call
+# `warnings.catch_warnings()` is not thread-safe and, from the cache's thread pool, could switch warnings off for good.
+warnings.filterwarnings("ignore", module=r"PIL\.")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
@@ -77,18 +82,16 @@ def load_rgb(path: str | os.PathLike, data: bytes | None = None, min_short_side:
         BadImageError: the file is missing, truncated, corrupt or not an image; the message names it.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # EXIF/palette warnings are noise here; real failures raise
-            src = io.BytesIO(data) if data is not None else open(path, "rb")  # noqa: SIM115
-            with src, Image.open(src) as img:
-                if min_short_side and img.format == "JPEG":
-                    w, h = img.size
-                    k = min_short_side / min(w, h)
-                    if k < 0.5:
-                        img.draft("RGB", (int(w * k) + 1, int(h * k) + 1))
-                img.load()
-                _upright(img)
-                return to_rgb(img)
+        src = io.BytesIO(data) if data is not None else open(path, "rb")  # noqa: SIM115
+        with src, Image.open(src) as img:
+            if min_short_side and img.format == "JPEG":
+                w, h = img.size
+                k = min_short_side / min(w, h)
+                if k < 0.5:
+                    img.draft("RGB", (int(w * k) + 1, int(h * k) + 1))
+            img.load()
+            _upright(img)
+            return to_rgb(img)
     except FileNotFoundError:
         raise BadImageError(printable(path), "file not found") from None
     except UnidentifiedImageError:

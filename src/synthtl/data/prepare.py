@@ -10,7 +10,7 @@ from synthtl.data.cache import ScanResult, check_overlap, default_cache_dir, sca
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import printable
-from synthtl.data.splits import fewshot_indices, read_split, stratified_val
+from synthtl.data.splits import stratified_val, train_indices
 from synthtl.data.splits import write_split as _write_split
 from synthtl.data.synthetic import load_synthetic
 from synthtl.errors import ConfigError
@@ -71,21 +71,17 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     """Loads, scans and splits the real data (and the synthetic set), writing split files into the run folder."""
     d = cfg.data
     train_list, test_list = load_data(d, "train"), load_data(d, "test")
-    train_scan, test_scan = _scan(train_list, cfg), _scan(test_list, cfg)
-    source = train_scan.source
     seed = split_seed(cfg)
-    short: list[str] = []
-    if d.split_file:
-        idx = read_split(d.split_file, source)
-    elif d.shots:
-        idx, short = fewshot_indices(source, d.shots, seed)
-        if short:
-            counts = {n: c for n, c in zip(source.classes, source.class_counts(), strict=True) if n in set(short)}
-            print(f"[synthtl] warning: data.shots={d.shots} but {len(short)} of {source.num_classes} classes have "
-                  f"fewer training images (smallest: {min(counts.values())}); those classes use all their images "
-                  "(listed in result.json as few_shot_short_classes)")
-    else:
-        idx = list(range(len(source)))
+    listed, short = train_indices(train_list, d, seed)  # on the listing: the same shots as style learning
+    if short:
+        counts = [c for n, c in zip(train_list.classes, train_list.class_counts(), strict=True) if n in set(short)]
+        print(f"[synthtl] warning: data.shots={d.shots} but {len(short)} of {train_list.num_classes} classes have "
+              f"fewer training images (smallest: {min(counts)}); those classes use all their images "
+              "(listed in result.json as few_shot_short_classes)")
+    train_scan, test_scan = _scan(train_list, cfg), _scan(test_list, cfg)
+    source = train_scan.source  # the readable images, in listing order
+    where = {p: j for j, p in enumerate(source.paths)}
+    idx = [where[train_list.paths[i]] for i in listed if train_list.paths[i] in where]  # unreadable shots: skipped
     train, train_src = _pick(train_scan, idx, f"{source.name}" + (f"/{d.shots}-shot" if d.shots else ""))
     write_split(run_dir / "splits" / "train.json", train_src, list(range(len(train_src))), kind="train",
                 shots=d.shots, seed=seed, short_classes=short)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthtl.config import DataConfig
 from synthtl.data.imagelist import ImageList
 from synthtl.errors import DataError
 from synthtl.files import read_json, write_json
@@ -25,6 +26,20 @@ def fewshot_indices(images: ImageList, shots: int, seed: int) -> tuple[list[int]
         take = rng.permutation(len(idx))[:shots]
         chosen += [idx[t] for t in take]
     return sorted(chosen), short
+
+
+def train_indices(images: ImageList, data: DataConfig, seed: int) -> tuple[list[int], list[str]]:
+    """The training images of a run, as indices into the dataset's listing: the one few-shot selection.
+
+    Fine-tuning, style learning and `synthtl split` all call this on the listing (before any image is decoded), so
+    that the same (data config, seed) gives them the same k shots even when some images later prove unreadable
+    (those are then skipped and counted by each stage). Returns (sorted indices, classes with fewer than k images).
+    """
+    if data.split_file:
+        return read_split(data.split_file, images), []
+    if data.shots:
+        return fewshot_indices(images, data.shots, seed)
+    return list(range(len(images))), []
 
 
 def stratified_val(images: ImageList, fraction: float, seed: int) -> tuple[list[int], list[int]]:
