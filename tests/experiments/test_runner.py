@@ -2,12 +2,20 @@
 
 import csv
 import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from synthtl.config import StudyConfig, load_config
+from synthtl.errors import ConfigError
 from synthtl.experiments import launch as launch_mod
+from synthtl.experiments.grid import expand
 from synthtl.experiments.runner import StudyError, run_study
+from synthtl.files import write_json
 from synthtl.reporting.report import build_report
 from tests.conftest import run_cli
 
@@ -15,7 +23,11 @@ pytestmark = pytest.mark.integration
 
 
 def tiny_study(tmp_path, folder_data, name="s", *extra) -> StudyConfig:
-    return load_config(StudyConfig, None, [
+    return load_config(StudyConfig, None, [*_overrides(tmp_path, folder_data, name), *extra])
+
+
+def _overrides(tmp_path, folder_data, name) -> list[str]:
+    return [
         f"name={name}", f"out_dir={tmp_path / name}", f"data_root={folder_data}", f"cache_dir={tmp_path / 'cache'}",
         "finetune_preset=finetune/tiny_cpu",
         "finetune=[real_stage.epochs=1,synth_stage.epochs=1,real_stage.batch_size=8,synth_stage.batch_size=8]",
@@ -25,7 +37,7 @@ def tiny_study(tmp_path, folder_data, name="s", *extra) -> StudyConfig:
         "grid.datasets=[folder]", "grid.models=[test_resnet]", "grid.strategies=[vanilla,bridged++]",
         "grid.seeds=[0,1]", "grid.volumes=[4]", "grid.prompts=[single]",
         "report.features=test_resnet", "report.features_fallback=test_resnet", "report.features_pretrained=false",
-        "report.max_images=40", "report.kid_subsets=3", "report.kid_subset_size=10", "report.bootstrap=200", *extra])
+        "report.max_images=40", "report.kid_subsets=3", "report.kid_subset_size=10", "report.bootstrap=200"]
 
 
 def count_jobs(monkeypatch) -> list:
@@ -139,3 +151,111 @@ def test_slurm_stages_chain_by_dependency_without_waiting():
     assert launch_mod.slurm_dependency([]) == {}
     assert launch_mod.slurm_dependency(["101", "102"]) == {"slurm_additional_parameters": {"dependency":
                                                                                           "afterany:101:102"}}
+
+
+def test_moved_study_and_data_rerun_nothing(tmp_path, folder_data, monkeypatch, capsys):
+    first = tiny_study(tmp_path, folder_data, "m", "grid.strategies=[bridged++]", "grid.seeds=[0]",
+                       "grid.prompts=[dsi]")
+    run_study(first)  # a style, a generated set and a run
+    study_dir = shutil.move(tmp_path / "m", tmp_path / "moved" / "m")
+    data = shutil.move(folder_data, tmp_path / "moved" / "real")
+    moved = load_config(StudyConfig, None, [
+        *[o for o in _overrides(tmp_path, folder_data, "m") if not o.startswith(("out_dir", "data_root", "cache_dir"))],
+        f"out_dir={study_dir}", f"data_root={data}", f"cache_dir={tmp_path / 'other-cache'}",
+        "grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.prompts=[dsi]",
+        "generate=[generator.steps=2,generator.batch_size=3,writers=1]"])  # a speed-only setting changed too
+    capsys.readouterr()
+    run_study(moved, dry_run=True)
+    out = capsys.readouterr().out
+    for stage in ("style", "generate", "finetune"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(stage))
+        assert "1 jobs,     1 finished,     0 to run" in line, line
+    calls = count_jobs(monkeypatch)
+    run_study(moved)
+    assert calls == []
+    assert len(list((Path(study_dir) / "runs").glob("*/result.json"))) == 1  # no duplicate for the report
+
+
+def test_a_job_running_elsewhere_is_skipped_not_run_twice(tmp_path, folder_data, monkeypatch):
+    cfg = tiny_study(tmp_path, folder_data, "two", "grid.strategies=[vanilla]", "grid.seeds=[0,1]")
+    jobs = expand(cfg).of("finetune")
+    busy, free = launch_mod.lock_folder(cfg, jobs[0].id), launch_mod.lock_folder(cfg, jobs[1].id)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom synthtl.files import exclusive\n"
+                               "with exclusive(sys.argv[1], 'study job'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)\n", str(busy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a second writer (another `synthtl study`) runs job 0
+        ran, held_while_running = [], []
+
+        def fake(self, argv):  # instead of training: who runs, and is our lock visible to another process?
+            ran.append(argv[2])
+            probe = [sys.executable, "-c", "import sys\nfrom synthtl.experiments.launch import is_locked\n"
+                     "from pathlib import Path\nprint(is_locked(Path(sys.argv[1])))", str(free)]
+            held_while_running.append(subprocess.run(probe, capture_output=True, text=True).stdout.strip())
+            return 0
+
+        monkeypatch.setattr(launch_mod.JobRunner, "__call__", fake)
+        summary = run_study(cfg)  # no StudyError: running elsewhere is not a failure
+        assert summary["elsewhere"] == [jobs[0].id] and summary["failed"] == []
+        assert len(ran) == 1 and jobs[1].id in ran[0] and held_while_running == ["True"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not launch_mod.is_locked(busy)  # a killed holder releases its lock
+
+
+def test_local_launcher_takes_gpus_from_the_inherited_mask(tmp_path, monkeypatch):
+    assert launch_mod.gpu_slots(2, {"CUDA_VISIBLE_DEVICES": "3,5"}) == ["3", "5"]
+    assert launch_mod.gpu_slots(1, {"CUDA_VISIBLE_DEVICES": "GPU-a1b2, GPU-c3d4"}) == ["GPU-a1b2"]
+    assert launch_mod.gpu_slots(2, {"CUDA_VISIBLE_DEVICES": ""}) == [None, None]  # no GPU given: CPU, unmasked
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES=3,5"):
+        launch_mod.gpu_slots(3, {"CUDA_VISIBLE_DEVICES": "3,5"})
+    seen = []
+
+    class FakeProc:
+        def __init__(self, argv, env, stdout, stderr):
+            seen.append(env.get("CUDA_VISIBLE_DEVICES"))
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(launch_mod.subprocess, "Popen", FakeProc)
+    cfg = load_config(StudyConfig, None, [f"out_dir={tmp_path / 'g'}"])
+    tasks = [launch_mod.Task(f"j{i}", f"j{i}", ["finetune", "-c", f"j{i}.yaml"], launch_mod.lock_folder(cfg, f"j{i}"))
+             for i in range(4)]
+    out = launch_mod._subprocesses(tasks, cfg, 2, env={"CUDA_VISIBLE_DEVICES": "3,5", "PATH": os.environ["PATH"]})
+    assert out.failed == [] and len(seen) == 4 and set(seen) == {"3", "5"}  # never 0 or 1: not given to us
+
+
+def test_failed_slurm_task_fails_the_study_once_naming_job_and_log(tmp_path, monkeypatch):
+    cfg = load_config(StudyConfig, None, [
+        f"out_dir={tmp_path / 'sl'}", "finetune_preset=finetune/tiny_cpu", "grid.strategies=[vanilla]",
+        "grid.seeds=[0,1]", "launcher.kind=slurm", "launcher.wait=false"])
+    a, b = expand(cfg).of("finetune")
+    log = str(tmp_path / "sl" / "slurm" / "101" / "101_0_log.err")
+    write_json(launch_mod.submitted_file(cfg), [
+        {"job": a.id, "task": a.id, "stage": "finetune", "slurm_id": "101_0", "log": log, "reported": False},
+        {"job": b.id, "task": b.id, "stage": "finetune", "slurm_id": "101_1", "log": "b.err", "reported": False}])
+    monkeypatch.setattr(launch_mod, "slurm_states", lambda ids: {"101_0": "FAILED", "101_1": "PENDING"})
+    submitted = []
+    monkeypatch.setattr(launch_mod, "_slurm", lambda stage, tasks, study, earlier: submitted.extend(
+        t.job for t in tasks) or launch_mod.Outcome())
+    with pytest.raises(StudyError, match=rf"failed.*{a.id} \(Slurm 101_0, FAILED; log: {log}\)"):
+        run_study(cfg)  # e.g. the next `synthtl study` call after a wait=false submission
+    assert submitted == []
+    summary = run_study(cfg)  # reported once: this call submits it again; the queued one is not submitted twice
+    assert submitted == [a.id] and summary["elsewhere"] == [b.id]
+
+
+def test_slurm_task_does_not_start_when_an_input_did_not_finish(tmp_path, monkeypatch):
+    cfg = load_config(StudyConfig, None, [f"out_dir={tmp_path / 'g'}", "generate_preset=generate/tiny",
+                                          "finetune_preset=finetune/tiny_cpu", "grid.strategies=[bridged]"])
+    plan = expand(cfg)
+    (gen,) = plan.of("generate")
+    called = []
+    monkeypatch.setattr("synthtl.cli.main", lambda argv: called.append(argv) or 0)
+    with pytest.raises(RuntimeError, match=f"input job.*{gen.id} did not finish"):
+        launch_mod.JobRunner()(["finetune", "-c", "x.yaml"], str(tmp_path / "lock"), [gen])
+    assert called == []
+    assert launch_mod.JobRunner()(["finetune", "-c", "x.yaml"], str(tmp_path / "lock"), []) == 0 and called
