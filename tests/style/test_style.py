@@ -437,3 +437,18 @@ def test_one_writer_per_style_folder(folder_data, tmp_path, monkeypatch):
     monkeypatch.setattr(style_train, "inversion_step", step_and_try_a_second_writer)
     run_learn_style(cfg_for(folder_data, out, "steps=1", "validate_every=0", *SMALL))
     assert seen[0].returncode == 3 and f"pid {os.getpid()}" in seen[0].stdout
+
+
+def test_style_and_fine_tuning_use_the_same_shots(folder_data, tmp_path, tiny_overrides):
+    """One few-shot selection: the same (data config, seed) gives style learning and fine-tuning the same k shots,
+    even when one of them is unreadable (both skip it rather than draw another)."""
+    bad = folder_data / "train" / "blue_jay" / "img_006.jpg"  # one of blue_jay's 3 shots for split_seed=7
+    bad.write_bytes(bad.read_bytes()[:100])
+    shots = ["data.shots=3", "data.split_seed=7", "data.on_bad_image=skip"]
+    style_dir = tmp_path / "style"
+    style_train.training_images(cfg_for(folder_data, style_dir, *shots), style_dir)
+    style_ids = json.loads((style_dir / "splits" / "train.json").read_text())["ids"]
+    assert run_cli("finetune", *tiny_overrides, *shots, "run_name=few") == 0
+    run_ids = json.loads((tmp_path / "runs" / "few" / "splits" / "train.json").read_text())["ids"]
+    assert len(style_ids) == 9 and "blue_jay/img_006.jpg" in style_ids
+    assert sorted(run_ids) == sorted(set(style_ids) - {"blue_jay/img_006.jpg"})

@@ -30,7 +30,7 @@ from synthtl.config import StyleConfig, config_hash, to_dict, to_yaml
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
-from synthtl.data.splits import fewshot_indices, read_split, write_split
+from synthtl.data.splits import train_indices, write_split
 from synthtl.errors import BadImageError, ConfigError, DataError
 from synthtl.files import exclusive, read_json, remove_temps, save_torch, write_bytes, write_json, write_text
 from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime, world_size
@@ -170,12 +170,7 @@ def training_images(cfg: StyleConfig, out: Path) -> ImageList:
     d = cfg.data
     images = load_data(d, "train")
     seed = d.split_seed if d.split_seed >= 0 else cfg.seed
-    if d.split_file:
-        idx = read_split(d.split_file, images)
-    elif d.shots:
-        idx = fewshot_indices(images, d.shots, seed)[0]
-    else:
-        idx = list(range(len(images)))
+    idx = train_indices(images, d, seed)[0]  # the selection fine-tuning makes (unreadable shots skipped later)
     if cfg.images_per_class:
         rng = np.random.default_rng(derive_seed(seed, "style-images") % 2**32)
         keep = []
