@@ -78,22 +78,16 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     from synthtl.config import FinetuneConfig
-    from synthtl.data.cache import scan_images
     from synthtl.data.datasets import load_data
-    from synthtl.data.prepare import cache_root, split_seed
-    from synthtl.data.splits import fewshot_indices, write_split
+    from synthtl.data.prepare import split_seed
+    from synthtl.data.splits import train_indices, write_split
 
     cfg = _load(FinetuneConfig, args)
     if cfg is None:
         return 0
-    scan = scan_images(load_data(cfg.data, "train"), cache_root(cfg), short_side=None, on_bad=cfg.data.on_bad_image,
-                       workers=max(1, cfg.data.num_workers), progress=cfg.progress)
-    src = scan.source
-    if cfg.data.shots:
-        idx, short = fewshot_indices(src, cfg.data.shots, split_seed(cfg))
-    else:
-        idx, short = list(range(len(src))), []
-    write_split(args.out, src, idx, kind="train", shots=cfg.data.shots, seed=split_seed(cfg), short_classes=short)
+    images = load_data(cfg.data, "train")
+    idx, short = train_indices(images, cfg.data, split_seed(cfg))  # the selection fine-tuning and style make
+    write_split(args.out, images, idx, kind="train", shots=cfg.data.shots, seed=split_seed(cfg), short_classes=short)
     print(f"[synthtl] wrote {len(idx)} image ids to {args.out}")
     return 0
 
@@ -106,15 +100,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for name, (done, total) in st["classes"].items():
             print(f"{done:>7}/{total:<7} {name}")
         print(f"{st['done']:>7}/{st['total']:<7} all classes ({st['redraws']} redraws)")
+        w = st["stats"]
+        print(f"work of {w['shards']} shard(s): {w['images']} images, {w['seconds']:.1f} device-s, "
+              f"{w['gpu_seconds']:.0f} GPU-s")
         return 0
     if args.validate:
         res = plan.validate(args.validate, repair=args.repair)
+        for log, n in res["torn"].items():
+            print(f"torn     progress/{log}  (cut {n} bytes of an unfinished last line)")
+        if res["temps"]:
+            print(f"removed  {res['temps']} leftover temp files")
         for rel in res["missing"]:
             print(f"missing  {rel}")
         for rel in res["corrupt"]:
             print(f"corrupt  {rel}" + ("  (deleted: the next generate run redraws it)" if args.repair else ""))
         print(f"checked {res['checked']} finished images: {len(res['missing'])} missing, {len(res['corrupt'])} corrupt")
         return 0 if not (res["missing"] or res["corrupt"]) else 1
+    if args.repair:
+        raise ConfigError("--repair goes with --validate DIR")
     from synthtl.config import GenerateConfig
     from synthtl.generation.run import run_generate
 
@@ -154,9 +157,10 @@ def cmd_grid_images(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from synthtl.generation.export import export_imagefolder
 
-    n = export_imagefolder(args.set, args.out, link=not args.copy)
-    print(f"[synthtl] exported {n} images to {args.out}; read it with "
-          f"datasets.load_dataset('imagefolder', data_dir='{args.out}')")
+    res = export_imagefolder(args.set, args.out, link=not args.copy, allow_partial=args.allow_partial)
+    partial = f" (unfinished set: {res['done']} of {res['total']} planned images)" if res["partial"] else ""
+    print(f"[synthtl] exported {res['images']} images to {args.out}{partial}; read it with "
+          f"datasets.load_dataset('{args.out}')")
     return 0
 
 
@@ -242,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "generate":
             p.add_argument("--status", metavar="DIR", help="print done/total per class of a generated set and exit")
             p.add_argument("--validate", metavar="DIR", help="decode every finished image; report missing/corrupt")
-            p.add_argument("--repair", action="store_true", help="with --validate: delete corrupt files for redraw")
+            p.add_argument("--repair", action="store_true",
+                           help="with --validate: mend torn log lines, remove temp files, delete corrupt files")
         if name == "grid-images":
             p.add_argument("sets", nargs="+", help="generated-set folders")
             p.add_argument("--labels", default="", help="comma-separated row labels, one per set")
@@ -254,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("set", help="generated-set folder")
             p.add_argument("--out", required=True, help="output folder")
             p.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
+            p.add_argument("--allow-partial", action="store_true",
+                           help="export the finished images of an unfinished set (the dataset card says so)")
         if name == "split":
             p.add_argument("--out", required=True, help="split file to write (JSON)")
         if name == "datasets":
