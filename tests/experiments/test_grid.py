@@ -86,7 +86,7 @@ def test_controls_per_class_style_resolves_to_5000_steps_per_class(tmp_path):
     for job in per_class:
         assert f"{job.id}: {5000 * len(classnames(job.config.data.name)):,} steps (5,000 per class" in text
     assert all(f"{j.id}: 20,000 steps" in text for j in dsi)
-    assert "'aircraft' is not present" in text and "provisional" in text
+    assert "'aircraft' not found" in text and "provisional" in text
 
 
 def test_kshot_runs_take_the_fewshot_recipe_in_every_study(tmp_path):

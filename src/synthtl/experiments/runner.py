@@ -13,7 +13,7 @@ from synthtl.config import StudyConfig, to_yaml
 from synthtl.data.synthetic import MANIFEST
 from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.experiments import launch as launcher
-from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, style_steps
+from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
 from synthtl.experiments.identity import identity_diff, identity_hash
 from synthtl.files import read_json, read_jsonl, write_json, write_text
 from synthtl.runtime import is_main
@@ -143,10 +143,11 @@ def describe_style_job(job: Job) -> str:
     """One line: the steps a style job will train (per class for per-class inversion)."""
     steps, per_class = style_steps(job)
     c = job.config
+    classes = num_classes_of(c.data)
     total = f"{steps:,} steps" if steps is not None else f"{c.steps_per_class:,} steps x the classes (unknown here)"
     if c.mode == "class":
         each = f"{per_class:,}" if per_class is not None else "?"
-        return f"    {job.id}: {total} ({each} per class, one token per class)"
+        return f"    {job.id}: {total} ({each} per class x {classes or '?'} classes, one token per class)"
     return f"    {job.id}: {total} (one token for the dataset)"
 
 
@@ -156,8 +157,8 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
     rates = {**measured_rates(Path(plan.study.folder))}
     elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if _locked(plan.study, j)}
     lines = [f"study {plan.study.name!r} -> {plan.study.folder}"]
-    for name, why in plan.missing.items():
-        lines.append(f"  dataset {name!r} is not present ({why}); its job ids are provisional until it is")
+    for why in plan.missing.values():
+        lines.append(f"  {why} (its job ids are provisional until it is there)")
     total = 0.0
     for stage in STAGES:
         jobs = plan.of(stage)
