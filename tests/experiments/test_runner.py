@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from synthtl.config import StudyConfig, load_config
-from synthtl.errors import ConfigError
+from synthtl.errors import ConfigError, DataError
 from synthtl.experiments import launch as launch_mod
+from synthtl.experiments import runner as runner_mod
 from synthtl.experiments.grid import expand
 from synthtl.experiments.runner import StudyError, run_study
 from synthtl.files import write_json
@@ -259,3 +260,28 @@ def test_slurm_task_does_not_start_when_an_input_did_not_finish(tmp_path, monkey
         launch_mod.JobRunner()(["finetune", "-c", "x.yaml"], str(tmp_path / "lock"), [gen])
     assert called == []
     assert launch_mod.JobRunner()(["finetune", "-c", "x.yaml"], str(tmp_path / "lock"), []) == 0 and called
+
+
+def test_missing_dataset_is_fetched_before_ids_are_fixed(tmp_path, folder_data, monkeypatch):
+    root = tmp_path / "not-yet"
+    cfg = tiny_study(tmp_path, folder_data, "dl", "grid.strategies=[vanilla]", "grid.seeds=[0]",
+                     f"data_root={root}", "finetune=[data.download=true]")
+    assert expand(cfg).missing  # provisional ids while the data is not there
+    fetched = []
+
+    def fake_download(d, split, download=None):  # what torchvision's download would leave under data.root
+        fetched.append((d.name, split, download))
+        if not root.exists():
+            shutil.copytree(folder_data, root)
+
+    monkeypatch.setattr(runner_mod, "load_data", fake_download)
+    ran = []
+    monkeypatch.setattr(launch_mod.JobRunner, "__call__", lambda self, argv: ran.append(argv[2]) or 0)
+    run_study(cfg)
+    present = expand(cfg)
+    assert fetched == [("folder", "train", True), ("folder", "test", True)] and not present.missing
+    assert len(ran) == 1 and present.of("finetune")[0].id in ran[0]  # ran under the id the data will keep
+    no_download = tiny_study(tmp_path, folder_data, "nd", "grid.strategies=[vanilla]", "grid.seeds=[0]",
+                             f"data_root={tmp_path / 'absent'}")
+    with pytest.raises(DataError, match="nothing was run"):
+        run_study(no_download)

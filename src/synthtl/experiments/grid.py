@@ -25,7 +25,7 @@ from synthtl.config import (
 )
 from synthtl.data.datasets import DATASETS, classnames
 from synthtl.errors import ConfigError, DataError
-from synthtl.experiments.identity import dataset_identity, identity_hash, job_identity
+from synthtl.experiments.identity import dataset_identity, forget_missing, identity_hash, job_identity
 from synthtl.training.strategies import STRATEGIES
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style"}
@@ -126,6 +126,7 @@ def finetune_presets(study: StudyConfig, model: str, shots: int) -> list[str]:
 
 def expand(study: StudyConfig) -> Plan:
     """All jobs of a study, shared inputs first, deduplicated by identity."""
+    forget_missing()
     g = study.grid
     for s in g.strategies:
         STRATEGIES.get(s)

@@ -76,6 +76,12 @@ _DATASET_KEYS = ("name", "root", "train_dir", "test_dir", "train_csv", "test_csv
 _FINGERPRINTS: dict[tuple, str | DataError] = {}  # also remembers failures: a missing dataset is looked for once
 
 
+def forget_missing() -> None:
+    """Looks for datasets that were missing again (a study expands anew after fetching them)."""
+    for key in [k for k, v in _FINGERPRINTS.items() if isinstance(v, DataError)]:
+        del _FINGERPRINTS[key]
+
+
 def dataset_identity(data: DataConfig) -> str:
     """The dataset's content fingerprint (`synthtl.data.datasets.dataset_fingerprint`), once per dataset here.
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from synthtl.config import StudyConfig, to_yaml
+from synthtl.data.datasets import load_data
 from synthtl.data.synthetic import MANIFEST
 from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.experiments import launch as launcher
@@ -201,6 +202,30 @@ def _earlier_submissions(plan: Plan) -> set[str]:
     return {r["job"] for r in active}
 
 
+def fetch_missing(plan: Plan) -> Plan:
+    """Downloads the missing datasets whose jobs allow it (data.download=true), then expands the study again.
+
+    Raises:
+        DataError: a dataset is missing and may not be downloaded (the message says where it was looked for).
+    """
+    fetched = set()
+    for job in plan.jobs:
+        d = job.config.data
+        if d.name in plan.missing and d.download and d.name not in fetched:
+            if is_main():
+                print(f"[synthtl] fetching dataset {d.name!r} into {d.root or 'the default root'} before planning")
+            for split in ("train", "test"):
+                load_data(d, split, download=True)
+            fetched.add(d.name)
+    plan = expand(plan.study)
+    if plan.missing:
+        name, why = next(iter(plan.missing.items()))
+        raise DataError(f"{why} (the study's jobs need {name!r}; nothing was run)")
+    if is_main():
+        write_plan(plan)
+    return plan
+
+
 def study_status(study: StudyConfig) -> str:
     """What `--status` prints: the plan with finished / running elsewhere / to-run counts.
 
@@ -222,9 +247,8 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
         print(describe_plan(plan, elsewhere))
     if dry_run:
         return {"dry_run": True}
-    if plan.missing:
-        name, why = next(iter(plan.missing.items()))
-        raise DataError(f"dataset {name!r} cannot be used: {why}")
+    if plan.missing:  # ids hash the data's content: fetch it first (where the jobs may download), then plan again
+        plan = fetch_missing(plan)
     failed: list[str] = []
     waiting: list[str] = []  # jobs whose inputs another process is still making
     submitted: list[str] = []  # Slurm ids of earlier stages (dependencies when launcher.wait=false)
