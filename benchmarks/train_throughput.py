@@ -10,6 +10,10 @@
 (c) bound: the same model stepped on one batch already on the device (no data loading at all).
 Same model, optimizer, precision and memory format; (a) and (b) are timed over whole epochs after a warm-up epoch
 (so per-epoch worker start-up counts), (c) over the same number of steps.
+`--compile` adds (b) and (c) with the model compiled (`model.compile=true`); `--ddp N` adds (b) run data-parallel in N
+processes under torchrun (the global batch stays `--batch`), with its scaling against one process.
+
+    python benchmarks/train_throughput.py --model resnet18 --compile --ddp 8 --workers 8         # an 8-GPU node
 """
 
 from __future__ import annotations
@@ -63,7 +67,12 @@ def main() -> None:
     ap.add_argument("--decode", choices=["cpu", "device"], default="cpu")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--json", default="", help="also write the figures to this JSON file (benchmarks/gpu_check.sh)")
+    ap.add_argument("--compile", action="store_true", help="also time ours and the bound with the model compiled")
+    ap.add_argument("--ddp", type=int, default=0, help="also time ours data-parallel in N torchrun processes")
+    ap.add_argument("--ddp-worker", default="", help=argparse.SUPPRESS)  # internal: a torchrun rank; JSON out path
     args = ap.parse_args()
+    if args.ddp_worker:
+        return ddp_worker(args)
 
     rt = resolve_runtime("auto", args.precision)
     work = Path(tempfile.gettempdir()) / "synthtl_bench"
@@ -159,12 +168,82 @@ def main() -> None:
     rates = {}
     for name, fn in (("bound", bound_rate), ("plain", plain_rate), ("ours", our_rate)):
         rates[name] = fn()
-        print(f"  {name:<6} {rates[name]:9.1f} images/s")
+        print(f"  {name:<16} {rates[name]:9.1f} images/s")
     print(f"ours / plain = {rates['ours'] / rates['plain']:.2f}x    ours / compute bound = "
           f"{100 * rates['ours'] / rates['bound']:.0f}%    plain / compute bound = "
           f"{100 * rates['plain'] / rates['bound']:.0f}%")
+    if args.compile:
+        model.compile()
+        for name, fn in (("bound_compiled", bound_rate), ("ours_compiled", our_rate)):
+            rates[name] = fn()
+            print(f"  {name:<16} {rates[name]:9.1f} images/s")
+        print(f"compiled / eager: ours {rates['ours_compiled'] / rates['ours']:.2f}x, bound "
+              f"{rates['bound_compiled'] / rates['bound']:.2f}x")
+    if args.ddp:
+        rates[f"ours_ddp{args.ddp}"] = run_ddp(args, folder, work)
+        print(f"  {f'ours_ddp{args.ddp}':<16} {rates[f'ours_ddp{args.ddp}']:9.1f} images/s (all ranks)    "
+              f"scaling = {rates[f'ours_ddp{args.ddp}'] / rates['ours']:.2f}x of 1 process with {args.ddp}")
     if args.json:
         write_json(args.json, {"device": device_name, "command": " ".join(sys.argv[1:]), **rates})
+
+
+def run_ddp(args: argparse.Namespace, folder: Path, work: Path) -> float:
+    """Runs this script's DDP worker under torchrun with N processes; returns the global images/s."""
+    import subprocess
+
+    out = work / "ddp.json"
+    out.unlink(missing_ok=True)
+    keep, skip = [], False
+    for a in sys.argv[1:]:  # this command line without --ddp N
+        if skip or a.startswith("--ddp"):
+            skip = a == "--ddp"
+            continue
+        keep.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ddp}",
+           __file__, *keep, "--folder", str(folder), "--ddp-worker", str(out)]
+    subprocess.run(cmd, check=True)
+    import json
+
+    return json.loads(out.read_text())["rate"]
+
+
+def ddp_worker(args: argparse.Namespace) -> None:
+    """One torchrun rank: synthtl's loop on its share of every global batch, DDP-wrapped (training/distributed)."""
+    from synthtl.training import distributed
+
+    rt = resolve_runtime("auto", args.precision)
+    world = distributed.init(rt)
+    model, dc = create_classifier(args.model, 10, pretrained=False, img_size=args.size)
+    dc["input_size"] = (3, args.size, args.size)
+    model.to(rt.device)
+    if rt.is_cuda:
+        model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.compile()
+    trained = distributed.wrap(model, rt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
+    images = image_folder(Path(args.folder), tag="bench")
+    work = Path(tempfile.gettempdir()) / "synthtl_bench"
+    cached = scan_images(images, work / "cache", short_side=256, workers=args.workers, progress=False).images
+    loader = train_loader([ImageDataset(cached, train_transform(dc))], args.batch, seed=0,
+                          num_workers=max(1, args.workers // world), pin_memory=rt.is_cuda,
+                          rank=distributed.rank(), world=world)
+    n, step_count, t0 = 0, 0, 0.0
+    for epoch in range(args.epochs + 1):
+        if epoch == 1:
+            distributed.barrier()
+            t0, n = time.perf_counter(), 0
+        set_epoch(loader, 0, epoch)
+        stats, step_count = train_one_epoch(trained, loader, opt, rt, step=step_count, total_steps=10**9,
+                                            lr_fn=lambda s: 0.01, num_classes=10, scaler=scaler,
+                                            channels_last=rt.is_cuda, progress=False, world=world)
+        n += stats.images
+    distributed.barrier()
+    total = distributed.sum_all([n], rt.device)[0]
+    if distributed.rank() == 0:
+        write_json(args.ddp_worker, {"rate": total / (time.perf_counter() - t0), "world": world})
+    distributed.close()
 
 
 def write_json(path: str, row: dict) -> None:

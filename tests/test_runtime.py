@@ -36,3 +36,25 @@ def test_rank_zero(monkeypatch):
     assert is_main()
     monkeypatch.setenv("RANK", "1")
     assert not is_main()
+
+
+def test_one_precision_policy_for_training_inversion_and_generation(monkeypatch):
+    import torch
+
+    from synthtl.config import GeneratorConfig, StyleConfig
+    from synthtl.generation.pipeline import generator_runtime
+    from synthtl.runtime import resolve_runtime
+    from synthtl.style.train import style_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    cuda = GeneratorConfig(device="cuda")
+    assert resolve_runtime("cuda").dtype == torch.bfloat16  # training
+    assert style_runtime(StyleConfig(generator=cuda)).dtype == torch.bfloat16  # frozen models of inversion
+    assert generator_runtime(cuda).dtype == torch.float16  # Stable Diffusion inference
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_runtime("cuda").dtype == style_runtime(StyleConfig(generator=cuda)).dtype == torch.float16
+    for rt in (resolve_runtime("cpu"), generator_runtime(GeneratorConfig(device="cpu")),
+               style_runtime(StyleConfig(generator=GeneratorConfig(device="cpu")))):
+        assert rt.dtype == torch.float32

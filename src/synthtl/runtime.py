@@ -68,10 +68,13 @@ class Runtime:
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+def resolve_runtime(device: str = "auto", precision: str = "auto", auto_gpu: str = "bf16") -> Runtime:
     """Resolves `device` ("auto", "cpu", "cuda", "cuda:1") and `precision` ("auto", "fp32", "bf16", "fp16").
 
-    Never downgrades silently: asking for CUDA without CUDA, or fp16 on CPU, is an error.
+    The one precision policy: "auto" is fp32 on CPU and, on CUDA, `auto_gpu` ("bf16": training and the frozen models
+    of inversion, fp16 where the GPU has no bf16; "fp16": Stable Diffusion inference, its usual dtype). Under torchrun
+    "cuda"/"auto" mean this rank's GPU (LOCAL_RANK), made the current device. Never downgrades silently: asking for
+    CUDA without CUDA, or fp16 on CPU, is an error.
     """
     if device == "auto":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
@@ -80,13 +83,17 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+        if dev.type == "cuda" and dev.index is None:  # under torchrun each rank takes its own GPU
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)  # torchrun: each rank on its own GPU (kernels and NCCL use the current device)
     if precision == "auto":
-        if dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
+        if dev.type != "cuda":
             dtype = torch.float32
+        elif auto_gpu == "fp16" or not torch.cuda.is_bf16_supported():
+            dtype = torch.float16
+        else:
+            dtype = torch.bfloat16
     elif precision in _DTYPES:
         dtype = _DTYPES[precision]
         if dev.type == "cpu" and dtype == torch.float16:

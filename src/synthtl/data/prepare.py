@@ -12,7 +12,7 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.images import printable
 from synthtl.data.splits import stratified_val, train_indices
 from synthtl.data.splits import write_split as _write_split
-from synthtl.data.synthetic import load_synthetic
+from synthtl.data.synthetic import load_synthetic_set
 from synthtl.errors import ConfigError
 from synthtl.runtime import is_main
 
@@ -30,6 +30,7 @@ class RunData:
     overlap: int = 0
     short_classes: list[str] = field(default_factory=list)  # few-shot classes with fewer than k images
     ignored: dict[str, list[str]] = field(default_factory=dict)  # entries the listing skipped (hidden, not images)
+    synthetic_record: dict | None = None  # the generated set used: path, done/total, partial, allow_partial
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -98,15 +99,18 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     skipped = {"train": len(train_scan.skipped), "test": len(test_scan.skipped)}
     files = {split: [printable(p) for p, _ in scan.skipped] for split, scan in (("train", train_scan),
                                                                                ("test", test_scan))}
-    synthetic = None
+    synthetic, syn_record = None, None
     if needs_synthetic or cfg.synthetic.path:
         if not cfg.synthetic.path:
             raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
                               "generated set (`synthtl generate`) or a class-per-folder image folder")
-        syn_scan = _scan(load_synthetic(cfg.synthetic.path, source, cfg.synthetic.per_class), cfg)
+        syn_images, syn_record = load_synthetic_set(cfg.synthetic.path, source, cfg.synthetic.per_class,
+                                                    cfg.synthetic.allow_partial)
+        syn_scan = _scan(syn_images, cfg)
         synthetic = syn_scan.images
         skipped["synthetic"] = len(syn_scan.skipped)
         files["synthetic"] = [printable(p) for p, _ in syn_scan.skipped]
     return RunData(train=train, test=test_scan.images, val=val, synthetic=synthetic, skipped=skipped,
                    skipped_files=files, overlap=overlap, short_classes=short,
-                   ignored={"train": list(train_list.ignored), "test": list(test_list.ignored)})
+                   ignored={"train": list(train_list.ignored), "test": list(test_list.ignored)},
+                   synthetic_record=syn_record)

@@ -38,16 +38,7 @@ class PipelineError(SynthTLError):
 
 def generator_runtime(gen: GeneratorConfig) -> Runtime:
     """Device from the config; dtype "auto" = fp16 on GPU (Stable Diffusion's usual inference dtype), fp32 on CPU."""
-    device = gen.device
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun: each rank on its own GPU, not all on GPU 0
-    precision = gen.dtype
-    if precision == "auto":
-        precision = "fp16" if resolve_runtime(device).is_cuda else "fp32"
-    rt = resolve_runtime(device, precision)
-    if rt.is_cuda:
-        torch.cuda.set_device(rt.device.index if rt.device.index is not None else torch.cuda.current_device())
-    return rt
+    return resolve_runtime(gen.device, gen.dtype, auto_gpu="fp16")
 
 
 def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:

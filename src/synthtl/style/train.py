@@ -50,11 +50,7 @@ DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI 
 
 def style_runtime(cfg: StyleConfig) -> Runtime:
     """Frozen models in bf16 on GPU (fp16 where bf16 is missing), fp32 on CPU; the learned vectors stay fp32."""
-    precision = cfg.generator.dtype
-    if precision == "auto":
-        rt = resolve_runtime(cfg.generator.device)
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if rt.is_cuda else "fp32"
-    return resolve_runtime(cfg.generator.device, precision)
+    return resolve_runtime(cfg.generator.device, cfg.generator.dtype, auto_gpu="bf16")
 
 
 def class_token(base: str, index: int) -> str:

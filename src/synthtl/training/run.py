@@ -155,7 +155,7 @@ def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dic
     data, rt, stages = run.data, run.rt, run.record.info["stages"]
     return {
         "strategy": cfg.strategy, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
-        "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None,
+        "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None, "synthetic_set": data.synthetic_record,
         "synthetic_per_class": cfg.synthetic.per_class, "config_hash": config_hash(cfg, VOLATILE),
         "test": final["test"], "test_ema": final["test_ema"], "val": final["val"], "selected": final["selected"],
         "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
