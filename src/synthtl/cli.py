@@ -127,6 +127,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from synthtl.config import FilterConfig
+    from synthtl.filtering.run import run_filter
+
+    if args.set and "=" in args.set:  # no set given: argparse took the first override for it
+        args.overrides.insert(0, args.set)
+        args.set = None
+    args.overrides.insert(0, f"set_dir={args.set or ''}")
+    cfg = _load(FilterConfig, args)
+    if cfg is not None:
+        run_filter(cfg)
+    return 0
+
+
 def cmd_learn_style(args: argparse.Namespace) -> int:
     from synthtl.config import StyleConfig
     from synthtl.style.train import run_learn_style
@@ -181,6 +195,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     cfg = _load(StudyConfig, args)
     if cfg is None:
         return 0
+    if args.status:
+        from synthtl.experiments.runner import study_status
+
+        print(study_status(cfg))
+        return 0
     run_study(cfg, dry_run=args.dry_run)
     if not args.dry_run:
         if args.report:
@@ -221,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "presets": (cmd_presets, "list the YAML presets under configs/"),
         "split": (cmd_split, "write a few-shot (or full) train split file"),
         "generate": (cmd_generate, "generate a synthetic training set with Stable Diffusion (resumable, sharded)"),
+        "filter": (cmd_filter, "score a generated set's images (CLIP or a real-data classifier) and keep the best"),
         "learn-style": (cmd_learn_style, "learn a dataset style token (DSI) or per-class tokens by textual inversion"),
         "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
         "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
@@ -237,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("preset", nargs="?", default=None, help="a preset under configs/studies/ or a YAML file")
             p.add_argument("--config", "-c", default=None, help="a study YAML (grid.yaml)")
             p.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hour estimate, run nothing")
+            p.add_argument("--status", action="store_true",
+                           help="finished / running elsewhere / failed / to run per stage; runs nothing")
             p.add_argument("--report", action="store_true", help="build the report when the study has finished")
             p.add_argument("--show-config", action="store_true", help="print the resolved study config")
             p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grid.seeds=[0] launcher.parallel=0")
@@ -248,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--validate", metavar="DIR", help="decode every finished image; report missing/corrupt")
             p.add_argument("--repair", action="store_true",
                            help="with --validate: mend torn log lines, remove temp files, delete corrupt files")
+        if name == "filter":
+            p.add_argument("set", nargs="?", default=None, help="a finished generated set (out_dir of generate)")
+            _config_args(p)
         if name == "grid-images":
             p.add_argument("sets", nargs="+", help="generated-set folders")
             p.add_argument("--labels", default="", help="comma-separated row labels, one per set")

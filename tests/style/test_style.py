@@ -452,3 +452,10 @@ def test_style_and_fine_tuning_use_the_same_shots(folder_data, tmp_path, tiny_ov
     run_ids = json.loads((tmp_path / "runs" / "few" / "splits" / "train.json").read_text())["ids"]
     assert len(style_ids) == 9 and "blue_jay/img_006.jpg" in style_ids
     assert sorted(run_ids) == sorted(set(style_ids) - {"blue_jay/img_006.jpg"})
+
+
+def test_style_identity_ignores_paths_and_speed(folder_data, tmp_path):
+    a = cfg_for(folder_data, tmp_path / "a")
+    moved = cfg_for(tmp_path / "elsewhere", tmp_path / "b", "data.num_workers=0", f"data.cache_dir={tmp_path}")
+    assert style_train.style_identity(a) == style_train.style_identity(moved)
+    assert style_train.style_identity(a) != style_train.style_identity(cfg_for(folder_data, tmp_path / "a", "lr=0.1"))

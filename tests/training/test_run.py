@@ -124,3 +124,29 @@ def test_resume_removes_temp_leftovers_and_a_second_writer_is_refused(base, monk
     assert leftover.exists()
     assert run_cli("finetune", *base, "real_stage.epochs=2") == 0
     assert not leftover.exists() and json.loads((folder / "result.json").read_text())["resumed"] is True
+
+
+def test_a_moved_half_finished_run_resumes_with_its_inputs_elsewhere(base, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    real = ResumeRecord.save_progress
+
+    def die(self, state):
+        real(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResumeRecord, "save_progress", die)
+    args = [*base, "real_stage.epochs=2", "run_name=moved"]
+    assert run_cli("finetune", *args) == 130
+    monkeypatch.setattr(ResumeRecord, "save_progress", real)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path, moved, ignore=shutil.ignore_patterns("elsewhere", ".synthtl.lock*"))
+    relocated = [o.replace(str(tmp_path), str(moved)) for o in args]
+    assert run_cli("finetune", *relocated) == 0
+    assert json.loads((moved / "runs" / "moved" / "result.json").read_text())["resumed"] is True
+    # Another set behind the same path is another run: refused, naming the input.
+    other = moved / "synthetic" / "red_fox" / "img_000.jpg"
+    other.write_bytes(other.read_bytes() + b"\0")
+    (moved / "runs" / "moved" / "result.json").unlink()
+    assert run_cli("finetune", *relocated) == 2
+    assert "inputs.synthetic" in capsys.readouterr().err

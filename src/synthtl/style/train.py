@@ -26,13 +26,22 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl.config import StyleConfig, config_hash, to_dict, to_yaml
+from synthtl.config import STYLE_VOLATILE, StyleConfig, to_dict, to_yaml
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.splits import train_indices, write_split
 from synthtl.errors import BadImageError, ConfigError, DataError
-from synthtl.files import exclusive, read_json, remove_temps, save_torch, write_bytes, write_json, write_text
+from synthtl.files import (
+    exclusive,
+    read_json,
+    remove_temps,
+    save_torch,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime, world_size
 from synthtl.style.embeddings import EMBEDS, STYLE_JSON
 
@@ -408,8 +417,28 @@ def _peak_memory_mb(rt: Runtime) -> float:
 
 
 def style_identity(cfg: StyleConfig) -> str:
-    """The hash that ties a checkpoint and a finished style.json to the config keys that change the result."""
-    return config_hash(cfg, ("progress", "out_dir", "checkpoint_every", "validate_every"))
+    """The hash that ties a checkpoint and a finished style.json to what changes the result: the config without
+    paths and speed settings (`STYLE_VOLATILE`), the generator by its weights' identity, a split file by content.
+    A style folder moved with its study (and dataset) is therefore the same style."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from synthtl.generation.pipeline import generator_identity
+
+    d = dataclasses.asdict(cfg)
+    for key in STYLE_VOLATILE:
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    for key in ("model", "revision", "single_file_config", "tiny_seed"):
+        d["generator"].pop(key, None)
+    d["generator"]["weights"] = generator_identity(cfg.generator)
+    if cfg.data.split_file:
+        d["data"]["split_file"] = sha256_file(cfg.data.split_file)[:16]
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def run_learn_style(cfg: StyleConfig) -> dict:

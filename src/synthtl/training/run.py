@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import platform
 import time
 from datetime import datetime, timezone
@@ -16,7 +18,16 @@ import synthtl
 from synthtl.config import FINETUNE_VOLATILE, FinetuneConfig, config_diff, config_hash, from_dict, to_yaml
 from synthtl.data.prepare import prepare_data
 from synthtl.errors import ConfigError
-from synthtl.files import LockedError, exclusive, git_sha, read_json, remove_temps, write_json, write_text
+from synthtl.files import (
+    LockedError,
+    exclusive,
+    git_sha,
+    read_json,
+    remove_temps,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from synthtl.models import resolve
 from synthtl.runtime import Runtime, dtype_name, is_main, resolve_runtime, seed_everything
 from synthtl.training import checkpoint, distributed
@@ -39,6 +50,32 @@ def run_dir_of(cfg: FinetuneConfig) -> Path:
     return Path(cfg.out_dir) / (cfg.run_name or default_run_name(cfg))
 
 
+# Paths to inputs: a moved study or dataset must not look like another run, so they are compared by what they hold
+# (inputs.json, written with config.yaml), never by where they are.
+INPUT_PATHS = ("synthetic.path", "data.split_file", "model.weights")
+
+
+def inputs_identity(cfg: FinetuneConfig) -> dict:
+    """What the run's input paths hold: the generated set's plan identity (or a class-per-folder set's listing), and
+    the content hash of a split file and of local weights."""
+    out: dict = {}
+    if cfg.synthetic.path:
+        folder = Path(cfg.synthetic.path)
+        if (folder / "plan.json").is_file():
+            plan = read_json(folder / "plan.json")
+            out["synthetic"] = "plan:" + hashlib.sha256(json.dumps(plan.get("identity"), sort_keys=True,
+                                                                   default=str).encode()).hexdigest()[:16]
+        elif folder.is_dir():
+            h = hashlib.sha256()
+            for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+                h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+            out["synthetic"] = "files:" + h.hexdigest()[:16]
+    for key, path in (("split_file", cfg.data.split_file), ("weights", cfg.model.weights)):
+        if path and Path(path).is_file():
+            out[key] = "sha256:" + sha256_file(path)[:16]
+    return out
+
+
 def _check_same_run(run_dir: Path, cfg: FinetuneConfig) -> bool:
     """False if the folder holds no config yet; raises if it holds another run (naming the keys that differ)."""
     saved = run_dir / "config.yaml"
@@ -51,9 +88,15 @@ def _check_same_run(run_dir: Path, cfg: FinetuneConfig) -> bool:
     except (ConfigError, yaml.YAMLError) as e:
         raise ConfigError(f"{saved} cannot be read ({e}); delete the folder to start over or choose another "
                           "run_name/out_dir") from None
-    differ = config_diff(old, cfg, VOLATILE)
+    differ = config_diff(old, cfg, (*VOLATILE, *INPUT_PATHS))
+    if (run_dir / "inputs.json").is_file():
+        held, now = read_json(run_dir / "inputs.json"), inputs_identity(cfg)
+        differ += [f"inputs.{k}" for k in sorted(set(held) | set(now)) if held.get(k) != now.get(k)]
+    else:  # a folder from before inputs.json: the paths themselves
+        differ += [k for k in INPUT_PATHS if _get(old, k) != _get(cfg, k)]
     if differ:
-        shown = ", ".join(f"{k} ({_get(old, k)!r} there, {_get(cfg, k)!r} now)" for k in differ[:6])
+        shown = ", ".join(f"{k} ({_get(old, k)!r} there, {_get(cfg, k)!r} now)" if not k.startswith("inputs.")
+                          else f"{k} (the input holds other content)" for k in differ[:6])
         more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
         raise ConfigError(f"{run_dir} holds a run with a different config: {shown}{more}. Choose another "
                           "run_name/out_dir, or delete the folder to start over")
@@ -67,8 +110,9 @@ def _get(cfg, dotted: str):
 
 
 def _claim(run_dir: Path, cfg: FinetuneConfig) -> None:
-    """Writes config.yaml (the effective config), unless the folder already holds this run."""
+    """Writes config.yaml (the effective config) and inputs.json, unless the folder already holds this run."""
     if not _check_same_run(run_dir, cfg) and is_main():
+        write_json(run_dir / "inputs.json", inputs_identity(cfg))
         write_text(run_dir / "config.yaml", to_yaml(cfg))
 
 
