@@ -73,6 +73,7 @@ class SyntheticConfig:
     path: str = ""  # a generated set (folder with manifest.jsonl) or class-per-folder images
     per_class: int = 0  # use the first k images of each class (0 = all); one big set serves a volume study
     allow_partial: bool = False  # train on an unfinished generated set (recorded in result.json); else refused
+    filter: str = ""  # train on the images a filter kept (`synthtl filter`: <path>/filters/<name>); "" = all
 
     def __post_init__(self) -> None:
         _check(self.per_class >= 0, f"synthetic.per_class={self.per_class}: must be >= 0")
@@ -264,6 +265,74 @@ class GenerateConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Filtering synthetic images (ours, beyond the paper: He et al. ICLR'23, DISEF, ALIA, SaSPA)
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipFilterConfig:
+    model: str = "openai/clip-vit-base-patch32"  # transformers CLIP: hub id or local folder; "open_clip:<arch>/<tag>"
+    template: str = "a photo of a {}."  # zero-shot prompt of each class; {} = the class name
+
+    def __post_init__(self) -> None:
+        _check(self.template.count("{}") == 1, f"clip.template={self.template!r}: needs exactly one {{}} for the "
+               "class name, e.g. 'a photo of a {}.'")
+
+
+@dataclass(frozen=True)
+class ClassifierFilterConfig:
+    run: str = ""  # a finished `synthtl finetune` run folder (result.json, config.yaml, checkpoints/stage-*.pt)
+    data_root: str = ""  # where the run's real dataset lives now, if not at the run's data.root (its class order)
+
+
+@dataclass(frozen=True)
+class KeepConfig:
+    top_k: int = 0  # keep the k best-scored images of each class (ties: the lower image index wins)
+    threshold: float | None = None  # keep every image whose score is strictly above this value
+    fraction: float = 0.0  # keep the best ceil(fraction * n) images of each class
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 0, f"keep.top_k={self.top_k}: must be >= 0")
+        _check(0.0 <= self.fraction <= 1.0, f"keep.fraction={self.fraction}: must be in [0, 1] (0 = not this rule)")
+        chosen = [f"keep.{k}={v}" for k, v, used in (("top_k", self.top_k, self.top_k > 0),
+                                                     ("threshold", self.threshold, self.threshold is not None),
+                                                     ("fraction", self.fraction, self.fraction > 0)) if used]
+        _check(len(chosen) <= 1, f"{' and '.join(chosen)} are both set: keep one rule (reset the other, e.g. "
+               "keep.fraction=0 or keep.threshold=null)")
+
+    @property
+    def rule(self) -> str:
+        """The rule in use: "top_k", "threshold", "fraction", or "" when none is set."""
+        if self.top_k:
+            return "top_k"
+        if self.threshold is not None:
+            return "threshold"
+        return "fraction" if self.fraction else ""
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    set_dir: str = ""  # the generated set to filter (`synthtl filter <set>`)
+    name: str = ""  # the filter's folder <set>/filters/<name>; "" = the method's name
+    method: str = "clip"  # "clip": zero-shot CLIP on the class names; "classifier": a run fine-tuned on real images
+    score: str = "prob"  # "prob": softmax probability of the image's own class; "logit": its logit
+    batch_size: int = 64  # images per forward pass
+    workers: int = 4  # threads decoding images while the model scores the previous batch
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" (scores are computed in fp32)
+    progress: bool = True
+    clip: ClipFilterConfig = field(default_factory=ClipFilterConfig)
+    classifier: ClassifierFilterConfig = field(default_factory=ClassifierFilterConfig)
+    keep: KeepConfig = field(default_factory=KeepConfig)
+
+    def __post_init__(self) -> None:
+        _choice(self.method, "method", ("clip", "classifier"))
+        _choice(self.score, "score", ("prob", "logit"))
+        _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
+        _check(self.workers >= 1, f"workers={self.workers}: must be >= 1")
+        name = self.name or self.method
+        _check(all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) and bool(name.strip(".")),
+               f"name={self.name!r}: use letters, digits, '-', '_' or '.' (it names the folder filters/<name>)")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Style inversion
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -338,7 +407,8 @@ class GridConfig:
 @dataclass(frozen=True)
 class LauncherConfig:
     kind: str = "local"  # "local" or "slurm" (submitit)
-    parallel: int = 1  # local: jobs at once, each on its own GPU; 0 = one per visible GPU
+    parallel: int = 1  # local: jobs at once, each on its own GPU(s); 0 = as many as the visible GPUs allow
+    gpus_per_job: int = 1  # local: GPUs of one fine-tuning/generation job (torchrun, data-parallel); style uses one
     gen_shards: int = 1  # split each generation job into this many shards (array tasks / parallel jobs)
     wait: bool = True  # slurm: block until each stage's jobs finish before submitting the next
     folder: str = ""  # submitit logs ("" = <study>/slurm)
@@ -346,7 +416,7 @@ class LauncherConfig:
     account: str = ""
     qos: str = ""
     time_min: int = 720
-    gpus_per_task: int = 1
+    gpus_per_task: int = 1  # slurm: GPUs (and torchrun-style processes) of one fine-tuning/generation task
     cpus_per_task: int = 8
     mem_gb: int = 64
     array_parallelism: int = 64
@@ -355,6 +425,8 @@ class LauncherConfig:
     def __post_init__(self) -> None:
         _choice(self.kind, "launcher.kind", ("local", "slurm"))
         _check(self.parallel >= 0 and self.gen_shards >= 1, "launcher.parallel >= 0 and launcher.gen_shards >= 1")
+        _check(self.gpus_per_job >= 1 and self.gpus_per_task >= 1,
+               "launcher.gpus_per_job and launcher.gpus_per_task must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""The files of a filter, and reading them: what `synthtl filter` writes beside a generated set.
+
+    <set>/filters/<name>/
+        spec.json        the filter's config (keys that change results), the scoring model's identity and the set's
+                         plan identity; written once, before the first score
+        scores.jsonl     append-only log, one row per manifest row (keyed by the manifest's "id"): score, own-class
+                         probability and logit, top-1 prediction. A kill leaves at most a torn last line (ignored)
+        decisions.jsonl  one row per manifest row: score, rank in its class, kept or not (written at the end)
+        filter.json      written last, so its presence means "finished": counts per class, identity, digests
+
+The manifest itself is never rewritten. Reading needs no model (no torch): the report and the training data reader
+use these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from synthtl.data.synthetic import MANIFEST, completed_rows
+from synthtl.errors import DataError
+from synthtl.files import CorruptFileError, iter_jsonl, read_json, read_jsonl, sha256_file
+
+FILTERS = "filters"
+SPEC = "spec.json"
+SCORES = "scores.jsonl"
+DECISIONS = "decisions.jsonl"
+SUMMARY = "filter.json"
+FORMAT = 1
+
+
+def filter_dir(set_dir: str | os.PathLike, name: str) -> Path:
+    return Path(set_dir) / FILTERS / name
+
+
+def image_of(row: dict) -> str:
+    """The file of a manifest row that training reads (its resized copy if the set has one), relative to the set."""
+    return row.get("train_path") or row["path"]
+
+
+def rows_digest(rows: list[dict]) -> str:
+    """What a filter covered: a hash of the finished rows' ids, paths and seeds (after any redraw)."""
+    parts = sorted(f"{r['id']}\t{r['path']}\t{r.get('seed')}" for r in rows)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def plan_hash(set_dir: str | os.PathLike) -> str:
+    """A hash of the set's plan identity (generator, prompts, seed, classes): a re-planned set is another set."""
+    ident = read_json(Path(set_dir) / "plan.json")["identity"]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_scores(folder: Path) -> dict[str, dict]:
+    """id -> score row of every row logged so far (a torn last line is ignored; a repeated id is damage)."""
+    path = folder / SCORES
+    out: dict[str, dict] = {}
+    if not path.is_file():
+        return out
+    for r in iter_jsonl(path):
+        if r["id"] in out:
+            raise CorruptFileError(f"{path} scores row {r['id']} twice (was it edited or written by two processes?); "
+                                   f"delete {folder} and re-run `synthtl filter`")
+        out[r["id"]] = r
+    return out
+
+
+def find_filters(set_dir: str | os.PathLike) -> list[str]:
+    """Names of the finished filters of a generated set (folders with filter.json), sorted."""
+    return sorted(p.parent.name for p in (Path(set_dir) / FILTERS).glob(f"*/{SUMMARY}"))
+
+
+def read_filter(set_dir: str | os.PathLike, name: str, check_current: bool = True) -> dict:
+    """A finished filter's filter.json, checked against its decisions file and (by default) the set as it is now.
+
+    Raises:
+        DataError: no such finished filter, a decisions file that is not the one the filter wrote, or a set that has
+            changed (extended, redrawn) since the filter ran; each message names the command that fixes it.
+    """
+    set_dir = Path(set_dir)
+    folder = filter_dir(set_dir, name)
+    if not (set_dir / MANIFEST).is_file():
+        raise DataError(f"{set_dir} is not a generated set (no {MANIFEST}); filters live in <set>/{FILTERS}/<name>")
+    if not (folder / SUMMARY).is_file():
+        have = find_filters(set_dir)
+        state = "unfinished (re-run the same `synthtl filter` command to finish it)" if folder.is_dir() else "missing"
+        raise DataError(f"filter {name!r} of {set_dir} is {state}; finished filters of this set: "
+                        f"{', '.join(have) or 'none'} (`synthtl filter {set_dir} name={name} ...` makes it)")
+    summary = read_json(folder / SUMMARY)
+    if sha256_file(folder / DECISIONS) != summary["decisions_sha256"]:
+        raise DataError(f"{folder / DECISIONS} is not the file filter {name!r} wrote (edited, or a run was killed "
+                        f"while rewriting it); re-run `synthtl filter {set_dir} name={name}` with the same config")
+    if check_current and rows_digest(completed_rows(set_dir)) != summary["set"]["rows_digest"]:
+        raise DataError(f"generated set {set_dir} changed after filter {name!r} ran (images added or redrawn); re-run "
+                        f"`synthtl filter {set_dir} name={name}` with the same config to score the new images")
+    return summary
+
+
+def decisions(set_dir: str | os.PathLike, name: str, check_current: bool = True) -> list[dict]:
+    """One row per manifest row of a finished filter: id, path, image, class, score, rank in its class, kept."""
+    read_filter(set_dir, name, check_current)
+    return read_jsonl(filter_dir(set_dir, name) / DECISIONS)
+
+
+def kept(set_dir: str | os.PathLike, name: str) -> set[str]:
+    """The manifest `path` of every image the filter kept (e.g. "images/red_fox/000003.jpg").
+
+    Paths, not line numbers: a manifest row's line moves when the set is extended, its `path` (like its `id`) never
+    does. Refuses a filter that no longer covers the set exactly (see `read_filter`).
+    """
+    return {d["path"] for d in decisions(set_dir, name) if d["kept"]}
+
+
+def identity(set_dir: str | os.PathLike, name: str) -> str:
+    """A hash of what the kept subset depends on: the filter's config (keys that change results), the scoring model's
+    weights and preprocessing, and every score. Where files live and batch sizes are not part of it."""
+    return read_filter(set_dir, name)["identity"]

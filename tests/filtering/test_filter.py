@@ -1,0 +1,242 @@
+"""`synthtl filter`: every row scored once (also across a kill), exact keep rules, side files keyed by manifest row,
+reproducible decisions, one-line errors. Offline: tiny random CLIP and classifier, tiny generated set."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthtl import filtering
+from synthtl.config import FilterConfig, KeepConfig, load_config
+from synthtl.errors import DataError
+from synthtl.files import read_json, read_jsonl
+from synthtl.filtering import run as filter_run
+from synthtl.filtering.decide import decide
+from synthtl.filtering.run import run_filter
+from tests.conftest import run_cli
+from tests.filtering.tiny import generate, real_data, tiny_clip, tiny_run
+
+PER_CLASS = 5  # 3 classes: 15 rows
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("filtering")
+    real = real_data(root / "real")
+    return {"real": real, "gen": generate(real, root / "gen", PER_CLASS), "clip": tiny_clip(root / "clip"),
+            "run": tiny_run(real, root)}
+
+
+@pytest.fixture
+def gen(base, tmp_path) -> Path:
+    """A fresh copy of the module's generated set (so each test filters it from scratch)."""
+    return Path(shutil.copytree(base["gen"], tmp_path / "gen"))
+
+
+def clip_cfg(base, gen: Path, *extra: str) -> FilterConfig:
+    return load_config(FilterConfig, None, [f"set_dir={gen}", f"clip.model={base['clip']}", "batch_size=4",
+                                            "workers=2", "progress=false", "device=cpu", *extra])
+
+
+def manifest_ids(gen: Path) -> list[str]:
+    return [r["id"] for r in read_jsonl(gen / "manifest.jsonl")]
+
+
+def by_class(rows: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["class_index"], []).append(r)
+    return out
+
+
+def test_clip_scores_every_row_once_and_keeps_exactly_top_k(base, gen):
+    summary = run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    folder = gen / "filters" / "clip"
+    scores = read_jsonl(folder / "scores.jsonl")
+    assert sorted(r["id"] for r in scores) == sorted(manifest_ids(gen))  # keyed by manifest row, each once
+    manifest = {r["id"]: r for r in read_jsonl(gen / "manifest.jsonl")}
+    for s in scores:
+        m = manifest[s["id"]]
+        assert (s["path"], s["class_index"], s["index"]) == (m["path"], m["class_index"], m["index"])
+        assert 0.0 < s["prob"] < 1.0 and s["score"] == s["prob"] and s["top1"] == (s["pred"] == s["class_index"])
+    rows = read_jsonl(folder / "decisions.jsonl")
+    for cls in by_class(rows).values():
+        assert sum(r["kept"] for r in cls) == 2
+        best = sorted(cls, key=lambda r: -r["score"])
+        assert {r["id"] for r in best[:2]} == {r["id"] for r in cls if r["kept"]}
+        assert sorted(r["rank"] for r in cls) == list(range(1, PER_CLASS + 1))
+    assert filtering.kept(gen, "clip") == {r["path"] for r in rows if r["kept"]}
+    assert summary["kept"] == 6 and summary["scored"] == 15 and summary["model"]["kind"] == "clip"
+    assert all(c == {"scored": PER_CLASS, "kept": 2, "top1": c["top1"]} for c in summary["counts"].values())
+    assert read_jsonl(gen / "manifest.jsonl") == list(manifest.values())  # the manifest is not rewritten
+
+
+def test_kill_and_resume_scores_each_row_exactly_once(base, gen, monkeypatch):
+    seen: list[str] = []
+    real = filter_run.score_batch
+
+    def dying(scorer, images, rows, score):
+        if len(seen) == 8:
+            raise KeyboardInterrupt
+        seen.extend(r["id"] for r in rows)
+        return real(scorer, images, rows, score)
+
+    monkeypatch.setattr(filter_run, "score_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    log = gen / "filters" / "clip" / "scores.jsonl"
+    assert len(read_jsonl(log)) == 8 and not (log.parent / "filter.json").exists()
+    with pytest.raises(DataError, match="unfinished"):
+        filtering.kept(gen, "clip")
+    with open(log, "a") as f:
+        f.write('{"id": "c00002-i0000')  # a torn line, as a kill during an append leaves
+    seen.clear()
+    monkeypatch.setattr(filter_run, "score_batch", lambda *a: (seen.extend(r["id"] for r in a[2]), real(*a))[1])
+    run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    ids = [r["id"] for r in read_jsonl(log)]
+    assert len(seen) == 15 - 8 and not set(seen) & set(ids[:8])  # only the unscored rows were scored again
+    assert sorted(ids) == sorted(manifest_ids(gen)) and len(set(ids)) == 15
+    fresh = run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=fresh"))
+    a = {r["id"]: r["score"] for r in read_jsonl(log)}
+    b = {r["id"]: r["score"] for r in read_jsonl(gen / "filters" / "fresh" / "scores.jsonl")}
+    assert np.allclose([a[i] for i in sorted(a)], [b[i] for i in sorted(b)], rtol=1e-5, atol=1e-7)
+    assert fresh["kept"] == 6 and filtering.kept(gen, "clip") == filtering.kept(gen, "fresh")
+
+
+def test_finished_filter_is_a_no_op(base, gen, monkeypatch):
+    first = run_filter(clip_cfg(base, gen, "keep.fraction=0.5"))
+    folder = gen / "filters" / "clip"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+    def no_model(*a, **k):
+        raise AssertionError("a finished filter loaded its model")
+
+    monkeypatch.setattr(filter_run, "load_scorer", no_model)
+    assert run_filter(clip_cfg(base, gen, "keep.fraction=0.5", "batch_size=2")) == first  # batch size is not identity
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} == before
+    assert first["kept"] == 3 * 3  # ceil(0.5 * 5) per class
+
+
+def test_decisions_are_reproducible_and_identity_follows_config(base, gen):
+    run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=a"))
+    run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=b", "batch_size=3", "workers=1"))
+    run_filter(clip_cfg(base, gen, "keep.top_k=3", "name=c"))
+    da, db = read_jsonl(gen / "filters/a/decisions.jsonl"), read_jsonl(gen / "filters/b/decisions.jsonl")
+    assert [(r["id"], r["kept"], r["rank"]) for r in da] == [(r["id"], r["kept"], r["rank"]) for r in db]
+    assert np.allclose([r["score"] for r in da], [r["score"] for r in db], rtol=1e-5, atol=1e-7)
+    assert filtering.identity(gen, "a") == read_json(gen / "filters/a/filter.json")["identity"]
+    assert filtering.identity(gen, "c") != filtering.identity(gen, "a")
+    assert filtering.find_filters(gen) == ["a", "b", "c"]
+
+
+def test_top_k_ties_are_broken_by_row_index_whatever_the_order():
+    scores = [0.5, 0.9, 0.5, 0.5, 0.1, 0.9]
+    rows = [{"id": f"c0-{i}", "class_index": 0, "index": i, "score": s} for i, s in enumerate(scores)]
+    rows += [{"id": f"c1-{i}", "class_index": 1, "index": i, "score": 0.3} for i in range(2)]  # fewer than k
+    keep = KeepConfig(top_k=3)
+    out = decide(rows, keep)
+    assert {r["id"] for r in rows if out[r["id"]]["kept"]} == {"c0-1", "c0-5", "c0-0", "c1-0", "c1-1"}
+    assert [out[f"c0-{i}"]["rank"] for i in range(6)] == [3, 1, 4, 5, 6, 2]
+    for seed in range(5):  # the order rows were scored in (a resumed run) changes nothing
+        shuffled = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+        assert decide(shuffled, keep) == out
+
+
+def test_threshold_keeps_exactly_the_rows_above_it(base, gen):
+    run_filter(clip_cfg(base, gen, "keep.top_k=1", "name=probe", "score=logit"))
+    logits = sorted(r["score"] for r in read_jsonl(gen / "filters/probe/scores.jsonl"))
+    t = logits[7]  # an actual score: the row equal to it is not above it
+    run_filter(clip_cfg(base, gen, f"keep.threshold={t!r}", "name=thr", "score=logit"))
+    rows = read_jsonl(gen / "filters/thr/decisions.jsonl")
+    assert {r["id"] for r in rows if r["kept"]} == {r["id"] for r in rows if r["score"] > t}
+    assert sum(r["kept"] for r in rows) == 7
+
+
+def test_fraction_keeps_ceil_per_class():
+    rows = [{"id": f"{c}-{i}", "class_index": c, "index": i, "score": float(i)} for c, n in ((0, 10), (1, 3))
+            for i in range(n)]
+    out = decide(rows, KeepConfig(fraction=0.3))
+    kept = [sum(out[f"{c}-{i}"]["kept"] for i in range(n)) for c, n in ((0, 10), (1, 3))]
+    assert kept == [3, 1]  # 0.3 * 10 is 3 (not 4 by float error), ceil(0.9) is 1
+
+
+def test_classifier_filter_uses_the_runs_final_weights_and_preprocessing(base, gen):
+    from synthtl.data.images import load_rgb
+    from synthtl.data.transforms import eval_transform
+    from synthtl.models import create_classifier
+
+    summary = run_filter(load_config(FilterConfig, None, [
+        f"set_dir={gen}", "method=classifier", f"classifier.run={base['run']}", "keep.top_k=1", "progress=false",
+        "device=cpu"]))
+    assert summary["model"]["checkpoint"] == "stage-real" and summary["kept"] == 3
+    scores = read_jsonl(gen / "filters" / "classifier" / "scores.jsonl")
+    assert sorted(r["id"] for r in scores) == sorted(manifest_ids(gen))
+    assert {r["pred_name"] for r in scores} <= {"red fox", "blue jay", "green frog"}
+    # Recompute one score by hand: the run's final stage weights, its timm preprocessing, its class order.
+    model, dc = create_classifier("test_resnet", 3, pretrained=False, img_size=32)
+    model.load_state_dict(torch.load(base["run"] / "checkpoints" / "stage-real.pt", weights_only=True)["model"])
+    real_names = sorted(["red fox", "blue jay", "green frog"])  # folder datasets list classes sorted
+    s = scores[-1]
+    x = eval_transform(dc)(load_rgb(gen / s["image"]))[None]
+    with torch.no_grad():
+        probs = model.eval()(x).softmax(1)[0]
+    assert abs(float(probs[real_names.index(s["class_name"])]) - s["prob"]) < 1e-5
+
+
+def _one_line_error(capsys, *argv) -> str:
+    assert run_cli("filter", *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_input_is_one_clear_line(base, gen, tmp_path, capsys):
+    common = [f"clip.model={base['clip']}", "progress=false", "device=cpu"]
+    assert "not a folder" in _one_line_error(capsys, str(tmp_path / "nope"), "keep.top_k=1", *common)
+    (tmp_path / "plain").mkdir()
+    assert "not a generated set" in _one_line_error(capsys, str(tmp_path / "plain"), "keep.top_k=1", *common)
+    assert "which set" in _one_line_error(capsys, "keep.top_k=1", *common)
+    assert "choose what to keep" in _one_line_error(capsys, str(gen), *common)
+    assert "both set" in _one_line_error(capsys, str(gen), "keep.top_k=1", "keep.fraction=0.5", *common)
+    assert "choose one of clip, classifier" in _one_line_error(capsys, str(gen), "method=knn", "keep.top_k=1")
+    assert "classifier.run=" in _one_line_error(capsys, str(gen), "method=classifier", "keep.top_k=1", *common)
+    err = _one_line_error(capsys, str(gen), "method=classifier", f"classifier.run={tmp_path / 'no-run'}",
+                          "keep.top_k=1", *common)
+    assert "not a finished `synthtl finetune` run" in err
+    err = _one_line_error(capsys, str(gen), "clip.model=nobody/no-such-clip", "keep.top_k=1", "progress=false")
+    assert "clip.model='nobody/no-such-clip'" in err and "local folder" in err
+    if not _has("open_clip"):
+        assert "not installed" in _one_line_error(capsys, str(gen), "clip.model=open_clip:ViT-B-32/x", "keep.top_k=1")
+    assert run_cli("filter", str(gen), "keep.top_k=2", *common) == 0
+    capsys.readouterr()
+    err = _one_line_error(capsys, str(gen), "keep.top_k=3", *common)
+    assert "exists with another config" in err and "keep.top_k: 2 there, 3 now" in err
+    err = _one_line_error(capsys, str(gen), "keep.top_k=2", "clip.template=a {} photo.", *common)
+    assert "clip.template" in err
+    unfinished = Path(shutil.copytree(base["gen"], tmp_path / "unfinished"))
+    (unfinished / json.loads((unfinished / "manifest.jsonl").read_text().splitlines()[4])["path"]).unlink()
+    assert "14 of 15" in _one_line_error(capsys, str(unfinished), "keep.top_k=1", *common)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_extended_set_scores_only_the_new_rows(base, gen, monkeypatch):
+    run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    generate(base["real"], gen, PER_CLASS + 1)  # the same plan with one more image per class
+    with pytest.raises(DataError, match="changed after filter"):
+        filtering.kept(gen, "clip")
+    seen: list[str] = []
+    real = filter_run.score_batch
+    monkeypatch.setattr(filter_run, "score_batch", lambda *a: (seen.extend(r["id"] for r in a[2]), real(*a))[1])
+    summary = run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    assert sorted(seen) == [f"c{c:05d}-i{PER_CLASS:06d}" for c in range(3)]
+    ids = [r["id"] for r in read_jsonl(gen / "filters" / "clip" / "scores.jsonl")]
+    assert sorted(ids) == sorted(manifest_ids(gen)) and len(ids) == 18
+    assert summary["kept"] == 6 and len(filtering.kept(gen, "clip")) == 6

@@ -1,0 +1,60 @@
+"""Tiny offline inputs of the filter tests: a generated set (tiny random Stable Diffusion), a random CLIP folder
+built from configs, and a fine-tuned `test_resnet` run folder."""
+
+from pathlib import Path
+
+import torch
+
+from synthtl.config import GenerateConfig, load_config
+from synthtl.generation.run import run_generate
+from tests.conftest import make_folder, run_cli
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_tokenizer"
+TINY_GEN = ["generator.model=tiny", "generator.height=32", "generator.width=32", "generator.steps=2",
+            "generator.batch_size=8", "progress=false", "writers=2"]
+
+
+def real_data(root: Path) -> Path:
+    """A `data.name=folder` dataset: 3 classes, 8 train and 4 test images each."""
+    make_folder(root / "train", 8, seed=1)
+    make_folder(root / "test", 4, seed=2)
+    return root
+
+
+def generate(real: Path, out: Path, per_class: int) -> Path:
+    run_generate(load_config(GenerateConfig, None, [*TINY_GEN, "data.name=folder", f"data.root={real}",
+                                                    f"per_class={per_class}", f"out_dir={out}"]))
+    return out
+
+
+def tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A random-weight transformers CLIP (2-layer towers, 32 px) with the tiny tokenizer, saved to a folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER))
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    cfg = CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32,
+                                  "num_hidden_layers": 2, "num_attention_heads": 2,
+                                  "max_position_embeddings": tok.model_max_length, **ids},
+                     vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+                     projection_dim=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(cfg)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tok)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def tiny_run(real: Path, root: Path) -> Path:
+    """A finished vanilla fine-tuning run of a random `test_resnet` at 32 px on `real` (one epoch)."""
+    rc = run_cli("finetune", "data.name=folder", f"data.root={real}", f"data.cache_dir={root / 'cache'}",
+                 "data.num_workers=0", "model.name=test_resnet", "model.pretrained=false", "model.img_size=32",
+                 "real_stage.epochs=1", "real_stage.batch_size=8", f"out_dir={root / 'runs'}", "run_name=real",
+                 "progress=false", "leep.enabled=false")
+    assert rc == 0
+    return root / "runs" / "real"
