@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -114,12 +115,28 @@ def test_failed_job_is_reported_others_finish_and_rerun_completes(tmp_path, fold
 
 
 def test_submitit_local_executor(tmp_path, folder_data):
+    """Through submitit (its local cluster), with 2 processes per fine-tuning/generation task: data-parallel."""
     pytest.importorskip("submitit")
     cfg = tiny_study(tmp_path, folder_data, "slurm", "grid.strategies=[bridged]", "grid.seeds=[0]",
-                     "launcher.kind=slurm", "launcher.cluster=local", "launcher.time_min=10")
+                     "launcher.kind=slurm", "launcher.cluster=local", "launcher.time_min=10",
+                     "launcher.gpus_per_task=2")
     run_study(cfg)
-    assert len(list((tmp_path / "slurm" / "runs").glob("*/result.json"))) == 1
+    results = list((tmp_path / "slurm" / "runs").glob("*/result.json"))
+    assert len(results) == 1 and json.loads(results[0].read_text())["world_size"] == 2
     assert list((tmp_path / "slurm" / "slurm").rglob("*_log.out"))  # submitit's logs
+
+
+def test_local_jobs_on_several_gpus_run_under_torchrun(tmp_path, folder_data):
+    cfg = tiny_study(tmp_path, folder_data, "multi", "launcher.gpus_per_job=2", "launcher.parallel=2")
+    assert launch_mod.gpu_slots(2, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, per_job=2) == ["4,5", "6,7"]
+    with pytest.raises(ConfigError, match="gpus_per_job=2"):
+        launch_mod.gpu_slots(3, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, per_job=2)
+    tune = launch_mod.Task("j", "j", ["finetune", "-c", "job.yaml"], tmp_path / "lock")
+    style = launch_mod.Task("s", "s", ["learn-style", "-c", "job.yaml"], tmp_path / "lock")
+    assert launch_mod.process_argv(tune, 2)[1:5] == ["-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc-per-node=2"]
+    assert launch_mod.process_argv(style, 2)[1:] == ["-m", "synthtl", "learn-style", "-c", "job.yaml"]
+    assert cfg.launcher.gpus_per_job == 2
 
 
 def test_requeue_resubmits_the_same_job():

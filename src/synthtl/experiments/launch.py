@@ -75,9 +75,14 @@ def _inputs_missing(needs: list) -> list[str]:
 class JobRunner:
     """Runs one job in the current process; picklable for submitit, which requeues it on preemption."""
 
-    def __call__(self, argv: list[str], lock: str = "", needs: list | None = None) -> int:
+    def __call__(self, argv: list[str], lock: str = "", needs: list | None = None, distributed: bool = False) -> int:
         from synthtl import cli
 
+        if distributed:  # one of the Slurm task's processes: torchrun's environment from submitit's
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            lock = lock if os.environ.get("RANK", "0") == "0" else ""  # the job's lock is rank 0's
         with exclusive(lock, "study job") if lock else contextlib.nullcontext():
             missing = _inputs_missing(needs or [])
             if missing:  # Slurm chains use afterany: a failed input must stop this job, not leave it pending
@@ -124,10 +129,15 @@ def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path], submit
         return _slurm(stage, tasks, study, submitted if submitted is not None else [])
     parallel = lc.parallel
     if parallel == 0:
-        import torch
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if mask is not None:
+            visible = len([d for d in mask.split(",") if d.strip()])
+        else:
+            import torch
 
-        parallel = max(1, torch.cuda.device_count())
-    if parallel == 1:
+            visible = torch.cuda.device_count()
+        parallel = max(1, visible // lc.gpus_per_job)
+    if parallel == 1 and lc.gpus_per_job == 1:
         return _in_process(tasks, study)
     return _subprocesses(tasks, study, parallel)
 
@@ -156,8 +166,9 @@ def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
     return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))
 
 
-def gpu_slots(parallel: int, env: dict[str, str] | None = None) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES value of each of `parallel` job slots, taken from the GPUs this process may use.
+def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES value of each of `parallel` job slots of `per_job` GPUs each, taken from the GPUs
+    this process may use.
 
     An inherited CUDA_VISIBLE_DEVICES mask is respected (its entries, indices or UUIDs, are handed out in order);
     without one, the visible GPUs are 0..n-1. With no GPU at all the slots run on the CPU (None: leave it unset).
@@ -175,11 +186,21 @@ def gpu_slots(parallel: int, env: dict[str, str] | None = None) -> list[str | No
         visible = [str(i) for i in range(torch.cuda.device_count())]
     if not visible:
         return [None] * parallel
-    if parallel > len(visible):
+    if parallel * per_job > len(visible):
         seen = f"CUDA_VISIBLE_DEVICES={mask}" if mask is not None else f"{len(visible)} GPU(s) on this machine"
-        raise ConfigError(f"launcher.parallel={parallel} needs {parallel} GPUs but this process may use "
-                          f"{len(visible)} ({seen}); set launcher.parallel={len(visible)} (or 0: one job per GPU)")
-    return visible[:parallel]
+        raise ConfigError(f"launcher.parallel={parallel} x launcher.gpus_per_job={per_job} needs "
+                          f"{parallel * per_job} GPUs but this process may use {len(visible)} ({seen}); set "
+                          f"launcher.parallel={max(1, len(visible) // per_job)} (or 0: as many as fit)")
+    return [",".join(visible[i * per_job:(i + 1) * per_job]) for i in range(parallel)]
+
+
+def process_argv(task: Task, gpus: int) -> list[str]:
+    """The command of a task's process: `python -m synthtl ...`, or torchrun over `gpus` GPUs for a fine-tuning or
+    generation job (data-parallel; style learning runs on one GPU)."""
+    if gpus > 1 and task.argv[0] in ("finetune", "generate"):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+                "-m", "synthtl", *task.argv]
+    return [sys.executable, "-m", "synthtl", *task.argv]
 
 
 def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dict[str, str] | None = None) -> Outcome:
@@ -188,7 +209,8 @@ def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dic
     This process holds each task's lock while its subprocess runs.
     """
     env = dict(os.environ if env is None else env)
-    devices = gpu_slots(parallel, env)
+    per_job = study.launcher.gpus_per_job
+    devices = gpu_slots(parallel, env, per_job)
     queue = list(tasks)
     running: dict[int, tuple[subprocess.Popen, Task, object, contextlib.ExitStack]] = {}
     out = Outcome()
@@ -208,8 +230,8 @@ def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dic
                 if devices[slot] is not None:
                     child_env["CUDA_VISIBLE_DEVICES"] = devices[slot]
                 fh = open(logs / f"{t.name}.{slot}.log", "a")  # noqa: SIM115 - closed when the process ends
-                proc = subprocess.Popen([sys.executable, "-m", "synthtl", *t.argv], env=child_env, stdout=fh,
-                                        stderr=subprocess.STDOUT)
+                gpus = per_job if devices[slot] is not None else 1
+                proc = subprocess.Popen(process_argv(t, gpus), env=child_env, stdout=fh, stderr=subprocess.STDOUT)
                 running[slot] = (proc, t, fh, held)
         for slot, (proc, t, fh, held) in list(running.items()):
             if proc.poll() is not None:
@@ -326,9 +348,12 @@ def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]
             params[key] = value
     if not lc.wait and executor.cluster == "slurm":
         params.update(slurm_dependency(earlier))
+    ranks = lc.gpus_per_task if stage in ("finetune", "generate") else 1  # style learning: one process
+    if ranks > 1:  # one process per GPU, torchrun's environment exported from submitit's in each (JobRunner)
+        params["tasks_per_node"] = ranks
     executor.update_parameters(**params)
     jobs = executor.map_array(JobRunner(), [t.argv for t in tasks], [str(t.lock) for t in tasks],
-                              [t.needs for t in tasks])
+                              [t.needs for t in tasks], [ranks > 1] * len(tasks))
     if is_main():
         print(f"[synthtl] submitted {len(jobs)} {stage} task(s): {jobs[0].job_id.split('_')[0] if jobs else ''}")
     if not lc.wait:
@@ -337,7 +362,7 @@ def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]
         return Outcome(elsewhere=sorted(set(out.elsewhere)))
     for t, job in zip(tasks, jobs, strict=True):
         try:
-            job.result()
+            job.results()  # every process of the task (one per GPU with gpus_per_task > 1)
         except Exception as e:  # submitit raises UncompletedJobError / FailedJobError with the remote traceback
             out.failed.append(t.job)
             print(f"[synthtl] job {t.name} failed: {str(e).splitlines()[0]} (logs: {job.paths.stderr})")
