@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   install into .venv and run the offline demo (no download)
-#   make test   install into .venv (with test tools) and run the test suite
+#   make test   install into .venv (with test tools) and run the test suite, then the full-size group
 # torch/torchvision are pinned by constraints.txt (pip on Python 3.11 takes them from local disk where present).
 
 PYTHON ?= python3
@@ -21,8 +21,11 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/synthtl demo
 
+# The ordinary suite (about 5 minutes on 2 cores), then the full-size group (random SD v1.5, ResNet-50, ViT-B/16
+# on CPU: a few minutes more).
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not fullsize"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m fullsize
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
