@@ -1,61 +1,75 @@
-"""The plan of a generated set: one manifest row per image, written before any image exists.
+"""The plan of a generated set, written before any image: plan.json (identity, per_class and one small record per
+class) from which every image's row derives, plus manifest.jsonl, the same rows one per line for people and tools.
 
 Every image's seed is derived from (base seed, class index, image index), so any row can be regenerated alone and
 the first k rows of each class form the k-per-class subset. The plan's identity (generator, prompts, style, seed,
 classes) is stored in plan.json; asking for a different identity in the same folder is refused, while asking for
-more images per class extends the plan.
+more images per class extends the plan. Nothing here holds one Python object per image: a 397 x 3,000 set is
+planned, resumed, counted and finished with numpy arrays of its rows' flags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from synthtl.config import GenerateConfig
 from synthtl.data.synthetic import (
+    COMPLETE,
+    EXT,
+    LAYOUT,
     MANIFEST,
+    PLAN,
     PROGRESS_DIR,
+    SetRows,
+    SetState,
     completion,
-    is_done,
-    manifest_rows,
-    read_progress,
+    grid_rows,
+    image_seed,
+    is_complete,
+    plan_hash,
+    read_state,
+    record,
+    row_id,
     safe_folder,
 )
 from synthtl.errors import ConfigError
 from synthtl.files import (
     TEMP_GLOB,
+    atomic_open,
     exclusive,
     read_json,
     remove_temps,
     repair_jsonl,
     torn_tail,
     write_json,
-    write_jsonl,
 )
-from synthtl.runtime import derive_seed
 
-PLAN = "plan.json"
+__all__ = ["EXT", "LOCKS", "PLAN", "image_seed", "is_complete", "row_id", "shard_of"]  # re-exported names
+
 LOCKS = "locks"  # one lock folder per shard: two writers of one shard never interleave
-SET_LOCK_WAIT = 120.0  # seconds a shard waits for another's plan/finalize step (each takes seconds at most)
-FORMAT = 1
-EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-
-
-def image_seed(base: int, class_index: int, index: int, redraw: int = 0) -> int:
-    """The seed of one image (a 63-bit integer); redraws get fresh seeds from the same row."""
-    parts = (base, "image", class_index, index) + (("redraw", redraw) if redraw else ())
-    return derive_seed(*parts)
-
-
-def row_id(class_index: int, index: int) -> str:
-    return f"c{class_index:05d}-i{index:06d}"
+SET_LOCK_WAIT = 600.0  # seconds a shard waits for another's plan/finalize step (a million-row plan takes ~30 s)
+FORMAT = 1  # of the identity: what the images depend on (the file layout is `synthetic.LAYOUT`)
 
 
 def shard_of(rid: str, num_shards: int) -> int:
     """Stable assignment of a row to one of N shards (disjoint, and their union is every row)."""
     return int(hashlib.sha1(rid.encode()).hexdigest(), 16) % num_shards
+
+
+def shard_mask(rows: SetRows, shard: int, num_shards: int) -> np.ndarray:
+    """Which planned rows belong to this shard."""
+    if num_shards == 1:
+        return np.ones(len(rows), dtype=bool)
+    return np.fromiter((shard_of(row_id(c, i), num_shards) == shard for c, i in zip(rows.cls.tolist(),
+                        rows.idx.tolist(), strict=True)), dtype=bool, count=len(rows))
 
 
 def class_folders(names: list[str]) -> list[str]:
@@ -90,52 +104,109 @@ def identity(cfg: GenerateConfig, classes: list[tuple[str, str]], generator: dic
             "train_copy": cfg.train_copy}
 
 
-def build_rows(ident: dict, classes: list[tuple[str, str]], per_class: int, prompts: list[list[dict]],
-               tokens: list[str]) -> list[dict]:
-    """All rows, class-major; `prompts[c][i]` is the prompt record of class c's image i (`prompts.fit_prompt`).
-
-    A prompt whose class part had to be shortened to fit the text encoder carries `truncated: true`, the prompt as
-    encoded (`prompt`) and the one the template asked for (`requested_prompt`).
-    """
+def class_table(classes: list[tuple[str, str]], prompts: list[list[dict]], tokens: list[str]) -> list[dict]:
+    """One record per class: id, name, folder, style token, and the prompt record of each template (image i of the
+    class uses template i mod len(templates); `prompts.fit_prompt`)."""
     folders = class_folders([n for _, n in classes])
-    ext = EXT[ident["image_format"]]
-    rows = []
-    for c, (cid, name) in enumerate(classes):
-        for i in range(per_class):
-            rel = f"{folders[c]}/{i:06d}"
-            p = prompts[c][i]
-            extra = {"requested_prompt": p["requested_prompt"]} if p["truncated"] else {}
-            rows.append({
-                "id": row_id(c, i), "class_index": c, "class_id": cid, "class_name": name, "folder": folders[c],
-                "index": i, "prompt": p["prompt"], "truncated": p["truncated"], **extra,
-                "negative_prompt": ident["negative"], "template": p["template"],
-                "token": tokens[c], "seed": image_seed(ident["seed"], c, i), "model": ident["model"],
-                "revision": ident["revision"], "scheduler": ident["scheduler"], "steps": ident["steps"],
-                "guidance": ident["guidance"], "height": ident["height"], "width": ident["width"],
-                "dtype": ident["dtype"], "style_hash": ident["style_hash"], "path": f"images/{rel}.{ext}",
-                "train_path": f"train/{rel}.jpg" if ident["train_copy"] else None, "status": "planned"})
-    return rows
+    return [{"id": cid, "name": name, "folder": folders[c], "token": tokens[c], "prompts": prompts[c]}
+            for c, (cid, name) in enumerate(classes)]
 
 
-def write_or_check(folder: Path, ident: dict, rows: list[dict], per_class: int) -> list[dict]:
+def manifest_lines(rows: SetRows, state: SetState | None = None) -> Iterator[str]:
+    """The manifest's lines, class-major: `json.dumps(rows.row(p))` for every p, built from per-class pieces.
+
+    With `state`, finished rows are written as `state.completed_row` (status done, the seed used, redraws).
+    """
+    g, dump = rows.ident, json.dumps
+    ext = EXT[g["image_format"]]
+    tail = (f', "model": {dump(g["model"])}, "revision": {dump(g["revision"])}, "scheduler": {dump(g["scheduler"])}, '
+            f'"steps": {dump(g["steps"])}, "guidance": {dump(g["guidance"])}, "height": {dump(g["height"])}, '
+            f'"width": {dump(g["width"])}, "dtype": {dump(g["dtype"])}, "style_hash": {dump(g["style_hash"])}, ')
+    for c, k in enumerate(rows.classes):
+        head = (f'", "class_index": {c}, "class_id": {dump(k["id"])}, "class_name": {dump(k["name"])}, '
+                f'"folder": {dump(k["folder"])}, "index": ')
+        middles = []
+        for pr in k["prompts"]:
+            requested = f', "requested_prompt": {dump(pr["requested_prompt"])}' if pr["truncated"] else ""
+            middles.append(f', "prompt": {dump(pr["prompt"])}, "truncated": {dump(pr["truncated"])}{requested}, '
+                           f'"negative_prompt": {dump(g["negative"])}, "template": {pr["template"]}, '
+                           f'"token": {dump(k["token"])}, "seed": ')
+        image = f'"path": "images/{k["folder"]}/'
+        train = f'"train/{k["folder"]}/' if g["train_copy"] else None
+        base = c * rows.per_class
+        for i in range(rows.per_class):
+            p = base + i
+            seed, end = image_seed(g["seed"], c, i), '"status": "planned"}\n'
+            if state is not None and state.done[p]:
+                used = state.extra.get(p, {})
+                seed = used.get("seed", seed)
+                end = f'"status": "done", "redraws": {used.get("redraws", 0)}}}\n'
+            n = f"{i:06d}"
+            copy = f'{train}{n}.jpg"' if train else "null"
+            yield (f'{{"id": "c{c:05d}-i{n}{head}{i}{middles[i % len(middles)]}{seed}{tail}{image}{n}.{ext}", '
+                   f'"train_path": {copy}, {end}')
+
+
+def write_manifest(folder: Path, rows: SetRows, state: SetState | None = None) -> None:
+    """Writes manifest.jsonl atomically, streaming (memory does not grow with the set)."""
+    with atomic_open(folder / MANIFEST, "w") as f:
+        chunk: list[str] = []
+        for line in manifest_lines(rows, state):
+            chunk.append(line)
+            if len(chunk) >= 8192:
+                f.write("".join(chunk))
+                chunk.clear()
+        f.write("".join(chunk))
+
+
+def check_plan(folder: Path, ident: dict) -> dict | None:
+    """The folder's plan (None if it has none); a plan of another identity is refused with the differences."""
+    plan_file = folder / PLAN
+    if not plan_file.is_file():
+        return None
+    old = read_json(plan_file)
+    diff = sorted(k for k in set(old["identity"]) | set(ident) if old["identity"].get(k) != ident.get(k))
+    if diff:
+        details = "; ".join(f"{k}: planned {old['identity'].get(k)!r}, now {ident.get(k)!r}" for k in diff[:5])
+        raise ConfigError(f"{folder} already holds a generated set planned with different settings ({details}). "
+                          "Use another out_dir, or the same settings to resume or extend it")
+    return old
+
+
+def planned_rows(folder: Path, ident: dict, per_class: int) -> SetRows | None:
+    """The rows of the folder's plan if it already covers `per_class` images per class (nothing to write), else
+    None; a plan of another identity is refused."""
+    old = check_plan(folder, ident)
+    if old is None or old["per_class"] < per_class or old.get("layout") != LAYOUT:
+        return None
+    return grid_rows(folder, old)
+
+
+def write_or_check(folder: Path, ident: dict, classes: list[dict], per_class: int) -> SetRows:
     """Writes plan.json + manifest.jsonl, or checks an existing plan and extends it to `per_class` if larger.
 
-    Call it holding `set_lock`. Returns the full manifest rows.
+    Call it holding `set_lock`: the first shard to get it plans, every other one finds the plan and only reads it.
+    A set planned by an older version (rows only in its manifest) gets its class table added, rows unchanged.
     """
-    plan_file = folder / PLAN
-    if plan_file.is_file():
-        old = read_json(plan_file)
-        diff = sorted(k for k in set(old["identity"]) | set(ident) if old["identity"].get(k) != ident.get(k))
-        if diff:
-            details = "; ".join(f"{k}: planned {old['identity'].get(k)!r}, now {ident.get(k)!r}" for k in diff[:5])
-            raise ConfigError(f"{folder} already holds a generated set planned with different settings ({details}). "
-                              "Use another out_dir, or the same settings to resume or extend it")
-        if old["per_class"] >= per_class:
-            return manifest_rows(folder)
+    old = check_plan(folder, ident)
+    if old is not None:
+        if old["per_class"] >= per_class and old.get("layout") == LAYOUT:
+            return grid_rows(folder, old)
+        per_class = max(per_class, old["per_class"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PROGRESS_DIR).mkdir(exist_ok=True)
-    write_jsonl(folder / MANIFEST, rows)  # rows are a prefix-stable superset: extending keeps every earlier row
-    write_json(plan_file, {"identity": ident, "per_class": per_class, "rows": len(rows)})
+    if old is None:
+        (folder / COMPLETE).unlink(missing_ok=True)  # a record left by some other set is not this plan's
+    plan = {"identity": ident, "per_class": per_class, "rows": per_class * len(classes), "layout": LAYOUT,
+            "plan_hash": plan_hash(ident), "classes": classes}
+    rows = grid_rows(folder, plan)
+    if old is None or old["per_class"] < per_class:  # rows are prefix-stable: extending keeps every earlier row
+        write_manifest(folder, rows)
+    if (folder / COMPLETE).is_file():  # an extension: the finished prefixes stay finished, the set is not complete
+        rec = read_json(folder / COMPLETE)
+        write_json(folder / COMPLETE, {**rec, "per_class": per_class, "total": len(rows), "complete": False,
+                                       "prefix": [min(n, per_class) for n in rec["prefix"]]})
+    write_json(folder / PLAN, plan)  # last: a reader sees the old plan or the new one
     return rows
 
 
@@ -167,6 +238,11 @@ def stats_file(folder: Path, shard: int, num_shards: int) -> Path:
     return folder / PROGRESS_DIR / f"{shard_name(shard, num_shards)}.summary.json"
 
 
+def finished_file(folder: Path, shard: int, num_shards: int) -> Path:
+    """Written when a shard has written all its rows of a plan of `per_class` images per class."""
+    return folder / PROGRESS_DIR / f"{shard_name(shard, num_shards)}.finished.json"
+
+
 def set_stats(folder: Path) -> dict:
     """The work of every shard that ever ran on the set, added up (a torchrun run is N shards)."""
     total = {"shards": 0, "images": 0, "seconds": 0.0, "gpu_seconds": 0.0, "redraws": 0}
@@ -180,37 +256,39 @@ def set_stats(folder: Path) -> dict:
     return total
 
 
-def remove_shard_temps(folder: Path, rows: list[dict], shard: int, num_shards: int) -> int:
+def remove_shard_temps(folder: Path, rows: SetRows, mine: np.ndarray, shard: int, num_shards: int) -> int:
     """Deletes the temp files a killed writer of this shard left (`atomic_open`'s `.<name>.<random>.tmp`).
 
     Only this shard's files are touched (its images, training copies and stats), so shards running beside it
     lose nothing. Call it holding `shard_lock`. Returns how many were removed.
     """
-    own = {folder / r[k] for r in rows for k in ("path", "train_path") if r.get(k)}
-    own.add(stats_file(folder, shard, num_shards))
     n = 0
-    for parent in {p.parent for p in own}:
-        if not parent.is_dir():
-            continue
-        for tmp in parent.glob(TEMP_GLOB):
-            target = parent / tmp.name[1:-len(".tmp")].rsplit(".", 1)[0]
-            if target in own:
-                tmp.unlink(missing_ok=True)
-                n += 1
+    stats = stats_file(folder, shard, num_shards)
+    for tmp in stats.parent.glob(f".{stats.name}.*.tmp") if stats.parent.is_dir() else []:
+        tmp.unlink(missing_ok=True)
+        n += 1
+    for c, k in enumerate(rows.classes):
+        for parent in (folder / "images" / k["folder"], folder / "train" / k["folder"]):
+            if not parent.is_dir():
+                continue
+            for tmp in parent.glob(TEMP_GLOB):
+                target = tmp.name[1:-len(".tmp")].rsplit(".", 1)[0]  # ".000003.jpg.x1y2.tmp" -> "000003.jpg"
+                stem = target.split(".")[0]
+                if len(stem) == 6 and stem.isdigit() and int(stem) < rows.per_class and \
+                        mine[rows.position(c, int(stem))]:
+                    tmp.unlink(missing_ok=True)
+                    n += 1
     return n
 
 
-def done_rows(folder: Path) -> dict[str, dict]:
-    """id -> progress row of every image some shard logged as written (files are written before logging)."""
-    return read_progress(folder)
-
-
-def status(folder: str | Path) -> dict:
+def status(folder: str | os.PathLike) -> dict:
     """done/total per class and overall for a generated set, and the work of all shards added up."""
     folder = Path(folder)
-    state = completion(folder)
-    return {"classes": state["classes"], "done": state["done"], "total": state["total"],
-            "redraws": sum(r.get("redraws", 0) for r in done_rows(folder).values()), "stats": set_stats(folder)}
+    state = read_state(folder)
+    progress = completion(folder, state=state)
+    return {"classes": progress["classes"], "done": progress["done"], "total": progress["total"],
+            "redraws": sum(r.get("redraws", 0) for p, r in state.extra.items() if state.done[p]),
+            "stats": set_stats(folder)}
 
 
 def mend(folder: Path) -> dict:
@@ -231,53 +309,65 @@ def mend(folder: Path) -> dict:
     return {"torn": torn, "temps": temps}
 
 
-def validate(folder: str | Path, repair: bool = False) -> dict:
-    """Decodes every finished image (and its training copy); lists missing or corrupt ones.
-
-    With `repair`, torn log lines and leftover temp files are removed first (`mend`), and corrupt files are
-    deleted so that the next `synthtl generate` run redraws them.
-    """
+def _check_file(path: Path) -> str:
+    """"" if the image decodes, "missing" or "corrupt" otherwise."""
     from synthtl.data.images import load_rgb
     from synthtl.errors import BadImageError
 
+    try:
+        load_rgb(path)
+    except BadImageError as e:
+        return "missing" if e.reason == "file not found" else "corrupt"
+    return ""
+
+
+def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) -> dict:
+    """Decodes every finished image (and its training copy) on all cores; lists missing or corrupt ones.
+
+    With `repair`, torn log lines and leftover temp files are removed first (`mend`), and corrupt files are
+    deleted so that the next `synthtl generate` run redraws them (the set's completion record goes with them).
+
+    Args:
+        folder: The generated set.
+        repair: Mend and delete, as above.
+        workers: Decoding threads (0 = one per core; decoding releases the GIL).
+    """
     folder = Path(folder)
-    rows = manifest_rows(folder)
     mended = mend(folder) if repair else {"torn": {}, "temps": 0}
-    done = done_rows(folder)
-    missing, corrupt, checked = [], [], 0
-    for r in rows:
-        if not (r.get("status") == "done" or r["id"] in done):
-            continue
-        checked += 1
-        for key in ("path", "train_path"):
-            rel = r.get(key)
-            if not rel:
-                continue
-            p = folder / rel
-            if not p.is_file():
+    state = read_state(folder)
+    rows = state.rows
+    logged = np.flatnonzero(state.logged)
+    rels = [rel for p in logged.tolist() for rel in (rows.rel_path(p), rows.rel_path(p, "train_path")) if rel]
+    missing, corrupt = [], []
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        for rel, verdict in zip(rels, pool.map(_check_file, (folder / r for r in rels), chunksize=64), strict=True):
+            if verdict == "missing":
                 missing.append(rel)
-                continue
-            try:
-                load_rgb(p)
-            except BadImageError:
+            elif verdict == "corrupt":
                 corrupt.append(rel)
                 if repair:
-                    p.unlink()
-    return {"checked": checked, "missing": missing, "corrupt": corrupt, "repaired": repair and bool(corrupt),
+                    (folder / rel).unlink()
+    if repair and (missing or corrupt):
+        (folder / COMPLETE).unlink(missing_ok=True)  # no longer complete: the next run redraws them, then records
+    return {"checked": len(logged), "missing": missing, "corrupt": corrupt, "repaired": repair and bool(corrupt),
             **mended}
 
 
-def finalize(folder: Path, rows: list[dict]) -> bool:
-    """Once every planned row is written, rewrites the manifest with status=done and the seeds actually used.
+def finalize(folder: Path, rows: SetRows, shard: int, num_shards: int, per_class: int) -> bool:
+    """Records that this shard wrote all its rows among the first `per_class` of each class; the last of the N
+    shards to do so checks the whole set once and writes its completion record (complete.json: the finished prefix
+    of each class) and, when every planned row is finished, the manifest with status done and the seeds actually
+    used. Returns whether the whole plan is finished.
 
     Call it holding `set_lock`.
     """
-    done = done_rows(folder)
-    if not all(is_done(r, done, folder) for r in rows):
-        return False
-    out = []
-    for r in rows:
-        d = done.get(r["id"], {})
-        out.append({**r, "status": "done", "seed": d.get("seed", r["seed"]), "redraws": d.get("redraws", 0)})
-    write_jsonl(folder / MANIFEST, out)
-    return True
+    remove_temps(folder)  # a killed plan or finalize write's temp file (those files are written under this lock only)
+    write_json(finished_file(folder, shard, num_shards), {"per_class": per_class})
+    if not all(finished_file(folder, s, num_shards).is_file() for s in range(num_shards)):
+        return False  # another shard is still writing: it finalizes when it ends
+    state = read_state(folder)
+    rec = record(state)
+    if rec["complete"]:
+        write_manifest(folder, rows, state)
+    write_json(folder / COMPLETE, rec)
+    return rec["complete"]

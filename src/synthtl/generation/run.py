@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from synthtl.config import GenerateConfig
 from synthtl.data.cache import resized_jpeg
 from synthtl.data.datasets import DATASETS, classnames, load_data
-from synthtl.data.synthetic import PROGRESS_DIR
+from synthtl.data.synthetic import PROGRESS_DIR, SetRows, present, read_state
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.files import append_jsonl, read_json, remove_temps, write_bytes, write_json
 from synthtl.generation import plan as planning
@@ -78,11 +79,32 @@ def _encode(img: np.ndarray, fmt: str, quality: int) -> bytes:
 
 
 def _write(folder: Path, row: dict, img: np.ndarray, seed: int, redraws: int, cfg: GenerateConfig) -> dict:
-    """Writes one image (and its training copy) atomically; returns its progress-log row."""
+    """Writes one image (and its training copy) atomically, fsynced; returns its progress-log row."""
     write_bytes(folder / row["path"], _encode(img, cfg.image_format, cfg.quality))
     if row.get("train_path"):
         write_bytes(folder / row["train_path"], resized_jpeg(Image.fromarray(img), cfg.train_copy, quality=95))
     return {"id": row["id"], "seed": seed, "redraws": redraws}
+
+
+def _write_batch(folder: Path, log: Path, log_lock: threading.Lock, batch: list[tuple], cfg: GenerateConfig) -> int:
+    """Writes a batch's images, then logs them with one append (one fsync): a logged image is on disk.
+
+    Runs on a writer thread, so the thread feeding the GPU never waits for a disk. On an error (a full disk, a
+    kill) the images written before it are still logged, then the error is raised. Returns the images logged.
+    """
+    entries, error = [], None
+    for row, img, seed, attempt in batch:
+        try:
+            entries.append(_write(folder, row, img, seed, attempt, cfg))
+        except BaseException as e:  # DiskFullError, KeyboardInterrupt...: keep what is on disk, then stop
+            error = e
+            break
+    if entries:
+        with log_lock:  # writer threads share this shard's log: one append at a time
+            append_jsonl(log, entries)
+    if error is not None:
+        raise error
+    return len(entries)
 
 
 @torch.inference_mode()
@@ -104,7 +126,8 @@ def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig) -> tu
 
 def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]], templates: list[str],
                         token_map: dict[str, str], default_token: str) -> tuple[list, list[str]]:
-    """Every image's prompt record (`fit_prompt`: fits the text encoder, style token kept) and each class's token."""
+    """Each class's prompt record per template (`fit_prompt`: fits the text encoder, style token kept; image i of a
+    class uses template i mod len(templates)) and each class's token."""
     tokenizer = pipe.tokenizer
     convert = getattr(pipe, "maybe_convert_prompt", lambda text, tok: text)  # multi-vector tokens expand to several
 
@@ -112,18 +135,17 @@ def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]
         return len(tokenizer(convert(text, tokenizer), verbose=False).input_ids)
 
     tokens = [token_map.get(name, default_token) if needs_token(templates) else "" for _, name in classes]
-    prompts = []
-    for c, (_, name) in enumerate(classes):
-        distinct = {}  # templates cycle: tokenize each distinct prompt once, not once per image
-        for t in range(min(len(templates), cfg.per_class)):
-            distinct[t] = fit_prompt(templates, name, t, count, tokenizer.model_max_length, cfg.prompts.suffix,
-                                     tokens[c])
-        prompts.append([distinct[i % len(templates)] for i in range(cfg.per_class)])
+    prompts = [[fit_prompt(templates, name, t, count, tokenizer.model_max_length, cfg.prompts.suffix, tokens[c])
+                for t in range(len(templates))] for c, (_, name) in enumerate(classes)]
     return prompts, tokens
 
 
 def _setup(cfg: GenerateConfig, folder: Path):
-    """Pipeline (with the style embedding) and the plan rows (written or checked under the set's lock)."""
+    """(pipeline, runtime, planned rows); the pipeline is None when the wanted images are already finished.
+
+    The plan is written under the set's lock by whichever shard (torchrun rank) gets it first; every other shard
+    finds it there and only checks it.
+    """
     from synthtl.style.embeddings import class_tokens, embeddings_hash, load_into_pipeline
 
     templates = template_set(cfg.prompts.templates, cfg.prompts.custom)
@@ -132,19 +154,25 @@ def _setup(cfg: GenerateConfig, folder: Path):
                           "prompts.style_embedding to the output of `synthtl learn-style`")
     classes = class_list(cfg)
     rt = generator_runtime(cfg.generator)
-    pipe = load_pipeline(cfg.generator, rt)
     generator = generator_identity(cfg.generator)  # from the weights, so a style embedding cannot change it
-    style_hash, token_map, default_token = "", {}, STYLE_TOKEN
+    style_hash = embeddings_hash(cfg.prompts.style_embedding) if cfg.prompts.style_embedding else ""
+    ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash)
+    planned = planning.planned_rows(folder, ident, cfg.per_class)
+    if planned is not None and planning.is_complete(folder, cfg.per_class) and \
+            present(planned)[planned.idx < cfg.per_class].all():  # one listing per class: deleted files get redrawn
+        return None, rt, planned  # a finished set: nothing to load, nothing to write
+    pipe = load_pipeline(cfg.generator, rt)
+    token_map, default_token = {}, STYLE_TOKEN
     if cfg.prompts.style_embedding:
         loaded = load_into_pipeline(pipe, cfg.prompts.style_embedding)
-        style_hash = embeddings_hash(cfg.prompts.style_embedding)
         token_map = class_tokens(cfg.prompts.style_embedding)
         default_token = loaded[0]
-    ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash)
+    if planned is not None:
+        return pipe, rt, planned
     prompts, tokens = _prompts_and_tokens(pipe, cfg, classes, templates, token_map, default_token)
-    rows = planning.build_rows(ident, classes, cfg.per_class, prompts, tokens)
+    table = planning.class_table(classes, prompts, tokens)
     with planning.set_lock(folder):
-        rows = planning.write_or_check(folder, ident, rows, cfg.per_class)
+        rows = planning.write_or_check(folder, ident, table, cfg.per_class)
         remove_temps(folder)  # a killed plan write's temp file (plan and manifest are only written under this lock)
     return pipe, rt, rows
 
@@ -160,24 +188,29 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
 def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -> dict:
     pipe, rt, rows = _setup(cfg, folder)
-    mine = [r for r in rows if r["index"] < cfg.per_class and planning.shard_of(r["id"], num_shards) == shard]
-    planning.remove_shard_temps(folder, mine, shard, num_shards)
-    done = planning.done_rows(folder)
-    todo = [r for r in mine if not (r["id"] in done and (folder / r["path"]).is_file())]
-    todo.sort(key=lambda r: (r["index"], r["class_index"]))  # batches span classes
+    mine = planning.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class)
+    todo = np.zeros(0, dtype=np.int64)
+    if pipe is not None:
+        planning.remove_shard_temps(folder, rows, mine, shard, num_shards)
+        todo = np.flatnonzero(mine & ~read_state(folder).done)
+        todo = todo[np.lexsort((rows.cls[todo], rows.idx[todo]))]  # by image index, then class: batches span classes
     log = folder / PROGRESS_DIR / f"{planning.shard_name(shard, num_shards)}.jsonl"
     t0 = time.perf_counter()
-    stats = _generate(pipe, rt, todo, folder, log, cfg)
+    stats = _generate(pipe, rows, todo.tolist(), folder, log, cfg) if len(todo) else {"images": 0, "redraws": 0}
     seconds = time.perf_counter() - t0
     stats_file = planning.stats_file(folder, shard, num_shards)
     prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
     # Every shard (torchrun rank) keeps its own file, so the set's cost is the sum over shards, not rank 0's share.
     write_json(stats_file, {"images": prev["images"] + stats["images"], "seconds": prev["seconds"] + seconds,
                             "redraws": prev["redraws"] + stats["redraws"], "device": str(rt.device), "gpus": rt.gpus})
-    with planning.set_lock(folder):
-        complete = planning.finalize(folder, rows)
+    if pipe is None:
+        complete = planning.is_complete(folder)
+    else:
+        with planning.set_lock(folder):
+            complete = planning.finalize(folder, rows, shard, num_shards, cfg.per_class)
     whole = planning.set_stats(folder)
-    summary = {"shard": f"{shard}/{num_shards}", "planned": len(mine), "already_done": len(mine) - len(todo),
+    planned = int(mine.sum())
+    summary = {"shard": f"{shard}/{num_shards}", "planned": planned, "already_done": planned - len(todo),
                "generated": stats["images"], "redraws": stats["redraws"], "seconds": seconds,
                "gpu_seconds": seconds * rt.gpus, "images_per_s": stats["images"] / seconds if seconds else 0.0,
                "set_complete": complete, "set": whole, "out_dir": str(folder)}
@@ -190,37 +223,40 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
     return summary
 
 
-def _generate(pipe, rt, todo: list[dict], folder: Path, log: Path, cfg: GenerateConfig) -> dict:
-    queue = deque((r, 0) for r in todo)  # (row, redraw attempt)
+def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig) -> dict:
+    """Denoises `todo` (row positions) batch by batch; writer threads write and log each batch behind it."""
+    queue = deque((p, 0) for p in todo)  # (row position, redraw attempt)
     batch_size = cfg.generator.batch_size
-    pending: list[tuple[Future, dict]] = []
+    writers = max(1, cfg.writers)
+    pending: list[Future] = []
+    log_lock = threading.Lock()
     stats = {"images": 0, "redraws": 0}
     bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not (cfg.progress and is_main()))
 
     def drain(wait: bool) -> None:
-        """Logs finished writes in submission order; re-raises a write error after logging what succeeded."""
+        """Counts finished batches in submission order; re-raises a write error after the others are logged."""
         error = None
-        while pending and (wait or pending[0][0].done()):
-            fut, _ = pending.pop(0)
+        while pending and (wait or pending[0].done() or len(pending) > 2 * writers):  # bound images held in RAM
+            fut = pending.pop(0)
             try:
-                entry = fut.result()
-            except BaseException as e:  # DiskFullError, a cancelled write...: log the others first, then raise
+                n = fut.result()
+            except BaseException as e:  # DiskFullError, a cancelled write...: let the others finish first
                 error = error or e
                 continue
-            append_jsonl(log, [entry])
-            stats["images"] += 1
-            bar.update()
+            stats["images"] += n
+            bar.update(n)
         if error is not None:
             raise error
 
-    with ThreadPoolExecutor(max(1, cfg.writers)) as pool:
+    with ThreadPoolExecutor(writers) as pool:
         try:
             while queue:
                 batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
-                rows = [r for r, _ in batch]
-                seeds = [planning.image_seed(cfg.seed, r["class_index"], r["index"], a) for r, a in batch]
+                batch_rows = [rows.row(p) for p, _ in batch]
+                seeds = [planning.image_seed(cfg.seed, r["class_index"], r["index"], a)
+                         for r, (_, a) in zip(batch_rows, batch, strict=True)]
                 try:
-                    images, bad = denoise(pipe, rows, seeds, cfg)
+                    images, bad = denoise(pipe, batch_rows, seeds, cfg)
                 except torch.cuda.OutOfMemoryError:
                     if batch_size == 1:
                         raise SynthTLError("CUDA out of memory even with generator.batch_size=1; lower "
@@ -230,20 +266,23 @@ def _generate(pipe, rt, todo: list[dict], folder: Path, log: Path, cfg: Generate
                     batch_size //= 2
                     print(f"[synthtl] CUDA out of memory: continuing with generator.batch_size={batch_size}")
                     continue
-                for (row, attempt), img, seed, is_bad in zip(batch, images, seeds, bad, strict=True):
+                good = []
+                for (p, attempt), row, img, seed, is_bad in zip(batch, batch_rows, images, seeds, bad, strict=True):
                     if is_bad:
                         if attempt >= cfg.max_redraws:
                             raise SynthTLError(
                                 f"image {row['id']} ({row['class_name']}) was black or non-finite in {attempt + 1} "
                                 "draws; fp16 VAE overflow? try generator.dtype=bf16 or fp32")
-                        queue.appendleft((row, attempt + 1))
+                        queue.appendleft((p, attempt + 1))
                         stats["redraws"] += 1
                         continue
-                    pending.append((pool.submit(_write, folder, row, img, seed, attempt, cfg), row))
+                    good.append((row, img, seed, attempt))
+                if good:
+                    pending.append(pool.submit(_write_batch, folder, log, log_lock, good, cfg))
                 drain(wait=False)
             drain(wait=True)
         except BaseException:
-            for fut, _ in pending:
+            for fut in pending:
                 fut.cancel()
             with contextlib.suppress(BaseException):  # the original error is the one to report
                 drain(wait=True)  # keep what was fully written before stopping
