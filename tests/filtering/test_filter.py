@@ -240,3 +240,14 @@ def test_extended_set_scores_only_the_new_rows(base, gen, monkeypatch):
     ids = [r["id"] for r in read_jsonl(gen / "filters" / "clip" / "scores.jsonl")]
     assert sorted(ids) == sorted(manifest_ids(gen)) and len(ids) == 18
     assert summary["kept"] == 6 and len(filtering.kept(gen, "clip")) == 6
+
+
+def test_shipped_presets_load_and_leave_the_rule_to_the_command():
+    from synthtl.config import configs_dir
+
+    presets = sorted((configs_dir() / "filter").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"clip", "classifier"}
+    for p in presets:
+        assert p.read_text().startswith("# synthtl filter "), p
+        cfg = load_config(FilterConfig, p, ["keep.top_k=5"])
+        assert cfg.keep.rule == "top_k" and cfg.method in ("clip", "classifier")

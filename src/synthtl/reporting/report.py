@@ -152,6 +152,8 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         page.section("Real vs synthetic images", "grids")
         for path, caption in image_grids(runs, gensets, cfg, figs / "grids"):
             page.figure(path, caption)
+    if gensets:
+        tables += filter_section(page, gensets, figs / "filters", cfg.grid_classes)
     page.section("Every run", "runs")
     runs_t = _runs_table(runs)
     tables.append(runs_t)
@@ -169,6 +171,31 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     write_text(out / "report.md", f"# {page.title}\n\n" + "\n".join(to_markdown(t) for t in tables))
     write_text(out / "index.html", page.render())
     return {"html": out / "index.html", "markdown": out / "report.md", "tables": out / "tables", "figures": figs}
+
+
+def filter_section(page: Page, gensets, folder: Path, max_classes: int) -> list[Table]:
+    """Keep rates, score histograms and dropped examples of every finished filter (none: no section)."""
+    from synthtl.reporting.filters import collect_filters, dropped_sheet, histogram, keep_table
+
+    found, problems = collect_filters(gensets)
+    if not found and not problems:
+        return []
+    page.section("Synthetic-image filters (ours)", "filters")
+    page.text("Beyond the paper: images of a generated set scored by zero-shot CLIP or by a classifier fine-tuned on "
+              "the real train split (`synthtl filter`), keeping the best per class or those above a threshold.")
+    for p in problems:
+        page.text(f"not shown: {p}", "banner")
+    if not found:
+        return []
+    t = keep_table(found)
+    page.table(t)
+    for f in found:
+        stem = f"{f.set_id}_{f.name}"
+        page.figure(histogram(f, folder / f"{stem}_scores.png"),
+                    f"{f.label}: scores of kept and dropped images (top_k and fraction rank within each class)")
+        page.figure(dropped_sheet(f, folder / f"{stem}_dropped.png", max_classes=max_classes),
+                    f"{f.label}: dropped images")
+    return [t]
 
 
 def quality_section(runs, gensets, cfg: ReportConfig, out: Path):
