@@ -251,3 +251,37 @@ def test_shipped_presets_load_and_leave_the_rule_to_the_command():
         assert p.read_text().startswith("# synthtl filter "), p
         cfg = load_config(FilterConfig, p, ["keep.top_k=5"])
         assert cfg.keep.rule == "top_k" and cfg.method in ("clip", "classifier")
+
+
+def test_filtering_and_its_report_import_nothing_from_training():
+    import subprocess
+    import sys
+
+    code = ("import sys, synthtl.filtering.run, synthtl.reporting.filters; "
+            "print(sorted(m for m in sys.modules if m.startswith('synthtl.training')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_same_name_with_other_weights_at_the_same_path_is_refused(base, gen, tmp_path, monkeypatch):
+    from synthtl.errors import ConfigError
+
+    clip = Path(shutil.copytree(base["clip"], tmp_path / "clip"))
+    cfg = load_config(FilterConfig, None, [f"set_dir={gen}", f"clip.model={clip}", "keep.top_k=2", "progress=false",
+                                           "device=cpu", "batch_size=4"])
+    real, calls = filter_run.score_batch, []
+
+    def dying(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(filter_run, "score_batch", dying)
+    with pytest.raises(KeyboardInterrupt):  # killed half way: the resume must not mix two models' scores
+        run_filter(cfg)
+    monkeypatch.setattr(filter_run, "score_batch", real)
+    shutil.rmtree(clip)
+    tiny_clip(clip, seed=1)  # other weights, same folder
+    with pytest.raises(ConfigError, match="scored with another model .*weights"):
+        run_filter(cfg)
