@@ -218,3 +218,17 @@ def test_scan_cleans_temp_files_a_killed_scan_left(tmp_path, folder_data):
     Image.new("RGB", (50, 50), (0, 0, 0)).save(folder_data / "train" / "blue_jay" / "img_002.jpg")  # work to do
     scan_images(train, tmp_path / "c", short_side=32, progress=False)
     assert not leftover.exists()
+
+
+def test_subsets_of_one_folder_share_one_cache_and_small_jpegs_are_linked(tmp_path, folder_data, monkeypatch):
+    train = load_split("folder", "train", folder_data)
+    first = scan_images(train.subset(range(8)), tmp_path / "c", short_side=64, progress=False)
+    calls = []
+    real = cache_mod.load_rgb
+    monkeypatch.setattr(cache_mod, "load_rgb", lambda p, d=None, **k: calls.append(p) or real(p, d, **k))
+    both = scan_images(train, tmp_path / "c", short_side=64, progress=False)  # e.g. a larger synthetic.per_class
+    assert len(list((tmp_path / "c" / "scans").iterdir())) == 1  # one cache for the folder, not one per list
+    assert len(calls) == len(train) - 8  # only the new files were decoded
+    assert both.images.paths[:8] == first.images.paths
+    for i in range(len(both.images)):  # the small JPEGs are the source files themselves, not re-encoded copies
+        assert both.images.path(i).stat().st_ino == both.source.path(i).stat().st_ino

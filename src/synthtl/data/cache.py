@@ -1,7 +1,10 @@
 """First-use scan of an image list: content hashes, bad-image detection and a pre-resized JPEG copy.
 
 The scan decodes every image once, records the SHA-256 of its bytes (for the train/test overlap check) and,
-when asked, writes a copy whose short side is `short_side` as JPEG q95. Training then reads the small copies,
+when asked, writes a copy whose short side is `short_side` as JPEG q95 (an RGB JPEG already that small, such as a
+generated set's training copy, is hard-linked instead of re-encoded). One cache per image folder: every list drawn
+from a folder (each volume of a generated set, each few-shot draw) shares its rows and copies, which are per file.
+Training then reads the small copies,
 which is what makes the data loader keep up with the GPU. Scans are resumable (an append-only log) and
 invalidated per file when a source file's size or mtime changes.
 
@@ -68,10 +71,10 @@ def _fs_bytes(name: str) -> bytes:
 
 
 def _key(images: ImageList) -> str:
+    """One cache per folder of images, not per list: every subset of a folder (each `synthetic.per_class` of a volume
+    study, each few-shot draw) shares one scan log and one copy of each file (rows and copies are per file)."""
     h = hashlib.sha1(f"format {CACHE_FORMAT}\n".encode())
     h.update(os.fsencode(images.root.resolve()))
-    for p in images.paths:
-        h.update(_fs_bytes(p) + b"\n")
     # The readable part is only a hint for people browsing the cache: kept short and plain for any file system.
     hint = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "-" for ch in images.name)[:40]
     return f"{hint or 'images'}-{h.hexdigest()[:12]}"
@@ -87,6 +90,30 @@ def resized_jpeg(img: Image.Image, short_side: int, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def _small_plain_jpeg(data: bytes, short_side: int) -> bool:
+    """An RGB JPEG, upright as stored (no EXIF rotation), with short side <= short_side: already what the copy
+    would be, so re-encoding it would only lose quality and time."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # the header only
+            return (im.format == "JPEG" and im.mode == "RGB" and min(im.size) <= short_side
+                    and im.getexif().get(0x0112, 1) == 1)
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _link_or_copy(src: Path, data: bytes, dst: Path) -> None:
+    """`dst` as a hard link to `src` (no bytes copied), else a copy of `data`; atomic either way."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.link{os.getpid()}.tmp"  # `remove_temps` clears it if a kill leaves it
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        write_bytes(dst, data)
 
 
 def _cached_name(rel: str) -> str:
@@ -185,7 +212,10 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
         except BadImageError as e:
             return {"path": rel, "sig": sig, "ok": False, "reason": e.reason, "sha256": digest}
         if resized_dir is not None:
-            write_bytes(resized_dir / _cached_name(rel), resized_jpeg(img, short_side))
+            if _small_plain_jpeg(data, short_side):  # e.g. a generated set's 256-px training copy: link, no re-encode
+                _link_or_copy(path, data, resized_dir / _cached_name(rel))
+            else:
+                write_bytes(resized_dir / _cached_name(rel), resized_jpeg(img, short_side))
         return {"path": rel, "sig": sig, "ok": True, "reason": "", "sha256": digest, "size": list(img.size)}
 
     unique = list(dict.fromkeys(images.paths))
