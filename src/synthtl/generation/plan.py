@@ -56,6 +56,7 @@ __all__ = ["EXT", "LOCKS", "PLAN", "image_seed", "is_complete", "row_id", "shard
 
 LOCKS = "locks"  # one lock folder per shard: two writers of one shard never interleave
 SET_LOCK_WAIT = 600.0  # seconds a shard waits for another's plan/finalize step (a million-row plan takes ~30 s)
+VALIDATE_SIDE = 32  # --validate decodes JPEGs at a reduced DCT scale down to this short side (see `_check_file`)
 FORMAT = 1  # of the identity: what the images depend on (the file layout is `synthetic.LAYOUT`)
 
 
@@ -315,7 +316,9 @@ def _check_file(path: Path) -> str:
     from synthtl.errors import BadImageError
 
     try:
-        load_rgb(path)
+        # A JPEG decoded at 1/8 scale still reads every byte of its entropy-coded data (a truncated or damaged
+        # file fails the same way) but skips the full-size inverse DCT: several times faster.
+        load_rgb(path, min_short_side=VALIDATE_SIDE)
     except BadImageError as e:
         return "missing" if e.reason == "file not found" else "corrupt"
     return ""

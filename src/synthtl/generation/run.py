@@ -140,6 +140,21 @@ def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]
     return prompts, tokens
 
 
+def finished(rows: SetRows, per_class: int) -> bool:
+    """The first `per_class` images of every class are finished: the completion record says so and their files
+    are there (one listing per class, so a deleted file is redrawn), without reading a log or the manifest."""
+    return planning.is_complete(rows.folder, per_class) and bool(present(rows)[rows.idx < per_class].all())
+
+
+def resume_todo(folder: Path, rows: SetRows, per_class: int, shard: int, num_shards: int) -> tuple[np.ndarray, list]:
+    """(this shard's rows, its unfinished ones in generation order); removes the temp files it left when killed."""
+    mine = planning.shard_mask(rows, shard, num_shards) & (rows.idx < per_class)
+    planning.remove_shard_temps(folder, rows, mine, shard, num_shards)
+    todo = np.flatnonzero(mine & ~read_state(folder).done)
+    todo = todo[np.lexsort((rows.cls[todo], rows.idx[todo]))]  # by image index, then class: batches span classes
+    return mine, todo.tolist()
+
+
 def _setup(cfg: GenerateConfig, folder: Path):
     """(pipeline, runtime, planned rows); the pipeline is None when the wanted images are already finished.
 
@@ -158,8 +173,7 @@ def _setup(cfg: GenerateConfig, folder: Path):
     style_hash = embeddings_hash(cfg.prompts.style_embedding) if cfg.prompts.style_embedding else ""
     ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash)
     planned = planning.planned_rows(folder, ident, cfg.per_class)
-    if planned is not None and planning.is_complete(folder, cfg.per_class) and \
-            present(planned)[planned.idx < cfg.per_class].all():  # one listing per class: deleted files get redrawn
+    if planned is not None and finished(planned, cfg.per_class):
         return None, rt, planned  # a finished set: nothing to load, nothing to write
     pipe = load_pipeline(cfg.generator, rt)
     token_map, default_token = {}, STYLE_TOKEN
@@ -188,15 +202,13 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
 def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -> dict:
     pipe, rt, rows = _setup(cfg, folder)
-    mine = planning.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class)
-    todo = np.zeros(0, dtype=np.int64)
-    if pipe is not None:
-        planning.remove_shard_temps(folder, rows, mine, shard, num_shards)
-        todo = np.flatnonzero(mine & ~read_state(folder).done)
-        todo = todo[np.lexsort((rows.cls[todo], rows.idx[todo]))]  # by image index, then class: batches span classes
+    if pipe is None:
+        mine, todo = planning.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class), []
+    else:
+        mine, todo = resume_todo(folder, rows, cfg.per_class, shard, num_shards)
     log = folder / PROGRESS_DIR / f"{planning.shard_name(shard, num_shards)}.jsonl"
     t0 = time.perf_counter()
-    stats = _generate(pipe, rows, todo.tolist(), folder, log, cfg) if len(todo) else {"images": 0, "redraws": 0}
+    stats = _generate(pipe, rows, todo, folder, log, cfg) if todo else {"images": 0, "redraws": 0}
     seconds = time.perf_counter() - t0
     stats_file = planning.stats_file(folder, shard, num_shards)
     prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
