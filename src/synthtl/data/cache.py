@@ -4,9 +4,8 @@ The scan decodes every image once, records the SHA-256 of its bytes (for the tra
 when asked, writes a copy whose short side is `short_side` as JPEG q95 (an RGB JPEG already that small, such as a
 generated set's training copy, is hard-linked instead of re-encoded). One cache per image folder: every list drawn
 from a folder (each volume of a generated set, each few-shot draw) shares its rows and copies, which are per file.
-Training then reads the small copies,
-which is what makes the data loader keep up with the GPU. Scans are resumable (an append-only log) and
-invalidated per file when a source file's size or mtime changes.
+Training then reads the small copies, which is what makes the data loader keep up with the GPU. Scans are
+resumable (an append-only log) and invalidated per file when a source file's size or mtime changes.
 
 One writer per dataset: the scan holds the cache folder's lock (`synthtl.files.exclusive`) while it decodes and
 appends, so parallel jobs of a study that share a dataset never both write. A job that finds the cache being built

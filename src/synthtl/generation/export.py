@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import yaml
 
-from synthtl.data.synthetic import completed_rows, completion
+from synthtl.data.synthetic import class_names, completion, iter_completed_rows, read_state
 from synthtl.errors import ConfigError, DataError
-from synthtl.files import read_json, write_jsonl, write_text
+from synthtl.files import atomic_open, read_json, write_text
 
 META_KEYS = ("class_name", "class_index", "prompt", "negative_prompt", "seed", "redraws", "model", "revision",
              "scheduler", "steps", "guidance", "height", "width", "dtype", "style_hash", "truncated")
@@ -38,39 +39,36 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
     folder, out = Path(folder), Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is an existing file; give a folder for the exported dataset")
-    state = completion(folder)
+    set_state = read_state(folder)
+    state = completion(folder, state=set_state)
     partial = not state["complete"]
     if partial and not allow_partial:
         raise DataError(f"generated set {folder} is unfinished: {state['done']} of {state['total']} planned images are "
                         "done; resume `synthtl generate` to finish it, or pass --allow-partial to export the finished "
                         "images (the dataset card records it)")
-    rows = completed_rows(folder)
-    if not rows:
+    if not set_state.done.any():
         raise DataError(f"{folder} has no finished images to export")
     plan = read_json(folder / "plan.json")["identity"] if (folder / "plan.json").is_file() else {}
-    names = list(plan.get("classes") or [])
-    for r in sorted(rows, key=lambda r: r["class_index"]):  # a set without plan.json: names from the rows
-        if r["class_index"] >= len(names):
-            names += [""] * (r["class_index"] + 1 - len(names))
-        names[r["class_index"]] = names[r["class_index"]] or r["class_name"]
+    names = list(plan.get("classes") or class_names(set_state.rows))
     split = out / "train"
-    meta = []
-    for r in rows:
-        rel = Path(r["path"]).relative_to("images")
-        dst = split / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists():
-            try:
-                if not link:
-                    raise OSError
-                os.link(folder / r["path"], dst)
-            except OSError:
-                shutil.copy2(folder / r["path"], dst)
-        meta.append({"file_name": rel.as_posix(), "label": r["class_index"],
-                     **{k: r.get(k, False if k == "truncated" else None) for k in META_KEYS}})
-    write_jsonl(split / "metadata.jsonl", meta)
-    write_text(out / "README.md", _card(names, plan, len(meta), state if partial else None))
-    return {"images": len(meta), "done": state["done"], "total": state["total"], "partial": partial}
+    n = 0
+    with atomic_open(split / "metadata.jsonl", "w") as meta:  # streamed: a million rows never sit in memory
+        for r in iter_completed_rows(folder, set_state):
+            rel = Path(r["path"]).relative_to("images")
+            dst = split / rel
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    if not link:
+                        raise OSError
+                    os.link(folder / r["path"], dst)
+                except OSError:
+                    shutil.copy2(folder / r["path"], dst)
+            meta.write(json.dumps({"file_name": rel.as_posix(), "label": r["class_index"],
+                                   **{k: r.get(k, False if k == "truncated" else None) for k in META_KEYS}}) + "\n")
+            n += 1
+    write_text(out / "README.md", _card(names, plan, n, state if partial else None))
+    return {"images": n, "done": state["done"], "total": state["total"], "partial": partial}
 
 
 def _card(names: list[str], plan: dict, n: int, partial: dict | None) -> str:
