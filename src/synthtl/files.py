@@ -30,11 +30,12 @@ class DiskFullError(SynthTLError):
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[Any]:
     """Writes to a temp file in the same folder, then `os.replace`s it over `path`.
 
     A killed process leaves either the old file or the new one, never half of one. A full disk raises
-    `DiskFullError` and leaves the old file untouched.
+    `DiskFullError` and leaves the old file untouched. `fsync=False` skips the flush to disk (for files that are
+    rewritten from their source on every run, such as a study's job files): the rename stays atomic.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         _unlink(tmp)
@@ -67,8 +69,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path, "w") as f:
+def write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
+    with atomic_open(path, "w", fsync=fsync) as f:
         f.write(text)
 
 

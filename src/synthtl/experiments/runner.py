@@ -81,8 +81,10 @@ def write_plan(plan: Plan) -> None:
     study = plan.study
     root = Path(study.folder)
     write_text(root / "study.yaml", to_yaml(study))
-    for job in plan.jobs:
-        write_text(job_file(study, job), to_yaml(job.config))
+    for job in plan.jobs:  # regenerated from the study on every call: rewritten only when changed, not fsynced
+        path, text = job_file(study, job), to_yaml(job.config)
+        if not path.is_file() or path.read_text() != text:
+            write_text(path, text, fsync=False)
     write_json(root / "plan.json", {"name": study.name, "description": study.description,
                                     "jobs": [{"kind": j.kind, "id": j.id, "needs": j.needs, "labels": j.labels,
                                               "out": str(j.out), "done": is_done(j)} for j in plan.jobs]})
