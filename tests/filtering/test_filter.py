@@ -285,3 +285,22 @@ def test_same_name_with_other_weights_at_the_same_path_is_refused(base, gen, tmp
     tiny_clip(clip, seed=1)  # other weights, same folder
     with pytest.raises(ConfigError, match="scored with another model .*weights"):
         run_filter(cfg)
+
+
+def test_training_reads_only_the_kept_images_and_records_the_filter(base, gen, tmp_path, capsys):
+    from synthtl.filtering import identity, kept
+
+    run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    args = ["finetune", "data.name=folder", f"data.root={base['real']}", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.num_workers=0", "model.name=test_resnet", "model.pretrained=false", "model.img_size=32",
+            "real_stage.epochs=1", "synth_stage.epochs=1", "real_stage.batch_size=8", "synth_stage.batch_size=4",
+            f"out_dir={tmp_path / 'runs'}", "progress=false", "leep.enabled=false", "strategy=bridged",
+            f"synthetic.path={gen}"]
+    assert run_cli(*args, "synthetic.filter=clip", "run_name=filtered") == 0
+    res = json.loads((tmp_path / "runs" / "filtered" / "result.json").read_text())
+    assert res["images"]["synthetic"] == 2 * 3 == len(kept(gen, "clip"))
+    assert res["synthetic_set"]["filter"] == {"name": "clip", "identity": identity(gen, "clip"), "kept": 6}
+    assert run_cli(*args, "run_name=all") == 0
+    assert json.loads((tmp_path / "runs" / "all" / "result.json").read_text())["images"]["synthetic"] == 15
+    assert run_cli(*args, "synthetic.filter=nope", "run_name=nope") == 2
+    assert "nope" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
             raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
                               "generated set (`synthtl generate`) or a class-per-folder image folder")
         syn_images, syn_record = load_synthetic_set(cfg.synthetic.path, source, cfg.synthetic.per_class,
-                                                    cfg.synthetic.allow_partial)
+                                                    cfg.synthetic.allow_partial, cfg.synthetic.filter)
         syn_scan = _scan(syn_images, cfg)
         synthetic = syn_scan.images
         skipped["synthetic"] = len(syn_scan.skipped)

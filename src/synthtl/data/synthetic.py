@@ -388,8 +388,9 @@ def _match_classes(syn_classes: list[tuple[str, str]], real: ImageList, where: s
 
 
 def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partial: bool,
-                     record: dict) -> list[tuple[str, int]]:
-    """(file training reads, real label) of the first `per_class` finished images of each class, class-major."""
+                     record: dict, filter_name: str = "") -> list[tuple[str, int]]:
+    """(file training reads, real label) of the first `per_class` finished (and, with a filter, kept) images of each
+    class, class-major."""
     state = read_state(folder)
     progress = completion(folder, per_class, state)
     record.update(done=progress["done"], total=progress["total"], partial=not progress["complete"])
@@ -407,9 +408,17 @@ def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partia
     done = np.flatnonzero(state.done)
     done = done[np.lexsort((rows.idx[done], rows.cls[done]))]  # class-major, then image index: "first k"
     starts = np.searchsorted(rows.cls[done], order + [np.iinfo(np.int32).max])
+    keep = None
+    if filter_name:
+        from synthtl.filtering import identity, kept  # lazy: filtering imports this module
+
+        keep = kept(folder, filter_name)  # refuses an unfinished or stale filter
+        record["filter"] = {"name": filter_name, "identity": identity(folder, filter_name), "kept": len(keep)}
     items = []
     for j in range(len(order)):
         mine = done[starts[j]:starts[j + 1]]
+        if keep is not None:  # the filter first, then the first k of what it kept
+            mine = np.array([p for p in mine.tolist() if rows.rel_path(p) in keep], dtype=mine.dtype)
         if per_class:
             mine = mine[:per_class]
         y = mapping[j]
@@ -431,7 +440,7 @@ def load_synthetic(path: str | os.PathLike, real: ImageList, per_class: int = 0,
 
 
 def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int = 0,
-                       allow_partial: bool = False) -> tuple[ImageList, dict]:
+                       allow_partial: bool = False, filter_name: str = "") -> tuple[ImageList, dict]:
     """A synthetic training set labelled in the real dataset's label space, and what was used.
 
     Args:
@@ -439,6 +448,7 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
         real: The real training list; synthetic classes must match its classes one to one.
         per_class: Keep the first k images of each class (manifest order); 0 = all.
         allow_partial: Use an unfinished generated set (the finished images only) instead of refusing it.
+        filter_name: Use only the images the set's filter of this name kept (`synthtl filter`); recorded.
 
     Returns:
         (images, record) where record = {"path", "generated", "done", "total", "partial", "allow_partial"}: done/total
@@ -454,7 +464,9 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
     record = {"path": str(folder), "generated": (folder / MANIFEST).is_file(), "done": None, "total": None,
               "partial": False, "allow_partial": allow_partial}
     if record["generated"]:
-        items = _generated_items(folder, real, per_class, allow_partial, record)
+        items = _generated_items(folder, real, per_class, allow_partial, record, filter_name)
+    elif filter_name:
+        raise DataError(f"synthetic.filter needs a generated set (`synthtl generate`); {folder} is an image folder")
     else:
         raw = image_folder(folder, tag=f"synthetic:{folder.name}")
         mapping = _match_classes(list(zip(raw.classes, raw.names, strict=True)), real, str(folder))
@@ -465,6 +477,11 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
             taken[y] = taken.get(y, 0) + 1
             items.append((p, mapping[y]))
     counts = np.bincount(np.array([y for _, y in items], dtype=np.int64), minlength=real.num_classes)  # one pass
+    if filter_name:
+        empty = [real.names[c] for c in range(real.num_classes) if counts[c] == 0]
+        if empty:
+            raise DataError(f"filter {filter_name!r} of {folder} keeps no image of {len(empty)} classes (e.g. "
+                            f"{empty[:5]}); loosen its keep.* rule or train without synthetic.filter")
     short = [real.names[c] for c in range(real.num_classes) if per_class and counts[c] < per_class]
     if short:
         raise DataError(f"synthetic.per_class={per_class} but {len(short)} classes have fewer finished images in "

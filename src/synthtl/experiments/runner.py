@@ -11,12 +11,11 @@ from pathlib import Path
 
 from synthtl.config import StudyConfig, to_yaml
 from synthtl.data.datasets import load_data
-from synthtl.data.synthetic import MANIFEST
 from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
 from synthtl.experiments.identity import identity_diff, identity_hash
-from synthtl.files import read_json, read_jsonl, write_json, write_text
+from synthtl.files import read_json, write_json, write_text
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "finetune")
@@ -66,15 +65,9 @@ def is_done(job: Job) -> bool:
         return (out / "style.json").is_file()
     if job.kind == "finetune":
         return (out / "result.json").is_file()
-    if not (out / MANIFEST).is_file() or not (out / "plan.json").is_file():
-        return False
-    if read_json(out / "plan.json")["per_class"] < job.config.per_class:
-        return False
-    from synthtl.generation.plan import done_rows
+    from synthtl.generation.plan import is_complete
 
-    done = done_rows(out)
-    wanted = [r for r in read_jsonl(out / MANIFEST) if r["index"] < job.config.per_class]
-    return all(r["id"] in done or r.get("status") == "done" for r in wanted)
+    return is_complete(out, job.config.per_class)  # the set's small completion record: no manifest is read
 
 
 def write_plan(plan: Plan) -> None:

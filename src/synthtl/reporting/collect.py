@@ -33,13 +33,17 @@ class Run:
 
 
 def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
-    """(guidance, prompt style) of a generated set, from its plan and the first manifest rows."""
+    """(guidance, prompt style) of a generated set, from its plan alone (a manifest can hold a million rows)."""
     plan = gen_dir / "plan.json"
     if not plan.is_file():
         return None, None
-    ident = read_json(plan)["identity"]
+    data = read_json(plan)
+    ident = data["identity"]
     if ident.get("style_hash"):
-        tokens = {r.get("token") for r in read_jsonl(gen_dir / "manifest.jsonl")[:1000]}
+        if "classes" in data:  # one record per class, with its style token
+            tokens = {k.get("token") for k in data["classes"]}
+        else:  # a set planned by an older version
+            tokens = {r.get("token") for r in read_jsonl(gen_dir / "manifest.jsonl")[:1000]}
         prompt = "per_class" if len(tokens) > 1 else "dsi"
     elif len(ident.get("templates", [])) == 80:
         prompt = "imagenet80"

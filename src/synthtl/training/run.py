@@ -70,6 +70,10 @@ def inputs_identity(cfg: FinetuneConfig) -> dict:
             for p in sorted(q for q in folder.rglob("*") if q.is_file()):
                 h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode("utf-8", "surrogateescape"))
             out["synthetic"] = "files:" + h.hexdigest()[:16]
+        if cfg.synthetic.filter and (folder / "filters" / cfg.synthetic.filter / "filter.json").is_file():
+            from synthtl.filtering import identity
+
+            out["filter"] = identity(folder, cfg.synthetic.filter)  # its config, model and every score
     for key, path in (("split_file", cfg.data.split_file), ("weights", cfg.model.weights)):
         if path and Path(path).is_file():
             out[key] = "sha256:" + sha256_file(path)[:16]
