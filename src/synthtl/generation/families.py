@@ -1,0 +1,237 @@
+"""Generator families: which diffusers pipeline a model needs, and which text encoders condition its UNet.
+
+Ours, beyond the paper (which uses SD v1.5 only; METHOD.md "Beyond the paper"): every Stable Diffusion 1.x/2.x
+checkpoint (StableDiffusionPipeline; SD 2.1 at 768 px predicts velocity, which its scheduler config says) and SDXL
+(StableDiffusionXLPipeline: two CLIP text encoders, pooled text embeddings and size/crop "time ids").
+
+The family is read from the weights, never guessed: a diffusers folder's `model_index.json` (`_class_name`), the
+same file of a hub snapshot, `generator.single_file_config`'s, or a single .safetensors file's key names. Anything
+else is refused with the supported families named.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from synthtl.config import GeneratorConfig
+from synthtl.errors import ConfigError
+from synthtl.registry import Registry
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between generator families, as data.
+
+    Attributes:
+        name: Short name ("sd", "sdxl").
+        pipeline: The diffusers pipeline class name.
+        text_encoders: The pipeline's text encoder attributes, in the order their states are concatenated.
+        tokenizers: The tokenizer attribute of each text encoder.
+        load_kwargs: Extra keyword arguments of the pipeline's constructor / from_pretrained (as (key, value) pairs).
+        about: What the family covers, for messages.
+    """
+
+    name: str
+    pipeline: str
+    text_encoders: tuple[str, ...]
+    tokenizers: tuple[str, ...]
+    load_kwargs: tuple[tuple[str, object], ...]
+    about: str
+
+    def pipeline_class(self):
+        import diffusers
+
+        return getattr(diffusers, self.pipeline)
+
+    def kwargs(self) -> dict:
+        return dict(self.load_kwargs)
+
+
+FAMILIES: Registry[Family] = Registry("generator family")
+FAMILIES.add("sd", Family(
+    "sd", "StableDiffusionPipeline", ("text_encoder",), ("tokenizer",),
+    # Ours: no safety checker (black outputs are detected and redrawn by generation instead).
+    (("safety_checker", None), ("feature_extractor", None), ("requires_safety_checker", False)),
+    "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline; epsilon or v-prediction)"))
+FAMILIES.add("sdxl", Family(
+    "sdxl", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"), ("tokenizer", "tokenizer_2"),
+    # Ours: no invisible watermark, so synthetic images carry no pattern that real ones lack.
+    (("add_watermarker", False),),
+    "Stable Diffusion XL base (StableDiffusionXLPipeline; two text encoders)"))
+_BY_CLASS = {f.pipeline: f for _, f in FAMILIES.items()}
+
+
+def supported() -> str:
+    """One line naming every supported family."""
+    return "; ".join(f"{name}: {f.about}" for name, f in FAMILIES.items())
+
+
+def family_from_index(index: dict, where: str) -> Family:
+    """The family of a diffusers model_index.json's content.
+
+    Raises:
+        ConfigError: the pipeline class is not one synthtl supports (the message lists those it does).
+    """
+    cls = index.get("_class_name", "")
+    if cls not in _BY_CLASS:
+        raise ConfigError(f"generator.model={where!r} is a {cls or 'pipeline without _class_name'}, which synthtl "
+                          f"cannot use; supported generator families: {supported()}")
+    return _BY_CLASS[cls]
+
+
+def _family_of_single_file(path: Path) -> Family:
+    """SD or SDXL from a .safetensors checkpoint's key names (its header only: no weights are read)."""
+    if path.suffix != ".safetensors":
+        return FAMILIES.get("sd")  # a .ckpt needs a full unpickle to inspect; set single_file_config for SDXL
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = f.keys()
+    # SDXL's original layout names its second text encoder (OpenCLIP ViT-bigG) "conditioner.embedders.1".
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return FAMILIES.get("sdxl")
+    if any(k.startswith("conditioner.") for k in keys):  # SDXL refiner or SVD: one OpenCLIP embedder only
+        raise ConfigError(f"generator.model={str(path)!r} is not a text-to-image SD/SDXL base checkpoint; supported "
+                          f"generator families: {supported()}")
+    return FAMILIES.get("sd")
+
+
+def family_of(gen: GeneratorConfig) -> Family:
+    """The family of the configured generator, from its files (see the module docstring).
+
+    Raises:
+        ConfigError: an unsupported pipeline class.
+        FileNotFoundError, OSError: a hub model whose model_index.json is neither cached nor downloadable (the
+            caller turns it into its offline message).
+    """
+    model = gen.model
+    if model == "tiny":
+        return FAMILIES.get("sd")
+    path = Path(model)
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ConfigError(f"generator.model={model!r} is a folder without model_index.json: not a diffusers "
+                              "pipeline folder")
+        return family_from_index(json.loads(index.read_text()), model)
+    if path.is_file():
+        conf = Path(gen.single_file_config) if gen.single_file_config else None
+        if conf is not None and (conf / "model_index.json").is_file():
+            return family_from_index(json.loads((conf / "model_index.json").read_text()), gen.single_file_config)
+        return _family_of_single_file(path)
+    from huggingface_hub import hf_hub_download
+
+    index = hf_hub_download(model, "model_index.json", revision=gen.revision or None)
+    return family_from_index(json.loads(Path(index).read_text()), model)
+
+
+def family_of_pipeline(pipe) -> Family:
+    """The family of a loaded pipeline (by its class)."""
+    name = type(pipe).__name__
+    if name not in _BY_CLASS:
+        raise ConfigError(f"a {name} is not a supported generator; supported generator families: {supported()}")
+    return _BY_CLASS[name]
+
+
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders in conditioning order (SDXL: CLIP ViT-L, then OpenCLIP ViT-bigG)."""
+    return [m for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if m is not None]
+
+
+def tokenizers(pipe) -> list:
+    """The tokenizer of each text encoder, in the order of `text_encoders`."""
+    return [t for t in (getattr(pipe, "tokenizer", None), getattr(pipe, "tokenizer_2", None)) if t is not None]
+
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+# ------------------------------------------------------------------------------------ tiny random components (tests)
+_TINY_BLOCKS = {"down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")}
+
+
+def _tiny_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
+
+
+def _tiny_vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
+        sample_size=32, scaling_factor=scaling_factor)
+
+
+def _clip_config(tokenizer, width: int, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") -> dict:
+    """A tiny random-weight SD 2.x (32x32 images): SD 2's linear attention projections and GELU text encoder, and
+    a scheduler predicting `prediction_type` (SD 2.1 at 768 px: "v_prediction"; 2.1-base: "epsilon")."""
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = _tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            **_TINY_BLOCKS,
+            cross_attention_dim=24, norm_num_groups=2, attention_head_dim=(2, 4), use_linear_projection=True)
+        vae = _tiny_vae(0.18215)
+        text_encoder = CLIPTextModel(_clip_config(tokenizer, 24, hidden_act="gelu"))
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                            algorithm_type="dpmsolver++", steps_offset=1,
+                                            prediction_type=prediction_type)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict:
+    """A tiny random-weight SDXL (32x32 images): two text encoders of different widths (16 and 24; CLIPTextModel and
+    CLIPTextModelWithProjection), a UNet conditioned on both (cross_attention_dim 40) and on the pooled projection
+    plus six size/crop time ids (addition_embed_type "text_time")."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = _tiny_tokenizer(), _tiny_tokenizer()
+    time_dim, proj_dim = 8, 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            **_TINY_BLOCKS,
+            cross_attention_dim=16 + 24, norm_num_groups=2, attention_head_dim=(2, 4), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=6 * time_dim + proj_dim)
+        vae = _tiny_vae(0.13025)
+        text_encoder = CLIPTextModel(_clip_config(tokenizer, 16))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, 24, projection_dim=proj_dim,
+                                                                  hidden_act="gelu"))
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
+            "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "scheduler": scheduler}
+
+
+def save_tiny(components: dict, folder: str | Path, family: str) -> Path:
+    """Writes tiny components as a diffusers pipeline folder (what `generator.model=<folder>` loads)."""
+    fam = FAMILIES.get(family)
+    pipe = fam.pipeline_class()(**components, **fam.kwargs())
+    pipe.save_pretrained(str(folder))
+    return Path(folder)
