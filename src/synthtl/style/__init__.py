@@ -1,1 +1,1 @@
-"""Dataset Style Inversion (one pseudo-token for a dataset) and per-class textual inversion."""
+"""Dataset Style Inversion (one pseudo-token for a dataset), per-class textual inversion, and style LoRAs (ours)."""

@@ -1,0 +1,496 @@
+"""`synthtl learn-style method=lora` (ours, beyond the paper): a LoRA on the generator, learned from the real images.
+
+As in DataDream (ECCV'24), Diff-Mix (CVPR'24) and Real-Fake (ICLR'24): low-rank updates of the UNet's attention
+projections (the text encoder's too, with `lora.train_text_encoder`) trained with the denoising loss on the real
+training images, prompts naming each image's class ("a photo of a {class}."). The data is the textual inversion's:
+the same images (`training_images`: train split or its few shots), cached VAE latents, class-balanced batches.
+
+- mode=dataset: one LoRA for the dataset, saved as `<out>/pytorch_lora_weights.safetensors`.
+- mode=class: one LoRA per class, each trained only on its own class's images, one after the other exactly as N
+  separate runs (own initialisation, own optimizer): `<out>/adapters/<class index>/pytorch_lora_weights.safetensors`.
+
+Each file is what diffusers' `pipe.load_lora_weights(folder)` reads. lora_B is stored multiplied by alpha / rank, so
+the file means W + B A with no scale metadata (diffusers' default when none is given), in every diffusers version.
+
+Generation (`prompts.style_lora`): `load_style_lora` adds B A into the weights (fused: no extra cost per image). A
+per-class LoRA keeps the base weights and `set_style_lora_class(pipe, class_name)` writes W + B_c A_c before each
+batch; until a class is chosen the UNet refuses to run, so a caller that forgets cannot generate unstyled images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from synthtl.config import PromptConfig, StyleConfig, to_dict, to_yaml
+from synthtl.errors import ConfigError, DataError, SynthTLError
+from synthtl.files import (
+    exclusive,
+    read_json,
+    remove_temps,
+    save_torch,
+    sha256_file,
+    write_bytes,
+    write_json,
+    write_text,
+)
+from synthtl.runtime import derive_seed, is_main, world_size
+from synthtl.style import train as ti
+from synthtl.style.embeddings import STYLE_JSON
+
+WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
+ADAPTERS = "adapters"  # per-class mode: adapters/<class index>/
+ADAPTER_JSON = "adapter.json"  # written after an adapter's weights: the adapter is finished
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+ADAPTER = "synthtl-style"  # peft adapter name while training
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' DreamBooth LoRA example
+PREFIXES = ("unet", "text_encoder")  # the file's key prefixes (diffusers' convention)
+DEFAULT_TEMPLATES = ["a photo of a {}."]  # DataDream's prompt; no style token: the weights carry the style
+
+
+def lora_scale(cfg: StyleConfig) -> float:
+    return (cfg.lora.alpha or cfg.lora.rank) / cfg.lora.rank
+
+
+def _templates(cfg: StyleConfig) -> list[str]:
+    templates = cfg.templates or DEFAULT_TEMPLATES
+    if any("{token}" in t for t in templates):
+        raise ConfigError("method=lora learns weights, not a token: remove {token} from templates (e.g. "
+                          "templates=['a photo of a {}.'])")
+    return templates
+
+
+# --------------------------------------------------------------------------------------------------- the adapters
+def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
+    """Adds one LoRA adapter (peft) to the UNet (and text encoder); returns its parameters by file key.
+
+    The base weights stay frozen; the LoRA parameters are fp32 even when the frozen model is bf16/fp16.
+
+    Raises:
+        ConfigError: `lora.targets` names no module of the UNet.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    models = {"unet": (pipe.unet, list(cfg.lora.targets))}
+    if cfg.lora.train_text_encoder:
+        models["text_encoder"] = (pipe.text_encoder, TEXT_TARGETS)
+    params = {}
+    for prefix, (model, targets) in models.items():
+        model.requires_grad_(False)
+        config = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha or cfg.lora.rank, target_modules=targets)
+        try:
+            inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        except ValueError as e:
+            raise ConfigError(f"lora.targets={targets}: {str(e).splitlines()[0][:200]}; name {prefix} modules, e.g. "
+                              "[to_q, to_k, to_v, to_out.0]") from None
+        for name, p in model.named_parameters():
+            if f".{ADAPTER}." in name:
+                p.data = p.data.float()
+                p.requires_grad_(True)
+                params[f"{prefix}.{name.replace(f'.{ADAPTER}.', '.')}"] = p
+    return params
+
+
+def init_lora(params: dict[str, torch.nn.Parameter], seed: int) -> None:
+    """peft's default initialisation (A ~ kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)), B = 0),
+    drawn from a seeded generator so that every adapter of a run starts from a reproducible point."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, p in sorted(params.items()):
+            if ".lora_A." in key:
+                bound = 1 / math.sqrt(p.shape[1])
+                p.copy_(torch.rand(p.shape, generator=g) * 2 * bound - bound)
+            else:
+                p.zero_()
+
+
+def lora_state(params: dict[str, torch.nn.Parameter], cfg: StyleConfig) -> dict[str, torch.Tensor]:
+    """The file's tensors: `<prefix>.<module>.lora_A/B.weight`, B multiplied by alpha / rank (see the module doc)."""
+    scale = lora_scale(cfg)
+    return {k: (p.detach().float().cpu() * (scale if ".lora_B." in k else 1)).contiguous() for k, p in params.items()}
+
+
+def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    write_bytes(path, save(state, metadata={"format": "pt"}))
+
+
+# -------------------------------------------------------------------------------------------------------- training
+def lora_step(pipe, noise_sched, params: dict, opt: torch.optim.Optimizer, cfg: StyleConfig, batches: list,
+              rt, step: int, scaler=None) -> float:
+    """One optimizer step of the LoRA on `batches` (gradients accumulated over them); returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = ti.token_lr(cfg, step)  # linear warmup over this adapter's steps, then constant
+    total = 0.0
+    for b in batches:
+        ids = ti.tokenize(pipe.tokenizer, b.prompts).to(rt.device)
+        loss = ti.diffusion_loss(pipe, noise_sched, b.latents, ids, b.noise, b.timesteps, rt) / len(batches)
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.item()
+    ti.optimizer_step(opt, scaler)
+    return total
+
+
+def draw_micro_batch(pipe, noise_sched, cfg: StyleConfig, names: tuple[str, ...], latents: list,
+                     pool: dict[int, list[int]], rt, g: torch.Generator) -> ti.MicroBatch:
+    """Class-balanced images from `pool` (one class in per-class mode), noise, timesteps and prompts, all from `g`."""
+    lat, ys = ti.sample_batch(latents, pool, cfg, cfg.resolution // 8, g)
+    lat = lat.to(rt.device, pipe.unet.dtype) * pipe.vae.config.scaling_factor
+    noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
+    templates = _templates(cfg)
+    prompts = [templates[int(torch.randint(len(templates), (1,), generator=g))].replace("{}", names[y]) for y in ys]
+    return ti.MicroBatch(lat, noise, t, prompts)
+
+
+@dataclass
+class Unit:
+    """One adapter to train: the dataset's (index -1) or class `index`'s, from the images in `pool`."""
+
+    index: int
+    pool: dict[int, list[int]]
+    steps: int
+    folder: Path  # where its weights go
+
+
+def run_learn_lora(cfg: StyleConfig) -> dict:
+    """Learns (or resumes, or skips if finished) a style LoRA; returns style.json's content.
+
+    Raises:
+        ConfigError: started as several processes, or the folder holds another config's work.
+        LockedError: another process is writing the same out_dir.
+    """
+    if world_size() > 1:
+        raise ConfigError(f"learn-style was started as {world_size()} processes (WORLD_SIZE): run learn-style as a "
+                          "single process (start it without torchrun)")
+    _templates(cfg)
+    out = Path(cfg.out_dir)
+    identity = ti.style_identity(cfg)
+    with exclusive(out, "style folder"):
+        remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
+        if (out / STYLE_JSON).is_file():
+            done = read_json(out / STYLE_JSON)
+            if done.get("config_hash") != identity:
+                raise ConfigError(f"{out} holds a style learned with another config; use another out_dir")
+            if is_main():
+                print(f"[synthtl] {out} is already finished; nothing to do")
+            return done
+        return _learn(cfg, out, identity)
+
+
+def _units(cfg: StyleConfig, out: Path, groups: dict[int, list[int]], names: tuple[str, ...]) -> list[Unit]:
+    n = len(names)
+    if cfg.mode == "dataset":
+        return [Unit(-1, groups, cfg.steps_per_class * n if cfg.steps_per_class else cfg.steps, out)]
+    per_class = cfg.steps_per_class or cfg.steps // n
+    if per_class < 1:
+        raise ConfigError(f"mode=class with steps={cfg.steps} gives the {n} class LoRAs no step each; set "
+                          "steps_per_class or steps >= the number of classes")
+    missing = [names[c] for c in range(n) if c not in groups]
+    if missing:
+        raise DataError(f"class {missing[0]!r} has no readable training image, so its LoRA cannot be learned; add "
+                        "images of it or use mode=dataset")
+    return [Unit(c, {c: groups[c]}, per_class, out / ADAPTERS / str(c)) for c in range(n)]
+
+
+def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
+    """Setup, then each adapter's step loop (checkpointed), then style.json; the caller holds the folder's lock."""
+    write_text(out / "config.yaml", to_yaml(cfg))
+    t_start = time.perf_counter()
+    images = ti.training_images(cfg, out)
+    rt = ti.style_runtime(cfg)
+    pipe, noise_sched = ti._components(cfg, rt)
+    latents, labels, skipped = ti.cache_latents(pipe.vae, images, cfg, rt)
+    units = _units(cfg, out, ti.by_class_index(labels), images.names)
+    params = add_lora(pipe, cfg)
+    done = [_train_unit(cfg, u, pipe, noise_sched, params, images.names, latents, rt, identity) for u in units]
+    return _save_style(cfg, out, images, done, params, skipped, identity, rt, time.perf_counter() - t_start)
+
+
+def _train_unit(cfg: StyleConfig, u: Unit, pipe, noise_sched, params: dict, names: tuple[str, ...], latents: list,
+                rt, identity: str) -> dict:
+    """Trains one adapter from its initialisation (or its checkpoint) and saves it; returns its record.
+
+    A finished adapter (its adapter.json, written after its weights, names this config) is read, not retrained.
+    """
+    marker = u.folder / ADAPTER_JSON
+    if u.index >= 0 and marker.is_file() and read_json(marker).get("config_hash") == identity:
+        return read_json(marker)
+    init_lora(params, derive_seed(cfg.seed, "lora-init", u.index))
+    opt = torch.optim.AdamW(list(params.values()), lr=ti.base_lr(cfg), weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
+    ckpt = u.folder.parent / CHECKPOINT if u.index >= 0 else u.folder / CHECKPOINT
+    step, losses, seconds = 0, [], 0.0
+    if ckpt.is_file():
+        step, losses, seconds = _resume(ckpt, identity, u.index, params, opt)
+    what = "learn-lora" if u.index < 0 else f"learn-lora {names[u.index]}"
+    bar = tqdm(total=u.steps, initial=step, desc=what, unit="step", disable=not (cfg.progress and is_main()))
+    t0 = time.perf_counter()
+    while step < u.steps:
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-step", u.index, step))
+        batches = [draw_micro_batch(pipe, noise_sched, cfg, names, latents, u.pool, rt, g)
+                   for _ in range(cfg.grad_accum)]
+        losses.append(lora_step(pipe, noise_sched, params, opt, cfg, batches, rt, step, scaler))
+        step += 1
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        bar.update()
+        if (step % cfg.checkpoint_every == 0 or step == u.steps) and is_main():
+            save_torch(ckpt, {"format": CHECKPOINT_FORMAT, "config_hash": identity, "unit": u.index, "step": step,
+                              "lora": {k: p.detach().cpu() for k, p in params.items()}, "optimizer": opt.state_dict(),
+                              "losses": losses, "seconds": seconds + time.perf_counter() - t0})
+        if u.index < 0 and cfg.validate_every and step % cfg.validate_every == 0 and step != u.steps and is_main():
+            _grid(pipe, cfg, names, range(min(cfg.validation_classes, len(names))),
+                  u.folder / "validation" / f"step-{step:06d}.png")
+    bar.close()
+    seconds += time.perf_counter() - t0
+    record = {"class_index": u.index, "class_name": names[u.index] if u.index >= 0 else "", "steps": len(losses),
+              "loss_curve": _curve(losses), "train_seconds": seconds, "config_hash": identity}
+    if is_main():
+        _save_weights(u.folder / WEIGHTS, lora_state(params, cfg))
+        if u.index < 0:
+            _grid(pipe, cfg, names, range(min(cfg.validation_classes, len(names))),
+                  u.folder / "validation" / f"step-{step:06d}.png")
+        elif u.index < cfg.validation_classes:  # the class's row, drawn with its own adapter
+            _grid(pipe, cfg, names, [u.index], u.folder.parent.parent / "validation" / f"class-{u.index}.png")
+        if u.index >= 0:
+            write_json(marker, {**record, "losses": losses})  # last: the adapter is finished
+    return record
+
+
+def _resume(ckpt: Path, identity: str, index: int, params: dict, opt: torch.optim.Optimizer
+            ) -> tuple[int, list[float], float]:
+    """Loads a checkpoint of adapter `index` into `params` and `opt`; returns (step, losses, seconds).
+
+    A checkpoint of another adapter (per-class: the previous class, finished since) starts this one afresh.
+    """
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if state.get("config_hash") != identity or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{ckpt} belongs to another config; use another out_dir or delete it")
+    if state["unit"] != index:
+        return 0, [], 0.0
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(state["lora"][k])
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], list(state["losses"]), state["seconds"]
+
+
+def _curve(losses: list[float]) -> list[dict]:
+    window = max(1, len(losses) // 100)
+    return [{"step": (i + 1) * window, "loss": float(np.mean(losses[i * window:(i + 1) * window]))}
+            for i in range(math.ceil(len(losses) / window))]
+
+
+def _grid(pipe, cfg: StyleConfig, names: tuple[str, ...], classes, path: Path) -> None:
+    """A validation sheet: one row per class, fixed seeds, the adapter as it is now (none without classes)."""
+    import io
+
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from PIL import Image
+
+    val = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                  unet=pipe.unet, scheduler=DPMSolverMultistepScheduler.from_config(
+                                      pipe.scheduler.config), safety_checker=None, feature_extractor=None,
+                                  requires_safety_checker=False)
+    val.set_progress_bar_config(disable=True)
+    rows = []
+    if not list(classes) or cfg.validation_images < 1:
+        return
+    for c in classes:
+        gens = [torch.Generator("cpu").manual_seed(cfg.seed + k) for k in range(cfg.validation_images)]
+        with torch.inference_mode():
+            rows.append(val([_templates(cfg)[0].replace("{}", names[c])] * cfg.validation_images,
+                            num_inference_steps=cfg.validation_steps, guidance_scale=cfg.generator.guidance,
+                            height=cfg.resolution, width=cfg.resolution, generator=gens).images)
+    w, h = rows[0][0].size
+    sheet = Image.new("RGB", (w * len(rows[0]), h * len(rows)), "white")
+    for r, imgs in enumerate(rows):
+        for k, im in enumerate(imgs):
+            sheet.paste(im, (k * w, r * h))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
+
+
+def _save_style(cfg: StyleConfig, out: Path, images, done: list[dict], params: dict, skipped: int, identity: str,
+                rt, wall: float) -> dict:
+    per_class = cfg.mode == "class"
+    seconds = sum(d["train_seconds"] for d in done)
+    info = {
+        "method": "lora", "mode": cfg.mode, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha or cfg.lora.rank,
+        "scale": lora_scale(cfg), "targets": list(cfg.lora.targets), "train_text_encoder": cfg.lora.train_text_encoder,
+        "trainable_params": sum(p.numel() for p in params.values()),  # of one adapter
+        "weights": WEIGHTS, "classes": list(images.names),
+        "adapters": {n: f"{ADAPTERS}/{c}" for c, n in enumerate(images.names)} if per_class else {},
+        "adapter_steps": {(d["class_name"] or "dataset"): d["steps"] for d in done},
+        "steps": sum(d["steps"] for d in done), "steps_per_class": done[0]["steps"] if per_class else None,
+        "loss_curve": done[0]["loss_curve"] if not per_class else [],
+        "adapter_loss_curves": {d["class_name"]: d["loss_curve"] for d in done} if per_class else {},
+        "train_images": len(images), "skipped_images": skipped, "split_file": "splits/train.json",
+        "dataset": cfg.data.name, "model": cfg.generator.model, "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum, "lr": cfg.lr, "resolution": cfg.resolution, "train_seconds": seconds,
+        "wall_s": wall, "gpu_s": seconds * rt.gpus, "peak_memory_mb": ti._peak_memory_mb(rt),
+        "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "hash": lora_hash(out),
+        "config_hash": identity, "config": to_dict(cfg)}
+    if is_main():
+        write_json(out / STYLE_JSON, info)
+        for ckpt in (out / CHECKPOINT, out / ADAPTERS / CHECKPOINT):
+            ckpt.unlink(missing_ok=True)
+        print(f"[synthtl] learned {len(done)} LoRA adapter(s) of rank {cfg.lora.rank} in {seconds:.0f} s -> {out}")
+    return info
+
+
+# ------------------------------------------------------------------------------------------------------ generation
+def _weight_files(path: str | Path) -> dict[int, Path]:
+    """{-1: the file} for one LoRA, {class index: file} for a per-class folder.
+
+    Raises:
+        ConfigError: the path is neither a LoRA file nor a folder written by `learn-style method=lora`.
+    """
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        return {-1: p}
+    if (p / WEIGHTS).is_file():
+        return {-1: p / WEIGHTS}
+    if (p / ADAPTERS).is_dir():
+        found = {int(d.name): d / WEIGHTS for d in (p / ADAPTERS).iterdir()
+                 if d.name.isdigit() and (d / WEIGHTS).is_file()}
+        if found:
+            return dict(sorted(found.items()))
+    raise ConfigError(f"prompts.style_lora={str(path)!r} is not a LoRA: point it at a folder written by `synthtl "
+                      f"learn-style method=lora` (with {WEIGHTS} or {ADAPTERS}/<class>/{WEIGHTS})")
+
+
+def lora_hash(path: str | Path) -> str:
+    """The content hash of a style LoRA (style.json's "hash"): its file, or every class adapter's file."""
+    import hashlib
+
+    files = _weight_files(path)
+    if list(files) == [-1]:
+        return sha256_file(files[-1])[:16]
+    h = hashlib.sha256()
+    for c, f in files.items():
+        h.update(f"{c}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def generation_style_hash(prompts: PromptConfig) -> str:
+    """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+".
+
+    A set without a LoRA keeps the value it had before LoRAs existed.
+    """
+    from synthtl.style.embeddings import embeddings_hash
+
+    parts = [embeddings_hash(prompts.style_embedding)] if prompts.style_embedding else []
+    if prompts.style_lora:
+        parts.append("lora-" + lora_hash(prompts.style_lora))
+    return "+".join(parts)
+
+
+def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """{(component, module): (B, A)} of one LoRA file, checked against the pipeline's modules.
+
+    Raises:
+        ConfigError: a key that is not a LoRA weight, or a module missing or of another shape (another base model).
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(file))
+    out = {}
+    for key, a in state.items():
+        prefix, _, rest = key.partition(".")
+        if ".lora_A." not in key:
+            if ".lora_B." in key and prefix in PREFIXES:
+                continue
+            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoder: point "
+                              "prompts.style_lora at a folder written by `synthtl learn-style method=lora`")
+        module_name = rest.split(".lora_A.")[0]
+        b = state.get(key.replace(".lora_A.", ".lora_B."))
+        model = getattr(pipe, prefix, None) if prefix in PREFIXES else None
+        try:
+            module = model.get_submodule(module_name) if model is not None else None
+        except AttributeError:
+            module = None
+        want = (b.shape[0] if b is not None else -1, a.shape[1])
+        if b is None or not isinstance(module, torch.nn.Linear) or tuple(module.weight.shape) != want:
+            have = tuple(module.weight.shape) if isinstance(module, torch.nn.Linear) else "no such linear layer"
+            raise ConfigError(f"style LoRA {file} does not fit this generator: {prefix}.{module_name} is {have}, the "
+                              f"LoRA expects {want}; it was learned for another base model (generator.model)")
+        out[(prefix, module_name)] = (b, a)
+    return out
+
+
+class StyleLora:
+    """A style LoRA added into a pipeline's weights; per-class LoRAs switch with `use(class_name)`."""
+
+    def __init__(self, pipe, path: str | Path):
+        files = _weight_files(path)
+        meta = Path(path) / STYLE_JSON if Path(path).is_dir() else None
+        self.classes = list(read_json(meta)["classes"]) if meta and meta.is_file() else []
+        self.per_class = list(files) != [-1]
+        if self.per_class and not self.classes:
+            raise ConfigError(f"{path} has per-class adapters but no {STYLE_JSON} naming the classes; point "
+                              "prompts.style_lora at the whole folder written by `synthtl learn-style`")
+        self.path, self.current = str(path), None
+        self.deltas = {c: _read_deltas(f, pipe) for c, f in files.items()}
+        names = set().union(*(d.keys() for d in self.deltas.values()))
+        self.modules = {k: getattr(pipe, k[0]).get_submodule(k[1]) for k in sorted(names)}
+        # The base weights are kept only where they must be restored: per-class switching.
+        self.base = {k: m.weight.detach().clone() for k, m in self.modules.items()} if self.per_class else {}
+        if not self.per_class:
+            self._write(self.deltas[-1])
+
+    @torch.no_grad()
+    def _write(self, deltas: dict) -> None:
+        """W = W0 + B A for every module, computed in fp32 from the kept base (no drift over many switches)."""
+        for k, m in self.modules.items():
+            w0 = self.base.get(k, m.weight)
+            w = w0.float()
+            if k in deltas:
+                b, a = deltas[k]
+                w = w + b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
+            m.weight.copy_(w.to(m.weight.dtype))
+
+    def use(self, class_name: str) -> None:
+        if not self.per_class or class_name == self.current:
+            return
+        if class_name not in self.classes:
+            raise ConfigError(f"class {class_name!r} has no adapter in the per-class LoRA {self.path} (learned for "
+                              f"{len(self.classes)} classes: {self.classes[:5]}...); learn it on this dataset")
+        self._write(self.deltas[self.classes.index(class_name)])
+        self.current = class_name
+
+
+def load_style_lora(pipe, path: str | Path) -> StyleLora:
+    """Adds a style LoRA (file or folder from `learn-style method=lora`) into the pipeline's weights, fused.
+
+    A per-class LoRA is written per class by `set_style_lora_class`; until then the UNet refuses to run.
+    """
+    lora = StyleLora(pipe, path)
+    pipe.synthtl_style_lora = lora
+    if lora.per_class:
+        def need_class(module, args):
+            if lora.current is None:
+                raise SynthTLError(f"{lora.path} is a per-class LoRA: call set_style_lora_class(pipe, class_name) "
+                                   "before generating, so each image gets its class's adapter")
+
+        pipe.unet.register_forward_pre_hook(need_class)
+    return lora
+
+
+def set_style_lora_class(pipe, class_name: str) -> None:
+    """Makes the pipeline's weights those of `class_name`'s adapter (a per-class LoRA); otherwise does nothing.
+
+    Generate batches of one class with it: the weights are the class's for every image of the batch.
+    """
+    lora = getattr(pipe, "synthtl_style_lora", None)
+    if lora is not None:
+        lora.use(class_name)
