@@ -6,11 +6,12 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
-from synthtl.data.synthetic import completed_rows
+from synthtl.data.synthetic import read_state
 from synthtl.errors import BadImageError
 from synthtl.files import write_bytes
 from synthtl.generation.plan import class_folders
@@ -40,8 +41,13 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
     by_set = []
     for label, folder in sets:
         rows: dict[str, list[Path]] = {}
-        for r in sorted(completed_rows(folder), key=lambda r: (r["class_index"], r["index"])):
-            rows.setdefault(r["class_name"], []).append(Path(folder) / r["path"])
+        state = read_state(folder)
+        done = np.flatnonzero(state.done)
+        of_class = state.rows.cls[done]
+        for c in np.unique(of_class).tolist():  # the first `per_row` finished images of each class, nothing more
+            for p in done[of_class == c][:per_row].tolist():
+                r = state.completed_row(p)
+                rows.setdefault(r["class_name"], []).append(Path(folder) / r["path"])
         by_set.append((label, rows))
     names = classes or list(by_set[0][1]) if by_set else list(classes or [])
     real_by_name: dict[str, list[Path]] = {}
