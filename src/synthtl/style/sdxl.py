@@ -52,7 +52,7 @@ def conditioning(pipe, ids: list[torch.Tensor], time_ids: torch.Tensor | None) -
     states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)  # SDXL reads the penultimate layer
     added = {"text_embeds": second.text_embeds}
     if time_ids is not None:
-        added["time_ids"] = time_ids.to(states.device, states.dtype)
+        added["time_ids"] = time_ids.to(states.device, torch.float32)  # exact sizes; the UNet embeds them in fp32
     return states, added
 
 
