@@ -111,16 +111,26 @@ def _offline(what: str, err: Exception) -> PipelineError:
 
 
 def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
-    """A ready StableDiffusionPipeline on the resolved device/dtype with the configured scheduler."""
+    """A ready pipeline of the model's family (`families.family_of`: StableDiffusionPipeline for SD 1.x/2.x,
+    StableDiffusionXLPipeline for SDXL) on the resolved device/dtype with the configured scheduler."""
     import warnings
 
     from diffusers import StableDiffusionPipeline
 
+    from synthtl.generation.families import family_of
+
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
     rt = rt or generator_runtime(gen)
     dtype = rt.dtype
-    common = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     model = gen.model
+    if model != "tiny" and not Path(model).exists() and model.startswith(("/", "./", "../")):
+        raise ConfigError(f"generator.model={model!r} does not exist")
+    try:
+        family = family_of(gen)
+    except (OSError, ValueError) as e:  # a hub model whose model_index.json is neither cached nor reachable
+        raise _offline(model, e) from e
+    common = family.kwargs()
+    cls = family.pipeline_class()
     if model == "tiny":
         pipe = StableDiffusionPipeline(**tiny_components(gen.tiny_seed), **common)
     elif Path(model).is_file():
@@ -128,7 +138,7 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
             raise ConfigError(f"generator.model={model!r}: a single-file checkpoint must be .safetensors or .ckpt")
         kwargs = {"config": gen.single_file_config} if gen.single_file_config else {}
         try:
-            pipe = StableDiffusionPipeline.from_single_file(model, torch_dtype=dtype, **kwargs, **common)
+            pipe = cls.from_single_file(model, torch_dtype=dtype, **kwargs, **common)
         except Exception as e:
             if gen.single_file_config:
                 raise _offline(model, e) from e
@@ -139,16 +149,10 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
                 "a local diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5 "
                 "snapshot)") from e
     elif Path(model).is_dir():
-        if not (Path(model) / "model_index.json").is_file():
-            raise ConfigError(f"generator.model={model!r} is a folder without model_index.json: not a diffusers "
-                              "pipeline folder")
-        pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **common)
+        pipe = cls.from_pretrained(model, torch_dtype=dtype, **common)
     else:
-        if model.startswith(("/", "./", "../")):
-            raise ConfigError(f"generator.model={model!r} does not exist")
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(model, revision=gen.revision or None, torch_dtype=dtype,
-                                                           **common)
+            pipe = cls.from_pretrained(model, revision=gen.revision or None, torch_dtype=dtype, **common)
         except Exception as e:
             raise _offline(model, e) from e
     cls_name, kwargs = SCHEDULERS.get(gen.scheduler)

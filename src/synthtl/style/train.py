@@ -42,6 +42,7 @@ from synthtl.files import (
     write_json,
     write_text,
 )
+from synthtl.generation.families import is_sdxl, text_encoders, tokenizers
 from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime, world_size
 from synthtl.style.embeddings import EMBEDS, STYLE_JSON
 
@@ -75,36 +76,64 @@ class Inversion:
     ids: torch.Tensor  # tokenizer ids of every sub-token, flattened in token order
     learned: list[torch.nn.Parameter]  # one (vectors, dim) float32 parameter per token, so each has its own Adam state
     updates: list[int] = field(default_factory=list)  # optimizer steps each token has taken
+    widths: list[int] = field(default_factory=list)  # one per text encoder: each token's vectors side by side
+    encoder_ids: list[torch.Tensor] = field(default_factory=list)  # `ids` in each text encoder's tokenizer
 
     def prompt_token(self, t: int) -> str:
         """What a prompt contains for token t: every sub-token, as diffusers' multi-vector convention does."""
         return " ".join(self.sub_tokens[t])
 
     def state(self) -> dict[str, torch.Tensor]:
-        """{token: (vectors, dim)}: the learned_embeds.safetensors layout."""
-        return {tok: p.detach().float().cpu().clone() for tok, p in zip(self.tokens, self.learned, strict=True)}
+        """{token: (vectors, dim)}: the learned_embeds.safetensors layout; with two text encoders (SDXL, one token)
+        diffusers' SDXL layout {"clip_l": ..., "clip_g": ...} instead (`sdxl.split_state`)."""
+        state = {tok: p.detach().float().cpu().clone() for tok, p in zip(self.tokens, self.learned, strict=True)}
+        if len(self.widths) > 1:
+            from synthtl.style.sdxl import split_state
+
+            return split_state(state[self.tokens[0]], self.widths)
+        return state
 
 
 def add_tokens(tokenizer, text_encoder, cfg: StyleConfig, num_classes: int, device: torch.device) -> Inversion:
     """Adds the new tokens to the tokenizer and embedding table; the learned vectors start from the initializer.
 
+    Args:
+        tokenizer: The tokenizer, or a list with one per text encoder (SDXL: two); the tokens are added to each.
+        text_encoder: The text encoder, or a list in the same order. With several, each token's parameter holds one
+            vector per encoder side by side (SDXL base: 768 + 1280 wide), each from the initializer in its encoder.
+
     Raises:
-        ConfigError: a token already in the tokenizer, or an initializer that is not exactly one token.
+        ConfigError: a token already in a tokenizer, or an initializer that is not exactly one token.
     """
+    toks = tokenizer if isinstance(tokenizer, list) else [tokenizer]
+    encoders = text_encoder if isinstance(text_encoder, list) else [text_encoder]
+    tokens = [cfg.token] if cfg.mode == "dataset" else [class_token(cfg.token, c) for c in range(num_classes)]
+    sub_tokens = [[t] + [f"{t}_{i}" for i in range(1, cfg.vectors)] for t in tokens]
+    flat = [s for subs in sub_tokens for s in subs]
+    encoder_ids, inits = [], []
+    for tok, encoder in zip(toks, encoders, strict=True):
+        ids, init = _add_to_vocab(tok, encoder, cfg, flat)
+        encoder_ids.append(ids.to(device))
+        inits.append(init)
+    init = torch.cat(inits)
+    learned = [torch.nn.Parameter(init.repeat(len(subs), 1).to(device)) for subs in sub_tokens]
+    return Inversion(tokens, sub_tokens, encoder_ids[0], learned, [0] * len(tokens), [len(i) for i in inits],
+                     encoder_ids)
+
+
+def _add_to_vocab(tokenizer, text_encoder, cfg: StyleConfig, flat: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds `flat` to one tokenizer and its embedding table; returns (their ids, the initializer's fp32 vector)."""
     init_ids = tokenizer.encode(cfg.initializer, add_special_tokens=False)
     if len(init_ids) != 1:
         raise ConfigError(f"initializer={cfg.initializer!r} is {len(init_ids)} tokens for this tokenizer; choose a "
                           "word that is a single token (e.g. photo, style, painting)")
-    tokens = [cfg.token] if cfg.mode == "dataset" else [class_token(cfg.token, c) for c in range(num_classes)]
     text_encoder.requires_grad_(False)  # only the separate fp32 vectors learn
     vocab = tokenizer.get_vocab()
-    sub_tokens = [[t] + [f"{t}_{i}" for i in range(1, cfg.vectors)] for t in tokens]
     # "photo" is stored as "photo</w>" in CLIP's vocabulary: adding it would silently re-map that word everywhere.
-    clash = [s for subs in sub_tokens for s in subs if s in vocab or f"{s.lower()}</w>" in vocab]
+    clash = [s for s in flat if s in vocab or f"{s.lower()}</w>" in vocab]
     if clash:
         raise ConfigError(f"token {clash[0]!r} is already in the tokenizer; pick another style.token (e.g. "
                           "<my-dataset-style>)")
-    flat = [s for subs in sub_tokens for s in subs]
     tokenizer.add_tokens(flat)
     try:
         text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -115,19 +144,21 @@ def add_tokens(tokenizer, text_encoder, cfg: StyleConfig, num_classes: int, devi
     init = table[init_ids[0]].detach().float().clone()
     with torch.no_grad():
         table[ids] = init.to(table.dtype)  # the table rows are never read: the hook replaces them
-    learned = [torch.nn.Parameter(init.repeat(len(subs), 1).to(device)) for subs in sub_tokens]
-    return Inversion(tokens, sub_tokens, ids.to(device), learned, [0] * len(tokens))
+    return ids, init
 
 
-def install_hook(text_encoder, inv: Inversion):
+def install_hook(text_encoder, inv: Inversion, encoder: int = 0):
     """Makes the embedding layer output the fp32 learned vectors (cast) at the new tokens' positions.
 
     Only the tokens that occur in the prompts enter the graph, so the others get no gradient (and do not step).
+    `encoder` is the text encoder's place in `add_tokens`' list: its ids and its columns of the learned vectors.
     """
     size = len(text_encoder.get_input_embeddings().weight)
     token_of = torch.full((size,), -1, dtype=torch.long)
     vector_of = torch.zeros(size, dtype=torch.long)
-    flat = iter(inv.ids.tolist())
+    widths = inv.widths or [inv.learned[0].shape[1]]
+    lo, hi = sum(widths[:encoder]), sum(widths[:encoder + 1])
+    flat = iter((inv.encoder_ids[encoder] if inv.encoder_ids else inv.ids).tolist())
     for t, subs in enumerate(inv.sub_tokens):
         for v in range(len(subs)):
             i = next(flat)
@@ -144,7 +175,7 @@ def install_hook(text_encoder, inv: Inversion):
         out = output.clone()
         for t in present:
             mask = tok == t
-            out[mask] = inv.learned[t][vec[mask]].to(out.dtype)
+            out[mask] = inv.learned[t][vec[mask], lo:hi].to(out.dtype)
         return out
 
     return text_encoder.get_input_embeddings().register_forward_hook(hook)
@@ -201,17 +232,20 @@ def _square(img: Image.Image, size: int, center: bool) -> Image.Image:
 
 
 @torch.inference_mode()
-def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime) -> tuple[list, list[int], int]:
+def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime,
+                  sizes: list | None = None) -> tuple[list, list[int], int]:
     """VAE latent means of every image (and of its mirror image), computed once; returns (latents, labels, skipped).
 
-    latents[i] is a (variants, 4, h, w) tensor on CPU in the frozen models' dtype.
+    latents[i] is a (variants, 4, h, w) tensor on CPU in the frozen models' dtype. `sizes`, when given, receives
+    latents[i]'s (original height, original width, crop top, crop left) in pixels (SDXL's size conditioning).
     """
     out, labels, skipped = [], [], 0
     bar = tqdm(total=len(images), desc="encode", unit="img", disable=not (cfg.progress and is_main()))
     for i in range(len(images)):
         bar.update()
         try:
-            img = _square(load_rgb(images.path(i)), cfg.resolution, cfg.crop == "center")
+            original = load_rgb(images.path(i))
+            img = _square(original, cfg.resolution, cfg.crop == "center")
         except BadImageError:
             if cfg.data.on_bad_image == "skip":
                 skipped += 1
@@ -224,6 +258,10 @@ def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime) -> tupl
             lat = vae.encode(x).latent_dist.mean
         out.append(lat.to("cpu", vae.dtype))
         labels.append(images.labels[i])
+        if sizes is not None:
+            resized = _square(original, cfg.resolution, False).size if cfg.crop == "center" else img.size
+            top, left = (resized[1] - img.height) // 2, (resized[0] - img.width) // 2  # as `_square` cropped
+            sizes.append((original.height, original.width, top, left))
     bar.close()
     if not out:
         raise DataError("none of the training images could be read")
@@ -240,20 +278,28 @@ def by_class_index(labels: list[int]) -> dict[int, list[int]]:
 def sample_batch(latents: list, by_class: dict[int, list[int]], cfg: StyleConfig, size: int,
                  g: torch.Generator) -> tuple[torch.Tensor, list[int]]:
     """A class-balanced batch: a class uniformly at random, then one of its images, a flip and a crop."""
+    picks = sample_picks(latents, by_class, cfg, size, g)
+    return crop_picks(latents, picks, size), [y for y, *_ in picks]
+
+
+def sample_picks(latents: list, by_class: dict[int, list[int]], cfg: StyleConfig, size: int,
+                 g: torch.Generator) -> list[tuple[int, int, int, int, int]]:
+    """`sample_batch`'s draws: (class, latent index, variant, crop top, crop left) per item, crops in latent cells."""
     present = sorted(by_class)
-    batch, ys = [], []
+    picks = []
     for _ in range(cfg.batch_size):
         y = present[int(torch.randint(len(present), (1,), generator=g))]
         i = by_class[y][int(torch.randint(len(by_class[y]), (1,), generator=g))]
-        lat = latents[i]
-        v = int(torch.randint(len(lat), (1,), generator=g))
-        z = lat[v]
-        h, w = z.shape[-2:]
+        v = int(torch.randint(len(latents[i]), (1,), generator=g))
+        h, w = latents[i].shape[-2:]
         top = int(torch.randint(h - size + 1, (1,), generator=g)) if h > size else 0
         left = int(torch.randint(w - size + 1, (1,), generator=g)) if w > size else 0
-        batch.append(z[:, top:top + size, left:left + size])
-        ys.append(y)
-    return torch.stack(batch), ys
+        picks.append((y, i, v, top, left))
+    return picks
+
+
+def crop_picks(latents: list, picks: list[tuple[int, int, int, int, int]], size: int) -> torch.Tensor:
+    return torch.stack([latents[i][v][:, top:top + size, left:left + size] for _, i, v, top, left in picks])
 
 
 def class_of_step(cfg: StyleConfig, classes: list[int], step: int) -> int:
@@ -268,8 +314,8 @@ def class_of_step(cfg: StyleConfig, classes: list[int], step: int) -> int:
 
 # -------------------------------------------------------------------------------------------------------------- run
 def freeze(pipe):
-    """UNet, VAE and text encoder frozen and in eval mode (their activations still carry gradients to the tokens)."""
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+    """UNet, VAE and text encoders frozen and in eval mode (their activations still carry gradients to the tokens)."""
+    for m in (pipe.unet, pipe.vae, *text_encoders(pipe)):
         m.requires_grad_(False)
         m.eval()
     return pipe
@@ -286,16 +332,37 @@ def _components(cfg: StyleConfig, rt: Runtime):
     return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def diffusion_loss(pipe, noise_sched, lat: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                   rt: Runtime) -> torch.Tensor:
-    """The denoising loss of latents `lat` (already scaled) conditioned on token ids."""
+def diffusion_loss(pipe, noise_sched, lat: torch.Tensor, ids: torch.Tensor | list[torch.Tensor], noise: torch.Tensor,
+                   t: torch.Tensor, rt: Runtime, time_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The denoising loss of latents `lat` (already scaled) conditioned on token ids (SDXL: one id tensor per text
+    encoder, and the batch's size conditioning `time_ids`). The target is what the model predicts: the noise, or the
+    velocity for v-prediction models (SD 2.x at 768 px)."""
+    kind = noise_sched.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"the generator's scheduler predicts {kind!r}; style learning supports epsilon and "
+                          "v_prediction models (SD 1.x/2.x, SDXL)")
     with rt.autocast():
-        ehs = pipe.text_encoder(ids)[0]
+        ehs, added = encode_ids(pipe, ids, time_ids)
         noisy = noise_sched.add_noise(lat, noise, t)
-        pred = pipe.unet(noisy, t, ehs).sample
-    v_pred = noise_sched.config.prediction_type == "v_prediction"
-    target = noise_sched.get_velocity(lat, noise, t) if v_pred else noise
+        pred = pipe.unet(noisy, t, ehs, added_cond_kwargs=added).sample
+    target = noise_sched.get_velocity(lat, noise, t) if kind == "v_prediction" else noise
     return F.mse_loss(pred.float(), target.float())
+
+
+def encode_ids(pipe, ids: torch.Tensor | list[torch.Tensor],
+               time_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict | None]:
+    """The UNet's text conditioning: (encoder hidden states, SDXL's added conditions or None)."""
+    if isinstance(ids, list):  # one id tensor per text encoder: SDXL
+        from synthtl.style.sdxl import conditioning
+
+        return conditioning(pipe, ids, time_ids)
+    return pipe.text_encoder(ids)[0], None
+
+
+def tokenize_all(pipe, prompts: list[str], device: torch.device) -> torch.Tensor | list[torch.Tensor]:
+    """`tokenize` with each of the pipeline's tokenizers: one tensor (SD), or one per text encoder (SDXL)."""
+    ids = [tokenize(tok, prompts).to(device) for tok in tokenizers(pipe)]
+    return ids if len(ids) > 1 else ids[0]
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -322,16 +389,32 @@ class MicroBatch:
     noise: torch.Tensor
     timesteps: torch.Tensor
     prompts: list[str]
+    time_ids: torch.Tensor | None = None  # SDXL: (b, 6) original size, crop top-left, target size (`sdxl.time_ids`)
 
 
 def draw_micro_batch(pipe, noise_sched, inv: Inversion, cfg: StyleConfig, names: tuple[str, ...], latents: list,
-                     by_class: dict[int, list[int]], rt: Runtime, g: torch.Generator) -> MicroBatch:
-    """Images from `by_class` (one class in per-class mode), noise, timesteps and prompts, all drawn from `g`."""
-    lat, ys = sample_batch(latents, by_class, cfg, cfg.resolution // 8, g)
+                     by_class: dict[int, list[int]], rt: Runtime, g: torch.Generator,
+                     sizes: list | None = None) -> MicroBatch:
+    """Images from `by_class` (one class in per-class mode), noise, timesteps and prompts, all drawn from `g`.
+
+    SDXL also gets each image's size conditioning from `sizes` (`cache_latents`) and the crop drawn here.
+    """
+    cells = cfg.resolution // 8
+    time_ids = None
+    if is_sdxl(pipe):
+        from synthtl.style.sdxl import time_ids as sdxl_time_ids
+
+        picks = sample_picks(latents, by_class, cfg, cells, g)
+        lat, ys = crop_picks(latents, picks, cells), [y for y, *_ in picks]
+        px = pipe.vae_scale_factor  # pixels per latent cell (8 in SD/SDXL)
+        time_ids = torch.tensor([sdxl_time_ids(sizes[i][:2], (sizes[i][2] + top * px, sizes[i][3] + left * px),
+                                               (cfg.resolution, cfg.resolution)) for _, i, _, top, left in picks])
+    else:
+        lat, ys = sample_batch(latents, by_class, cfg, cells, g)
     lat = lat.to(rt.device, pipe.unet.dtype) * pipe.vae.config.scaling_factor
     noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
-    return MicroBatch(lat, noise, t, _prompts(cfg, inv, names, ys, g))
+    return MicroBatch(lat, noise, t, _prompts(cfg, inv, names, ys, g), time_ids)
 
 
 def inversion_step(pipe, noise_sched, inv: Inversion, opt: torch.optim.Optimizer, cfg: StyleConfig,
@@ -346,8 +429,8 @@ def inversion_step(pipe, noise_sched, inv: Inversion, opt: torch.optim.Optimizer
         group["lr"] = token_lr(cfg, inv.updates[t])
     total = 0.0
     for b in batches:
-        ids = tokenize(pipe.tokenizer, b.prompts).to(rt.device)
-        loss = diffusion_loss(pipe, noise_sched, b.latents, ids, b.noise, b.timesteps, rt) / len(batches)
+        ids = tokenize_all(pipe, b.prompts, rt.device)
+        loss = diffusion_loss(pipe, noise_sched, b.latents, ids, b.noise, b.timesteps, rt, b.time_ids) / len(batches)
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.item()
     stepped = [t for t, p in enumerate(inv.learned) if p.grad is not None]
@@ -376,12 +459,13 @@ def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | No
 
 def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, ...], path: Path) -> None:
     """A grid: one row per validation class, fixed seeds, the current embedding."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
 
-    val = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                  unet=pipe.unet, scheduler=DPMSolverMultistepScheduler.from_config(
-                                      pipe.scheduler.config), safety_checker=None, feature_extractor=None,
-                                  requires_safety_checker=False)
+    from synthtl.generation.families import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    val = family.pipeline_class()(**{**pipe.components, **family.kwargs(),
+                                     "scheduler": DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)})
     val.set_progress_bar_config(disable=True)
     template = (cfg.templates or DEFAULT_TEMPLATES)[0]
     rows = []
@@ -392,9 +476,10 @@ def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, .
         with torch.inference_mode():
             # Embedded here, as in training: given the prompt text, diffusers would expand the already expanded
             # multi-vector token again ("S* S*_1" -> "S* S*_1 S* S*_1_1").
-            ids = tokenize(pipe.tokenizer, [prompt] * cfg.validation_images).to(pipe.text_encoder.device)
-            embeds = pipe.text_encoder(ids)[0]
-            imgs = val(prompt_embeds=embeds, num_inference_steps=cfg.validation_steps,
+            embeds, added = encode_ids(pipe, tokenize_all(pipe, [prompt] * cfg.validation_images,
+                                                          pipe.text_encoder.device))
+            pooled = {"pooled_prompt_embeds": added["text_embeds"]} if added else {}  # SDXL; sizes: the defaults
+            imgs = val(prompt_embeds=embeds, **pooled, num_inference_steps=cfg.validation_steps,
                        guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
                        generator=gens).images
         rows.append(imgs)
@@ -479,9 +564,14 @@ def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
                           "untrained; set steps_per_class (paper: 5000) or steps >= the number of classes")
     rt = style_runtime(cfg)
     pipe, noise_sched = _components(cfg, rt)
-    inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, images.num_classes, rt.device)
-    hook = install_hook(pipe.text_encoder, inv)
-    latents, labels, skipped = cache_latents(pipe.vae, images, cfg, rt)
+    if is_sdxl(pipe):
+        from synthtl.style.sdxl import check_config
+
+        check_config(cfg)
+    inv = add_tokens(tokenizers(pipe), text_encoders(pipe), cfg, images.num_classes, rt.device)
+    hooks = [install_hook(encoder, inv, k) for k, encoder in enumerate(text_encoders(pipe))]
+    sizes: list[tuple[int, int, int, int]] | None = [] if is_sdxl(pipe) else None  # SDXL's size conditioning
+    latents, labels, skipped = cache_latents(pipe.vae, images, cfg, rt, sizes)
     groups = by_class_index(labels)
     missing = [images.names[c] for c in range(images.num_classes) if c not in groups]
     if cfg.mode == "class" and missing:
@@ -500,7 +590,7 @@ def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
         if cfg.mode == "class":
             c = class_of_step(cfg, sorted(groups), step)
             pool = {c: groups[c]}
-        batches = [draw_micro_batch(pipe, noise_sched, inv, cfg, images.names, latents, pool, rt, g)
+        batches = [draw_micro_batch(pipe, noise_sched, inv, cfg, images.names, latents, pool, rt, g, sizes)
                    for _ in range(cfg.grad_accum)]
         losses.append(inversion_step(pipe, noise_sched, inv, opt, cfg, batches, rt, scaler))
         step += 1
@@ -518,7 +608,8 @@ def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
     seconds += time.perf_counter() - t0
     if is_main():
         _validation_grid(pipe, inv, cfg, images.names, out / "validation" / f"step-{step:06d}.png")
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
     return _save(cfg, out, inv, images, losses, seconds, time.perf_counter() - t_start, skipped, identity, rt,
                  total_steps)
 

@@ -1,0 +1,203 @@
+"""Style inversion for other generator families: SD 2.x v-prediction and SDXL (two text encoders, pooled embeddings,
+size/crop time ids), with tiny random-weight folders loaded through generator.model=<folder> (offline)."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synthtl.config import GenerateConfig, GeneratorConfig, StyleConfig, load_config
+from synthtl.errors import ConfigError
+from synthtl.files import read_jsonl
+from synthtl.generation.families import save_tiny, text_encoders, tiny_sd2_components, tiny_sdxl_components, tokenizers
+from synthtl.generation.pipeline import load_pipeline
+from synthtl.generation.run import run_generate
+from synthtl.runtime import resolve_runtime
+from synthtl.style import sdxl
+from synthtl.style import train as style_train
+from synthtl.style.embeddings import EMBEDS
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generators")
+    return {"sd2": save_tiny(tiny_sd2_components(0), root / "sd2", "sd"),
+            "sd2_eps": save_tiny(tiny_sd2_components(0, "epsilon"), root / "sd2_eps", "sd"),
+            "sdxl": save_tiny(tiny_sdxl_components(0), root / "sdxl", "sdxl")}
+
+
+def cfg_for(folder_data, out, model, *extra) -> StyleConfig:
+    return load_config(StyleConfig, None, [
+        f"generator.model={model}", "generator.device=cpu", "resolution=32", "batch_size=2", "validation_steps=2",
+        "validation_images=1", "validation_classes=1", "images_per_class=2", "progress=false", "lr=0.05",
+        "data.name=folder", f"data.root={folder_data}", f"out_dir={out}", "steps=2", "validate_every=0", *extra])
+
+
+class Oracle(torch.nn.Module):
+    """A UNet stand-in that predicts a fixed tensor: the loss is zero exactly when that tensor is the target."""
+
+    def __init__(self, prediction: torch.Tensor):
+        super().__init__()
+        self.prediction = prediction
+
+    def forward(self, noisy, t, states, added_cond_kwargs=None):
+        return types.SimpleNamespace(sample=self.prediction)
+
+
+@pytest.mark.parametrize("model, target", [("sd2", "velocity"), ("sd2_eps", "noise")])
+def test_inversion_target_follows_the_prediction_type(folders, folder_data, tmp_path, model, target):
+    cfg = cfg_for(folder_data, tmp_path / "s", folders[model])
+    rt = resolve_runtime("cpu")
+    pipe, sched = style_train._components(cfg, rt)
+    assert sched.config.prediction_type == ("v_prediction" if target == "velocity" else "epsilon")
+    g = torch.Generator().manual_seed(0)
+    lat, noise = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    t = torch.tensor([100, 900])
+    velocity = sched.get_velocity(lat, noise, t)
+    assert not torch.allclose(velocity, noise)
+    ids = style_train.tokenize(pipe.tokenizer, ["a photo"] * 2)
+
+    def loss_if_unet_predicts(prediction):
+        fake = types.SimpleNamespace(text_encoder=pipe.text_encoder, unet=Oracle(prediction))
+        return style_train.diffusion_loss(fake, sched, lat, ids, noise, t, rt).item()
+
+    right, wrong = (velocity, noise) if target == "velocity" else (noise, velocity)
+    assert loss_if_unet_predicts(right) == 0.0 and loss_if_unet_predicts(wrong) > 0.01
+
+
+def test_a_sample_predicting_scheduler_is_refused(folders, folder_data, tmp_path):
+    from diffusers import DDPMScheduler
+
+    pipe = load_pipeline(GeneratorConfig(model=str(folders["sd2"]), device="cpu"))
+    sched = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="sample")
+    ids = style_train.tokenize(pipe.tokenizer, ["a photo"])
+    with pytest.raises(ConfigError, match="predicts 'sample'.*epsilon and v_prediction"):
+        style_train.diffusion_loss(pipe, sched, torch.zeros(1, 4, 4, 4), ids, torch.zeros(1, 4, 4, 4),
+                                   torch.tensor([1]), resolve_runtime("cpu"))
+
+
+def tables(pipe) -> list[torch.Tensor]:
+    return [e.get_input_embeddings().weight.detach().clone() for e in text_encoders(pipe)]
+
+
+@pytest.mark.parametrize("model", ["sd2", "sdxl"])
+def test_one_inversion_step_changes_only_the_token_in_every_text_encoder(folders, folder_data, tmp_path, model):
+    cfg = cfg_for(folder_data, tmp_path / "s", folders[model], "vectors=2")
+    rt = resolve_runtime("cpu")
+    pipe, sched = style_train._components(cfg, rt)
+    images = style_train.training_images(cfg, tmp_path / "s")
+    inv = style_train.add_tokens(tokenizers(pipe), text_encoders(pipe), cfg, images.num_classes, rt.device)
+    hooks = [style_train.install_hook(e, inv, k) for k, e in enumerate(text_encoders(pipe))]
+    sizes = []
+    latents, labels, _ = style_train.cache_latents(pipe.vae, images, cfg, rt, sizes)
+    prompt = [f"a photo in the style of {inv.prompt_token(0)}"]
+
+    def effective():  # each encoder's input embeddings of the prompt, as the hooks make them
+        return [e.get_input_embeddings()(style_train.tokenize(tok, prompt)).detach().clone()
+                for e, tok in zip(text_encoders(pipe), tokenizers(pipe), strict=True)]
+
+    before, before_tables = effective(), tables(pipe)
+    opt = style_train.make_optimizer(inv, cfg)
+    groups, g = style_train.by_class_index(labels), torch.Generator().manual_seed(0)
+    batch = style_train.draw_micro_batch(pipe, sched, inv, cfg, images.names, latents, groups, rt, g, sizes)
+    assert (batch.time_ids is not None) == (model == "sdxl")
+    loss = style_train.inversion_step(pipe, sched, inv, opt, cfg, [batch], rt)
+    after = effective()
+    assert np.isfinite(loss) and inv.updates == [1]
+    assert all(torch.equal(a, b) for a, b in zip(before_tables, tables(pipe), strict=True))  # no table row moves
+    assert all(p.grad is None for m in (pipe.unet, *text_encoders(pipe)) for p in m.parameters())
+    for k, tok in enumerate(tokenizers(pipe)):
+        ids = style_train.tokenize(tok, prompt)[0]
+        token_at = torch.isin(ids, inv.encoder_ids[k])
+        moved = (before[k][0] != after[k][0]).any(dim=1)
+        assert token_at.sum() == 2 and torch.equal(moved, token_at)  # both sub-tokens, in every encoder, only they
+    assert inv.learned[0].shape == (2, sum(e.get_input_embeddings().weight.shape[1] for e in text_encoders(pipe)))
+    for h in hooks:
+        h.remove()
+
+
+def test_sdxl_time_ids_are_each_images_size_and_crop(folders, folder_data, tmp_path):
+    """folder_data's images are 48x40 (w x h): original (40, 48), crops inside the resized 38x32 image, target 32."""
+    cfg = cfg_for(folder_data, tmp_path / "s", folders["sdxl"], "batch_size=8")
+    rt = resolve_runtime("cpu")
+    pipe, sched = style_train._components(cfg, rt)
+    images = style_train.training_images(cfg, tmp_path / "s")
+    inv = style_train.add_tokens(tokenizers(pipe), text_encoders(pipe), cfg, images.num_classes, rt.device)
+    sizes = []
+    latents, labels, _ = style_train.cache_latents(pipe.vae, images, cfg, rt, sizes)
+    assert sizes and all(s == (40, 48, 0, 0) for s in sizes)  # random crops: taken later, from the latents
+    groups = style_train.by_class_index(labels)
+    batch = style_train.draw_micro_batch(pipe, sched, inv, cfg, images.names, latents, groups, rt,
+                                         torch.Generator().manual_seed(3), sizes)
+    picks = style_train.sample_picks(latents, groups, cfg, cfg.resolution // 8, torch.Generator().manual_seed(3))
+    px = pipe.vae_scale_factor
+    expected = [[40, 48, top * px, left * px, 32, 32] for _, _, _, top, left in picks]
+    assert batch.time_ids.tolist() == expected and any(left > 0 for *_, left in picks)
+
+    center = cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "crop=center")
+    sizes = []
+    style_train.cache_latents(pipe.vae, images, center, rt, sizes)
+    assert all(s == (40, 48, 0, 3) for s in sizes)  # 48x40 -> 38x32, centre 32x32 starts 3 px in
+
+    ids = style_train.tokenize_all(pipe, ["a photo"] * 2, rt.device)
+    noise, t = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([300, 600])
+
+    def loss(time_ids):
+        with torch.no_grad():
+            return style_train.diffusion_loss(pipe, sched, batch.latents[:2], ids, noise, t, rt, time_ids).item()
+
+    small, large = torch.tensor([[40, 48, 0, 0, 32, 32]] * 2), torch.tensor([[1024, 1024, 0, 0, 32, 32]] * 2)
+    assert loss(small) != loss(large)  # the UNet reads them
+
+
+def test_sdxl_style_file_loads_with_diffusers_sdxl_calls_and_drives_generation(folders, folder_data, tmp_path):
+    out = tmp_path / "s"
+    info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "vectors=2"))
+    state = load_file(str(out / EMBEDS))
+    assert set(state) == {"clip_l", "clip_g"} and state["clip_l"].shape == (2, 16) and state["clip_g"].shape == (2, 24)
+    assert info["tokens"] == ["<synthtl-style>"] and (out / "validation" / "step-000002.png").is_file()
+
+    pipe = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"))
+    token = info["tokens"][0]
+    # diffusers' documented SDXL calls: one per text encoder
+    pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    for key, encoder, tok in (("clip_l", pipe.text_encoder, pipe.tokenizer),
+                              ("clip_g", pipe.text_encoder_2, pipe.tokenizer_2)):
+        ids = tok.convert_tokens_to_ids([token, f"{token}_1"])
+        assert torch.equal(encoder.get_input_embeddings().weight[ids].detach(), state[key])
+
+    ours = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"))
+    assert sdxl.load_into_pipeline(ours, out) == [token]
+    assert all(torch.equal(a, b) for a, b in zip(tables(ours), tables(pipe), strict=True))  # same as diffusers' calls
+
+    def generate(prompt):
+        g = torch.Generator().manual_seed(0)
+        return pipe(prompt=prompt, num_inference_steps=2, guidance_scale=2.0, height=32, width=32, generator=g,
+                    output_type="np").images[0]
+
+    styled, plain = generate(f"a red fox photo in the style of {token}"), generate("a red fox photo in the style of")
+    assert np.isfinite(styled).all() and not np.array_equal(styled, plain)
+
+    with pytest.raises(ConfigError, match="already in the tokenizer"):
+        sdxl.load_into_pipeline(ours, out)
+    with pytest.raises(ConfigError, match="mode=class is not supported for SDXL"):
+        style_train.run_learn_style(cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "mode=class", "steps=3"))
+
+
+def test_sd2_style_drives_generation_through_generate(folders, folder_data, tmp_path):
+    out = tmp_path / "s"
+    style_train.run_learn_style(cfg_for(folder_data, out, folders["sd2"]))
+    assert load_file(str(out / EMBEDS))["<synthtl-style>"].shape == (1, 24)
+    gen = tmp_path / "gen"
+    run_generate(load_config(GenerateConfig, None, [
+        f"generator.model={folders['sd2']}", "generator.height=32", "generator.width=32", "generator.steps=2",
+        "per_class=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={gen}", "prompts.templates=style",
+        f"prompts.style_embedding={out}", "progress=false"]))
+    rows = read_jsonl(gen / "manifest.jsonl")
+    assert len(rows) == 3 and all("in the style of <synthtl-style>" in r["prompt"] for r in rows)
+    with pytest.raises(ConfigError, match="not an SDXL embedding"):
+        sdxl.load_into_pipeline(load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu")), out)
