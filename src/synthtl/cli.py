@@ -134,7 +134,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
     if args.set and "=" in args.set:  # no set given: argparse took the first override for it
         args.overrides.insert(0, args.set)
         args.set = None
-    args.overrides.insert(0, f"set_dir={args.set or ''}")
+    if args.set:  # else the set comes from the config file (a study's filter job) or is missing (refused below)
+        args.overrides.insert(0, f"set_dir={args.set}")
     cfg = _load(FilterConfig, args)
     if cfg is not None:
         run_filter(cfg)

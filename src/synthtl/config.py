@@ -237,6 +237,20 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
+class Img2ImgConfig:
+    """mode=img2img (ours, beyond the paper; "real guidance": He et al. ICLR'23, DA-Fusion ICLR'24, DISEF, Diff-Mix):
+    each image starts from a real training image of its class, noised to `strength`. The sources are the train split,
+    or its few-shot subset (data.shots / data.split_seed / data.split_file, the one selection fine-tuning uses); a
+    source byte-identical to a test image is always refused."""
+
+    strength: float = 0.5  # how far the source is noised: near 0 keeps it, 1 starts from (almost) pure noise
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.strength <= 1.0, f"img2img.strength={self.strength}: must be in (0, 1] (a small value "
+               "keeps the source, 1 starts from noise)")
+
+
+@dataclass(frozen=True)
 class GenerateConfig:
     out_dir: str = "gen"  # the generated set's folder (manifest.jsonl, images/, train/, progress/)
     per_class: int = 1000  # images per class (paper: 1k main, 2.5k architectures, 0.5k-3k volume)
@@ -253,9 +267,18 @@ class GenerateConfig:
     shard: str = ""  # "i/N": this worker's shard ("" = from torchrun's RANK/WORLD_SIZE, else 0/1)
     writers: int = 4  # threads encoding and writing images while the GPU denoises the next batch
     progress: bool = True
+    mode: str = "txt2img"  # "txt2img" (paper) or "img2img" (ours: start from noised real train images, see img2img)
+    img2img: Img2ImgConfig = field(default_factory=Img2ImgConfig)
 
     def __post_init__(self) -> None:
         _choice(self.image_format, "image_format", ("jpeg", "png", "webp"))
+        _choice(self.mode, "mode", ("txt2img", "img2img"))
+        _check(self.mode == "img2img" or self.img2img == Img2ImgConfig(), "img2img.* is set but mode=txt2img: add "
+               "mode=img2img to start from real training images, or drop the img2img.* keys")
+        # diffusers runs int(steps * strength) of the steps, starting from the source noised to that point
+        _check(self.mode != "img2img" or int(self.generator.steps * self.img2img.strength) >= 1,
+               f"img2img.strength={self.img2img.strength} with generator.steps={self.generator.steps} runs no "
+               "denoising step (int(steps * strength) = 0): raise one of them")
         _check(self.per_class >= 1, f"per_class={self.per_class}: must be >= 1")
         _check(1 <= self.quality <= 100, "quality must be in 1..100")
         _check(self.train_copy >= 0, "train_copy must be >= 0")
@@ -400,7 +423,11 @@ class StyleConfig:
 # --------------------------------------------------------------------------------------------------------------
 # Studies and reports
 # --------------------------------------------------------------------------------------------------------------
-PROMPT_STYLES = ("single", "imagenet80", "dsi", "per_class")
+# How a study's synthetic images are prompted and styled: the paper's (single template, DSI), the reviewers'
+# per-class inversion, and ours (CLIP's 80 templates; a style LoRA per dataset or per class, beyond the paper).
+PROMPT_STYLES = ("single", "imagenet80", "dsi", "per_class", "lora", "lora_per_class")
+STYLE_PROMPTS = {"dsi": ("inversion", "dataset"), "per_class": ("inversion", "class"), "lora": ("lora", "dataset"),
+                 "lora_per_class": ("lora", "class")}  # prompt style -> (style method, mode) of its style job
 
 
 @dataclass(frozen=True)
@@ -412,12 +439,14 @@ class GridConfig:
     shots: list[int] = field(default_factory=lambda: [0])  # 0 = full train split
     volumes: list[int] = field(default_factory=lambda: [1000])  # synthetic images per class (one set serves all)
     guidance: list[float] = field(default_factory=lambda: [2.0])
-    prompts: list[str] = field(default_factory=lambda: ["single"])  # single | imagenet80 | dsi | per_class
+    prompts: list[str] = field(default_factory=lambda: ["single"])  # PROMPT_STYLES: single | dsi | per_class | ...
+    filters: list[str] = field(default_factory=lambda: [""])  # "" = every image; else a key of filter_presets
     shared_style: bool = False  # few-shot runs: learn the style from the full train split instead of the k shots
 
     def __post_init__(self) -> None:
         for p in self.prompts:
             _choice(p, "grid.prompts", PROMPT_STYLES)
+        _check(len(self.filters) > 0, "grid.filters is empty: use [\"\"] for unfiltered sets")
         for name in ("datasets", "models", "strategies", "seeds", "shots", "volumes", "guidance", "prompts"):
             _check(len(getattr(self, name)) > 0, f"grid.{name} is empty")
         _check(all(v >= 1 for v in self.volumes), "grid.volumes must be >= 1")
@@ -481,9 +510,13 @@ class StudyConfig:
     finetune: list[str] = field(default_factory=list)  # overrides for every fine-tuning run
     generate_preset: str = "generate/sd15"
     generate: list[str] = field(default_factory=list)  # overrides for every generation job
-    style_presets: dict[str, str] = field(default_factory=lambda: {"dsi": "style/dsi", "per_class": "style/per_class"})
+    style_presets: dict[str, str] = field(default_factory=lambda: {
+        "dsi": "style/dsi", "per_class": "style/per_class", "lora": "style/lora",
+        "lora_per_class": "style/lora_per_class"})
     # ^ each style method's own preset (prompt style -> preset): per-class inversion keeps its 5k steps per class
     style: list[str] = field(default_factory=list)  # overrides for every style job
+    filter_presets: dict[str, str] = field(default_factory=dict)  # grid.filters name -> its `synthtl filter` preset
+    filter: list[str] = field(default_factory=list)  # overrides for every filter job (e.g. clip.model=/local/clip)
     fewshot_recipe: str = "finetune/fewshot_recipe"  # laid over the model's preset for every k-shot run (one recipe)
     grid: GridConfig = field(default_factory=GridConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)

@@ -302,3 +302,26 @@ def test_missing_dataset_is_fetched_before_ids_are_fixed(tmp_path, folder_data, 
                              f"data_root={tmp_path / 'absent'}")
     with pytest.raises(DataError, match="nothing was run"):
         run_study(no_download)
+
+
+def test_study_with_a_style_lora_and_a_filtered_set(tmp_path, folder_data, monkeypatch):
+    """The peers' methods as grid values (ours): a style LoRA as a prompt style, and a CLIP-filtered set beside the
+    unfiltered one; the filter stage runs between generation and fine-tuning, and runs read what it kept."""
+    from tests.filtering.tiny import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
+    cfg = tiny_study(tmp_path, folder_data, "p", "grid.prompts=[lora]", "grid.strategies=[bridged++]",
+                     "grid.seeds=[0]", "grid.filters=['',clip2]", "style_presets.lora=style/lora_tiny",
+                     "filter_presets.clip2=filter/clip", f"filter=[clip.model={clip},keep.top_k=2,batch_size=4]")
+    calls = count_jobs(monkeypatch)
+    summary = run_study(cfg)
+    assert (summary["style"], summary["generate"], summary["filter"], summary["finetune"]) == (1, 1, 1, 2)
+    assert calls == ["learn-style", "generate", "filter", "finetune", "finetune"]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "p" / "runs").glob("*/result.json")]
+    synthetic = sorted(r["images"]["synthetic"] for r in results)
+    assert synthetic == [2 * 3, 4 * 3]  # top-2 of 4 per class, and all 4
+    gen = next((tmp_path / "p" / "gen").iterdir())
+    assert json.loads((gen / "plan.json").read_text())["identity"]["style_hash"].startswith("lora-")
+    calls.clear()
+    run_study(cfg)
+    assert calls == []

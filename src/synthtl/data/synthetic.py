@@ -111,8 +111,13 @@ class SetRows:
                 "negative_prompt": g["negative"], "template": pr["template"], "token": k["token"],
                 "seed": image_seed(g["seed"], c, i), "model": g["model"], "revision": g["revision"],
                 "scheduler": g["scheduler"], "steps": g["steps"], "guidance": g["guidance"], "height": g["height"],
-                "width": g["width"], "dtype": g["dtype"], "style_hash": g["style_hash"],
+                "width": g["width"], "dtype": g["dtype"], "style_hash": g["style_hash"], **self._source(k, i),
                 "path": self.rel_path(p), "train_path": self.rel_path(p, "train_path"), "status": "planned"}
+
+    def _source(self, k: dict, i: int) -> dict:
+        """An img2img row's source (image i of a class starts from its source i mod n) and strength; {} otherwise."""
+        sources = k.get("sources")
+        return {"source": sources[i % len(sources)], "strength": self.ident["strength"]} if sources else {}
 
 
 def grid_rows(folder: Path, plan: dict) -> SetRows:
@@ -417,10 +422,10 @@ def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partia
     items = []
     for j in range(len(order)):
         mine = done[starts[j]:starts[j + 1]]
-        if keep is not None:  # the filter first, then the first k of what it kept
-            mine = np.array([p for p in mine.tolist() if rows.rel_path(p) in keep], dtype=mine.dtype)
         if per_class:
             mine = mine[:per_class]
+        if keep is not None:  # of the first k images (the volume), those the filter kept
+            mine = np.array([p for p in mine.tolist() if rows.rel_path(p) in keep], dtype=mine.dtype)
         y = mapping[j]
         items += [(rows.rel_path(p, "train_path") or rows.rel_path(p), y) for p in mine.tolist()]
     return items
@@ -448,7 +453,8 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
         real: The real training list; synthetic classes must match its classes one to one.
         per_class: Keep the first k images of each class (manifest order); 0 = all.
         allow_partial: Use an unfinished generated set (the finished images only) instead of refusing it.
-        filter_name: Use only the images the set's filter of this name kept (`synthtl filter`); recorded.
+        filter_name: Of the first `per_class` images of each class, use only those the set's filter of this name kept
+            (`synthtl filter`): a filtered run trains on fewer images than the volume; recorded.
 
     Returns:
         (images, record) where record = {"path", "generated", "done", "total", "partial", "allow_partial"}: done/total
@@ -482,7 +488,7 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
         if empty:
             raise DataError(f"filter {filter_name!r} of {folder} keeps no image of {len(empty)} classes (e.g. "
                             f"{empty[:5]}); loosen its keep.* rule or train without synthetic.filter")
-    short = [real.names[c] for c in range(real.num_classes) if per_class and counts[c] < per_class]
+    short = [real.names[c] for c in range(real.num_classes) if per_class and not filter_name and counts[c] < per_class]
     if short:
         raise DataError(f"synthetic.per_class={per_class} but {len(short)} classes have fewer finished images in "
                         f"{folder} (e.g. {short[:5]}); generate more or lower synthetic.per_class")

@@ -9,6 +9,7 @@ the k shots) serves every generated set that uses it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from synthtl.config import (
+    STYLE_PROMPTS,
+    FilterConfig,
     FinetuneConfig,
     GenerateConfig,
     StudyConfig,
@@ -28,14 +31,15 @@ from synthtl.errors import ConfigError, DataError
 from synthtl.experiments.identity import dataset_identity, forget_missing, identity_hash, job_identity
 from synthtl.training.strategies import STRATEGIES
 
-TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style"}
+TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style", "lora": "single",
+             "lora_per_class": "single"}
 
 
 @dataclass
 class Job:
     """One unit of work: a style embedding, a generated set, or a fine-tuning run."""
 
-    kind: str  # "style" | "generate" | "finetune"
+    kind: str  # "style" | "generate" | "filter" | "finetune"
     id: str
     config: Any
     needs: list[str] = field(default_factory=list)
@@ -47,6 +51,8 @@ class Job:
         c = self.config
         if self.kind == "finetune":
             return Path(c.out_dir) / c.run_name
+        if self.kind == "filter":
+            return Path(c.set_dir) / "filters" / c.name
         return Path(c.out_dir)
 
 
@@ -88,16 +94,16 @@ def _identity(kind: str, cfg: Any, produced_by: dict[str, str], missing: dict[st
 
 def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int, missing: dict) -> Job:
     shots = 0 if study.grid.shared_style else shots
-    mode = "class" if prompt == "per_class" else "dataset"
+    method, mode = STYLE_PROMPTS[prompt]
     if prompt not in study.style_presets:
         raise ConfigError(f"style_presets has no preset for prompts={prompt!r}; add style_presets.{prompt}=<preset>")
     preset = study.style_presets[prompt]
     overrides = [*study.style, *_common(study), f"data.name={dataset}", f"data.shots={shots}",
                  f"data.split_seed={seed if shots else -1}"]
     cfg = load_config(StyleConfig, preset, overrides)
-    if cfg.mode != mode:  # each method comes from its own preset, never from a mode flip of another one
-        raise ConfigError(f"style_presets.{prompt}={preset!r} resolves to mode={cfg.mode!r}; {prompt} needs a "
-                          f"preset with mode: {mode}")
+    if (cfg.method, cfg.mode) != (method, mode):  # each method comes from its own preset, never from a flipped key
+        raise ConfigError(f"style_presets.{prompt}={preset!r} resolves to method={cfg.method!r}, mode={cfg.mode!r}; "
+                          f"{prompt} needs a preset with method: {method}, mode: {mode}")
     ident = _identity("style", cfg, {}, missing)
     sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{identity_hash(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'styles' / sid}", "progress=false"])
@@ -108,14 +114,32 @@ def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, sty
              missing: dict) -> Job:
     overrides = [*study.generate, *_common(study), f"data.name={dataset}", f"generator.guidance={guidance}",
                  f"prompts.templates={TEMPLATES[prompt]}"]
+    key = "prompts.style_lora" if prompt.startswith("lora") else "prompts.style_embedding"
     if style is not None:
-        overrides.append(f"prompts.style_embedding={style.out}")
+        overrides.append(f"{key}={style.out}")
     cfg = load_config(GenerateConfig, study.generate_preset, overrides)
-    ident = _identity("generate", cfg, {"prompts.style_embedding": style.id} if style else {}, missing)
+    ident = _identity("generate", cfg, {key: style.id} if style else {}, missing)
     gid = f"gen-{_slug(dataset)}-{prompt}-g{guidance:g}-{identity_hash(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'gen' / gid}", "progress=false"])
     return Job("generate", gid, cfg, needs=[style.id] if style else [],
                labels={"dataset": dataset, "guidance": guidance, "prompt": prompt}, identity=ident)
+
+
+def _filter_job(study: StudyConfig, gen: Job, name: str, missing: dict) -> Job:
+    """Scoring and keeping images of a generated set (`synthtl filter`; ours, beyond the paper)."""
+    if name not in study.filter_presets:
+        raise ConfigError(f"grid.filters has {name!r} but filter_presets does not: add filter_presets.{name}=<preset> "
+                          "(e.g. filter/clip) and its keep rule in the preset or in `filter`")
+    cfg = load_config(FilterConfig, study.filter_presets[name], [*study.filter, f"set_dir={gen.out}", f"name={name}",
+                                                                   "progress=false"])
+    if not cfg.keep.rule:
+        raise ConfigError(f"filter_presets.{name}={study.filter_presets[name]!r} sets no keep rule: add keep.top_k, "
+                          "keep.fraction or keep.threshold to it or to the study's `filter` overrides")
+    ident = {**dataclasses.asdict(cfg), "set_dir": {"job": gen.id}}
+    for key in ("progress", "workers", "batch_size", "device"):
+        ident.pop(key, None)
+    fid = f"filter-{name}-{gen.id.removeprefix('gen-')}-{identity_hash(ident)[:8]}"
+    return Job("filter", fid, cfg, needs=[gen.id], labels={**gen.labels, "filter": name}, identity=ident)
 
 
 def finetune_presets(study: StudyConfig, model: str, shots: int) -> list[str]:
@@ -138,15 +162,17 @@ def expand(study: StudyConfig) -> Plan:
     runs: dict[str, Job] = {}
     missing: dict[str, str] = {}
     runs_dir = Path(study.folder) / "runs"
-    combos = itertools.product(g.datasets, g.models, g.strategies, g.seeds, g.shots, g.volumes, g.guidance, g.prompts)
-    for dataset, model, strategy, seed, shots, volume, guidance, prompt in combos:
+    filters: dict[str, Job] = {}
+    combos = itertools.product(g.datasets, g.models, g.strategies, g.seeds, g.shots, g.volumes, g.guidance, g.prompts,
+                               g.filters)
+    for dataset, model, strategy, seed, shots, volume, guidance, prompt, filt in combos:
         needs_syn = STRATEGIES.get(strategy).needs_synthetic or strategy == "vanilla_matched"
         labels = {"dataset": dataset, "model": model, "strategy": strategy, "seed": seed, "shots": shots,
-                  "volume": None, "guidance": None, "prompt": None}
+                  "volume": None, "guidance": None, "prompt": None, "filter": None}
         needs, produced_by = [], {}
         if needs_syn:
             style = None
-            if prompt in ("dsi", "per_class"):
+            if prompt in STYLE_PROMPTS:
                 key = ("style", dataset, prompt, shots if not g.shared_style else 0, seed if shots else -1)
                 if key not in made:
                     made[key] = _style_job(study, dataset, prompt, shots, seed, missing)
@@ -156,14 +182,21 @@ def expand(study: StudyConfig) -> Plan:
                 made[key] = _gen_job(study, dataset, guidance, prompt, style, missing)
             gen = gens.setdefault(made[key].id, made[key])
             gen_volume[gen.id] = max(gen_volume.get(gen.id, 0), volume)
-            labels.update(volume=volume, guidance=guidance, prompt=prompt)
+            labels.update(volume=volume, guidance=guidance, prompt=prompt, filter=filt or None)
             needs, produced_by = [gen.id], {"synthetic.path": gen.id}
+            if filt:
+                key = ("filter", gen.id, filt)
+                if key not in made:
+                    made[key] = _filter_job(study, gen, filt, missing)
+                job = filters.setdefault(made[key].id, made[key])
+                needs, produced_by = [job.id], {"synthetic.path": gen.id, "synthetic.filter": job.id}
         presets = tuple(finetune_presets(study, model, shots))
         if presets not in bases:  # one slow config load per preset list; the grid's values are set directly below
             bases[presets] = load_config(FinetuneConfig, list(presets), [*study.finetune, *_common(study),
                                                                          f"out_dir={runs_dir}", "progress=false"])
         base = bases[presets]
-        syn = replace(base.synthetic, path=str(gen.out), per_class=volume) if needs else base.synthetic
+        syn = (replace(base.synthetic, path=str(gen.out), per_class=volume, filter=filt if needs_syn else "")
+               if needs else base.synthetic)
         cfg = replace(base, strategy=strategy, seed=seed, model=replace(base.model, name=model),
                       data=replace(base.data, name=dataset, shots=shots), synthetic=syn)
         ident = _identity("finetune", cfg, produced_by, missing)
@@ -173,7 +206,9 @@ def expand(study: StudyConfig) -> Plan:
     for gid, job in gens.items():  # each set is generated once, with the largest volume any run needs
         job.config = replace(job.config, per_class=gen_volume[gid])
         job.labels["per_class"] = gen_volume[gid]
-    return Plan(study, [*styles.values(), *gens.values(), *runs.values()], missing)
+    for job in filters.values():  # a filter scores every image of its set
+        job.labels["per_class"] = gen_volume[job.needs[0]]
+    return Plan(study, [*styles.values(), *gens.values(), *filters.values(), *runs.values()], missing)
 
 
 def num_classes_of(data) -> int | None:

@@ -30,7 +30,8 @@ from synthtl.files import sha256_file
 # One generated set serves every volume by prefix, so its size is not part of its identity.
 VOLATILE = {"style": STYLE_VOLATILE, "generate": (*GENERATE_VOLATILE, "per_class"), "finetune": FINETUNE_VOLATILE}
 # Paths to inputs that another job of the study produces: replaced by the producer's id.
-PRODUCED = {"style": (), "generate": ("prompts.style_embedding",), "finetune": ("synthetic.path",)}
+PRODUCED = {"style": (), "generate": ("prompts.style_embedding", "prompts.style_lora"),
+            "finetune": ("synthetic.path", "synthetic.filter")}
 # Paths to files the user supplies: replaced by their content hash.
 USER_FILES = {"style": ("data.split_file",), "generate": ("data.split_file",),
               "finetune": ("data.split_file", "model.weights")}

@@ -21,7 +21,7 @@ from synthtl.errors import ConfigError
 from synthtl.files import LockedError, exclusive, read_json, write_json
 from synthtl.runtime import is_main
 
-COMMANDS = {"style": "learn-style", "generate": "generate", "finetune": "finetune"}
+COMMANDS = {"style": "learn-style", "generate": "generate", "filter": "filter", "finetune": "finetune"}
 SUBMITTED = "submitted.json"  # <study>/slurm/: one row per Slurm task submitted without waiting
 # Slurm states (sacct) of a task that will still run, and of one that ended without finishing its work.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING",

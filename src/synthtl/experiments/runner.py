@@ -18,7 +18,7 @@ from synthtl.experiments.identity import identity_diff, identity_hash
 from synthtl.files import read_json, write_json, write_text
 from synthtl.runtime import is_main
 
-STAGES = ("style", "generate", "finetune")
+STAGES = ("style", "generate", "filter", "finetune")
 STUDY_JOB = "study_job.json"  # in each job's folder: the id and identity of the study job that made it
 
 
@@ -65,6 +65,8 @@ def is_done(job: Job) -> bool:
         return (out / "style.json").is_file()
     if job.kind == "finetune":
         return (out / "result.json").is_file()
+    if job.kind == "filter":
+        return (out / "filter.json").is_file()
     from synthtl.generation.plan import is_complete
 
     return is_complete(out, job.config.per_class)  # the set's small completion record: no manifest is read
@@ -86,6 +88,7 @@ def write_plan(plan: Plan) -> None:
 # ------------------------------------------------------------------------------------------------------ estimates
 DEFAULT_RATES = {  # seconds per unit on one H100-class GPU when nothing was measured yet (rough, ours)
     "generate": 0.3,  # per image: SD v1.5, 512 px, 25 steps, batch 16, fp16
+    "filter": 0.002,  # per image: CLIP ViT-B/32 forward in fp32
     "style": 0.15,  # per step at batch 4, 512 px
     "resnet18": 1 / 3000, "resnet50": 1 / 1100, "vit_b16": 1 / 700, "vit_l16": 1 / 230,
     "clip_vit_b16_laion": 1 / 700, "finetune": 1 / 1000,  # per training image (forward + backward)
@@ -119,6 +122,9 @@ def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
         return steps * rates.get("style", DEFAULT_RATES["style"])
     if job.kind == "generate":
         return c.per_class * (num_classes(c.data.name) or 10) * rates.get("generate", DEFAULT_RATES["generate"])
+    if job.kind == "filter":  # one forward pass per image of the set
+        return job.labels.get("per_class", 1000) * (num_classes(job.labels["dataset"]) or 10) * rates.get(
+            "filter", DEFAULT_RATES["filter"])
     d = c.data
     classes = num_classes(d.name) or 10
     real = d.shots * classes if d.shots else TRAIN_SIZES.get(d.name, 10000)
