@@ -201,3 +201,16 @@ def test_sd2_style_drives_generation_through_generate(folders, folder_data, tmp_
     assert len(rows) == 3 and all("in the style of <synthtl-style>" in r["prompt"] for r in rows)
     with pytest.raises(ConfigError, match="not an SDXL embedding"):
         sdxl.load_into_pipeline(load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu")), out)
+
+
+def test_sdxl_style_drives_generation_through_generate(folders, folder_data, tmp_path):
+    out = tmp_path / "s"
+    style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"]))
+    gen = tmp_path / "gen"
+    run_generate(load_config(GenerateConfig, None, [
+        f"generator.model={folders['sdxl']}", "generator.height=32", "generator.width=32", "generator.steps=2",
+        "per_class=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={gen}", "prompts.templates=style",
+        f"prompts.style_embedding={out}", "progress=false"]))
+    rows = read_jsonl(gen / "manifest.jsonl")
+    assert len(rows) == 3 and all("in the style of <synthtl-style>" in r["prompt"] for r in rows)
+    assert all((gen / r["path"]).is_file() for r in rows)

@@ -282,3 +282,33 @@ def test_cli_and_presets(folder_data, tmp_path):
     dataset, per_class = load_config(StyleConfig, "style/lora"), load_config(StyleConfig, "style/lora_per_class")
     assert dataset.method == per_class.method == "lora" and dataset.mode == "dataset" and per_class.mode == "class"
     assert per_class.steps_per_class > 0 and load_config(StyleConfig, "style/lora_tiny").generator.model == "tiny"
+
+
+# -------------------------------------------------------------- generation (needs the run.py change in the report)
+def test_generate_with_a_style_lora(folder_data, tmp_path):
+    """A set made with prompts.style_lora records the LoRA's hash, differs from the unstyled set and is reproducible;
+    with a per-class LoRA each class's images are exactly those its own adapter makes (batches of one class)."""
+    from synthtl.files import read_jsonl
+    from synthtl.generation.run import run_generate
+
+    out, pc = tmp_path / "s", tmp_path / "pc"
+    info = run_learn_style(cfg_for(folder_data, out, "lr=0.05", "steps=2"))
+    run_learn_style(cfg_for(folder_data, pc, "lr=0.05", "mode=class", "steps_per_class=1"))
+
+    def generate(name, *extra):
+        run_generate(load_config(GenerateConfig, None, [
+            "generator.model=tiny", "generator.height=32", "generator.width=32", "generator.steps=2", "per_class=2",
+            "generator.batch_size=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={tmp_path / name}",
+            "progress=false", "image_format=png", "train_copy=0", *extra]))
+        rows = read_jsonl(tmp_path / name / "manifest.jsonl")
+        return rows, {(r["class_name"], r["index"]): (tmp_path / name / r["path"]).read_bytes() for r in rows}
+
+    _, base = generate("base")
+    rows, styled = generate("lora", f"prompts.style_lora={out}")
+    assert {r["style_hash"] for r in rows} == {f"lora-{info['hash']}"}
+    assert all(styled[k] != base[k] for k in base)
+    assert generate("again", f"prompts.style_lora={out}")[1] == styled
+    _, per_class = generate("pc", f"prompts.style_lora={pc}", "generator.batch_size=4")
+    _, fox = generate("fox", f"prompts.style_lora={pc / 'adapters' / '2'}")  # red fox's adapter as a plain LoRA
+    assert all(per_class[k] == fox[k] for k in fox if k[0] == "red fox")
+    assert all(per_class[k] != fox[k] for k in fox if k[0] != "red fox")

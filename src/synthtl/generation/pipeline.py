@@ -110,9 +110,10 @@ def _offline(what: str, err: Exception) -> PipelineError:
         "generator.model=tiny runs a random-weight pipeline for testing.")
 
 
-def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
+def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: str = ""):
     """A ready pipeline of the model's family (`families.family_of`: StableDiffusionPipeline for SD 1.x/2.x,
-    StableDiffusionXLPipeline for SDXL) on the resolved device/dtype with the configured scheduler."""
+    StableDiffusionXLPipeline for SDXL) on the resolved device/dtype with the configured scheduler; `style_lora` (a
+    folder from `learn-style method=lora`) is added into its weights (`apply_style_lora`)."""
     import warnings
 
     from diffusers import StableDiffusionPipeline
@@ -162,7 +163,24 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None):
     pipe.to(rt.device)
     if model == "tiny" and dtype != torch.float32:
         pipe.to(dtype=dtype)  # the tiny components are built in fp32
+    if style_lora and apply_style_lora(pipe, style_lora):
+        import dataclasses
+
+        # Fused q/k/v copies of the weights would not follow the per-class weight switching: left unfused.
+        gen = dataclasses.replace(gen, fuse_qkv=False)
     return optimize(pipe, gen, rt)
+
+
+def apply_style_lora(pipe, path: str) -> bool:
+    """Adds a style LoRA into the pipeline's weights, fused (before `optimize`, so fused projections and compile see
+    the styled weights); returns whether it is per-class, whose weights `style.lora.set_style_lora_class` switches.
+
+    Raises:
+        ConfigError: the path is not a LoRA, or the LoRA was learned for another base model.
+    """
+    from synthtl.style.lora import load_style_lora
+
+    return load_style_lora(pipe, path).per_class
 
 
 def optimize(pipe, gen: GeneratorConfig, rt: Runtime):

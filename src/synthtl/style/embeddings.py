@@ -55,6 +55,10 @@ def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
     Raises:
         ConfigError: a token already exists in the tokenizer, or the embedding width differs from the text encoder's.
     """
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: clip_l/clip_g, one diffusers call per encoder
+        from synthtl.style.sdxl import load_into_pipeline as load_sdxl
+
+        return load_sdxl(pipe, path)
     state = read_embeddings(path)
     width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
     vocab = pipe.tokenizer.get_vocab()

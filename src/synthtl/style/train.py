@@ -535,7 +535,11 @@ def run_learn_style(cfg: StyleConfig) -> dict:
     """
     if world_size() > 1:  # checked before anything loads: N ranks would each learn, and race on the same files
         raise ConfigError(f"learn-style was started as {world_size()} processes (WORLD_SIZE): run learn-style as a "
-                          "single process; textual inversion has no multi-GPU mode yet (start it without torchrun)")
+                          "single process; style learning has no multi-GPU mode yet (start it without torchrun)")
+    if cfg.method == "lora":  # ours, beyond the paper: a LoRA on the generator instead of tokens
+        from synthtl.style.lora import run_learn_lora
+
+        return run_learn_lora(cfg)
     out = Path(cfg.out_dir)
     identity = style_identity(cfg)
     with exclusive(out, "style folder"):
