@@ -184,3 +184,20 @@ def test_html_renders_in_headless_chromium(canned_study, tmp_path, folder_data):
                    capture_output=True, timeout=120)
     with Image.open(shot) as im:
         assert im.size == (1280, 3000) and len(set(im.convert("L").resize((64, 64)).getdata())) > 10
+
+
+def test_a_filtered_set_is_its_own_setting_never_pooled_with_the_unfiltered_one(tmp_path):
+    from synthtl.reporting.collect import Run
+    from synthtl.reporting.tables import settings
+
+    def run(rid, strategy, filt):
+        labels = {"dataset": "aircraft", "model": "resnet18", "strategy": strategy, "seed": 0, "shots": 0,
+                  "volume": 1000 if strategy != "vanilla" else None, "guidance": 2.0 if strategy != "vanilla" else None,
+                  "prompt": "single" if strategy != "vanilla" else None, "filter": filt}
+        return Run(rid, tmp_path / rid, labels, {"test": {"top1": 50.0}, "seed": 0}, {}, [])
+
+    groups = settings([run("a", "bridged++", None), run("b", "bridged++", "clip80"), run("v", "vanilla", None)])
+    prompts = sorted(k[4] for k, _ in groups)
+    assert prompts == ["single", "single, filter clip80"]
+    assert all(sorted(r.id for r in members if r.labels["strategy"] == "bridged++") in (["a"], ["b"])
+               for _, members in groups)

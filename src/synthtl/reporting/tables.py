@@ -53,13 +53,15 @@ def _by_seed(runs: list[Run]) -> dict[int, float]:
 
 def settings(runs: list[Run]) -> list[tuple[tuple, list[Run]]]:
     """(model, shots, volume, guidance, prompt) -> the runs compared in that setting: its synthetic-data runs plus
-    the real-only runs (vanilla, ...) of the same model and shots."""
+    the real-only runs (vanilla, ...) of the same model and shots. A filtered set is its own setting ("prompt, filter
+    <name>"), never pooled with the unfiltered one."""
     base: dict[tuple, list[Run]] = {}
     syn: dict[tuple, list[Run]] = {}
     for r in runs:
         lab = r.labels
         if lab["strategy"] in SYNTHETIC_STRATEGIES:
-            syn.setdefault((lab["model"], lab["shots"], lab["volume"], lab["guidance"], lab["prompt"]), []).append(r)
+            prompt = lab["prompt"] if not lab.get("filter") else f"{lab['prompt']}, filter {lab['filter']}"
+            syn.setdefault((lab["model"], lab["shots"], lab["volume"], lab["guidance"], prompt), []).append(r)
         else:
             base.setdefault((lab["model"], lab["shots"]), []).append(r)
     keys = sorted(syn, key=str) or [(m, s, None, None, None) for m, s in sorted(base, key=str)]
