@@ -147,10 +147,11 @@ def describe_style_job(job: Job) -> str:
     c = job.config
     classes = num_classes_of(c.data)
     total = f"{steps:,} steps" if steps is not None else f"{c.steps_per_class:,} steps x the classes (unknown here)"
+    what = "LoRA" if c.method == "lora" else "token"
     if c.mode == "class":
         each = f"{per_class:,}" if per_class is not None else "?"
-        return f"    {job.id}: {total} ({each} per class x {classes or '?'} classes, one token per class)"
-    return f"    {job.id}: {total} (one token for the dataset)"
+        return f"    {job.id}: {total} ({each} per class x {classes or '?'} classes, one {what} per class)"
+    return f"    {job.id}: {total} (one {what} for the dataset)"
 
 
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
