@@ -210,7 +210,7 @@ def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
 def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndarray | None = None,
                     b_feats: np.ndarray | None = None, max_bits: int = 6, min_cosine: float = 0.95,
                     chunk: int = 4096, limit: int | None = None, a_ok: np.ndarray | None = None,
-                    b_ok: np.ndarray | None = None) -> tuple[int, int, list[dict]]:
+                    b_ok: np.ndarray | None = None, expected: np.ndarray | None = None) -> tuple[int, int, list[dict]]:
     """Near-duplicate pairs between set A (synthetic or train) and set B (test), every image against every image.
 
     Args:
@@ -221,6 +221,8 @@ def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndar
         chunk: Rows per tile of the all-pairs comparisons (bounds memory).
         limit: Pairs returned (the closest first); None = all.
         a_ok: Which rows of A were readable (unreadable rows are never matched); b_ok likewise.
+        expected: Per row of A, the row of B it is expected to match (an img2img output's own source), or -1: such
+            pairs are left out (count them with `expected_matches`).
 
     Returns:
         (number of distinct pairs, number of distinct A images in them, pairs closest first as dicts with
@@ -234,10 +236,17 @@ def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndar
     hi, hj, hb = hash_pairs(a_hashes[a_idx], b_hashes[b_idx], max_bits, chunk)
     hi, hj = a_idx[hi], b_idx[hj]
     keys.append(hi * max(len(b_hashes), 1) + hj)
+    if expected is not None:
+        expected = np.asarray(expected, dtype=np.int64)
+        keep = expected[hi] != hj
+        hi, hj, hb, keys[0] = hi[keep], hj[keep], hb[keep], keys[0][keep]
     use_feats = a_feats is not None and b_feats is not None and len(a_feats) and len(b_feats)
     if use_feats:
         ci, cj, cc = cosine_pairs(np.asarray(a_feats)[a_idx], np.asarray(b_feats)[b_idx], min_cosine, chunk)
         ci, cj = a_idx[ci], b_idx[cj]
+        if expected is not None:
+            keep = expected[ci] != cj
+            ci, cj, cc = ci[keep], cj[keep], cc[keep]
         keys.append(ci * max(len(b_hashes), 1) + cj)
     all_keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
     count, images = len(all_keys), len(np.unique(all_keys // max(len(b_hashes), 1)))
@@ -253,3 +262,34 @@ def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndar
     listed = sorted(pairs.values(), key=lambda e: (e.get("hash_bits", 65), -e.get("cosine", -2.0), e["image"],
                                                    e["test"]))
     return count, images, listed[:limit] if limit is not None else listed
+
+
+def expected_matches(a_hashes: np.ndarray, b_hashes: np.ndarray, expected: np.ndarray,
+                     a_feats: np.ndarray | None = None, b_feats: np.ndarray | None = None, max_bits: int = 6,
+                     min_cosine: float = 0.95,
+                     a_ok: np.ndarray | None = None, b_ok: np.ndarray | None = None) -> np.ndarray:
+    """Which rows of A are near-duplicates (the thresholds of `near_duplicates`) of their expected row of B.
+
+    Args:
+        expected: Per row of A, the row of B it is expected to match (an img2img output's own source), or -1.
+        Others: as in `near_duplicates`.
+
+    Returns:
+        (len(A),) bool; False where nothing is expected or either image is unreadable.
+    """
+    expected = np.asarray(expected, dtype=np.int64)
+    a_ok = np.ones(len(a_hashes), dtype=bool) if a_ok is None else np.asarray(a_ok, dtype=bool)
+    b_ok = np.ones(len(b_hashes), dtype=bool) if b_ok is None else np.asarray(b_ok, dtype=bool)
+    i = np.flatnonzero(expected >= 0)
+    j = expected[i]
+    ok = a_ok[i] & b_ok[j]
+    i, j = i[ok], j[ok]
+    a_h, b_h = np.asarray(a_hashes, dtype=np.uint64)[i], np.asarray(b_hashes, dtype=np.uint64)[j]
+    hit = np.bitwise_count(np.bitwise_xor(a_h, b_h)) <= max_bits
+    if a_feats is not None and b_feats is not None and len(a_feats) and len(b_feats):
+        fa, fb = np.asarray(a_feats, dtype=np.float32)[i], np.asarray(b_feats, dtype=np.float32)[j]
+        cos = (fa * fb).sum(1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)).clip(1e-12)
+        hit |= cos >= min_cosine
+    out = np.zeros(len(a_hashes), dtype=bool)
+    out[i[hit]] = True
+    return out

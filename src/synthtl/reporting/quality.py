@@ -27,7 +27,7 @@ from synthtl.data.synthetic import completed_rows
 from synthtl.errors import SynthTLError
 from synthtl.files import write_bytes
 from synthtl.metrics.distances import fid, kid, precision_recall
-from synthtl.metrics.leakage import hash_files, near_duplicates, quiet_pil
+from synthtl.metrics.leakage import expected_matches, hash_files, near_duplicates, quiet_pil
 from synthtl.reporting.collect import GenSet, Run
 from synthtl.reporting.tables import Table
 
@@ -262,6 +262,29 @@ def leakage_row(a: Scanned, test: Scanned, cfg: ReportConfig, use_features: bool
     return row, pairs
 
 
+def source_row(syn: Scanned, train: Scanned, sources: list[str | None], cfg: ReportConfig,
+               use_features: bool) -> dict | None:
+    """An img2img set's outputs against every real train image (None for a text-to-image set).
+
+    Each output starts from its own source, a real train image: that pair is expected, not a near-duplicate to
+    report, so it is left out of the count and counted apart ("own_source_pairs"). The check against the test split
+    (`leakage_row`) is the same for every set: an img2img output matching a test image is a leak.
+    """
+    if not any(sources):
+        return None
+    where = {p: j for j, p in enumerate(train.images.paths)}
+    expected = np.array([where.get(s, -1) if s else -1 for s in sources], dtype=np.int64)
+    fa, fb = (syn.features, train.features) if use_features else (None, None)
+    a_ok = syn.ok & (syn.feature_ok if use_features else True)
+    b_ok = train.ok & (train.feature_ok if use_features else True)
+    n_pairs, n_flagged, _ = near_duplicates(syn.hashes, train.hashes, fa, fb, cfg.leak_hash_bits, cfg.leak_cosine,
+                                            cfg.leak_chunk, 0, a_ok, b_ok, expected=expected)
+    own = expected_matches(syn.hashes, train.hashes, expected, fa, fb, cfg.leak_hash_bits, cfg.leak_cosine, a_ok,
+                           b_ok)
+    return {"own_source_pairs": int(own.sum()), "other_train_pairs": n_pairs, "other_train_flagged": n_flagged,
+            "sources_not_in_train": int((expected < 0).sum())}
+
+
 @dataclass
 class QualityReport:
     quality: Table
@@ -324,12 +347,15 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
                       "guidance": g.identity.get("guidance"), **d, "max_images": cfg.max_images,
                       "kid_subsets": cfg.kid_subsets, "clip_score": clip})
         row, pairs = leakage_row(syn, test, cfg, use_features)
+        src = source_row(syn, train, [rows[p].get("source") for p in syn.images.paths], cfg, use_features)
         s_rows.append([label, str(row["checked"]), str(row["test_checked"]), str(row["unreadable"]),
-                       str(row["near_duplicate_pairs"]), str(row["flagged"])])
+                       str(row["near_duplicate_pairs"]), str(row["flagged"]),
+                       str(src["own_source_pairs"]) if src else "–", str(src["other_train_pairs"]) if src else "–"])
         s_raw.append({"set": g.id, "dataset": dataset, "synthetic_images": row["images"],
                       "synthetic_checked": row["checked"], "test_images": row["test_images"],
                       "test_checked": row["test_checked"], "unreadable": row["unreadable"],
-                      "near_duplicates": row["near_duplicate_pairs"], "synthetic_flagged": row["flagged"]})
+                      "near_duplicates": row["near_duplicate_pairs"], "synthetic_flagged": row["flagged"],
+                      "img2img": src is not None, **(src or {})})
         syn_examples += [_example(syn, "synthetic", test, p, label) for p in pairs]
     for dataset, pair in sorted(reals.items(), key=lambda kv: str(kv[0])):
         if pair is None:
@@ -359,9 +385,14 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
     q = Table("quality", "Synthetic-set quality against the real train split",
               ["set", "n synthetic", "n real (train)", "feature dim", "FID ↓", "KID ↓", "precision ↑", "recall ↑",
                "CLIP score ↑"], q_rows, q_raw, q_note)
+    s_how = (how + "; img2img sets (ours): every output is also compared with every real train image, and the pair "
+             "of an output and its own source (a train image it started from) is expected, so it is excluded and "
+             "counted in 'own-source pairs (expected, excluded)'; the test check is the same for every set: an "
+             "img2img output matching a test image is a leak")
     s_leak = Table("leakage", "Leakage: near-duplicates between synthetic images and the real test split",
                    ["set", "synthetic checked", "test checked", "unreadable", "near-duplicate pairs",
-                    "synthetic images flagged"], s_rows, s_raw, how)
+                    "synthetic images flagged", "own-source pairs (expected, excluded)",
+                    "near-duplicates of other train images"], s_rows, s_raw, s_how)
     t_leak = Table("leakage_train", "Leakage: near-duplicates between the real train and test splits",
                    ["dataset", "train checked", "test checked", "unreadable", "near-duplicate pairs",
                     "train images flagged"], t_rows, t_raw, how)
