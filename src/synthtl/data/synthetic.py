@@ -357,6 +357,27 @@ def is_complete(folder: str | os.PathLike, per_class: int = 0) -> bool:
     return wanted <= rec["per_class"] and min(rec["prefix"], default=0) >= wanted
 
 
+def check_sources(folder: str | os.PathLike, train: ImageList) -> None:
+    """Refuses a generated set made by img2img from real images that a run does not train on.
+
+    Its outputs carry their sources into training, so a k-shot run on a set made from other shots (or from the full
+    split) would see more real images than its k. `train`: the run's training images (after any few-shot draw and
+    validation carve), with the ids the set's plan records (paths in the train listing).
+
+    Raises:
+        DataError: naming how many sources are outside `train` and a few of them.
+    """
+    plan_file = Path(folder) / PLAN
+    plan = read_json(plan_file) if plan_file.is_file() else {}
+    allowed = set(train.paths)
+    outside = [s for k in plan.get("classes", []) for s in k.get("sources", []) if s not in allowed]
+    if outside:
+        raise DataError(f"generated set {folder} was made by img2img from {len(outside)} real images this run does not "
+                        f"train on (e.g. {outside[:3]}): its images would carry them into training. Generate it from "
+                        "the run's own training images (the same data.shots with data.split_seed, or data.split_file, "
+                        "and data.val_fraction), or train on the split it was made from")
+
+
 def _match_classes(syn_classes: list[tuple[str, str]], real: ImageList, where: str) -> dict[int, int]:
     """Maps each synthetic class (id, name) to a real class index, one to one.
 

@@ -5,7 +5,9 @@ Every image's seed is derived from (base seed, class index, image index), so any
 the first k rows of each class form the k-per-class subset. The plan's identity (generator, prompts, style, seed,
 classes) is stored in plan.json; asking for a different identity in the same folder is refused, while asking for
 more images per class extends the plan. Nothing here holds one Python object per image: a 397 x 3,000 set is
-planned, resumed, counted and finished with numpy arrays of its rows' flags.
+planned, resumed, counted and finished with numpy arrays of its rows' flags. An img2img set (`img2img`) adds its
+sources to the identity and each class's sorted source ids (with their content hashes) to its record: image i of a
+class starts from source i mod n, so its rows still derive from (class, index, plan).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -51,6 +54,9 @@ from synthtl.files import (
     torn_tail,
     write_json,
 )
+
+if TYPE_CHECKING:
+    from synthtl.generation.img2img import Sources
 
 __all__ = ["EXT", "LOCKS", "PLAN", "image_seed", "is_complete", "row_id", "shard_of"]  # re-exported names
 
@@ -94,23 +100,30 @@ def class_folders(names: list[str]) -> list[str]:
 
 
 def identity(cfg: GenerateConfig, classes: list[tuple[str, str]], generator: dict, dtype: str, templates: list[str],
-             style_hash: str) -> dict:
-    """What the set's images depend on; `generator` is `pipeline.generator_identity` (never where files live)."""
+             style_hash: str, extra: dict | None = None) -> dict:
+    """What the set's images depend on; `generator` is `pipeline.generator_identity` (never where files live);
+    `extra`: the keys of mode=img2img (`img2img.identity`; a text-to-image identity is unchanged by it)."""
     g, p = cfg.generator, cfg.prompts
-    return {"format": FORMAT, "model": generator["model"], "revision": generator["revision"], "scheduler": g.scheduler,
-            "steps": g.steps,
+    return {**(extra or {}), "format": FORMAT, "model": generator["model"], "revision": generator["revision"],
+            "scheduler": g.scheduler, "steps": g.steps,
             "guidance": g.guidance, "height": g.height, "width": g.width, "dtype": dtype, "templates": templates,
             "suffix": p.suffix, "negative": p.negative, "style_hash": style_hash, "seed": cfg.seed,
             "classes": [name for _, name in classes], "image_format": cfg.image_format, "quality": cfg.quality,
             "train_copy": cfg.train_copy}
 
 
-def class_table(classes: list[tuple[str, str]], prompts: list[list[dict]], tokens: list[str]) -> list[dict]:
+def class_table(classes: list[tuple[str, str]], prompts: list[list[dict]], tokens: list[str],
+                sources: Sources | None = None) -> list[dict]:
     """One record per class: id, name, folder, style token, and the prompt record of each template (image i of the
-    class uses template i mod len(templates); `prompts.fit_prompt`)."""
+    class uses template i mod len(templates); `prompts.fit_prompt`); with img2img `sources`, also the class's sorted
+    source ids and their content hashes (image i starts from source i mod len(sources))."""
     folders = class_folders([n for _, n in classes])
-    return [{"id": cid, "name": name, "folder": folders[c], "token": tokens[c], "prompts": prompts[c]}
-            for c, (cid, name) in enumerate(classes)]
+    table = [{"id": cid, "name": name, "folder": folders[c], "token": tokens[c], "prompts": prompts[c]}
+             for c, (cid, name) in enumerate(classes)]
+    if sources is not None:
+        for k, ids, hashes in zip(table, sources.ids, sources.hashes, strict=True):
+            k["sources"], k["source_sha256"] = ids, hashes
+    return table
 
 
 def manifest_lines(rows: SetRows, state: SetState | None = None) -> Iterator[str]:
@@ -124,6 +137,8 @@ def manifest_lines(rows: SetRows, state: SetState | None = None) -> Iterator[str
             f'"steps": {dump(g["steps"])}, "guidance": {dump(g["guidance"])}, "height": {dump(g["height"])}, '
             f'"width": {dump(g["width"])}, "dtype": {dump(g["dtype"])}, "style_hash": {dump(g["style_hash"])}, ')
     for c, k in enumerate(rows.classes):
+        # img2img: image i starts from source i mod n (the same fields, in the same place, as `SetRows.row`)
+        sources = [f'"source": {dump(s)}, "strength": {dump(g["strength"])}, ' for s in k.get("sources", [])]
         head = (f'", "class_index": {c}, "class_id": {dump(k["id"])}, "class_name": {dump(k["name"])}, '
                 f'"folder": {dump(k["folder"])}, "index": ')
         middles = []
@@ -144,7 +159,8 @@ def manifest_lines(rows: SetRows, state: SetState | None = None) -> Iterator[str
                 end = f'"status": "done", "redraws": {used.get("redraws", 0)}}}\n'
             n = f"{i:06d}"
             copy = f'{train}{n}.jpg"' if train else "null"
-            yield (f'{{"id": "c{c:05d}-i{n}{head}{i}{middles[i % len(middles)]}{seed}{tail}{image}{n}.{ext}", '
+            source = sources[i % len(sources)] if sources else ""
+            yield (f'{{"id": "c{c:05d}-i{n}{head}{i}{middles[i % len(middles)]}{seed}{tail}{source}{image}{n}.{ext}", '
                    f'"train_path": {copy}, {end}')
 
 

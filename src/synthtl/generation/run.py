@@ -29,6 +29,7 @@ from synthtl.data.datasets import DATASETS, classnames, load_data
 from synthtl.data.synthetic import PROGRESS_DIR, SetRows, present, read_state
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.files import append_jsonl, read_json, remove_temps, write_bytes, write_json
+from synthtl.generation import img2img
 from synthtl.generation import plan as planning
 from synthtl.generation.pipeline import generator_identity, generator_runtime, load_pipeline
 from synthtl.generation.prompts import STYLE_TOKEN, fit_prompt, needs_token, template_set
@@ -108,14 +109,20 @@ def _write_batch(folder: Path, log: Path, log_lock: threading.Lock, batch: list[
 
 
 @torch.inference_mode()
-def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig) -> tuple[np.ndarray, list[bool]]:
-    """Generates one batch: (uint8 images B x H x W x 3, per-image flag "black or non-finite")."""
+def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig,
+            sources: list[Image.Image] | None = None) -> tuple[np.ndarray, list[bool]]:
+    """Generates one batch: (uint8 images B x H x W x 3, per-image flag "black or non-finite").
+
+    With `sources` (mode=img2img: `pipe` is the image-to-image pipeline), each image starts from its source noised
+    to img2img.strength; the seed draws both the VAE posterior sample and the noise.
+    """
     g = cfg.generator
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # CPU noise: same image on any device
     negative = [r["negative_prompt"] for r in rows] if any(r["negative_prompt"] for r in rows) else None
+    size = {"height": g.height, "width": g.width} if sources is None else \
+        {"image": sources, "strength": cfg.img2img.strength}  # the size is the sources' (fitted by img2img.fit)
     latents = pipe(prompt=[r["prompt"] for r in rows], negative_prompt=negative, num_inference_steps=g.steps,
-                   guidance_scale=g.guidance, height=g.height, width=g.width, generator=generators,
-                   output_type="latent").images
+                   guidance_scale=g.guidance, generator=generators, output_type="latent", **size).images
     images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0].float()
     finite = torch.isfinite(images).flatten(1).all(1) & torch.isfinite(latents.float()).flatten(1).all(1)
     images = torch.nan_to_num((images / 2 + 0.5).clamp(0, 1), nan=0.0)
@@ -156,10 +163,12 @@ def resume_todo(folder: Path, rows: SetRows, per_class: int, shard: int, num_sha
 
 
 def _setup(cfg: GenerateConfig, folder: Path):
-    """(pipeline, runtime, planned rows); the pipeline is None when the wanted images are already finished.
+    """(pipeline, runtime, planned rows, img2img source reader or None); the pipeline is None when the wanted images
+    are already finished.
 
     The plan is written under the set's lock by whichever shard (torchrun rank) gets it first; every other shard
-    finds it there and only checks it.
+    finds it there and only checks it. With mode=img2img the sources are selected (and checked against the test
+    split) first: they are part of the identity.
     """
     from synthtl.style.embeddings import class_tokens, embeddings_hash, load_into_pipeline
 
@@ -171,24 +180,48 @@ def _setup(cfg: GenerateConfig, folder: Path):
     rt = generator_runtime(cfg.generator)
     generator = generator_identity(cfg.generator)  # from the weights, so a style embedding cannot change it
     style_hash = embeddings_hash(cfg.prompts.style_embedding) if cfg.prompts.style_embedding else ""
-    ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash)
+    sources = img2img.select_sources(cfg, classes) if cfg.mode == "img2img" else None
+    extra = img2img.identity(cfg, sources) if sources is not None else None
+    ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash, extra)
+    if sources is not None:
+        _explain_source_change(folder, ident, sources)
+    reader = img2img.SourceReader(sources.root, cfg.generator.width, cfg.generator.height) if sources else None
     planned = planning.planned_rows(folder, ident, cfg.per_class)
     if planned is not None and finished(planned, cfg.per_class):
-        return None, rt, planned  # a finished set: nothing to load, nothing to write
+        return None, rt, planned, reader  # a finished set: nothing to load, nothing to write
     pipe = load_pipeline(cfg.generator, rt)
     token_map, default_token = {}, STYLE_TOKEN
     if cfg.prompts.style_embedding:
         loaded = load_into_pipeline(pipe, cfg.prompts.style_embedding)
         token_map = class_tokens(cfg.prompts.style_embedding)
         default_token = loaded[0]
+    if sources is not None:
+        pipe = img2img.pipeline(pipe)  # after the style token is loaded: the two pipelines share the tokenizer
     if planned is not None:
-        return pipe, rt, planned
+        return pipe, rt, planned, reader
     prompts, tokens = _prompts_and_tokens(pipe, cfg, classes, templates, token_map, default_token)
-    table = planning.class_table(classes, prompts, tokens)
+    table = planning.class_table(classes, prompts, tokens, sources)
     with planning.set_lock(folder):
         rows = planning.write_or_check(folder, ident, table, cfg.per_class)
         remove_temps(folder)  # a killed plan write's temp file (plan and manifest are only written under this lock)
-    return pipe, rt, rows
+    return pipe, rt, rows, reader
+
+
+def _explain_source_change(folder: Path, ident: dict, sources: img2img.Sources) -> None:
+    """Refuses a set planned from other img2img sources with a line naming the first differing source (the plain
+    identity check would only show two hashes)."""
+    plan_file = folder / planning.PLAN
+    if not plan_file.is_file():
+        return
+    old = read_json(plan_file)
+    if old["identity"].get("sources") in (None, ident["sources"]):
+        return
+    what = img2img.changed_sources(old.get("classes", []), sources) or "the sources differ"
+    raise ConfigError(f"{folder} was planned from other img2img sources ({what}). Use another out_dir, or the "
+                      "same data settings (data.shots, data.split_seed, data.split_file, data.val_fraction) and files "
+                      "to resume or extend it")
+
+
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
@@ -201,14 +234,14 @@ def run_generate(cfg: GenerateConfig) -> dict:
 
 
 def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -> dict:
-    pipe, rt, rows = _setup(cfg, folder)
+    pipe, rt, rows, reader = _setup(cfg, folder)
     if pipe is None:
         mine, todo = planning.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class), []
     else:
         mine, todo = resume_todo(folder, rows, cfg.per_class, shard, num_shards)
     log = folder / PROGRESS_DIR / f"{planning.shard_name(shard, num_shards)}.jsonl"
     t0 = time.perf_counter()
-    stats = _generate(pipe, rows, todo, folder, log, cfg) if todo else {"images": 0, "redraws": 0}
+    stats = _generate(pipe, rows, todo, folder, log, cfg, reader) if todo else {"images": 0, "redraws": 0}
     seconds = time.perf_counter() - t0
     stats_file = planning.stats_file(folder, shard, num_shards)
     prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
@@ -235,8 +268,10 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
     return summary
 
 
-def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig) -> dict:
-    """Denoises `todo` (row positions) batch by batch; writer threads write and log each batch behind it."""
+def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig,
+              reader: img2img.SourceReader | None = None) -> dict:
+    """Denoises `todo` (row positions) batch by batch; writer threads write and log each batch behind it. With an
+    img2img `reader`, each batch's sources are loaded first (a redraw starts from the same source, new seed)."""
     queue = deque((p, 0) for p in todo)  # (row position, redraw attempt)
     batch_size = cfg.generator.batch_size
     writers = max(1, cfg.writers)
@@ -268,7 +303,10 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
                 seeds = [planning.image_seed(cfg.seed, r["class_index"], r["index"], a)
                          for r, (_, a) in zip(batch_rows, batch, strict=True)]
                 try:
-                    images, bad = denoise(pipe, batch_rows, seeds, cfg)
+                    if reader is None:
+                        images, bad = denoise(pipe, batch_rows, seeds, cfg)
+                    else:
+                        images, bad = denoise(pipe, batch_rows, seeds, cfg, reader(batch_rows))
                 except torch.cuda.OutOfMemoryError:
                     if batch_size == 1:
                         raise SynthTLError("CUDA out of memory even with generator.batch_size=1; lower "

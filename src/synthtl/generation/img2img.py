@@ -1,0 +1,165 @@
+"""mode=img2img (ours, beyond the paper): every image starts from a real training image of its class, noised to
+`img2img.strength`, then denoised with the same prompt and per-image seed as text-to-image generation ("real
+guidance": He et al. ICLR'23, DA-Fusion ICLR'24, DISEF, Diff-Mix CVPR'24).
+
+The sources of a class are its training images: the train split, or its few-shot subset drawn by
+`data.splits.train_indices` (data.shots / data.split_seed / data.split_file: the same k shots fine-tuning and style
+learning use), less a validation split when data.val_fraction carves one. Image i of class c uses source i mod n_c of
+the class's sources sorted by id (the id is the image's path in the train listing, as in split files), so every shot
+feeds many outputs and rows stay a function of (class, index, plan). The plan records each class's source ids and
+content hashes; the set's identity hashes them, so other sources (or changed bytes) are another set.
+
+A test image is never a source: sources are only drawn from the train listing, and a source whose bytes equal a
+test image's bytes (the data cache's SHA-256, as in its train/test overlap check) is refused, whatever
+data.allow_overlap says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from synthtl.config import GenerateConfig
+from synthtl.data.cache import ScanResult, default_cache_dir, find_overlap, scan_images
+from synthtl.data.datasets import load_data
+from synthtl.data.images import load_rgb, printable
+from synthtl.data.splits import stratified_val, train_indices
+from synthtl.errors import ConfigError, DataError
+
+SOURCE_FIT = "short-side-bicubic-center-crop"  # how a source becomes height x width (part of the identity)
+HASH_CHARS = 16  # hex digits of each source's SHA-256 kept in plan.json (64 bits: a changed file is caught)
+LOAD_THREADS = 4  # sources of a batch decoded in parallel (decoding releases the GIL)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The sources of every generated class: ids sorted (relative to `root`) and their content hashes."""
+
+    root: Path  # the train listing's root
+    ids: list[list[str]]
+    hashes: list[list[str]]  # SHA-256 of each file's bytes, first HASH_CHARS hex digits
+
+    def digest(self) -> str:
+        """One hash of every class's (ids, content hashes): what the set's identity records."""
+        blob = json.dumps([[i, h] for i, h in zip(self.ids, self.hashes, strict=True)])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _split_seed(cfg: GenerateConfig) -> int:
+    d = cfg.data
+    if not ((d.shots and not d.split_file) or d.val_fraction):
+        return 0  # nothing is drawn: the seed is not used
+    if d.split_seed < 0:
+        # Fine-tuning falls back to its run seed; a generated set has no run seed to share, so guessing one would
+        # pick other shots than the runs that train on the set.
+        raise ConfigError(f"mode=img2img with data.shots={d.shots} / data.val_fraction={d.val_fraction} needs "
+                          "data.split_seed: set it to the fine-tuning runs' data.split_seed (or their seed when that "
+                          "is -1), or give their data.split_file")
+    return d.split_seed
+
+
+def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sources:
+    """The sources of each class in `classes` ((id, name) in generation order), checked against the test split.
+
+    Raises:
+        ConfigError: a few-shot draw without data.split_seed.
+        DataError: a class without training images, or a source byte-identical to a test image.
+    """
+    d = cfg.data
+    seed = _split_seed(cfg)
+    train_list, test_list = load_data(d, "train", download=False), load_data(d, "test", download=False)
+    listed, _ = train_indices(train_list, d, seed)  # the one few-shot selection (listing order)
+    cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
+
+    def scan(images):  # the data cache's scan: SHA-256 of the bytes, unreadable files per data.on_bad_image
+        return scan_images(images, cache, short_side=None, on_bad=d.on_bad_image, workers=max(1, d.num_workers),
+                           progress=cfg.progress)
+
+    train_scan = scan(train_list.subset(listed))
+    chosen = train_scan.source  # the readable shots in listing order: what a fine-tuning run trains on
+    sha = dict(zip(chosen.paths, train_scan.hashes, strict=True))
+    if d.val_fraction > 0:  # the same carve as fine-tuning: a validation image is not a training image
+        keep, _ = stratified_val(chosen, d.val_fraction, seed)
+        chosen = chosen.subset(keep)
+    used = ScanResult(images=chosen, hashes=tuple(sha[p] for p in chosen.paths), skipped=(), source=chosen)
+    pairs = find_overlap(used, scan(test_list))
+    if pairs:
+        src, test = pairs[0]
+        raise DataError(f"img2img source {printable(src)} of {train_list.name} is byte-identical to the test image "
+                        f"{printable(test)} ({len(pairs)} such sources): a test image can never be a source; remove "
+                        "it from the train split, or give a data.split_file without it")
+    label_of = {cid: y for y, cid in enumerate(train_list.classes)}
+    per_label: dict[int, list[str]] = {}
+    for p, y in zip(chosen.paths, chosen.labels, strict=True):
+        per_label.setdefault(y, []).append(p)
+    ids, hashes = [], []
+    for cid, name in classes:
+        mine = sorted(per_label.get(label_of.get(cid, -1), []))
+        if not mine:
+            raise DataError(f"class {name!r} has no readable training image in {train_list.name} to start img2img "
+                            "from; add images, or leave the class out (classes=...)")
+        ids.append(mine)
+        hashes.append([sha[p][:HASH_CHARS] for p in mine])
+    return Sources(root=train_list.root, ids=ids, hashes=hashes)
+
+
+def identity(cfg: GenerateConfig, sources: Sources) -> dict:
+    """The keys img2img adds to a set's identity (a text-to-image set's identity has none of them)."""
+    return {"mode": "img2img", "strength": cfg.img2img.strength, "source_fit": SOURCE_FIT,
+            "sources": sources.digest()}
+
+
+def changed_sources(old_classes: list[dict], sources: Sources) -> str:
+    """A sentence naming the first source that differs from an existing plan's ("" if none does)."""
+    for k, ids, hashes in zip(old_classes, sources.ids, sources.hashes, strict=False):
+        old = dict(zip(k.get("sources", []), k.get("source_sha256", []), strict=True))
+        now = dict(zip(ids, hashes, strict=True))
+        for sid in sorted(set(old) | set(now)):
+            if sid not in now:
+                return f"source {sid!r} of class {k['name']!r} was planned but is no longer a training image"
+            if sid not in old:
+                return f"source {sid!r} of class {k['name']!r} is a training image the plan did not have"
+            if old[sid] != now[sid]:
+                return f"source {sid!r} of class {k['name']!r} has changed bytes since it was planned"
+    return ""
+
+
+def pipeline(pipe):
+    """The image-to-image pipeline of a loaded text-to-image pipeline, sharing its weights, tokenizer (with any style
+    token) and scheduler: `StableDiffusionImg2ImgPipeline` for SD 1.x/2.x, the XL one for SDXL."""
+    from diffusers import AutoPipelineForImage2Image
+
+    try:
+        out = AutoPipelineForImage2Image.from_pipe(pipe)
+    except ValueError as e:
+        raise ConfigError(f"mode=img2img: {type(pipe).__name__} has no image-to-image pipeline in diffusers "
+                          f"({e}); use a Stable Diffusion 1.x/2.x or SDXL generator") from e
+    out.set_progress_bar_config(disable=True)
+    for name, value in vars(pipe).items():  # what synthtl attached (e.g. the style LoRA switched per class)
+        if name.startswith("synthtl_"):
+            setattr(out, name, value)
+    return out
+
+
+def fit(img: Image.Image, width: int, height: int) -> Image.Image:
+    """The source at the generator's size: scaled (bicubic) until it covers width x height, then centre-cropped."""
+    return ImageOps.fit(img, (width, height), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+
+
+class SourceReader:
+    """Loads the sources of a batch of rows, fitted to the generator's size."""
+
+    def __init__(self, root: Path, width: int, height: int):
+        self.root, self.width, self.height = root, width, height
+
+    def _one(self, sid: str) -> Image.Image:
+        return fit(load_rgb(self.root / sid), self.width, self.height)
+
+    def __call__(self, rows: list[dict]) -> list[Image.Image]:
+        with ThreadPoolExecutor(min(LOAD_THREADS, len(rows))) as pool:
+            return list(pool.map(self._one, [r["source"] for r in rows]))
