@@ -222,8 +222,6 @@ def _explain_source_change(folder: Path, ident: dict, sources: img2img.Sources) 
                       "to resume or extend it")
 
 
-
-
 def run_generate(cfg: GenerateConfig) -> dict:
     """Generates (or resumes) this shard's part of the set; returns a summary (this shard's and the whole set's)."""
     shard, num_shards = parse_shard(cfg.shard)
