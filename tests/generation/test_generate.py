@@ -114,8 +114,8 @@ def _break_decode(monkeypatch, value: float):
     real = gen_run.load_pipeline
     state = {"first": True}
 
-    def load(gen, rt=None):
-        pipe = real(gen, rt)
+    def load(gen, rt=None, **kwargs):
+        pipe = real(gen, rt, **kwargs)
         decode = pipe.vae.decode
 
         def broken(z, return_dict=False):

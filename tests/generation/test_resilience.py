@@ -31,10 +31,10 @@ def one_pipeline(monkeypatch):
     cache = {}
     real = gen_run.load_pipeline
 
-    def load(gen, rt=None):
+    def load(gen, rt=None, **kwargs):
         key = (gen.model, gen.tiny_seed, gen.scheduler)
         if key not in cache:
-            cache[key] = real(gen, rt)
+            cache[key] = real(gen, rt, **kwargs)
         return cache[key]
 
     monkeypatch.setattr(gen_run, "load_pipeline", load)

@@ -123,7 +123,10 @@ def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig,
         {"image": sources, "strength": cfg.img2img.strength}  # the size is the sources' (fitted by img2img.fit)
     latents = pipe(prompt=[r["prompt"] for r in rows], negative_prompt=negative, num_inference_steps=g.steps,
                    guidance_scale=g.guidance, generator=generators, output_type="latent", **size).images
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0].float()
+    if pipe.vae.dtype == torch.float16 and getattr(pipe, "text_encoder_2", None) is not None:
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it too)
+    images = pipe.vae.decode((latents / pipe.vae.config.scaling_factor).to(pipe.vae.dtype),
+                             return_dict=False)[0].float()
     finite = torch.isfinite(images).flatten(1).all(1) & torch.isfinite(latents.float()).flatten(1).all(1)
     images = torch.nan_to_num((images / 2 + 0.5).clamp(0, 1), nan=0.0)
     u8 = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -170,7 +173,8 @@ def _setup(cfg: GenerateConfig, folder: Path):
     finds it there and only checks it. With mode=img2img the sources are selected (and checked against the test
     split) first: they are part of the identity.
     """
-    from synthtl.style.embeddings import class_tokens, embeddings_hash, load_into_pipeline
+    from synthtl.style.embeddings import class_tokens, load_into_pipeline
+    from synthtl.style.lora import generation_style_hash
 
     templates = template_set(cfg.prompts.templates, cfg.prompts.custom)
     if needs_token(templates) and not cfg.prompts.style_embedding:
@@ -179,7 +183,7 @@ def _setup(cfg: GenerateConfig, folder: Path):
     classes = class_list(cfg)
     rt = generator_runtime(cfg.generator)
     generator = generator_identity(cfg.generator)  # from the weights, so a style embedding cannot change it
-    style_hash = embeddings_hash(cfg.prompts.style_embedding) if cfg.prompts.style_embedding else ""
+    style_hash = generation_style_hash(cfg.prompts)  # the embedding's and/or the style LoRA's content hash
     sources = img2img.select_sources(cfg, classes) if cfg.mode == "img2img" else None
     extra = img2img.identity(cfg, sources) if sources is not None else None
     ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash, extra)
@@ -189,7 +193,7 @@ def _setup(cfg: GenerateConfig, folder: Path):
     planned = planning.planned_rows(folder, ident, cfg.per_class)
     if planned is not None and finished(planned, cfg.per_class):
         return None, rt, planned, reader  # a finished set: nothing to load, nothing to write
-    pipe = load_pipeline(cfg.generator, rt)
+    pipe = load_pipeline(cfg.generator, rt, style_lora=cfg.prompts.style_lora)
     token_map, default_token = {}, STYLE_TOKEN
     if cfg.prompts.style_embedding:
         loaded = load_into_pipeline(pipe, cfg.prompts.style_embedding)
@@ -269,7 +273,15 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
 def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig,
               reader: img2img.SourceReader | None = None) -> dict:
     """Denoises `todo` (row positions) batch by batch; writer threads write and log each batch behind it. With an
-    img2img `reader`, each batch's sources are loaded first (a redraw starts from the same source, new seed)."""
+    img2img `reader`, each batch's sources are loaded first (a redraw starts from the same source, new seed).
+
+    With a per-class style LoRA every batch holds one class, whose adapter is written into the weights first.
+    """
+    from synthtl.style.lora import set_style_lora_class
+
+    per_class = getattr(getattr(pipe, "synthtl_style_lora", None), "per_class", False)
+    if per_class:
+        todo = sorted(todo, key=lambda p: (rows.cls[p], rows.idx[p]))  # class by class: one switch per class
     queue = deque((p, 0) for p in todo)  # (row position, redraw attempt)
     batch_size = cfg.generator.batch_size
     writers = max(1, cfg.writers)
@@ -296,8 +308,12 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
     with ThreadPoolExecutor(writers) as pool:
         try:
             while queue:
-                batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+                n = min(batch_size, len(queue))
+                if per_class:  # cut the batch where the class changes
+                    n = next((i for i in range(1, n) if rows.cls[queue[i][0]] != rows.cls[queue[0][0]]), n)
+                batch = [queue.popleft() for _ in range(n)]
                 batch_rows = [rows.row(p) for p, _ in batch]
+                set_style_lora_class(pipe, batch_rows[0]["class_name"])  # a no-op without a per-class LoRA
                 seeds = [planning.image_seed(cfg.seed, r["class_index"], r["index"], a)
                          for r, (_, a) in zip(batch_rows, batch, strict=True)]
                 try:
