@@ -182,3 +182,15 @@ def test_leakage_report_expects_own_sources_and_still_flags_test_copies(folder_d
     total, _, _ = near_duplicates(syn.hashes, train.hashes, max_bits=RANDOM_FEATURES.leak_hash_bits)
     assert total == s["own_source_pairs"] + s["other_train_pairs"]
     assert "own-source pairs (expected, excluded)" in qr.synthetic_leak.columns
+
+
+def test_fine_tuning_refuses_an_img2img_set_made_from_other_shots(folder_data, tmp_path, one_pipeline, capsys,
+                                                                  tiny_overrides):
+    from tests.conftest import run_cli
+
+    out = tmp_path / "gen"
+    run_generate(i2i_cfg(folder_data, out, "data.shots=2", "data.split_seed=0", "per_class=2"))
+    args = [*tiny_overrides, "strategy=bridged", f"synthetic.path={out}", "data.shots=2", "synth_stage.batch_size=2"]
+    assert run_cli("finetune", *args, "data.split_seed=0", "run_name=same") == 0  # its own shots: fine
+    assert run_cli("finetune", *args, "data.split_seed=5", "run_name=other") == 2  # other shots: refused
+    assert "was made by img2img from" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.images import printable
 from synthtl.data.splits import stratified_val, train_indices
 from synthtl.data.splits import write_split as _write_split
-from synthtl.data.synthetic import load_synthetic_set
+from synthtl.data.synthetic import check_sources, load_synthetic_set
 from synthtl.errors import ConfigError
 from synthtl.runtime import is_main
 
@@ -86,7 +86,7 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     train, train_src = _pick(train_scan, idx, f"{source.name}" + (f"/{d.shots}-shot" if d.shots else ""))
     write_split(run_dir / "splits" / "train.json", train_src, list(range(len(train_src))), kind="train",
                 shots=d.shots, seed=seed, short_classes=short)
-    val = None
+    val, trained_on = None, train_src
     if d.val_fraction > 0:
         tr, va = stratified_val(train_src, d.val_fraction, seed)
         write_split(run_dir / "splits" / "val.json", train_src, va, kind="val", fraction=d.val_fraction, seed=seed)
@@ -94,6 +94,7 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
                     short_classes=short, val_removed=len(va))
         val = train.subset(va, f"{train.name}/val")
         train = train.subset(tr)
+        trained_on = train_src.subset(tr)
     used = ScanResult(images=train, hashes=tuple(train_scan.hashes[i] for i in idx), skipped=(), source=train_src)
     overlap = check_overlap(used, test_scan, d.allow_overlap)
     skipped = {"train": len(train_scan.skipped), "test": len(test_scan.skipped)}
@@ -104,6 +105,8 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
         if not cfg.synthetic.path:
             raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
                               "generated set (`synthtl generate`) or a class-per-folder image folder")
+        if (Path(cfg.synthetic.path) / "plan.json").is_file():  # an img2img set carries its real sources in
+            check_sources(cfg.synthetic.path, trained_on)
         syn_images, syn_record = load_synthetic_set(cfg.synthetic.path, source, cfg.synthetic.per_class,
                                                     cfg.synthetic.allow_partial, cfg.synthetic.filter)
         syn_scan = _scan(syn_images, cfg)
