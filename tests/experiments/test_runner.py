@@ -325,3 +325,14 @@ def test_study_with_a_style_lora_and_a_filtered_set(tmp_path, folder_data, monke
     calls.clear()
     run_study(cfg)
     assert calls == []
+
+
+def test_img2img_sets_are_made_from_each_runs_own_shots(tmp_path, folder_data, monkeypatch):
+    cfg = tiny_study(tmp_path, folder_data, "i2i", "grid.prompts=[img2img]", "grid.strategies=[bridged]",
+                     "grid.shots=[2]", "grid.volumes=[2]", "generate=[generator.steps=2,img2img.strength=0.5]")
+    summary = run_study(cfg)
+    assert summary["generate"] == 2 and summary["finetune"] == 2  # one set per few-shot split (seeds 0 and 1)
+    for gen in (tmp_path / "i2i" / "gen").iterdir():
+        plan = json.loads((gen / "plan.json").read_text())
+        assert plan["identity"]["mode"] == "img2img" and all(len(k["sources"]) == 2 for k in plan["classes"])
+    assert len(list((tmp_path / "i2i" / "runs").glob("*/result.json"))) == 2

@@ -32,7 +32,7 @@ from synthtl.experiments.identity import dataset_identity, forget_missing, ident
 from synthtl.training.strategies import STRATEGIES
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style", "lora": "single",
-             "lora_per_class": "single"}
+             "lora_per_class": "single", "img2img": "single"}
 
 
 @dataclass
@@ -111,15 +111,18 @@ def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: 
 
 
 def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, style: Job | None,
-             missing: dict) -> Job:
+             missing: dict, shots: int = 0, seed: int = -1) -> Job:
     overrides = [*study.generate, *_common(study), f"data.name={dataset}", f"generator.guidance={guidance}",
                  f"prompts.templates={TEMPLATES[prompt]}"]
+    if prompt == "img2img":  # from the run's own real training images: its k shots in few-shot runs
+        overrides += ["mode=img2img", f"data.shots={shots}", f"data.split_seed={seed if shots else -1}"]
     key = "prompts.style_lora" if prompt.startswith("lora") else "prompts.style_embedding"
     if style is not None:
         overrides.append(f"{key}={style.out}")
     cfg = load_config(GenerateConfig, study.generate_preset, overrides)
     ident = _identity("generate", cfg, {key: style.id} if style else {}, missing)
-    gid = f"gen-{_slug(dataset)}-{prompt}-g{guidance:g}-{identity_hash(ident)}"
+    tag = f"-{shots}shot" if prompt == "img2img" and shots else ""
+    gid = f"gen-{_slug(dataset)}-{prompt}{tag}-g{guidance:g}-{identity_hash(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'gen' / gid}", "progress=false"])
     return Job("generate", gid, cfg, needs=[style.id] if style else [],
                labels={"dataset": dataset, "guidance": guidance, "prompt": prompt}, identity=ident)
@@ -177,9 +180,10 @@ def expand(study: StudyConfig) -> Plan:
                 if key not in made:
                     made[key] = _style_job(study, dataset, prompt, shots, seed, missing)
                 style = styles.setdefault(made[key].id, made[key])
-            key = ("generate", dataset, guidance, prompt, style.id if style else None)
+            own = (shots, seed if shots else -1) if prompt == "img2img" else (0, -1)  # img2img: one set per split
+            key = ("generate", dataset, guidance, prompt, style.id if style else None, own)
             if key not in made:
-                made[key] = _gen_job(study, dataset, guidance, prompt, style, missing)
+                made[key] = _gen_job(study, dataset, guidance, prompt, style, missing, *own)
             gen = gens.setdefault(made[key].id, made[key])
             gen_volume[gen.id] = max(gen_volume.get(gen.id, 0), volume)
             labels.update(volume=volume, guidance=guidance, prompt=prompt, filter=filt or None)
