@@ -39,7 +39,11 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
         return None, None
     data = read_json(plan)
     ident = data["identity"]
-    if ident.get("style_hash"):
+    if ident.get("mode") == "img2img":
+        prompt = "img2img"
+    elif str(ident.get("style_hash", "")).startswith("lora-"):
+        prompt = "lora"
+    elif ident.get("style_hash"):
         if "classes" in data:  # one record per class, with its style token
             tokens = {k.get("token") for k in data["classes"]}
         else:  # a set planned by an older version
