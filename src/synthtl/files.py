@@ -182,17 +182,24 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict], fsync: bool = Tr
 TEMP_GLOB = ".*.tmp"  # what `atomic_open` leaves behind when its process is killed mid-write
 
 
-def remove_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+def remove_temps(folder: str | os.PathLike, recursive: bool = False, min_age_s: float = 0.0) -> int:
     """Deletes the temp files `atomic_open` left in `folder` after a kill; returns how many.
 
-    Call it only while holding the folder's lock (`exclusive`), so that no live writer's temp file is taken.
+    Call it only while holding the folder's lock (`exclusive`), so that no live writer's temp file is taken; where
+    several processes may write a folder without a lock, `min_age_s` spares temp files younger than that (a live
+    writer's exists for milliseconds).
     """
+    import time
+
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     found = folder.rglob(TEMP_GLOB) if recursive else folder.glob(TEMP_GLOB)
-    n = 0
+    n, now = 0, time.time()
     for p in found:
+        with contextlib.suppress(FileNotFoundError):
+            if min_age_s and now - p.stat().st_mtime < min_age_s:
+                continue
         if p.is_file():
             _unlink(str(p))
             n += 1

@@ -336,3 +336,15 @@ def test_img2img_sets_are_made_from_each_runs_own_shots(tmp_path, folder_data, m
         plan = json.loads((gen / "plan.json").read_text())
         assert plan["identity"]["mode"] == "img2img" and all(len(k["sources"]) == 2 for k in plan["classes"])
     assert len(list((tmp_path / "i2i" / "runs").glob("*/result.json"))) == 2
+
+
+def test_leftover_job_file_temps_of_a_killed_study_are_removed(tmp_path, folder_data):
+    cfg = tiny_study(tmp_path, folder_data, "t", "grid.strategies=[vanilla]", "grid.seeds=[0]")
+    jobs = tmp_path / "t" / "jobs"
+    jobs.mkdir(parents=True)
+    old, fresh = jobs / ".job.yaml.abc123.tmp", jobs / ".job.yaml.def456.tmp"
+    old.write_text("half")
+    fresh.write_text("a live writer's")
+    os.utime(old, (0, 0))
+    run_study(cfg, dry_run=True)
+    assert not old.exists() and fresh.exists()  # only leftovers old enough to belong to no live writer go

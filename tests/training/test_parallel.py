@@ -24,7 +24,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, argv: list[str]) -> None:
+def _rank_main(rank: int, world: int, port: int, argv: list[str], kill_after_first_save: bool = False) -> None:
     import os
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
@@ -32,14 +32,25 @@ def _rank_main(rank: int, world: int, port: int, argv: list[str]) -> None:
     torch.set_num_threads(1)
     from synthtl import cli
 
+    if kill_after_first_save:  # as if the job were killed right after its first checkpoint (every rank stops)
+        from synthtl.training.checkpoint import ResumeRecord
+
+        real = ResumeRecord.save_progress
+
+        def die(self, state):
+            real(self, state)
+            raise KeyboardInterrupt
+
+        ResumeRecord.save_progress = die
+
     raise SystemExit(cli.main(argv))
 
 
-def torchrun(world: int, *argv: str) -> list[int]:
+def torchrun(world: int, *argv: str, kill: bool = False) -> list[int]:
     """What `torchrun --nproc-per-node world -m synthtl ...` does, in spawned processes; returns exit codes."""
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, list(argv))) for r in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, list(argv), kill)) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -54,12 +65,15 @@ def _run(out: Path, name: str) -> tuple[dict, list[dict]]:
 
 
 def test_two_processes_train_one_model_like_one_process(tiny_overrides, tmp_path):
+    """2 gloo processes (killed after the first epoch's checkpoint, then resumed) give one process's numbers."""
     args = [*tiny_overrides, *VIT, f"out_dir={tmp_path / 'runs'}"]
     assert run_cli("finetune", *args, "run_name=single") == 0
+    assert torchrun(2, "finetune", *args, "run_name=ddp", kill=True) == [130, 130]
+    assert (tmp_path / "runs" / "ddp" / "checkpoints" / "last.pt").is_file()
     assert torchrun(2, "finetune", *args, "run_name=ddp") == [0, 0]
     single, rows1 = _run(tmp_path / "runs", "single")
     ddp, rows2 = _run(tmp_path / "runs", "ddp")
-    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["resumed"] is True
     assert len(ddp["stages"]["real"]["rank_images_per_s"]) == 2
     assert ddp["total_steps"] == single["total_steps"]  # the configured batch stays the global batch
     for a, b in zip(rows1, rows2, strict=True):

@@ -15,7 +15,7 @@ from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
 from synthtl.experiments.identity import identity_diff, identity_hash
-from synthtl.files import read_json, write_json, write_text
+from synthtl.files import read_json, remove_temps, write_json, write_text
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "filter", "finetune")
@@ -76,6 +76,8 @@ def write_plan(plan: Plan) -> None:
     study = plan.study
     root = Path(study.folder)
     write_text(root / "study.yaml", to_yaml(study))
+    # What a killed `synthtl study` left half-written (two studies may write here at once: only old leftovers go).
+    remove_temps(root / "jobs", min_age_s=60)
     for job in plan.jobs:  # regenerated from the study on every call: rewritten only when changed, not fsynced
         path, text = job_file(study, job), to_yaml(job.config)
         if not path.is_file() or path.read_text() != text:
