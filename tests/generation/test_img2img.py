@@ -22,22 +22,6 @@ from tests.generation.test_generate import TINY
 I2I = [*TINY, "mode=img2img", "img2img.strength=0.5", "generator.steps=2"]
 
 
-@pytest.fixture
-def one_pipeline(monkeypatch):
-    """Runs of one test share one loaded tiny pipeline (no style is loaded into it): faster resumes."""
-    cache = {}
-    real = gen_run.load_pipeline
-
-    def load(gen, rt=None, **kwargs):
-        key = (gen.model, gen.tiny_seed, gen.scheduler)
-        if key not in cache:
-            cache[key] = real(gen, rt, **kwargs)
-        return cache[key]
-
-    monkeypatch.setattr(gen_run, "load_pipeline", load)
-    return load
-
-
 def i2i_cfg(folder_data: Path, out: Path, *extra: str) -> GenerateConfig:
     return load_config(GenerateConfig, None, [*I2I, "data.name=folder", f"data.root={folder_data}",
                                               f"data.cache_dir={out.parent / 'cache'}", "per_class=3",

@@ -25,22 +25,6 @@ from tests.generation.test_generate import TINY, cfg_for
 EXACT = ["generator.batch_size=1", "writers=1", "per_class=2"]  # one image per batch: bytes independent of resume
 
 
-@pytest.fixture
-def one_pipeline(monkeypatch):
-    """Runs of one test share one loaded tiny pipeline (no style embedding is loaded into it): faster resumes."""
-    cache = {}
-    real = gen_run.load_pipeline
-
-    def load(gen, rt=None, **kwargs):
-        key = (gen.model, gen.tiny_seed, gen.scheduler)
-        if key not in cache:
-            cache[key] = real(gen, rt, **kwargs)
-        return cache[key]
-
-    monkeypatch.setattr(gen_run, "load_pipeline", load)
-    return load
-
-
 class _Failing:
     """A file whose write puts part of the bytes on disk, then fails like a full disk (or a kill)."""
 
