@@ -299,11 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `key=value` overrides may follow options (`synthtl filter SET -c filter/clip keep.fraction=0.8`): argparse has
+    # filled the overrides list by then, so they arrive here; anything else unknown is an error as usual.
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
     try:
         return args.func(args)
     except SynthTLError as e:
         print(f"synthtl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (NotADirectoryError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        # A path given by the user (an output folder inside a file, a folder we may not write): one line naming it.
+        where = e.filename or ""
+        print(f"synthtl {args.command}: error: {where}: {e.strerror or e}; check the paths you gave (out_dir, "
+              "--out, data.root, ...)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"synthtl {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)

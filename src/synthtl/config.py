@@ -110,14 +110,16 @@ class StageConfig:
     accum_steps: int = 1  # split each batch into n micro-batches whose gradients add up (less memory, same steps)
     eval_every: int = 1  # evaluate the test split every n epochs (reporting only; never used for selection)
 
-    def __post_init__(self) -> None:
-        _choice(self.optimizer, "optimizer", ("sgd", "adamw"))
+    def check(self, name: str) -> None:
+        """The value checks, naming the stage's key (FinetuneConfig runs them for real_stage and synth_stage)."""
+        _choice(self.optimizer, f"{name}.optimizer", ("sgd", "adamw"))
+        _check(self.epochs >= 1, f"{name}.epochs={self.epochs}: must be >= 1 (a strategy that needs no such stage "
+               "ignores it)")
+        _check(self.batch_size >= 1, f"{name}.batch_size={self.batch_size}: must be >= 1")
         _check(1 <= self.accum_steps <= self.batch_size,
-               f"accum_steps={self.accum_steps}: must be in 1..batch_size ({self.batch_size})")
-        _check(self.epochs >= 0, f"epochs={self.epochs}: must be >= 0")
-        _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
-        _check(self.lr > 0, f"lr={self.lr}: must be > 0")
-        _check(self.eval_every >= 1, f"eval_every={self.eval_every}: must be >= 1")
+               f"{name}.accum_steps={self.accum_steps}: must be in 1..{name}.batch_size ({self.batch_size})")
+        _check(self.lr > 0, f"{name}.lr={self.lr}: must be > 0")
+        _check(self.eval_every >= 1, f"{name}.eval_every={self.eval_every}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,7 @@ class FinetuneConfig:
                "select=val needs a validation split: set data.val_fraction (e.g. 0.1)")
         _check(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         for name in ("real_stage", "synth_stage"):
-            epochs = getattr(self, name).epochs
-            _check(epochs >= 1, f"{name}.epochs={epochs}: must be >= 1 (a strategy that needs no such stage "
-                   "ignores it)")
+            getattr(self, name).check(name)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,12 @@ def test_dotdot_class_folder_is_refused_not_dropped(folder_data):
         load_split("folder", "train", folder_data)
 
 
+def test_a_hidden_class_folder_with_images_in_sub_folders_is_refused_too(folder_data):
+    make_folder(folder_data / "train" / "..dotdot", 3, seed=9, classes=("sub",))  # images one level deeper
+    with pytest.raises(DataError, match=r"\.\.dotdot holds 3 image file\(s\)"):
+        load_split("folder", "train", folder_data)
+
+
 def test_hidden_entries_are_skipped_and_each_one_reported(folder_data, capsys):
     train = folder_data / "train"
     (train / ".git" / "objects").mkdir(parents=True)

@@ -307,6 +307,24 @@ def test_classes_differing_only_in_case_are_two_classes(tmp_path, folder_data):
     assert all(real.names[y] == by_path[p] for p, y in zip(syn.paths, syn.labels, strict=True))
 
 
+def test_a_class_folder_whose_name_is_not_utf8_is_generated_and_matched(tmp_path, folder_data):
+    import os
+
+    bad = os.fsdecode(b"jay\xff\xfe")  # a legal folder name on Linux that is not UTF-8
+    for split in ("train", "test"):
+        try:
+            (folder_data / split / "blue_jay").rename(folder_data / split / bad)
+        except OSError:
+            pytest.skip("this file system refuses non-UTF-8 names")
+    out = tmp_path / "gen"
+    run_generate(cfg_for(folder_data, out, "per_class=1"))
+    rows = read_jsonl(out / MANIFEST)
+    assert len(rows) == 3 and all("\ufffd" not in r["prompt"] or "jay" in r["prompt"] for r in rows)
+    real = load_split("folder", "train", folder_data)
+    syn = load_synthetic(out, real)
+    assert sorted(real.names[y] for y in syn.labels) == sorted(real.names)  # every class matched, the odd one too
+
+
 def _save_tiny(folder: Path, seed: int) -> Path:
     from diffusers import StableDiffusionPipeline
 

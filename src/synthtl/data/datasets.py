@@ -431,12 +431,16 @@ def _list_class(folder: Path, c: str, ignored: list[str]) -> list[str]:
     return found
 
 
-def _images_inside(folder: Path) -> int:
-    """How many image files a (hidden) folder holds directly: tells a would-be class from a tool folder."""
-    try:
-        return sum(1 for e in os.scandir(folder) if e.is_file() and is_image_file(e.name))
-    except OSError:
-        return 0
+def _images_inside(folder: Path, limit: int = 1000) -> int:
+    """How many (non-hidden) image files a hidden folder holds at any depth, counting up to `limit`: tells a would-be
+    class (a class's images may sit in sub-folders) from a tool folder (`.git`, `__MACOSX` with its `._x.jpg` files)."""
+    n = 0
+    for _root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not hidden(d)]
+        n += sum(1 for f in files if not hidden(f) and is_image_file(f))
+        if n >= limit:
+            break
+    return n
 
 
 def image_folder(folder: Path, classes: list[str] | None = None, tag: str = "") -> ImageList:
@@ -454,9 +458,10 @@ def image_folder(folder: Path, classes: list[str] | None = None, tag: str = "") 
         if hidden(entry.name) and entry.is_dir():
             n = _images_inside(Path(entry.path))
             if n:  # it looks like a class: refusing it beats both guesses (a class dropped, or a tool folder taken)
-                raise DataError(f"{printable(folder / entry.name)} holds {n} image file(s) but its name starts with "
-                                "'.', which marks a hidden folder, never a class: rename it (without the leading "
-                                "'.') if it is a class, or move it out of the image folder")
+                why = "starts with '.'" if entry.name.startswith(".") else f"is {entry.name!r}"
+                raise DataError(f"{printable(folder / entry.name)} holds {n} image file(s) but its name {why}, which "
+                                "marks a hidden folder, never a class: rename it if it is a class, or move it out of "
+                                "the image folder")
             ignored.append(f"{printable(entry.name)}/ (hidden folder)")
         elif hidden(entry.name):
             ignored.append(f"{printable(entry.name)} (hidden file)")

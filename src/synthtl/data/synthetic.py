@@ -39,7 +39,7 @@ def safe_folder(name: str, max_len: int = 64) -> str:
     ascii_ = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_).strip("._") or "class"
     if safe != name or len(safe) > max_len:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]  # non-UTF-8 folder names too
         safe = f"{safe[: max_len - 9]}-{digest}"
     return safe
 

@@ -64,7 +64,9 @@ def class_list(cfg: GenerateConfig) -> list[tuple[str, str]]:
         if unknown:
             raise ConfigError(f"classes={sorted(unknown)[:5]} are not classes of {d.name}")
         classes = [(c, n) for c, n in classes if c in wanted or n in wanted]
-    return classes
+    # A folder name that is not UTF-8 (kept as lone surrogates) cannot go into a prompt: its bytes are read as UTF-8
+    # with replacement characters there, while the id (and so the training match) keeps the exact name.
+    return [(c, n.encode("utf-8", "surrogateescape").decode("utf-8", "replace")) for c, n in classes]
 
 
 def _encode(img: np.ndarray, fmt: str, quality: int) -> bytes:

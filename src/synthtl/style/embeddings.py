@@ -33,7 +33,13 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    state = load_file(str(resolve_path(path)))
+    file = resolve_path(path)
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
+        raise ConfigError(f"style embedding {file} could not be read as a safetensors file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_embedding at a "
+                          "`synthtl learn-style` folder or its learned_embeds.safetensors") from None
     return {k: (v[None] if v.dim() == 1 else v) for k, v in state.items()}
 
 
