@@ -23,3 +23,13 @@ def test_show_config_prints_resolved_yaml(capsys):
 def test_unknown_key_exits_2_with_the_key(capsys):
     assert run_cli("finetune", "real_stage.nope=1") == 2
     assert "real_stage.nope" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options_and_path_errors_are_one_line(tmp_path, capsys):
+    assert run_cli("study", "demo", "--dry-run", f"out_dir={tmp_path / 's'}", "grid.seeds=[0]") == 0
+    assert "finetune" in capsys.readouterr().out
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert run_cli("finetune", "-c", "finetune/tiny_cpu", f"out_dir={afile / 'runs'}", "real_stage.epochs=1") == 2
+    err = capsys.readouterr().err
+    assert "Not a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
