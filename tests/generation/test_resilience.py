@@ -382,3 +382,26 @@ def test_unfinished_set_is_refused_unless_allowed(folder_data, tmp_path):
                       "allow_partial": True} and len(syn) == 5
     _, record = load_synthetic_set(out, real, per_class=1)  # the first image of every class is done: not partial
     assert not record["partial"] and record["done"] == record["total"] == 3
+
+
+def test_a_killed_shard_keeps_the_cost_of_the_work_it_did(tmp_path, folder_data, monkeypatch, one_pipeline):
+    monkeypatch.setattr(gen_run, "STATS_EVERY_S", 0.0)
+    real, calls = gen_run._write_batch, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while writing the third batch
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen_run, "_write_batch", dying)
+    out = tmp_path / "gen"
+    cfg = cfg_for(folder_data, out, "per_class=4", "generator.batch_size=2", "writers=1")
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(cfg)
+    logged = sum(len(read_jsonl(f)) for f in (out / "progress").glob("shard-*.jsonl"))
+    stats = read_json(planning.stats_file(out, 0, 1))
+    assert stats["images"] == logged == 4 and stats["seconds"] > 0  # the two finished batches are counted
+    monkeypatch.setattr(gen_run, "_write_batch", real)
+    run_generate(cfg)
+    assert read_json(planning.stats_file(out, 0, 1))["images"] == 12  # the whole set, counted once

@@ -237,6 +237,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
         return _run_shard(cfg, folder, shard, num_shards)
 
 
+STATS_EVERY_S = 10.0  # how often a generating shard rewrites its cost record (progress/shard-*.summary.json)
+
+
 def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -> dict:
     pipe, rt, rows, reader = _setup(cfg, folder)
     if pipe is None:
@@ -245,13 +248,25 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
         mine, todo = resume_todo(folder, rows, cfg.per_class, shard, num_shards)
     log = folder / PROGRESS_DIR / f"{planning.shard_name(shard, num_shards)}.jsonl"
     t0 = time.perf_counter()
-    stats = _generate(pipe, rows, todo, folder, log, cfg, reader) if todo else {"images": 0, "redraws": 0}
-    seconds = time.perf_counter() - t0
     stats_file = planning.stats_file(folder, shard, num_shards)
     prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
-    # Every shard (torchrun rank) keeps its own file, so the set's cost is the sum over shards, not rank 0's share.
-    write_json(stats_file, {"images": prev["images"] + stats["images"], "seconds": prev["seconds"] + seconds,
-                            "redraws": prev["redraws"] + stats["redraws"], "device": str(rt.device), "gpus": rt.gpus})
+    saved = [t0]
+
+    def save_stats(now: dict, elapsed: float | None = None) -> None:
+        """Every shard (torchrun rank) keeps its own file, so the set's cost is the sum over shards, not rank 0's
+        share; it is rewritten every STATS_EVERY_S while generating, so a killed run's work still counts."""
+        t = time.perf_counter()
+        if elapsed is not None or t - saved[0] >= STATS_EVERY_S:  # `elapsed` given: the final record
+            saved[0] = t
+            spent = elapsed if elapsed is not None else t - t0
+            write_json(stats_file, {"images": prev["images"] + now["images"], "seconds": prev["seconds"] + spent,
+                                    "redraws": prev["redraws"] + now["redraws"], "device": str(rt.device),
+                                    "gpus": rt.gpus})
+
+    stats = (_generate(pipe, rows, todo, folder, log, cfg, reader, on_progress=save_stats) if todo
+             else {"images": 0, "redraws": 0})
+    seconds = time.perf_counter() - t0
+    save_stats(stats, elapsed=seconds)
     if pipe is None:
         complete = planning.is_complete(folder)
     else:
@@ -273,7 +288,7 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
 
 
 def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig,
-              reader: img2img.SourceReader | None = None) -> dict:
+              reader: img2img.SourceReader | None = None, on_progress=None) -> dict:
     """Denoises `todo` (row positions) batch by batch; writer threads write and log each batch behind it. With an
     img2img `reader`, each batch's sources are loaded first (a redraw starts from the same source, new seed).
 
@@ -304,6 +319,8 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
                 continue
             stats["images"] += n
             bar.update(n)
+            if on_progress is not None:
+                on_progress(stats)  # the shard's cost so far, so that a killed run's work is still counted
         if error is not None:
             raise error
 
