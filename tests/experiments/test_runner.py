@@ -325,6 +325,8 @@ def test_study_with_a_style_lora_and_a_filtered_set(tmp_path, folder_data, monke
     calls.clear()
     run_study(cfg)
     assert calls == []
+    build_report(cfg.folder, cfg.report)  # the filter's cost is counted beside the other stages
+    assert "filtering" in (tmp_path / "p" / "report" / "tables" / "cost.csv").read_text()
 
 
 def test_img2img_sets_are_made_from_each_runs_own_shots(tmp_path, folder_data, monkeypatch):

@@ -140,7 +140,9 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         page.table(qr.train_leak)
         page.pairs(qr.train_examples)
     page.section("Cost", "cost")
-    cost = cost_table(runs, gensets, styles)
+    from synthtl.reporting.filters import collect_filters
+
+    cost = cost_table(runs, gensets, styles, [f.summary for f in collect_filters(gensets)[0]])
     tables.append(cost)
     page.table(cost)
     page.figure(plots.cost_bars(cost, figs / "cost.png"), "cost per stage")

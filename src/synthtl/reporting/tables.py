@@ -156,7 +156,8 @@ def sweep_table(runs: list[Run], axis: str, key: str, title: str) -> Table | Non
                  "test top-1 (%), mean ± std over seeds")
 
 
-def cost_table(runs: list[Run], gensets: list, styles: list[dict]) -> Table:
+def cost_table(runs: list[Run], gensets: list, styles: list[dict], filters: list[dict] | None = None) -> Table:
+    """Wall and GPU hours per stage. `filters`: the filter.json of each filtered set (`synthtl filter`)."""
     rows, raw = [], []
 
     def add(stage: str, n: int, seconds: float, gpu_s: float, rate: str) -> None:
@@ -173,6 +174,13 @@ def cost_table(runs: list[Run], gensets: list, styles: list[dict]) -> Table:
         imgs = sum(g.images for g in gensets)
         add("generation", len(gensets), secs, sum(g.gpu_seconds for g in gensets),
             f"{imgs / secs:.2f} images/s" if secs else "–")
+    if filters:
+        sessions = [f.get("session", {}) for f in filters]
+        secs = sum(x.get("seconds", 0.0) for x in sessions)
+        scored = sum(x.get("scored", 0) for x in sessions)
+        gpu = sum(x.get("seconds", 0.0) for x in sessions if str(x.get("device", "")).startswith("cuda"))
+        add("filtering (last session of each)", len(filters), secs, gpu, f"{scored / secs:.1f} images/s" if secs
+            else "–")
     stages: dict[str, list] = {}
     for r in runs:
         for name, st in r.result["stages"].items():
