@@ -91,6 +91,9 @@ def test_weights_are_loaded_or_refused_with_the_real_cause(base, tmp_path, capsy
     assert run_cli("finetune", *swapped) == 2
     err = capsys.readouterr().err
     assert "could not be read" in err and str(junk) in err and "hub" not in err
+    folder = [o for o in base if not o.startswith("model.weights=")] + [f"model.weights={tmp_path}"]
+    assert run_cli("finetune", *folder) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, needle", [(["data.shots=100"], "warning: data.shots=100"),

@@ -64,6 +64,8 @@ def _weights_error(arch: str, weights: str, err: Exception) -> WeightsError:
 
 def _load_state(path: str) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"model.weights={path!r} is a folder: give the weights file in it (.safetensors, .pth, .bin)")
     if not p.is_file():
         raise ConfigError(f"model.weights={path!r} does not exist")
     try:
