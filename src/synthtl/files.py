@@ -268,6 +268,36 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_home() -> Path:
+    """synthtl's cache folder: $SYNTHTL_CACHE, else ~/.cache/synthtl."""
+    return Path(os.environ.get("SYNTHTL_CACHE") or Path.home() / ".cache" / "synthtl")
+
+
+_CONTENT_HASHES: dict[str, str] = {}
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoised by (absolute path, size, mtime_ns) in this process and on disk
+    (`cache_home()/file-sha256.json`), so a 4 GB checkpoint is read once, not at every run, study expansion or
+    identity check. A damaged, read-only or full cache only costs a re-hash."""
+    p = Path(path)
+    st = p.stat()
+    key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _CONTENT_HASHES:
+        return _CONTENT_HASHES[key]
+    memo_file = cache_home() / "file-sha256.json"
+    try:
+        memo = read_json(memo_file) if memo_file.is_file() else {}
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_file(p)
+        with contextlib.suppress(OSError, SynthTLError):
+            write_json(memo_file, memo)
+    _CONTENT_HASHES[key] = memo[key]
+    return memo[key]
+
+
 def git_sha() -> str:
     """The git commit of the synthtl source tree, with "-dirty" if it has changes; "unknown" outside git."""
     here = Path(__file__).resolve().parent

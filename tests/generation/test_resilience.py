@@ -344,9 +344,11 @@ def test_local_generator_is_identified_by_its_weights(tmp_path, monkeypatch):
     ids = {k: pipeline.generator_identity(GeneratorConfig(model=str(tmp_path / k))) for k in ("a", "b", "moved")}
     assert ids["a"]["model"] == "local" and ids["a"]["revision"].startswith("local-")
     assert ids["a"] != ids["b"] and ids["a"] == ids["moved"]
+    from synthtl import files
+
     hashed = []
-    real = pipeline.sha256_file
-    monkeypatch.setattr(pipeline, "sha256_file", lambda p: hashed.append(p) or real(p))
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(p) or real(p))
     assert pipeline.generator_identity(GeneratorConfig(model=str(a))) == ids["a"]
     assert hashed == []  # memoised by (path, size, mtime): a 4 GB folder is read once
     time.sleep(0.01)

@@ -36,6 +36,7 @@ from synthtl.files import (
     DiskFullError,
     LockedError,
     append_jsonl,
+    cache_home,
     exclusive,
     iter_jsonl,
     remove_temps,
@@ -51,7 +52,7 @@ SCAN_LOCK_WAIT_S = 2 * 3600  # how long a job waits for another job building the
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SYNTHTL_CACHE", Path.home() / ".cache" / "synthtl"))
+    return cache_home()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from synthtl.config import (
     GeneratorConfig,
 )
 from synthtl.errors import DataError
-from synthtl.files import sha256_file
+from synthtl.files import content_sha256
 
 # One generated set serves every volume by prefix, so its size is not part of its identity.
 VOLATILE = {"style": STYLE_VOLATILE, "generate": (*GENERATE_VOLATILE, "per_class"), "finetune": FINETUNE_VOLATILE}
@@ -55,21 +54,15 @@ def _put(d: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)[:16]
-
-
 def file_identity(path: str) -> str:
-    """The content hash of a user-supplied file (cached per size and modification time)."""
+    """The content hash of a user-supplied file (memoised per path, size and modification time)."""
     if not path:
         return ""
     try:
-        st = os.stat(path)
+        return "sha256:" + content_sha256(path)[:16]
     except OSError:
         raise DataError(f"{path} does not exist; a study job's input file must be present when the study is "
                         "expanded (fix the path in the study's overrides)") from None
-    return "sha256:" + _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 # The fields that say which dataset (not which split of it or how it is read): one fingerprint per dataset.

@@ -5,11 +5,9 @@ Explicit components, concise errors: an offline machine without the weights gets
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -18,7 +16,7 @@ import torch
 
 from synthtl.config import GeneratorConfig
 from synthtl.errors import ConfigError, SynthTLError
-from synthtl.files import read_json, sha256_file, write_json
+from synthtl.files import content_sha256
 from synthtl.registry import Registry
 from synthtl.runtime import Runtime, resolve_runtime
 
@@ -256,31 +254,11 @@ def _weight_files(path: Path) -> list[tuple[str, Path]]:
 
 
 def hash_files(files: list[tuple[str, Path]]) -> str:
-    """sha256 over (name, content sha256) of each file. Contents are streamed and memoised on disk, keyed by
-    (absolute path, size, mtime_ns), so a 4 GB checkpoint is read once, not at every run or study expansion."""
-    memo_file = _memo_path()
-    try:
-        memo = read_json(memo_file) if memo_file.is_file() else {}
-    except (OSError, ValueError):
-        memo = {}  # a damaged memo only costs a re-hash
-    changed = False
+    """sha256 over (name, content sha256) of each file; contents are hashed once (`files.content_sha256`)."""
     h = hashlib.sha256()
     for name, p in sorted(files, key=lambda x: x[0]):
-        st = p.stat()
-        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in memo:
-            memo[key] = sha256_file(p)
-            changed = True
-        h.update(f"{name}\0{memo[key]}\n".encode())
-    if changed:
-        with contextlib.suppress(OSError, SynthTLError):  # a read-only or full cache only costs a re-hash next time
-            write_json(memo_file, memo)
+        h.update(f"{name}\0{content_sha256(p)}\n".encode())
     return h.hexdigest()
-
-
-def _memo_path() -> Path:
-    root = os.environ.get("SYNTHTL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "synthtl")
-    return Path(root) / "file-sha256.json"
 
 
 @functools.cache

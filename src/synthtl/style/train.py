@@ -33,6 +33,7 @@ from synthtl.data.images import load_rgb
 from synthtl.data.splits import train_indices, write_split
 from synthtl.errors import BadImageError, ConfigError, DataError
 from synthtl.files import (
+    content_sha256,
     exclusive,
     read_json,
     remove_temps,
@@ -522,7 +523,7 @@ def style_identity(cfg: StyleConfig) -> str:
         d["generator"].pop(key, None)
     d["generator"]["weights"] = generator_identity(cfg.generator)
     if cfg.data.split_file:
-        d["data"]["split_file"] = sha256_file(cfg.data.split_file)[:16]
+        d["data"]["split_file"] = content_sha256(cfg.data.split_file)[:16]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -642,7 +643,6 @@ def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses
           wall: float, skipped: int, identity: str, rt: Runtime, total_steps: int) -> dict:
     from safetensors.torch import save
 
-    from synthtl.files import sha256_file
 
     state = inv.state()
     write_bytes(out / EMBEDS, save(state))

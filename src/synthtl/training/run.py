@@ -20,11 +20,11 @@ from synthtl.data.prepare import prepare_data
 from synthtl.errors import ConfigError
 from synthtl.files import (
     LockedError,
+    content_sha256,
     exclusive,
     git_sha,
     read_json,
     remove_temps,
-    sha256_file,
     write_json,
     write_text,
 )
@@ -76,7 +76,7 @@ def inputs_identity(cfg: FinetuneConfig) -> dict:
             out["filter"] = identity(folder, cfg.synthetic.filter)  # its config, model and every score
     for key, path in (("split_file", cfg.data.split_file), ("weights", cfg.model.weights)):
         if path and Path(path).is_file():
-            out[key] = "sha256:" + sha256_file(path)[:16]
+            out[key] = "sha256:" + content_sha256(path)[:16]
     return out
 
 
