@@ -15,11 +15,11 @@ use these functions.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 from synthtl.data.synthetic import MANIFEST, completed_rows
+from synthtl.data.synthetic import plan_hash as _hash_of_plan
 from synthtl.errors import DataError
 from synthtl.files import CorruptFileError, iter_jsonl, read_json, read_jsonl, sha256_file
 
@@ -48,8 +48,7 @@ def rows_digest(rows: list[dict]) -> str:
 
 def plan_hash(set_dir: str | os.PathLike) -> str:
     """A hash of the set's plan identity (generator, prompts, seed, classes): a re-planned set is another set."""
-    ident = read_json(Path(set_dir) / "plan.json")["identity"]
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return _hash_of_plan(read_json(Path(set_dir) / "plan.json")["identity"])
 
 
 def read_scores(folder: Path) -> dict[str, dict]:

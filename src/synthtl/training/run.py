@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import platform
 import time
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from torch import nn
 import synthtl
 from synthtl.config import FINETUNE_VOLATILE, FinetuneConfig, config_diff, config_hash, from_dict, to_yaml
 from synthtl.data.prepare import prepare_data
+from synthtl.data.synthetic import plan_hash
 from synthtl.errors import ConfigError
 from synthtl.files import (
     LockedError,
@@ -62,9 +62,7 @@ def inputs_identity(cfg: FinetuneConfig) -> dict:
     if cfg.synthetic.path:
         folder = Path(cfg.synthetic.path)
         if (folder / "plan.json").is_file():
-            plan = read_json(folder / "plan.json")
-            out["synthetic"] = "plan:" + hashlib.sha256(json.dumps(plan.get("identity"), sort_keys=True,
-                                                                   default=str).encode()).hexdigest()[:16]
+            out["synthetic"] = "plan:" + plan_hash(read_json(folder / "plan.json")["identity"])
         elif folder.is_dir():
             h = hashlib.sha256()
             for p in sorted(q for q in folder.rglob("*") if q.is_file()):
