@@ -671,33 +671,36 @@ STYLE_VOLATILE = ("out_dir", "progress", "checkpoint_every", "validate_every", "
                   *_DATA_VOLATILE)
 
 
+def pop_key(d: dict, dotted: str) -> Any:
+    """Removes a dotted key ("data.root") from a nested dict; returns its value (None when absent)."""
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.get(p, {})
+    return d.pop(leaf, None)
+
+
+def dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += dict_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def config_diff(a: Any, b: Any, exclude: tuple[str, ...] = ()) -> list[str]:
     """The dotted keys whose values differ between two configs of one schema (ignoring `exclude` and below)."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                out.update(flat(v, key + "."))
-            else:
-                out[key] = v
-        return out
-
-    fa, fb = flat(to_dict(a)), flat(to_dict(b))
-    keys = sorted(set(fa) | set(fb))
-    skip = tuple(exclude)
-    return [k for k in keys if fa.get(k) != fb.get(k) and not any(k == e or k.startswith(e + ".") for e in skip)]
+    return [k for k in dict_diff(to_dict(a), to_dict(b)) if not any(k == e or k.startswith(e + ".") for e in exclude)]
 
 
 def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
     """A short stable hash of a resolved config (used for run ids and to detect changed re-runs)."""
     d = to_dict(cfg)
     for key in exclude:
-        parts = key.split(".")
-        node = d
-        for p in parts[:-1]:
-            node = node.get(p, {})
-        node.pop(parts[-1], None)
+        pop_key(d, key)
     return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -22,6 +22,8 @@ from synthtl.config import (
     STYLE_VOLATILE,
     DataConfig,
     GeneratorConfig,
+    dict_diff,
+    pop_key,
 )
 from synthtl.errors import DataError
 from synthtl.files import content_sha256
@@ -36,14 +38,6 @@ USER_FILES = {"style": ("data.split_file",), "generate": ("data.split_file",),
               "finetune": ("data.split_file", "model.weights")}
 # Generator keys that only say where the weights come from: replaced by the weights' identity.
 _WEIGHT_SOURCE = ("model", "revision", "single_file_config", "tiny_seed")
-
-
-def _drop(d: dict, dotted: str) -> Any:
-    parts = dotted.split(".")
-    node = d
-    for p in parts[:-1]:
-        node = node.get(p, {})
-    return node.pop(parts[-1], None)
 
 
 def _put(d: dict, dotted: str, value: Any) -> None:
@@ -123,15 +117,15 @@ def job_identity(kind: str, cfg: Any, produced_by: dict[str, str] | None = None,
     produced_by = produced_by or {}
     d = dataclasses.asdict(cfg)  # (OmegaConf's to_dict is ~100x slower; a study holds thousands of jobs)
     for key in VOLATILE[kind]:
-        _drop(d, key)
+        pop_key(d, key)
     for key in PRODUCED[kind]:
-        value = _drop(d, key)
+        value = pop_key(d, key)
         if key in produced_by:
             _put(d, key, {"job": produced_by[key]})
         elif value:  # set by hand in the study's overrides: an outside input
             _put(d, key, {"file": file_identity(value)} if Path(value).is_file() else {"path": value})
     for key in USER_FILES[kind]:
-        value = _drop(d, key)
+        value = pop_key(d, key)
         if value:
             _put(d, key, file_identity(value))
     d["data"]["fingerprint"] = dataset if dataset is not None else dataset_identity(cfg.data)
@@ -147,13 +141,4 @@ def identity_hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def identity_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two identities."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += identity_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
+identity_diff = dict_diff  # the dotted keys whose values differ between two identities

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl.config import STYLE_VOLATILE, StyleConfig, to_dict, to_yaml
+from synthtl.config import STYLE_VOLATILE, StyleConfig, pop_key, to_dict, to_yaml
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
@@ -514,11 +514,7 @@ def style_identity(cfg: StyleConfig) -> str:
 
     d = dataclasses.asdict(cfg)
     for key in STYLE_VOLATILE:
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
+        pop_key(d, key)
     for key in ("model", "revision", "single_file_config", "tiny_seed"):
         d["generator"].pop(key, None)
     d["generator"]["weights"] = generator_identity(cfg.generator)
