@@ -497,6 +497,8 @@ class ReportConfig:
     grid_classes: int = 6  # classes in the real vs synthetic image grids
     bootstrap: int = 10000  # resamples of the bootstrap interval of paired differences
     quality: bool = True  # compute FID/KID/precision/recall and the leakage check
+    published: bool = True  # show peers' published numbers (shipped with synthtl, with sources) for the datasets
+    published_file: str = ""  # a YAML file of more published numbers (same schema as reporting/published.yaml)
 
 
 @dataclass(frozen=True)

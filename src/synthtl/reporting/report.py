@@ -80,6 +80,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     runs, duplicates = unique_runs(find_runs(study_dir))
     if not runs:
         raise DataError(f"{study_dir} has no finished runs (folders with result.json under runs/); run the study first")
+    peers = published_entries(cfg)  # before any slow work: a bad file fails at once
     gensets, styles = collect_gensets(study_dir), collect_styles(study_dir)
     out = study_dir / "report"
     figs = out / "figures"
@@ -139,6 +140,9 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         tables.append(qr.train_leak)
         page.table(qr.train_leak)
         page.pairs(qr.train_examples)
+    published = published_section(page, runs, peers, cfg.bootstrap)
+    if published is not None:
+        tables.append(published)
     page.section("Cost", "cost")
     from synthtl.reporting.filters import collect_filters
 
@@ -173,6 +177,29 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     write_text(out / "report.md", f"# {page.title}\n\n" + "\n".join(to_markdown(t) for t in tables))
     write_text(out / "index.html", page.render())
     return {"html": out / "index.html", "markdown": out / "report.md", "tables": out / "tables", "figures": figs}
+
+
+def published_entries(cfg: ReportConfig) -> list:
+    """The shipped peers' numbers (report.published) and the user's own file (report.published_file)."""
+    from synthtl.reporting.published import load_published
+
+    return (load_published() if cfg.published else []) + (load_published(cfg.published_file)
+                                                           if cfg.published_file else [])
+
+
+def published_section(page: Page, runs, entries: list, n_boot: int) -> Table | None:
+    """Peers' published numbers on the study's datasets beside ours (none for these datasets: no section)."""
+    from synthtl.reporting.published import published_table
+
+    t = published_table(runs, entries, n_boot)
+    if t is None:
+        return None
+    page.section("Beside peers' published numbers (ours)", "published")
+    page.text("Beyond the paper: what peers report on the same datasets, copied from their papers with the table "
+              "each number comes from. Their classifiers, resolutions and amounts of real data differ from ours "
+              "(see protocol): read the differences to each row's own real-only baseline, not the absolute numbers.")
+    page.table(t)
+    return t
 
 
 def filter_section(page: Page, gensets, folder: Path, max_classes: int) -> list[Table]:

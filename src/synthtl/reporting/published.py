@@ -1,0 +1,175 @@
+"""Peers' published numbers beside ours (ours, beyond the paper).
+
+The numbers come from the peers' papers, under their own protocols; nothing here re-runs them. They live in a YAML
+file shipped with the package (`published.yaml`), one entry per (paper, table, dataset, method), each with the source
+it was read from, so a reader can check every figure. `report.published_file` adds a user's own entries (the same
+schema), e.g. numbers from a paper we do not ship.
+
+The report shows, for every dataset of the study, our settings (mean over seeds and the seed-paired difference to our
+vanilla) above the peers' rows (their real-only baseline, their number with synthetic images, the difference, their
+protocol and the source). Only differences to a baseline trained the same way compare across protocols, and even
+they depend on the backbone, the resolution and the amount of real data: the table says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from synthtl.errors import ConfigError
+from synthtl.reporting.collect import SYNTHETIC_STRATEGIES, Run
+from synthtl.reporting.stats import fmt_delta, fmt_mean_std, mean_std, paired
+from synthtl.reporting.tables import Table, settings, strategy_rank
+
+# Our prompt styles and the families of methods the peers' rows name (their `family` field).
+FAMILIES = {"text-to-image": "text prompts only", "textual-inversion": "learned style or class tokens",
+            "lora": "a LoRA on the generator", "img2img": "real-guided img2img from noised real images",
+            "filter": "filtered synthetic images", "other": "another generation method (see the method name)"}
+PROMPT_FAMILY = {"single": "text-to-image", "imagenet80": "text-to-image", "custom": "text-to-image",
+                 "dsi": "textual-inversion", "per_class": "textual-inversion", "lora": "lora",
+                 "lora_per_class": "lora", "img2img": "img2img"}
+REQUIRED = {"peer": str, "title": str, "venue": str, "source": str, "table": str, "dataset": str, "method": str,
+            "family": str, "value": float, "protocol": str, "shots": int}
+OPTIONAL = {"arxiv": str, "baseline": float, "baseline_method": str, "excerpt": str, "note": str}
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published number: a peer's top-1 (%) on one dataset, with its baseline and where it was read."""
+    peer: str
+    title: str
+    venue: str
+    source: str  # the address (paper page, table) the number was read from
+    table: str
+    dataset: str
+    method: str
+    family: str
+    value: float
+    protocol: str  # classifier, its pretraining and tuning, resolution, real and synthetic images used, generator
+    shots: int  # real images per class (0 = the full train split)
+    arxiv: str = ""
+    baseline: float | None = None  # their real-only number in the same table
+    baseline_method: str = ""
+    excerpt: str = ""  # the words the number was read from, for checking
+    note: str = ""
+
+
+def builtin_file() -> Path:
+    return Path(str(resources.files("synthtl.reporting") / "published.yaml"))
+
+
+def _entry(raw, where: str) -> Published:
+    from synthtl.data.datasets import DATASETS
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: each entry must be a mapping of {sorted(REQUIRED)}; fix the file")
+    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; the keys are {sorted({**REQUIRED, **OPTIONAL})}")
+    missing = sorted(k for k in REQUIRED if raw.get(k) in (None, ""))
+    if missing:
+        raise ConfigError(f"{where}: missing {missing}; every published number needs its source, table and protocol")
+    values = {}
+    for key, kind in {**REQUIRED, **OPTIONAL}.items():
+        v = raw.get(key)
+        if v is None:
+            continue
+        if kind is float:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100 or math.isnan(v):
+                raise ConfigError(f"{where}: {key}={v!r} must be a top-1 accuracy in percent (0-100)")
+            v = float(v)
+        elif kind is int:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{where}: {key}={v!r} must be a whole number >= 0 (0 = the full train split)")
+        else:
+            v = str(v).strip()
+        values[key] = v
+    if values["dataset"] not in DATASETS.names():
+        raise ConfigError(f"{where}: dataset={values['dataset']!r} is not one of {DATASETS.names()}")
+    if values["family"] not in FAMILIES:
+        raise ConfigError(f"{where}: family={values['family']!r} is not one of {sorted(FAMILIES)}")
+    if not values["source"].startswith(("https://", "http://")):
+        raise ConfigError(f"{where}: source={values['source']!r} must be the address the number was read from")
+    return Published(**values)
+
+
+def load_published(path: str | Path | None = None) -> list[Published]:
+    """The entries of one published-numbers file (the shipped one when `path` is None), checked.
+
+    Raises:
+        ConfigError: a missing or unreadable file, or an entry with a missing, unknown or out-of-range field (one
+            line naming the file, the entry and the fix).
+    """
+    path = Path(path) if path else builtin_file()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"report.published_file={str(path)!r} does not exist; give a YAML file of published "
+                          "numbers, or published_file=''") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read it as YAML ({type(e).__name__}); fix the file") from None
+    entries = (data or {}).get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: expected a mapping with a list under 'entries'; fix the file")
+    return [_entry(e, f"{path}, entry {i + 1}") for i, e in enumerate(entries)]
+
+
+def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> tuple[list[list[str]], list[dict]]:
+    rows, raw = [], []
+    for (model, shots, volume, guidance, prompt), members in settings(runs):
+        members = [r for r in members if r.labels["dataset"] == dataset]
+        vanilla = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == "vanilla"}
+        strategies = sorted({r.labels["strategy"] for r in members if r.labels["strategy"] in SYNTHETIC_STRATEGIES},
+                            key=strategy_rank)
+        if not strategies:
+            continue
+        base = prompt.split(", filter ")[0] if prompt else ""
+        family = PROMPT_FAMILY.get(base, "other") + (" + filter" if prompt and ", filter " in prompt else "")
+        protocol = f"{model}, fully fine-tuned, {f'{shots}-shot' if shots else 'full train split'}, " \
+                   f"{volume}/class synthetic, guidance {guidance:g}" if volume is not None else model
+        vm, vsd, vn = mean_std(list(vanilla.values()))
+        for s in strategies:
+            ours = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == s}
+            m, sd, n = mean_std(list(ours.values()))
+            p = paired(ours, vanilla, n_boot) if vanilla else None
+            rows.append(["ours", f"{s}, {prompt}", family, protocol, fmt_mean_std(vm, vsd, vn), fmt_mean_std(m, sd, n),
+                         fmt_delta(p) if p else "–", "this study (mean ± std over seeds; difference paired by seed)"])
+            raw.append({"dataset": dataset, "who": "ours", "method": f"{s}, {prompt}", "family": family,
+                        "protocol": protocol, "baseline": vm, "value": m, "std": sd, "n": n,
+                        "delta": p["mean_diff"] if p else None, "source": "this study"})
+    return rows, raw
+
+
+def published_table(runs: list[Run], entries: list[Published], n_boot: int = 10000) -> Table | None:
+    """Ours and the peers' published numbers, per dataset of the study (None when no peer reports one of them)."""
+    datasets = sorted({r.labels["dataset"] for r in runs})
+    rows, raw = [], []
+    for ds in datasets:
+        theirs = [e for e in entries if e.dataset == ds]
+        if not theirs:
+            continue
+        ours, ours_raw = _our_rows(runs, ds, n_boot)
+        rows += [[ds, *r] for r in ours]
+        raw += ours_raw
+        for e in sorted(theirs, key=lambda e: (e.shots, e.peer, e.method)):
+            delta = e.value - e.baseline if e.baseline is not None else None
+            shots = f"{e.shots}-shot" if e.shots else "full train split"
+            rows.append([ds, f"{e.peer} ({e.venue})", e.method, e.family, f"{e.protocol}; {shots}",
+                         f"{e.baseline:.2f}" if e.baseline is not None else "–", f"{e.value:.2f}",
+                         f"{delta:+.2f}" if delta is not None else "–", f"{e.source} ({e.table})"])
+            raw.append({"dataset": ds, "who": e.peer, "method": e.method, "family": e.family, "protocol": e.protocol,
+                        "shots": e.shots, "baseline": e.baseline, "baseline_method": e.baseline_method,
+                        "value": e.value, "std": None, "n": None, "delta": delta, "source": e.source,
+                        "table": e.table, "title": e.title, "venue": e.venue, "arxiv": e.arxiv})
+    if not rows:
+        return None
+    return Table("published", "Peers' published numbers beside ours (top-1 %)",
+                 ["dataset", "who", "method", "family", "protocol", "real only", "with synthetic", "difference",
+                  "source"], rows, raw,
+                 "peers' rows are copied from their papers (source and table given), under their own protocols, "
+                 "never re-run here; compare differences to each row's own real-only baseline, not absolute "
+                 "accuracies, and even differences depend on the backbone, resolution and amount of real data")
