@@ -109,6 +109,8 @@ def test_failed_job_is_reported_others_finish_and_rerun_completes(tmp_path, fold
         run_study(cfg)
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 2
     assert len(list((tmp_path / "f" / "logs").glob("*.log"))) == 2
+    line = next(x for x in runner_mod.study_status(cfg).splitlines() if x.strip().startswith("finetune"))
+    assert "2 finished,     0 running elsewhere,     2 to run (2 stopped part-way)" in line, line
     monkeypatch.setattr(launch_mod.JobRunner, "__call__", real)
     run_study(cfg)
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 4
@@ -154,7 +156,7 @@ def test_cli_dry_run_runs_nothing(tmp_path, folder_data, capsys):
                    "finetune_preset=finetune/tiny_cpu", "generate_preset=generate/tiny", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "finetune" in out and "2 to run" in out and "GPU-hours" in out
-    assert not (tmp_path / "g" / "runs").exists()
+    assert not (tmp_path / "g").exists()  # a dry run writes nothing: no plan, no job files
 
 
 def test_parallel_local_launcher_runs_one_subprocess_per_slot(tmp_path, folder_data):
@@ -187,7 +189,7 @@ def test_moved_study_and_data_rerun_nothing(tmp_path, folder_data, monkeypatch, 
     out = capsys.readouterr().out
     for stage in ("style", "generate", "finetune"):
         line = next(x for x in out.splitlines() if x.strip().startswith(stage))
-        assert "1 jobs,     1 finished,     0 to run" in line, line
+        assert "1 jobs,     1 finished,     0 running elsewhere,     0 to run (0 stopped part-way)" in line, line
     calls = count_jobs(monkeypatch)
     run_study(moved)
     assert calls == []
@@ -348,5 +350,5 @@ def test_leftover_job_file_temps_of_a_killed_study_are_removed(tmp_path, folder_
     old.write_text("half")
     fresh.write_text("a live writer's")
     os.utime(old, (0, 0))
-    run_study(cfg, dry_run=True)
+    runner_mod.write_plan(expand(cfg))  # what every `synthtl study` call (not --dry-run) does first
     assert not old.exists() and fresh.exists()  # only leftovers old enough to belong to no live writer go

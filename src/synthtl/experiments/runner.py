@@ -157,8 +157,8 @@ def describe_style_job(job: Job) -> str:
 
 
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
-    """The plan: jobs per stage, finished, running elsewhere, to run, the GPU-hour estimate and each style job's
-    steps."""
+    """The plan: jobs per stage, finished, running elsewhere, to run (of them: stopped part-way, i.e. started by an
+    earlier call that failed or was killed), the GPU-hour estimate and each style job's steps."""
     rates = {**measured_rates(Path(plan.study.folder))}
     elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if _locked(plan.study, j)}
     lines = [f"study {plan.study.name!r} -> {plan.study.folder}"]
@@ -170,11 +170,12 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
         todo = [j for j in jobs if not is_done(j)]
         busy = [j for j in todo if j.id in elsewhere]
         todo = [j for j in todo if j.id not in elsewhere]
+        stopped = [j for j in todo if (j.out / STUDY_JOB).is_file()]  # claimed by an earlier call: failed or killed
         secs = sum(estimate_seconds(j, rates) for j in todo)
         total += secs
         lines.append(f"  {stage:<9} {len(jobs):>5} jobs, {len(jobs) - len(todo) - len(busy):>5} finished, "
-                     + (f"{len(busy):>5} running elsewhere, " if busy else "")
-                     + f"{len(todo):>5} to run, ~{secs / 3600:.1f} GPU-hours")
+                     f"{len(busy):>5} running elsewhere, {len(todo):>5} to run ({len(stopped)} stopped part-way), "
+                     f"~{secs / 3600:.1f} GPU-hours")
         if stage == "style":
             lines += [describe_style_job(j) for j in jobs]
     source = "measured in this study" if rates else "default rates (nothing measured yet)"
@@ -243,14 +244,15 @@ def study_status(study: StudyConfig) -> str:
 # ------------------------------------------------------------------------------------------------------------ run
 def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
     """Runs (or resumes) every unfinished job; returns counts per stage, the failed job ids and the ids of jobs
-    skipped because another process runs them (`elsewhere`)."""
+    skipped because another process runs them (`elsewhere`). `dry_run`: prints the plan and writes nothing."""
     plan = expand(study)
     elsewhere = _earlier_submissions(plan)
     if is_main():
-        write_plan(plan)
         print(describe_plan(plan, elsewhere))
-    if dry_run:
+    if dry_run:  # writes nothing: no study folder, plan or job files
         return {"dry_run": True}
+    if is_main():
+        write_plan(plan)
     if plan.missing:  # ids hash the data's content: fetch it first (where the jobs may download), then plan again
         plan = fetch_missing(plan)
     failed: list[str] = []
