@@ -14,6 +14,7 @@ they depend on the backbone, the resolution and the amount of real data: the tab
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +34,7 @@ PROMPT_FAMILY = {"single": "text-to-image", "imagenet80": "text-to-image", "cust
                  "dsi": "textual-inversion", "per_class": "textual-inversion", "lora": "lora",
                  "lora_per_class": "lora", "img2img": "img2img"}
 REQUIRED = {"peer": str, "title": str, "venue": str, "source": str, "table": str, "dataset": str, "method": str,
-            "family": str, "value": float, "protocol": str, "shots": int}
+            "family": str, "value": float, "protocol": str, "real": str}
 OPTIONAL = {"arxiv": str, "baseline": float, "baseline_method": str, "excerpt": str, "note": str}
 
 
@@ -49,13 +50,17 @@ class Published:
     method: str
     family: str
     value: float
-    protocol: str  # classifier, its pretraining and tuning, resolution, real and synthetic images used, generator
-    shots: int  # real images per class (0 = the full train split)
+    protocol: str  # classifier, its pretraining and tuning, resolution, synthetic images used, generator
+    real: str  # real training images: "full" (the train split), "<k>-shot" or "none" (zero-shot)
     arxiv: str = ""
     baseline: float | None = None  # their real-only number in the same table
     baseline_method: str = ""
     excerpt: str = ""  # the words the number was read from, for checking
     note: str = ""
+
+
+def _real_order(real: str) -> tuple:  # full train split first, then k-shot by k, then zero-shot
+    return (0, 0) if real == "full" else (2, 0) if real == "none" else (1, int(real.split("-")[0]))
 
 
 def builtin_file() -> Path:
@@ -82,14 +87,13 @@ def _entry(raw, where: str) -> Published:
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100 or math.isnan(v):
                 raise ConfigError(f"{where}: {key}={v!r} must be a top-1 accuracy in percent (0-100)")
             v = float(v)
-        elif kind is int:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{where}: {key}={v!r} must be a whole number >= 0 (0 = the full train split)")
         else:
             v = str(v).strip()
         values[key] = v
     if values["dataset"] not in DATASETS.names():
         raise ConfigError(f"{where}: dataset={values['dataset']!r} is not one of {DATASETS.names()}")
+    if not re.fullmatch(r"full|none|[1-9][0-9]*-shot", values["real"]):
+        raise ConfigError(f"{where}: real={values['real']!r} must be 'full', 'none' (zero-shot) or '<k>-shot'")
     if values["family"] not in FAMILIES:
         raise ConfigError(f"{where}: family={values['family']!r} is not one of {sorted(FAMILIES)}")
     if not values["source"].startswith(("https://", "http://")):
@@ -129,8 +133,11 @@ def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> tuple[list[list[str
             continue
         base = prompt.split(", filter ")[0] if prompt else ""
         family = PROMPT_FAMILY.get(base, "other") + (" + filter" if prompt and ", filter " in prompt else "")
-        protocol = f"{model}, fully fine-tuned, {f'{shots}-shot' if shots else 'full train split'}, " \
-                   f"{volume}/class synthetic, guidance {guidance:g}" if volume is not None else model
+        real = f"{shots}-shot" if shots else "full train split"
+        weights = "pretrained" if all(r.config.get("model", {}).get("pretrained", True) for r in members) \
+            else "random init"
+        protocol = f"{real}; {model} ({weights}), fully fine-tuned" + (
+            f", {volume}/class synthetic, guidance {guidance:g}" if volume is not None else "")
         vm, vsd, vn = mean_std(list(vanilla.values()))
         for s in strategies:
             ours = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == s}
@@ -155,14 +162,14 @@ def published_table(runs: list[Run], entries: list[Published], n_boot: int = 100
         ours, ours_raw = _our_rows(runs, ds, n_boot)
         rows += [[ds, *r] for r in ours]
         raw += ours_raw
-        for e in sorted(theirs, key=lambda e: (e.shots, e.peer, e.method)):
+        for e in sorted(theirs, key=lambda e: (_real_order(e.real), e.peer, e.method)):
             delta = e.value - e.baseline if e.baseline is not None else None
-            shots = f"{e.shots}-shot" if e.shots else "full train split"
-            rows.append([ds, f"{e.peer} ({e.venue})", e.method, e.family, f"{e.protocol}; {shots}",
+            real = {"full": "full train split", "none": "no real images (zero-shot)"}.get(e.real, e.real)
+            rows.append([ds, f"{e.peer} ({e.venue})", e.method, e.family, f"{real}; {e.protocol}",
                          f"{e.baseline:.2f}" if e.baseline is not None else "–", f"{e.value:.2f}",
                          f"{delta:+.2f}" if delta is not None else "–", f"{e.source} ({e.table})"])
             raw.append({"dataset": ds, "who": e.peer, "method": e.method, "family": e.family, "protocol": e.protocol,
-                        "shots": e.shots, "baseline": e.baseline, "baseline_method": e.baseline_method,
+                        "real": e.real, "baseline": e.baseline, "baseline_method": e.baseline_method,
                         "value": e.value, "std": None, "n": None, "delta": delta, "source": e.source,
                         "table": e.table, "title": e.title, "venue": e.venue, "arxiv": e.arxiv})
     if not rows:
