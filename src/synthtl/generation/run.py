@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import threading
 import time
@@ -136,6 +137,20 @@ def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig,
     return u8, [bool(b) or not bool(f) for b, f in zip(black, finite.cpu(), strict=True)]
 
 
+@contextlib.contextmanager
+def _quiet_tokenizer():
+    """Silences transformers' "sequence length is longer than the maximum" warning while prompts are measured: a long
+    class name is cut to fit (and the manifest records `truncated`), so the warning would only alarm. diffusers'
+    multi-vector conversion tokenizes without a way to pass verbose=False."""
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]], templates: list[str],
                         token_map: dict[str, str], default_token: str) -> tuple[list, list[str]]:
     """Each class's prompt record per template (`fit_prompt`: fits the text encoder, style token kept; image i of a
@@ -143,8 +158,9 @@ def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]
     tokenizer = pipe.tokenizer
     convert = getattr(pipe, "maybe_convert_prompt", lambda text, tok: text)  # multi-vector tokens expand to several
 
-    def count(text: str) -> int:
-        return len(tokenizer(convert(text, tokenizer), verbose=False).input_ids)
+    def count(text: str) -> int:  # measures a prompt that may be too long on purpose: no overflow warning
+        with _quiet_tokenizer():
+            return len(tokenizer(convert(text, tokenizer), verbose=False).input_ids)
 
     tokens = [token_map.get(name, default_token) if needs_token(templates) else "" for _, name in classes]
     prompts = [[fit_prompt(templates, name, t, count, tokenizer.model_max_length, cfg.prompts.suffix, tokens[c])
