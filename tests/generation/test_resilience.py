@@ -218,7 +218,7 @@ def test_torchrun_rank_uses_its_own_gpu(monkeypatch):
     assert rt.device == torch.device("cuda", 1) and chosen and set(chosen) == {1}
 
 
-def test_long_class_names_keep_the_style_token(tmp_path, folder_data):
+def test_long_class_names_keep_the_style_token(capfd, tmp_path, folder_data):
     from safetensors.torch import save_file
 
     emb = tmp_path / "style"
@@ -232,6 +232,7 @@ def test_long_class_names_keep_the_style_token(tmp_path, folder_data):
     run_generate(load_config(GenerateConfig, None, [
         *TINY, "data.name=csv", f"data.root={folder_data}", f"data.train_csv={csv}", f"data.test_csv={csv}",
         "per_class=1", f"out_dir={out}", "prompts.templates=style", f"prompts.style_embedding={emb}"]))
+    assert "sequence length is longer" not in capfd.readouterr().err  # the cut is recorded, not warned about
     rows = {r["class_name"]: r for r in read_jsonl(out / MANIFEST)}
     from transformers import CLIPTokenizer
 
