@@ -41,5 +41,22 @@ def test_jsonl_tolerates_a_torn_last_line(tmp_path):
     assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
 
 
+def test_drop_damaged_lines_keeps_every_row_and_names_the_lines(tmp_path):
+    p = tmp_path / "log.jsonl"
+    append_jsonl(p, [{"a": 1}])
+    with open(p, "ab") as f:
+        f.write(b"\x00\xff garbage\n")  # a failing disk's bytes in the middle
+    append_jsonl(p, [{"a": 2}, {"a": 3}])
+    with open(p, "ab") as f:
+        f.write(b'{"a": 4')  # and a torn tail
+    with pytest.raises(io.CorruptFileError, match="line 2"):
+        read_jsonl(p)
+    assert io.drop_damaged_lines(p) == [2]
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}, {"a": 3}] and p.read_bytes().endswith(b"\n")
+    before = p.stat().st_mtime_ns
+    assert io.drop_damaged_lines(p) == [] and p.stat().st_mtime_ns == before  # an intact file is not rewritten
+    assert [x.name for x in tmp_path.iterdir()] == ["log.jsonl"]
+
+
 def test_git_sha_is_a_string():
     assert isinstance(io.git_sha(), str)

@@ -108,6 +108,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         res = plan.validate(args.validate, repair=args.repair)
         for log, n in res["torn"].items():
             print(f"torn     progress/{log}  (cut {n} bytes of an unfinished last line)")
+        for log, lines in res["damaged"].items():
+            print(f"damaged  progress/{log}  (dropped line(s) {', '.join(map(str, lines))}: the next generate run "
+                  "redraws their images)")
         if res["temps"]:
             print(f"removed  {res['temps']} leftover temp files")
         for rel in res["missing"]:

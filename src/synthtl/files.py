@@ -155,6 +155,30 @@ def repair_jsonl(path: str | os.PathLike) -> int:
     return n
 
 
+def drop_damaged_lines(path: str | os.PathLike) -> list[int]:
+    """Rewrites an append-only JSONL file without its damaged lines (not JSON rows, e.g. bytes a failing disk or a
+    stray editor left mid-file) and without a torn last line; returns the numbers of the dropped lines ([] and no
+    rewrite when every line is a row). The rewrite is atomic: a kill leaves the old file or the new one.
+    """
+    bad: list[int] = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                break  # a torn tail: cut below with the rest
+            try:
+                json.loads(raw) if raw.strip() else None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad.append(n)
+    if not bad:
+        repair_jsonl(path)
+        return []
+    with open(path, "rb") as src, atomic_open(path, "wb") as dst:
+        for n, raw in enumerate(src, start=1):
+            if raw.endswith(b"\n") and n not in bad:
+                dst.write(raw)
+    return bad
+
+
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict], fsync: bool = True) -> None:
     """Appends complete rows, then fsyncs.
 

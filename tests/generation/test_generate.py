@@ -233,6 +233,25 @@ def test_status_validate_and_repair(folder_data, tmp_path, capsys):
     assert run_cli("generate", "--validate", str(out)) == 0
 
 
+def test_repair_drops_a_damaged_progress_line_and_the_next_run_redraws_it(folder_data, tmp_path, capsys):
+    out = tmp_path / "gen"
+    run_generate(cfg_for(folder_data, out))
+    log = next((out / "progress").glob("shard-*.jsonl"))
+    lines = log.read_bytes().splitlines(keepends=True)
+    lost = json.loads(lines[3])["id"]
+    log.write_bytes(b"".join([*lines[:3], b"\x00\x00 a failing disk's bytes\n", *lines[4:]]))
+    capsys.readouterr()
+    assert run_cli("generate", "--validate", str(out)) == 2  # without --repair: one line naming the fix
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "line 4" in err and "--repair" in err
+    assert run_cli("generate", "--validate", str(out), "--repair") == 0
+    assert f"damaged  progress/{log.name}  (dropped line(s) 4" in capsys.readouterr().out
+    assert not planning.is_complete(out)  # one image is no longer logged as done
+    s = run_generate(cfg_for(folder_data, out))
+    assert s["generated"] == 1 and lost in {r["id"] for r in read_jsonl(log)}
+    assert planning.is_complete(out) and run_cli("generate", "--validate", str(out)) == 0
+
+
 def test_style_embedding_in_prompts_and_manifest(folder_data, tmp_path):
     from safetensors.torch import save_file
 

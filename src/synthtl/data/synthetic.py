@@ -199,8 +199,9 @@ def _parse_log(data: bytes, log: Path, line: int, rows: SetRows, logged: np.ndar
         try:
             r = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CorruptFileError(f"{log}, line {n}: not a JSON row (the file is damaged); restore it, delete the "
-                                   "line, or delete the file to rebuild it") from None
+            raise CorruptFileError(f"{log}, line {n}: not a JSON row (the file is damaged); run synthtl generate "
+                                   f"--validate {Path(log).parent.parent} --repair to drop the line (its image is "
+                                   "redrawn by the next run), or restore the file") from None
         p = _position(rows, r.get("id"))
         if p is not None:
             logged[p] = True

@@ -47,6 +47,7 @@ from synthtl.errors import ConfigError
 from synthtl.files import (
     TEMP_GLOB,
     atomic_open,
+    drop_damaged_lines,
     exclusive,
     read_json,
     remove_temps,
@@ -309,7 +310,9 @@ def status(folder: str | os.PathLike) -> dict:
 
 
 def mend(folder: Path) -> dict:
-    """Mends what kills and full disks leave: torn progress-log lines and `atomic_open` temp files.
+    """Mends what kills, full disks and failing disks leave: torn progress-log lines, damaged lines in the middle of a
+    progress log (dropped: their images count as not done, and the next run redraws them) and `atomic_open` temp
+    files.
 
     Holds the set's lock and every shard's lock, so it refuses (LockedError naming the holder) while a generation
     writes the set.
@@ -318,12 +321,17 @@ def mend(folder: Path) -> dict:
         stack.enter_context(set_lock(folder, wait=0.0))
         for d in sorted((folder / LOCKS).glob("shard-*")):
             stack.enter_context(exclusive(d, f"{d.name} of {folder}:", wait=0.0))
-        torn = {}
+        torn, damaged = {}, {}
         for log in sorted((folder / PROGRESS_DIR).glob("shard-*.jsonl")):
             if torn_tail(log):
                 torn[log.name] = repair_jsonl(log)
+            lines = drop_damaged_lines(log)
+            if lines:
+                damaged[log.name] = lines
+        if damaged:  # the dropped rows' images are no longer logged as done: the set is not complete any more
+            (folder / COMPLETE).unlink(missing_ok=True)
         temps = remove_temps(folder, recursive=True)
-    return {"torn": torn, "temps": temps}
+    return {"torn": torn, "damaged": damaged, "temps": temps}
 
 
 def _check_file(path: Path) -> str:
@@ -352,7 +360,7 @@ def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) 
         workers: Decoding threads (0 = one per core; decoding releases the GIL).
     """
     folder = Path(folder)
-    mended = mend(folder) if repair else {"torn": {}, "temps": 0}
+    mended = mend(folder) if repair else {"torn": {}, "damaged": {}, "temps": 0}
     state = read_state(folder)
     rows = state.rows
     logged = np.flatnonzero(state.logged)
