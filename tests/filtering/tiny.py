@@ -58,3 +58,33 @@ def tiny_run(real: Path, root: Path) -> Path:
                  "progress=false", "leep.enabled=false")
     assert rc == 0
     return root / "runs" / "real"
+
+
+OPEN_CLIP_ARCH = "synthtl-test-tiny"  # an OpenCLIP arch registered by `tiny_open_clip`, for the tests only
+OPEN_CLIP_CONFIG = {  # 2-layer towers, 32 px; patch dropout makes a model left in train mode score at random
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 2, "width": 16, "head_width": 8, "patch_dropout": 0.5},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2},  # OpenCLIP's BPE
+}
+
+
+def tiny_open_clip(weights: Path, seed: int = 0) -> Path:
+    """Registers OPEN_CLIP_ARCH with OpenCLIP (once) and saves a random state_dict of it to `weights` (a .pt file).
+
+    Its tokenizer is OpenCLIP's SimpleTokenizer with the real BPE vocabulary, which ships inside the open_clip wheel.
+    """
+    import json
+
+    import open_clip
+
+    if OPEN_CLIP_ARCH not in open_clip.list_models():
+        config = weights.parent / "open_clip_configs" / f"{OPEN_CLIP_ARCH}.json"  # the file's stem names the arch
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(OPEN_CLIP_CONFIG))
+        open_clip.add_model_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(OPEN_CLIP_ARCH)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    return weights

@@ -4,7 +4,7 @@
 classifier fine-tuned on the real train split, and keeps the k best per class, a fraction per class, or those above a
 threshold. Scores and decisions live beside the set in `<set>/filters/<name>/` (see `store`); the manifest is never
 rewritten. Readers: `kept(set_dir, name)` (the manifest paths kept) and `identity(set_dir, name)` (a hash of the
-filter's config, model and scores). Running a filter: `synthtl.filtering.run.run_filter` (imports torch).
+filter's config, model, set rows and kept ids). Running a filter: `synthtl.filtering.run.run_filter` (imports torch).
 """
 
 from synthtl.filtering.store import decisions, find_filters, identity, kept, read_filter

@@ -1,9 +1,11 @@
 """`synthtl filter <set>`: check -> score the rows not scored yet (append-only log) -> decide -> write decisions.
 
 Resumable: every batch of scores is appended to scores.jsonl once scored, so a killed run loses at most the batch in
-flight and a re-run scores only the rows the log lacks (never one twice). A finished filter whose set has not changed
-is a no-op; a set extended since (more images per class) gets its new rows scored and the decisions redone. One
-writer per filter (a lock); a different config under an existing filter name is refused.
+flight and a re-run scores only the rows the log lacks (never one twice). Each batch also appends its wall and GPU
+seconds to cost.jsonl, so filter.json's "cost" sums every session, a killed one included. A finished filter whose set
+has not changed is a no-op (and adds no cost); a set extended since (more images per class) gets its new rows scored
+and the decisions redone. One writer per filter (a lock); a different config under an existing filter name is
+refused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +31,7 @@ from synthtl.files import (
     append_jsonl,
     exclusive,
     git_sha,
+    iter_jsonl,
     read_json,
     remove_temps,
     sha256_file,
@@ -38,21 +43,34 @@ from synthtl.filtering.decide import decide
 from synthtl.filtering.scorers import Scorer, load_scorer
 from synthtl.runtime import is_main, resolve_runtime
 
-# Keys that never change scores or decisions: where things live, how fast, how shown. The scoring model's weights are
-# identified by their hash (spec.json "model"), so classifier.run (a path) is not part of the config that is compared.
-VOLATILE = ("set_dir", "name", "batch_size", "workers", "device", "progress", "classifier.run", "classifier.data_root")
+# Keys that never change scores or decisions: where things live, how fast, how shown. The scoring model is identified
+# by its weights' hash and preprocessing (spec.json "model"), so where it lives (clip.model, classifier.run: a hub id
+# or a path) is not part of the config that is compared; spec.json keeps it as "source" to notice a change.
+VOLATILE = ("set_dir", "name", "batch_size", "workers", "device", "progress", "clip.model", "classifier.run",
+            "classifier.data_root")
 
 
 def spec_config(cfg: FilterConfig) -> dict:
     """The filter's config without volatile keys and without the section of the method it does not use."""
-    d = to_dict(cfg)
-    for key in VOLATILE:
-        section, _, leaf = key.rpartition(".")
-        (d[section] if section else d).pop(leaf)
+    d = _without_volatile(to_dict(cfg))
     d.pop("classifier" if cfg.method == "clip" else "clip")
     if cfg.method == "classifier":
         d.pop("classifier")  # only volatile keys were left in it
     return d
+
+
+def _without_volatile(config: dict) -> dict:
+    """A config dict less the VOLATILE keys it has (spec.json files written before a key became volatile have it)."""
+    d = json.loads(json.dumps(config))
+    for key in VOLATILE:
+        section, _, leaf = key.rpartition(".")
+        (d.get(section, {}) if section else d).pop(leaf, None)
+    return d
+
+
+def _source(cfg: FilterConfig) -> str:
+    """Where the scoring model comes from, as given (a hub id or a path)."""
+    return cfg.clip.model if cfg.method == "clip" else cfg.classifier.run
 
 
 def _check_set(folder: Path) -> None:
@@ -70,6 +88,7 @@ def _check_set(folder: Path) -> None:
 def _check_spec(out: Path, spec: dict) -> None:
     """Refuses a filter name already used with a different config or for a re-planned set."""
     old = read_json(out / store.SPEC)
+    old = {**old, "config": _without_volatile(old["config"])}
     keys = ("config", "set_plan")
     if all(old.get(k) == spec[k] for k in keys):
         return
@@ -120,6 +139,8 @@ def _run(cfg: FilterConfig, folder: Path, out: Path, name: str) -> dict:
         summary = read_json(out / store.SUMMARY)
         if summary["set"]["rows_digest"] == digest and sha256_file(out / store.DECISIONS) == \
                 summary["decisions_sha256"]:
+            if read_json(out / store.SPEC).get("source") != _source(cfg):  # moved, or other weights: load to know
+                _checked_scorer(cfg, folder, out, name, spec, rows, torch.device("cpu"))
             if is_main():
                 print(f"[synthtl] filter {name!r} of {folder} is already finished; nothing to do "
                       f"(kept {summary['kept']} of {summary['scored']})")
@@ -132,21 +153,58 @@ def _run(cfg: FilterConfig, folder: Path, out: Path, name: str) -> dict:
                         f"delete {out} and filter again")
     todo = [r for r in rows if r["id"] not in scored]
     t0 = time.perf_counter()
+    session = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}-{uuid.uuid4().hex[:8]}"
     rt = resolve_runtime(cfg.device, "fp32")  # fp32 on every device: half precision would move scores near ties
+    _carry_old_cost(out)
     if todo:
-        classes = sorted({(r["class_index"], r.get("class_id", r["class_name"]), r["class_name"]) for r in rows})
-        scorer = load_scorer(cfg, classes, rt.device)
-        if (out / store.SPEC).is_file():
-            model = read_json(out / store.SPEC)["model"]
-            if model != scorer.identity:
-                diff = _model_diff(model, scorer.identity)
-                raise ConfigError(f"filter {name!r} of {folder} was scored with another model ({diff}); choose "
-                                  f"another name=..., or delete {out} to replace it")
-        else:
-            write_json(out / store.SPEC, {**spec, "model": scorer.identity})
-        _score(cfg, scorer, folder, out, todo)
-    seconds = time.perf_counter() - t0
-    return _finish(cfg, folder, out, name, rows, digest, read_json(out / store.SPEC), seconds, len(todo), rt.device)
+        scorer = _checked_scorer(cfg, folder, out, name, spec, rows, rt.device)
+        _score(cfg, scorer, folder, out, todo, _cost_log(out, session, t0, rt.device, rt.gpus))
+    return _finish(cfg, folder, out, name, rows, digest, read_json(out / store.SPEC), session, rt.device)
+
+
+def _cost_log(out: Path, session: str, t0: float, device: torch.device, gpus: int) -> Callable[[int], None]:
+    """A function that appends one row to the cost log after each scored batch: the seconds since the last row (the
+    first row of a session also counts loading the model), so a killed session has cost up to its last batch."""
+    last = [t0]
+
+    def log(n: int) -> None:
+        now = time.perf_counter()
+        append_jsonl(out / store.COST, [{"session": session, "scored": n, "seconds": now - last[0],
+                                         "gpu_seconds": (now - last[0]) * gpus, "device": str(device)}])
+        last[0] = now
+
+    return log
+
+
+def _carry_old_cost(out: Path) -> None:
+    """A filter finished before cost.jsonl existed: its filter.json's cost (its last session) starts the log, so the
+    new sessions add to it instead of replacing it."""
+    if (out / store.COST).is_file() or not (out / store.SUMMARY).is_file():
+        return
+    cost = store.filter_cost(read_json(out / store.SUMMARY))
+    if cost["sessions"]:
+        append_jsonl(out / store.COST, [{"session": "carried from filter.json", "scored": cost["scored"],
+                                         "seconds": cost["seconds"], "gpu_seconds": cost["gpu_seconds"],
+                                         "device": "unknown"}])
+
+
+def _checked_scorer(cfg: FilterConfig, folder: Path, out: Path, name: str, spec: dict, rows: list[dict],
+                    device: torch.device) -> Scorer:
+    """The scorer of `cfg`, refused if the filter was scored with another model (other weights at the same path, or at
+    another one); spec.json is written (first time) or its "source" updated (the same weights, moved)."""
+    classes = sorted({(r["class_index"], r.get("class_id", r["class_name"]), r["class_name"]) for r in rows})
+    scorer = load_scorer(cfg, classes, device)
+    if not (out / store.SPEC).is_file():
+        write_json(out / store.SPEC, {**spec, "model": scorer.identity, "source": _source(cfg)})
+        return scorer
+    old = read_json(out / store.SPEC)
+    if old["model"] != scorer.identity:
+        raise ConfigError(f"filter {name!r} of {folder} was scored with another model "
+                          f"({_model_diff(old['model'], scorer.identity)}); choose another name=..., or delete {out} "
+                          "to replace it")
+    if old.get("source") != _source(cfg):
+        write_json(out / store.SPEC, {**old, "source": _source(cfg)})
+    return scorer
 
 
 def _model_diff(old: dict, new: dict) -> str:
@@ -183,8 +241,10 @@ def score_batch(scorer: Scorer, images: list, rows: list[dict], score: str) -> l
     return out
 
 
-def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: list[dict]) -> None:
-    """Scores `todo` in batches; each batch is appended to the log once scored (images decode one batch ahead)."""
+def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: list[dict],
+           logged: Callable[[int], None]) -> None:
+    """Scores `todo` in batches; each batch is appended to the log once scored, then `logged(len(batch))` is called
+    (images decode one batch ahead)."""
     batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     bar = tqdm(total=len(todo), desc=f"filter {out.name}", unit="img", disable=not (cfg.progress and is_main()))
     with ThreadPoolExecutor(cfg.workers) as pool:
@@ -197,6 +257,7 @@ def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: lis
                 images = [f.result() for f in ahead]
                 ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []
                 append_jsonl(out / store.SCORES, score_batch(scorer, images, batch, cfg.score))
+                logged(len(batch))
                 bar.update(len(batch))
         finally:
             for f in ahead:
@@ -205,7 +266,7 @@ def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: lis
 
 
 def _finish(cfg: FilterConfig, folder: Path, out: Path, name: str, rows: list[dict], digest: str, spec: dict,
-            seconds: float, n_new: int, device: torch.device) -> dict:
+            session: str, device: torch.device) -> dict:
     """Decisions from every logged score, then filter.json (written last: its presence means finished)."""
     scores = store.read_scores(out)
     missing = [r["id"] for r in rows if r["id"] not in scores]
@@ -222,10 +283,15 @@ def _finish(cfg: FilterConfig, folder: Path, out: Path, name: str, rows: list[di
         c["scored"] += 1
         c["kept"] += int(d["kept"])
         c["top1"] += int(s["top1"])
-    ident = hashlib.sha256(json.dumps({"config": spec["config"], "model": spec["model"],
-                                       "scores": sorted([s["id"], s["score"]] for s in scored)},
+    # The kept rows, not the scores: scores move in their last bits with the batch size and the device (batches of 3
+    # or 4, CPU or GPU), which must not make the same filter another one for the runs that train on it.
+    ident = hashlib.sha256(json.dumps({"config": spec["config"], "model": spec["model"], "rows": digest,
+                                       "kept": sorted(d["id"] for d in decisions if d["kept"])},
                                       sort_keys=True).encode()).hexdigest()[:16]
     keep = cfg.keep
+    log = list(iter_jsonl(out / store.COST)) if (out / store.COST).is_file() else []
+    mine = [c for c in log if c["session"] == session]
+    n_new, seconds = sum(c["scored"] for c in mine), sum(c["seconds"] for c in mine)
     summary = {
         "format": store.FORMAT, "name": name, "method": cfg.method, "score": cfg.score,
         "keep": {"rule": keep.rule, "value": {"top_k": keep.top_k, "threshold": keep.threshold,
@@ -235,8 +301,9 @@ def _finish(cfg: FilterConfig, folder: Path, out: Path, name: str, rows: list[di
         "scored": len(scored), "kept": sum(int(d["kept"]) for d in decisions), "counts": counts,
         "empty_classes": sorted(n for n, c in counts.items() if c["kept"] == 0),
         "decisions_sha256": sha256_file(out / store.DECISIONS), "identity": ident,
-        "session": {"scored": n_new, "seconds": seconds, "images_per_s": n_new / seconds if seconds else 0.0,
-                    "device": str(device)},
+        "session": {"scored": n_new, "seconds": seconds, "gpu_seconds": sum(c["gpu_seconds"] for c in mine),
+                    "images_per_s": n_new / seconds if seconds else 0.0, "device": str(device)},
+        "cost": store.read_cost(out),  # every session, killed ones included; a finished re-run adds nothing
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
         "synthtl": synthtl.__version__,
     }

@@ -7,8 +7,10 @@ never where they live.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,36 +117,79 @@ def clip_scorer(model_id: str, classes: list[tuple[int, str, str]], prompts: lis
 
 def open_clip_scorer(spec: str, classes: list[tuple[int, str, str]], prompts: list[str],
                      device: torch.device) -> Scorer:
-    """OpenCLIP: clip.model="open_clip:<arch>/<pretrained tag or weights file>" (needs the open_clip package)."""
+    """OpenCLIP: clip.model="open_clip:<arch>/<weights file or pretrained tag>" (needs the open_clip package).
+
+    The arch is a name OpenCLIP knows (`open_clip.list_models()`, or a config added with `open_clip.add_model_config`);
+    a tag's weights come from the hub (from its local cache only when offline). Preprocessing is the one OpenCLIP
+    attaches to the model (the tag's, else the arch config's); prompts go through the arch's own tokenizer.
+    """
     try:
         import open_clip
     except ImportError:
-        raise ConfigError(f"clip.model={spec!r} needs OpenCLIP, which is not installed: install open_clip_torch, or "
-                          "set clip.model to a transformers CLIP (a hub id or a local folder)") from None
-    arch, _, pretrained = spec[len(OPEN_CLIP):].partition("/")
+        raise ConfigError(f"clip.model={spec!r} needs OpenCLIP, which is not installed: pip install open_clip_torch "
+                          "(it is in synthtl's dev extras), or set clip.model to a transformers CLIP (a hub id or a "
+                          "local folder)") from None
+    arch, pretrained, is_tag = _open_clip_source(open_clip, spec)
+    quiet = logging.root.manager.disable
+    logging.disable(logging.ERROR)  # OpenCLIP logs its failures to the root logger: the one line below says it all
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device="cpu",
+                                                                     precision="fp32")
         tokenizer = open_clip.get_tokenizer(arch)
-    except Exception as e:  # unknown architecture, weights not cached offline
-        raise ConfigError(f"clip.model={spec!r} could not be loaded by OpenCLIP ({_first_line(e)}); offline, set "
-                          "clip.model=open_clip:<arch>/<path to a local weights file>") from None
-    model.eval()
-    identity = {"kind": "clip", "backend": "open_clip", "model": arch,
-                "revision": pretrained if not Path(pretrained).is_file() else "local", "weights": state_hash(model),
-                "processor": repr(preprocess)}
+        tokens = tokenizer(prompts)
+    except Exception as e:  # weights not cached offline, a file of another arch, a tokenizer from the hub: many types
+        fix = (f"offline, a tag's weights must be in the local cache; or set clip.model=open_clip:{arch}/<path to a "
+               "local weights file>") if is_tag else f"check that {pretrained!r} holds weights of the {arch!r} arch"
+        raise ConfigError(f"clip.model={spec!r} could not be loaded by OpenCLIP ({_first_line(e)}); {fix}") from None
+    finally:
+        logging.disable(quiet)
+    model.eval()  # dropout and patch dropout off: a score must not depend on the batch or the run
+    identity = {"kind": "clip", "backend": "open_clip", "model": arch, "revision": pretrained if is_tag else "local",
+                "weights": state_hash(model),
+                "processor": json.loads(json.dumps(model.visual.preprocess_cfg)),  # tuples -> lists, as spec.json
+                "tokenizer": type(tokenizer).__name__,
+                "tokens": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16]}
     model.to(device)
     with torch.inference_mode():
-        text_features = _unit(model.encode_text(tokenizer(prompts).to(device)).float())
+        text_features = _unit(model.encode_text(tokens.to(device)).float())
         scale = model.logit_scale.exp().float()
+        # SigLIP-style models add a learned bias to every logit: it moves logits (score=logit), never probabilities
+        bias = model.logit_bias.float() if getattr(model, "logit_bias", None) is not None else 0.0
 
     def prepare(images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([preprocess(im) for im in images]).to(device)
 
     def logits(pixels: torch.Tensor) -> torch.Tensor:
-        return scale * _unit(model.encode_image(pixels).float()) @ text_features.T
+        return scale * _unit(model.encode_image(pixels).float()) @ text_features.T + bias
 
     return Scorer(identity, [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
                   logits)
+
+
+def _open_clip_source(open_clip, spec: str) -> tuple[str, str, bool]:
+    """(arch, weights file or tag, whether it is a tag) of "open_clip:<arch>/<weights>", checked before loading."""
+    arch, _, pretrained = spec[len(OPEN_CLIP):].partition("/")
+    if arch.startswith(("hf-hub:", "local-dir:")):
+        raise ConfigError(f"clip.model={spec!r}: OpenCLIP's {arch.split(':')[0]}: names are not supported; use "
+                          "clip.model=open_clip:<arch>/<path to a weights file> (or a pretrained tag of the arch)")
+    if arch not in open_clip.list_models():
+        near = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+        raise ConfigError(f"clip.model={spec!r}: OpenCLIP has no arch {arch!r}"
+                          f"{f' (did you mean {near}?)' if near else ''}; use a name of open_clip.list_models(), e.g. "
+                          f"open_clip:ViT-B-32/<weights file>")
+    if not pretrained:
+        raise ConfigError(f"clip.model={spec!r} names no weights, and a random CLIP would score noise; set "
+                          f"clip.model=open_clip:{arch}/<path to a weights file> (or a pretrained tag: "
+                          f"{', '.join(open_clip.list_pretrained_tags_by_model(arch)[:4]) or 'none for this arch'})")
+    if open_clip.get_pretrained_cfg(arch, pretrained):
+        return arch, pretrained, True
+    if not Path(pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise ConfigError(f"clip.model={spec!r}: no weights file {pretrained!r}"
+                          f"{' (a folder)' if Path(pretrained).is_dir() else ''} and no pretrained tag of that name "
+                          f"for {arch}; give the path of a weights file (state_dict .pt/.bin/.safetensors) or one of "
+                          f"its tags: {', '.join(tags[:6]) or 'none'}")
+    return arch, pretrained, False
 
 
 def final_weights(run: Path, result: dict) -> tuple[Path, str]:

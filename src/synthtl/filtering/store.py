@@ -5,6 +5,8 @@
                          plan identity; written once, before the first score
         scores.jsonl     append-only log, one row per manifest row (keyed by the manifest's "id"): score, own-class
                          probability and logit, top-1 prediction. A kill leaves at most a torn last line (ignored)
+        cost.jsonl       append-only log, one row per scored batch: its session, images, wall and GPU seconds
+                         (the first batch of a session also carries the model's loading); summed into filter.json
         decisions.jsonl  one row per manifest row: score, rank in its class, kept or not (written at the end)
         filter.json      written last, so its presence means "finished": counts per class, identity, digests
 
@@ -26,6 +28,7 @@ from synthtl.files import CorruptFileError, iter_jsonl, read_json, read_jsonl, s
 FILTERS = "filters"
 SPEC = "spec.json"
 SCORES = "scores.jsonl"
+COST = "cost.jsonl"
 DECISIONS = "decisions.jsonl"
 SUMMARY = "filter.json"
 FORMAT = 1
@@ -63,6 +66,29 @@ def read_scores(folder: Path) -> dict[str, dict]:
                                    f"delete {folder} and re-run `synthtl filter`")
         out[r["id"]] = r
     return out
+
+
+def read_cost(folder: Path) -> dict:
+    """Cost of every scoring session of a filter so far, summed from its cost log: sessions, images scored, wall and
+    GPU seconds. A killed session counts up to its last logged batch."""
+    path = folder / COST
+    rows = list(iter_jsonl(path)) if path.is_file() else []
+    return {"sessions": len({r["session"] for r in rows}), "scored": sum(r["scored"] for r in rows),
+            "seconds": sum(r["seconds"] for r in rows), "gpu_seconds": sum(r["gpu_seconds"] for r in rows)}
+
+
+def filter_cost(summary: dict) -> dict:
+    """The cumulative cost in a filter.json: sessions, scored, seconds, gpu_seconds.
+
+    A filter.json written before cost was cumulative has only its last session ("session"); that is all it can
+    give (one session; GPU seconds = wall seconds on a CUDA device, as one GPU scored).
+    """
+    if "cost" in summary:
+        return summary["cost"]
+    s = summary.get("session", {})
+    seconds = float(s.get("seconds", 0.0))
+    return {"sessions": 1 if s else 0, "scored": int(s.get("scored", 0)), "seconds": seconds,
+            "gpu_seconds": seconds if str(s.get("device", "")).startswith("cuda") else 0.0}
 
 
 def find_filters(set_dir: str | os.PathLike) -> list[str]:
@@ -112,6 +138,7 @@ def kept(set_dir: str | os.PathLike, name: str) -> set[str]:
 
 
 def identity(set_dir: str | os.PathLike, name: str) -> str:
-    """A hash of what the kept subset depends on: the filter's config (keys that change results), the scoring model's
-    weights and preprocessing, and every score. Where files live and batch sizes are not part of it."""
+    """A hash of the kept subset and what it came from: the filter's config (keys that change results), the scoring
+    model's weights and preprocessing, the set's rows and the ids kept. Where files live, batch sizes and the last bits
+    of the scores (which move with the batch size and the device) are not part of it."""
     return read_filter(set_dir, name)["identity"]
