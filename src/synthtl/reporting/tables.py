@@ -174,13 +174,14 @@ def cost_table(runs: list[Run], gensets: list, styles: list[dict], filters: list
         imgs = sum(g.images for g in gensets)
         add("generation", len(gensets), secs, sum(g.gpu_seconds for g in gensets),
             f"{imgs / secs:.2f} images/s" if secs else "–")
-    if filters:
-        sessions = [f.get("session", {}) for f in filters]
-        secs = sum(x.get("seconds", 0.0) for x in sessions)
-        scored = sum(x.get("scored", 0) for x in sessions)
-        gpu = sum(x.get("seconds", 0.0) for x in sessions if str(x.get("device", "")).startswith("cuda"))
-        add("filtering (last session of each)", len(filters), secs, gpu, f"{scored / secs:.1f} images/s" if secs
-            else "–")
+    if filters:  # every scoring session of each filter, killed ones included (an older filter.json: its last one)
+        from synthtl.filtering.store import filter_cost
+
+        costs = [filter_cost(f) for f in filters]
+        secs = sum(c["seconds"] for c in costs)
+        scored = sum(c["scored"] for c in costs)
+        add("filtering (all sessions)", len(filters), secs, sum(c["gpu_seconds"] for c in costs),
+            f"{scored / secs:.1f} images/s" if secs else "–")
     stages: dict[str, list] = {}
     for r in runs:
         for name, st in r.result["stages"].items():
