@@ -71,7 +71,7 @@ def inputs_identity(cfg: FinetuneConfig) -> dict:
         if cfg.synthetic.filter and (folder / "filters" / cfg.synthetic.filter / "filter.json").is_file():
             from synthtl.filtering import identity
 
-            out["filter"] = identity(folder, cfg.synthetic.filter)  # its config, model and every score
+            out["filter"] = identity(folder, cfg.synthetic.filter)  # its config, model, set rows and kept ids
     for key, path in (("split_file", cfg.data.split_file), ("weights", cfg.model.weights)):
         if path and Path(path).is_file():
             out[key] = "sha256:" + content_sha256(path)[:16]
