@@ -293,7 +293,8 @@ class GenerateConfig:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClipFilterConfig:
-    model: str = "openai/clip-vit-base-patch32"  # transformers CLIP: hub id or local folder; "open_clip:<arch>/<weights file or tag>"
+    # transformers CLIP: hub id or local folder; or "open_clip:<arch>/<weights file or tag>"
+    model: str = "openai/clip-vit-base-patch32"
     template: str = "a photo of a {}."  # zero-shot prompt of each class; {} = the class name
 
     def __post_init__(self) -> None:
