@@ -24,10 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from synthtl.config import GenerateConfig, load_config  # noqa: E402
+from synthtl.data.synthetic import PROGRESS_DIR  # noqa: E402
 from synthtl.generation import plan as planning  # noqa: E402
 from synthtl.generation import run as gen_run  # noqa: E402
 from synthtl.generation.pipeline import optimize, sd15_components, tiny_components  # noqa: E402
-from synthtl.runtime import resolve_runtime  # noqa: E402
+from synthtl.generation.prompts import template_set  # noqa: E402
+from synthtl.runtime import dtype_name, resolve_runtime  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0, "4090": 165.0}
 
@@ -100,38 +102,30 @@ def plain(pipe, args, out: Path, batch: int, device) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def prompt_record(pipe, text: str):
-    """A plan's prompt entry for `text`, in whatever form this synthtl's planner takes."""
-    try:
-        from synthtl.generation.prompts import fit_prompt
-    except ImportError:  # planners before prompt records took (prompt, template index) pairs
-        return (text, 0)
-    tok = pipe.tokenizer
-    return fit_prompt(["{}"], text, 0, lambda t: len(tok(t).input_ids), tok.model_max_length)
-
-
 def ours(pipe, args, out: Path, rt) -> float:
+    """synthtl's loop (`generation.run._generate`) on rows planned the way `synthtl generate` plans them (8 classes,
+    prompts fitted by `_prompts_and_tokens`, plan and manifest written); the first batch is warm-up."""
     overrides = [f"generator.steps={args.steps}", f"generator.guidance={args.guidance}",
                  f"generator.height={args.height}", f"generator.width={args.width}",
                  f"generator.batch_size={args.batch}", f"generator.compile={str(args.compile).lower()}",
                  f"out_dir={out}", "progress=false", "train_copy=256", "writers=8"]
     cfg = load_config(GenerateConfig, None, overrides)
     optimize(pipe, cfg.generator, rt)
-    ident = {"negative": "", "image_format": "jpeg", "train_copy": 256, "seed": 0, "model": "bench",
-             "revision": "random", "scheduler": "dpmsolver++", "steps": args.steps, "guidance": args.guidance,
-             "height": args.height, "width": args.width, "dtype": str(rt.dtype), "style_hash": ""}
-    n = args.images + args.batch  # the first batch is warm-up (and compilation when --compile)
-    classes = [(f"c{i}", p) for i, p in enumerate(prompts(8))]
-    per_class = n // 8 + 1
-    rows = planning.build_rows(ident, classes, per_class, [[prompt_record(pipe, p)] * per_class for _, p in classes],
-                               [""] * 8)[:n]
-    rows.sort(key=lambda r: (r["index"], r["class_index"]))
-    (out / "progress").mkdir(parents=True, exist_ok=True)
-    gen_run._generate(pipe, rt, rows[: args.batch], out, out / "progress" / "warm.jsonl", cfg)
+    names = ["Boeing 747-400", "Airbus A320", "Cessna 172", "DC-3", "Spitfire", "F-16A/B", "ATR-72", "Fokker 100"]
+    classes = [(f"c{i}", n) for i, n in enumerate(names)]
+    per_class = (args.images + args.batch) // len(classes) + 1
+    templates = template_set("single")
+    prompts, tokens = gen_run._prompts_and_tokens(pipe, cfg, classes, templates, {}, "")
+    ident = planning.identity(cfg, classes, {"model": "bench", "revision": "random"}, dtype_name(rt.dtype),
+                              templates, "")
+    rows = planning.write_or_check(out, ident, planning.class_table(classes, prompts, tokens), per_class)
+    _, todo = gen_run.resume_todo(out, rows, per_class, 0, 1)  # by image index, then class: batches span classes
+    log = out / PROGRESS_DIR / "shard-0000-of-0001.jsonl"
+    gen_run._generate(pipe, rows, todo[: args.batch], out, log, cfg)
     if rt.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    stats = gen_run._generate(pipe, rt, rows[args.batch:], out, out / "progress" / "shard-0000-of-0001.jsonl", cfg)
+    stats = gen_run._generate(pipe, rows, todo[args.batch: args.batch + args.images], out, log, cfg)
     if rt.is_cuda:
         torch.cuda.synchronize()
     return stats["images"] / (time.perf_counter() - t0)
