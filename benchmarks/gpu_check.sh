@@ -11,7 +11,8 @@
 #
 # Steps: environment; pytest -m gpu; full-size smoke test (random SD v1.5 weights + the real CLIP tokenizer at
 # 512 px: generate 8 images, learn a style for 20 steps, generate with it, fine-tune ResNet-50 bridged++ for 2
-# epochs); the three throughput benchmarks in short settings.
+# epochs); the three throughput benchmarks in short settings; the peers' features (peers_throughput.py: CLIP filter,
+# img2img beside text-to-image, LoRA beside textual inversion; estimated ~100 s on an H100, limit 240 s).
 set -u -o pipefail
 
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
@@ -156,10 +157,12 @@ if [ $CPU_MODE = 1 ]; then
   TRAIN_ARGS=(--model test_resnet --size 32 --images 128 --epochs 1 --batch 32 --workers 2)
   GEN_ARGS=(--tiny --steps 2 --images 8 --batch 4 --plain-batches 4)
   STYLE_ARGS=(--tiny --steps 3 --warmup 1)
+  PEERS_ARGS=(--tiny)
 else
   TRAIN_ARGS=(--model resnet50 --images 1024 --epochs 1 --batch 64 --workers 12)
   GEN_ARGS=(--images 32 --batch 16 --plain-batches 16)
   STYLE_ARGS=(--steps 20 --warmup 5)
+  PEERS_ARGS=(--filter-images 384 --images 48 --style-steps 16 --style-warmup 2)
 fi
 step "benchmark: train_throughput ${TRAIN_ARGS[*]}" 240 "$PY" benchmarks/train_throughput.py "${TRAIN_ARGS[@]}" \
   --json "$OUT/train_throughput.json"
@@ -167,6 +170,8 @@ step "benchmark: generate_throughput ${GEN_ARGS[*]}" 240 "$PY" benchmarks/genera
   --json "$OUT/generate_throughput.json"
 step "benchmark: style_throughput ${STYLE_ARGS[*]}" 180 "$PY" benchmarks/style_throughput.py "${STYLE_ARGS[@]}" \
   --json "$OUT/style_throughput.json"
+step "benchmark: peers_throughput ${PEERS_ARGS[*]}" 240 "$PY" benchmarks/peers_throughput.py "${PEERS_ARGS[@]}" \
+  --json "$OUT/peers_throughput.json"
 
 results_rows() {
   "$PY" - "$OUT" "$CPU_MODE" <<'PYEOF'
@@ -194,6 +199,15 @@ if (r := load("style_throughput")):
     mem = "n/a on CPU" if math.isnan(r["ours_gib"]) else f"{r['reference_gib']:.1f} / {r['ours_gib']:.1f} GiB"
     lines += ["## style_throughput.py", "", f"| {date} | {r['device']}{note} | `{r['command']}` | {r['reference']:.2f} | "
               f"{r['ours']:.2f} | {r['ours'] / r['reference']:.2f}x | {mem} |", ""]
+if (r := load("peers_throughput")):
+    f, g, st = r["filter"], r["img2img"], r["lora"]
+    lo, ti = st["lora"], st["inversion"]
+    mem = "n/a on CPU" if math.isnan(lo["peak_gib"]) else f"{lo['peak_gib']:.1f} / {ti['peak_gib']:.1f} GiB"
+    i2i, t2i = g["img2img"]["images_per_s"], g["txt2img"]["images_per_s"]
+    lines += ["## peers_throughput.py", "", f"| {date} | {r['device']}{note} | `{r['command']}` | {f['steady']:.1f} / "
+              f"{f['with_load']:.1f} | {i2i:.2f} | {t2i:.2f} | {i2i / t2i:.2f}x | {lo['steps_per_s']:.2f} | "
+              f"{ti['steps_per_s']:.2f} | {lo['steps_per_s'] / ti['steps_per_s']:.2f}x | {mem} | "
+              f"{lo['moved']} of {lo['matrices']} |", ""]
 (out / "results_rows.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
