@@ -67,6 +67,26 @@ def test_training_changes_only_the_lora_parameters(folder_data, tmp_path):
     assert all(not torch.equal(p, start[k]) for k, p in params.items())  # every LoRA matrix learned
 
 
+def test_fused_qkv_on_cuda_does_not_bypass_the_lora(folder_data, tmp_path, monkeypatch):
+    """On CUDA, loading fuses q/k/v projections (generator.fuse_qkv): a LoRA injected into to_q/to_k/to_v would then
+    get no gradient. Simulated on CPU by fusing wherever the loader is asked to."""
+    from synthtl.generation import pipeline
+
+    real = pipeline.optimize
+
+    def as_on_cuda(pipe, gen, rt):
+        if gen.fuse_qkv:
+            pipe.fuse_qkv_projections()
+        return real(pipe, gen, rt)
+
+    monkeypatch.setattr(pipeline, "optimize", as_on_cuda)
+    cfg = cfg_for(folder_data, tmp_path / "s", "steps=2")
+    run_learn_style(cfg)
+    learned = load_file(str(tmp_path / "s" / lora.WEIGHTS))
+    ups = {k: v for k, v in learned.items() if "lora_B" in k or "lora_up" in k}
+    assert ups and all(v.abs().sum() > 0 for v in ups.values())  # every LoRA matrix learned: none was bypassed
+
+
 def test_dataset_lora_files_style_json_and_finished_noop(folder_data, tmp_path):
     out = tmp_path / "s"
     info = run_learn_style(cfg_for(folder_data, out, "validate_every=3"))

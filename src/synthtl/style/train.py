@@ -14,6 +14,7 @@ update count.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import time
@@ -327,7 +328,13 @@ def _components(cfg: StyleConfig, rt: Runtime):
 
     from synthtl.generation.pipeline import load_pipeline
 
-    pipe = freeze(load_pipeline(cfg.generator, rt))
+    gen = cfg.generator
+    if cfg.method == "lora":
+        # A LoRA is injected into the attention's to_q/to_k/to_v after loading: fused q/k/v projections (on CUDA)
+        # would bypass those layers, so most LoRA matrices would never get a gradient. A compiled UNet would not see
+        # the injected layers either.
+        gen = dataclasses.replace(gen, fuse_qkv=False, compile=False)
+    pipe = freeze(load_pipeline(gen, rt))
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
@@ -506,7 +513,6 @@ def style_identity(cfg: StyleConfig) -> str:
     """The hash that ties a checkpoint and a finished style.json to what changes the result: the config without
     paths and speed settings (`STYLE_VOLATILE`), the generator by its weights' identity, a split file by content.
     A style folder moved with its study (and dataset) is therefore the same style."""
-    import dataclasses
     import hashlib
     import json
 
