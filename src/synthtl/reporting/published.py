@@ -72,7 +72,7 @@ def _entry(raw, where: str) -> Published:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: each entry must be a mapping of {sorted(REQUIRED)}; fix the file")
-    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; the keys are {sorted({**REQUIRED, **OPTIONAL})}")
     missing = sorted(k for k in REQUIRED if raw.get(k) in (None, ""))
@@ -88,6 +88,8 @@ def _entry(raw, where: str) -> Published:
                 raise ConfigError(f"{where}: {key}={v!r} must be a top-1 accuracy in percent (0-100)")
             v = float(v)
         else:
+            if not isinstance(v, str | int | float) or isinstance(v, bool):
+                raise ConfigError(f"{where}: {key} must be text, not {type(v).__name__}; fix the entry")
             v = str(v).strip()
         values[key] = v
     if values["dataset"] not in DATASETS.names():
@@ -96,7 +98,7 @@ def _entry(raw, where: str) -> Published:
         raise ConfigError(f"{where}: real={values['real']!r} must be 'full', 'none' (zero-shot) or '<k>-shot'")
     if values["family"] not in FAMILIES:
         raise ConfigError(f"{where}: family={values['family']!r} is not one of {sorted(FAMILIES)}")
-    if not values["source"].startswith(("https://", "http://")):
+    if not re.fullmatch(r"https?://[^/\s]+\.[^/\s]+(/\S*)?", values["source"]):
         raise ConfigError(f"{where}: source={values['source']!r} must be the address the number was read from")
     return Published(**values)
 
@@ -119,11 +121,25 @@ def load_published(path: str | Path | None = None) -> list[Published]:
     entries = (data or {}).get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a mapping with a list under 'entries'; fix the file")
-    return [_entry(e, f"{path}, entry {i + 1}") for i, e in enumerate(entries)]
+    out, seen = [], {}
+    for i, raw in enumerate(entries):
+        e = _entry(raw, f"{path}, entry {i + 1}")
+        key = (e.peer, e.table, e.dataset, e.method, e.real, e.protocol)
+        if key in seen:
+            raise ConfigError(f"{path}, entry {i + 1}: repeats entry {seen[key]} (same peer, table, dataset, method, "
+                              "real images and protocol); delete one")
+        seen[key] = i + 1
+        out.append(e)
+    return out
 
 
-def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> tuple[list[list[str]], list[dict]]:
-    rows, raw = [], []
+def _real_text(real: str) -> str:
+    return {"full": "full train split", "none": "none (zero-shot)"}.get(real, real)
+
+
+def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> list[tuple[str, list[str], dict]]:
+    """(real images, row, raw) for every synthetic-data setting and strategy of the study on `dataset`."""
+    out = []
     for (model, shots, volume, guidance, prompt), members in settings(runs):
         members = [r for r in members if r.labels["dataset"] == dataset]
         vanilla = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == "vanilla"}
@@ -133,50 +149,58 @@ def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> tuple[list[list[str
             continue
         base = prompt.split(", filter ")[0] if prompt else ""
         family = PROMPT_FAMILY.get(base, "other") + (" + filter" if prompt and ", filter " in prompt else "")
-        real = f"{shots}-shot" if shots else "full train split"
+        real = f"{shots}-shot" if shots else "full"
         weights = "pretrained" if all(r.config.get("model", {}).get("pretrained", True) for r in members) \
             else "random init"
-        protocol = f"{real}; {model} ({weights}), fully fine-tuned" + (
+        protocol = f"{model} ({weights}), fully fine-tuned" + (
             f", {volume}/class synthetic, guidance {guidance:g}" if volume is not None else "")
         vm, vsd, vn = mean_std(list(vanilla.values()))
         for s in strategies:
             ours = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == s}
             m, sd, n = mean_std(list(ours.values()))
             p = paired(ours, vanilla, n_boot) if vanilla else None
-            rows.append(["ours", f"{s}, {prompt}", family, protocol, fmt_mean_std(vm, vsd, vn), fmt_mean_std(m, sd, n),
-                         fmt_delta(p) if p else "–", "this study (mean ± std over seeds; difference paired by seed)"])
-            raw.append({"dataset": dataset, "who": "ours", "method": f"{s}, {prompt}", "family": family,
-                        "protocol": protocol, "baseline": vm, "value": m, "std": sd, "n": n,
-                        "delta": p["mean_diff"] if p else None, "source": "this study"})
-    return rows, raw
+            row = ["ours", f"{s}, {prompt}", family, _real_text(real), protocol, "our vanilla" if vanilla else "–",
+                   fmt_mean_std(vm, vsd, vn), fmt_mean_std(m, sd, n), fmt_delta(p) if p else "–",
+                   "this study (mean ± std over seeds; difference paired by seed)"]
+            out.append((real, row, {"dataset": dataset, "who": "ours", "method": f"{s}, {prompt}", "family": family,
+                                    "real": real, "protocol": protocol, "baseline_method": "vanilla",
+                                    "baseline": vm, "value": m, "std": sd, "n": n,
+                                    "delta": p["mean_diff"] if p else None, "source": "this study"}))
+    return out
 
 
 def published_table(runs: list[Run], entries: list[Published], n_boot: int = 10000) -> Table | None:
-    """Ours and the peers' published numbers, per dataset of the study (None when no peer reports one of them)."""
+    """Ours and the peers' published numbers, per dataset of the study (None when no peer reports one of them).
+
+    Within a dataset, rows are grouped by how many real images train the classifier (full split, k-shot, none),
+    ours first in each group: only rows of one group are near each other's protocol."""
     datasets = sorted({r.labels["dataset"] for r in runs})
     rows, raw = [], []
     for ds in datasets:
         theirs = [e for e in entries if e.dataset == ds]
         if not theirs:
             continue
-        ours, ours_raw = _our_rows(runs, ds, n_boot)
-        rows += [[ds, *r] for r in ours]
-        raw += ours_raw
-        for e in sorted(theirs, key=lambda e: (_real_order(e.real), e.peer, e.method)):
+        found = [(_real_order(real), 0, i, row, r) for i, (real, row, r) in enumerate(_our_rows(runs, ds, n_boot))]
+        for i, e in enumerate(theirs):
             delta = e.value - e.baseline if e.baseline is not None else None
-            real = {"full": "full train split", "none": "no real images (zero-shot)"}.get(e.real, e.real)
-            rows.append([ds, f"{e.peer} ({e.venue})", e.method, e.family, f"{real}; {e.protocol}",
-                         f"{e.baseline:.2f}" if e.baseline is not None else "–", f"{e.value:.2f}",
-                         f"{delta:+.2f}" if delta is not None else "–", f"{e.source} ({e.table})"])
-            raw.append({"dataset": ds, "who": e.peer, "method": e.method, "family": e.family, "protocol": e.protocol,
-                        "real": e.real, "baseline": e.baseline, "baseline_method": e.baseline_method,
-                        "value": e.value, "std": None, "n": None, "delta": delta, "source": e.source,
-                        "table": e.table, "title": e.title, "venue": e.venue, "arxiv": e.arxiv})
+            row = [f"{e.peer} ({e.venue})", e.method, e.family, _real_text(e.real), e.protocol,
+                   e.baseline_method or ("their baseline" if e.baseline is not None else "–"),
+                   f"{e.baseline:.2f}" if e.baseline is not None else "–", f"{e.value:.2f}",
+                   f"{delta:+.2f}" if delta is not None else "–", f"{e.source} ({e.table})"]
+            found.append((_real_order(e.real), 1, (e.peer, e.method, i), row, {
+                "dataset": ds, "who": e.peer, "method": e.method, "family": e.family, "real": e.real,
+                "protocol": e.protocol, "baseline_method": e.baseline_method, "baseline": e.baseline,
+                "value": e.value, "std": None, "n": None, "delta": delta, "source": e.source, "table": e.table,
+                "title": e.title, "venue": e.venue, "arxiv": e.arxiv}))
+        for _, _, _, row, r in sorted(found, key=lambda f: (f[0], f[1], str(f[2]))):
+            rows.append([ds, *row])
+            raw.append(r)
     if not rows:
         return None
     return Table("published", "Peers' published numbers beside ours (top-1 %)",
-                 ["dataset", "who", "method", "family", "protocol", "real only", "with synthetic", "difference",
-                  "source"], rows, raw,
+                 ["dataset", "who", "method", "family", "real images", "protocol", "baseline", "baseline top-1",
+                  "with synthetic", "difference", "source"], rows, raw,
                  "peers' rows are copied from their papers (source and table given), under their own protocols, "
-                 "never re-run here; compare differences to each row's own real-only baseline, not absolute "
-                 "accuracies, and even differences depend on the backbone, resolution and amount of real data")
+                 "never re-run here. Rows are grouped by the real images the classifier trains on (full split, "
+                 "k-shot, none): compare only within a group, and only differences to each row's own baseline "
+                 "(which may itself use augmentation or no training at all), never absolute accuracies")

@@ -197,7 +197,9 @@ def published_section(page: Page, runs, entries: list, n_boot: int) -> Table | N
     page.section("Beside peers' published numbers (ours)", "published")
     page.text("Beyond the paper: what peers report on the same datasets, copied from their papers with the table "
               "each number comes from. Their classifiers, resolutions and amounts of real data differ from ours "
-              "(see protocol): read the differences to each row's own real-only baseline, not the absolute numbers.")
+              "(see protocol). Rows are grouped by the real images the classifier trains on (full split, k-shot, "
+              "none): compare only within a group, and read each row's difference to its own baseline, not the "
+              "absolute numbers.")
     page.table(t)
     return t
 
