@@ -102,3 +102,48 @@ def test_presets_can_stack_several_bases():
     few = load_config(FinetuneConfig, "finetune/fewshot")
     stacked = load_config(FinetuneConfig, ["finetune/resnet18", "finetune/fewshot_recipe"], ["data.shots=4"])
     assert few == stacked and few.real_stage.epochs == 100 and few.real_stage.batch_size == 32
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["keep.threshold=nan"], "keep.threshold=nan: must be a finite number"),
+    (["keep.threshold=inf", "score=logit"], "keep.threshold=inf: must be a finite number"),
+    (["keep.threshold=-inf", "score=logit"], "keep.threshold=-inf: must be a finite number"),
+    (["keep.threshold=5"], r"keep.threshold=5.0 with score=prob .* \[0, 1\)"),
+    (["keep.threshold=1"], r"keep.threshold=1.0 with score=prob"),
+    (["keep.threshold=-0.1"], r"keep.threshold=-0.1 with score=prob"),
+])
+def test_filter_threshold_is_finite_and_a_probability_with_score_prob(overrides, message):
+    from synthtl.config import FilterConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(FilterConfig, None, overrides)
+
+
+def test_filter_threshold_in_range_is_accepted():
+    from synthtl.config import FilterConfig
+
+    assert load_config(FilterConfig, None, ["keep.threshold=0.0"]).keep.threshold == 0.0
+    assert load_config(FilterConfig, None, ["keep.threshold=0.9"]).keep.rule == "threshold"
+    assert load_config(FilterConfig, None, ["keep.threshold=5", "score=logit"]).keep.threshold == 5.0  # any logit
+    assert load_config(FilterConfig, None, ["keep.threshold=-12.5", "score=logit"]).keep.threshold == -12.5
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "x y", "/abs", "a:b", "é"])
+def test_synthetic_filter_follows_the_filter_name_rule(name):
+    from synthtl.config import FilterConfig
+
+    with pytest.raises(ConfigError) as syn:
+        load_config(FinetuneConfig, None, [f"synthetic.filter={name!r}"])
+    with pytest.raises(ConfigError) as own:
+        load_config(FilterConfig, None, [f"name={name!r}"])
+    assert str(syn.value).startswith(f"synthetic.filter={name!r}: ")
+    assert str(syn.value).removeprefix("synthetic.filter=") == str(own.value).removeprefix("name=")  # one rule
+
+
+def test_synthetic_filter_accepts_every_valid_filter_name():
+    from synthtl.config import FilterConfig
+
+    for name in ["clip", "top-2", "clip_large.v2", "a..b"]:
+        assert load_config(FinetuneConfig, None, [f"synthetic.filter={name}"]).synthetic.filter == name
+        assert load_config(FilterConfig, None, [f"name={name}"]).name == name
+    assert load_config(FinetuneConfig, None, []).synthetic.filter == ""  # "" = every image

@@ -7,6 +7,7 @@ wrong type fail at load time with the full key named; value checks live in `__po
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ def _choice(value: str, name: str, choices: tuple[str, ...]) -> None:
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _check_filter_name(name: str, key: str) -> None:
+    """A filter's name is one folder under <set>/filters/: the filter's `name` and `synthetic.filter` share this rule,
+    so a name one accepts is never refused by the other (and '..' or 'a/b' never leave filters/)."""
+    _check(all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) and bool(name.strip(".")),
+           f"{key}={name!r}: use letters, digits, '-', '_' or '.' (it names the folder filters/<name>)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -77,6 +85,8 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         _check(self.per_class >= 0, f"synthetic.per_class={self.per_class}: must be >= 0")
+        if self.filter:
+            _check_filter_name(self.filter, "synthetic.filter")
 
 
 @dataclass(frozen=True)
@@ -316,6 +326,9 @@ class KeepConfig:
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 0, f"keep.top_k={self.top_k}: must be >= 0")
+        # NaN compares false with every score (it would keep nothing) and is not JSON; inf keeps all or nothing
+        _check(self.threshold is None or math.isfinite(self.threshold),
+               f"keep.threshold={self.threshold}: must be a finite number (or null for another rule)")
         _check(0.0 <= self.fraction <= 1.0, f"keep.fraction={self.fraction}: must be in [0, 1] (0 = not this rule)")
         chosen = [f"keep.{k}={v}" for k, v, used in (("top_k", self.top_k, self.top_k > 0),
                                                      ("threshold", self.threshold, self.threshold is not None),
@@ -352,9 +365,12 @@ class FilterConfig:
         _choice(self.score, "score", ("prob", "logit"))
         _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be >= 1")
         _check(self.workers >= 1, f"workers={self.workers}: must be >= 1")
-        name = self.name or self.method
-        _check(all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) and bool(name.strip(".")),
-               f"name={self.name!r}: use letters, digits, '-', '_' or '.' (it names the folder filters/<name>)")
+        _check_filter_name(self.name or self.method, "name")
+        t = self.keep.threshold
+        # a probability is in [0, 1] and keep.threshold keeps scores strictly above it: 1 or more keeps nothing
+        _check(self.score != "prob" or t is None or 0.0 <= t < 1.0,
+               f"keep.threshold={t} with score=prob (a probability) keeps nothing or everything: use a value in "
+               "[0, 1), or score=logit for a threshold on logits")
 
 
 # --------------------------------------------------------------------------------------------------------------
