@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,69 @@ def test_a_filtered_set_is_its_own_setting_never_pooled_with_the_unfiltered_one(
     assert prompts == ["single", "single, filter clip80"]
     assert all(sorted(r.id for r in members if r.labels["strategy"] == "bridged++") in (["a"], ["b"])
                for _, members in groups)
+
+
+def test_accuracy_per_gpu_hour_is_per_setting_and_counts_every_input(tmp_path):
+    """Each method is its own row (prompt style, filter), and its hours include the style, the generation and the
+    filter that made its images, beside the extra fine-tuning over the same seed's vanilla run."""
+    from synthtl.reporting.collect import GenSet, Run
+    from synthtl.reporting.filters import FilterRun
+    from synthtl.reporting.tables import accuracy_per_gpu_hour
+
+    set_a, set_b = tmp_path / "gen" / "a", tmp_path / "gen" / "b"
+
+    def run(rid, strategy, seed, top1, gpu_s, prompt=None, path=None, filt=""):
+        lab = {"dataset": "aircraft", "model": "resnet18", "strategy": strategy, "seed": seed, "shots": 0,
+               "volume": 1000 if path else None, "guidance": 2.0 if path else None, "prompt": prompt, "filter": filt}
+        cfg = {"synthetic": {"path": str(path), "filter": filt}} if path else {}
+        return Run(rid, tmp_path / rid, lab, {"test": {"top1": top1}, "gpu_s": gpu_s}, cfg)
+
+    runs = [run(f"v{s}", "vanilla", s, 80.0 + s, 3600) for s in (0, 1)]
+    runs += [run(f"m{s}", "mixed", s, 82.0 + s, 5400, "single", set_a) for s in (0, 1)]
+    runs += [run(f"l{s}", "mixed", s, 84.0 + s, 5400, "lora", set_b) for s in (0, 1)]
+    runs += [run(f"f{s}", "mixed", s, 83.0 + s, 5400, "single", set_a, "clip80") for s in (0, 1)]
+    runs += [run(f"x{s}", "vanilla_mixup", s, 81.0 + s, 3600) for s in (0, 1)]
+    gensets = [GenSet("a", set_a, {"style_hash": ""}, {}, 10, 7200, 7200, 0),
+               GenSet("b", set_b, {"style_hash": "lora-h1"}, {}, 10, 3600, 3600, 0)]
+    styles = [{"hash": "h1", "gpu_s": 1800.0}, {"hash": "other", "gpu_s": 99999.0}]
+    filters = [FilterRun("a", set_a, "clip80", {"cost": {"sessions": 2, "scored": 10, "seconds": 900.0,
+                                                         "gpu_seconds": 900.0}}, [], False)]
+    t = accuracy_per_gpu_hour(runs, gensets, styles, filters)
+    rows = {(r[1].split(", ")[-1], r[2]): r for r in t.rows}
+    # extra fine-tuning 0.5 h per seed; single: + 2 h of generation; lora: + 1 h generation + 0.5 h style;
+    # filtered: + 2 h generation + 0.25 h filtering; gains +2, +4, +3 points
+    assert rows[("single", "mixed")][4:] == ["+2.00", "2.500", "+0.80"]
+    assert rows[("lora", "mixed")][4:] == ["+4.00", "2.000", "+2.00"]
+    assert rows[("filter clip80", "mixed")][4:] == ["+3.00", "2.750", "+1.09"]
+    assert [r for r in t.rows if r[2] == "vanilla_mixup"] == [["aircraft", "resnet18, full data", "vanilla_mixup", "2",
+                                                                  "+1.00", "0.000", "– (no extra GPU time)"]]
+    assert len(t.rows) == 4 and {r[3] for r in t.rows} == {"2"}
+
+
+def test_runs_outside_a_study_keep_filtered_and_per_class_lora_sets_apart(tmp_path):
+    """Without a study plan, labels come from each run's config and set: a filtered set is its own setting (never
+    pooled with the unfiltered one), and a per-class style LoRA set is told from a dataset one."""
+    from synthtl.reporting.collect import find_runs
+
+    root = tmp_path / "loose"
+    sets = {}
+    for name, note in (("dset", {"style_lora": "dataset"}), ("cls", {"style_lora": "class"})):
+        sets[name] = tmp_path / "gen" / name
+        sets[name].mkdir(parents=True)
+        (sets[name] / "plan.json").write_text(json.dumps({"identity": {"style_hash": "lora-abc", "guidance": 2.0},
+                                                           **note}))
+    canned_run(root, "v0", labels("aircraft", "vanilla", 0), 80.0)
+    canned_run(root, "m0", labels("aircraft", "mixed", 0), 82.0, syn_path=sets["dset"])
+    canned_run(root, "f0", labels("aircraft", "mixed", 0), 84.0, syn_path=sets["dset"])
+    canned_run(root, "c0", labels("aircraft", "mixed", 0), 85.0, syn_path=sets["cls"])
+    cfg = yaml.safe_load((root / "runs" / "f0" / "config.yaml").read_text())
+    cfg["synthetic"]["filter"] = "clip80"
+    (root / "runs" / "f0" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    got = {r.id: (r.labels["prompt"], r.labels["filter"]) for r in find_runs(root)}
+    assert got == {"v0": (None, ""), "m0": ("lora", ""), "f0": ("lora", "clip80"), "c0": ("lora_per_class", "")}
+    build_report(root, replace(RANDOM_FEATURES, quality=False, published=False))
+    rows = list(csv.DictReader(io.StringIO((root / "report" / "tables" / "runs.csv").read_text())))
+    assert len(rows) == 4
+    prompts = {r["prompt"] for t in (root / "report" / "tables").glob("strategies_*.csv")
+               for r in csv.DictReader(io.StringIO(t.read_text()))}
+    assert {"lora", "lora, filter clip80", "lora_per_class"} <= prompts  # three settings, none pooled

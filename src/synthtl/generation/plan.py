@@ -200,11 +200,14 @@ def planned_rows(folder: Path, ident: dict, per_class: int) -> SetRows | None:
     return grid_rows(folder, old)
 
 
-def write_or_check(folder: Path, ident: dict, classes: list[dict], per_class: int) -> SetRows:
+def write_or_check(folder: Path, ident: dict, classes: list[dict], per_class: int,
+                   notes: dict | None = None) -> SetRows:
     """Writes plan.json + manifest.jsonl, or checks an existing plan and extends it to `per_class` if larger.
 
     Call it holding `set_lock`: the first shard to get it plans, every other one finds the plan and only reads it.
     A set planned by an older version (rows only in its manifest) gets its class table added, rows unchanged.
+    `notes`: facts for readers such as the report (e.g. {"style_lora": "class"}), kept in plan.json beside the
+    identity but not part of it.
     """
     old = check_plan(folder, ident)
     if old is not None:
@@ -216,7 +219,7 @@ def write_or_check(folder: Path, ident: dict, classes: list[dict], per_class: in
     if old is None:
         (folder / COMPLETE).unlink(missing_ok=True)  # a record left by some other set is not this plan's
     plan = {"identity": ident, "per_class": per_class, "rows": per_class * len(classes), "layout": LAYOUT,
-            "plan_hash": plan_hash(ident), "classes": classes}
+            "plan_hash": plan_hash(ident), "classes": classes, **(notes or {})}
     rows = grid_rows(folder, plan)
     if old is None or old["per_class"] < per_class:  # rows are prefix-stable: extending keeps every earlier row
         write_manifest(folder, rows)

@@ -212,6 +212,8 @@ def _setup(cfg: GenerateConfig, folder: Path):
     if planned is not None and finished(planned, cfg.per_class):
         return None, rt, planned, reader  # a finished set: nothing to load, nothing to write
     pipe = load_pipeline(cfg.generator, rt, style_lora=cfg.prompts.style_lora)
+    lora = getattr(pipe, "synthtl_style_lora", None)  # which kind of style LoRA makes the set (for the report)
+    notes = {"style_lora": "class" if lora.per_class else "dataset"} if lora is not None else {}
     token_map, default_token = {}, STYLE_TOKEN
     if cfg.prompts.style_embedding:
         loaded = load_into_pipeline(pipe, cfg.prompts.style_embedding)
@@ -224,7 +226,7 @@ def _setup(cfg: GenerateConfig, folder: Path):
     prompts, tokens = _prompts_and_tokens(pipe, cfg, classes, templates, token_map, default_token)
     table = planning.class_table(classes, prompts, tokens, sources)
     with planning.set_lock(folder):
-        rows = planning.write_or_check(folder, ident, table, cfg.per_class)
+        rows = planning.write_or_check(folder, ident, table, cfg.per_class, notes)
         remove_temps(folder)  # a killed plan write's temp file (plan and manifest are only written under this lock)
     return pipe, rt, rows, reader
 

@@ -41,8 +41,8 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
     ident = data["identity"]
     if ident.get("mode") == "img2img":
         prompt = "img2img"
-    elif str(ident.get("style_hash", "")).startswith("lora-"):
-        prompt = "lora"
+    elif "lora-" in str(ident.get("style_hash", "")):
+        prompt = "lora_per_class" if data.get("style_lora") == "class" else "lora"
     elif ident.get("style_hash"):
         if "classes" in data:  # one record per class, with its style token
             tokens = {k.get("token") for k in data["classes"]}
@@ -62,10 +62,13 @@ def labels_from_config(cfg: dict, prompt_label=_prompt_label) -> dict:
     """Grid coordinates of a run that was not launched by a study (read from its config and synthetic set)."""
     syn = cfg.get("synthetic", {}) or {}
     labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
-              "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": None, "guidance": None, "prompt": None}
+              "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": None, "guidance": None, "prompt": None,
+              "filter": ""}
     if syn.get("path") and cfg["strategy"] in SYNTHETIC_STRATEGIES:
         guidance, prompt = prompt_label(Path(syn["path"]))
-        labels.update(volume=syn.get("per_class") or None, guidance=guidance, prompt=prompt)
+        # a filtered set is its own setting, never pooled with the unfiltered one (as in a study's plan labels)
+        labels.update(volume=syn.get("per_class") or None, guidance=guidance, prompt=prompt,
+                      filter=syn.get("filter") or "")
     return labels
 
 

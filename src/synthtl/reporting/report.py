@@ -146,11 +146,12 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     page.section("Cost", "cost")
     from synthtl.reporting.filters import collect_filters
 
-    cost = cost_table(runs, gensets, styles, [f.summary for f in collect_filters(gensets)[0]])
+    filters = collect_filters(gensets)[0]
+    cost = cost_table(runs, gensets, styles, [f.summary for f in filters])
     tables.append(cost)
     page.table(cost)
     page.figure(plots.cost_bars(cost, figs / "cost.png"), "cost per stage")
-    per_hour = accuracy_per_gpu_hour(runs, gensets)
+    per_hour = accuracy_per_gpu_hour(runs, gensets, styles, filters)
     if per_hour is not None:
         tables.append(per_hour)
         page.table(per_hour)

@@ -195,36 +195,63 @@ def cost_table(runs: list[Run], gensets: list, styles: list[dict], filters: list
                  "GPU hours are 0 for work done on CPU")
 
 
-def accuracy_per_gpu_hour(runs: list[Run], gensets: list) -> Table | None:
-    """Test top-1 gained over vanilla per GPU-hour spent (fine-tuning plus the generation it used)."""
-    gen_hours = {str(g.folder.resolve()): g.gpu_seconds / 3600 for g in gensets}
-    rows, raw = [], []
+def input_gpu_hours(gensets: list, styles: list[dict], filters: list) -> dict[tuple[str, str], float]:
+    """GPU hours to make a run's synthetic input, by (generated set folder, filter name or ""): the set's generation,
+    the style its prompts used (matched by the style's content hash in the set's identity) and the filter's scoring
+    (every session). `filters`: `reporting.filters.FilterRun`s."""
+    from synthtl.filtering.store import filter_cost
+
+    style_h = {str(s.get("hash")): s.get("gpu_s", 0.0) / 3600 for s in styles if s.get("hash")}
+    out: dict[tuple[str, str], float] = {}
+    for g in gensets:
+        parts = [p.removeprefix("lora-") for p in str(g.identity.get("style_hash") or "").split("+") if p]
+        out[(str(g.folder.resolve()), "")] = g.gpu_seconds / 3600 + sum(style_h.get(p, 0.0) for p in parts)
+    for f in filters:
+        key = str(Path(f.set_folder).resolve())
+        out[(key, f.name)] = out.get((key, ""), 0.0) + filter_cost(f.summary)["gpu_seconds"] / 3600
+    return out
+
+
+def accuracy_per_gpu_hour(runs: list[Run], gensets: list, styles: list[dict] | None = None,
+                          filters: list | None = None) -> Table | None:
+    """Test top-1 gained over vanilla per extra GPU-hour, per setting (model, shots, volume, guidance, prompt style,
+    filter) and strategy: the extra fine-tuning over the seed's vanilla run, plus everything that made the run's
+    synthetic images (style, generation, filter; `input_gpu_hours`). Means over the setting's seeds."""
+    made = input_gpu_hours(gensets, styles or [], filters or [])
     vanilla = {(r.labels["dataset"], r.labels["model"], r.labels["shots"], r.labels["seed"]): r for r in runs
                if r.labels["strategy"] == "vanilla"}
-    for r in runs:
-        lab = r.labels
-        base = vanilla.get((lab["dataset"], lab["model"], lab["shots"], lab["seed"]))
-        if base is None or r is base:
-            continue
-        extra = r.result["gpu_s"] / 3600 - base.result["gpu_s"] / 3600
-        syn = (r.config.get("synthetic") or {}).get("path")
-        gen = gen_hours.get(str(Path(syn).resolve()), 0.0) if syn else 0.0
-        gain = r.top1 - base.top1
-        raw.append({"run": r.id, "dataset": lab["dataset"], "strategy": lab["strategy"], "gain": gain,
-                    "extra_finetune_gpu_h": extra, "generation_gpu_h": gen})
-    if not raw:
-        return None
     groups: dict[tuple, list[dict]] = {}
-    for x in raw:
-        groups.setdefault((x["dataset"], x["strategy"]), []).append(x)
-    for (ds, s), xs in sorted(groups.items(), key=lambda kv: (kv[0][0], strategy_rank(kv[0][1]))):
+    for setting, members in settings(runs):
+        for r in members:
+            lab = r.labels
+            base = vanilla.get((lab["dataset"], lab["model"], lab["shots"], lab["seed"]))
+            if base is None or r is base or lab["strategy"] == "vanilla":
+                continue
+            syn = r.config.get("synthetic") or {}
+            key = (str(Path(syn["path"]).resolve()), syn.get("filter") or "") if syn.get("path") else None
+            # a real-only control (vanilla_mixup, ...) is listed once per model and shots, not under every setting
+            name = setting_name(*setting) if lab["strategy"] in SYNTHETIC_STRATEGIES else setting_name(*setting[:2])
+            x = {"run": r.id, "dataset": lab["dataset"], "setting": name, "strategy": lab["strategy"],
+                 "gain": r.top1 - base.top1,
+                 "extra_finetune_gpu_h": (r.result["gpu_s"] - base.result["gpu_s"]) / 3600,
+                 "synthetic_input_gpu_h": made.get(key, 0.0) if key else 0.0}
+            group = groups.setdefault((lab["dataset"], name, lab["strategy"]), [])
+            if all(y["run"] != r.id for y in group):
+                group.append(x)
+    if not groups:
+        return None
+    rows, raw = [], []
+    for (ds, setting, s), xs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], strategy_rank(kv[0][2]))):
+        raw += xs
         gain = sum(x["gain"] for x in xs) / len(xs)
-        hours = sum(x["extra_finetune_gpu_h"] for x in xs) / len(xs) + max(x["generation_gpu_h"] for x in xs)
-        per = f"{gain / hours:+.2f}" if hours > 0 else "– (CPU)"
-        rows.append([ds, s, f"{gain:+.2f}", f"{hours:.3f}", per])
+        hours = sum(x["extra_finetune_gpu_h"] + x["synthetic_input_gpu_h"] for x in xs) / len(xs)
+        per = f"{gain / hours:+.2f}" if hours > 0 else "– (no extra GPU time)"
+        rows.append([ds, setting, s, str(len(xs)), f"{gain:+.2f}", f"{hours:.3f}", per])
     return Table("accuracy_per_gpu_hour", "Accuracy gained over vanilla per extra GPU-hour",
-                 ["dataset", "strategy", "Δ top-1 (pts)", "extra GPU h (fine-tune + generation)", "pts per GPU h"],
-                 rows, raw, "generation hours count once per generated set, shared by every run that uses it")
+                 ["dataset", "setting", "strategy", "seeds", "Δ top-1 (pts)",
+                  "extra GPU h (fine-tune + style + generation + filter)", "pts per GPU h"], rows, raw,
+                 "per seed, paired with that seed's vanilla run, then averaged; a generated set (and its style and "
+                 "filter) counts in full for every run that uses it, since each setting would need it on its own")
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
