@@ -22,6 +22,22 @@ def test_no_silent_downgrade():
         resolve_runtime("cpu", "fp8")
 
 
+@pytest.mark.parametrize("device, words", [("bogus", "is not a device"), ("cuda:x", "is not a device"),
+                                           ("meta", "runs on cpu or cuda")])
+def test_bad_device_is_one_line(device, words, capsys):
+    with pytest.raises(ConfigError, match=words):
+        resolve_runtime(device)
+
+
+def test_bad_device_from_the_cli_is_one_line(tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    assert run_cli("finetune", "-c", "finetune/tiny_cpu", "data.name=digits", "device=bogus",
+                   f"out_dir={tmp_path / 'r'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "device='bogus' is not a device" in err[0]
+
+
 def test_seeds():
     assert seed_everything(7) == 7 and seed_everything(7, rank_=2) == 9
     a = torch.rand(3)

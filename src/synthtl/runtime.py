@@ -80,9 +80,17 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", auto_gpu: str
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
         dev = dev or torch.device("cpu")
     else:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device={device!r}: synthtl runs on cpu or cuda; use auto, cpu, cuda or cuda:<index>")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                              "(CUDA_VISIBLE_DEVICES renumbers them from 0); use cuda:0 .. or device=auto")
         if dev.type == "cuda" and dev.index is None:  # under torchrun each rank takes its own GPU
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if dev.type == "cuda" and dev.index is not None:
