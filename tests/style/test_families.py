@@ -214,3 +214,53 @@ def test_sdxl_style_drives_generation_through_generate(folders, folder_data, tmp
     rows = read_jsonl(gen / "manifest.jsonl")
     assert len(rows) == 3 and all("in the style of <synthtl-style>" in r["prompt"] for r in rows)
     assert all((gen / r["path"]).is_file() for r in rows)
+
+
+def sdxl_unet_out(pipe, prompt="a photo of a red fox."):
+    """The SDXL UNet's prediction for fixed latents, timestep, prompt (both encoders, pooled) and time ids."""
+    ids = style_train.tokenize_all(pipe, [prompt], torch.device("cpu"))
+    with torch.no_grad():
+        states, added = sdxl.conditioning(pipe, ids, torch.tensor([[32, 32, 0, 0, 32, 32]]))
+        noisy = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+        return pipe.unet(noisy, 500, states, added_cond_kwargs=added).sample
+
+
+def test_sdxl_lora_learns_on_both_text_encoders_and_loads_with_diffusers_sdxl_loader(folders, folder_data, tmp_path):
+    """method=lora on SDXL: time ids and pooled embeddings condition the step, a LoRA on each text encoder, and the
+    file is what StableDiffusionXLPipeline.load_lora_weights reads; our fused loading gives the same UNet."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from synthtl.style import lora
+
+    out = tmp_path / "s"
+    info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
+                                               "lora.train_text_encoder=true"))
+    assert info["method"] == "lora" and (out / "validation" / "step-000002.png").is_file()
+    state = load_file(str(out / lora.WEIGHTS))
+    assert {k.split(".")[0] for k in state} == {"unet", "text_encoder", "text_encoder_2"}
+    base = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"))
+    # Every LoRA learned except the first encoder's last layer: SDXL reads that encoder's penultimate hidden states.
+    last = f"text_encoder.encoder.layers.{base.text_encoder.config.num_hidden_layers - 1}."
+    still = {k for k, v in state.items() if ".lora_B." in k and not v.abs().sum() > 0}
+    assert still and all(k.startswith(last) for k in still)
+
+    plain = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"))
+    assert isinstance(plain, StableDiffusionXLPipeline)
+    plain.load_lora_weights(str(out))  # diffusers' own SDXL loader, from the folder
+    ours = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"), style_lora=str(out))
+    assert not torch.allclose(sdxl_unet_out(plain), sdxl_unet_out(base), atol=1e-4)
+    torch.testing.assert_close(sdxl_unet_out(ours), sdxl_unet_out(plain), rtol=0, atol=1e-5)
+
+
+def test_sdxl_per_class_lora_drives_generation_through_generate(folders, folder_data, tmp_path):
+    out = tmp_path / "s"
+    info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
+                                               "mode=class", "steps=3"))
+    assert info["adapter_steps"] == {"red fox": 1, "blue jay": 1, "green frog": 1}
+    gen = tmp_path / "gen"
+    run_generate(load_config(GenerateConfig, None, [
+        f"generator.model={folders['sdxl']}", "generator.height=32", "generator.width=32", "generator.steps=2",
+        "per_class=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={gen}", f"prompts.style_lora={out}",
+        "progress=false"]))
+    rows = read_jsonl(gen / "manifest.jsonl")
+    assert len(rows) == 3 and all((gen / r["path"]).is_file() for r in rows)

@@ -332,3 +332,24 @@ def test_generate_with_a_style_lora(folder_data, tmp_path):
     _, fox = generate("fox", f"prompts.style_lora={pc / 'adapters' / '2'}")  # red fox's adapter as a plain LoRA
     assert all(per_class[k] == fox[k] for k in fox if k[0] == "red fox")
     assert all(per_class[k] != fox[k] for k in fox if k[0] != "red fox")
+
+
+def test_a_style_lora_path_that_does_not_exist_says_so(tmp_path):
+    """A typo in prompts.style_lora is named as a missing path, not as a folder that "is not a LoRA"."""
+    missing = tmp_path / "styles" / "nope"
+    with pytest.raises(ConfigError, match=r"prompts.style_lora=.*nope' does not exist: point it at a folder") as e:
+        lora.generation_style_hash(PromptConfig(style_lora=str(missing)))  # what generation asks first
+    assert "\n" not in str(e.value) and "is not a LoRA" not in str(e.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pipeline(tiny_gen(), style_lora=str(missing))
+
+
+def test_a_lora_folder_of_another_config_names_the_keys_that_differ(folder_data, tmp_path):
+    out = tmp_path / "s"
+    run_learn_style(cfg_for(folder_data, out, "steps=2"))
+    with pytest.raises(ConfigError) as e:
+        run_learn_style(cfg_for(folder_data, out, "steps=3", "lora.rank=4"))
+    msg = str(e.value)
+    assert "\n" not in msg and "holds a style learned with a different config" in msg
+    assert "lora.rank (2 there, 4 now)" in msg and "steps (2 there, 3 now)" in msg
+    assert "Use another out_dir, or the same config" in msg

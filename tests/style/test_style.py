@@ -459,3 +459,45 @@ def test_style_identity_ignores_paths_and_speed(folder_data, tmp_path):
     moved = cfg_for(tmp_path / "elsewhere", tmp_path / "b", "data.num_workers=0", f"data.cache_dir={tmp_path}")
     assert style_train.style_identity(a) == style_train.style_identity(moved)
     assert style_train.style_identity(a) != style_train.style_identity(cfg_for(folder_data, tmp_path / "a", "lr=0.1"))
+
+
+def test_a_style_folder_of_another_config_names_the_keys_that_differ(folder_data, tmp_path):
+    """A finished style: the message names each differing key with both values; paths and speed settings (moved
+    dataset, other checkpoint_every) are the same style, so they finish as a no-op."""
+    out = tmp_path / "s"
+    info = run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=2", "validate_every=0"))
+    with pytest.raises(ConfigError) as e:
+        run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=3", "validate_every=0", "lr=0.1"))
+    msg = str(e.value)
+    assert "\n" not in msg and f"{out} holds a style learned with a different config" in msg
+    assert "steps (2 there, 3 now)" in msg and "lr (0.05 there, 0.1 now)" in msg
+    assert "data.root" not in msg and "Use another out_dir, or the same config to reuse it" in msg
+
+    moved = tmp_path / "moved"
+    os.rename(folder_data, moved)
+    same = run_learn_style(cfg_for(moved, out, *SMALL, "steps=2", "validate_every=5", "checkpoint_every=7"))
+    assert same == info
+
+
+def test_an_unfinished_style_of_another_config_names_the_keys_and_keeps_its_config(folder_data, tmp_path,
+                                                                                     monkeypatch):
+    """A killed run's checkpoint is checked before anything is written: config.yaml still describes it."""
+    real = style_train.save_torch
+
+    def die_after_first_checkpoint(path, obj):
+        real(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(style_train, "save_torch", die_after_first_checkpoint)
+    out = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0"))
+    monkeypatch.setattr(style_train, "save_torch", real)
+    saved = (out / "config.yaml").read_text()
+    with pytest.raises(ConfigError) as e:
+        run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0",
+                                "vectors=2"))
+    msg = str(e.value)
+    assert "\n" not in msg and "holds an unfinished style (checkpoint.pt)" in msg and "vectors (1 there, 2 now)" in msg
+    assert "same config to resume it, or delete" in msg
+    assert (out / "config.yaml").read_text() == saved

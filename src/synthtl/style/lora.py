@@ -9,6 +9,11 @@ the same images (`training_images`: train split or its few shots), cached VAE la
 - mode=class: one LoRA per class, each trained only on its own class's images, one after the other exactly as N
   separate runs (own initialisation, own optimizer): `<out>/adapters/<class index>/pytorch_lora_weights.safetensors`.
 
+SDXL (as diffusers' SDXL DreamBooth LoRA example): the step is conditioned as inversion's (`train.encode_ids`): both
+text encoders' penultimate states, the second's pooled embedding and each image's size/crop time ids; with
+`lora.train_text_encoder` each text encoder gets a LoRA (keys `text_encoder.`, `text_encoder_2.`). SDXL never reads
+the first encoder's last layer, so that layer's LoRA stays zero, as in diffusers' example.
+
 Each file is what diffusers' `pipe.load_lora_weights(folder)` reads. lora_B is stored multiplied by alpha / rank, so
 the file means W + B A with no scale metadata (diffusers' default when none is given), in every diffusers version.
 
@@ -40,6 +45,7 @@ from synthtl.files import (
     write_json,
     write_text,
 )
+from synthtl.generation.families import family_of_pipeline, is_sdxl, text_encoders
 from synthtl.runtime import derive_seed, is_main, world_size
 from synthtl.style import train as ti
 from synthtl.style.embeddings import STYLE_JSON
@@ -51,7 +57,7 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 ADAPTER = "synthtl-style"  # peft adapter name while training
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' DreamBooth LoRA example
-PREFIXES = ("unet", "text_encoder")  # the file's key prefixes (diffusers' convention)
+PREFIXES = ("unet", "text_encoder", "text_encoder_2")  # the file's key prefixes (diffusers' convention; _2: SDXL)
 DEFAULT_TEMPLATES = ["a photo of a {}."]  # DataDream's prompt; no style token: the weights carry the style
 
 
@@ -69,7 +75,7 @@ def _templates(cfg: StyleConfig) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------- the adapters
 def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
-    """Adds one LoRA adapter (peft) to the UNet (and text encoder); returns its parameters by file key.
+    """Adds one LoRA adapter (peft) to the UNet (and text encoders); returns its parameters by file key.
 
     The base weights stay frozen; the LoRA parameters are fp32 even when the frozen model is bf16/fp16.
 
@@ -79,8 +85,9 @@ def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
     from peft import LoraConfig, inject_adapter_in_model
 
     models = {"unet": (pipe.unet, list(cfg.lora.targets))}
-    if cfg.lora.train_text_encoder:
-        models["text_encoder"] = (pipe.text_encoder, TEXT_TARGETS)
+    if cfg.lora.train_text_encoder:  # every text encoder (SDXL: two), as diffusers' SDXL DreamBooth LoRA example
+        for k, encoder in enumerate(text_encoders(pipe)):
+            models["text_encoder" + (f"_{k + 1}" if k else "")] = (encoder, TEXT_TARGETS)
     params = {}
     for prefix, (model, targets) in models.items():
         model.requires_grad_(False)
@@ -126,13 +133,18 @@ def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 # -------------------------------------------------------------------------------------------------------- training
 def lora_step(pipe, noise_sched, params: dict, opt: torch.optim.Optimizer, cfg: StyleConfig, batches: list,
               rt, step: int, scaler=None) -> float:
-    """One optimizer step of the LoRA on `batches` (gradients accumulated over them); returns the loss."""
+    """One optimizer step of the LoRA on `batches` (gradients accumulated over them); returns the loss.
+
+    The conditioning is the inversion's (`train.encode_ids`): SDXL's from both text encoders, with the pooled
+    embedding and each image's time ids as added conditions.
+    """
     for group in opt.param_groups:
         group["lr"] = ti.token_lr(cfg, step)  # linear warmup over this adapter's steps, then constant
     total = 0.0
     for b in batches:
-        ids = ti.tokenize(pipe.tokenizer, b.prompts).to(rt.device)
-        loss = ti.diffusion_loss(pipe, noise_sched, b.latents, ids, b.noise, b.timesteps, rt) / len(batches)
+        ids = ti.tokenize_all(pipe, b.prompts, rt.device)
+        loss = ti.diffusion_loss(pipe, noise_sched, b.latents, ids, b.noise, b.timesteps, rt, b.time_ids)
+        loss = loss / len(batches)
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.item()
     ti.optimizer_step(opt, scaler)
@@ -140,15 +152,16 @@ def lora_step(pipe, noise_sched, params: dict, opt: torch.optim.Optimizer, cfg: 
 
 
 def draw_micro_batch(pipe, noise_sched, cfg: StyleConfig, names: tuple[str, ...], latents: list,
-                     pool: dict[int, list[int]], rt, g: torch.Generator) -> ti.MicroBatch:
-    """Class-balanced images from `pool` (one class in per-class mode), noise, timesteps and prompts, all from `g`."""
-    lat, ys = ti.sample_batch(latents, pool, cfg, cfg.resolution // 8, g)
-    lat = lat.to(rt.device, pipe.unet.dtype) * pipe.vae.config.scaling_factor
-    noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
-    t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
+                     pool: dict[int, list[int]], rt, g: torch.Generator, sizes: list | None = None) -> ti.MicroBatch:
+    """Class-balanced images from `pool` (one class in per-class mode), noise, timesteps and prompts, all from `g`.
+
+    SDXL also gets each image's time ids from `sizes` (`train.cache_latents`), as inversion does.
+    """
+    batch, ys = ti.draw_images(pipe, noise_sched, cfg, latents, pool, rt, g, sizes)
     templates = _templates(cfg)
-    prompts = [templates[int(torch.randint(len(templates), (1,), generator=g))].replace("{}", names[y]) for y in ys]
-    return ti.MicroBatch(lat, noise, t, prompts)
+    batch.prompts = [templates[int(torch.randint(len(templates), (1,), generator=g))].replace("{}", names[y])
+                     for y in ys]
+    return batch
 
 
 @dataclass
@@ -176,10 +189,8 @@ def run_learn_lora(cfg: StyleConfig) -> dict:
     identity = ti.style_identity(cfg)
     with exclusive(out, "style folder"):
         remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
-        if (out / STYLE_JSON).is_file():
-            done = read_json(out / STYLE_JSON)
-            if done.get("config_hash") != identity:
-                raise ConfigError(f"{out} holds a style learned with another config; use another out_dir")
+        done = ti.held_style(out, cfg, identity, (out / CHECKPOINT, out / ADAPTERS / CHECKPOINT))
+        if done is not None:
             if is_main():
                 print(f"[synthtl] {out} is already finished; nothing to do")
             return done
@@ -208,15 +219,17 @@ def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
     images = ti.training_images(cfg, out)
     rt = ti.style_runtime(cfg)
     pipe, noise_sched = ti._components(cfg, rt)
-    latents, labels, skipped = ti.cache_latents(pipe.vae, images, cfg, rt)
+    sizes: list | None = [] if is_sdxl(pipe) else None  # SDXL's size conditioning
+    latents, labels, skipped = ti.cache_latents(pipe.vae, images, cfg, rt, sizes)
     units = _units(cfg, out, ti.by_class_index(labels), images.names)
     params = add_lora(pipe, cfg)
-    done = [_train_unit(cfg, u, pipe, noise_sched, params, images.names, latents, rt, identity) for u in units]
+    done = [_train_unit(cfg, u, pipe, noise_sched, params, images.names, latents, rt, identity, sizes)
+            for u in units]
     return _save_style(cfg, out, images, done, params, skipped, identity, rt, time.perf_counter() - t_start)
 
 
 def _train_unit(cfg: StyleConfig, u: Unit, pipe, noise_sched, params: dict, names: tuple[str, ...], latents: list,
-                rt, identity: str) -> dict:
+                rt, identity: str, sizes: list | None = None) -> dict:
     """Trains one adapter from its initialisation (or its checkpoint) and saves it; returns its record.
 
     A finished adapter (its adapter.json, written after its weights, names this config) is read, not retrained.
@@ -236,7 +249,7 @@ def _train_unit(cfg: StyleConfig, u: Unit, pipe, noise_sched, params: dict, name
     t0 = time.perf_counter()
     while step < u.steps:
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "lora-step", u.index, step))
-        batches = [draw_micro_batch(pipe, noise_sched, cfg, names, latents, u.pool, rt, g)
+        batches = [draw_micro_batch(pipe, noise_sched, cfg, names, latents, u.pool, rt, g, sizes)
                    for _ in range(cfg.grad_accum)]
         losses.append(lora_step(pipe, noise_sched, params, opt, cfg, batches, rt, step, scaler))
         step += 1
@@ -293,13 +306,12 @@ def _grid(pipe, cfg: StyleConfig, names: tuple[str, ...], classes, path: Path) -
     """A validation sheet: one row per class, fixed seeds, the adapter as it is now (none without classes)."""
     import io
 
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
     from PIL import Image
 
-    val = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                  unet=pipe.unet, scheduler=DPMSolverMultistepScheduler.from_config(
-                                      pipe.scheduler.config), safety_checker=None, feature_extractor=None,
-                                  requires_safety_checker=False)
+    family = family_of_pipeline(pipe)  # the generator's own pipeline class (SDXL: its two encoders, time ids)
+    val = family.pipeline_class()(**{**pipe.components, **family.kwargs(),
+                                     "scheduler": DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)})
     val.set_progress_bar_config(disable=True)
     rows = []
     if not list(classes) or cfg.validation_images < 1:
@@ -322,6 +334,8 @@ def _grid(pipe, cfg: StyleConfig, names: tuple[str, ...], classes, path: Path) -
 
 def _save_style(cfg: StyleConfig, out: Path, images, done: list[dict], params: dict, skipped: int, identity: str,
                 rt, wall: float) -> dict:
+    from synthtl.generation.pipeline import generator_identity
+
     per_class = cfg.mode == "class"
     seconds = sum(d["train_seconds"] for d in done)
     info = {
@@ -339,7 +353,7 @@ def _save_style(cfg: StyleConfig, out: Path, images, done: list[dict], params: d
         "grad_accum": cfg.grad_accum, "lr": cfg.lr, "resolution": cfg.resolution, "train_seconds": seconds,
         "wall_s": wall, "gpu_s": seconds * rt.gpus, "peak_memory_mb": ti._peak_memory_mb(rt),
         "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "hash": lora_hash(out),
-        "config_hash": identity, "config": to_dict(cfg)}
+        "config_hash": identity, "config": to_dict(cfg), "generator_weights": generator_identity(cfg.generator)}
     if is_main():
         write_json(out / STYLE_JSON, info)
         for ckpt in (out / CHECKPOINT, out / ADAPTERS / CHECKPOINT):
@@ -356,6 +370,9 @@ def _weight_files(path: str | Path) -> dict[int, Path]:
         ConfigError: the path is neither a LoRA file nor a folder written by `learn-style method=lora`.
     """
     p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"prompts.style_lora={str(path)!r} does not exist: point it at a folder written by `synthtl "
+                          "learn-style method=lora` (check the path, or learn the style first)")
     if p.is_file() and p.suffix == ".safetensors":
         return {-1: p}
     if (p / WEIGHTS).is_file():
@@ -410,7 +427,7 @@ def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, 
         if ".lora_A." not in key:
             if ".lora_B." in key and prefix in PREFIXES:
                 continue
-            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoder: point "
+            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoders: point "
                               "prompts.style_lora at a folder written by `synthtl learn-style method=lora`")
         module_name = rest.split(".lora_A.")[0]
         b = state.get(key.replace(".lora_A.", ".lora_B."))

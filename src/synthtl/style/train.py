@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl.config import STYLE_VOLATILE, StyleConfig, pop_key, to_dict, to_yaml
+from synthtl.config import STYLE_VOLATILE, StyleConfig, dict_diff, pop_key, to_dict, to_yaml
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
@@ -407,11 +407,25 @@ def draw_micro_batch(pipe, noise_sched, inv: Inversion, cfg: StyleConfig, names:
 
     SDXL also gets each image's size conditioning from `sizes` (`cache_latents`) and the crop drawn here.
     """
+    batch, ys = draw_images(pipe, noise_sched, cfg, latents, by_class, rt, g, sizes)
+    batch.prompts = _prompts(cfg, inv, names, ys, g)
+    return batch
+
+
+def draw_images(pipe, noise_sched, cfg: StyleConfig, latents: list, by_class: dict[int, list[int]], rt: Runtime,
+                g: torch.Generator, sizes: list | None = None) -> tuple[MicroBatch, list[int]]:
+    """A micro-batch without its prompts (the caller words them), and its classes: what inversion and LoRA share.
+
+    SDXL (`sizes` from `cache_latents`) also gets each image's time ids: its original size, the crop drawn here (in
+    pixels of the resized image) and the target size.
+    """
     cells = cfg.resolution // 8
     time_ids = None
     if is_sdxl(pipe):
         from synthtl.style.sdxl import time_ids as sdxl_time_ids
 
+        if sizes is None:
+            raise ValueError("SDXL needs each image's sizes: pass cache_latents(..., sizes=[]) here")
         picks = sample_picks(latents, by_class, cfg, cells, g)
         lat, ys = crop_picks(latents, picks, cells), [y for y, *_ in picks]
         px = pipe.vae_scale_factor  # pixels per latent cell (8 in SD/SDXL)
@@ -422,7 +436,7 @@ def draw_micro_batch(pipe, noise_sched, inv: Inversion, cfg: StyleConfig, names:
     lat = lat.to(rt.device, pipe.unet.dtype) * pipe.vae.config.scaling_factor
     noise = torch.randn(lat.shape, generator=g).to(rt.device, lat.dtype)
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(rt.device)
-    return MicroBatch(lat, noise, t, _prompts(cfg, inv, names, ys, g), time_ids)
+    return MicroBatch(lat, noise, t, [], time_ids), ys
 
 
 def inversion_step(pipe, noise_sched, inv: Inversion, opt: torch.optim.Optimizer, cfg: StyleConfig,
@@ -529,6 +543,81 @@ def style_identity(cfg: StyleConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+GENERATOR_PATHS = ("generator.model", "generator.revision", "generator.single_file_config")  # where the weights are
+
+
+def held_style(out: Path, cfg: StyleConfig, identity: str, checkpoints: tuple[Path, ...]) -> dict | None:
+    """style.json's content when `out` holds a style of this config; None when it holds none (or this config's
+    unfinished work, which the caller resumes). The caller holds the folder's lock.
+
+    Checkpoints are checked here, before anything is written: config.yaml still says what they were learned with.
+
+    Raises:
+        ConfigError: the folder holds a style (finished, or a checkpoint) of a different config; the message names
+            the keys that differ.
+    """
+    if (out / STYLE_JSON).is_file():
+        done = read_json(out / STYLE_JSON)
+        if done.get("config_hash") != identity:
+            raise ConfigError(f"{out} holds a style learned with a different config: "
+                              f"{style_changes(done.get('config'), cfg, done.get('generator_weights'))}. Use another "
+                              "out_dir, or the same config to reuse it")
+        return done
+    for ckpt in checkpoints:
+        if ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=True).get("config_hash") != identity:
+            raise ConfigError(f"{out} holds an unfinished style ({ckpt.name}) learned with a different config: "
+                              f"{style_changes(_saved_config(out / 'config.yaml'), cfg)}. Use another out_dir, the "
+                              f"same config to resume it, or delete {ckpt} to start over")
+    return None
+
+
+def _saved_config(path: Path) -> dict | None:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def style_changes(saved: dict | None, cfg: StyleConfig, saved_weights: dict | None = None, shown: int = 4) -> str:
+    """The keys whose values differ from `saved` (a style's config), as "key (old there, new now)", at most `shown`.
+
+    Paths and speed settings (`STYLE_VOLATILE`) never count; nor do the generator's paths when `saved_weights`
+    (style.json's "generator_weights") says the weights are the same: a moved style folder is the same style.
+    """
+    if not isinstance(saved, dict):
+        return "the config it was learned with is not recorded"
+    now = to_dict(cfg)
+    ignore = STYLE_VOLATILE
+    weights = None
+    if saved_weights is not None:
+        from synthtl.generation.pipeline import generator_identity
+
+        weights = generator_identity(cfg.generator)
+        ignore = (*ignore, *GENERATOR_PATHS) if weights == saved_weights else ignore
+    keys = [k for k in dict_diff(saved, now) if not any(k == e or k.startswith(e + ".") for e in ignore)]
+    parts = [f"{k} ({_short(_dotted(saved, k))} there, {_short(_dotted(now, k))} now)" for k in keys[:shown]]
+    if len(keys) > shown:
+        parts.append(f"and {len(keys) - shown} more")
+    if weights is not None and weights != saved_weights and not set(keys) & {*GENERATOR_PATHS, "generator.tiny_seed"}:
+        parts.insert(0, f"the generator's weights (generator.model={cfg.generator.model!r} holds other files)")
+    if not parts:  # the keys agree: what differs is content behind a path
+        parts.append("the content of generator.model's weights or of data.split_file")
+    return ", ".join(parts)
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def run_learn_style(cfg: StyleConfig) -> dict:
     """Learns (or resumes, or skips if finished) a style embedding; returns style.json's content.
 
@@ -547,10 +636,8 @@ def run_learn_style(cfg: StyleConfig) -> dict:
     identity = style_identity(cfg)
     with exclusive(out, "style folder"):
         remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
-        if (out / STYLE_JSON).is_file() and (out / EMBEDS).is_file():
-            done = read_json(out / STYLE_JSON)
-            if done.get("config_hash") != identity:
-                raise ConfigError(f"{out} holds a style learned with another config; use another out_dir")
+        done = held_style(out, cfg, identity, (out / CHECKPOINT,))
+        if done is not None and (out / EMBEDS).is_file():
             if cfg.mode == "class" and "token_updates" not in done:
                 raise ConfigError(f"{out} holds per-class tokens learned by an older synthtl, whose tokens shared "
                                   "weight decay and Adam moments; delete the folder or use another out_dir to relearn")
@@ -645,6 +732,8 @@ def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses
           wall: float, skipped: int, identity: str, rt: Runtime, total_steps: int) -> dict:
     from safetensors.torch import save
 
+    from synthtl.generation.pipeline import generator_identity
+
 
     state = inv.state()
     write_bytes(out / EMBEDS, save(state))
@@ -666,7 +755,7 @@ def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses
         "resolution": cfg.resolution, "loss_curve": curve, "train_seconds": seconds, "wall_s": wall,
         "gpu_s": seconds * rt.gpus, "peak_memory_mb": _peak_memory_mb(rt), "device": str(rt.device),
         "dtype": str(rt.dtype).replace("torch.", ""), "hash": sha256_file(out / EMBEDS)[:16],
-        "config_hash": identity, "config": to_dict(cfg)}
+        "config_hash": identity, "config": to_dict(cfg), "generator_weights": generator_identity(cfg.generator)}
     if is_main():
         write_json(out / STYLE_JSON, info)
         (out / CHECKPOINT).unlink(missing_ok=True)
