@@ -383,7 +383,7 @@ class LoraStyleConfig:
     rank: int = 16  # rank of each low-rank update (DataDream: 16)
     alpha: float = 0.0  # update scale = alpha / rank; 0 = rank (scale 1, diffusers' convention)
     targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # UNet attention
-    train_text_encoder: bool = False  # also a LoRA on the text encoder's attention (q/k/v/out_proj)
+    train_text_encoder: bool = False  # also a LoRA on each text encoder's attention (q/k/v/out_proj; SDXL: both)
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, f"lora.rank={self.rank}: must be >= 1 (e.g. 4, 8, 16)")
