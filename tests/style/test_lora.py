@@ -332,6 +332,10 @@ def test_generate_with_a_style_lora(folder_data, tmp_path):
     _, fox = generate("fox", f"prompts.style_lora={pc / 'adapters' / '2'}")  # red fox's adapter as a plain LoRA
     assert all(per_class[k] == fox[k] for k in fox if k[0] == "red fox")
     assert all(per_class[k] != fox[k] for k in fox if k[0] != "red fox")
+    # the report tells a per-class LoRA set from a dataset one (plan.json notes it; not part of the set's identity)
+    from synthtl.reporting.collect import _prompt_label
+
+    assert [_prompt_label(tmp_path / n)[1] for n in ("lora", "pc", "base")] == ["lora", "lora_per_class", "single"]
 
 
 def test_a_style_lora_path_that_does_not_exist_says_so(tmp_path):
