@@ -287,3 +287,84 @@ def test_training_reads_only_the_kept_images_and_records_the_filter(base, gen, t
     assert json.loads((tmp_path / "runs" / "all" / "result.json").read_text())["images"]["synthetic"] == 15
     assert run_cli(*args, "synthetic.filter=nope", "run_name=nope") == 2
     assert "nope" in capsys.readouterr().err
+
+
+def _run_copy(base, tmp_path: Path, name: str, strategy: str, synthetic: str, images: int = 0) -> Path:
+    """A copy of the module's real-only run, relabelled as a run of `strategy` with synthetic.path=`synthetic`."""
+    import yaml
+
+    run = Path(shutil.copytree(base["run"], tmp_path / name))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["strategy"], cfg["synthetic"]["path"] = strategy, synthetic
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = read_json(run / "result.json")
+    result.update(strategy=strategy, synthetic=synthetic or None)
+    result["images"]["synthetic"] = images
+    (run / "result.json").write_text(json.dumps(result))
+    return run
+
+
+def test_classifier_that_saw_synthetic_images_is_refused_before_any_file(base, gen, tmp_path, capsys):
+    common = ["method=classifier", "keep.top_k=2", "progress=false", "device=cpu"]
+    mixed = _run_copy(base, tmp_path, "mixed", "mixed", str(gen), images=15)  # trained on the very set filtered
+    err = _one_line_error(capsys, str(gen), f"classifier.run={mixed}", "name=bymixed", *common)
+    assert f"classifier.run={str(mixed)!r} used synthetic images (strategy=mixed" in err
+    assert "(the set being filtered)" in err and "strategy=vanilla" in err
+    other = _run_copy(base, tmp_path, "bpp", "bridged++", str(tmp_path / "another-set"), images=30)
+    err = _one_line_error(capsys, str(gen), f"classifier.run={other}", "name=bybpp", *common)
+    assert "strategy=bridged++" in err and "being filtered" not in err
+    matched = _run_copy(base, tmp_path, "matched", "vanilla_matched", str(gen))  # a set given only to count steps
+    assert "strategy=vanilla_matched" in _one_line_error(capsys, str(gen), f"classifier.run={matched}", *common)
+    older = _run_copy(base, tmp_path, "older", "synthetic_only", "", images=15)  # no synthetic.path, but images
+    assert "strategy=synthetic_only" in _one_line_error(capsys, str(gen), f"classifier.run={older}", *common)
+    assert not (gen / "filters").exists()  # refused before the filter's folder (or its lock) was made
+    (gen / "filters" / "late").mkdir(parents=True)  # a folder left by a start that failed: refused when loading
+    assert "used synthetic images" in _one_line_error(capsys, str(gen), f"classifier.run={mixed}", "name=late", *common)
+
+
+def test_classifier_filter_reads_neither_the_test_split_nor_test_scores(base, gen, tmp_path):
+    """The run's test split and test numbers are never an input: without them the scores are the same."""
+    real = Path(shutil.copytree(base["real"] / "train", tmp_path / "real" / "train"))
+    run = Path(shutil.copytree(base["run"], tmp_path / "run"))
+    result = read_json(run / "result.json")
+    for key in [k for k in result if k.startswith("test")]:
+        result.pop(key)
+    (run / "result.json").write_text(json.dumps(result))
+    common = ["method=classifier", "keep.top_k=2", "progress=false", "device=cpu", f"set_dir={gen}"]
+    run_filter(load_config(FilterConfig, None, [*common, f"classifier.run={base['run']}", "name=full"]))
+    run_filter(load_config(FilterConfig, None, [*common, f"classifier.run={run}", f"classifier.data_root={real.parent}",
+                                                "name=notest"]))
+    assert not (real.parent / "test").exists()
+    full = {r["id"]: r["prob"] for r in read_jsonl(gen / "filters" / "full" / "scores.jsonl")}
+    notest = {r["id"]: r["prob"] for r in read_jsonl(gen / "filters" / "notest" / "scores.jsonl")}
+    assert full.keys() == notest.keys() and all(abs(full[i] - notest[i]) < 1e-6 for i in full)
+    assert filtering.kept(gen, "full") == filtering.kept(gen, "notest")
+
+
+@pytest.mark.parametrize("where", ["absolute", "./", "~/", "a/b/c"])
+def test_missing_local_clip_folder_is_named_and_leaves_no_folder(gen, tmp_path, capsys, where):
+    spec = {"absolute": str(tmp_path / "no-clip"), "./": "./no-such-clip-folder", "~/": "~/no-such-clip-folder-x9",
+            "a/b/c": "some/local/clip"}[where]
+    err = _one_line_error(capsys, str(gen), f"clip.model={spec}", "keep.top_k=1", "progress=false", "device=cpu")
+    assert f"clip.model={spec!r} does not exist; give a local CLIP folder (save_pretrained) or a hub id" in err
+    assert not (gen / "filters").exists()
+    from synthtl.filtering.scorers import looks_like_path
+
+    assert not looks_like_path("openai/clip-vit-base-patch32") and not looks_like_path("clip")  # hub ids stay hub ids
+
+
+def test_filter_that_failed_at_start_is_not_called_unfinished(base, gen, capsys):
+    common = ["keep.top_k=2", "progress=false", "batch_size=4"]
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _one_line_error(capsys, str(gen), f"clip.model={base['clip']}",
+                                                          "device=cuda", "name=oncuda", *common)
+        assert not (gen / "filters" / "oncuda").exists()  # refused before the folder was made
+    # a folder that is not a CLIP: found out only by loading it, so the folder (its lock) exists by then
+    assert "could not be loaded" in _one_line_error(capsys, str(gen), f"clip.model={base['real']}", "name=bad",
+                                                    "device=cpu", *common)
+    assert (gen / "filters" / "bad").is_dir() and not (gen / "filters" / "bad" / "scores.jsonl").exists()
+    with pytest.raises(DataError, match=r"filter 'bad' of .* has not scored any image yet: run `synthtl filter ") as e:
+        filtering.kept(gen, "bad")
+    assert "unfinished" not in str(e.value) and "re-run the same" not in str(e.value)
+    summary = run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=bad"))  # the name is still free to use
+    assert summary["kept"] == 6 and len(filtering.kept(gen, "bad")) == 6

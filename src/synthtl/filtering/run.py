@@ -40,7 +40,7 @@ from synthtl.files import (
 )
 from synthtl.filtering import store
 from synthtl.filtering.decide import decide
-from synthtl.filtering.scorers import Scorer, load_scorer
+from synthtl.filtering.scorers import Scorer, check_source, load_scorer
 from synthtl.runtime import is_main, resolve_runtime
 
 # Keys that never change scores or decisions: where things live, how fast, how shown. The scoring model is identified
@@ -121,6 +121,12 @@ def run_filter(cfg: FilterConfig) -> dict:
     _check_set(folder)
     name = cfg.name or cfg.method
     out = store.filter_dir(folder, name)
+    if not out.is_dir():
+        # A new filter: what is refused without loading the model (its source, the device) is refused before the
+        # filter's folder (and its lock) exists, so nothing is left behind. An existing filter meets the same checks
+        # when its model is loaded (a finished one needs neither to be a no-op).
+        check_source(cfg)
+        resolve_runtime(cfg.device, "fp32")
     with exclusive(out, f"filter {name!r}:", wait=0.0):
         remove_temps(out)  # what a killed writer of spec.json, decisions.jsonl or filter.json left (we hold the lock)
         return _run(cfg, folder, out, name)

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,24 @@ def state_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def check_source(cfg: FilterConfig) -> None:
+    """The checks of the scoring model's source that need no loading: a missing local CLIP folder, a classifier run
+    that is unfinished or saw synthetic images. Run before the filter's folder is made."""
+    if cfg.method == "classifier":
+        classifier_run(cfg)
+    elif not cfg.clip.model.startswith(OPEN_CLIP):
+        _local_clip(cfg.clip.model)
+
+
+def _local_clip(model_id: str) -> str:
+    """clip.model as transformers should load it ("~" expanded); refused when it is a path that does not exist."""
+    local = Path(model_id).expanduser()
+    if looks_like_path(model_id) and not local.exists():  # else transformers calls it a malformed repo id
+        raise ConfigError(f"clip.model={model_id!r} does not exist; give a local CLIP folder (save_pretrained) or a "
+                          "hub id (e.g. openai/clip-vit-base-patch32)")
+    return str(local) if model_id.startswith("~") else model_id  # transformers does not expand "~"
+
+
 def load_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: torch.device) -> Scorer:
     """The scorer `cfg.method` names, for the set's classes [(class_index, class_id, class_name)]."""
     if cfg.method == "classifier":
@@ -73,6 +92,12 @@ def _hub_commit(model: str) -> str:
     return where.rsplit("/snapshots/", 1)[-1] if "/snapshots/" in where else "unknown"
 
 
+def looks_like_path(model: str) -> bool:
+    """Whether clip.model is meant as a local path rather than a hub id ("name" or "namespace/name")."""
+    return (model.startswith(("/", "./", "../", "~", ".\\", "..\\")) or model in (".", "..") or model.count("/") > 1
+            or (os.sep != "/" and os.sep in model))
+
+
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -84,6 +109,7 @@ def clip_scorer(model_id: str, classes: list[tuple[int, str, str]], prompts: lis
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    model_id = _local_clip(model_id)
     try:
         model = CLIPModel.from_pretrained(model_id).eval()
         processor = CLIPProcessor.from_pretrained(model_id)
@@ -207,13 +233,11 @@ def final_weights(run: Path, result: dict) -> tuple[Path, str]:
     return path, f"stage-{stages[-1]}"
 
 
-def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: torch.device) -> Scorer:
-    """A classifier fine-tuned on the real train split: a `synthtl finetune` run folder, with its own preprocessing."""
-    from synthtl.data.datasets import load_data
-    from synthtl.data.synthetic import _match_classes
-    from synthtl.data.transforms import eval_transform
-    from synthtl.models import create_classifier
+def classifier_run(cfg: FilterConfig) -> tuple[Path, dict, dict]:
+    """(folder, config.yaml, result.json) of classifier.run, refused unless it is a finished run on real images only.
 
+    Only its train-split classes and its final weights are used later (the best validation epoch's with select=val,
+    validation being carved from the train split): never its test split or test scores."""
     if not cfg.classifier.run:
         raise ConfigError("method=classifier needs classifier.run=<a run folder of `synthtl finetune`> (a classifier "
                           "fine-tuned on the real train split)")
@@ -223,6 +247,33 @@ def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], de
                         "config.yaml); finish the run or point at another run folder")
     result = read_json(run / "result.json")
     run_cfg = yaml.safe_load((run / "config.yaml").read_text())
+    _check_real_only(run, run_cfg, result, Path(cfg.set_dir))
+    return run, run_cfg, result
+
+
+def _check_real_only(run: Path, run_cfg: dict, result: dict, set_dir: Path) -> None:
+    """Refuses a run that used synthetic images (any run with synthetic.path: mixed, bridged*, synthetic_only, and
+    vanilla_matched paired by a set, which only counts its steps but is refused by the same rule): a classifier that
+    learned the generator's look would rank synthetic images by how much they resemble those it saw (the set being
+    filtered, at worst) rather than by how much they look like the real class."""
+    synthetic = str((run_cfg.get("synthetic") or {}).get("path") or result.get("synthetic") or "")
+    if not synthetic and not (result.get("images") or {}).get("synthetic"):
+        return
+    same = " (the set being filtered)" if synthetic and Path(synthetic).resolve() == set_dir.resolve() else ""
+    raise ConfigError(f"classifier.run={str(run)!r} used synthetic images (strategy="
+                      f"{run_cfg.get('strategy', result.get('strategy'))}, synthetic.path={synthetic!r}{same}); the "
+                      "filter needs a classifier fine-tuned on the real train split only: give a real-only run such "
+                      "as strategy=vanilla without synthetic.path")
+
+
+def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: torch.device) -> Scorer:
+    """A classifier fine-tuned on the real train split: a `synthtl finetune` run folder, with its own preprocessing."""
+    from synthtl.data.datasets import load_data
+    from synthtl.data.synthetic import _match_classes
+    from synthtl.data.transforms import eval_transform
+    from synthtl.models import create_classifier
+
+    run, run_cfg, result = classifier_run(cfg)
     data = from_dict(DataConfig, {**run_cfg["data"], **({"root": cfg.classifier.data_root}
                                                         if cfg.classifier.data_root else {})})
     try:

@@ -68,6 +68,15 @@ def read_scores(folder: Path) -> dict[str, dict]:
     return out
 
 
+def has_scores(folder: Path) -> bool:
+    """Whether a filter's score log holds at least one whole row (reads only its first line)."""
+    path = folder / SCORES
+    if path.is_file():
+        for _ in iter_jsonl(path):
+            return True
+    return False
+
+
 def read_cost(folder: Path) -> dict:
     """Cost of every scoring session of a filter so far, summed from its cost log: sessions, images scored, wall and
     GPU seconds. A killed session counts up to its last logged batch."""
@@ -109,6 +118,9 @@ def read_filter(set_dir: str | os.PathLike, name: str, check_current: bool = Tru
         raise DataError(f"{set_dir} is not a generated set (no {MANIFEST}); filters live in <set>/{FILTERS}/<name>")
     if not (folder / SUMMARY).is_file():
         have = find_filters(set_dir)
+        if folder.is_dir() and not has_scores(folder):  # a run that failed at start (bad model, device) left its lock
+            raise DataError(f"filter {name!r} of {set_dir} has not scored any image yet: run `synthtl filter "
+                            f"{set_dir} name={name} ...` (finished filters of this set: {', '.join(have) or 'none'})")
         state = "unfinished (re-run the same `synthtl filter` command to finish it)" if folder.is_dir() else "missing"
         raise DataError(f"filter {name!r} of {set_dir} is {state}; finished filters of this set: "
                         f"{', '.join(have) or 'none'} (`synthtl filter {set_dir} name={name} ...` makes it)")
