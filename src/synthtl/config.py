@@ -314,7 +314,7 @@ class ClipFilterConfig:
 
 @dataclass(frozen=True)
 class ClassifierFilterConfig:
-    run: str = ""  # a finished `synthtl finetune` run folder (result.json, config.yaml, checkpoints/stage-*.pt)
+    run: str = ""  # a finished `synthtl finetune` run on real images only (no synthetic.path), e.g. strategy=vanilla
     data_root: str = ""  # where the run's real dataset lives now, if not at the run's data.root (its class order)
 
 
