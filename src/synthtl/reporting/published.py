@@ -148,7 +148,8 @@ def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> list[tuple[str, lis
         if not strategies:
             continue
         base = prompt.split(", filter ")[0] if prompt else ""
-        family = PROMPT_FAMILY.get(base, "other") + (" + filter" if prompt and ", filter " in prompt else "")
+        family = (PROMPT_FAMILY.get(base, "other") if base else "–") + (
+            " + filter" if prompt and ", filter " in prompt else "")
         real = f"{shots}-shot" if shots else "full"
         weights = "pretrained" if all(r.config.get("model", {}).get("pretrained", True) for r in members) \
             else "random init"
@@ -159,10 +160,11 @@ def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> list[tuple[str, lis
             ours = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == s}
             m, sd, n = mean_std(list(ours.values()))
             p = paired(ours, vanilla, n_boot) if vanilla else None
-            row = ["ours", f"{s}, {prompt}", family, _real_text(real), protocol, "our vanilla" if vanilla else "–",
+            method = f"{s}, {prompt}" if prompt else s  # no prompt label: a set that is not there any more
+            row = ["ours", method, family, _real_text(real), protocol, "our vanilla" if vanilla else "–",
                    fmt_mean_std(vm, vsd, vn), fmt_mean_std(m, sd, n), fmt_delta(p) if p else "–",
                    "this study (mean ± std over seeds; difference paired by seed)"]
-            out.append((real, row, {"dataset": dataset, "who": "ours", "method": f"{s}, {prompt}", "family": family,
+            out.append((real, row, {"dataset": dataset, "who": "ours", "method": method, "family": family,
                                     "real": real, "protocol": protocol, "baseline_method": "vanilla",
                                     "baseline": vm, "value": m, "std": sd, "n": n,
                                     "delta": p["mean_diff"] if p else None, "source": "this study"}))
