@@ -96,6 +96,18 @@ def test_text_values_need_no_quoting_and_bad_lists_get_one_line():
     assert load_config(GenerateConfig, None, ['prompts.custom=["a {}", "b {}"]']).prompts.custom == ["a {}", "b {}"]
 
 
+def test_peers_preset_command_keeps_its_filter_rule():
+    """The command in configs/studies/peers.yaml's header: `filter=[clip.model=...]` replaces the study's filter
+    overrides, and the 80 % rule survives because it lives in the filter preset."""
+    from synthtl.config import FilterConfig, StudyConfig, configs_dir
+
+    study = load_config(StudyConfig, "studies/peers", ["data_root=/data", "filter=[clip.model=/path/to/clip]"])
+    cfg = load_config(FilterConfig, study.filter_presets["clip80"], list(study.filter))
+    assert cfg.keep.rule == "fraction" and cfg.keep.fraction == 0.8 and cfg.clip.model == "/path/to/clip"
+    header = (configs_dir() / "studies" / "peers.yaml").read_text().splitlines()[0]
+    assert header == "# synthtl study peers data_root=/data filter=[clip.model=/path/to/clip] --report"
+
+
 def test_presets_can_stack_several_bases():
     from synthtl.config import FinetuneConfig
 
