@@ -239,6 +239,11 @@ def test_accuracy_per_gpu_hour_is_per_setting_and_counts_every_input(tmp_path):
     assert [r for r in t.rows if r[2] == "vanilla_mixup"] == [["aircraft", "resnet18, full data", "vanilla_mixup", "2",
                                                                   "+1.00", "0.000", "– (no extra GPU time)"]]
     assert len(t.rows) == 4 and {r[3] for r in t.rows} == {"2"}
+    # a moved study: the runs' configs still name the old place; its sets are found by their folder names
+    moved = [GenSet(g.id, tmp_path / "moved" / "gen" / g.folder.name, g.identity, {}, 10, g.seconds, g.gpu_seconds, 0)
+             for g in gensets]
+    moved_filters = [FilterRun("a", moved[0].folder, "clip80", filters[0].summary, [], False)]
+    assert accuracy_per_gpu_hour(runs, moved, styles, moved_filters).rows == t.rows
 
 
 def test_runs_outside_a_study_keep_filtered_and_per_class_lora_sets_apart(tmp_path):

@@ -218,6 +218,9 @@ def accuracy_per_gpu_hour(runs: list[Run], gensets: list, styles: list[dict] | N
     filter) and strategy: the extra fine-tuning over the seed's vanilla run, plus everything that made the run's
     synthetic images (style, generation, filter; `input_gpu_hours`). Means over the setting's seeds."""
     made = input_gpu_hours(gensets, styles or [], filters or [])
+    names = {}  # set folder name -> resolved folder, for runs of a moved or copied study (their paths are old)
+    for g in gensets:
+        names.setdefault(g.folder.name, []).append(str(g.folder.resolve()))
     vanilla = {(r.labels["dataset"], r.labels["model"], r.labels["shots"], r.labels["seed"]): r for r in runs
                if r.labels["strategy"] == "vanilla"}
     groups: dict[tuple, list[dict]] = {}
@@ -228,7 +231,12 @@ def accuracy_per_gpu_hour(runs: list[Run], gensets: list, styles: list[dict] | N
             if base is None or r is base or lab["strategy"] == "vanilla":
                 continue
             syn = r.config.get("synthetic") or {}
-            key = (str(Path(syn["path"]).resolve()), syn.get("filter") or "") if syn.get("path") else None
+            key = None
+            if syn.get("path"):
+                where = str(Path(syn["path"]).resolve())
+                if (where, "") not in made and len(names.get(Path(syn["path"]).name, [])) == 1:
+                    where = names[Path(syn["path"]).name][0]  # the study moved: its set, found by its folder name
+                key = (where, syn.get("filter") or "")
             # a real-only control (vanilla_mixup, ...) is listed once per model and shots, not under every setting
             name = setting_name(*setting) if lab["strategy"] in SYNTHETIC_STRATEGIES else setting_name(*setting[:2])
             x = {"run": r.id, "dataset": lab["dataset"], "setting": name, "strategy": lab["strategy"],
