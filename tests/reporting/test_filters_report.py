@@ -44,7 +44,9 @@ def test_report_shows_keep_rates_histogram_and_dropped_images(filtered_study):
     with Image.open(out / "figures" / "filters" / "setA_clip_dropped.png") as im:
         assert im.height == 20 + 3 * (96 + 14)  # one row of dropped images per class
     html = paths["html"].read_text()
-    assert "Synthetic-image filters (ours)" in html and "setA/clip" in html
+    label = keep_table(collect_filters(collect_gensets(filtered_study))[0]).rows[0][0]
+    assert label.endswith(", filter clip") and "guidance 2" in label  # what the set is, not its folder id
+    assert "Synthetic-image filters (ours)" in html and label in html and "stale" not in html.lower()
 
 
 def test_changed_or_damaged_filters_are_marked_not_trusted(filtered_study, tmp_path):
@@ -57,7 +59,7 @@ def test_changed_or_damaged_filters_are_marked_not_trusted(filtered_study, tmp_p
     (folder / "filter.json").write_text(json.dumps(summary))
     found, problems = collect_filters(collect_gensets(study))
     assert [f.stale for f in found] == [True] and not problems
-    assert keep_table(found).rows[0][0] == "setA/clip (stale)"
+    assert keep_table(found).rows[0][0].endswith(", filter clip (stale)") and "re-run" in keep_table(found).note
     lines = (folder / "decisions.jsonl").read_text().splitlines()
     (folder / "decisions.jsonl").write_text("\n".join(lines[1:]) + "\n")  # edited by hand
     found, problems = collect_filters(collect_gensets(study))

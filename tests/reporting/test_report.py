@@ -273,3 +273,14 @@ def test_runs_outside_a_study_keep_filtered_and_per_class_lora_sets_apart(tmp_pa
     prompts = {r["prompt"] for t in (root / "report" / "tables").glob("strategies_*.csv")
                for r in csv.DictReader(io.StringIO(t.read_text()))}
     assert {"lora", "lora, filter clip80", "lora_per_class"} <= prompts  # three settings, none pooled
+    assert "| lora, filter clip80 |" in (root / "report" / "tables" / "runs.md").read_text()  # the rendered table too
+
+
+def test_cost_table_keeps_inversion_and_lora_styles_apart():
+    from synthtl.reporting.tables import cost_table
+
+    styles = [{"method": "lora", "train_seconds": 10.0, "steps": 20, "gpu_s": 10.0},
+              {"train_seconds": 5.0, "steps": 50, "gpu_s": 0.0}, {"train_seconds": 5.0, "steps": 50}]
+    rows = {r[0]: r for r in cost_table([], [], styles).rows}
+    assert rows["style: LoRA"][1:] == ["1", "0.003", "0.003", "2.00 steps/s"]
+    assert rows["style: textual inversion"][1:] == ["2", "0.003", "0.000", "10.00 steps/s"]

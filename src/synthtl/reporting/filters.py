@@ -34,10 +34,11 @@ class FilterRun:
     summary: dict  # filter.json
     rows: list[dict]  # decisions.jsonl
     stale: bool  # the set changed after the filter ran (its decisions no longer cover the set exactly)
+    set_label: str = ""  # what the set is: "dataset, prompt style, guidance" (its folder id when unknown)
 
     @property
     def label(self) -> str:
-        return f"{self.set_id}/{self.name}"
+        return f"{self.set_label or self.set_id}, filter {self.name}"
 
 
 def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
@@ -56,7 +57,10 @@ def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
             except DataError as e:
                 problems.append(f"{g.id}/{name}: {e}")
                 continue
-            found.append(FilterRun(g.id, g.folder, name, summary, rows, stale))
+            lab = g.labels
+            what = ", ".join(str(x) for x in (lab.get("dataset"), lab.get("prompt")) if x)
+            what += f", guidance {lab['guidance']:g}" if isinstance(lab.get("guidance"), int | float) else ""
+            found.append(FilterRun(g.id, g.folder, name, summary, rows, stale, what))
     return found, problems
 
 
@@ -78,9 +82,11 @@ def keep_table(filters: list[FilterRun]) -> Table:
                         "kept": c["kept"], "keep_rate": rate, "top1_rate": top1, "identity": s["identity"],
                         "stale": f.stale})
     note = ("Ours, beyond the paper (as in He et al. ICLR'23, DISEF, ALIA, SaSPA). top-1 = images the scoring model "
-            "puts in their own class. Stale: the set changed after the filter ran; re-run `synthtl filter`.")
+            "puts in their own class.")
+    if any(f.stale for f in filters):
+        note += " (stale): the set changed after the filter ran; re-run `synthtl filter` (or the study) to update it."
     return Table("filter_keep", "Synthetic-image filters: keep rate per class",
-                 ["set/filter", "method", "rule", "class", "scored", "kept", "kept %", "top-1 %"], rows, raw, note)
+                 ["set, filter", "method", "rule", "class", "scored", "kept", "kept %", "top-1 %"], rows, raw, note)
 
 
 def histogram(f: FilterRun, path: Path) -> Path | None:

@@ -43,8 +43,9 @@ def _runs_table(runs) -> Table:
     rows, raw = [], []
     for r in sorted(runs, key=lambda r: (r.labels["dataset"], strategy_rank(r.labels["strategy"]), r.id)):
         lab, res = r.labels, r.result
+        prompt = str(lab.get("prompt") or "–") + (f", filter {lab['filter']}" if lab.get("filter") else "")
         rows.append([r.id, lab["dataset"], lab["model"], lab["strategy"], str(lab["seed"]), str(lab["shots"]),
-                     str(lab.get("volume") or "–"), str(lab.get("prompt") or "–"), f"{res['test']['top1']:.2f}",
+                     str(lab.get("volume") or "–"), prompt, f"{res['test']['top1']:.2f}",
                      f"{res['test']['top5']:.2f}", f"{res['test']['mean_class_acc']:.2f}", str(res["total_steps"]),
                      f"{res['wall_s']:.0f}"])
         raw.append({"run": r.id, **lab, "top1": res["test"]["top1"], "top5": res["test"]["top5"],

@@ -164,11 +164,13 @@ def cost_table(runs: list[Run], gensets: list, styles: list[dict], filters: list
         rows.append([stage, str(n), f"{seconds / 3600:.3f}", f"{gpu_s / 3600:.3f}", rate])
         raw.append({"stage": stage, "jobs": n, "wall_hours": seconds / 3600, "gpu_hours": gpu_s / 3600})
 
-    if styles:
-        secs = sum(s["train_seconds"] for s in styles)
-        steps = sum(s["steps"] for s in styles)
-        add("style inversion", len(styles), secs, sum(s.get("gpu_s", 0) for s in styles),
-            f"{steps / secs:.2f} steps/s" if secs else "–")
+    for stage, group in (("style: textual inversion", [s for s in styles if s.get("method") != "lora"]),
+                         ("style: LoRA", [s for s in styles if s.get("method") == "lora"])):
+        if group:  # their steps differ in cost: one rate each
+            secs = sum(s["train_seconds"] for s in group)
+            steps = sum(s["steps"] for s in group)
+            add(stage, len(group), secs, sum(s.get("gpu_s", 0) for s in group),
+                f"{steps / secs:.2f} steps/s" if secs else "–")
     if gensets:
         secs = sum(g.seconds for g in gensets)
         imgs = sum(g.images for g in gensets)
