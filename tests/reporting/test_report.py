@@ -284,3 +284,27 @@ def test_cost_table_keeps_inversion_and_lora_styles_apart():
     rows = {r[0]: r for r in cost_table([], [], styles).rows}
     assert rows["style: LoRA"][1:] == ["1", "0.003", "0.003", "2.00 steps/s"]
     assert rows["style: textual inversion"][1:] == ["2", "0.003", "0.000", "10.00 steps/s"]
+
+
+def test_leep_rows_are_per_method_never_pooled(tmp_path):
+    """Stage-1 LEEP per setting and strategy: DSI, a filtered DSI set and single template each get their own row."""
+    from synthtl.reporting.collect import Run
+    from synthtl.reporting.tables import leep_table
+
+    def run(rid, strategy, seed, prompt=None, filt="", stage1=None):
+        lab = {"dataset": "aircraft", "model": "resnet18", "strategy": strategy, "seed": seed, "shots": 0,
+               "volume": 1000 if prompt else None, "guidance": 2.0 if prompt else None, "prompt": prompt,
+               "filter": filt}
+        leep = {"pretrained": -4.0 - seed / 10, **({"stage1": stage1} if stage1 is not None else {})}
+        return Run(rid, tmp_path / rid, lab, {"test": {"top1": 80.0}, "leep": leep}, {})
+
+    runs = [run(f"v{s}", "vanilla", s) for s in (0, 1)]
+    runs += [run(f"s{s}", "bridged", s, "single", stage1=-3.0 - s) for s in (0, 1)]
+    runs += [run(f"d{s}", "bridged", s, "dsi", stage1=-2.0) for s in (0, 1)]
+    runs += [run(f"f{s}", "bridged", s, "dsi", "clip80", stage1=-1.0) for s in (0, 1)]
+    t = leep_table(runs)
+    got = {(r["setting"].split(", ")[-1], r["strategy"]): (r["leep_stage1"], r["n_stage1"]) for r in t.raw}
+    assert got == {("single", "bridged"): (-3.5, 2), ("dsi", "bridged"): (-2.0, 2),
+                   ("filter clip80", "bridged"): (-1.0, 2)}
+    assert all(abs(r["leep_pretrained"] + 4.05) < 1e-9 and r["n_pretrained"] == 8 for r in t.raw)
+    assert [r["paper_stage1"] for r in t.raw if "single" in r["setting"]] == [-3.41]  # the paper's setting only

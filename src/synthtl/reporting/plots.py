@@ -139,7 +139,8 @@ def leep_figure(table: Table):
     ax.bar(x + 0.2, [r["leep_stage1"] for r in rows], 0.4, yerr=[r["leep_stage1_std"] for r in rows], capsize=3,
            label="after stage 1 (synthetic)")
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{r['dataset']}\n{r['model']}" for r in rows], fontsize=7)
+    ax.set_xticklabels([f"{r['dataset']}\n{r['setting']}\n{r['strategy'] or ''}".replace(", ", "\n", 2)
+                        for r in rows], fontsize=6)
     ax.set_ylabel("LEEP (higher = more transferable), mean ± std")
     ax.legend(fontsize=7)
     return fig
