@@ -99,9 +99,16 @@ def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
                 v = PAPER_TOP1.get((ds, s, None if s == "vanilla" else prompt))
                 row.append(f"{v:.1f}" if v is not None else "–")
             rows.append(row)
+        note = ("mean ± std over seeds; [difference to vanilla paired by seed (paired t-test p)]; the test split is "
+                "never used for selection")
+        if prompt and ", filter " in prompt:
+            kept = [r.result.get("images", {}).get("synthetic") for r in members
+                    if r.labels["strategy"] in SYNTHETIC_STRATEGIES]
+            kept = [k for k in kept if isinstance(k, int)]
+            note += (f"; filtered: runs train on the images the filter kept among the first {volume} per class"
+                     + (f" ({min(kept)}–{max(kept)} synthetic images per run)" if kept else ""))
         tables.append(Table(f"strategies_{i + 1}", f"Test top-1 (%), {setting_name(*setting)}", columns, rows, raw,
-                            "mean ± std over seeds; [difference to vanilla paired by seed (paired t-test p)]; the test "
-                            "split is never used for selection"))
+                            note))
     return tables
 
 
