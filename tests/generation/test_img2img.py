@@ -178,3 +178,19 @@ def test_fine_tuning_refuses_an_img2img_set_made_from_other_shots(folder_data, t
     assert run_cli("finetune", *args, "data.split_seed=0", "run_name=same") == 0  # its own shots: fine
     assert run_cli("finetune", *args, "data.split_seed=5", "run_name=other") == 2  # other shots: refused
     assert "was made by img2img from" in capsys.readouterr().err
+
+
+def test_refusal_counts_only_the_sources_the_run_reads(folder_data, tmp_path, one_pipeline, capsys, tiny_overrides):
+    """A full-split set read 2 per class by a 2-shot run: only each class's first 2 sources reach the run (image i
+    starts from source i mod its sources), so only those are counted in the refusal."""
+    import re
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "gen"
+    run_generate(i2i_cfg(folder_data, out, "per_class=2"))  # sources: all 8 train images of each class
+    args = [*tiny_overrides, "strategy=bridged", f"synthetic.path={out}", "synthetic.per_class=2", "data.shots=2",
+            "synth_stage.batch_size=2", "data.split_seed=5", "run_name=k2"]
+    assert run_cli("finetune", *args) == 2
+    n = int(re.search(r"from (\d+) real images this run does not train on", capsys.readouterr().err).group(1))
+    assert 0 < n <= 3 * 2  # at most the 2 read sources of each of the 3 classes (not 3 x 8 minus the shots)

@@ -106,7 +106,7 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
             raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
                               "generated set (`synthtl generate`) or a class-per-folder image folder")
         if (Path(cfg.synthetic.path) / "plan.json").is_file():  # an img2img set carries its real sources in
-            check_sources(cfg.synthetic.path, trained_on)
+            check_sources(cfg.synthetic.path, trained_on, cfg.synthetic.per_class)
         syn_images, syn_record = load_synthetic_set(cfg.synthetic.path, source, cfg.synthetic.per_class,
                                                     cfg.synthetic.allow_partial, cfg.synthetic.filter)
         syn_scan = _scan(syn_images, cfg)

@@ -358,20 +358,23 @@ def is_complete(folder: str | os.PathLike, per_class: int = 0) -> bool:
     return wanted <= rec["per_class"] and min(rec["prefix"], default=0) >= wanted
 
 
-def check_sources(folder: str | os.PathLike, train: ImageList) -> None:
+def check_sources(folder: str | os.PathLike, train: ImageList, per_class: int = 0) -> None:
     """Refuses a generated set made by img2img from real images that a run does not train on.
 
     Its outputs carry their sources into training, so a k-shot run on a set made from other shots (or from the full
     split) would see more real images than its k. `train`: the run's training images (after any few-shot draw and
-    validation carve), with the ids the set's plan records (paths in the train listing).
+    validation carve), with the ids the set's plan records (paths in the train listing). `per_class`: the images of
+    each class the run reads (0 = all); image i of a class starts from source i mod (its sources), so only the first
+    `per_class` sources reach the run.
 
     Raises:
-        DataError: naming how many sources are outside `train` and a few of them.
+        DataError: naming how many of the sources the run reads are outside `train`, and a few of them.
     """
     plan_file = Path(folder) / PLAN
     plan = read_json(plan_file) if plan_file.is_file() else {}
     allowed = set(train.paths)
-    outside = [s for k in plan.get("classes", []) for s in k.get("sources", []) if s not in allowed]
+    outside = [s for k in plan.get("classes", []) for s in k.get("sources", [])[:per_class or None]
+               if s not in allowed]
     if outside:
         raise DataError(f"generated set {folder} was made by img2img from {len(outside)} real images this run does not "
                         f"train on (e.g. {outside[:3]}): its images would carry them into training. Generate it from "
