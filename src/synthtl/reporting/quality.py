@@ -29,11 +29,14 @@ from synthtl.files import write_bytes
 from synthtl.metrics.distances import fid, kid, precision_recall
 from synthtl.metrics.leakage import expected_matches, hash_files, near_duplicates, quiet_pil
 from synthtl.reporting.collect import GenSet, Run
+from synthtl.reporting.filters import FilterRun, collect_filters
 from synthtl.reporting.tables import Table
 
 FEATURE_BATCH = 64
 # Bumped whenever the preprocessing changes, so cached features of the old preprocessing are never reused.
 FEATURE_PROTOCOL = "clean-resize-1"
+# Random subsets of a set, each with a filter's kept counts per class, behind a kept subset's "FID, random same n".
+SAME_N_DRAWS = 5
 
 
 def clean_resize(img: Image.Image, size: int) -> np.ndarray:
@@ -158,6 +161,11 @@ class Scanned:
     digests: list[bytes]
     features: np.ndarray | None = None  # every image's features (only when feature cosine is used)
     feature_ok: np.ndarray | None = None
+    # Features of the images asked for so far (rows of `_have`), so that a subset of a set (a filter's kept images)
+    # or a second set of the same dataset never decodes an image again.
+    _feats: np.ndarray | None = None
+    _feats_ok: np.ndarray | None = None
+    _have: np.ndarray | None = None
 
     @classmethod
     def of(cls, images: ImageList) -> Scanned:
@@ -165,9 +173,18 @@ class Scanned:
         return cls(images, hashes, ok, digests)
 
     def features_of(self, space: FeatureSpace, idx: np.ndarray, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Features of the images `idx`; only those not asked for before are extracted (one cached call for them)."""
         if self.features is not None:
             return self.features[idx], self.feature_ok[idx]
-        return space([self.images.path(int(i)) for i in idx], [self.digests[int(i)] for i in idx], cache)
+        if self._have is None:
+            self._feats = np.full((len(self.images), space.dim), np.nan, dtype=np.float32)
+            self._feats_ok = np.zeros(len(self.images), dtype=bool)
+            self._have = np.zeros(len(self.images), dtype=bool)
+        missing = np.asarray(idx, dtype=np.int64)[~self._have[idx]]
+        if len(missing):
+            f, ok = space([self.images.path(int(i)) for i in missing], [self.digests[int(i)] for i in missing], cache)
+            self._feats[missing], self._feats_ok[missing], self._have[missing] = f, ok, True
+        return self._feats[idx], self._feats_ok[idx]
 
     def all_features(self, space: FeatureSpace, cache: Path) -> None:
         self.features, self.feature_ok = space([self.images.path(i) for i in range(len(self.images))], self.digests,
@@ -209,8 +226,10 @@ def synthetic_list(g: GenSet, rows: list[dict]) -> ImageList:
                      classes, name=f"synthetic/{g.id}")
 
 
-def _clip_score(cfg: ReportConfig, images: ImageList, prompts: list[str], device: torch.device) -> float | None:
-    if not cfg.clip_model:
+def _clip_scores(cfg: ReportConfig, images: ImageList, prompts: list[str], idx: np.ndarray,
+                 device: torch.device) -> dict[int, float] | None:
+    """CLIP score of each image `idx` with its prompt (each image read once; a set's rows average their own)."""
+    if not cfg.clip_model or not len(idx):
         return None
     try:
         from transformers import CLIPModel, CLIPProcessor
@@ -220,22 +239,35 @@ def _clip_score(cfg: ReportConfig, images: ImageList, prompts: list[str], device
     except Exception as e:  # weights missing offline, or not a CLIP model
         warnings.warn(f"CLIP score skipped: {cfg.clip_model!r} could not be loaded ({e})", stacklevel=2)
         return None
-    scores = []
+    scores = {}
     with torch.no_grad():
-        for start in range(0, len(images), 32):
-            batch = [load_rgb(images.path(i)) for i in range(start, min(start + 32, len(images)))]
-            inp = proc(text=prompts[start:start + len(batch)], images=batch, return_tensors="pt", padding=True,
-                       truncation=True).to(device)
+        for start in range(0, len(idx), 32):
+            batch = [int(i) for i in idx[start:start + 32]]
+            inp = proc(text=[prompts[i] for i in batch], images=[load_rgb(images.path(i)) for i in batch],
+                       return_tensors="pt", padding=True, truncation=True).to(device)
             out = model(**inp)
             i_emb = torch.nn.functional.normalize(out.image_embeds, dim=-1)
             t_emb = torch.nn.functional.normalize(out.text_embeds, dim=-1)
-            scores += (100 * (i_emb * t_emb).sum(-1)).clamp(min=0).tolist()
-    return float(np.mean(scores)) if scores else None
+            scores.update(zip(batch, (100 * (i_emb * t_emb).sum(-1)).clamp(min=0).tolist(), strict=True))
+    return scores
 
 
-def distances(space: FeatureSpace, real: Scanned, syn: Scanned, cfg: ReportConfig, cache: Path) -> dict:
-    """FID, KID, precision/recall of a synthetic set against the real train images (each capped at max_images)."""
-    r_idx, s_idx = capped(real.ok, cfg.max_images, cfg.features_seed), capped(syn.ok, cfg.max_images,
+def _mean_clip(scores: dict[int, float] | None, used: np.ndarray) -> float | None:
+    return float(np.mean([scores[int(i)] for i in used])) if scores is not None and len(used) else None
+
+
+def distances(space: FeatureSpace, real: Scanned, syn: Scanned, cfg: ReportConfig, cache: Path,
+              among: np.ndarray | None = None) -> dict:
+    """FID, KID, precision/recall of a synthetic set against the real train images (each capped at max_images).
+
+    Args:
+        among: Indices of the synthetic images to measure (a filter's kept images); None = all of them.
+    """
+    syn_ok = syn.ok
+    if among is not None:
+        syn_ok = np.zeros_like(syn.ok)
+        syn_ok[among] = syn.ok[among]
+    r_idx, s_idx = capped(real.ok, cfg.max_images, cfg.features_seed), capped(syn_ok, cfg.max_images,
                                                                                cfg.features_seed)
     f_real, ok_r = real.features_of(space, r_idx, cache)
     f_syn, ok_s = syn.features_of(space, s_idx, cache)
@@ -308,12 +340,131 @@ def _dataset_of(g: GenSet, runs: list[Run]) -> str | None:
                                             .get("path") and Path(r.config["synthetic"]["path"]).name == g.id), None)
 
 
+def _read_filters(gensets: list[GenSet]) -> tuple[dict[Path, list[FilterRun]], list[str]]:
+    """The finished filters of each set (by folder), and a line for each filter whose files cannot be read."""
+    try:
+        found, problems = collect_filters(gensets)
+    except (SynthTLError, ValueError, KeyError, OSError) as e:  # damage collect_filters does not expect: no filter row
+        return {}, [f"the filters could not be read ({type(e).__name__}: {e})"]
+    by_set: dict[Path, list[FilterRun]] = {}
+    for f in found:
+        by_set.setdefault(Path(f.set_folder), []).append(f)
+    return by_set, problems
+
+
+def filter_label(set_label: str, f: FilterRun) -> str:
+    """"<set label>, filter <name> (kept n of m)": m = images the filter scored (one decision per manifest row)."""
+    return f"{set_label}, filter {f.name} (kept {sum(bool(r['kept']) for r in f.rows)} of {len(f.rows)})"
+
+
+def kept_indices(syn: Scanned, f: FilterRun) -> tuple[np.ndarray | None, str]:
+    """Rows of `syn` (the set's finished images) that the filter kept, or None and why they are not measured."""
+    if f.stale:
+        return None, (f"stale: the set changed after the filter ran; re-run `synthtl filter {f.set_folder} "
+                      f"name={f.name}` with the same config")
+    where = {p: i for i, p in enumerate(syn.images.paths)}
+    kept = [r["path"] for r in f.rows if r["kept"]]
+    lost = [p for p in kept if p not in where]
+    if lost:  # cannot happen for a current filter (same rows digest); never measure a guess
+        return None, f"{len(lost)} kept images are not finished images of the set (e.g. {lost[0]}); re-run the filter"
+    if not kept:
+        return None, "the filter keeps no image"
+    return np.array(sorted(where[p] for p in kept), dtype=np.int64), ""
+
+
+def same_n_fid(space: FeatureSpace, real: Scanned, syn: Scanned, cfg: ReportConfig, cache: Path, kept_used: np.ndarray,
+               set_used: np.ndarray, draws: int = SAME_N_DRAWS) -> tuple[float, float]:
+    """(mean, std) of FID over `draws` seeded random subsets of the set with as many images of each class as the kept
+    subset measured (`kept_used`): the FID that the kept subset's n and class counts alone would give.
+
+    Drawn from the images already measured (the set's and the kept subset's), so no image is read again.
+    """
+    if len(kept_used) < 2:
+        return float("nan"), float("nan")
+    r_idx = capped(real.ok, cfg.max_images, cfg.features_seed)
+    f_real, ok_r = real.features_of(space, r_idx, cache)
+    f_real = f_real[ok_r]
+    pool = np.union1d(set_used, kept_used)
+    labels = np.asarray(syn.images.labels)
+    rng = np.random.default_rng(cfg.features_seed)
+    values = []
+    for _ in range(draws):
+        pick = [rng.choice(pool[labels[pool] == c], int((labels[kept_used] == c).sum()), replace=False)
+                for c in np.unique(labels[kept_used])]
+        f_syn, _ = syn.features_of(space, np.sort(np.concatenate(pick)), cache)  # readable: drawn from measured ones
+        values.append(fid(f_real, f_syn) if min(len(f_real), len(f_syn)) > 1 else float("nan"))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _metric_cells(d: dict, clip: float | None) -> list[str]:
+    return [str(d["n_synthetic"]), str(d["n_real"]), str(d["dim"]), f"{d['fid']:.2f}",
+            f"{d['kid']:.4f} ± {d['kid_std']:.4f}", f"{d['precision']:.3f}", f"{d['recall']:.3f}",
+            f"{clip:.2f}" if clip is not None else "n/a"]
+
+
+def measure_filters(space: FeatureSpace, train: Scanned, syn: Scanned, cfg: ReportConfig, cache: Path,
+                    set_label: str, filters: list[FilterRun], base: dict) -> tuple[list[tuple], list[list[str]],
+                                                                                    list[dict]]:
+    """Distances of the kept subset of each filter of a measured set, from the set's features (rows selected).
+
+    Returns:
+        ((label, raw record, distances) of each measured subset; rows and raw records of the filters not measured).
+    """
+    measured, rows, raw = [], [], []
+    for f in filters:
+        label = filter_label(set_label, f)
+        info = {**base, "filter": f.name, "filter_identity": f.summary.get("identity"),
+                "kept": sum(bool(r["kept"]) for r in f.rows), "scored": len(f.rows), "stale": f.stale}
+        idx, why = kept_indices(syn, f)
+        if idx is None:
+            rows.append([f"{label} — not measured ({why})"] + ["–"] * 9)
+            raw.append({**info, "not_measured": why})
+        else:
+            measured.append((label, info, distances(space, train, syn, cfg, cache, among=idx)))
+    return measured, rows, raw
+
+
+def set_quality(space: FeatureSpace, train: Scanned, syn: Scanned, prompts: list[str], cfg: ReportConfig, cache: Path,
+                device: torch.device, label: str, base: dict, filters: list[FilterRun]) -> tuple[list[list[str]],
+                                                                                                list[dict], list[str]]:
+    """Quality rows of one set against its real train split: the whole set, then each filter's kept subset.
+
+    Returns:
+        (table rows, raw records, labels of the rows whose n is below the feature dimension).
+    """
+    q_rows, q_raw, small = [], [], []
+    d = distances(space, train, syn, cfg, cache)
+    used = d.pop("synthetic_used")
+    measured, f_rows, f_raw = measure_filters(space, train, syn, cfg, cache, label, filters, base)
+    # one CLIP pass over every image some row measures: a kept image is scored once, for its set and its filters
+    clip = _clip_scores(cfg, syn.images, prompts,
+                        np.unique(np.concatenate([used] + [m[2]["synthetic_used"] for m in measured])), device)
+    score = _mean_clip(clip, used)
+    if min(d["n_real"], d["n_synthetic"]) < space.dim:
+        small.append(label)
+    q_rows.append([label, *_metric_cells(d, score), "–"])
+    q_raw.append({**base, "filter": "", **d, "max_images": cfg.max_images, "kid_subsets": cfg.kid_subsets,
+                  "clip_score": score})
+    for f_label, info, fd in measured:
+        kept_used = fd.pop("synthetic_used")
+        same, same_std = same_n_fid(space, train, syn, cfg, cache, kept_used, used)
+        f_score = _mean_clip(clip, kept_used)
+        if min(fd["n_real"], fd["n_synthetic"]) < space.dim:
+            small.append(f_label)
+        q_rows.append([f_label, *_metric_cells(fd, f_score), f"{same:.2f} ± {same_std:.2f}"])
+        q_raw.append({**info, **fd, "max_images": cfg.max_images, "kid_subsets": cfg.kid_subsets,
+                      "clip_score": f_score, "fid_random_same_n": same, "fid_random_same_n_std": same_std,
+                      "random_draws": SAME_N_DRAWS})
+    return q_rows + f_rows, q_raw + f_raw, small
+
+
 def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Path) -> QualityReport:
     """Quality of every generated set, and the leakage check of every set and every real train split."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     space = FeatureSpace(cfg, device)
     use_features = not space.random  # random-weight features make every pair look alike: hashes only
     q_rows, q_raw, s_rows, s_raw, t_rows, t_raw = [], [], [], [], [], []
+    filters, filter_problems = _read_filters(gensets)
     syn_examples, train_examples = [], []
     reals: dict[str, tuple[Scanned, Scanned] | None] = {}
     small = []
@@ -328,24 +479,19 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
         rows = {r["path"]: r for r in completed_rows(g.folder)}
         syn = Scanned.of(synthetic_list(g, list(rows.values())))
         label = f"{dataset} / {g.labels.get('prompt')} / guidance {g.identity.get('guidance')}"
+        mine = filters.get(Path(g.folder), [])
+        base = {"set": g.id, "dataset": dataset, "prompt": g.labels.get("prompt"),
+                "guidance": g.identity.get("guidance")}
         if reals[dataset] is None or not len(syn.images):
-            q_rows.append([label, str(len(syn.images)), "–", str(space.dim), "–", "–", "–", "–", "–"])
+            q_rows.append([label, str(len(syn.images)), "–", str(space.dim)] + ["–"] * 6)
+            q_rows += [[f"{filter_label(label, f)} — not measured (no real train split)"] + ["–"] * 9 for f in mine]
             continue
         train, test = reals[dataset]
         if use_features:
             syn.all_features(space, cache)
-        d = distances(space, train, syn, cfg, cache)
-        used = d.pop("synthetic_used")
-        clip = _clip_score(cfg, syn.images.subset(used.tolist()), [rows[syn.images.paths[i]]["prompt"] for i in used],
-                           device)
-        if min(d["n_real"], d["n_synthetic"]) < space.dim:
-            small.append(label)
-        q_rows.append([label, str(d["n_synthetic"]), str(d["n_real"]), str(d["dim"]), f"{d['fid']:.2f}",
-                       f"{d['kid']:.4f} ± {d['kid_std']:.4f}", f"{d['precision']:.3f}", f"{d['recall']:.3f}",
-                       f"{clip:.2f}" if clip is not None else "n/a"])
-        q_raw.append({"set": g.id, "dataset": dataset, "prompt": g.labels.get("prompt"),
-                      "guidance": g.identity.get("guidance"), **d, "max_images": cfg.max_images,
-                      "kid_subsets": cfg.kid_subsets, "clip_score": clip})
+        rows_, raw_, small_ = set_quality(space, train, syn, [rows[p]["prompt"] for p in syn.images.paths], cfg,
+                                          cache, device, label, base, mine)
+        q_rows, q_raw, small = q_rows + rows_, q_raw + raw_, small + small_
         row, pairs = leakage_row(syn, test, cfg, use_features)
         src = source_row(syn, train, [rows[p].get("source") for p in syn.images.paths], cfg, use_features)
         s_rows.append([label, str(row["checked"]), str(row["test_checked"]), str(row["unreadable"]),
@@ -374,6 +520,18 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
               f"n = every readable image of a set, at most report.max_images = {cfg.max_images} (a seeded sample "
               f"above it); KID: {cfg.kid_subsets} subsets of {cfg.kid_subset_size} images (or of the smaller set's n), "
               f"mean ± std; precision/recall k={cfg.pr_k}")
+    if filters or filter_problems:
+        q_note += (". Filters (ours): a row '<set>, filter <name> (kept n of m)' measures the images the filter kept "
+                   "(kept=true in <set>/filters/<name>/decisions.jsonl) of the whole set it scored, as the set's own "
+                   "row measures the whole set; not cut to a run's volume: a run with synthetic.filter=<name> and "
+                   "synthetic.per_class=k trains on the kept images among the first k of each class, a subset of "
+                   "these. Its features are the set's (rows selected; no image is read again). FID is biased upward "
+                   f"at smaller n, so 'FID, random same n' gives the mean ± std FID of {SAME_N_DRAWS} seeded random "
+                   "subsets of the set with the kept subset's n per class: the filter helps where its FID is below "
+                   "that, not merely below the set's (a CLIP filter raises the CLIP score by construction). A stale "
+                   "filter (the set changed after it ran) is listed, not measured")
+    if filter_problems:
+        q_note += f". Filters not measured (their files cannot be read): {'; '.join(filter_problems)}"
     if small:
         msg = (f"n below the feature dimension ({space.dim}) for {len(small)} set(s) ({'; '.join(small)}): the "
                "covariances are singular, so FID is biased upward and only comparable between sets of equal n")
@@ -382,13 +540,18 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
     how = f"every image against every test image; pairs within {cfg.leak_hash_bits} of 64 perceptual-hash bits" + (
         f" or with feature cosine ≥ {cfg.leak_cosine} ({space.name})" if use_features else
         " (feature cosine not used: random-weight features)")
-    q = Table("quality", "Synthetic-set quality against the real train split",
-              ["set", "n synthetic", "n real (train)", "feature dim", "FID ↓", "KID ↓", "precision ↑", "recall ↑",
-               "CLIP score ↑"], q_rows, q_raw, q_note)
+    columns = ["set", "n synthetic", "n real (train)", "feature dim", "FID ↓", "KID ↓", "precision ↑", "recall ↑",
+               "CLIP score ↑", "FID, random same n ↓"]
+    if not filters:  # the last column is for filter rows only
+        columns, q_rows = columns[:-1], [r[:-1] for r in q_rows]
+    q = Table("quality", "Synthetic-set quality against the real train split", columns, q_rows, q_raw, q_note)
     s_how = (how + "; img2img sets (ours): every output is also compared with every real train image, and the pair "
              "of an output and its own source (a train image it started from) is expected, so it is excluded and "
              "counted in 'own-source pairs (expected, excluded)'; the test check is the same for every set: an "
              "img2img output matching a test image is a leak")
+    if filters:
+        s_how += ("; a filter's kept images are a subset of its set, so their near-duplicates are among the set's "
+                  "(not listed again per filter)")
     s_leak = Table("leakage", "Leakage: near-duplicates between synthetic images and the real test split",
                    ["set", "synthetic checked", "test checked", "unreadable", "near-duplicate pairs",
                     "synthetic images flagged", "own-source pairs (expected, excluded)",
