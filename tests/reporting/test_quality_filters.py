@@ -114,8 +114,28 @@ def test_capped_subsets_and_clip_scores_read_each_image_once(study, tmp_path, mo
     assert qr.quality.rows[2][0] == f"{SET_LABEL}, filter clip (kept 6 of 9)"  # the label keeps the filter's count
     assert set(loads.values()) == {1} and set(clip_reads.values()) == {1}
     assert all(r["clip_score"] is not None for r in raw.values())
-    again = _by_filter(_quality(root, cfg, tmp_path / "cache"))  # cached features: the same numbers
-    assert [again[k]["fid"] for k in raw] == [raw[k]["fid"] for k in raw]
+    loads.clear()
+    again = _by_filter(_quality(root, cfg, tmp_path / "cache"))  # cached features: no image decoded, same numbers
+    assert not loads and [again[k]["fid"] for k in raw] == [raw[k]["fid"] for k in raw]
+
+
+def test_kept_subsets_read_the_same_features_when_every_feature_is_precomputed(study, tmp_path, monkeypatch):
+    """With pretrained features every image's features are computed up front (for the leakage cosine): the kept
+    subsets select rows of them, and give the numbers of the path that extracts only what the rows measure."""
+    root, _ = study
+    lazy = _by_filter(_quality(root, RANDOM_FEATURES, tmp_path / "cache"))
+
+    class Pretrained(q.FeatureSpace):  # random weights that the report treats as pretrained
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.random = False
+
+    monkeypatch.setattr(q, "FeatureSpace", Pretrained)
+    loads = _counting(monkeypatch, q.FeatureSpace, "_load")
+    eager = _by_filter(_quality(root, RANDOM_FEATURES, tmp_path / "cache2"))
+    assert sum(loads.values()) == 9 + 24 + 12 and set(loads.values()) == {1}  # the test split too, for the cosine
+    for k in ("fid", "kid", "precision", "recall", "fid_random_same_n"):
+        assert eager["clip"][k] == pytest.approx(lazy["clip"][k], rel=1e-6)
 
 
 def test_stale_and_unreadable_filters_are_not_measured_and_the_report_builds(study, tmp_path):
