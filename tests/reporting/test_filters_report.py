@@ -64,3 +64,15 @@ def test_changed_or_damaged_filters_are_marked_not_trusted(filtered_study, tmp_p
     (folder / "decisions.jsonl").write_text("\n".join(lines[1:]) + "\n")  # edited by hand
     found, problems = collect_filters(collect_gensets(study))
     assert not found and len(problems) == 1 and "is not the file filter 'clip' wrote" in problems[0]
+
+
+def test_a_truncated_filter_json_is_named_and_the_report_still_builds(filtered_study, tmp_path):
+    import shutil
+
+    study = Path(shutil.copytree(filtered_study, tmp_path / "study"))
+    summary = study / "gen" / "setA" / "filters" / "clip" / "filter.json"
+    summary.write_text(summary.read_text()[:40])  # a disk that filled mid-write, by hand
+    found, problems = collect_filters(collect_gensets(study))
+    assert not found and len(problems) == 1 and problems[0].startswith("setA/clip: ")
+    build_report(study, ReportConfig(quality=False, bootstrap=100))
+    assert "not shown: setA/clip" in (study / "report" / "index.html").read_text()

@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from synthtl.data.images import load_rgb  # noqa: E402
-from synthtl.errors import BadImageError, DataError  # noqa: E402
-from synthtl.files import write_bytes  # noqa: E402
+from synthtl.errors import BadImageError, DataError, SynthTLError  # noqa: E402
+from synthtl.files import CorruptFileError, write_bytes  # noqa: E402
 from synthtl.filtering.store import decisions, find_filters, read_filter  # noqa: E402
 from synthtl.reporting.collect import GenSet  # noqa: E402
 from synthtl.reporting.plots import _save  # noqa: E402
@@ -54,8 +54,8 @@ def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
                     stale = True  # shown, marked; a damaged decisions file fails again just below
                 summary = read_filter(g.folder, name, check_current=False)
                 rows = decisions(g.folder, name, check_current=False)
-            except DataError as e:
-                problems.append(f"{g.id}/{name}: {e}")
+            except (DataError, CorruptFileError, ValueError, KeyError) as e:  # a damaged or foreign filter folder
+                problems.append(f"{g.id}/{name}: {e if isinstance(e, SynthTLError) else f'unreadable ({e!r})'}")
                 continue
             lab = g.labels
             what = ", ".join(str(x) for x in (lab.get("dataset"), lab.get("prompt")) if x)
