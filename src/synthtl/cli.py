@@ -182,7 +182,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, try again later (`synthtl study`: not finished yet)
+
+
 def cmd_study(args: argparse.Namespace) -> int:
+    """Runs (or resumes) a study, or prints its plan (--dry-run) or where it stands (--status).
+
+    Exit status: 0 the study is finished (or the plan/status was printed); 75 (EX_TEMPFAIL) nothing failed, but jobs
+    are unfinished because another process runs them, they wait for inputs another process makes, or they were
+    submitted to Slurm without waiting: run the same command again later (a script can loop while it returns 75);
+    2 a job failed or an input is bad (the error line says which); 130 interrupted. With --report, the report is
+    built only when the study has finished; otherwise a line says so (`synthtl report` builds one from the finished
+    runs).
+    """
     from synthtl.config import StudyConfig
     from synthtl.experiments.runner import run_study
 
@@ -204,15 +216,28 @@ def cmd_study(args: argparse.Namespace) -> int:
 
         print(study_status(cfg))
         return 0
-    run_study(cfg, dry_run=args.dry_run)
-    if not args.dry_run:
+    summary = run_study(cfg, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    unfinished = summary["unfinished"]
+    if unfinished:
+        parts = [f"{len(summary[k])} {what}" for k, what in (
+            ("elsewhere", "running in another process"), ("waiting", "waiting for inputs another process makes"),
+            ("submitted", "submitted to Slurm")) if summary[k]]
+        print(f"[synthtl] the study is not finished: {len(unfinished)} of {summary['jobs']} jobs are unfinished "
+              f"({', '.join(parts) or 'see --status'}); run the same command again once they are done "
+              f"(`synthtl study ... --status` shows where it stands)")
         if args.report:
-            from synthtl.reporting.report import build_report
+            print(f"[synthtl] no report built: {len(unfinished)} jobs are unfinished (`synthtl report {cfg.folder}` "
+                  "builds one from the finished runs)")
+        return EX_TEMPFAIL
+    if args.report:
+        from synthtl.reporting.report import build_report
 
-            paths = build_report(cfg.folder, cfg.report)
-            print(f"[synthtl] report: {paths['html']}")
-        else:
-            print(f"[synthtl] study finished; build its report with: synthtl report {cfg.folder}")
+        paths = build_report(cfg.folder, cfg.report)
+        print(f"[synthtl] report: {paths['html']}")
+    else:
+        print(f"[synthtl] study finished; build its report with: synthtl report {cfg.folder}")
     return 0
 
 

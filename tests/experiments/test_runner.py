@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,21 +98,23 @@ def test_killed_study_resumed_gives_the_same_report(tmp_path, folder_data, monke
 
 def test_failed_job_is_reported_others_finish_and_rerun_completes(tmp_path, folder_data, monkeypatch):
     cfg = tiny_study(tmp_path, folder_data, "f")
-    real = launch_mod.JobRunner.__call__
+    from synthtl.training import run as run_mod
 
-    def flaky(self, argv):
-        if "s1_" in argv[2]:
+    real = run_mod._claim
+
+    def flaky(run_dir, run_cfg):
+        real(run_dir, run_cfg)
+        if "s1_" in run_dir.name:  # crashes once training started (its folder claimed): it resumes, stopped part-way
             raise RuntimeError("simulated crash")
-        return real(self, argv)
 
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", flaky)
+    monkeypatch.setattr(run_mod, "_claim", flaky)
     with pytest.raises(StudyError, match="2 job"):
         run_study(cfg)
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 2
     assert len(list((tmp_path / "f" / "logs").glob("*.log"))) == 2
     line = next(x for x in runner_mod.study_status(cfg).splitlines() if x.strip().startswith("finetune"))
     assert "2 finished,     0 running elsewhere,     2 to run (2 stopped part-way)" in line, line
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", real)
+    monkeypatch.setattr(run_mod, "_claim", real)
     run_study(cfg)
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 4
 
@@ -352,3 +355,133 @@ def test_leftover_job_file_temps_of_a_killed_study_are_removed(tmp_path, folder_
     os.utime(old, (0, 0))
     runner_mod.write_plan(expand(cfg))  # what every `synthtl study` call (not --dry-run) does first
     assert not old.exists() and fresh.exists()  # only leftovers old enough to belong to no live writer go
+
+
+def _kept_prefix(set_dir: Path, name: str, per_class: int) -> dict[int, set[str]]:
+    """Per class, the kept images among the first `per_class` (what a filtered run of that volume trains on)."""
+    rows = [json.loads(x) for x in (set_dir / "filters" / name / "decisions.jsonl").read_text().splitlines()]
+    out: dict[int, set[str]] = {}
+    for d in rows:
+        if d["index"] < per_class and d["kept"]:
+            out.setdefault(d["class_index"], set()).add(d["path"])
+    return out
+
+
+def test_growing_a_filtered_study_refilters_the_new_images_and_retrains_runs_whose_choice_changed(
+        tmp_path, folder_data, monkeypatch, capsys):
+    """A grown set makes its finished filter stale: the study runs the filter again (scoring only the new images)
+    instead of counting it finished, and a finished run whose volume now keeps other images trains again (its old
+    folder kept under stale/)."""
+    from tests.filtering.tiny import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
+    args = ["grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.filters=[top4]", "filter_presets.top4=filter/clip",
+            f"filter=[clip.model={clip},keep.top_k=4,batch_size=4]"]
+    small = tiny_study(tmp_path, folder_data, "g", *args)
+    run_study(small)
+    set_dir = next((tmp_path / "g" / "gen").iterdir())
+    before = _kept_prefix(set_dir, "top4", 4)
+    grown = tiny_study(tmp_path, folder_data, "g", *args, "grid.volumes=[4,6]")
+    status = runner_mod.study_status(grown).splitlines()
+    line = {x.split()[0]: x for x in status if x.startswith("  ")}
+    assert "1 to run (0 stopped part-way, 1 to extend)" in line["generate"], line["generate"]
+    assert "1 to run (0 stopped part-way, 1 to extend)" in line["filter"], line["filter"]  # not "finished"
+    assert any("checked again once their filter is updated" in x for x in status)
+    gen, filt = expand(grown).of("generate")[0], expand(grown).of("filter")[0]
+    runner_mod.write_plan(expand(grown))
+    assert run_cli("generate", "-c", str(runner_mod.job_file(grown, gen))) == 0  # the set grows alone
+    assert not runner_mod.is_done(filt)  # its filter no longer covers it: not finished
+    line = next(x for x in runner_mod.study_status(grown).splitlines() if x.strip().startswith("filter"))
+    assert "0 finished" in line and "1 to run (0 stopped part-way, 1 to extend)" in line, line
+    calls = count_jobs(monkeypatch)
+    summary = run_study(grown)
+    assert summary["failed"] == [] and summary["unfinished"] == []
+    assert calls.count("filter") == 1 and calls.count("generate") == 0
+    cost = [json.loads(x) for x in (set_dir / "filters" / "top4" / "cost.jsonl").read_text().splitlines()]
+    assert sum(c["scored"] for c in cost) == 6 * 3  # the 4 first images of each class were not scored again
+    after = _kept_prefix(set_dir, "top4", 4)
+    changed = before != after
+    assert changed  # top-4 of 6 keeps other images of the first 4 than top-4 of 4 (all of them) in these sets
+    v4 = next(j for j in expand(grown).of("finetune") if j.config.synthetic.per_class == 4)
+    assert calls.count("finetune") == 1 + int(changed)  # the new volume-6 run, and the volume-4 run again
+    stale = list((tmp_path / "g" / "stale").iterdir())
+    assert [p.name for p in stale] == [f"{v4.id}.1"] and (stale[0] / "result.json").is_file()
+    result = json.loads((v4.out / "result.json").read_text())
+    assert result["images"]["synthetic"] == sum(len(v) for v in after.values())  # trained on the current choice
+    calls.clear()
+    assert runner_mod.is_done(v4) and run_study(grown)["unfinished"] == [] and calls == []  # nothing left to redo
+
+
+def test_a_grown_set_keeps_runs_whose_filtered_images_did_not_change(tmp_path, folder_data, monkeypatch):
+    """A threshold keeps each image on its own score (logged once): the first k images keep the same choice when the
+    set grows, so finished runs stay finished while the filter is updated."""
+    from tests.filtering.tiny import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
+    args = ["grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.filters=[thr]", "filter_presets.thr=filter/clip",
+            f"filter=[clip.model={clip},keep.threshold=0.0,batch_size=4]"]
+    run_study(tiny_study(tmp_path, folder_data, "t", *args))
+    grown = tiny_study(tmp_path, folder_data, "t", *args, "grid.volumes=[4,6]")
+    calls = count_jobs(monkeypatch)
+    assert run_study(grown)["unfinished"] == []
+    assert calls == ["generate", "filter", "finetune"]  # the new volume-6 run; the volume-4 run is not trained again
+    assert not (tmp_path / "t" / "stale").exists()
+
+
+def test_claimed_jobs_that_never_started_are_not_stopped_part_way(tmp_path, folder_data, monkeypatch):
+    """A stage claims all its folders before launching any: a study killed during its first run leaves the others
+    claimed but never started, and only a run that really trained counts as stopped part-way."""
+    cfg = tiny_study(tmp_path, folder_data, "k", "grid.strategies=[vanilla]")
+    real = launch_mod.JobRunner.__call__
+
+    def killed(self, argv):
+        real(self, argv)  # the first run trains, then "dies" before its result is kept
+        (Path(argv[2]).parent.parent / "runs" / Path(argv[2]).stem / "result.json").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch_mod.JobRunner, "__call__", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)
+    assert len(list((tmp_path / "k" / "runs").glob("*/study_job.json"))) == 2  # both claimed
+    line = next(x for x in runner_mod.study_status(cfg).splitlines() if x.strip().startswith("finetune"))
+    assert "2 to run (1 stopped part-way)" in line, line
+
+
+def test_stage_override_of_a_key_the_grid_sets_is_refused_naming_the_grid_key(tmp_path, folder_data):
+    for override, message in (("finetune=[data.shots=10]", "finetune=[data.shots=10]: the study sets data.shots "
+                                                           "for each job from grid.shots; use grid.shots=[10]"),
+                              ("generate=[generator.guidance=7.5]", "use grid.guidance=[7.5]"),
+                              ("style=[data.name=pets]", "use grid.datasets=[pets]"),
+                              ("finetune=[synthetic.per_class=9]", "use grid.volumes=[9]"),
+                              ("finetune=[model.name=resnet50]", "use grid.models=[resnet50]"),
+                              ("filter=[set_dir=/x]", "remove it from filter")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            expand(tiny_study(tmp_path, folder_data, "o", override))
+    # the one value the grid gives every job changes nothing (configs/studies/demo.yaml has data.shots=20 so)
+    assert expand(tiny_study(tmp_path, folder_data, "o", "finetune=[data.shots=2]", "grid.shots=[2]")).jobs
+
+
+def test_study_command_says_unfinished_and_builds_no_report_while_jobs_run_elsewhere(
+        tmp_path, folder_data, monkeypatch, capsys):
+    """Jobs run by another process: not "study finished"; exit 75 (try again later); --report builds nothing."""
+    args = [f"--config={tmp_path / 'x.yaml'}", *_overrides(tmp_path, folder_data, "e"), "grid.strategies=[vanilla]",
+            "grid.seeds=[0,1]"]
+    (tmp_path / "x.yaml").write_text("name: e\n")
+    jobs = expand(tiny_study(tmp_path, folder_data, "e", "grid.strategies=[vanilla]", "grid.seeds=[0,1]")).jobs
+    real = launch_mod.JobRunner.__call__
+
+    def busy(self, argv):
+        if jobs[0].id in argv[2]:
+            raise launch_mod.LockedError("held by another study")  # what exclusive() raises for a held job
+        return real(self, argv)
+
+    monkeypatch.setattr(launch_mod.JobRunner, "__call__", busy)
+    capsys.readouterr()
+    assert run_cli("study", *args, "--report") == 75
+    out = capsys.readouterr().out
+    assert "study finished" not in out and "the study is not finished: 1 of 2 jobs are unfinished" in out
+    assert "1 running in another process" in out and "no report built" in out
+    assert not (tmp_path / "e" / "report").exists()
+    monkeypatch.setattr(launch_mod.JobRunner, "__call__", real)
+    assert run_cli("study", *args) == 0
+    assert "study finished; build its report with" in capsys.readouterr().out

@@ -151,9 +151,75 @@ def finetune_presets(study: StudyConfig, model: str, shots: int) -> list[str]:
     return [preset, study.fewshot_recipe] if shots > 0 and study.fewshot_recipe else [preset]
 
 
+def _set_per_job(study: StudyConfig) -> dict[str, dict[str, tuple[str, list | None]]]:
+    """Stage -> key -> (what sets it, the values it takes or None) for every key a study sets in each job's config
+    after the stage's own overrides (`finetune=[...]`, `generate=[...]`, `style=[...]`, `filter=[...]`)."""
+    g = study.grid
+    where = ("the study's out_dir", None)
+    common = {}
+    if study.data_root:
+        common["data.root"] = ("data_root", [study.data_root])
+    if study.cache_dir:
+        common["data.cache_dir"] = ("cache_dir", [study.cache_dir])
+    data = {"data.name": ("grid.datasets", g.datasets), **common, "out_dir": where}
+    split = {"data.shots": ("grid.shots", g.shots), "data.split_seed": ("grid.seeds (the few-shot draw)", None)}
+    return {
+        "finetune": {**data, "data.shots": ("grid.shots", g.shots), "seed": ("grid.seeds", g.seeds),
+                     "model.name": ("grid.models", g.models), "strategy": ("grid.strategies", g.strategies),
+                     "synthetic.per_class": ("grid.volumes", g.volumes), "synthetic.filter": ("grid.filters", None),
+                     "synthetic.path": ("grid.prompts and grid.guidance (the study's generated sets)", None),
+                     "run_name": where},
+        "generate": {**data, "generator.guidance": ("grid.guidance", g.guidance),
+                     "prompts.templates": ("grid.prompts", None), "mode": ("grid.prompts (img2img)", None),
+                     "prompts.style_embedding": ("grid.prompts (the study's style jobs)", None),
+                     "prompts.style_lora": ("grid.prompts (the study's style jobs)", None),
+                     "per_class": ("grid.volumes (the largest)", None),
+                     **(split if "img2img" in g.prompts else {})},
+        "style": {**data, **split},
+        "filter": {"set_dir": ("grid.prompts and grid.guidance (the study's generated sets)", None),
+                   "name": ("grid.filters (a key of filter_presets)", None)},
+    }
+
+
+def check_stage_overrides(study: StudyConfig) -> None:
+    """Refuses a stage override that the study would silently replace: a key the grid (or the study) sets per job.
+
+    A key set to the one value the grid gives every job changes nothing and is let through (e.g. `data.shots=20`
+    beside `grid.shots=[20]`).
+
+    Raises:
+        ConfigError: one line naming the override and the grid (or study) key to use instead.
+    """
+    import yaml
+
+    for stage, keys in _set_per_job(study).items():
+        for o in getattr(study, stage):
+            key, _, value = o.partition("=")
+            key = key.strip().lstrip("+~")
+            if key not in keys:
+                continue
+            grid_key, values = keys[key]
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+            if values is not None and len(values) == 1 and values[0] == parsed:
+                continue
+            if values is None:
+                use = f"remove it from {stage}"
+            else:
+                use = f"use {grid_key}=[{value}]" if grid_key.startswith("grid.") else f"use {grid_key}={value}"
+            raise ConfigError(f"{stage}=[{o}]: the study sets {key} for each job from {grid_key}; {use}")
+
+
 def expand(study: StudyConfig) -> Plan:
-    """All jobs of a study, shared inputs first, deduplicated by identity."""
+    """All jobs of a study, shared inputs first, deduplicated by identity.
+
+    Raises:
+        ConfigError: a stage override sets a key the grid sets per job (`check_stage_overrides`), or a bad preset.
+    """
     forget_missing()
+    check_stage_overrides(study)
     g = study.grid
     for s in g.strategies:
         STRATEGIES.get(s)

@@ -6,6 +6,7 @@ commands (`synthtl learn-style|generate|finetune -c <job>.yaml`), so a job can a
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
 from synthtl.experiments.identity import identity_diff, identity_hash
-from synthtl.files import read_json, remove_temps, write_json, write_text
+from synthtl.files import read_json, read_jsonl, remove_temps, write_json, write_text
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "filter", "finetune")
@@ -54,7 +55,12 @@ def claim_folder(job: Job) -> None:
 
 
 def is_done(job: Job) -> bool:
-    """Finished jobs are skipped: style.json / every planned image of the needed volume / result.json.
+    """Finished jobs are skipped: style.json / every planned image of the needed volume / a filter that covers its
+    set as the set is now / result.json of a run that trained on what its inputs give now.
+
+    A filter whose set grew (or had images redrawn) since it ran is not done: the study runs it again, and it scores
+    only the new images. A filtered run is not done when its filter now keeps other images of its volume than it
+    trained on (see `stale_run`).
 
     Raises:
         ConfigError: the job's folder belongs to another job (see `check_folder`).
@@ -64,15 +70,149 @@ def is_done(job: Job) -> bool:
     if job.kind == "style":
         return (out / "style.json").is_file()
     if job.kind == "finetune":
-        return (out / "result.json").is_file()
+        return (out / "result.json").is_file() and not stale_run(job)
     if job.kind == "filter":
-        return (out / "filter.json").is_file()
+        return (out / "filter.json").is_file() and current_filter(job.config.set_dir, job.config.name) is not None
     from synthtl.generation.plan import is_complete
 
     return is_complete(out, job.config.per_class)  # the set's small completion record: no manifest is read
 
 
-def write_plan(plan: Plan) -> None:
+# ------------------------------------------------------------------------------------------ filters and their runs
+_FILTERS: dict[tuple, dict | None] = {}  # (files' stamps) -> filter.json or None: one read of a set per state
+
+
+def _stamps(set_dir: Path, name: str) -> tuple:
+    from synthtl.data.synthetic import COMPLETE, PROGRESS_DIR
+    from synthtl.filtering import store
+
+    folder = store.filter_dir(set_dir, name)
+    files = [folder / store.SUMMARY, folder / store.DECISIONS, set_dir / COMPLETE,
+             *sorted((set_dir / PROGRESS_DIR).glob("*.jsonl"))]
+    out = [str(set_dir), name]
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((f.name, st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append((f.name, None))
+    return tuple(out)
+
+
+def current_filter(set_dir: str | Path, name: str) -> dict | None:
+    """A filter's filter.json when it is finished and covers its set as the set is now (`filtering.store.read_filter`),
+    else None: unfinished, or the set was extended or redrawn since it ran. Memoised per state of the files."""
+    from synthtl.filtering import store
+
+    set_dir = Path(set_dir)
+    key = _stamps(set_dir, name)
+    if key not in _FILTERS:
+        try:
+            _FILTERS[key] = store.read_filter(set_dir, name)
+        except DataError:
+            _FILTERS[key] = None
+    return _FILTERS[key]
+
+
+def filter_selection(job: Job) -> str | None:
+    """A hash of the images a filtered run trains on: of the first `synthetic.per_class` images of each class, those
+    its filter keeps now (None while the filter is unfinished or older than its set).
+
+    A filter's top_k / fraction rule ranks each class over every image of the set, so growing the set can change
+    which of a run's first k images are kept; a threshold keeps each image on its own score and never does.
+    (Mirrors data/synthetic.py's reading of a filtered set: first k finished images, then the kept ones.)
+    """
+    from synthtl.filtering import store
+
+    syn = job.config.synthetic
+    if current_filter(syn.path, syn.filter) is None:
+        return None
+    by_class: dict[int, list[dict]] = {}
+    for d in read_jsonl(store.filter_dir(syn.path, syn.filter) / store.DECISIONS):
+        by_class.setdefault(d["class_index"], []).append(d)
+    kept = []
+    for rows in by_class.values():
+        rows.sort(key=lambda d: d["index"])
+        kept += [d["path"] for d in (rows[:syn.per_class] if syn.per_class else rows) if d["kept"]]
+    return hashlib.sha256("\n".join(sorted(kept)).encode()).hexdigest()[:16]
+
+
+def stale_run(job: Job) -> str:
+    """Why a filtered run's folder holds training on another choice of its filter than the current one ("" if it
+    does not, or cannot be known yet because the filter must run again first).
+
+    A finished run is stale when its filter now keeps other images of its volume (the selection the study recorded
+    when it launched the run; for a run launched before selections were recorded, a changed filter identity under a
+    top_k / fraction rule). An unfinished run is stale when its filter changed at all since it started: fine-tuning
+    refuses to resume on another filter (its inputs.json).
+    """
+    if job.kind != "finetune":
+        return ""
+    syn = job.config.synthetic
+    if not syn.filter or not (job.out / "inputs.json").is_file():
+        return ""
+    summary = current_filter(syn.path, syn.filter)
+    if summary is None:
+        return ""
+    started_on = read_json(job.out / "inputs.json").get("filter")
+    if not (job.out / "result.json").is_file():
+        return f"filter {syn.filter!r} changed since the run started" if started_on not in (None, summary[
+            "identity"]) else ""
+    held = read_json(job.out / STUDY_JOB).get("filter_selection") if (job.out / STUDY_JOB).is_file() else None
+    if held is not None:
+        return "" if held == filter_selection(job) else f"filter {syn.filter!r} now keeps other images of its volume"
+    if started_on in (None, summary["identity"]) or summary["keep"]["rule"] == "threshold":
+        return ""
+    return f"filter {syn.filter!r} was decided again over a grown set ({summary['keep']['rule']} rule)"
+
+
+def record_selection(job: Job) -> None:
+    """Notes in the run's folder which filtered images it is launched on (its filter has just been made current)."""
+    if job.kind == "finetune" and job.config.synthetic.filter:
+        selection = filter_selection(job)
+        record = read_json(job.out / STUDY_JOB)
+        if selection is not None and record.get("filter_selection") != selection:
+            write_json(job.out / STUDY_JOB, {**record, "filter_selection": selection})
+
+
+def set_aside(study: StudyConfig, job: Job, why: str) -> Path:
+    """Moves a stale run's folder to <study>/stale/ (out of the report's reach, nothing deleted) so it trains again."""
+    base = Path(study.folder) / "stale"
+    base.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (base / f"{job.id}.{n}").exists():
+        n += 1
+    dest = base / f"{job.id}.{n}"
+    job.out.rename(dest)
+    if is_main():
+        print(f"[synthtl] {job.id}: {why}; its old folder is kept at {dest}, training it again")
+    return dest
+
+
+def progress_of(job: Job) -> str:
+    """What an unfinished job's folder shows: "stopped" (started, then failed or killed: it resumes), "extend" (a
+    finished set to grow, or a finished filter whose set grew), "retrain" (a finished run whose filter now keeps other
+    images of its volume) or "" (never started: a study claims a stage's folders before it launches any)."""
+    out = job.out
+    if job.kind == "finetune":
+        if (out / "result.json").is_file():
+            return "retrain"
+        return "stopped" if (out / "config.yaml").is_file() or any((out / "checkpoints").glob("*.pt")) else ""
+    if job.kind == "style":
+        return "stopped" if (out / "checkpoint.pt").is_file() or (out / "adapters" / "checkpoint.pt").is_file() else ""
+    if job.kind == "filter":
+        from synthtl.filtering.store import has_scores
+
+        return "extend" if (out / "filter.json").is_file() else "stopped" if has_scores(out) else ""
+    from synthtl.data.synthetic import COMPLETE, PROGRESS_DIR
+
+    if (out / COMPLETE).is_file():
+        return "extend"  # finished at a smaller volume
+    return "stopped" if any(f.stat().st_size for f in (out / PROGRESS_DIR).glob("*.jsonl")) else ""
+
+
+def write_plan(plan: Plan) -> dict[str, bool]:
+    """Writes study.yaml, the job files and plan.json; returns job id -> done."""
     study = plan.study
     root = Path(study.folder)
     write_text(root / "study.yaml", to_yaml(study))
@@ -82,9 +222,11 @@ def write_plan(plan: Plan) -> None:
         path, text = job_file(study, job), to_yaml(job.config)
         if not path.is_file() or path.read_text() != text:
             write_text(path, text, fsync=False)
+    done = {j.id: is_done(j) for j in plan.jobs}
     write_json(root / "plan.json", {"name": study.name, "description": study.description,
                                     "jobs": [{"kind": j.kind, "id": j.id, "needs": j.needs, "labels": j.labels,
-                                              "out": str(j.out), "done": is_done(j)} for j in plan.jobs]})
+                                              "out": str(j.out), "done": done[j.id]} for j in plan.jobs]})
+    return done
 
 
 # ------------------------------------------------------------------------------------------------------ estimates
@@ -156,28 +298,48 @@ def describe_style_job(job: Job) -> str:
     return f"    {job.id}: {total} (one {what} for the dataset)"
 
 
+PROGRESS_LABELS = {"stopped": "stopped part-way", "extend": "to extend", "retrain": "to retrain (filter changed)"}
+
+
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
     """The plan: jobs per stage, finished, running elsewhere, to run (of them: stopped part-way, i.e. started by an
-    earlier call that failed or was killed), the GPU-hour estimate and each style job's steps."""
+    earlier call that failed or was killed; finished sets and filters to extend; runs to train again because their
+    filter now keeps other images), the GPU-hour estimate and each style job's steps."""
     rates = {**measured_rates(Path(plan.study.folder))}
     elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if _locked(plan.study, j)}
     lines = [f"study {plan.study.name!r} -> {plan.study.folder}"]
     for why in plan.missing.values():
         lines.append(f"  {why} (its job ids are provisional until it is there)")
     total = 0.0
+    updating: set[str] = set()  # finished filters whose set grew: they run again before the runs that read them
+    recheck = 0
+    growing: set[str] = set()  # finished sets to extend: their finished filters must be updated after them
     for stage in STAGES:
         jobs = plan.of(stage)
-        todo = [j for j in jobs if not is_done(j)]
+        todo = [j for j in jobs if not is_done(j) or (stage == "filter" and set(j.needs) & growing)]
         busy = [j for j in todo if j.id in elsewhere]
         todo = [j for j in todo if j.id not in elsewhere]
-        stopped = [j for j in todo if (j.out / STUDY_JOB).is_file()]  # claimed by an earlier call: failed or killed
+        progress = [progress_of(j) for j in todo]
+        if stage == "generate":
+            growing = {j.id for j, p in zip(todo, progress, strict=True) if p == "extend"}
+        counts = {k: progress.count(k) for k in PROGRESS_LABELS}
+        shown = ", ".join([f"{counts['stopped']} stopped part-way"] +
+                          [f"{n} {PROGRESS_LABELS[k]}" for k, n in counts.items() if n and k != "stopped"])
+        if stage == "filter":
+            updating = {j.id for j, p in zip(todo, progress, strict=True) if p == "extend"}
+        if stage == "finetune":
+            unfinished = {j.id for j in todo} | {j.id for j in busy}
+            recheck = sum(1 for j in jobs if j.id not in unfinished and set(j.needs) & updating)
         secs = sum(estimate_seconds(j, rates) for j in todo)
         total += secs
         lines.append(f"  {stage:<9} {len(jobs):>5} jobs, {len(jobs) - len(todo) - len(busy):>5} finished, "
-                     f"{len(busy):>5} running elsewhere, {len(todo):>5} to run ({len(stopped)} stopped part-way), "
+                     f"{len(busy):>5} running elsewhere, {len(todo):>5} to run ({shown}), "
                      f"~{secs / 3600:.1f} GPU-hours")
         if stage == "style":
             lines += [describe_style_job(j) for j in jobs]
+    if recheck:
+        lines.append(f"  {recheck} finished filtered run(s) are checked again once their filter is updated: a top_k "
+                     "or fraction rule may then keep other images of their volume, and they train again")
     source = "measured in this study" if rates else "default rates (nothing measured yet)"
     lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source}; see experiments/runner.py DEFAULT_RATES)")
     return "\n".join(lines)
@@ -243,8 +405,10 @@ def study_status(study: StudyConfig) -> str:
 
 # ------------------------------------------------------------------------------------------------------------ run
 def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
-    """Runs (or resumes) every unfinished job; returns counts per stage, the failed job ids and the ids of jobs
-    skipped because another process runs them (`elsewhere`). `dry_run`: prints the plan and writes nothing."""
+    """Runs (or resumes) every unfinished job; returns counts per stage, the failed job ids, the ids of jobs skipped
+    because another process runs them (`elsewhere`), of jobs waiting for inputs another process makes (`waiting`),
+    of jobs submitted to Slurm without waiting (`submitted`) and of every job not finished when it returns
+    (`unfinished`: the study is finished when it is empty). `dry_run`: prints the plan and writes nothing."""
     plan = expand(study)
     elsewhere = _earlier_submissions(plan)
     if is_main():
@@ -257,6 +421,7 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
         plan = fetch_missing(plan)
     failed: list[str] = []
     waiting: list[str] = []  # jobs whose inputs another process is still making
+    queued: list[str] = []  # jobs submitted to Slurm without waiting (launcher.wait=false)
     submitted: list[str] = []  # Slurm ids of earlier stages (dependencies when launcher.wait=false)
     by_id = plan.by_id()
     t0 = time.perf_counter()
@@ -272,17 +437,24 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
         if is_main():
             print(f"[synthtl] {stage}: {len(jobs)} job(s)")
             for j in jobs:
+                why = stale_run(j)
+                if why and not _locked(study, j) and not launcher.is_locked(j.out):  # (else it is run elsewhere)
+                    set_aside(study, j, why)
                 claim_folder(j)
+                record_selection(j)
         t_stage = time.perf_counter()
         out = launcher.launch(stage, jobs, study, [job_file(study, j) for j in jobs], submitted,
                               {j.id: [by_id[n] for n in j.needs] for j in jobs})
         failed += out.failed
         elsewhere |= set(out.elsewhere)
+        if study.launcher.kind == "slurm" and not study.launcher.wait:
+            queued += [j.id for j in jobs if j.id not in out.elsewhere and j.id not in out.failed]
         if is_main():
             print(f"[synthtl] {stage}: done in {time.perf_counter() - t_stage:.0f} s")
     summary = {stage: len(plan.of(stage)) for stage in STAGES}
-    summary.update(failed=failed, elsewhere=sorted(elsewhere), waiting=waiting, seconds=time.perf_counter() - t0)
-    write_plan(plan)
+    done = write_plan(plan)
+    summary.update(jobs=len(plan.jobs), failed=failed, elsewhere=sorted(elsewhere), waiting=waiting, submitted=queued,
+                   unfinished=[j for j, d in done.items() if not d], seconds=time.perf_counter() - t0)
     if elsewhere and is_main():
         shown = ", ".join(sorted(elsewhere)[:5]) + (", ..." if len(elsewhere) > 5 else "")
         print(f"[synthtl] {len(elsewhere)} job(s) are running in another process and were skipped ({shown}); "
