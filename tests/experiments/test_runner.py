@@ -393,16 +393,22 @@ def test_growing_a_filtered_study_refilters_the_new_images_and_retrains_runs_who
     assert not runner_mod.is_done(filt)  # its filter no longer covers it: not finished
     line = next(x for x in runner_mod.study_status(grown).splitlines() if x.strip().startswith("filter"))
     assert "0 finished" in line and "1 to run (0 stopped part-way, 1 to extend)" in line, line
-    calls = count_jobs(monkeypatch)
-    summary = run_study(grown)
-    assert summary["failed"] == [] and summary["unfinished"] == []
-    assert calls.count("filter") == 1 and calls.count("generate") == 0
-    cost = [json.loads(x) for x in (set_dir / "filters" / "top4" / "cost.jsonl").read_text().splitlines()]
-    assert sum(c["scored"] for c in cost) == 6 * 3  # the 4 first images of each class were not scored again
+    assert run_cli("filter", "-c", str(runner_mod.job_file(grown, filt))) == 0  # as the reviewer did by hand
+    assert runner_mod.is_done(filt)
+    v4 = next(j for j in expand(grown).of("finetune") if j.config.synthetic.per_class == 4)
     after = _kept_prefix(set_dir, "top4", 4)
     changed = before != after
     assert changed  # top-4 of 6 keeps other images of the first 4 than top-4 of 4 (all of them) in these sets
-    v4 = next(j for j in expand(grown).of("finetune") if j.config.synthetic.per_class == 4)
+    assert runner_mod.stale_run(v4) and not runner_mod.is_done(v4)  # by the selection recorded at its launch
+    record = json.loads((v4.out / "study_job.json").read_text())
+    write_json(v4.out / "study_job.json", {k: v for k, v in record.items() if k != "filter_selection"})
+    assert runner_mod.stale_run(v4)  # a run launched before selections were recorded: its filter's identity changed
+    calls = count_jobs(monkeypatch)
+    summary = run_study(grown)
+    assert summary["failed"] == [] and summary["unfinished"] == []
+    assert calls.count("filter") == 0 and calls.count("generate") == 0
+    cost = [json.loads(x) for x in (set_dir / "filters" / "top4" / "cost.jsonl").read_text().splitlines()]
+    assert sum(c["scored"] for c in cost) == 6 * 3  # the 4 first images of each class were not scored again
     assert calls.count("finetune") == 1 + int(changed)  # the new volume-6 run, and the volume-4 run again
     stale = list((tmp_path / "g" / "stale").iterdir())
     assert [p.name for p in stale] == [f"{v4.id}.1"] and (stale[0] / "result.json").is_file()
