@@ -232,7 +232,11 @@ def test_shipped_presets_load_and_leave_the_rule_to_the_command():
     assert {p.stem for p in presets} >= {"clip", "classifier"}
     for p in presets:
         assert p.read_text().startswith("# synthtl filter "), p
-        cfg = load_config(FilterConfig, p, ["keep.top_k=5"])
+        if p.stem == "clip80":  # the one preset with its rule (the peers study's): another is chosen by resetting it
+            assert load_config(FilterConfig, p, []).keep.fraction == 0.8
+            cfg = load_config(FilterConfig, p, ["keep.fraction=0", "keep.top_k=5"])
+        else:
+            cfg = load_config(FilterConfig, p, ["keep.top_k=5"])
         assert cfg.keep.rule == "top_k" and cfg.method in ("clip", "classifier")
 
 
@@ -271,7 +275,7 @@ def test_same_name_with_other_weights_at_the_same_path_is_refused(base, gen, tmp
 
 
 def test_training_reads_only_the_kept_images_and_records_the_filter(base, gen, tmp_path, capsys):
-    from synthtl.filtering import identity, kept
+    from synthtl.filtering import decisions, identity, kept, selection
 
     run_filter(clip_cfg(base, gen, "keep.top_k=2"))
     args = ["finetune", "data.name=folder", f"data.root={base['real']}", f"data.cache_dir={tmp_path / 'cache'}",
@@ -282,7 +286,21 @@ def test_training_reads_only_the_kept_images_and_records_the_filter(base, gen, t
     assert run_cli(*args, "synthetic.filter=clip", "run_name=filtered") == 0
     res = json.loads((tmp_path / "runs" / "filtered" / "result.json").read_text())
     assert res["images"]["synthetic"] == 2 * 3 == len(kept(gen, "clip"))
-    assert res["synthetic_set"]["filter"] == {"name": "clip", "identity": identity(gen, "clip"), "kept": 6}
+    assert res["synthetic_set"]["filter"] == {"name": "clip", "identity": selection(gen, "clip")[1], "kept": 6}
+    # a smaller volume: the rule applied to the first 3 images of each class (the 2 best of those), not "those of
+    # the first 3 that the whole-set ranking kept"
+    assert run_cli(*args, "synthetic.filter=clip", "synthetic.per_class=3", "run_name=first3") == 0
+    res3 = json.loads((tmp_path / "runs" / "first3" / "result.json").read_text())
+    by_class: dict = {}
+    for d in decisions(gen, "clip"):
+        by_class.setdefault(d["class_index"], []).append(d)
+    want = set()
+    for rows in by_class.values():
+        first = sorted(rows, key=lambda d: d["index"])[:3]
+        want |= {d["path"] for d in sorted(first, key=lambda d: (-d["score"], d["index"]))[:2]}
+    assert selection(gen, "clip", 3)[0] == want and res3["images"]["synthetic"] == 6 == len(want)
+    assert res3["synthetic_set"]["filter"]["identity"] == selection(gen, "clip", 3)[1] != selection(gen, "clip")[1]
+    assert identity(gen, "clip")  # the filter's own identity (whole set) is still there for the report
     assert run_cli(*args, "run_name=all") == 0
     assert json.loads((tmp_path / "runs" / "all" / "result.json").read_text())["images"]["synthetic"] == 15
     assert run_cli(*args, "synthetic.filter=nope", "run_name=nope") == 2

@@ -440,16 +440,16 @@ def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partia
     starts = np.searchsorted(rows.cls[done], order + [np.iinfo(np.int32).max])
     keep = None
     if filter_name:
-        from synthtl.filtering import identity, kept  # lazy: filtering imports this module
+        from synthtl.filtering import selection  # lazy: filtering imports this module
 
-        keep = kept(folder, filter_name)  # refuses an unfinished or stale filter
-        record["filter"] = {"name": filter_name, "identity": identity(folder, filter_name), "kept": len(keep)}
+        keep, chosen = selection(folder, filter_name, per_class)  # refuses an unfinished or stale filter
+        record["filter"] = {"name": filter_name, "identity": chosen, "kept": len(keep)}
     items = []
     for j in range(len(order)):
         mine = done[starts[j]:starts[j + 1]]
         if per_class:
             mine = mine[:per_class]
-        if keep is not None:  # of the first k images (the volume), those the filter kept
+        if keep is not None:  # the filter's rule applied to the first k images (the volume)
             mine = np.array([p for p in mine.tolist() if rows.rel_path(p) in keep], dtype=mine.dtype)
         y = mapping[j]
         items += [(rows.rel_path(p, "train_path") or rows.rel_path(p), y) for p in mine.tolist()]
@@ -478,8 +478,9 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
         real: The real training list; synthetic classes must match its classes one to one.
         per_class: Keep the first k images of each class (manifest order); 0 = all.
         allow_partial: Use an unfinished generated set (the finished images only) instead of refusing it.
-        filter_name: Of the first `per_class` images of each class, use only those the set's filter of this name kept
-            (`synthtl filter`): a filtered run trains on fewer images than the volume; recorded.
+        filter_name: Apply the rule of the set's filter of this name (`synthtl filter`) to the first `per_class`
+            images of each class, on its scores (`filtering.selection`): a filtered run trains on fewer images than
+            the volume; recorded.
 
     Returns:
         (images, record) where record = {"path", "generated", "done", "total", "partial", "allow_partial"}: done/total

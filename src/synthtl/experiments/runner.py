@@ -6,7 +6,6 @@ commands (`synthtl learn-style|generate|finetune -c <job>.yaml`), so a job can a
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
 from synthtl.experiments.identity import identity_diff, identity_hash
-from synthtl.files import read_json, read_jsonl, remove_temps, write_json, write_text
+from synthtl.files import read_json, remove_temps, write_json, write_text
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "filter", "finetune")
@@ -115,26 +114,18 @@ def current_filter(set_dir: str | Path, name: str) -> dict | None:
 
 
 def filter_selection(job: Job) -> str | None:
-    """A hash of the images a filtered run trains on: of the first `synthetic.per_class` images of each class, those
-    its filter keeps now (None while the filter is unfinished or older than its set).
+    """A hash of the images a filtered run trains on (`filtering.selection`: the filter's rule applied to the run's
+    first `synthetic.per_class` images of each class), or None while the filter is unfinished or older than its set.
 
-    A filter's top_k / fraction rule ranks each class over every image of the set, so growing the set can change
-    which of a run's first k images are kept; a threshold keeps each image on its own score and never does.
-    (Mirrors data/synthetic.py's reading of a filtered set: first k finished images, then the kept ones.)
+    The rule sees only the run's own first images, so growing the set leaves it unchanged; re-scoring (another model
+    or config under the filter's name) or redrawn images can change it.
     """
     from synthtl.filtering import store
 
     syn = job.config.synthetic
     if current_filter(syn.path, syn.filter) is None:
         return None
-    by_class: dict[int, list[dict]] = {}
-    for d in read_jsonl(store.filter_dir(syn.path, syn.filter) / store.DECISIONS):
-        by_class.setdefault(d["class_index"], []).append(d)
-    kept = []
-    for rows in by_class.values():
-        rows.sort(key=lambda d: d["index"])
-        kept += [d["path"] for d in (rows[:syn.per_class] if syn.per_class else rows) if d["kept"]]
-    return hashlib.sha256("\n".join(sorted(kept)).encode()).hexdigest()[:16]
+    return store.selection(syn.path, syn.filter, syn.per_class)[1]
 
 
 def stale_run(job: Job) -> str:
@@ -143,8 +134,8 @@ def stale_run(job: Job) -> str:
 
     A finished run is stale when its filter now keeps other images of its volume (the selection the study recorded
     when it launched the run; for a run launched before selections were recorded, a changed filter identity under a
-    top_k / fraction rule). An unfinished run is stale when its filter changed at all since it started: fine-tuning
-    refuses to resume on another filter (its inputs.json).
+    top_k / fraction rule). An unfinished run is stale when its selection changed since it started: fine-tuning
+    refuses to resume on another one (its inputs.json records it).
     """
     if job.kind != "finetune":
         return ""
@@ -155,9 +146,9 @@ def stale_run(job: Job) -> str:
     if summary is None:
         return ""
     started_on = read_json(job.out / "inputs.json").get("filter")
-    if not (job.out / "result.json").is_file():
-        return f"filter {syn.filter!r} changed since the run started" if started_on not in (None, summary[
-            "identity"]) else ""
+    if not (job.out / "result.json").is_file():  # inputs.json records the run's selection (`filtering.selection`)
+        return f"filter {syn.filter!r} changed since the run started" if started_on not in (
+            None, filter_selection(job)) else ""
     held = read_json(job.out / STUDY_JOB).get("filter_selection") if (job.out / STUDY_JOB).is_file() else None
     if held is not None:
         return "" if held == filter_selection(job) else f"filter {syn.filter!r} now keeps other images of its volume"

@@ -17,6 +17,7 @@ use these functions.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -147,6 +148,38 @@ def kept(set_dir: str | os.PathLike, name: str) -> set[str]:
     does. Refuses a filter that no longer covers the set exactly (see `read_filter`).
     """
     return {d["path"] for d in decisions(set_dir, name) if d["kept"]}
+
+
+def selection(set_dir: str | os.PathLike, name: str, per_class: int = 0) -> tuple[set[str], str]:
+    """What a run of volume `per_class` trains on: the filter's rule applied to the first `per_class` images of each
+    class (all of them for 0), on the filter's scores. top_k keeps the k best of those, fraction that fraction of
+    them, threshold those above it; so a run's images depend only on its own first k images, never on how far the set
+    was generated beyond them.
+
+    Returns:
+        (the manifest paths kept, a hash of them with the filter's config and scoring model: the run's record of its
+        filtered input; where files live and the set's other rows are not part of it).
+
+    Raises:
+        DataError: an unfinished filter, or one older than its set (see `read_filter`).
+    """
+    from synthtl.config import KeepConfig
+    from synthtl.filtering.decide import decide
+
+    summary = read_filter(set_dir, name)
+    by_class: dict[int, list[dict]] = {}
+    for d in read_jsonl(filter_dir(set_dir, name) / DECISIONS):
+        by_class.setdefault(d["class_index"], []).append(d)
+    first = []
+    for rows in by_class.values():
+        rows.sort(key=lambda d: d["index"])
+        first += rows[:per_class] if per_class else rows
+    keep = KeepConfig(**{summary["keep"]["rule"]: summary["keep"]["value"]})
+    paths = {d["id"]: d["path"] for d in first}
+    chosen = {paths[i] for i, d in decide(first, keep).items() if d["kept"]}
+    digest = hashlib.sha256(json.dumps({"config": summary["config"], "model": summary["model"],
+                                        "kept": sorted(chosen)}, sort_keys=True).encode()).hexdigest()[:16]
+    return chosen, digest
 
 
 def identity(set_dir: str | os.PathLike, name: str) -> str:

@@ -69,9 +69,11 @@ def inputs_identity(cfg: FinetuneConfig) -> dict:
                 h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode("utf-8", "surrogateescape"))
             out["synthetic"] = "files:" + h.hexdigest()[:16]
         if cfg.synthetic.filter and (folder / "filters" / cfg.synthetic.filter / "filter.json").is_file():
-            from synthtl.filtering import identity
+            from synthtl.filtering import selection
 
-            out["filter"] = identity(folder, cfg.synthetic.filter)  # its config, model, set rows and kept ids
+            # the filter's config and model and the images it keeps of this run's volume: growing the set beyond
+            # the volume does not change it (`filtering.selection`)
+            out["filter"] = selection(folder, cfg.synthetic.filter, cfg.synthetic.per_class)[1]
     for key, path in (("split_file", cfg.data.split_file), ("weights", cfg.model.weights)):
         if path and Path(path).is_file():
             out[key] = "sha256:" + content_sha256(path)[:16]
