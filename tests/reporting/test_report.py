@@ -275,7 +275,7 @@ def test_runs_outside_a_study_keep_filtered_and_per_class_lora_sets_apart(tmp_pa
     assert {"lora", "lora, filter clip80", "lora_per_class"} <= prompts  # three settings, none pooled
     assert "| lora, filter clip80 |" in (root / "report" / "tables" / "runs.md").read_text()  # the rendered table too
     filtered = next(t for t in (root / "report" / "tables").glob("strategies_*.md") if "filter clip80" in t.read_text())
-    assert "runs train on the images the filter kept among the first 1000 per class" in filtered.read_text()
+    assert "runs train on what the filter's rule keeps of the first 1000 per class" in filtered.read_text()
 
 
 def test_cost_table_keeps_inversion_and_lora_styles_apart():

@@ -105,7 +105,7 @@ def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
             kept = [r.result.get("images", {}).get("synthetic") for r in members
                     if r.labels["strategy"] in SYNTHETIC_STRATEGIES]
             kept = [k for k in kept if isinstance(k, int)]
-            note += (f"; filtered: runs train on the images the filter kept among the first {volume} per class"
+            note += (f"; filtered: runs train on what the filter's rule keeps of the first {volume} per class"
                      + (f" ({min(kept)}–{max(kept)} synthetic images per run)" if kept else ""))
         tables.append(Table(f"strategies_{i + 1}", f"Test top-1 (%), {setting_name(*setting)}", columns, rows, raw,
                             note))
