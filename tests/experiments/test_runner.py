@@ -358,7 +358,7 @@ def test_leftover_job_file_temps_of_a_killed_study_are_removed(tmp_path, folder_
 
 
 def _kept_prefix(set_dir: Path, name: str, per_class: int) -> dict[int, set[str]]:
-    """Per class, the kept images among the first `per_class` (what a filtered run of that volume trains on)."""
+    """Per class, the images the whole-set ranking kept among the first `per_class` (the filter's own decisions)."""
     rows = [json.loads(x) for x in (set_dir / "filters" / name / "decisions.jsonl").read_text().splitlines()]
     out: dict[int, set[str]] = {}
     for d in rows:
