@@ -33,3 +33,15 @@ def test_overrides_may_follow_options_and_path_errors_are_one_line(tmp_path, cap
     assert run_cli("finetune", "-c", "finetune/tiny_cpu", f"out_dir={afile / 'runs'}", "real_stage.epochs=1") == 2
     err = capsys.readouterr().err
     assert "Not a directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_synthtl_warnings_are_one_line(capsys, monkeypatch):
+    from synthtl import cli
+
+    passed_on = []
+    monkeypatch.setattr(cli, "_SHOW_WARNING", lambda *a: passed_on.append(a[2]))
+    cli.show_warning(UserWarning("n below the feature dimension"), UserWarning,
+                     "/x/site-packages/synthtl/reporting/report.py", 238)
+    cli.show_warning(UserWarning("from elsewhere"), UserWarning, "/x/site-packages/torch/nn/modules.py", 3)
+    assert capsys.readouterr().err == "[synthtl] warning: n below the feature dimension\n"
+    assert passed_on == ["/x/site-packages/torch/nn/modules.py"]  # other libraries' warnings keep Python's form

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -326,7 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SHOW_WARNING = warnings.showwarning
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """synthtl's own warnings (e.g. "n below the feature dimension") as one "[synthtl] warning:" line, not Python's
+    two-line form with a source line; other libraries' warnings as usual."""
+    if issubclass(category, UserWarning) and "synthtl" in Path(filename).parts:
+        print(f"[synthtl] warning: {message}", file=file or sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = show_warning
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may follow options (`synthtl filter SET -c filter/clip keep.fraction=0.8`): argparse has
