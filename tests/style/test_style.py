@@ -294,9 +294,8 @@ def test_one_class_alone_matches_its_token_inside_a_per_class_run(folder_data, t
     torch.testing.assert_close(pc[2].learned[0].detach(), alone[2].learned[0].detach(), rtol=0, atol=1e-6)
 
 
-def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
-    args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2", *SMALL)
-    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
+def learn_until_first_checkpoint(monkeypatch, cfg) -> None:
+    """Runs learn-style and "kills" it right after it writes its first checkpoint."""
     real = style_train.save_torch
 
     def die_after_first_checkpoint(path, obj):
@@ -304,10 +303,16 @@ def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(style_train, "save_torch", die_after_first_checkpoint)
-    killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_learn_style(cfg_for(folder_data, killed, *args))
+        run_learn_style(cfg)
     monkeypatch.setattr(style_train, "save_torch", real)
+
+
+def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
+    args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2", *SMALL)
+    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
+    killed = tmp_path / "killed"
+    learn_until_first_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args))
     leftovers = [killed / ".checkpoint.pt.x1y2z3.tmp", killed / "validation" / ".step-000002.png.abc.tmp"]
     for p in leftovers:  # what a kill during an atomic write leaves
         p.parent.mkdir(exist_ok=True)
@@ -482,17 +487,9 @@ def test_a_style_folder_of_another_config_names_the_keys_that_differ(folder_data
 def test_an_unfinished_style_of_another_config_names_the_keys_and_keeps_its_config(folder_data, tmp_path,
                                                                                      monkeypatch):
     """A killed run's checkpoint is checked before anything is written: config.yaml still describes it."""
-    real = style_train.save_torch
-
-    def die_after_first_checkpoint(path, obj):
-        real(path, obj)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(style_train, "save_torch", die_after_first_checkpoint)
     out = tmp_path / "s"
-    with pytest.raises(KeyboardInterrupt):
-        run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0"))
-    monkeypatch.setattr(style_train, "save_torch", real)
+    learn_until_first_checkpoint(monkeypatch, cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1",
+                                                      "validate_every=0"))
     saved = (out / "config.yaml").read_text()
     with pytest.raises(ConfigError) as e:
         run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0",
