@@ -373,7 +373,7 @@ def test_growing_a_filtered_study_refilters_the_new_images_and_keeps_finished_ru
     instead of counting it finished. A filtered run's images are its filter's rule applied to its own first k images
     (`filtering.selection`), so the finished volume-4 run keeps its choice and is not trained again, although the
     filter's ranking over the whole grown set keeps other images among the first 4."""
-    from synthtl.filtering import selection
+    from synthtl.filtering import identity, selection
     from tests.filtering.tiny import tiny_clip
 
     clip = tiny_clip(tmp_path / "clip")
@@ -383,6 +383,7 @@ def test_growing_a_filtered_study_refilters_the_new_images_and_keeps_finished_ru
     run_study(small)
     set_dir = next((tmp_path / "g" / "gen").iterdir())
     before, chosen = _kept_prefix(set_dir, "top4", 4), selection(set_dir, "top4", 4)
+    old_identity = identity(set_dir, "top4")  # what an older synthtl recorded in a filtered run's inputs.json
     grown = tiny_study(tmp_path, folder_data, "g", *args, "grid.volumes=[4,6]")
     status = runner_mod.study_status(grown).splitlines()
     line = {x.split()[0]: x for x in status if x.startswith("  ")}
@@ -411,10 +412,15 @@ def test_growing_a_filtered_study_refilters_the_new_images_and_keeps_finished_ru
     (v4.out / "result.json").unlink()  # as if killed before its end: it resumes on the same images, not retrains
     assert runner_mod.stale_run(v4) == ""
     (v4.out / "result.json").write_bytes(result)
-    # a run launched before selections were recorded (an older synthtl) is judged by its filter's identity, which the
-    # growth changed: it trains again under today's rule, its old folder kept under stale/
+    # no recorded selection (a job file run by hand, a Slurm task submitted without waiting): the run's inputs.json
+    # holds its selection, unchanged: still finished
     record = json.loads((v4.out / "study_job.json").read_text())
     write_json(v4.out / "study_job.json", {k: v for k, v in record.items() if k != "filter_selection"})
+    assert runner_mod.stale_run(v4) == "" and runner_mod.is_done(v4)
+    # a run of an older synthtl recorded its filter's whole-set identity, which the growth changed: it trained on the
+    # old whole-set ranking, so it trains again under today's rule, its old folder kept under stale/
+    inputs = json.loads((v4.out / "inputs.json").read_text())
+    write_json(v4.out / "inputs.json", {**inputs, "filter": old_identity})
     assert runner_mod.stale_run(v4)
     calls.clear()
     run_study(grown)
@@ -495,3 +501,21 @@ def test_study_command_says_unfinished_and_builds_no_report_while_jobs_run_elsew
     monkeypatch.setattr(launch_mod.JobRunner, "__call__", real)
     assert run_cli("study", *args) == 0
     assert "study finished; build its report with" in capsys.readouterr().out
+
+
+def test_filtered_jobs_run_by_hand_count_as_finished(tmp_path, folder_data, monkeypatch):
+    """Job files run by hand (as Slurm tasks submitted without waiting are): the study records no selection for the
+    filtered run, whose inputs.json holds it; the next `synthtl study` counts the run finished and runs nothing."""
+    from tests.filtering.tiny import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
+    cfg = tiny_study(tmp_path, folder_data, "h", "grid.strategies=[mixed]", "grid.seeds=[0]", "grid.filters=[top2]",
+                     "filter_presets.top2=filter/clip", f"filter=[clip.model={clip},keep.top_k=2,batch_size=4]")
+    plan = expand(cfg)
+    runner_mod.write_plan(plan)
+    for kind in ("generate", "filter", "finetune"):
+        for job in plan.of(kind):
+            assert run_cli(kind, "-c", str(runner_mod.job_file(cfg, job))) == 0
+    calls = count_jobs(monkeypatch)
+    assert run_study(cfg)["unfinished"] == [] and calls == []
+    assert not (tmp_path / "h" / "stale").exists()

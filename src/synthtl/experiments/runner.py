@@ -58,8 +58,9 @@ def is_done(job: Job) -> bool:
     set as the set is now / result.json of a run that trained on what its inputs give now.
 
     A filter whose set grew (or had images redrawn) since it ran is not done: the study runs it again, and it scores
-    only the new images. A filtered run is not done when its filter now keeps other images of its volume than it
-    trained on (see `stale_run`).
+    only the new images. A filtered run is not done when its selection (its filter's rule on its first images,
+    `filtering.selection`) is not the one it trained on, e.g. images redrawn, or a run of an older synthtl whose
+    filter was decided again (see `stale_run`).
 
     Raises:
         ConfigError: the job's folder belongs to another job (see `check_folder`).
@@ -152,7 +153,10 @@ def stale_run(job: Job) -> str:
     held = read_json(job.out / STUDY_JOB).get("filter_selection") if (job.out / STUDY_JOB).is_file() else None
     if held is not None:
         return "" if held == filter_selection(job) else f"filter {syn.filter!r} now keeps other images of its volume"
-    if started_on in (None, summary["identity"]) or summary["keep"]["rule"] == "threshold":
+    # No selection recorded (a job file run by hand, a Slurm task submitted without waiting): inputs.json holds the
+    # run's selection (`filtering.selection`); a run of an older synthtl holds its filter's whole-set identity, and
+    # trained on that ranking: current while the filter was not decided again (or keeps by threshold)
+    if started_on in (None, filter_selection(job), summary["identity"]) or summary["keep"]["rule"] == "threshold":
         return ""
     return f"filter {syn.filter!r} was decided again over a grown set ({summary['keep']['rule']} rule)"
 
@@ -328,9 +332,9 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
                      f"~{secs / 3600:.1f} GPU-hours")
         if stage == "style":
             lines += [describe_style_job(j) for j in jobs]
-    if recheck:
-        lines.append(f"  {recheck} finished filtered run(s) are checked again once their filter is updated: a top_k "
-                     "or fraction rule may then keep other images of their volume, and they train again")
+    if recheck:  # a filtered run's images are its filter's rule on its own first images: growth leaves them alone
+        lines.append(f"  {recheck} finished filtered run(s) read a filter being updated; they keep their images (the "
+                     "rule sees only each run's first images of each class)")
     source = "measured in this study" if rates else "default rates (nothing measured yet)"
     lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source}; see experiments/runner.py DEFAULT_RATES)")
     return "\n".join(lines)
