@@ -2,10 +2,7 @@
 folder, and the filter records the cached snapshot's commit."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from synthtl.files import read_jsonl
@@ -22,15 +19,16 @@ def cache_as_hub(folder: Path, cache: Path, repo: str) -> None:
     (entry / "refs" / "main").write_text(COMMIT)
 
 
-def test_a_cached_hub_id_scores_like_its_folder(tiny_set, tmp_path):
+def test_a_cached_hub_id_scores_like_its_folder(tiny_set, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     cache = tmp_path / "hub"
     cache_as_hub(tiny_set["clip"], cache, "tiny-org/tiny-clip")
     by_id, by_folder = (Path(shutil.copytree(tiny_set["gen"], tmp_path / n)) for n in ("by_id", "by_folder"))
-    # a fresh process: the hub cache location is read when huggingface_hub is imported
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "synthtl", "filter", str(by_id), "clip.model=tiny-org/tiny-clip",
-                           "name=c", "keep.top_k=2"], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at each call (what HF_HUB_CACHE=... sets)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert run_cli("filter", str(by_id), "clip.model=tiny-org/tiny-clip", "name=c", "keep.top_k=2") == 0
+    monkeypatch.undo()
     assert run_cli("filter", str(by_folder), f"clip.model={tiny_set['clip']}", "name=c", "keep.top_k=2") == 0
     scores = [{r["id"]: r["score"] for r in read_jsonl(s / "filters" / "c" / "scores.jsonl")} for s in (by_id,
                                                                                                         by_folder)]
