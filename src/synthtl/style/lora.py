@@ -46,7 +46,7 @@ from synthtl.files import (
     write_text,
 )
 from synthtl.generation.families import family_of_pipeline, is_sdxl, text_encoders
-from synthtl.runtime import derive_seed, is_main, world_size
+from synthtl.runtime import derive_seed, is_main
 from synthtl.style import train as ti
 from synthtl.style.embeddings import STYLE_JSON
 
@@ -175,15 +175,13 @@ class Unit:
 
 
 def run_learn_lora(cfg: StyleConfig) -> dict:
-    """Learns (or resumes, or skips if finished) a style LoRA; returns style.json's content.
+    """Learns (or resumes, or skips if finished) a style LoRA; returns style.json's content. Called by
+    `train.run_learn_style`, which has already refused several processes.
 
     Raises:
-        ConfigError: started as several processes, or the folder holds another config's work.
+        ConfigError: the folder holds another config's work.
         LockedError: another process is writing the same out_dir.
     """
-    if world_size() > 1:
-        raise ConfigError(f"learn-style was started as {world_size()} processes (WORLD_SIZE): run learn-style as a "
-                          "single process (start it without torchrun)")
     _templates(cfg)
     out = Path(cfg.out_dir)
     identity = ti.style_identity(cfg)
