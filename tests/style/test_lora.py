@@ -14,6 +14,7 @@ from synthtl.style import lora
 from synthtl.style import train as style_train
 from synthtl.style.train import run_learn_style
 from tests.conftest import run_cli
+from tests.style.test_style import learn_until_checkpoint
 
 TINY = ["generator.model=tiny", "resolution=32", "batch_size=2", "validation_steps=2", "validation_images=1",
         "validation_classes=1", "progress=false", "method=lora", "lora.rank=2", "lr=0.01"]
@@ -151,20 +152,9 @@ def test_loss_falls_when_overfitting_a_few_images(folder_data, tmp_path):
 def test_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
     args = ("checkpoint_every=2", "warmup_steps=2")
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
-    calls, real = [], lora.save_torch
-
-    def die_after_second_checkpoint(path, obj):
-        real(path, obj)
-        calls.append(obj["step"])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(lora, "save_torch", die_after_second_checkpoint)
     killed = tmp_path / "killed"
-    with pytest.raises(KeyboardInterrupt):
-        run_learn_style(cfg_for(folder_data, killed, *args))
+    calls = learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args), n=2, module=lora)
     assert calls == [2, 4] and (killed / "checkpoint.pt").is_file() and not (killed / lora.WEIGHTS).exists()
-    monkeypatch.setattr(lora, "save_torch", real)
     leftover = killed / f".{lora.WEIGHTS}.x1y2z3.tmp"  # what a kill during an atomic write leaves
     leftover.write_bytes(b"half")
     resumed = run_learn_style(cfg_for(folder_data, killed, *args))

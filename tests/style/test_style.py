@@ -76,23 +76,29 @@ def test_dsi_end_to_end_files_and_validation_grids(folder_data, tmp_path):
     assert run_learn_style(cfg_for(folder_data, out)) == info  # finished: a no-op
 
 
-def test_resume_equals_uninterrupted(folder_data, tmp_path, monkeypatch):
-    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", "checkpoint_every=2", "validate_every=0"))
-    calls = []
-    real = style_train.save_torch
+def learn_until_checkpoint(monkeypatch, cfg, n: int = 1, module=style_train) -> list:
+    """Runs learn-style and "kills" it right after the n-th checkpoint `module` saves; returns their steps."""
+    real, calls = module.save_torch, []
 
-    def die_after_second_checkpoint(path, obj):
+    def die_after_checkpoint(path, obj):
         real(path, obj)
-        calls.append(obj["step"])
-        if len(calls) == 2:
+        calls.append(obj.get("step"))
+        if len(calls) == n:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(style_train, "save_torch", die_after_second_checkpoint)
-    killed = tmp_path / "killed"
+    monkeypatch.setattr(module, "save_torch", die_after_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        run_learn_style(cfg_for(folder_data, killed, "checkpoint_every=2", "validate_every=0"))
+        run_learn_style(cfg)
+    monkeypatch.setattr(module, "save_torch", real)
+    return calls
+
+
+def test_resume_equals_uninterrupted(folder_data, tmp_path, monkeypatch):
+    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", "checkpoint_every=2", "validate_every=0"))
+    killed = tmp_path / "killed"
+    calls = learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, "checkpoint_every=2", "validate_every=0"),
+                                   n=2)
     assert calls == [2, 4] and (killed / "checkpoint.pt").is_file()
-    monkeypatch.setattr(style_train, "save_torch", real)
     resumed = run_learn_style(cfg_for(folder_data, killed, "checkpoint_every=2", "validate_every=0"))
     a, b = load_file(str(tmp_path / "whole" / EMBEDS)), load_file(str(killed / EMBEDS))
     assert torch.equal(a["<synthtl-style>"], b["<synthtl-style>"])
@@ -294,25 +300,11 @@ def test_one_class_alone_matches_its_token_inside_a_per_class_run(folder_data, t
     torch.testing.assert_close(pc[2].learned[0].detach(), alone[2].learned[0].detach(), rtol=0, atol=1e-6)
 
 
-def learn_until_first_checkpoint(monkeypatch, cfg) -> None:
-    """Runs learn-style and "kills" it right after it writes its first checkpoint."""
-    real = style_train.save_torch
-
-    def die_after_first_checkpoint(path, obj):
-        real(path, obj)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(style_train, "save_torch", die_after_first_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        run_learn_style(cfg)
-    monkeypatch.setattr(style_train, "save_torch", real)
-
-
 def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
     args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2", *SMALL)
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
     killed = tmp_path / "killed"
-    learn_until_first_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args))
+    learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args))
     leftovers = [killed / ".checkpoint.pt.x1y2z3.tmp", killed / "validation" / ".step-000002.png.abc.tmp"]
     for p in leftovers:  # what a kill during an atomic write leaves
         p.parent.mkdir(exist_ok=True)
@@ -488,7 +480,7 @@ def test_an_unfinished_style_of_another_config_names_the_keys_and_keeps_its_conf
                                                                                      monkeypatch):
     """A killed run's checkpoint is checked before anything is written: config.yaml still describes it."""
     out = tmp_path / "s"
-    learn_until_first_checkpoint(monkeypatch, cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1",
+    learn_until_checkpoint(monkeypatch, cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1",
                                                       "validate_every=0"))
     saved = (out / "config.yaml").read_text()
     with pytest.raises(ConfigError) as e:
