@@ -17,6 +17,7 @@ from synthtl.generation import plan as planning
 from synthtl.generation import run as gen_run
 from synthtl.generation.run import run_generate
 from tests.conftest import run_cli
+from tests.generation.conftest import generate_until_write
 
 TINY = ["generator.model=tiny", "generator.height=32", "generator.width=32", "generator.steps=3",
         "generator.batch_size=4", "progress=false", "writers=2"]
@@ -85,23 +86,11 @@ def test_shards_are_disjoint_and_complete(folder_data, tmp_path):
 
 def test_killed_run_restarts_to_exactly_the_planned_set(folder_data, tmp_path, monkeypatch):
     out = tmp_path / "gen"
-    calls = []
-    real = gen_run._write
-
-    def dying_write(*a, **k):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(gen_run, "_write", dying_write)
-    with pytest.raises(KeyboardInterrupt):
-        run_generate(cfg_for(folder_data, out, "writers=1"))
+    generate_until_write(monkeypatch, cfg_for(folder_data, out, "writers=1"), 6)
     partial = logged_ids(out)
     assert 0 < len(partial) < 12
     real_syn = load_synthetic(out, load_split("folder", "train", folder_data), allow_partial=True)
     assert len(real_syn) == len(partial)  # the reader returns only completed rows
-    monkeypatch.setattr(gen_run, "_write", real)
     s = run_generate(cfg_for(folder_data, out))
     assert s["already_done"] == len(partial) and s["generated"] == 12 - len(partial)
     ids = logged_ids(out)

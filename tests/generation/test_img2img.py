@@ -17,6 +17,7 @@ from synthtl.generation import img2img
 from synthtl.generation import run as gen_run
 from synthtl.generation.plan import manifest_lines
 from synthtl.generation.run import run_generate
+from tests.generation.conftest import generate_until_write
 from tests.generation.test_generate import TINY
 
 I2I = [*TINY, "mode=img2img", "img2img.strength=0.5", "generator.steps=2"]
@@ -104,18 +105,7 @@ def test_deterministic_resumable_and_sharded_like_text_to_image(folder_data, tmp
     assert len(whole) == 6
     run_generate(i2i_cfg(folder_data, tmp_path / "b", *exact))
     assert images_of(tmp_path / "b") == whole  # same seeds and sources -> same bytes
-    calls, real = [], gen_run._write
-
-    def dying_write(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(gen_run, "_write", dying_write)
-    with pytest.raises(KeyboardInterrupt):
-        run_generate(i2i_cfg(folder_data, tmp_path / "c", *exact))
-    monkeypatch.setattr(gen_run, "_write", real)
+    generate_until_write(monkeypatch, i2i_cfg(folder_data, tmp_path / "c", *exact), 3)
     assert 0 < len(images_of(tmp_path / "c")) < 6
     s = run_generate(i2i_cfg(folder_data, tmp_path / "c", *exact))
     assert s["set_complete"] and images_of(tmp_path / "c") == whole  # kill + resume == uninterrupted
