@@ -188,31 +188,28 @@ def test_sdxl_style_file_loads_with_diffusers_sdxl_calls_and_drives_generation(f
         style_train.run_learn_style(cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "mode=class", "steps=3"))
 
 
-def test_sd2_style_drives_generation_through_generate(folders, folder_data, tmp_path):
-    out = tmp_path / "s"
-    style_train.run_learn_style(cfg_for(folder_data, out, folders["sd2"]))
-    assert load_file(str(out / EMBEDS))["<synthtl-style>"].shape == (1, 24)
-    gen = tmp_path / "gen"
+def style_then_generate(model, folder_data, tmp_path) -> tuple:
+    """Learns a style against `model`, then generates one image per class with it: (style folder, set, rows)."""
+    out, gen = tmp_path / "s", tmp_path / "gen"
+    style_train.run_learn_style(cfg_for(folder_data, out, model))
     run_generate(load_config(GenerateConfig, None, [
-        f"generator.model={folders['sd2']}", "generator.height=32", "generator.width=32", "generator.steps=2",
+        f"generator.model={model}", "generator.height=32", "generator.width=32", "generator.steps=2",
         "per_class=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={gen}", "prompts.templates=style",
         f"prompts.style_embedding={out}", "progress=false"]))
     rows = read_jsonl(gen / "manifest.jsonl")
     assert len(rows) == 3 and all("in the style of <synthtl-style>" in r["prompt"] for r in rows)
+    return out, gen, rows
+
+
+def test_sd2_style_drives_generation_through_generate(folders, folder_data, tmp_path):
+    out, _, _ = style_then_generate(folders["sd2"], folder_data, tmp_path)
+    assert load_file(str(out / EMBEDS))["<synthtl-style>"].shape == (1, 24)
     with pytest.raises(ConfigError, match="not an SDXL embedding"):
         sdxl.load_into_pipeline(load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu")), out)
 
 
 def test_sdxl_style_drives_generation_through_generate(folders, folder_data, tmp_path):
-    out = tmp_path / "s"
-    style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"]))
-    gen = tmp_path / "gen"
-    run_generate(load_config(GenerateConfig, None, [
-        f"generator.model={folders['sdxl']}", "generator.height=32", "generator.width=32", "generator.steps=2",
-        "per_class=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={gen}", "prompts.templates=style",
-        f"prompts.style_embedding={out}", "progress=false"]))
-    rows = read_jsonl(gen / "manifest.jsonl")
-    assert len(rows) == 3 and all("in the style of <synthtl-style>" in r["prompt"] for r in rows)
+    _, gen, rows = style_then_generate(folders["sdxl"], folder_data, tmp_path)
     assert all((gen / r["path"]).is_file() for r in rows)
 
 
