@@ -386,3 +386,19 @@ def test_filter_that_failed_at_start_is_not_called_unfinished(base, gen, capsys)
     assert "unfinished" not in str(e.value) and "re-run the same" not in str(e.value)
     summary = run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=bad"))  # the name is still free to use
     assert summary["kept"] == 6 and len(filtering.kept(gen, "bad")) == 6
+
+
+def test_the_current_set_check_reads_the_set_once_per_state(base, gen, monkeypatch):
+    """A study asks about one filter for each of its runs, and a run asks twice: the set's rows are read once while
+    its files stay the same, and again once they change (a redraw, an extension)."""
+    from synthtl.filtering import selection, store
+
+    run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    reads, real = [], store.completed_rows
+    monkeypatch.setattr(store, "completed_rows", lambda d: reads.append(d) or real(d))
+    first = [store.read_filter(gen, "clip") for _ in range(3)], [selection(gen, "clip", 3) for _ in range(3)]
+    assert len(reads) == 1 and all(s == first[1][0] for s in first[1])
+    log = next((gen / "progress").glob("*.jsonl"))
+    log.write_bytes(log.read_bytes())  # a new modification time: the set may have changed
+    store.read_filter(gen, "clip")
+    assert len(reads) == 2

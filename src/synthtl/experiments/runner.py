@@ -79,39 +79,15 @@ def is_done(job: Job) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ filters and their runs
-_FILTERS: dict[tuple, dict | None] = {}  # (files' stamps) -> filter.json or None: one read of a set per state
-
-
-def _stamps(set_dir: Path, name: str) -> tuple:
-    from synthtl.data.synthetic import COMPLETE, PROGRESS_DIR
-    from synthtl.filtering import store
-
-    folder = store.filter_dir(set_dir, name)
-    files = [folder / store.SUMMARY, folder / store.DECISIONS, set_dir / COMPLETE,
-             *sorted((set_dir / PROGRESS_DIR).glob("*.jsonl"))]
-    out = [str(set_dir), name]
-    for f in files:
-        try:
-            st = f.stat()
-            out.append((f.name, st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append((f.name, None))
-    return tuple(out)
-
-
 def current_filter(set_dir: str | Path, name: str) -> dict | None:
-    """A filter's filter.json when it is finished and covers its set as the set is now (`filtering.store.read_filter`),
-    else None: unfinished, or the set was extended or redrawn since it ran. Memoised per state of the files."""
+    """A filter's filter.json when it is finished and covers its set as the set is now (`filtering.store.read_filter`,
+    remembered per state of the files), else None: unfinished, or the set was extended or redrawn since it ran."""
     from synthtl.filtering import store
 
-    set_dir = Path(set_dir)
-    key = _stamps(set_dir, name)
-    if key not in _FILTERS:
-        try:
-            _FILTERS[key] = store.read_filter(set_dir, name)
-        except DataError:
-            _FILTERS[key] = None
-    return _FILTERS[key]
+    try:
+        return store.read_filter(set_dir, name)
+    except DataError:
+        return None
 
 
 def filter_selection(job: Job) -> str | None:

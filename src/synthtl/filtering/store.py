@@ -106,14 +106,54 @@ def find_filters(set_dir: str | os.PathLike) -> list[str]:
     return sorted(p.parent.name for p in (Path(set_dir) / FILTERS).glob(f"*/{SUMMARY}"))
 
 
+# (set, filter name[, volume]) -> (the state of the files read, what was read from them): a study asks about one filter
+# for each of its runs, and a run asks twice (its inputs, its data); reading a set's rows and hashing a decisions file
+# once per state of those files serves them all.
+_CURRENT: dict[tuple, tuple[tuple, dict | DataError]] = {}
+_SELECTIONS: dict[tuple, tuple[tuple, tuple[set[str], str]]] = {}
+
+
+def _stamps(set_dir: Path, name: str) -> tuple:
+    """(name, mtime, size) of every file a filter's check reads: its summary and decisions, the set's plan and
+    progress logs (a set extended or redrawn changes them)."""
+    from synthtl.data.synthetic import PLAN, PROGRESS_DIR
+
+    folder = filter_dir(set_dir, name)
+    out = []
+    for f in [folder / SUMMARY, folder / DECISIONS, set_dir / PLAN, *sorted((set_dir / PROGRESS_DIR).glob("*.jsonl"))]:
+        try:
+            st = f.stat()
+            out.append((f.name, st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append((f.name, None))
+    return tuple(out)
+
+
 def read_filter(set_dir: str | os.PathLike, name: str, check_current: bool = True) -> dict:
     """A finished filter's filter.json, checked against its decisions file and (by default) the set as it is now.
+
+    With `check_current`, the answer (or the refusal) is remembered per state of the files it reads (`_stamps`).
 
     Raises:
         DataError: no such finished filter, a decisions file that is not the one the filter wrote, or a set that has
             changed (extended, redrawn) since the filter ran; each message names the command that fixes it.
     """
     set_dir = Path(set_dir)
+    if not check_current:
+        return _read_filter(set_dir, name, False)
+    key, stamps = (str(set_dir.resolve()), name), _stamps(set_dir, name)
+    if key not in _CURRENT or _CURRENT[key][0] != stamps:
+        try:
+            _CURRENT[key] = (stamps, _read_filter(set_dir, name, True))
+        except DataError as e:  # a refusal is remembered too: a study asks once per run reading the filter
+            _CURRENT[key] = (stamps, e)
+    found = _CURRENT[key][1]
+    if isinstance(found, DataError):
+        raise type(found)(*found.args) from None  # a fresh one: re-raising the same object would grow its traceback
+    return found
+
+
+def _read_filter(set_dir: Path, name: str, check_current: bool) -> dict:
     folder = filter_dir(set_dir, name)
     if not (set_dir / MANIFEST).is_file():
         raise DataError(f"{set_dir} is not a generated set (no {MANIFEST}); filters live in <set>/{FILTERS}/<name>")
@@ -166,7 +206,10 @@ def selection(set_dir: str | os.PathLike, name: str, per_class: int = 0) -> tupl
     from synthtl.config import KeepConfig
     from synthtl.filtering.decide import decide
 
-    summary = read_filter(set_dir, name)
+    summary = read_filter(set_dir, name)  # refuses a stale filter; remembered per state of the files
+    key, stamps = (str(Path(set_dir).resolve()), name, per_class), _stamps(Path(set_dir), name)
+    if key in _SELECTIONS and _SELECTIONS[key][0] == stamps:
+        return _SELECTIONS[key][1]
     by_class: dict[int, list[dict]] = {}
     for d in read_jsonl(filter_dir(set_dir, name) / DECISIONS):
         by_class.setdefault(d["class_index"], []).append(d)
@@ -179,6 +222,7 @@ def selection(set_dir: str | os.PathLike, name: str, per_class: int = 0) -> tupl
     chosen = {paths[i] for i, d in decide(first, keep).items() if d["kept"]}
     digest = hashlib.sha256(json.dumps({"config": summary["config"], "model": summary["model"],
                                         "kept": sorted(chosen)}, sort_keys=True).encode()).hexdigest()[:16]
+    _SELECTIONS[key] = (stamps, (chosen, digest))
     return chosen, digest
 
 
