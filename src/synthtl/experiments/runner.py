@@ -282,8 +282,6 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
     for why in plan.missing.values():
         lines.append(f"  {why} (its job ids are provisional until it is there)")
     total = 0.0
-    updating: set[str] = set()  # finished filters whose set grew: they run again before the runs that read them
-    recheck = 0
     growing: set[str] = set()  # finished sets to extend: their finished filters must be updated after them
     for stage in STAGES:
         jobs = plan.of(stage)
@@ -296,11 +294,6 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
         counts = {k: progress.count(k) for k in PROGRESS_LABELS}
         shown = ", ".join([f"{counts['stopped']} stopped part-way"] +
                           [f"{n} {PROGRESS_LABELS[k]}" for k, n in counts.items() if n and k != "stopped"])
-        if stage == "filter":
-            updating = {j.id for j, p in zip(todo, progress, strict=True) if p == "extend"}
-        if stage == "finetune":
-            unfinished = {j.id for j in todo} | {j.id for j in busy}
-            recheck = sum(1 for j in jobs if j.id not in unfinished and set(j.needs) & updating)
         secs = sum(estimate_seconds(j, rates) for j in todo)
         total += secs
         lines.append(f"  {stage:<9} {len(jobs):>5} jobs, {len(jobs) - len(todo) - len(busy):>5} finished, "
@@ -308,9 +301,6 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
                      f"~{secs / 3600:.1f} GPU-hours")
         if stage == "style":
             lines += [describe_style_job(j) for j in jobs]
-    if recheck:  # a filtered run's images are its filter's rule on its own first images: growth leaves them alone
-        lines.append(f"  {recheck} finished filtered run(s) read a filter being updated; they keep their images (the "
-                     "rule sees only each run's first images of each class)")
     source = "measured in this study" if rates else "default rates (nothing measured yet)"
     lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source}; see experiments/runner.py DEFAULT_RATES)")
     return "\n".join(lines)
