@@ -340,14 +340,12 @@ def _dataset_of(g: GenSet, runs: list[Run]) -> str | None:
                                             .get("path") and Path(r.config["synthetic"]["path"]).name == g.id), None)
 
 
-def _read_filters(gensets: list[GenSet]) -> tuple[dict[Path, list[FilterRun]], list[str]]:
-    """The finished filters of each set (by folder), and a line for each filter whose files cannot be read
-    (`collect_filters` names damaged ones instead of raising)."""
-    found, problems = collect_filters(gensets)
+def _by_set(found: list[FilterRun]) -> dict[Path, list[FilterRun]]:
+    """The finished filters of each set, by the set's folder."""
     by_set: dict[Path, list[FilterRun]] = {}
     for f in found:
         by_set.setdefault(Path(f.set_folder), []).append(f)
-    return by_set, problems
+    return by_set
 
 
 def filter_label(set_label: str, f: FilterRun) -> str:
@@ -456,13 +454,16 @@ def set_quality(space: FeatureSpace, train: Scanned, syn: Scanned, prompts: list
     return q_rows + f_rows, q_raw + f_raw, small
 
 
-def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Path) -> QualityReport:
-    """Quality of every generated set, and the leakage check of every set and every real train split."""
+def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Path,
+            found_filters: tuple[list[FilterRun], list[str]] | None = None) -> QualityReport:
+    """Quality of every generated set (and of each filter's kept subset), and the leakage check of every set and
+    every real train split. `found_filters`: `collect_filters(gensets)` when the caller has it already."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     space = FeatureSpace(cfg, device)
     use_features = not space.random  # random-weight features make every pair look alike: hashes only
     q_rows, q_raw, s_rows, s_raw, t_rows, t_raw = [], [], [], [], [], []
-    filters, filter_problems = _read_filters(gensets)
+    found, filter_problems = found_filters if found_filters is not None else collect_filters(gensets)
+    filters = _by_set(found)
     syn_examples, train_examples = [], []
     reals: dict[str, tuple[Scanned, Scanned] | None] = {}
     small = []

@@ -128,8 +128,11 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         tables.append(t)
         page.table(t)
         page.figure(plots.leep_bars(t, figs / "leep.png"), "LEEP before and after stage 1")
+    from synthtl.reporting.filters import collect_filters
+
+    found_filters = collect_filters(gensets)  # read once: quality, cost and the filter section use them
     if gensets and cfg.quality:
-        qr = quality_section(runs, gensets, cfg, out)
+        qr = quality_section(runs, gensets, cfg, out, found_filters)
         page.section("Synthetic-set quality", "quality")
         tables.append(qr.quality)
         page.table(qr.quality)
@@ -145,9 +148,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     if published is not None:
         tables.append(published)
     page.section("Cost", "cost")
-    from synthtl.reporting.filters import collect_filters
-
-    filters = collect_filters(gensets)[0]
+    filters = found_filters[0]
     cost = cost_table(runs, gensets, styles, [f.summary for f in filters])
     tables.append(cost)
     page.table(cost)
@@ -161,7 +162,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         for path, caption in image_grids(runs, gensets, cfg, figs / "grids"):
             page.figure(path, caption)
     if gensets:
-        tables += filter_section(page, gensets, figs / "filters", cfg.grid_classes)
+        tables += filter_section(page, found_filters, figs / "filters", cfg.grid_classes)
     page.section("Every run", "runs")
     runs_t = _runs_table(runs)
     tables.append(runs_t)
@@ -206,11 +207,12 @@ def published_section(page: Page, runs, entries: list, n_boot: int) -> Table | N
     return t
 
 
-def filter_section(page: Page, gensets, folder: Path, max_classes: int) -> list[Table]:
-    """Keep rates, score histograms and dropped examples of every finished filter (none: no section)."""
-    from synthtl.reporting.filters import collect_filters, dropped_sheet, histogram, keep_table
+def filter_section(page: Page, found_filters: tuple[list, list[str]], folder: Path, max_classes: int) -> list[Table]:
+    """Keep rates, score histograms and dropped examples of every finished filter (`collect_filters`' finished
+    filters and problems; none: no section)."""
+    from synthtl.reporting.filters import dropped_sheet, histogram, keep_table
 
-    found, problems = collect_filters(gensets)
+    found, problems = found_filters
     if not found and not problems:
         return []
     page.section("Synthetic-image filters (ours)", "filters")
@@ -231,11 +233,11 @@ def filter_section(page: Page, gensets, folder: Path, max_classes: int) -> list[
     return [t]
 
 
-def quality_section(runs, gensets, cfg: ReportConfig, out: Path):
+def quality_section(runs, gensets, cfg: ReportConfig, out: Path, found_filters: tuple[list, list[str]]):
     """Quality and leakage tables (`reporting.quality`, imported only when needed: it loads torch models)."""
     from synthtl.reporting.quality import quality
 
-    return quality(runs, gensets, cfg, out / "cache")
+    return quality(runs, gensets, cfg, out / "cache", found_filters)
 
 
 def image_grids(runs, gensets, cfg: ReportConfig, folder: Path) -> list[tuple[Path, str]]:
