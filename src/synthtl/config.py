@@ -711,8 +711,10 @@ def dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def config_diff(a: Any, b: Any, exclude: tuple[str, ...] = ()) -> list[str]:
-    """The dotted keys whose values differ between two configs of one schema (ignoring `exclude` and below)."""
-    return [k for k in dict_diff(to_dict(a), to_dict(b)) if not any(k == e or k.startswith(e + ".") for e in exclude)]
+    """The dotted keys whose values differ between two configs of one schema, each a config or its saved dict
+    (ignoring `exclude` and below)."""
+    a, b = (x if isinstance(x, dict) else to_dict(x) for x in (a, b))
+    return [k for k in dict_diff(a, b) if not any(k == e or k.startswith(e + ".") for e in exclude)]
 
 
 def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl.config import STYLE_VOLATILE, StyleConfig, dict_diff, pop_key, to_dict, to_yaml
+from synthtl.config import STYLE_VOLATILE, StyleConfig, config_diff, pop_key, to_dict, to_yaml
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
@@ -596,7 +596,7 @@ def style_changes(saved: dict | None, cfg: StyleConfig, saved_weights: dict | No
 
         weights = generator_identity(cfg.generator)
         ignore = (*ignore, *GENERATOR_PATHS) if weights == saved_weights else ignore
-    keys = [k for k in dict_diff(saved, now) if not any(k == e or k.startswith(e + ".") for e in ignore)]
+    keys = config_diff(saved, now, ignore)
     parts = [f"{k} ({_short(_dotted(saved, k))} there, {_short(_dotted(now, k))} now)" for k in keys[:shown]]
     if len(keys) > shown:
         parts.append(f"and {len(keys) - shown} more")
