@@ -36,9 +36,7 @@ from tqdm import tqdm
 from synthtl.config import PromptConfig, StyleConfig, to_dict, to_yaml
 from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.files import (
-    exclusive,
     read_json,
-    remove_temps,
     save_torch,
     sha256_file,
     write_bytes,
@@ -183,16 +181,7 @@ def run_learn_lora(cfg: StyleConfig) -> dict:
         LockedError: another process is writing the same out_dir.
     """
     _templates(cfg)
-    out = Path(cfg.out_dir)
-    identity = ti.style_identity(cfg)
-    with exclusive(out, "style folder"):
-        remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
-        done = ti.held_style(out, cfg, identity, (out / CHECKPOINT, out / ADAPTERS / CHECKPOINT))
-        if done is not None:
-            if is_main():
-                print(f"[synthtl] {out} is already finished; nothing to do")
-            return done
-        return _learn(cfg, out, identity)
+    return ti.learn_in_folder(cfg, (CHECKPOINT, f"{ADAPTERS}/{CHECKPOINT}"), _learn)
 
 
 def _units(cfg: StyleConfig, out: Path, groups: dict[int, list[int]], names: tuple[str, ...]) -> list[Unit]:

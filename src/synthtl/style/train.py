@@ -18,6 +18,7 @@ import dataclasses
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -632,19 +633,34 @@ def run_learn_style(cfg: StyleConfig) -> dict:
         from synthtl.style.lora import run_learn_lora
 
         return run_learn_lora(cfg)
+    return learn_in_folder(cfg, (CHECKPOINT,), _learn, _finished)
+
+
+def _finished(cfg: StyleConfig, out: Path, done: dict) -> bool:
+    """Whether a style.json of this config is a finished embedding (its file is there), refusing an older format."""
+    if not (out / EMBEDS).is_file():
+        return False
+    if cfg.mode == "class" and "token_updates" not in done:
+        raise ConfigError(f"{out} holds per-class tokens learned by an older synthtl, whose tokens shared weight decay "
+                          "and Adam moments; delete the folder or use another out_dir to relearn")
+    return True
+
+
+def learn_in_folder(cfg: StyleConfig, checkpoints: tuple[str, ...], learn: Callable[[StyleConfig, Path, str], dict],
+                    finished: Callable[[StyleConfig, Path, dict], bool] = lambda cfg, out, done: True) -> dict:
+    """The folder's side of every style method: holds its lock, removes a killed run's temp files, refuses another
+    config's work (`held_style`, with the method's checkpoint files), returns a finished style (per `finished`), else
+    calls `learn(cfg, out, identity)`, which resumes from its checkpoints."""
     out = Path(cfg.out_dir)
     identity = style_identity(cfg)
     with exclusive(out, "style folder"):
         remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
-        done = held_style(out, cfg, identity, (out / CHECKPOINT,))
-        if done is not None and (out / EMBEDS).is_file():
-            if cfg.mode == "class" and "token_updates" not in done:
-                raise ConfigError(f"{out} holds per-class tokens learned by an older synthtl, whose tokens shared "
-                                  "weight decay and Adam moments; delete the folder or use another out_dir to relearn")
+        done = held_style(out, cfg, identity, tuple(out / c for c in checkpoints))
+        if done is not None and finished(cfg, out, done):
             if is_main():
                 print(f"[synthtl] {out} is already finished; nothing to do")
             return done
-        return _learn(cfg, out, identity)
+        return learn(cfg, out, identity)
 
 
 def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
