@@ -291,10 +291,8 @@ def _curve(losses: list[float]) -> list[dict]:
 
 def _grid(pipe, cfg: StyleConfig, names: tuple[str, ...], classes, path: Path) -> None:
     """A validation sheet: one row per class, fixed seeds, the adapter as it is now (none without classes)."""
-    import io
 
     from diffusers import DPMSolverMultistepScheduler
-    from PIL import Image
 
     family = family_of_pipeline(pipe)  # the generator's own pipeline class (SDXL: its two encoders, time ids)
     val = family.pipeline_class()(**{**pipe.components, **family.kwargs(),
@@ -309,14 +307,7 @@ def _grid(pipe, cfg: StyleConfig, names: tuple[str, ...], classes, path: Path) -
             rows.append(val([_templates(cfg)[0].replace("{}", names[c])] * cfg.validation_images,
                             num_inference_steps=cfg.validation_steps, guidance_scale=cfg.generator.guidance,
                             height=cfg.resolution, width=cfg.resolution, generator=gens).images)
-    w, h = rows[0][0].size
-    sheet = Image.new("RGB", (w * len(rows[0]), h * len(rows)), "white")
-    for r, imgs in enumerate(rows):
-        for k, im in enumerate(imgs):
-            sheet.paste(im, (k * w, r * h))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
+    ti.write_sheet(rows, path)
 
 
 def _save_style(cfg: StyleConfig, out: Path, images, done: list[dict], params: dict, skipped: int, identity: str,

@@ -506,13 +506,18 @@ def _validation_grid(pipe, inv: Inversion, cfg: StyleConfig, names: tuple[str, .
                        guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
                        generator=gens).images
         rows.append(imgs)
+    write_sheet(rows, path)
+
+
+def write_sheet(rows: list[list[Image.Image]], path: Path) -> None:
+    """A validation grid: one row of images per class, written atomically as PNG."""
+    import io
+
     w, h = rows[0][0].size
     sheet = Image.new("RGB", (w * len(rows[0]), h * len(rows)), "white")
     for r, imgs in enumerate(rows):
         for k, im in enumerate(imgs):
             sheet.paste(im, (k * w, r * h))
-    import io
-
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     write_bytes(path, buf.getvalue())
