@@ -1,5 +1,6 @@
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,93 @@ def test_drop_damaged_lines_keeps_every_row_and_names_the_lines(tmp_path):
 
 def test_git_sha_is_a_string():
     assert isinstance(io.git_sha(), str)
+
+
+# ---------------------------------------------------------------------------------------- files that could run code
+class _Payload:
+    """Unpickling it calls os.mkdir(marker): what a hostile checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def _hostile(path: Path, marker: Path) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {}, "config_hash": "x", "payload": _Payload(marker)}, path)
+    return path
+
+
+def _refused(capsys, *argv) -> str:
+    from tests.conftest import run_cli
+
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "weights_only" not in err and "Re-running" not in err  # PyTorch's paragraph stays behind --verbose
+    return err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("where", ["checkpoints/last.pt", "checkpoints/stage-real.pt"])
+def test_a_hostile_run_checkpoint_never_runs(tiny_overrides, tmp_path, capsys, where):
+    from tests.training.test_strategies import out_of, run_dir
+
+    folder = run_dir(out_of(tiny_overrides), "vanilla")
+    marker = tmp_path / "pwned"
+    _hostile(folder / where, marker)
+    err = _refused(capsys, "finetune", *tiny_overrides)
+    assert not marker.exists() and where.split("/")[1] in err and "not a synthtl checkpoint" in err
+    from tests.conftest import run_cli
+
+    assert run_cli("finetune", *tiny_overrides, "--verbose") == 2
+    assert "weights_only" in capsys.readouterr().err  # the detail is there when asked for
+
+
+@pytest.mark.integration
+def test_hostile_user_weights_never_run(tiny_overrides, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    weights = _hostile(tmp_path / "w.pth", marker)
+    err = _refused(capsys, "finetune", *tiny_overrides, "model.pretrained=true", f"model.weights={weights}")
+    assert not marker.exists() and "model.weights=" in err
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method, where", [("dataset", "checkpoint.pt"), ("lora", "checkpoint.pt"),
+                                           ("lora_class", "adapters/checkpoint.pt")])
+def test_a_hostile_style_checkpoint_never_runs(folder_data, tmp_path, capsys, method, where):
+    out, marker = tmp_path / "style", tmp_path / "pwned"
+    _hostile(out / where, marker)
+    extra = {"dataset": [], "lora": ["method=lora"], "lora_class": ["method=lora", "mode=class"]}[method]
+    err = _refused(capsys, "learn-style", "-c", "style/tiny", "data.name=folder", f"data.root={folder_data}",
+                   f"out_dir={out}", "progress=false", *extra)
+    assert not marker.exists() and "checkpoint.pt" in err
+
+
+@pytest.mark.integration
+def test_a_hostile_classifier_run_never_runs_in_the_filter(tmp_path, capsys):
+    from tests.filtering.tiny import generate, real_data, tiny_run
+
+    real = real_data(tmp_path / "real")
+    run = tiny_run(real, tmp_path / "run")
+    gen = generate(real, tmp_path / "gen", 1)
+    marker = tmp_path / "pwned"
+    _hostile(run / "checkpoints" / "stage-real.pt", marker)
+    err = _refused(capsys, "filter", str(gen), "method=classifier", f"classifier.run={run}", "keep.top_k=1",
+                   "progress=false", "device=cpu")
+    assert not marker.exists() and "stage-real.pt" in err
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path):
+    from synthtl.files import UnsafeFileError, load_torch
+
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UnsafeFileError, match="damaged or not a PyTorch file"):
+        load_torch(bad, "synthtl checkpoint", "delete it")

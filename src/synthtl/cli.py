@@ -278,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
         "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
         "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
     }
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="on an error, also print its underlying cause")
     for name, (fn, help_) in commands.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
         p.set_defaults(func=fn)
         if name in ("finetune", "split", "generate", "learn-style"):
             _config_args(p)
@@ -354,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SynthTLError as e:
         print(f"synthtl {args.command}: error: {e}", file=sys.stderr)
+        if args.verbose and e.__cause__ is not None:  # e.g. PyTorch's reason for refusing a file
+            import traceback
+
+            traceback.print_exception(e.__cause__, file=sys.stderr)
         return 2
     except (NotADirectoryError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
         # A path given by the user (an output folder inside a file, a folder we may not write): one line naming it.

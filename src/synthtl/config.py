@@ -51,6 +51,8 @@ class DataConfig:
     test_dir: str = "test"  # "folder" datasets: class-per-folder test images, relative to root
     train_csv: str = ""  # "csv" datasets: file with a `path,label` header; paths relative to root
     test_csv: str = ""
+    verify_checksums: bool = True  # check official files against their published MD5 (CIFAR); false: your own re-packed
+    # files (still read without running code)
     shots: int = 0  # k training images per class (few-shot); 0 = the full train split
     split_seed: int = -1  # seed of the few-shot and validation draws; -1 = the run seed
     split_file: str = ""  # a train split file (`synthtl split`) to use instead of drawing one
@@ -61,7 +63,7 @@ class DataConfig:
     allow_overlap: bool = False  # train/test images with identical bytes are an error unless this is true
     cache: bool = True  # train from a pre-resized JPEG copy of every image (built once, reused by every run)
     cache_dir: str = ""  # "" = $SYNTHTL_CACHE or ~/.cache/synthtl
-    cache_short_side: int = 256  # short side of the cached copies (METHOD.md: training reads short side 256)
+    cache_short_side: int = 256  # short side of the cached copies (docs/method.md: training reads short side 256)
     decode: str = "cpu"  # "cpu": PIL in loader workers; "device": batched JPEG decode + crop/flip on the device
     num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
 
@@ -110,7 +112,7 @@ class StageConfig:
     batch_size: int = 64
     optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
     lr: float = 0.01  # peak learning rate
-    weight_decay: float = 1e-4  # METHOD.md: 1e-4 for SGD, 5e-2 for AdamW (ViTs)
+    weight_decay: float = 1e-4  # docs/method.md: 1e-4 for SGD, 5e-2 for AdamW (ViTs)
     momentum: float = 0.9
     warmup_epochs: float = 0.0  # linear warmup, then cosine to min_lr
     min_lr: float = 0.0
@@ -134,7 +136,7 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class MixupConfig:
-    alpha: float = 0.2  # METHOD.md: Mixup alpha 0.2 in stage 1 of bridged++
+    alpha: float = 0.2  # docs/method.md: Mixup alpha 0.2 in stage 1 of bridged++
     cutmix_alpha: float = 0.0  # > 0 also enables CutMix (switching with switch_prob)
     prob: float = 1.0  # probability of mixing a batch
     switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
@@ -270,7 +272,7 @@ class GenerateConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     image_format: str = "jpeg"  # "jpeg" (q=quality), "png", "webp"
-    quality: int = 95  # METHOD.md: JPEG q95
+    quality: int = 95  # docs/method.md: JPEG q95
     train_copy: int = 256  # also write a copy with this short side for training (0 = none)
     max_redraws: int = 5  # black or NaN outputs are redrawn with a new seed at most this often
     black_threshold: int = 2  # an image whose every pixel value is <= this counts as black (safety-checker style)

@@ -284,8 +284,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
@@ -297,29 +297,60 @@ def cache_home() -> Path:
     return Path(os.environ.get("SYNTHTL_CACHE") or Path.home() / ".cache" / "synthtl")
 
 
-_CONTENT_HASHES: dict[str, str] = {}
+_DIGESTS: dict[str, str] = {}  # the on-disk cache's rows this process has read or written
 
 
-def content_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, memoised by (absolute path, size, mtime_ns) in this process and on disk
-    (`cache_home()/file-sha256.json`), so a 4 GB checkpoint is read once, not at every run, study expansion or
-    identity check. A damaged, read-only or full cache only costs a re-hash."""
+def content_sha256(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """A file's digest (sha256, or `algo`), cached by (absolute path, size, mtime_ns, inode) in this process and on
+    disk (`cache_home()/file-digests.json`): a 4 GB checkpoint is read once, not at every run, study expansion or
+    identity check. A file changed in place changes its size, mtime or inode, so a stale digest is never returned.
+    A damaged, read-only or full cache only costs a re-hash."""
     p = Path(path)
     st = p.stat()
-    key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    if key in _CONTENT_HASHES:
-        return _CONTENT_HASHES[key]
-    memo_file = cache_home() / "file-sha256.json"
+    key = f"{algo}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    memo_file = cache_home() / "file-digests.json"
     try:
         memo = read_json(memo_file) if memo_file.is_file() else {}
     except (OSError, ValueError):
         memo = {}
     if key not in memo:
-        memo[key] = sha256_file(p)
+        memo[key] = sha256_file(p, algo=algo)
         with contextlib.suppress(OSError, SynthTLError):
             write_json(memo_file, memo)
-    _CONTENT_HASHES[key] = memo[key]
+    _DIGESTS[key] = memo[key]
     return memo[key]
+
+
+class UnsafeFileError(SynthTLError):
+    """A PyTorch file that is damaged, or holds more than tensors and plain data (loading it could run code)."""
+
+
+def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """`torch.load` with `weights_only=True`: tensors and plain data only, never code.
+
+    A damaged file, or one holding other objects, is one `UnsafeFileError` line that names the file and `fix`;
+    PyTorch's own explanation is kept as its cause (`synthtl --verbose` prints it).
+
+    Args:
+        path: The file.
+        what: What it should be, e.g. "synthtl checkpoint" (the message says the file is not one).
+        fix: What the user can do, e.g. "delete it to start the stage over".
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # UnpicklingError (unsafe or not a pickle), RuntimeError (a damaged zip), EOFError, ...
+        unsafe = isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e)
+        why = ("holds objects other than tensors and plain data, and synthtl never loads what could run code"
+               if unsafe else f"is damaged or not a PyTorch file ({type(e).__name__})")
+        raise UnsafeFileError(f"{path} is not a {what}: it {why}; {fix} (--verbose shows PyTorch's reason)") from e
 
 
 def git_sha() -> str:

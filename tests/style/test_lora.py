@@ -265,6 +265,11 @@ def test_style_lora_that_is_not_a_lora_or_for_another_model(folder_data, tmp_pat
                                           r"\(320, 320\)") as e:
         load_pipeline(tiny_gen(), style_lora=str(tmp_path / "sd15.safetensors"))
     assert "\n" not in str(e.value)
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "pytorch_lora_weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ConfigError, match="could not be read as a safetensors file") as e:
+        load_pipeline(tiny_gen(), style_lora=str(tmp_path / "damaged"))
+    assert "\n" not in str(e.value)
 
 
 def test_text_encoder_lora_is_applied(folder_data, tmp_path):

@@ -237,7 +237,7 @@ def test_presets_resolve_steps():
     assert load_config(StyleConfig, "style/dsi").steps_per_class == 0  # DSI: `steps` in total
 
 
-# ------------------------------------------------------------------ per-class tokens are N separate runs (METHOD.md)
+# ---------------------------------------------------------------- per-class tokens are N separate runs (docs/method.md)
 def test_a_token_absent_from_the_batch_does_not_move(folder_data, tmp_path, monkeypatch):
     """Class 0 is in the first batch only: its token after 6 steps is bit-identical to its token after 3 steps."""
     real_sample, real_index = style_train.sample_batch, style_train.by_class_index

@@ -12,7 +12,6 @@ import csv
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from synthtl.data import safe_pickle
 from synthtl.data.cache import default_cache_dir
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import IMAGE_EXTENSIONS, is_image_file, printable
@@ -46,6 +46,8 @@ class DatasetSpec:
         source: Where the files come from, shown when they are missing.
         download: torchvision class name that can download it, or "" if it cannot.
         train_split: What the dataset calls the split used for training.
+        checksums: (path under root, MD5) of each file whose official checksum is published; checked before reading
+            (`data.verify_checksums`).
     """
 
     title: str
@@ -54,6 +56,7 @@ class DatasetSpec:
     source: str
     download: str = ""
     train_split: str = "train"
+    checksums: tuple[tuple[str, str], ...] = ()
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -303,13 +306,11 @@ def _cifar(root: Path, split: str, work: Path, which: str) -> ImageList:
     else:
         files, meta_file, label_key, names_key = [split], "meta", "fine_labels", "fine_label_names"
     data, labels = [], []
-    for f in files:
-        with open(folder / f, "rb") as fh:
-            d = pickle.load(fh, encoding="latin1")
+    for f in files:  # pickles: read without running code (`safe_pickle`)
+        d = safe_pickle.load(folder / f)
         data.append(d["data"])
         labels += list(d[label_key])
-    with open(folder / meta_file, "rb") as fh:
-        classes = list(pickle.load(fh, encoding="latin1")[names_key])
+    classes = list(safe_pickle.load(folder / meta_file)[names_key])
     arrays = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     out = work / f"{which}-png" / split
     items = _materialize(out, arrays, labels, classes)
@@ -354,10 +355,21 @@ DATASETS.add("dogs", DatasetSpec("Stanford Dogs", "stanford_dogs/Images", _dogs,
                                  "the Stanford Dogs images.tar and lists.tar extracted into stanford_dogs/"))
 DATASETS.add("cub200", DatasetSpec("CUB-200-2011", "CUB_200_2011/images.txt", _cub200,
                                    "the CUB_200_2011 archive"))
+# The MD5 of each file of the official archives, as published with them (and checked by torchvision).
+CIFAR10_MD5 = (("cifar-10-batches-py/data_batch_1", "c99cafc152244af753f735de768cd75f"),
+               ("cifar-10-batches-py/data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+               ("cifar-10-batches-py/data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+               ("cifar-10-batches-py/data_batch_4", "634d18415352ddfa80567beed471001a"),
+               ("cifar-10-batches-py/data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+               ("cifar-10-batches-py/test_batch", "40351d587109b95175f43aff81a1287e"),
+               ("cifar-10-batches-py/batches.meta", "5ff9c542aee3614f3951f8cda6e48888"))
+CIFAR100_MD5 = (("cifar-100-python/train", "16019d7e3df5f24257cddd939b257f8d"),
+                ("cifar-100-python/test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+                ("cifar-100-python/meta", "7973b15100ade9c7d40fb424638fde48"))
 DATASETS.add("cifar10", DatasetSpec("CIFAR-10", "cifar-10-batches-py", lambda r, s, w: _cifar(r, s, w, "cifar10"),
-                                    "the CIFAR-10 python archive", "CIFAR10"))
+                                    "the CIFAR-10 python archive", "CIFAR10", checksums=CIFAR10_MD5))
 DATASETS.add("cifar100", DatasetSpec("CIFAR-100", "cifar-100-python", lambda r, s, w: _cifar(r, s, w, "cifar100"),
-                                     "the CIFAR-100 python archive", "CIFAR100"))
+                                     "the CIFAR-100 python archive", "CIFAR100", checksums=CIFAR100_MD5))
 DATASETS.add("eurosat", DatasetSpec("EuroSAT RGB (80/20)", "eurosat/2750", _eurosat, "the EuroSAT RGB archive",
                                     "EuroSAT"))
 DATASETS.add("digits", DatasetSpec("scikit-learn digits (bundled, offline)", "", _digits,
@@ -518,9 +530,19 @@ def csv_list(path: Path, root: Path, classes: list[str] | None = None, tag: str 
 # ----------------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """Where a "folder" or "csv" dataset's lists are, and whether official files are checked (`data.*` keys)."""
+
+    train_dir: str = "train"
+    test_dir: str = "test"
+    train_csv: str = ""
+    test_csv: str = ""
+    verify_checksums: bool = True
+
+
 def load_split(name: str, split: str, root: str | os.PathLike = "", work_dir: str | os.PathLike = "",
-               download: bool = False, train_dir: str = "train", test_dir: str = "test",
-               train_csv: str = "", test_csv: str = "") -> ImageList:
+               download: bool = False, **layout) -> ImageList:
     """The train or test ImageList of a dataset.
 
     Args:
@@ -529,22 +551,42 @@ def load_split(name: str, split: str, root: str | os.PathLike = "", work_dir: st
         root: Folder holding the dataset ("" = $SYNTHTL_DATA or ./data).
         work_dir: Where datasets stored as arrays are written out as PNG files once.
         download: Let torchvision download the dataset first.
+        **layout: `Layout` keys: train_dir, test_dir, train_csv, test_csv, verify_checksums.
     """
     _check_split(split)
+    lay = Layout(**layout)
     root_p = Path(root) if root else default_root()
     work = Path(work_dir) if work_dir else root_p / ".synthtl"
     if name == "folder":
-        train = image_folder(root_p / train_dir, tag="folder/train")
-        return train if split == "train" else image_folder(root_p / test_dir, list(train.classes), "folder/test")
+        train = image_folder(root_p / lay.train_dir, tag="folder/train")
+        return train if split == "train" else image_folder(root_p / lay.test_dir, list(train.classes), "folder/test")
     if name == "csv":
-        if not train_csv or not test_csv:
+        if not lay.train_csv or not lay.test_csv:
             raise ConfigError("data.name=csv needs data.train_csv and data.test_csv (files with a path,label header)")
-        train = csv_list(Path(train_csv), root_p, tag="csv/train")
-        return train if split == "train" else csv_list(Path(test_csv), root_p, list(train.classes), "csv/test")
+        train = csv_list(Path(lay.train_csv), root_p, tag="csv/train")
+        return train if split == "train" else csv_list(Path(lay.test_csv), root_p, list(train.classes), "csv/test")
     spec = DATASETS.get(name)
     if download:
         _download(name, spec, root_p)
+    if lay.verify_checksums:
+        verify_checksums(name, spec, root_p)
     return spec.build(root_p, split, work)
+
+
+def verify_checksums(name: str, spec: DatasetSpec, root: Path) -> None:
+    """Checks each file with a published checksum (before anything reads it); the digests are cached by file state.
+
+    Raises:
+        DataError: a file whose MD5 is not the official one, naming the opt-out for users' own re-packed files.
+    """
+    from synthtl.files import content_sha256
+
+    for rel, md5 in spec.checksums:
+        path = root / rel
+        if path.is_file() and content_sha256(path, algo="md5") != md5:
+            raise DataError(f"{path} is not the official {spec.title} file (its MD5 differs from the published "
+                            f"{md5}); replace it with the file from {spec.source}, or set data.verify_checksums=false "
+                            "if you re-packed the files yourself (they are still read without running code)")
 
 
 def load_data(d: DataConfig, split: str, download: bool | None = None) -> ImageList:
@@ -557,7 +599,8 @@ def load_data(d: DataConfig, split: str, download: bool | None = None) -> ImageL
     """
     cache = Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     return load_split(d.name, split, d.root, cache / "materialized", d.download if download is None else download,
-                      d.train_dir, d.test_dir, d.train_csv, d.test_csv)
+                      train_dir=d.train_dir, test_dir=d.test_dir, train_csv=d.train_csv, test_csv=d.test_csv,
+                      verify_checksums=d.verify_checksums)
 
 
 _FINGERPRINTS: dict[tuple[str, ...], str] = {}  # per process: a study computes the ids of many jobs

@@ -28,7 +28,7 @@ def _interp(data_config: dict) -> InterpolationMode:
 
 
 def train_transform(data_config: dict, crop_scale_min: float = 0.08, hflip: bool = True) -> T.Compose:
-    """RandomResizedCrop + optional flip + normalise (METHOD.md's augmentation; nothing else)."""
+    """RandomResizedCrop + optional flip + normalise (docs/method.md's augmentation; nothing else)."""
     ops: list = [T.PILToTensor(), T.RandomResizedCrop(_size(data_config), scale=(crop_scale_min, 1.0),
                                                       interpolation=_interp(data_config), antialias=True)]
     if hflip:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from synthtl.config import DataConfig, FilterConfig, from_dict
 from synthtl.errors import ConfigError, DataError, SynthTLError
-from synthtl.files import read_json
+from synthtl.files import load_torch, read_json
 
 OPEN_CLIP = "open_clip:"
 
@@ -289,7 +289,8 @@ def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], de
     weights, label = final_weights(run, result)
     model, data_config = create_classifier(run_cfg["model"]["name"], result["num_classes"], pretrained=False,
                                            img_size=run_cfg["model"].get("img_size", 0))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["model"])
+    model.load_state_dict(load_torch(weights, "synthtl checkpoint", f"re-run {run} or choose another "
+                                     "classifier.run")["model"])
     model.eval()
     transform = eval_transform(data_config)
     identity = {"kind": "classifier", "model": run_cfg["model"]["name"], "weights": state_hash(model),

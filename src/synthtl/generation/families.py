@@ -1,6 +1,6 @@
 """Generator families: which diffusers pipeline a model needs, and which text encoders condition its UNet.
 
-Ours, beyond the paper (which uses SD v1.5 only; METHOD.md "Beyond the paper"): every Stable Diffusion 1.x/2.x
+Ours, beyond the paper (which uses SD v1.5 only; docs/method.md "Beyond the paper"): every Stable Diffusion 1.x/2.x
 checkpoint (StableDiffusionPipeline; SD 2.1 at 768 px predicts velocity, which its scheduler config says) and SDXL
 (StableDiffusionXLPipeline: two CLIP text encoders, pooled text embeddings and size/crop "time ids").
 

@@ -1,6 +1,6 @@
 """Prompts from class names: named template sets, a per-dataset suffix, an optional style token.
 
-Paper (METHOD.md): without DSI a single CLIP ImageNet template, "a good photo of the {class}"; with DSI
+Paper (docs/method.md): without DSI a single CLIP ImageNet template, "a good photo of the {class}"; with DSI
 "a {class} photo in the style of S*". `imagenet80` cycles CLIP's 80 ImageNet templates over a class's images.
 """
 

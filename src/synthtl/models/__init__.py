@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.files import UnsafeFileError, load_torch
 from synthtl.registry import Registry
 
 # Short names -> "library:architecture.weights". The paper's backbones are ImageNet-1k ResNets and ViTs; the
@@ -73,7 +74,10 @@ def _load_state(path: str) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(p))
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+        state = load_torch(p, "plain state dict of weights", "pass weights saved as .safetensors, or a .pth/.bin state "
+                           "dict of tensors")
+    except UnsafeFileError as e:
+        raise WeightsError(f"model.weights={path!r}: {e}") from e
     except Exception as e:  # a damaged or foreign file: name it and the real cause, never "the hub"
         kind = "safetensors" if p.suffix == ".safetensors" else "PyTorch"
         cause = str(e).splitlines()[0][:200] if str(e) else ""

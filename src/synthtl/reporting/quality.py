@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +129,11 @@ class FeatureSpace:
             h.update(d or b"missing")
         file = cache / f"features-{h.hexdigest()[:24]}.npz"
         if file.is_file():
-            with np.load(file) as z:
-                return z["features"], z["ok"]
+            try:  # allow_pickle stays False (numpy's default): a cache file never unpickles objects
+                with np.load(file, allow_pickle=False) as z:
+                    return z["features"], z["ok"]
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                pass  # a damaged cache file is recomputed (and rewritten)
         feats = np.full((len(paths), self.dim), np.nan, dtype=np.float32)
         ok = np.zeros(len(paths), dtype=bool)
         # cuDNN's autotuner may pick a different (non-deterministic) kernel per run: pin it, so reruns repeat.

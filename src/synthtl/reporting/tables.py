@@ -16,7 +16,7 @@ from synthtl.reporting.stats import fmt_delta, fmt_mean_std, mean_std, paired
 STRATEGY_ORDER = ["vanilla", "vanilla_matched", "vanilla_mixup", "from_scratch", "mixed", "synthetic_only", "bridged",
                   "bridged_reinit", "bridged++"]
 
-# The paper's numbers (METHOD.md; ResNet-18, full data, 1k synthetic images per class).
+# The paper's numbers (docs/method.md; ResNet-18, full data, 1k synthetic images per class).
 PAPER_TOP1 = {("aircraft", "vanilla", None): 79.7, ("cars", "vanilla", None): 83.8,
               ("aircraft", "bridged++", "single"): 85.2, ("cars", "bridged++", "single"): 91.6,
               ("dtd", "bridged++", "single"): 72.3, ("food101", "bridged++", "single"): 84.2,

@@ -271,7 +271,7 @@ def _resume(ckpt: Path, identity: str, index: int, params: dict, opt: torch.opti
 
     A checkpoint of another adapter (per-class: the previous class, finished since) starts this one afresh.
     """
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = ti._load_checkpoint(ckpt)
     if state.get("config_hash") != identity or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{ckpt} belongs to another config; use another out_dir or delete it")
     if state["unit"] != index:
@@ -398,7 +398,12 @@ def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, 
     """
     from safetensors.torch import load_file
 
-    state = load_file(str(file))
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
+        raise ConfigError(f"style LoRA {file} could not be read as a safetensors file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_lora at a folder "
+                          "written by `synthtl learn-style method=lora`") from None
     out = {}
     for key, a in state.items():
         prefix, _, rest = key.partition(".")

@@ -1,12 +1,12 @@
 """`synthtl learn-style`: Dataset Style Inversion (one token S* for a dataset) or per-class textual inversion.
 
-Paper (METHOD.md, point 5): one pseudo-token for the whole dataset, learned from its real training images with
+Paper (docs/method.md, point 5): one pseudo-token for the whole dataset, learned from its real training images with
 prompts that name each image's class ("a {class} photo in the style of S*"), ~20k steps. Ours: per-class mode
 (one token per class, same prompts: a clean comparison), VAE latents cached once (with flipped variants), the
 frozen models in bf16/fp16 on GPU, the learned vectors as separate fp32 parameters (one per token) written into the
 text encoder's embedding output by a hook, so no other embedding row can change.
 
-Per-class mode trains N tokens in one process as if they were N separate runs (METHOD.md, "Per-class textual
+Per-class mode trains N tokens in one process as if they were N separate runs (docs/method.md, "Per-class textual
 inversion"): every step's batch holds one class, classes take turns, and a token that is not in a batch gets no
 gradient, so AdamW leaves it alone (no weight decay, no moment update, no step count); its warmup follows its own
 update count.
@@ -37,6 +37,7 @@ from synthtl.errors import BadImageError, ConfigError, DataError
 from synthtl.files import (
     content_sha256,
     exclusive,
+    load_torch,
     read_json,
     remove_temps,
     save_torch,
@@ -570,11 +571,15 @@ def held_style(out: Path, cfg: StyleConfig, identity: str, checkpoints: tuple[Pa
                               "out_dir, or the same config to reuse it")
         return done
     for ckpt in checkpoints:
-        if ckpt.is_file() and torch.load(ckpt, map_location="cpu", weights_only=True).get("config_hash") != identity:
+        if ckpt.is_file() and _load_checkpoint(ckpt).get("config_hash") != identity:
             raise ConfigError(f"{out} holds an unfinished style ({ckpt.name}) learned with a different config: "
                               f"{style_changes(_saved_config(out / 'config.yaml'), cfg)}. Use another out_dir, the "
                               f"same config to resume it, or delete {ckpt} to start over")
     return None
+
+
+def _load_checkpoint(path: Path) -> dict:
+    return load_torch(path, "synthtl style checkpoint", "delete it to start the style over")
 
 
 def _saved_config(path: Path) -> dict | None:
@@ -732,7 +737,7 @@ def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
 def _resume(ckpt: Path, identity: str, cfg: StyleConfig, inv: Inversion,
             opt: torch.optim.Optimizer) -> tuple[int, list[float], float]:
     """Loads a checkpoint into `inv` and `opt`; returns (step, losses, seconds)."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = _load_checkpoint(ckpt)
     if state["config_hash"] != identity:
         raise ConfigError(f"{ckpt} belongs to another config; use another out_dir or delete it")
     if state.get("format") != CHECKPOINT_FORMAT:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
-from synthtl.files import save_torch
+from synthtl.files import load_torch, save_torch
 from synthtl.runtime import is_main
 
 LAST = "last.pt"
@@ -24,7 +22,9 @@ def save(path: str | os.PathLike, state: dict) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """A checkpoint of this run folder; a damaged or foreign file is one line (`files.load_torch`)."""
+    return load_torch(path, "synthtl checkpoint", "delete it (the run redoes that part) or the run folder to start "
+                      "over")
 
 
 class ResumeRecord:
