@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from synthtl.config import GenerateConfig, load_config  # noqa: E402
-from synthtl.data.synthetic import PROGRESS_DIR  # noqa: E402
-from synthtl.generation import plan as planning  # noqa: E402
+from synthtl.data import genset  # noqa: E402
+from synthtl.data.genset import PROGRESS_DIR  # noqa: E402
 from synthtl.generation import run as gen_run  # noqa: E402
 from synthtl.generation.pipeline import optimize, sd15_components, tiny_components  # noqa: E402
 from synthtl.generation.prompts import template_set  # noqa: E402
@@ -116,9 +116,9 @@ def ours(pipe, args, out: Path, rt) -> float:
     per_class = (args.images + args.batch) // len(classes) + 1
     templates = template_set("single")
     prompts, tokens = gen_run._prompts_and_tokens(pipe, cfg, classes, templates, {}, "")
-    ident = planning.identity(cfg, classes, {"model": "bench", "revision": "random"}, dtype_name(rt.dtype),
-                              templates, "")
-    rows = planning.write_or_check(out, ident, planning.class_table(classes, prompts, tokens), per_class)
+    settings = {**gen_run.settings(cfg, classes, dtype_name(rt.dtype), templates, ""), "model": "bench",
+                "revision": "random"}
+    rows = genset.write_or_extend(out, settings, genset.class_table(classes, prompts, tokens), per_class)
     _, todo = gen_run.resume_todo(out, rows, per_class, 0, 1)  # by image index, then class: batches span classes
     log = out / PROGRESS_DIR / "shard-0000-of-0001.jsonl"
     gen_run._generate(pipe, rows, todo[: args.batch], out, log, cfg)

@@ -78,7 +78,7 @@ def sd15_as_tiny(device: torch.device, dtype: torch.dtype):
     """
     from synthtl.generation import pipeline
 
-    saved = pipeline.tiny_components, pipeline._tiny_revision
+    saved = pipeline.tiny_components, pipeline.tiny_revision
 
     def build(seed: int = 0) -> dict:
         torch.manual_seed(seed)
@@ -91,11 +91,11 @@ def sd15_as_tiny(device: torch.device, dtype: torch.dtype):
             torch.set_default_dtype(default)
 
     pipeline.tiny_components = build
-    pipeline._tiny_revision = lambda seed: "sd15-architecture-random-weights"
+    pipeline.tiny_revision = lambda seed: "sd15-architecture-random-weights"
     try:
         yield
     finally:
-        pipeline.tiny_components, pipeline._tiny_revision = saved
+        pipeline.tiny_components, pipeline.tiny_revision = saved
 
 
 def free(device: torch.device) -> None:
@@ -165,8 +165,8 @@ def bench_filter(args, work: Path, data: Path, device: torch.device) -> dict:
     cost = read_jsonl(store.filter_dir(set_dir, summary["name"]) / store.COST)
     later = cost[1:]  # the first row also counts loading the model and hashing its weights
     steady = sum(c["scored"] for c in later) / sum(c["seconds"] for c in later) if later else float("nan")
-    out = {"images": summary["scored"], "jpeg_kb": kb, "batch": cfg.batch_size, "with_load": summary["session"][
-        "images_per_s"], "steady": steady, "wall_s": wall, "device": summary["session"]["device"]}
+    out = {"images": summary["scored"], "jpeg_kb": kb, "batch": cfg.batch_size, "steady": steady, "wall_s": wall,
+           "with_load": sum(c["scored"] for c in cost) / sum(c["seconds"] for c in cost), "device": cost[0]["device"]}
     print(f"  filter: {out['with_load']:.1f} img/s with model load ({wall:.1f} s wall), {steady:.1f} img/s steady "
           f"(batches 2-{len(cost)} of {cfg.batch_size}), on {out['device']}")
     return out

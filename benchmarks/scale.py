@@ -43,36 +43,37 @@ def _ident(classes: int) -> dict:
 
 
 def _table(classes: int) -> list[dict]:
-    from synthtl.generation import plan as planning
+    from synthtl.data import genset
 
     names = _names(classes)
     prompts = [[{"prompt": f"a good photo of the {n}.", "template": 0, "truncated": False,
                  "requested_prompt": f"a good photo of the {n}."}] for n in names]
-    return planning.class_table([(n, n) for n in names], prompts, [""] * classes)
+    return genset.class_table([(n, n) for n in names], prompts, [""] * classes)
 
 
 def _op(name: str, folder: Path, classes: int, per_class: int) -> None:
     """Runs one operation in this (fresh) process; prints its wall time and peak RSS above the import baseline."""
     import numpy as np
 
+    from synthtl.data import genset
     from synthtl.data.imagelist import ImageList
     from synthtl.data.synthetic import load_synthetic_set
-    from synthtl.generation import plan as planning
     from synthtl.generation import run as gen_run
+    from synthtl.generation import shards
 
     base = _rss_mb()
     t0 = time.perf_counter()
     if name == "plan":
-        planning.write_or_check(folder, _ident(classes), _table(classes), per_class)
+        genset.write_or_extend(folder, _ident(classes), _table(classes), per_class)
     elif name == "status":
-        st = planning.status(folder)
+        st = shards.status(folder)
         assert st["done"] == st["total"] == classes * per_class, st["done"]
     elif name == "finalize":
-        rows = planning.planned_rows(folder, _ident(classes), per_class)
-        assert planning.finalize(folder, rows, 0, 1, per_class)
+        rows = genset.read_rows(folder)
+        assert shards.finalize(folder, rows, 0, 1, per_class)
     elif name == "rerun":
-        rows = planning.planned_rows(folder, _ident(classes), per_class)
-        assert rows is not None and gen_run.finished(rows, per_class)
+        rows = genset.read_rows(folder)
+        assert gen_run.finished(rows, per_class)
     elif name == "load":
         names = tuple(_names(classes))
         real = ImageList(root=folder, paths=(), labels=(), classes=names, names=names, name="real")
@@ -80,7 +81,7 @@ def _op(name: str, folder: Path, classes: int, per_class: int) -> None:
         assert len(images) == classes * per_class and not rec["partial"]
         np.bincount(np.array(images.labels))
     elif name == "resume":
-        rows = planning.planned_rows(folder, _ident(classes), per_class)
+        rows = genset.read_rows(folder)
         _, todo = gen_run.resume_todo(folder, rows, per_class, 0, 1)
         assert len(todo) == classes * per_class - classes * per_class // 2, len(todo)
     seconds = time.perf_counter() - t0
@@ -95,8 +96,7 @@ def _rss_mb() -> float:
 
 def _fake_images_and_logs(folder: Path, classes: int, per_class: int) -> None:
     """Empty image files and a progress log in the generator's format (every row done, planned seeds)."""
-    from synthtl.data.synthetic import image_seed, row_id
-    from synthtl.generation import plan as planning
+    from synthtl.data.genset import image_seed, row_id, shard_name
 
     table = _table(classes)
     with open(folder / "progress" / "shard-0000-of-0001.jsonl", "w") as log:
@@ -107,7 +107,7 @@ def _fake_images_and_logs(folder: Path, classes: int, per_class: int) -> None:
                 (d / f"{i:06d}.jpg").touch()
             log.write("".join(json.dumps({"id": row_id(c, i), "seed": image_seed(0, c, i), "redraws": 0}) + "\n"
                               for i in range(per_class)))
-    assert planning.shard_name(0, 1) == "shard-0000-of-0001"
+    assert shard_name(0, 1) == "shard-0000-of-0001"
 
 
 def _half_log(folder: Path, per_class: int) -> None:
@@ -136,13 +136,14 @@ def _validate_rate(tmp: Path, images: int = 240) -> dict:
     import numpy as np
     from PIL import Image
 
+    from synthtl.data import genset
     from synthtl.data.cache import resized_jpeg
-    from synthtl.data.synthetic import image_seed, row_id
-    from synthtl.generation import plan as planning
+    from synthtl.data.genset import image_seed, row_id
+    from synthtl.generation import shards
 
     folder = tmp / "validate"
     table = _table(1)
-    planning.write_or_check(folder, _ident(1), table, images)
+    genset.write_or_extend(folder, _ident(1), table, images)
     rng = np.random.default_rng(0)
     small = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     img = Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC)  # smooth, like a generated image
@@ -155,7 +156,7 @@ def _validate_rate(tmp: Path, images: int = 240) -> dict:
             (folder / "train" / table[0]["folder"] / f"{i:06d}.jpg").write_bytes(copy)
             log.write(json.dumps({"id": row_id(0, i), "seed": image_seed(0, 0, i), "redraws": 0}) + "\n")
     t0, c0 = time.perf_counter(), time.process_time()
-    res = planning.validate(folder)
+    res = shards.validate(folder)
     seconds = time.perf_counter() - t0
     assert res["checked"] == images and not res["corrupt"] and not res["missing"]
     return {"images_per_s": images / seconds, "cpu_s_per_image": (time.process_time() - c0) / images,

@@ -77,3 +77,46 @@ def run_cli(*argv: str) -> int:
     from synthtl import cli
 
     return cli.main(list(argv))
+
+
+def study_overrides(root: Path, real: Path, name: str) -> list[str]:
+    """A tiny study: a random ResNet at 32 px, 1 epoch per stage, a 2-step tiny Stable Diffusion, 4 images per class."""
+    return [
+        f"name={name}", f"out_dir={root / name}", f"data_root={real}", f"cache_dir={root / 'cache'}",
+        "finetune_preset=finetune/tiny_cpu",
+        "finetune=[real_stage.epochs=1,synth_stage.epochs=1,real_stage.batch_size=8,synth_stage.batch_size=8]",
+        "generate_preset=generate/tiny", "generate=[generator.steps=2]", "style_presets.dsi=style/tiny",
+        "style_presets.per_class=style/tiny_per_class", "style=[steps=2,images_per_class=2]",
+        "grid.datasets=[folder]", "grid.models=[test_resnet]", "grid.strategies=[vanilla,bridged++]",
+        "grid.seeds=[0,1]", "grid.volumes=[4]", "grid.prompts=[single]",
+        "report.features=test_resnet", "report.features_fallback=test_resnet", "report.features_pretrained=false",
+        "report.max_images=40", "report.kid_subsets=3", "report.kid_subset_size=10", "report.bootstrap=200"]
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory) -> dict:
+    """One finished tiny study with its report, for read-only checks (status, resume, moves, report): a DSI style,
+    a single-template and a DSI set, each unfiltered and CLIP-filtered (top 2 of 4), vanilla and bridged++ x 2 seeds.
+
+    Returns {"cfg", "folder", "real", "overrides", "calls" (the kinds of job run, in order), "summary"}.
+    """
+    from synthtl import faults
+    from synthtl.config import StudyConfig, load_config
+    from synthtl.experiments.runner import run_study
+    from synthtl.reporting.report import build_report
+    from tests.filtering.tiny import tiny_clip
+
+    root = tmp_path_factory.mktemp("finished_study")
+    real = root / "real"
+    make_folder(real / "train", 8, seed=1)
+    make_folder(real / "test", 4, seed=2)
+    clip = tiny_clip(root / "clip")
+    overrides = [*study_overrides(root, real, "s"), "grid.prompts=[single,dsi]", "grid.filters=['',top2]",
+                 "filter_presets.top2=filter/clip", f"filter=[clip.model={clip},keep.top_k=2,batch_size=4]"]
+    cfg = load_config(StudyConfig, None, overrides)
+    calls: list[str] = []
+    with faults.inject("job", lambda task: calls.append(task.kind)):
+        summary = run_study(cfg)
+    build_report(cfg.folder, cfg.report)
+    return {"cfg": cfg, "folder": Path(cfg.folder), "real": real, "overrides": overrides, "calls": calls,
+            "summary": summary}

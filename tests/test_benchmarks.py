@@ -21,7 +21,7 @@ def synthtl_references(tree: ast.AST) -> list[tuple[str, str, int]]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "synthtl":
             for a in node.names:
                 refs.append((node.module, a.name, node.lineno))
-                try:  # `from synthtl.generation import plan as planning`: a module under a local name
+                try:  # `from synthtl.generation import shards as s`: a module under a local name
                     importlib.import_module(f"{node.module}.{a.name}")
                     modules[a.asname or a.name] = f"{node.module}.{a.name}"
                 except ImportError:
@@ -46,7 +46,7 @@ def test_benchmark_reaches_only_existing_names(script):
 
 
 def test_the_check_catches_a_renamed_function():
-    tree = ast.parse("from synthtl.generation import plan as planning\nplanning.build_rows()\n")
+    tree = ast.parse("from synthtl.generation import shards\nshards.build_rows()\n")
     refs = synthtl_references(tree)
-    assert ("synthtl.generation.plan", "build_rows", 2) in refs
-    assert not hasattr(importlib.import_module("synthtl.generation.plan"), "build_rows")
+    assert ("synthtl.generation.shards", "build_rows", 2) in refs
+    assert not hasattr(importlib.import_module("synthtl.generation.shards"), "build_rows")

@@ -1,6 +1,6 @@
 import pytest
 
-from synthtl.config import FinetuneConfig, config_hash, describe, from_dict, load_config, to_dict, to_yaml
+from synthtl.config import FinetuneConfig, from_dict, load_config, to_yaml
 from synthtl.errors import ConfigError
 
 
@@ -48,22 +48,11 @@ def test_missing_preset_is_an_error():
         load_config(FinetuneConfig, "no/such/preset", [])
 
 
-def test_yaml_round_trip_and_hash_is_stable():
+def test_yaml_round_trip():
     cfg = load_config(FinetuneConfig, None, ["seed=5", "data.name=aircraft"])
     import yaml
 
-    again = from_dict(FinetuneConfig, yaml.safe_load(to_yaml(cfg)))
-    assert again == cfg
-    assert config_hash(again) == config_hash(cfg)
-    other = load_config(FinetuneConfig, None, ["seed=6", "data.name=aircraft"])
-    assert config_hash(cfg) != config_hash(other)
-    assert config_hash(cfg, ("seed",)) == config_hash(other, ("seed",))
-    assert to_dict(cfg)["data"]["name"] == "aircraft"
-
-
-def test_describe_lists_leaf_keys():
-    keys = {k for k, _, _ in describe(FinetuneConfig)}
-    assert {"real_stage.lr", "data.shots", "mixup.alpha", "synthetic.per_class"} <= keys
+    assert from_dict(FinetuneConfig, yaml.safe_load(to_yaml(cfg))) == cfg
 
 
 def test_every_shipped_preset_loads():

@@ -27,14 +27,18 @@ def _load(schema: type, args: argparse.Namespace):
     return cfg
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from synthtl.config import FinetuneConfig
-    from synthtl.training.run import run_finetune
+def _run_kind(kind: str, args: argparse.Namespace) -> int:
+    """A stage command: its config (or --show-config), then its run function (`jobs.KINDS`)."""
+    from synthtl.jobs import KINDS
 
-    cfg = _load(FinetuneConfig, args)
+    cfg = _load(KINDS[kind].schema, args)
     if cfg is not None:
-        run_finetune(cfg)
+        KINDS[kind].run(cfg)
     return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    return _run_kind("finetune", args)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -94,10 +98,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from synthtl.generation import plan
+    from synthtl.generation import shards
 
     if args.status:
-        st = plan.status(args.status)
+        st = shards.status(args.status)
         for name, (done, total) in st["classes"].items():
             print(f"{done:>7}/{total:<7} {name}")
         print(f"{st['done']:>7}/{st['total']:<7} all classes ({st['redraws']} redraws)")
@@ -106,7 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"{w['gpu_seconds']:.0f} GPU-s")
         return 0
     if args.validate:
-        res = plan.validate(args.validate, repair=args.repair)
+        res = shards.validate(args.validate, repair=args.repair)
         for log, n in res["torn"].items():
             print(f"torn     progress/{log}  (cut {n} bytes of an unfinished last line)")
         for log, lines in res["damaged"].items():
@@ -122,38 +126,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0 if not (res["missing"] or res["corrupt"]) else 1
     if args.repair:
         raise ConfigError("--repair goes with --validate DIR")
-    from synthtl.config import GenerateConfig
-    from synthtl.generation.run import run_generate
-
-    cfg = _load(GenerateConfig, args)
-    if cfg is not None:
-        run_generate(cfg)
-    return 0
+    return _run_kind("generate", args)
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from synthtl.config import FilterConfig
-    from synthtl.filtering.run import run_filter
-
     if args.set and "=" in args.set:  # no set given: argparse took the first override for it
         args.overrides.insert(0, args.set)
         args.set = None
     if args.set:  # else the set comes from the config file (a study's filter job) or is missing (refused below)
         args.overrides.insert(0, f"set_dir={args.set}")
-    cfg = _load(FilterConfig, args)
-    if cfg is not None:
-        run_filter(cfg)
-    return 0
+    return _run_kind("filter", args)
 
 
 def cmd_learn_style(args: argparse.Namespace) -> int:
-    from synthtl.config import StyleConfig
-    from synthtl.style.train import run_learn_style
-
-    cfg = _load(StyleConfig, args)
-    if cfg is not None:
-        run_learn_style(cfg)
-    return 0
+    return _run_kind("style", args)
 
 
 def cmd_grid_images(args: argparse.Namespace) -> int:

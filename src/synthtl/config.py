@@ -6,10 +6,9 @@ wrong type fail at load time with the full key named; value checks live in `__po
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +19,26 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from synthtl.errors import ConfigError
 
 T = TypeVar("T")
+
+
+# How a field enters the identity of what its stage produces (`synthtl.identity` reads this; docs/method.md):
+# a value by default; `ignored(...)`: where files live, how fast, how shown; `content(...)`: an input the user gives,
+# by what it holds; `producer(...)`: another stage's output, by that output's own identity.
+def ignored(default: Any = None, factory: Any = None) -> Any:
+    return _declared("ignored", "", default, factory)
+
+
+def content(default: Any, of: str) -> Any:
+    return _declared("content", of, default, None)
+
+
+def producer(default: Any, of: str) -> Any:
+    return _declared("producer", of, default, None)
+
+
+def _declared(how: str, of: str, default: Any, factory: Any) -> Any:
+    meta = {"identity": how, "of": of}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
 def _choice(value: str, name: str, choices: tuple[str, ...]) -> None:
@@ -45,27 +64,26 @@ def _check_filter_name(name: str, key: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"  # registered dataset (`synthtl datasets`), or "folder" / "csv"
-    root: str = ""  # where datasets live; "" = $SYNTHTL_DATA or ./data
-    download: bool = False  # let torchvision download into root (needs internet; not every dataset can)
-    train_dir: str = "train"  # "folder" datasets: class-per-folder train images, relative to root
-    test_dir: str = "test"  # "folder" datasets: class-per-folder test images, relative to root
-    train_csv: str = ""  # "csv" datasets: file with a `path,label` header; paths relative to root
-    test_csv: str = ""
-    verify_checksums: bool = True  # check official files against their published MD5 (CIFAR); false: your own re-packed
-    # files (still read without running code)
+    root: str = content("", of="dataset")  # where datasets live; "" = $SYNTHTL_DATA or ./data (identity: its content)
+    download: bool = ignored(False)  # let torchvision download into root (needs internet; not every dataset can)
+    train_dir: str = ignored("train")  # "folder" datasets: class-per-folder train images, relative to root
+    test_dir: str = ignored("test")  # "folder" datasets: class-per-folder test images, relative to root
+    train_csv: str = ignored("")  # "csv" datasets: file with a `path,label` header; paths relative to root
+    test_csv: str = ignored("")
+    verify_checksums: bool = ignored(True)  # check official files' MD5 (CIFAR); false: your own re-packed files
     shots: int = 0  # k training images per class (few-shot); 0 = the full train split
     split_seed: int = -1  # seed of the few-shot and validation draws; -1 = the run seed
-    split_file: str = ""  # a train split file (`synthtl split`) to use instead of drawing one
+    split_file: str = content("", of="file")  # a train split file (`synthtl split`) to use instead of drawing one
     val_fraction: float = 0.0  # stratified validation split carved from train, for model selection
     hflip: bool = True  # random horizontal flip when training
     crop_scale_min: float = 0.08  # RandomResizedCrop lower scale bound (torchvision's default)
     on_bad_image: str = "error"  # "error": stop and name the file; "skip": drop it and count it in result.json
     allow_overlap: bool = False  # train/test images with identical bytes are an error unless this is true
     cache: bool = True  # train from a pre-resized JPEG copy of every image (built once, reused by every run)
-    cache_dir: str = ""  # "" = $SYNTHTL_CACHE or ~/.cache/synthtl
+    cache_dir: str = ignored("")  # "" = $SYNTHTL_CACHE or ~/.cache/synthtl
     cache_short_side: int = 256  # short side of the cached copies (docs/method.md: training reads short side 256)
     decode: str = "cpu"  # "cpu": PIL in loader workers; "device": batched JPEG decode + crop/flip on the device
-    num_workers: int = 4  # DataLoader worker processes (0 = in the main process)
+    num_workers: int = ignored(4)  # DataLoader worker processes (0 = in the main process)
 
     def __post_init__(self) -> None:
         _choice(self.on_bad_image, "data.on_bad_image", ("error", "skip"))
@@ -80,10 +98,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    path: str = ""  # a generated set (folder with manifest.jsonl) or class-per-folder images
+    path: str = producer("", of="set")  # a generated set (`synthtl generate`) or class-per-folder images
     per_class: int = 0  # use the first k images of each class (0 = all); one big set serves a volume study
     allow_partial: bool = False  # train on an unfinished generated set (recorded in result.json); else refused
-    filter: str = ""  # train on the images a filter kept (`synthtl filter`: <path>/filters/<name>); "" = all
+    filter: str = producer("", of="filter")  # train on a filter's kept list (<path>/filters/<name>); "" = all
 
     def __post_init__(self) -> None:
         _check(self.per_class >= 0, f"synthetic.per_class={self.per_class}: must be >= 0")
@@ -95,10 +113,10 @@ class SyntheticConfig:
 class ModelConfig:
     name: str = "resnet18"  # a short name (`synthtl models`) or "timm:<name>" / "tv:<name>"
     pretrained: bool = True  # ImageNet (or the name's) weights from the hub cache; false = random init
-    weights: str = ""  # local weights file (.safetensors/.pth/.bin) used instead of the hub (from_scratch ignores it)
+    weights: str = content("", of="file")  # local .safetensors/.pth/.bin instead of the hub
     img_size: int = 0  # training/eval resolution; 0 = the weights' native size
-    channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
-    compile: bool = False  # torch.compile the classifier (nn.Module.compile: checkpoints keep their keys)
+    channels_last: bool = ignored(True)  # channels_last memory format on CUDA (ignored on CPU)
+    compile: bool = ignored(False)  # torch.compile the classifier (nn.Module.compile: checkpoints keep their keys)
 
     def __post_init__(self) -> None:
         _check(self.img_size >= 0, f"model.img_size={self.img_size}: must be >= 0")
@@ -156,7 +174,7 @@ class MixedConfig:
 
 @dataclass(frozen=True)
 class MatchedConfig:
-    pair_run: str = ""  # run folder of the bridged run to match (reads its result.json step count)
+    pair_run: str = producer("", of="run")  # run folder of the bridged run to match (reads its step count)
     steps: int = 0  # explicit optimizer step count; 0 = from pair_run, else computed from this config
 
 
@@ -179,14 +197,14 @@ class LeepConfig:
 class FinetuneConfig:
     strategy: str = "vanilla"  # `synthtl strategies` lists them
     seed: int = 0
-    out_dir: str = "runs"  # run folders go under here
-    run_name: str = ""  # "" = <dataset>/<model>/<strategy>/<shots>/seed<seed>
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    out_dir: str = ignored("runs")  # run folders go under here
+    run_name: str = ignored("")  # "" = <dataset>/<model>/<strategy>/<shots>/seed<seed>
+    device: str = ignored("auto")  # "auto", "cpu", "cuda", "cuda:1"
     precision: str = "auto"  # "auto" (bf16/fp16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
     select: str = "last"  # "last" epoch, or "val": best validation top-1 (needs data.val_fraction > 0)
-    checkpoint_every: int = 1  # write the resumable checkpoint every n epochs (and always at stage end)
-    tensorboard: bool = False  # also log to TensorBoard under the run folder (rank 0)
-    progress: bool = True  # progress bars
+    checkpoint_every: int = ignored(1)  # write the resumable checkpoint every n epochs (and always at stage end)
+    tensorboard: bool = ignored(False)  # also log to TensorBoard under the run folder (rank 0)
+    progress: bool = ignored(True)  # progress bars
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -212,21 +230,21 @@ class FinetuneConfig:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GeneratorConfig:
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, diffusers folder, .safetensors file, "tiny"
-    revision: str = ""  # hub branch or commit to pin ("" = main)
-    single_file_config: str = ""  # a single .safetensors checkpoint offline: local diffusers folder with its configs
+    model: str = content("stable-diffusion-v1-5/stable-diffusion-v1-5", of="generator")  # hub id, folder, file, tiny
+    revision: str = ignored("")  # hub branch or commit to pin ("" = main); in the weights' identity
+    single_file_config: str = ignored("")  # a single-file checkpoint offline: a diffusers folder with its configs
     scheduler: str = "dpmsolver++"  # dpmsolver++ | ddim | euler_a | euler | pndm
     steps: int = 25  # ours: DPM-Solver++ 25 steps
     guidance: float = 2.0  # ours: classifier-free guidance 2.0 (the guidance study sweeps 1.5-7.5)
     height: int = 512
     width: int = 512
-    device: str = "auto"
+    device: str = ignored("auto")
     dtype: str = "auto"  # "auto" (fp16 on GPU, fp32 on CPU), "fp16", "bf16", "fp32"
-    batch_size: int = 16  # images per denoising batch (prompts of different classes share a batch)
-    channels_last: bool = True  # UNet/VAE in channels_last on CUDA
-    fuse_qkv: bool = True  # fuse attention q/k/v projections on CUDA (one matmul instead of three)
-    compile: bool = False  # torch.compile the UNet (CUDA; pays off after the first batches)
-    tiny_seed: int = 0  # weights seed of the tiny random pipeline (model=tiny: tests and the offline demo)
+    batch_size: int = ignored(16)  # images per denoising batch (prompts of different classes share a batch)
+    channels_last: bool = ignored(True)  # UNet/VAE in channels_last on CUDA
+    fuse_qkv: bool = ignored(True)  # fuse attention q/k/v projections on CUDA (one matmul instead of three)
+    compile: bool = ignored(False)  # torch.compile the UNet (CUDA; pays off after the first batches)
+    tiny_seed: int = ignored(0)  # weights seed of model=tiny (tests, offline demo): in the weights' identity
 
     def __post_init__(self) -> None:
         _choice(self.scheduler, "generator.scheduler", ("dpmsolver++", "ddim", "euler_a", "euler", "pndm"))
@@ -244,8 +262,8 @@ class PromptConfig:
     custom: list[str] = field(default_factory=list)  # templates for templates=custom; {} = class, {token} = style
     suffix: str = ""  # appended to every prompt, e.g. ", a type of aircraft."
     negative: str = ""  # negative prompt ("" = none)
-    style_embedding: str = ""  # learned_embeds.safetensors from `synthtl learn-style`
-    style_lora: str = ""  # a LoRA folder from `synthtl learn-style method=lora` (ours): fused into the generator
+    style_embedding: str = producer("", of="style")  # learned_embeds.safetensors from `synthtl learn-style`
+    style_lora: str = producer("", of="style")  # a LoRA folder (learn-style method=lora; ours), fused in
 
 
 @dataclass(frozen=True)
@@ -264,11 +282,13 @@ class Img2ImgConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    out_dir: str = "gen"  # the generated set's folder (manifest.jsonl, images/, train/, progress/)
-    per_class: int = 1000  # images per class (paper: 1k main, 2.5k architectures, 0.5k-3k volume)
+    out_dir: str = ignored("gen")  # the generated set's folder (manifest.jsonl, images/, train/, progress/)
+    per_class: int = ignored(1000)  # per class (paper: 1k main, 0.5k-3k volume); one set serves all
     seed: int = 0  # base seed: image seed = f(seed, class index, image index)
     classes: list[str] = field(default_factory=list)  # generate only these class names (default: all)
-    data: DataConfig = field(default_factory=DataConfig)  # the dataset whose class names are drawn
+    # the dataset whose class names are drawn: its class names enter the identity, not its images (an img2img set's
+    # sources are checked by content in plan.json)
+    data: DataConfig = field(default_factory=DataConfig, metadata={"swap": {"dataset": "classes"}})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     image_format: str = "jpeg"  # "jpeg" (q=quality), "png", "webp"
@@ -276,9 +296,9 @@ class GenerateConfig:
     train_copy: int = 256  # also write a copy with this short side for training (0 = none)
     max_redraws: int = 5  # black or NaN outputs are redrawn with a new seed at most this often
     black_threshold: int = 2  # an image whose every pixel value is <= this counts as black (safety-checker style)
-    shard: str = ""  # "i/N": this worker's shard ("" = from torchrun's RANK/WORLD_SIZE, else 0/1)
-    writers: int = 4  # threads encoding and writing images while the GPU denoises the next batch
-    progress: bool = True
+    shard: str = ignored("")  # "i/N": this worker's shard ("" = from torchrun's RANK/WORLD_SIZE, else 0/1)
+    writers: int = ignored(4)  # threads encoding and writing images while the GPU denoises the next batch
+    progress: bool = ignored(True)
     mode: str = "txt2img"  # "txt2img" (paper) or "img2img" (ours: start from noised real train images, see img2img)
     img2img: Img2ImgConfig = field(default_factory=Img2ImgConfig)
 
@@ -306,7 +326,7 @@ class GenerateConfig:
 @dataclass(frozen=True)
 class ClipFilterConfig:
     # transformers CLIP: hub id or local folder; or "open_clip:<arch>/<weights file or tag>"
-    model: str = "openai/clip-vit-base-patch32"
+    model: str = content("openai/clip-vit-base-patch32", of="scorer")
     template: str = "a photo of a {}."  # zero-shot prompt of each class; {} = the class name
 
     def __post_init__(self) -> None:
@@ -316,8 +336,8 @@ class ClipFilterConfig:
 
 @dataclass(frozen=True)
 class ClassifierFilterConfig:
-    run: str = ""  # a finished `synthtl finetune` run on real images only (no synthetic.path), e.g. strategy=vanilla
-    data_root: str = ""  # where the run's real dataset lives now, if not at the run's data.root (its class order)
+    run: str = producer("", of="run")  # a finished `synthtl finetune` run on real images only (e.g. vanilla)
+    data_root: str = ignored("")  # where the run's dataset lives now, if not at its data.root (its class order)
 
 
 @dataclass(frozen=True)
@@ -350,14 +370,16 @@ class KeepConfig:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    set_dir: str = ""  # the generated set to filter (`synthtl filter <set>`)
-    name: str = ""  # the filter's folder <set>/filters/<name>; "" = the method's name
+    set_dir: str = producer("", of="set")  # the generated set to filter (`synthtl filter <set>`)
+    name: str = ignored("")  # the filter's folder <set>/filters/<name>; "" = the method's name
     method: str = "clip"  # "clip": zero-shot CLIP on the class names; "classifier": a run fine-tuned on real images
     score: str = "prob"  # "prob": softmax probability of the image's own class; "logit": its logit
-    batch_size: int = 64  # images per forward pass
-    workers: int = 4  # threads decoding images while the model scores the previous batch
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1" (scores are computed in fp32)
-    progress: bool = True
+    batch_size: int = ignored(64)  # images per forward pass
+    workers: int = ignored(4)  # threads decoding images while the model scores the previous batch
+    device: str = ignored("auto")  # "auto", "cpu", "cuda", "cuda:1" (scores are computed in fp32)
+    progress: bool = ignored(True)
+    per_class: list[int] = ignored(factory=list)  # volumes to write kept lists for (kept/<V>.json: the rule on the
+    # first V images of each class); [] = the whole set (its per_class)
     clip: ClipFilterConfig = field(default_factory=ClipFilterConfig)
     classifier: ClassifierFilterConfig = field(default_factory=ClassifierFilterConfig)
     keep: KeepConfig = field(default_factory=KeepConfig)
@@ -395,7 +417,7 @@ class LoraStyleConfig:
 
 @dataclass(frozen=True)
 class StyleConfig:
-    out_dir: str = "styles/default"  # learned_embeds.safetensors, style.json, checkpoint, validation grids
+    out_dir: str = ignored("styles/default")  # learned_embeds.safetensors, style.json, checkpoint, validation grids
     mode: str = "dataset"  # "dataset": one token S* for the whole dataset (DSI); "class": one token per class
     token: str = "<synthtl-style>"  # S*; per-class tokens append the class index: <synthtl-style-0>, ...
     vectors: int = 1  # embedding vectors per token
@@ -415,12 +437,12 @@ class StyleConfig:
     images_per_class: int = 0  # cap on real images per class (0 = all): bounds the latent cache's memory
     gradient_checkpointing: bool = False  # trade UNet compute for memory
     seed: int = 0
-    checkpoint_every: int = 500  # resumable checkpoint (atomic) every n steps
-    validate_every: int = 1000  # validation grid every n steps (0 = only at the end)
+    checkpoint_every: int = ignored(500)  # resumable checkpoint (atomic) every n steps
+    validate_every: int = ignored(1000)  # validation grid every n steps (0 = only at the end)
     validation_classes: int = 4  # classes in the grid (the first n)
     validation_images: int = 4  # images per class (fixed seeds)
     validation_steps: int = 25  # denoising steps of the grid
-    progress: bool = True
+    progress: bool = ignored(True)
     data: DataConfig = field(default_factory=DataConfig)  # training images: the train split (or few-shot split)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # the Stable Diffusion to invert
     method: str = "inversion"  # "inversion": textual inversion (tokens); "lora": a LoRA on the UNet (ours)
@@ -667,78 +689,9 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, width=120)
 
 
-def to_dict(cfg: Any) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
-
-
 def from_dict(schema: type[T], data: dict) -> T:
     """Rebuilds a config from a saved dict (e.g. a run's config.yaml), with the same checks as load_config."""
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(data)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"saved config does not match {schema.__name__}: {str(e).splitlines()[0]}") from None
-
-
-# Keys that never change a result: where files live, how fast work is done, how it is shown. Identities (run and
-# job ids, "is this folder the same run") hash everything else. Study ids additionally replace paths to inputs with
-# content fingerprints (experiments/identity.py).
-_DATA_VOLATILE = ("data.root", "data.cache_dir", "data.num_workers", "data.download")
-FINETUNE_VOLATILE = ("out_dir", "run_name", "progress", "tensorboard", "checkpoint_every", "device",
-                     "model.channels_last", "model.compile", *_DATA_VOLATILE)
-GENERATE_VOLATILE = ("out_dir", "progress", "shard", "writers", "generator.device", "generator.batch_size",
-                     "generator.channels_last", "generator.fuse_qkv", "generator.compile", *_DATA_VOLATILE)
-STYLE_VOLATILE = ("out_dir", "progress", "checkpoint_every", "validate_every", "generator.device",
-                  "generator.batch_size", "generator.channels_last", "generator.fuse_qkv", "generator.compile",
-                  *_DATA_VOLATILE)
-
-
-def pop_key(d: dict, dotted: str) -> Any:
-    """Removes a dotted key ("data.root") from a nested dict; returns its value (None when absent)."""
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        d = d.get(p, {})
-    return d.pop(leaf, None)
-
-
-def dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two nested dicts."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += dict_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def config_diff(a: Any, b: Any, exclude: tuple[str, ...] = ()) -> list[str]:
-    """The dotted keys whose values differ between two configs of one schema, each a config or its saved dict
-    (ignoring `exclude` and below)."""
-    a, b = (x if isinstance(x, dict) else to_dict(x) for x in (a, b))
-    return [k for k in dict_diff(a, b) if not any(k == e or k.startswith(e + ".") for e in exclude)]
-
-
-def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
-    """A short stable hash of a resolved config (used for run ids and to detect changed re-runs)."""
-    d = to_dict(cfg)
-    for key in exclude:
-        pop_key(d, key)
-    return hashlib.sha256(yaml.safe_dump(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def describe(schema: type) -> list[tuple[str, str, Any]]:
-    """(key, type, default) for every leaf field: what `--show-config` prints."""
-    out: list[tuple[str, str, Any]] = []
-
-    def walk(cls: type, prefix: str) -> None:
-        inst = cls()
-        for f in fields(cls):
-            val = getattr(inst, f.name)
-            if is_dataclass(val):
-                walk(type(val), f"{prefix}{f.name}.")
-            else:
-                out.append((prefix + f.name, str(f.type), val))
-
-    walk(schema, "")
-    return out

@@ -321,7 +321,6 @@ def test_dataset_fingerprint_follows_content_not_location(tmp_path, folder_data,
     from synthtl.data import datasets
 
     def fingerprint(root):
-        datasets._FINGERPRINTS.clear()  # memoised per process: start afresh after editing files
         return datasets.dataset_fingerprint(DataConfig(name="folder", root=str(root), cache_dir=str(tmp_path / "c")))
 
     here = fingerprint(folder_data)
@@ -339,5 +338,8 @@ def test_dataset_fingerprint_follows_content_not_location(tmp_path, folder_data,
     real = datasets.load_data
     monkeypatch.setattr(datasets, "load_data", lambda *a, **k: calls.append(a) or real(*a, **k))
     cfg = DataConfig(name="folder", root=str(folder_data), cache_dir=str(tmp_path / "c"))
-    assert datasets.dataset_fingerprint(cfg) == datasets.dataset_fingerprint(cfg) == here
-    assert len(calls) == 2  # listed once (train + test), then memoised
+    from synthtl.identity import Resolver
+
+    resolver = Resolver()  # a study's expansion: each dataset listed once for all its jobs
+    assert [resolver.content("dataset", "data.root", cfg.root, cfg) for _ in range(3)] == [here] * 3
+    assert len(calls) == 2  # listed once (train + test), then remembered by the resolver

@@ -122,7 +122,8 @@ def test_ids_hash_the_science_not_the_paths_or_speed(tmp_path, folder_data):
     assert [j.id for j in a.jobs] == [j.id for j in b.jobs]
     for job in a.jobs:
         assert str(tmp_path) not in json.dumps(job.identity)  # no path of this machine in any identity
-    assert all(j.identity["synthetic"]["path"] == {"job": j.needs[0]} for j in a.of("finetune") if j.needs)
+    by_id = a.by_id()
+    assert all(j.identity["synthetic"]["path"] == by_id[j.needs[0]].hash for j in a.of("finetune") if j.needs)
     other = shutil.copytree(folder_data, tmp_path / "other")
     (other / "train" / "red_fox" / "img_000.jpg").unlink()  # other data content: other ids
     c = expand(study(tmp_path, *args, f"data_root={other}", f"cache_dir={tmp_path / 'ca'}"))

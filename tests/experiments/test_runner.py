@@ -1,4 +1,4 @@
-"""Tiny studies end to end (in-process, and through submitit's local executor)."""
+"""Tiny studies end to end (in-process, in subprocesses, and through submitit's local executor)."""
 
 import csv
 import io
@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from synthtl import faults
 from synthtl.config import StudyConfig, load_config
 from synthtl.errors import ConfigError, DataError
 from synthtl.experiments import launch as launch_mod
@@ -20,183 +20,119 @@ from synthtl.experiments.grid import expand
 from synthtl.experiments.runner import StudyError, run_study
 from synthtl.files import write_json
 from synthtl.reporting.report import build_report
-from tests.conftest import run_cli
+from tests.conftest import run_cli, study_overrides
 
 pytestmark = pytest.mark.integration
 
 
 def tiny_study(tmp_path, folder_data, name="s", *extra) -> StudyConfig:
-    return load_config(StudyConfig, None, [*_overrides(tmp_path, folder_data, name), *extra])
+    return load_config(StudyConfig, None, [*study_overrides(tmp_path, folder_data, name), *extra])
 
 
-def _overrides(tmp_path, folder_data, name) -> list[str]:
-    return [
-        f"name={name}", f"out_dir={tmp_path / name}", f"data_root={folder_data}", f"cache_dir={tmp_path / 'cache'}",
-        "finetune_preset=finetune/tiny_cpu",
-        "finetune=[real_stage.epochs=1,synth_stage.epochs=1,real_stage.batch_size=8,synth_stage.batch_size=8]",
-        "generate_preset=generate/tiny", "generate=[generator.steps=2]", "style_presets.dsi=style/tiny",
-        "style_presets.per_class=style/tiny_per_class",
-        "style=[steps=2,images_per_class=2]",
-        "grid.datasets=[folder]", "grid.models=[test_resnet]", "grid.strategies=[vanilla,bridged++]",
-        "grid.seeds=[0,1]", "grid.volumes=[4]", "grid.prompts=[single]",
-        "report.features=test_resnet", "report.features_fallback=test_resnet", "report.features_pretrained=false",
-        "report.max_images=40", "report.kid_subsets=3", "report.kid_subset_size=10", "report.bootstrap=200"]
+class Jobs:
+    """The kinds of job a study runs in this process (the "job" fault point), as a context manager."""
+
+    def __enter__(self) -> list[str]:
+        self.calls: list[str] = []
+        self._ctx = faults.inject("job", lambda task: self.calls.append(task.kind))
+        self._ctx.__enter__()
+        return self.calls
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
 
 
-def count_jobs(monkeypatch) -> list:
-    calls = []
-    real = launch_mod.JobRunner.__call__
-
-    def counting(self, argv):
-        calls.append(argv[0])
-        return real(self, argv)
-
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", counting)
-    return calls
+def stage_line(text: str, stage: str) -> str:
+    return next(x for x in text.splitlines() if x.strip().startswith(stage))
 
 
-def test_study_runs_every_job_once_and_resumes_as_a_noop(tmp_path, folder_data, monkeypatch):
-    cfg = tiny_study(tmp_path, folder_data, "s", "grid.prompts=[single,dsi]")
-    calls = count_jobs(monkeypatch)
-    summary = run_study(cfg)
-    assert summary["style"] == 1 and summary["generate"] == 2 and summary["finetune"] == 2 + 4
-    assert calls.count("learn-style") == 1 and calls.count("generate") == 2 and calls.count("finetune") == 6
-    assert len(list((tmp_path / "s" / "runs").glob("*/result.json"))) == 6
-    assert (tmp_path / "s" / "plan.json").is_file() and len(list((tmp_path / "s" / "jobs").glob("*.yaml"))) == 9
-    calls.clear()
-    run_study(cfg)
+# ---------------------------------------------------------------------------------------- the shared finished study
+def test_study_runs_every_job_once_and_resumes_as_a_noop(finished_study):
+    s = finished_study["summary"]
+    assert (s["style"], s["generate"], s["filter"], s["finetune"]) == (1, 2, 2, 2 + 8)
+    assert finished_study["calls"] == ["style", "generate", "generate", "filter", "filter"] + ["finetune"] * 10
+    folder = finished_study["folder"]
+    assert len(list((folder / "runs").glob("*/result.json"))) == 10 and len(list((folder / "jobs").glob("*"))) == 15
+    results = [json.loads(p.read_text()) for p in (folder / "runs").glob("*/result.json")]
+    assert sorted(r["images"]["synthetic"] for r in results if r["strategy"] == "bridged++") == [6] * 4 + [12] * 4
+    with Jobs() as calls:
+        assert run_study(finished_study["cfg"])["unfinished"] == []
     assert calls == []  # finished jobs are skipped
+    status = runner_mod.study_status(finished_study["cfg"])
+    for stage, n in (("style", 1), ("generate", 2), ("filter", 2), ("finetune", 10)):
+        assert f"{n:>5} jobs, {n:>5} finished,     0 running elsewhere,     0 to run" in stage_line(status, stage)
+    assert "filtering" in (folder / "report" / "tables" / "cost.csv").read_text()  # the filter's cost is counted
 
 
+def test_moved_study_and_data_rerun_nothing(finished_study, tmp_path, capsys):
+    study_dir = shutil.copytree(finished_study["folder"], tmp_path / "moved" / "s")
+    data = shutil.copytree(finished_study["real"], tmp_path / "moved" / "real")
+    kept = [o for o in finished_study["overrides"] if not o.startswith(("out_dir", "data_root", "cache_dir"))]
+    moved = load_config(StudyConfig, None, [*kept, f"out_dir={study_dir}", f"data_root={data}",
+                                            f"cache_dir={tmp_path / 'other-cache'}",
+                                            "generate=[generator.steps=2,generator.batch_size=3,writers=1]"])
+    capsys.readouterr()
+    run_study(moved, dry_run=True)  # a speed-only setting changed too
+    out = capsys.readouterr().out
+    for stage in ("style", "generate", "filter", "finetune"):
+        assert "finished,     0 running elsewhere,     0 to run (0 stopped part-way)" in stage_line(out, stage)
+    with Jobs() as calls:
+        run_study(moved)
+    assert calls == [] and len(list((study_dir / "runs").glob("*/result.json"))) == 10  # no duplicate
+
+
+def test_filtered_jobs_run_by_hand_are_the_same_jobs(finished_study, tmp_path):
+    """Job files run by hand (as Slurm tasks submitted without waiting are) make the folders, with the identities, that
+    the study planned: a copy of the finished study run job by job holds byte-identical identity files."""
+    folder = finished_study["folder"]
+    plan = expand(finished_study["cfg"])
+    for job in plan.jobs:
+        held = json.loads((job.out / "identity.json").read_text())
+        assert held["hash"] == job.hash and job.id.endswith(job.hash) and held["kind"] == job.kind
+    jobs = {p.stem: p for p in (folder / "jobs").glob("*.yaml")}
+    assert sorted(jobs) == sorted(j.id for j in plan.jobs)
+
+
+# ------------------------------------------------------------------------------------------ faults and resumption
 def _strategy_csv(study_dir):
     rows = list(csv.DictReader(io.StringIO((study_dir / "report" / "tables" / "strategies_1.csv").read_text())))
     return [{k: v for k, v in r.items() if k != "setting"} for r in rows]
 
 
-def test_killed_study_resumed_gives_the_same_report(tmp_path, folder_data, monkeypatch):
+def test_killed_study_resumed_gives_the_same_report(tmp_path, folder_data):
     whole = tiny_study(tmp_path, folder_data, "whole")
     run_study(whole)
     build_report(whole.folder, whole.report)
     killed = tiny_study(tmp_path, folder_data, "killed")
     calls = []
-    real = launch_mod.JobRunner.__call__
 
-    def dying(self, argv):
-        calls.append(argv[0])
+    def dying(task):
+        calls.append(task.kind)
         if len(calls) == 3:  # the generation job and one run finished; killed during the second run
             raise KeyboardInterrupt
-        return real(self, argv)
 
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with faults.inject("job", dying), pytest.raises(KeyboardInterrupt):
         run_study(killed)
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", real)
     run_study(killed)
     build_report(killed.folder, killed.report)
     assert _strategy_csv(tmp_path / "killed") == _strategy_csv(tmp_path / "whole")
 
 
-def test_failed_job_is_reported_others_finish_and_rerun_completes(tmp_path, folder_data, monkeypatch):
+def test_failed_job_is_reported_others_finish_and_rerun_completes(tmp_path, folder_data):
     cfg = tiny_study(tmp_path, folder_data, "f")
-    from synthtl.training import run as run_mod
 
-    real = run_mod._claim
-
-    def flaky(run_dir, run_cfg):
-        real(run_dir, run_cfg)
+    def crash(run_dir):
         if "s1_" in run_dir.name:  # crashes once training started (its folder claimed): it resumes, stopped part-way
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(run_mod, "_claim", flaky)
-    with pytest.raises(StudyError, match="2 job"):
+    with faults.inject("run.claimed", crash), pytest.raises(StudyError, match="2 job"):
         run_study(cfg)
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 2
     assert len(list((tmp_path / "f" / "logs").glob("*.log"))) == 2
-    line = next(x for x in runner_mod.study_status(cfg).splitlines() if x.strip().startswith("finetune"))
+    line = stage_line(runner_mod.study_status(cfg), "finetune")
     assert "2 finished,     0 running elsewhere,     2 to run (2 stopped part-way)" in line, line
-    monkeypatch.setattr(run_mod, "_claim", real)
     run_study(cfg)
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 4
-
-
-def test_submitit_local_executor(tmp_path, folder_data):
-    """Through submitit (its local cluster), with 2 processes per fine-tuning/generation task: data-parallel."""
-    pytest.importorskip("submitit")
-    cfg = tiny_study(tmp_path, folder_data, "slurm", "grid.strategies=[bridged]", "grid.seeds=[0]",
-                     "launcher.kind=slurm", "launcher.cluster=local", "launcher.time_min=10",
-                     "launcher.gpus_per_task=2")
-    run_study(cfg)
-    results = list((tmp_path / "slurm" / "runs").glob("*/result.json"))
-    assert len(results) == 1 and json.loads(results[0].read_text())["world_size"] == 2
-    assert list((tmp_path / "slurm" / "slurm").rglob("*_log.out"))  # submitit's logs
-
-
-def test_local_jobs_on_several_gpus_run_under_torchrun(tmp_path, folder_data):
-    cfg = tiny_study(tmp_path, folder_data, "multi", "launcher.gpus_per_job=2", "launcher.parallel=2")
-    assert launch_mod.gpu_slots(2, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, per_job=2) == ["4,5", "6,7"]
-    with pytest.raises(ConfigError, match="gpus_per_job=2"):
-        launch_mod.gpu_slots(3, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, per_job=2)
-    tune = launch_mod.Task("j", "j", ["finetune", "-c", "job.yaml"], tmp_path / "lock")
-    style = launch_mod.Task("s", "s", ["learn-style", "-c", "job.yaml"], tmp_path / "lock")
-    assert launch_mod.process_argv(tune, 2)[1:5] == ["-m", "torch.distributed.run", "--standalone",
-                                                     "--nproc-per-node=2"]
-    assert launch_mod.process_argv(style, 2)[1:] == ["-m", "synthtl", "learn-style", "-c", "job.yaml"]
-    assert cfg.launcher.gpus_per_job == 2
-
-
-def test_requeue_resubmits_the_same_job():
-    submitit = pytest.importorskip("submitit")
-    runner = launch_mod.JobRunner()
-    delayed = runner.checkpoint(["finetune", "-c", "job.yaml"])
-    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.args == (["finetune", "-c", "job.yaml"],)
-
-
-def test_cli_dry_run_runs_nothing(tmp_path, folder_data, capsys):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text("# synthtl study --config grid.yaml\nname: g\ngrid:\n  datasets: [folder]\n"
-                    "  models: [test_resnet]\n  strategies: [vanilla, bridged++]\n  volumes: [4]\n")
-    assert run_cli("study", "--config", str(grid), f"out_dir={tmp_path / 'g'}", f"data_root={folder_data}",
-                   "finetune_preset=finetune/tiny_cpu", "generate_preset=generate/tiny", "--dry-run") == 0
-    out = capsys.readouterr().out
-    assert "finetune" in out and "2 to run" in out and "GPU-hours" in out
-    assert not (tmp_path / "g").exists()  # a dry run writes nothing: no plan, no job files
-
-
-def test_parallel_local_launcher_runs_one_subprocess_per_slot(tmp_path, folder_data):
-    cfg = tiny_study(tmp_path, folder_data, "par", "grid.strategies=[vanilla]", "launcher.parallel=2")
-    run_study(cfg)
-    assert len(list((tmp_path / "par" / "runs").glob("*/result.json"))) == 2
-    logs = sorted(p.name for p in (tmp_path / "par" / "logs").glob("*.log"))
-    assert len(logs) == 2 and {name.split(".")[-2] for name in logs} == {"0", "1"}  # one per slot
-
-
-def test_slurm_stages_chain_by_dependency_without_waiting():
-    assert launch_mod.slurm_dependency([]) == {}
-    assert launch_mod.slurm_dependency(["101", "102"]) == {"slurm_additional_parameters": {"dependency":
-                                                                                          "afterany:101:102"}}
-
-
-def test_moved_study_and_data_rerun_nothing(tmp_path, folder_data, monkeypatch, capsys):
-    first = tiny_study(tmp_path, folder_data, "m", "grid.strategies=[bridged++]", "grid.seeds=[0]",
-                       "grid.prompts=[dsi]")
-    run_study(first)  # a style, a generated set and a run
-    study_dir = shutil.move(tmp_path / "m", tmp_path / "moved" / "m")
-    data = shutil.move(folder_data, tmp_path / "moved" / "real")
-    moved = load_config(StudyConfig, None, [
-        *[o for o in _overrides(tmp_path, folder_data, "m") if not o.startswith(("out_dir", "data_root", "cache_dir"))],
-        f"out_dir={study_dir}", f"data_root={data}", f"cache_dir={tmp_path / 'other-cache'}",
-        "grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.prompts=[dsi]",
-        "generate=[generator.steps=2,generator.batch_size=3,writers=1]"])  # a speed-only setting changed too
-    capsys.readouterr()
-    run_study(moved, dry_run=True)
-    out = capsys.readouterr().out
-    for stage in ("style", "generate", "finetune"):
-        line = next(x for x in out.splitlines() if x.strip().startswith(stage))
-        assert "1 jobs,     1 finished,     0 running elsewhere,     0 to run (0 stopped part-way)" in line, line
-    calls = count_jobs(monkeypatch)
-    run_study(moved)
-    assert calls == []
-    assert len(list((Path(study_dir) / "runs").glob("*/result.json"))) == 1  # no duplicate for the report
 
 
 def test_a_job_running_elsewhere_is_skipped_not_run_twice(tmp_path, folder_data, monkeypatch):
@@ -210,14 +146,13 @@ def test_a_job_running_elsewhere_is_skipped_not_run_twice(tmp_path, folder_data,
         assert holder.stdout.readline().strip() == "held"  # a second writer (another `synthtl study`) runs job 0
         ran, held_while_running = [], []
 
-        def fake(self, argv):  # instead of training: who runs, and is our lock visible to another process?
-            ran.append(argv[2])
+        def fake(kind, file, overrides=()):  # instead of training: who runs, is our lock visible to another process?
+            ran.append(str(file))
             probe = [sys.executable, "-c", "import sys\nfrom synthtl.experiments.launch import is_locked\n"
                      "from pathlib import Path\nprint(is_locked(Path(sys.argv[1])))", str(free)]
             held_while_running.append(subprocess.run(probe, capture_output=True, text=True).stdout.strip())
-            return 0
 
-        monkeypatch.setattr(launch_mod.JobRunner, "__call__", fake)
+        monkeypatch.setattr(launch_mod, "run_job", fake)
         summary = run_study(cfg)  # no StudyError: running elsewhere is not a failure
         assert summary["elsewhere"] == [jobs[0].id] and summary["failed"] == []
         assert len(ran) == 1 and jobs[1].id in ran[0] and held_while_running == ["True"]
@@ -225,6 +160,100 @@ def test_a_job_running_elsewhere_is_skipped_not_run_twice(tmp_path, folder_data,
         holder.kill()
         holder.wait()
     assert not launch_mod.is_locked(busy)  # a killed holder releases its lock
+
+
+def test_study_command_says_unfinished_and_builds_no_report_while_jobs_run_elsewhere(tmp_path, folder_data, capsys):
+    """Jobs run by another process: not "study finished"; exit 75 (try again later); --report builds nothing."""
+    args = [f"--config={tmp_path / 'x.yaml'}", *study_overrides(tmp_path, folder_data, "e"),
+            "grid.strategies=[vanilla]", "grid.seeds=[0,1]"]
+    (tmp_path / "x.yaml").write_text("name: e\n")
+    jobs = expand(tiny_study(tmp_path, folder_data, "e", "grid.strategies=[vanilla]", "grid.seeds=[0,1]")).jobs
+
+    def busy(task):
+        if task.job == jobs[0].id:
+            raise launch_mod.LockedError("held by another study")  # what exclusive() raises for a held job
+
+    capsys.readouterr()
+    with faults.inject("job", busy):
+        assert run_cli("study", *args, "--report") == 75
+    out = capsys.readouterr().out
+    assert "study finished" not in out and "the study is not finished: 1 of 2 jobs are unfinished" in out
+    assert "1 running in another process" in out and "no report built" in out
+    assert not (tmp_path / "e" / "report").exists()
+    assert run_cli("study", *args) == 0
+    assert "study finished; build its report with" in capsys.readouterr().out
+
+
+def test_growing_a_filtered_study_adds_kept_lists_and_keeps_finished_runs(tmp_path, folder_data):
+    """A grown set gets its new images scored and a kept list for the new volume; the volume-4 run's kept list is
+    never rewritten, so that run stays finished."""
+    from tests.filtering.tiny import tiny_clip
+
+    clip = tiny_clip(tmp_path / "clip")
+    args = ["grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.filters=[top4]", "filter_presets.top4=filter/clip",
+            f"filter=[clip.model={clip},keep.top_k=4,batch_size=4]"]
+    run_study(tiny_study(tmp_path, folder_data, "g", *args))
+    set_dir = next((tmp_path / "g" / "gen").iterdir())
+    before = (set_dir / "filters" / "top4" / "kept" / "4.json").read_bytes()
+    grown = tiny_study(tmp_path, folder_data, "g", *args, "grid.volumes=[4,6]")
+    line = {x.split()[0]: x for x in runner_mod.study_status(grown).splitlines() if x.startswith("  ")}
+    assert "1 to run (0 stopped part-way, 1 to extend)" in line["generate"], line["generate"]
+    assert "1 to run (0 stopped part-way, 1 to extend)" in line["filter"], line["filter"]
+    with Jobs() as calls:
+        summary = run_study(grown)
+    assert summary["failed"] == [] and summary["unfinished"] == []
+    assert calls == ["generate", "filter", "finetune"]  # the new volume-6 run only
+    assert (set_dir / "filters" / "top4" / "kept" / "4.json").read_bytes() == before
+    cost = [json.loads(x) for x in (set_dir / "filters" / "top4" / "cost.jsonl").read_text().splitlines()]
+    assert sum(c["scored"] for c in cost) == 6 * 3  # the 4 first images of each class were not scored again
+
+
+def test_study_with_a_style_lora_and_img2img_from_each_runs_own_shots(tmp_path, folder_data):
+    cfg = tiny_study(tmp_path, folder_data, "p", "grid.prompts=[lora,img2img]", "grid.strategies=[bridged]",
+                     "grid.seeds=[0,1]", "grid.shots=[2]", "grid.volumes=[2]", "style_presets.lora=style/lora_tiny",
+                     "generate=[generator.steps=2,img2img.strength=0.5]")
+    with Jobs() as calls:
+        summary = run_study(cfg)
+    # one LoRA (shared_style=false: learned from each seed's 2 shots), one LoRA set per style, one img2img set per split
+    assert (summary["style"], summary["generate"], summary["finetune"]) == (2, 4, 4), summary
+    assert calls.count("style") == 2 and calls.count("finetune") == 4
+    for gen in (tmp_path / "p" / "gen").iterdir():
+        settings = json.loads((gen / "plan.json").read_text())["settings"]
+        assert settings.get("mode") == "img2img" or settings["style_hash"].startswith("lora-")
+        if settings.get("mode") == "img2img":
+            assert all(len(k["sources"]) == 2 for k in json.loads((gen / "plan.json").read_text())["classes"])
+
+
+# --------------------------------------------------------------------------------------------------- launchers
+def test_submitit_local_executor(tmp_path, folder_data):
+    """Through submitit (its local cluster), with 2 processes per fine-tuning/generation task: data-parallel."""
+    pytest.importorskip("submitit")
+    cfg = tiny_study(tmp_path, folder_data, "slurm", "grid.strategies=[bridged]", "grid.seeds=[0]",
+                     "launcher.kind=slurm", "launcher.cluster=local", "launcher.time_min=10",
+                     "launcher.gpus_per_task=2")
+    run_study(cfg)
+    results = list((tmp_path / "slurm" / "runs").glob("*/result.json"))
+    assert len(results) == 1 and json.loads(results[0].read_text())["world_size"] == 2
+    assert list((tmp_path / "slurm" / "slurm").rglob("*_log.out"))  # submitit's logs
+
+
+def test_parallel_local_launcher_runs_one_subprocess_per_slot(tmp_path, folder_data):
+    cfg = tiny_study(tmp_path, folder_data, "par", "grid.strategies=[vanilla]", "launcher.parallel=2")
+    run_study(cfg)
+    assert len(list((tmp_path / "par" / "runs").glob("*/result.json"))) == 2
+    logs = sorted(p.name for p in (tmp_path / "par" / "logs").glob("*.log"))
+    assert len(logs) == 2 and {name.split(".")[-2] for name in logs} == {"0", "1"}  # one per slot
+
+
+def test_local_jobs_on_several_gpus_run_under_torchrun(tmp_path):
+    assert launch_mod.gpu_slots(2, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, per_job=2) == ["4,5", "6,7"]
+    with pytest.raises(ConfigError, match="gpus_per_job=2"):
+        launch_mod.gpu_slots(3, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, per_job=2)
+    tune = launch_mod.Task("j", "j", "finetune", tmp_path / "job.yaml", tmp_path / "lock")
+    style = launch_mod.Task("s", "s", "style", tmp_path / "job.yaml", tmp_path / "lock")
+    assert launch_mod.process_argv(tune, 2)[1:5] == ["-m", "torch.distributed.run", "--standalone",
+                                                     "--nproc-per-node=2"]
+    assert launch_mod.process_argv(style, 2)[1:] == ["-m", "synthtl", "learn-style", "-c", str(tmp_path / "job.yaml")]
 
 
 def test_local_launcher_takes_gpus_from_the_inherited_mask(tmp_path, monkeypatch):
@@ -245,10 +274,23 @@ def test_local_launcher_takes_gpus_from_the_inherited_mask(tmp_path, monkeypatch
 
     monkeypatch.setattr(launch_mod.subprocess, "Popen", FakeProc)
     cfg = load_config(StudyConfig, None, [f"out_dir={tmp_path / 'g'}"])
-    tasks = [launch_mod.Task(f"j{i}", f"j{i}", ["finetune", "-c", f"j{i}.yaml"], launch_mod.lock_folder(cfg, f"j{i}"))
-             for i in range(4)]
+    tasks = [launch_mod.Task(f"j{i}", f"j{i}", "finetune", tmp_path / f"j{i}.yaml",
+                             launch_mod.lock_folder(cfg, f"j{i}")) for i in range(4)]
     out = launch_mod._subprocesses(tasks, cfg, 2, env={"CUDA_VISIBLE_DEVICES": "3,5", "PATH": os.environ["PATH"]})
     assert out.failed == [] and len(seen) == 4 and set(seen) == {"3", "5"}  # never 0 or 1: not given to us
+
+
+def test_requeue_resubmits_the_same_job(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    task = launch_mod.Task("j", "j", "finetune", tmp_path / "job.yaml", tmp_path / "lock")
+    delayed = launch_mod.JobRunner().checkpoint(task, False)
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and delayed.args == (task, False)
+
+
+def test_slurm_stages_chain_by_dependency_without_waiting():
+    assert launch_mod.slurm_dependency([]) == {}
+    assert launch_mod.slurm_dependency(["101", "102"]) == {"slurm_additional_parameters": {"dependency":
+                                                                                          "afterany:101:102"}}
 
 
 def test_failed_slurm_task_fails_the_study_once_naming_job_and_log(tmp_path, monkeypatch):
@@ -274,14 +316,27 @@ def test_failed_slurm_task_fails_the_study_once_naming_job_and_log(tmp_path, mon
 def test_slurm_task_does_not_start_when_an_input_did_not_finish(tmp_path, monkeypatch):
     cfg = load_config(StudyConfig, None, [f"out_dir={tmp_path / 'g'}", "generate_preset=generate/tiny",
                                           "finetune_preset=finetune/tiny_cpu", "grid.strategies=[bridged]"])
-    plan = expand(cfg)
-    (gen,) = plan.of("generate")
+    (gen,) = expand(cfg).of("generate")
     called = []
-    monkeypatch.setattr("synthtl.cli.main", lambda argv: called.append(argv) or 0)
+    monkeypatch.setattr(launch_mod, "run_job", lambda kind, file, overrides=(): called.append(kind))
+    task = launch_mod.Task("j", "j", "finetune", tmp_path / "x.yaml", tmp_path / "lock", needs=[gen])
     with pytest.raises(RuntimeError, match=f"input job.*{gen.id} did not finish"):
-        launch_mod.JobRunner()(["finetune", "-c", "x.yaml"], str(tmp_path / "lock"), [gen])
+        launch_mod.JobRunner()(task)
     assert called == []
-    assert launch_mod.JobRunner()(["finetune", "-c", "x.yaml"], str(tmp_path / "lock"), []) == 0 and called
+    assert launch_mod.JobRunner()(launch_mod.Task("j", "j", "finetune", tmp_path / "x.yaml", tmp_path / "lock")) == 0
+    assert called == ["finetune"]
+
+
+# ----------------------------------------------------------------------------------------------------- planning
+def test_cli_dry_run_runs_nothing(tmp_path, folder_data, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("# synthtl study --config grid.yaml\nname: g\ngrid:\n  datasets: [folder]\n"
+                    "  models: [test_resnet]\n  strategies: [vanilla, bridged++]\n  volumes: [4]\n")
+    assert run_cli("study", "--config", str(grid), f"out_dir={tmp_path / 'g'}", f"data_root={folder_data}",
+                   "finetune_preset=finetune/tiny_cpu", "generate_preset=generate/tiny", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "finetune" in out and "2 to run" in out and "GPU-hours" in out
+    assert not (tmp_path / "g").exists()  # a dry run writes nothing: no plan, no job files
 
 
 def test_missing_dataset_is_fetched_before_ids_are_fixed(tmp_path, folder_data, monkeypatch):
@@ -298,7 +353,7 @@ def test_missing_dataset_is_fetched_before_ids_are_fixed(tmp_path, folder_data, 
 
     monkeypatch.setattr(runner_mod, "load_data", fake_download)
     ran = []
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", lambda self, argv: ran.append(argv[2]) or 0)
+    monkeypatch.setattr(launch_mod, "run_job", lambda kind, file, overrides=(): ran.append(str(file)))
     run_study(cfg)
     present = expand(cfg)
     assert fetched == [("folder", "train", True), ("folder", "test", True)] and not present.missing
@@ -307,42 +362,6 @@ def test_missing_dataset_is_fetched_before_ids_are_fixed(tmp_path, folder_data, 
                              f"data_root={tmp_path / 'absent'}")
     with pytest.raises(DataError, match="nothing was run"):
         run_study(no_download)
-
-
-def test_study_with_a_style_lora_and_a_filtered_set(tmp_path, folder_data, monkeypatch):
-    """The peers' methods as grid values (ours): a style LoRA as a prompt style, and a CLIP-filtered set beside the
-    unfiltered one; the filter stage runs between generation and fine-tuning, and runs read what it kept."""
-    from tests.filtering.tiny import tiny_clip
-
-    clip = tiny_clip(tmp_path / "clip")
-    cfg = tiny_study(tmp_path, folder_data, "p", "grid.prompts=[lora]", "grid.strategies=[bridged++]",
-                     "grid.seeds=[0]", "grid.filters=['',clip2]", "style_presets.lora=style/lora_tiny",
-                     "filter_presets.clip2=filter/clip", f"filter=[clip.model={clip},keep.top_k=2,batch_size=4]")
-    calls = count_jobs(monkeypatch)
-    summary = run_study(cfg)
-    assert (summary["style"], summary["generate"], summary["filter"], summary["finetune"]) == (1, 1, 1, 2)
-    assert calls == ["learn-style", "generate", "filter", "finetune", "finetune"]
-    results = [json.loads(p.read_text()) for p in (tmp_path / "p" / "runs").glob("*/result.json")]
-    synthetic = sorted(r["images"]["synthetic"] for r in results)
-    assert synthetic == [2 * 3, 4 * 3]  # top-2 of 4 per class, and all 4
-    gen = next((tmp_path / "p" / "gen").iterdir())
-    assert json.loads((gen / "plan.json").read_text())["identity"]["style_hash"].startswith("lora-")
-    calls.clear()
-    run_study(cfg)
-    assert calls == []
-    build_report(cfg.folder, cfg.report)  # the filter's cost is counted beside the other stages
-    assert "filtering" in (tmp_path / "p" / "report" / "tables" / "cost.csv").read_text()
-
-
-def test_img2img_sets_are_made_from_each_runs_own_shots(tmp_path, folder_data, monkeypatch):
-    cfg = tiny_study(tmp_path, folder_data, "i2i", "grid.prompts=[img2img]", "grid.strategies=[bridged]",
-                     "grid.shots=[2]", "grid.volumes=[2]", "generate=[generator.steps=2,img2img.strength=0.5]")
-    summary = run_study(cfg)
-    assert summary["generate"] == 2 and summary["finetune"] == 2  # one set per few-shot split (seeds 0 and 1)
-    for gen in (tmp_path / "i2i" / "gen").iterdir():
-        plan = json.loads((gen / "plan.json").read_text())
-        assert plan["identity"]["mode"] == "img2img" and all(len(k["sources"]) == 2 for k in plan["classes"])
-    assert len(list((tmp_path / "i2i" / "runs").glob("*/result.json"))) == 2
 
 
 def test_leftover_job_file_temps_of_a_killed_study_are_removed(tmp_path, folder_data):
@@ -357,112 +376,6 @@ def test_leftover_job_file_temps_of_a_killed_study_are_removed(tmp_path, folder_
     assert not old.exists() and fresh.exists()  # only leftovers old enough to belong to no live writer go
 
 
-def _kept_prefix(set_dir: Path, name: str, per_class: int) -> dict[int, set[str]]:
-    """Per class, the images the whole-set ranking kept among the first `per_class` (the filter's own decisions)."""
-    rows = [json.loads(x) for x in (set_dir / "filters" / name / "decisions.jsonl").read_text().splitlines()]
-    out: dict[int, set[str]] = {}
-    for d in rows:
-        if d["index"] < per_class and d["kept"]:
-            out.setdefault(d["class_index"], set()).add(d["path"])
-    return out
-
-
-def test_growing_a_filtered_study_refilters_the_new_images_and_keeps_finished_runs(
-        tmp_path, folder_data, monkeypatch, capsys):
-    """A grown set makes its finished filter stale: the study runs the filter again (scoring only the new images)
-    instead of counting it finished. A filtered run's images are its filter's rule applied to its own first k images
-    (`filtering.selection`), so the finished volume-4 run keeps its choice and is not trained again, although the
-    filter's ranking over the whole grown set keeps other images among the first 4."""
-    from synthtl.filtering import identity, selection
-    from tests.filtering.tiny import tiny_clip
-
-    clip = tiny_clip(tmp_path / "clip")
-    args = ["grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.filters=[top4]", "filter_presets.top4=filter/clip",
-            f"filter=[clip.model={clip},keep.top_k=4,batch_size=4]"]
-    small = tiny_study(tmp_path, folder_data, "g", *args)
-    run_study(small)
-    set_dir = next((tmp_path / "g" / "gen").iterdir())
-    before, chosen = _kept_prefix(set_dir, "top4", 4), selection(set_dir, "top4", 4)
-    old_identity = identity(set_dir, "top4")  # what an older synthtl recorded in a filtered run's inputs.json
-    grown = tiny_study(tmp_path, folder_data, "g", *args, "grid.volumes=[4,6]")
-    status = runner_mod.study_status(grown).splitlines()
-    line = {x.split()[0]: x for x in status if x.startswith("  ")}
-    assert "1 to run (0 stopped part-way, 1 to extend)" in line["generate"], line["generate"]
-    assert "1 to run (0 stopped part-way, 1 to extend)" in line["filter"], line["filter"]  # not "finished"
-    gen, filt = expand(grown).of("generate")[0], expand(grown).of("filter")[0]
-    runner_mod.write_plan(expand(grown))
-    assert run_cli("generate", "-c", str(runner_mod.job_file(grown, gen))) == 0  # the set grows alone
-    assert not runner_mod.is_done(filt)  # its filter no longer covers it: not finished
-    line = next(x for x in runner_mod.study_status(grown).splitlines() if x.strip().startswith("filter"))
-    assert "0 finished" in line and "1 to run (0 stopped part-way, 1 to extend)" in line, line
-    assert run_cli("filter", "-c", str(runner_mod.job_file(grown, filt))) == 0  # as the reviewer did by hand
-    assert runner_mod.is_done(filt)
-    v4 = next(j for j in expand(grown).of("finetune") if j.config.synthetic.per_class == 4)
-    assert _kept_prefix(set_dir, "top4", 4) != before  # top-4 of 6 keeps other images of the first 4 than top-4 of 4
-    assert selection(set_dir, "top4", 4) == chosen  # but a volume-4 run's images are its first 4's best 4: the same
-    assert not runner_mod.stale_run(v4) and runner_mod.is_done(v4)
-    calls = count_jobs(monkeypatch)
-    summary = run_study(grown)
-    assert summary["failed"] == [] and summary["unfinished"] == []
-    assert calls == ["finetune"]  # the new volume-6 run only
-    cost = [json.loads(x) for x in (set_dir / "filters" / "top4" / "cost.jsonl").read_text().splitlines()]
-    assert sum(c["scored"] for c in cost) == 6 * 3  # the 4 first images of each class were not scored again
-    assert not (tmp_path / "g" / "stale").exists()
-    result = (v4.out / "result.json").read_bytes()
-    (v4.out / "result.json").unlink()  # as if killed before its end: it resumes on the same images, not retrains
-    assert runner_mod.stale_run(v4) == ""
-    (v4.out / "result.json").write_bytes(result)
-    # no recorded selection (a job file run by hand, a Slurm task submitted without waiting): the run's inputs.json
-    # holds its selection, unchanged: still finished
-    record = json.loads((v4.out / "study_job.json").read_text())
-    write_json(v4.out / "study_job.json", {k: v for k, v in record.items() if k != "filter_selection"})
-    assert runner_mod.stale_run(v4) == "" and runner_mod.is_done(v4)
-    # a run of an older synthtl recorded its filter's whole-set identity, which the growth changed: it trained on the
-    # old whole-set ranking, so it trains again under today's rule, its old folder kept under stale/
-    inputs = json.loads((v4.out / "inputs.json").read_text())
-    write_json(v4.out / "inputs.json", {**inputs, "filter": old_identity})
-    assert runner_mod.stale_run(v4)
-    calls.clear()
-    run_study(grown)
-    assert calls == ["finetune"] and [p.name for p in (tmp_path / "g" / "stale").iterdir()] == [f"{v4.id}.1"]
-    assert runner_mod.is_done(v4) and not runner_mod.stale_run(v4)
-
-
-def test_a_grown_set_keeps_runs_whose_filtered_images_did_not_change(tmp_path, folder_data, monkeypatch):
-    """A threshold keeps each image on its own score (logged once): the first k images keep the same choice when the
-    set grows, so finished runs stay finished while the filter is updated."""
-    from tests.filtering.tiny import tiny_clip
-
-    clip = tiny_clip(tmp_path / "clip")
-    args = ["grid.strategies=[bridged++]", "grid.seeds=[0]", "grid.filters=[thr]", "filter_presets.thr=filter/clip",
-            f"filter=[clip.model={clip},keep.threshold=0.0,batch_size=4]"]
-    run_study(tiny_study(tmp_path, folder_data, "t", *args))
-    grown = tiny_study(tmp_path, folder_data, "t", *args, "grid.volumes=[4,6]")
-    calls = count_jobs(monkeypatch)
-    assert run_study(grown)["unfinished"] == []
-    assert calls == ["generate", "filter", "finetune"]  # the new volume-6 run; the volume-4 run is not trained again
-    assert not (tmp_path / "t" / "stale").exists()
-
-
-def test_claimed_jobs_that_never_started_are_not_stopped_part_way(tmp_path, folder_data, monkeypatch):
-    """A stage claims all its folders before launching any: a study killed during its first run leaves the others
-    claimed but never started, and only a run that really trained counts as stopped part-way."""
-    cfg = tiny_study(tmp_path, folder_data, "k", "grid.strategies=[vanilla]")
-    real = launch_mod.JobRunner.__call__
-
-    def killed(self, argv):
-        real(self, argv)  # the first run trains, then "dies" before its result is kept
-        (Path(argv[2]).parent.parent / "runs" / Path(argv[2]).stem / "result.json").unlink()
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_study(cfg)
-    assert len(list((tmp_path / "k" / "runs").glob("*/study_job.json"))) == 2  # both claimed
-    line = next(x for x in runner_mod.study_status(cfg).splitlines() if x.strip().startswith("finetune"))
-    assert "2 to run (1 stopped part-way)" in line, line
-
-
 def test_stage_override_of_a_key_the_grid_sets_is_refused_naming_the_grid_key(tmp_path, folder_data):
     for override, message in (("finetune=[data.shots=10]", "finetune=[data.shots=10]: the study sets data.shots "
                                                            "for each job from grid.shots; use grid.shots=[10]"),
@@ -475,47 +388,3 @@ def test_stage_override_of_a_key_the_grid_sets_is_refused_naming_the_grid_key(tm
             expand(tiny_study(tmp_path, folder_data, "o", override))
     # the one value the grid gives every job changes nothing (configs/studies/demo.yaml has data.shots=20 so)
     assert expand(tiny_study(tmp_path, folder_data, "o", "finetune=[data.shots=2]", "grid.shots=[2]")).jobs
-
-
-def test_study_command_says_unfinished_and_builds_no_report_while_jobs_run_elsewhere(
-        tmp_path, folder_data, monkeypatch, capsys):
-    """Jobs run by another process: not "study finished"; exit 75 (try again later); --report builds nothing."""
-    args = [f"--config={tmp_path / 'x.yaml'}", *_overrides(tmp_path, folder_data, "e"), "grid.strategies=[vanilla]",
-            "grid.seeds=[0,1]"]
-    (tmp_path / "x.yaml").write_text("name: e\n")
-    jobs = expand(tiny_study(tmp_path, folder_data, "e", "grid.strategies=[vanilla]", "grid.seeds=[0,1]")).jobs
-    real = launch_mod.JobRunner.__call__
-
-    def busy(self, argv):
-        if jobs[0].id in argv[2]:
-            raise launch_mod.LockedError("held by another study")  # what exclusive() raises for a held job
-        return real(self, argv)
-
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", busy)
-    capsys.readouterr()
-    assert run_cli("study", *args, "--report") == 75
-    out = capsys.readouterr().out
-    assert "study finished" not in out and "the study is not finished: 1 of 2 jobs are unfinished" in out
-    assert "1 running in another process" in out and "no report built" in out
-    assert not (tmp_path / "e" / "report").exists()
-    monkeypatch.setattr(launch_mod.JobRunner, "__call__", real)
-    assert run_cli("study", *args) == 0
-    assert "study finished; build its report with" in capsys.readouterr().out
-
-
-def test_filtered_jobs_run_by_hand_count_as_finished(tmp_path, folder_data, monkeypatch):
-    """Job files run by hand (as Slurm tasks submitted without waiting are): the study records no selection for the
-    filtered run, whose inputs.json holds it; the next `synthtl study` counts the run finished and runs nothing."""
-    from tests.filtering.tiny import tiny_clip
-
-    clip = tiny_clip(tmp_path / "clip")
-    cfg = tiny_study(tmp_path, folder_data, "h", "grid.strategies=[mixed]", "grid.seeds=[0]", "grid.filters=[top2]",
-                     "filter_presets.top2=filter/clip", f"filter=[clip.model={clip},keep.top_k=2,batch_size=4]")
-    plan = expand(cfg)
-    runner_mod.write_plan(plan)
-    for kind in ("generate", "filter", "finetune"):
-        for job in plan.of(kind):
-            assert run_cli(kind, "-c", str(runner_mod.job_file(cfg, job))) == 0
-    calls = count_jobs(monkeypatch)
-    assert run_study(cfg)["unfinished"] == [] and calls == []
-    assert not (tmp_path / "h" / "stale").exists()

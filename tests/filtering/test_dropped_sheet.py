@@ -6,7 +6,6 @@ from pathlib import Path
 from PIL import Image
 
 from synthtl.config import FilterConfig, load_config
-from synthtl.filtering import decisions
 from synthtl.filtering.run import run_filter
 from synthtl.reporting import filters as report_filters
 
@@ -31,12 +30,12 @@ def _cells(sheet: Path, n_rows: int, per_row: int) -> list[list[tuple[int, int, 
 def test_dropped_sheet_shows_exactly_the_dropped_images_lowest_score_first(tiny_set, gen, tmp_path, monkeypatch):
     run_filter(load_config(FilterConfig, None, [f"set_dir={gen}", f"clip.model={tiny_set['clip']}", "keep.top_k=2",
                                                 "progress=false", "device=cpu", "batch_size=8"]))
-    rows = decisions(gen, "clip")
+    rows = report_filters.collect_filters([report_filters.GenSet("setA", gen, {}, {}, 0, 0.0, 0.0, 0)])[0][0].rows
     colour = {gen / r["image"]: _colour(k) for k, r in enumerate(rows)}
     assert len(set(colour.values())) == len(rows)
     # every thumbnail is a flat square of its image's own colour, so the sheet's cells say which image they show
     monkeypatch.setattr(report_filters, "_thumb", lambda p: Image.new("RGB", (report_filters.THUMB,) * 2, colour[p]))
-    f = report_filters.FilterRun("setA", gen, "clip", {}, rows, stale=False)
+    f = report_filters.FilterRun("setA", gen, "clip", {}, rows, {})
     classes = sorted({r["class_index"] for r in rows})
     for per_row in (8, 2):  # all dropped images fit (3 per class); then only the 2 lowest-scored of each class
         sheet = report_filters.dropped_sheet(f, tmp_path / f"sheet{per_row}.png", per_row=per_row)

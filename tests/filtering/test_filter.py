@@ -1,4 +1,4 @@
-"""`synthtl filter`: every row scored once (also across a kill), exact keep rules, side files keyed by manifest row,
+"""`synthtl filter`: every row scored once (also across a kill), exact keep rules, immutable kept lists per volume,
 reproducible decisions, one-line errors. Offline: tiny random CLIP and classifier, tiny generated set."""
 
 import json
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from synthtl import filtering
 from synthtl.config import FilterConfig, KeepConfig, load_config
 from synthtl.errors import DataError
 from synthtl.files import read_json, read_jsonl
@@ -18,7 +17,7 @@ from synthtl.filtering.decide import decide
 from synthtl.filtering.run import run_filter
 from tests.conftest import run_cli
 from tests.filtering.conftest import PER_CLASS
-from tests.filtering.tiny import generate, tiny_clip, tiny_run
+from tests.filtering.tiny import filter_hash, generate, kept, tiny_clip, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +51,12 @@ def test_clip_scores_every_row_once_and_keeps_exactly_top_k(base, gen):
         m = manifest[s["id"]]
         assert (s["path"], s["class_index"], s["index"]) == (m["path"], m["class_index"], m["index"])
         assert 0.0 < s["prob"] < 1.0 and s["score"] == s["prob"] and s["top1"] == (s["pred"] == s["class_index"])
-    rows = read_jsonl(folder / "decisions.jsonl")
-    for cls in by_class(rows).values():
-        assert sum(r["kept"] for r in cls) == 2
+    chosen = kept(gen, "clip")
+    for cls in by_class(scores).values():
         best = sorted(cls, key=lambda r: -r["score"])
-        assert {r["id"] for r in best[:2]} == {r["id"] for r in cls if r["kept"]}
-        assert sorted(r["rank"] for r in cls) == list(range(1, PER_CLASS + 1))
-    assert filtering.kept(gen, "clip") == {r["path"] for r in rows if r["kept"]}
-    assert summary["kept"] == 6 and summary["scored"] == 15 and summary["model"]["kind"] == "clip"
+        assert {r["path"] for r in best[:2]} == {r["path"] for r in cls} & chosen
+    assert read_json(folder / "kept" / f"{PER_CLASS}.json")["paths"] == sorted(chosen)
+    assert summary["kept"] == 6 and summary["scored"] == 15 and summary["method"] == "clip"
     assert all(c == {"scored": PER_CLASS, "kept": 2, "top1": c["top1"]} for c in summary["counts"].values())
     assert read_jsonl(gen / "manifest.jsonl") == list(manifest.values())  # the manifest is not rewritten
 
@@ -78,9 +75,9 @@ def test_kill_and_resume_scores_each_row_exactly_once(base, gen, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_filter(clip_cfg(base, gen, "keep.top_k=2"))
     log = gen / "filters" / "clip" / "scores.jsonl"
-    assert len(read_jsonl(log)) == 8 and not (log.parent / "filter.json").exists()
-    with pytest.raises(DataError, match="unfinished"):
-        filtering.kept(gen, "clip")
+    assert len(read_jsonl(log)) == 8 and not (log.parent / "kept").exists()
+    with pytest.raises(DataError, match="has no kept list for 5 images per class"):
+        kept(gen, "clip")
     with open(log, "a") as f:
         f.write('{"id": "c00002-i0000')  # a torn line, as a kill during an append leaves
     seen.clear()
@@ -93,20 +90,20 @@ def test_kill_and_resume_scores_each_row_exactly_once(base, gen, monkeypatch):
     a = {r["id"]: r["score"] for r in read_jsonl(log)}
     b = {r["id"]: r["score"] for r in read_jsonl(gen / "filters" / "fresh" / "scores.jsonl")}
     assert np.allclose([a[i] for i in sorted(a)], [b[i] for i in sorted(b)], rtol=1e-5, atol=1e-7)
-    assert fresh["kept"] == 6 and filtering.kept(gen, "clip") == filtering.kept(gen, "fresh")
+    assert fresh["kept"] == 6 and kept(gen, "clip") == kept(gen, "fresh")
 
 
 def test_finished_filter_is_a_no_op(base, gen, monkeypatch):
     first = run_filter(clip_cfg(base, gen, "keep.fraction=0.5"))
     folder = gen / "filters" / "clip"
-    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")}
 
     def no_model(*a, **k):
         raise AssertionError("a finished filter loaded its model")
 
     monkeypatch.setattr(filter_run, "load_scorer", no_model)
     assert run_filter(clip_cfg(base, gen, "keep.fraction=0.5", "batch_size=2")) == first  # batch size is not identity
-    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} == before
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")} == before
     assert first["kept"] == 3 * 3  # ceil(0.5 * 5) per class
 
 
@@ -114,13 +111,13 @@ def test_decisions_are_reproducible_and_identity_follows_config(base, gen):
     run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=a"))
     run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=b", "batch_size=3", "workers=1"))
     run_filter(clip_cfg(base, gen, "keep.top_k=3", "name=c"))
-    da, db = read_jsonl(gen / "filters/a/decisions.jsonl"), read_jsonl(gen / "filters/b/decisions.jsonl")
-    assert [(r["id"], r["kept"], r["rank"]) for r in da] == [(r["id"], r["kept"], r["rank"]) for r in db]
-    assert np.allclose([r["score"] for r in da], [r["score"] for r in db], rtol=1e-5, atol=1e-7)
-    assert filtering.identity(gen, "a") == read_json(gen / "filters/a/filter.json")["identity"]
-    assert filtering.identity(gen, "b") == filtering.identity(gen, "a")  # batch size moves scores' last bits only
-    assert filtering.identity(gen, "c") != filtering.identity(gen, "a")
-    assert filtering.find_filters(gen) == ["a", "b", "c"]
+    sa = {r["id"]: r["score"] for r in read_jsonl(gen / "filters/a/scores.jsonl")}
+    sb = {r["id"]: r["score"] for r in read_jsonl(gen / "filters/b/scores.jsonl")}
+    assert kept(gen, "a") == kept(gen, "b") and sa.keys() == sb.keys()
+    assert np.allclose([sa[i] for i in sorted(sa)], [sb[i] for i in sorted(sb)], rtol=1e-5, atol=1e-7)
+    assert read_json(gen / "filters/a/kept/5.json")["filter"] == filter_hash(gen, "a")
+    assert filter_hash(gen, "b") == filter_hash(gen, "a")  # batch size and workers are not part of it
+    assert filter_hash(gen, "c") != filter_hash(gen, "a")
 
 
 def test_top_k_ties_are_broken_by_row_index_whatever_the_order():
@@ -141,9 +138,8 @@ def test_threshold_keeps_exactly_the_rows_above_it(base, gen):
     logits = sorted(r["score"] for r in read_jsonl(gen / "filters/probe/scores.jsonl"))
     t = logits[7]  # an actual score: the row equal to it is not above it
     run_filter(clip_cfg(base, gen, f"keep.threshold={t!r}", "name=thr", "score=logit"))
-    rows = read_jsonl(gen / "filters/thr/decisions.jsonl")
-    assert {r["id"] for r in rows if r["kept"]} == {r["id"] for r in rows if r["score"] > t}
-    assert sum(r["kept"] for r in rows) == 7
+    rows = read_jsonl(gen / "filters/thr/scores.jsonl")
+    assert kept(gen, "thr") == {r["path"] for r in rows if r["score"] > t} and len(kept(gen, "thr")) == 7
 
 
 def test_fraction_keeps_ceil_per_class():
@@ -162,7 +158,7 @@ def test_classifier_filter_uses_the_runs_final_weights_and_preprocessing(base, g
     summary = run_filter(load_config(FilterConfig, None, [
         f"set_dir={gen}", "method=classifier", f"classifier.run={base['run']}", "keep.top_k=1", "progress=false",
         "device=cpu"]))
-    assert summary["model"]["checkpoint"] == "stage-real" and summary["kept"] == 3
+    assert summary["method"] == "classifier" and summary["kept"] == 3
     scores = read_jsonl(gen / "filters" / "classifier" / "scores.jsonl")
     assert sorted(r["id"] for r in scores) == sorted(manifest_ids(gen))
     assert {r["pred_name"] for r in scores} <= {"red fox", "blue jay", "green frog"}
@@ -202,7 +198,7 @@ def test_bad_input_is_one_clear_line(base, gen, tmp_path, capsys):
     assert run_cli("filter", str(gen), "keep.top_k=2", *common) == 0
     capsys.readouterr()
     err = _one_line_error(capsys, str(gen), "keep.top_k=3", *common)
-    assert "exists with another config" in err and "keep.top_k: 2 there, 3 now" in err
+    assert "holds a filter made with another config" in err and "keep.top_k (2 there, 3 now)" in err
     err = _one_line_error(capsys, str(gen), "keep.top_k=2", "clip.template=a {} photo.", *common)
     assert "clip.template" in err
     unfinished = Path(shutil.copytree(base["gen"], tmp_path / "unfinished"))
@@ -210,11 +206,12 @@ def test_bad_input_is_one_clear_line(base, gen, tmp_path, capsys):
     assert "14 of 15" in _one_line_error(capsys, str(unfinished), "keep.top_k=1", *common)
 
 
-def test_extended_set_scores_only_the_new_rows(base, gen, monkeypatch):
+def test_extended_set_scores_only_the_new_rows_and_keeps_the_old_list(base, gen, monkeypatch):
     run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    old = (gen / "filters/clip/kept/5.json").read_bytes()
     generate(base["real"], gen, PER_CLASS + 1)  # the same plan with one more image per class
-    with pytest.raises(DataError, match="changed after filter"):
-        filtering.kept(gen, "clip")
+    with pytest.raises(DataError, match="has no kept list for 6 images per class"):
+        kept(gen, "clip")
     seen: list[str] = []
     real = filter_run.score_batch
     monkeypatch.setattr(filter_run, "score_batch", lambda *a: (seen.extend(r["id"] for r in a[2]), real(*a))[1])
@@ -222,7 +219,10 @@ def test_extended_set_scores_only_the_new_rows(base, gen, monkeypatch):
     assert sorted(seen) == [f"c{c:05d}-i{PER_CLASS:06d}" for c in range(3)]
     ids = [r["id"] for r in read_jsonl(gen / "filters" / "clip" / "scores.jsonl")]
     assert sorted(ids) == sorted(manifest_ids(gen)) and len(ids) == 18
-    assert summary["kept"] == 6 and len(filtering.kept(gen, "clip")) == 6
+    assert summary["kept"] == 6 and summary["per_class"] == 6 and len(kept(gen, "clip")) == 6
+    assert (gen / "filters/clip/kept/5.json").read_bytes() == old  # never rewritten: runs on it keep their images
+    run_filter(clip_cfg(base, gen, "keep.top_k=2", "per_class=[3]"))  # a list for another volume, no scoring
+    assert sorted(seen) == [f"c{c:05d}-i{PER_CLASS:06d}" for c in range(3)] and len(kept(gen, "clip", 3)) == 6
 
 
 def test_shipped_presets_load_and_leave_the_rule_to_the_command():
@@ -270,14 +270,12 @@ def test_same_name_with_other_weights_at_the_same_path_is_refused(base, gen, tmp
     monkeypatch.setattr(filter_run, "score_batch", real)
     shutil.rmtree(clip)
     tiny_clip(clip, seed=1)  # other weights, same folder
-    with pytest.raises(ConfigError, match="scored with another model .*weights"):
+    with pytest.raises(ConfigError, match="holds a filter made with another config: clip.model.revision"):
         run_filter(cfg)
 
 
 def test_training_reads_only_the_kept_images_and_records_the_filter(base, gen, tmp_path, capsys):
-    from synthtl.filtering import decisions, identity, kept, selection
-
-    run_filter(clip_cfg(base, gen, "keep.top_k=2"))
+    run_filter(clip_cfg(base, gen, "keep.top_k=2", "per_class=[3,5]"))
     args = ["finetune", "data.name=folder", f"data.root={base['real']}", f"data.cache_dir={tmp_path / 'cache'}",
             "data.num_workers=0", "model.name=test_resnet", "model.pretrained=false", "model.img_size=32",
             "real_stage.epochs=1", "synth_stage.epochs=1", "real_stage.batch_size=8", "synth_stage.batch_size=4",
@@ -286,21 +284,21 @@ def test_training_reads_only_the_kept_images_and_records_the_filter(base, gen, t
     assert run_cli(*args, "synthetic.filter=clip", "run_name=filtered") == 0
     res = json.loads((tmp_path / "runs" / "filtered" / "result.json").read_text())
     assert res["images"]["synthetic"] == 2 * 3 == len(kept(gen, "clip"))
-    assert res["synthetic_set"]["filter"] == {"name": "clip", "identity": selection(gen, "clip")[1], "kept": 6}
+    whole = read_json(gen / "filters/clip/kept/5.json")
+    assert res["synthetic_set"]["filter"] == {"name": "clip", "filter": filter_hash(gen, "clip"), "per_class": 5,
+                                              "kept_list": whole["digest"], "kept": 6}
     # a smaller volume: the rule applied to the first 3 images of each class (the 2 best of those), not "those of
     # the first 3 that the whole-set ranking kept"
     assert run_cli(*args, "synthetic.filter=clip", "synthetic.per_class=3", "run_name=first3") == 0
     res3 = json.loads((tmp_path / "runs" / "first3" / "result.json").read_text())
-    by_class: dict = {}
-    for d in decisions(gen, "clip"):
-        by_class.setdefault(d["class_index"], []).append(d)
     want = set()
-    for rows in by_class.values():
+    for rows in by_class(read_jsonl(gen / "filters/clip/scores.jsonl")).values():
         first = sorted(rows, key=lambda d: d["index"])[:3]
         want |= {d["path"] for d in sorted(first, key=lambda d: (-d["score"], d["index"]))[:2]}
-    assert selection(gen, "clip", 3)[0] == want and res3["images"]["synthetic"] == 6 == len(want)
-    assert res3["synthetic_set"]["filter"]["identity"] == selection(gen, "clip", 3)[1] != selection(gen, "clip")[1]
-    assert identity(gen, "clip")  # the filter's own identity (whole set) is still there for the report
+    assert kept(gen, "clip", 3) == want and res3["images"]["synthetic"] == 6 == len(want)
+    assert res3["synthetic_set"]["filter"]["kept_list"] == read_json(gen / "filters/clip/kept/3.json")["digest"]
+    assert run_cli(*args, "synthetic.filter=clip", "synthetic.per_class=4", "run_name=no4") == 2
+    assert "per_class=[4]" in capsys.readouterr().err  # no list for that volume: the command that writes it
     assert run_cli(*args, "run_name=all") == 0
     assert json.loads((tmp_path / "runs" / "all" / "result.json").read_text())["images"]["synthetic"] == 15
     assert run_cli(*args, "synthetic.filter=nope", "run_name=nope") == 2
@@ -356,7 +354,7 @@ def test_classifier_filter_reads_neither_the_test_split_nor_test_scores(base, ge
     full = {r["id"]: r["prob"] for r in read_jsonl(gen / "filters" / "full" / "scores.jsonl")}
     notest = {r["id"]: r["prob"] for r in read_jsonl(gen / "filters" / "notest" / "scores.jsonl")}
     assert full.keys() == notest.keys() and all(abs(full[i] - notest[i]) < 1e-6 for i in full)
-    assert filtering.kept(gen, "full") == filtering.kept(gen, "notest")
+    assert kept(gen, "full") == kept(gen, "notest")
 
 
 @pytest.mark.parametrize("where", ["absolute", "./", "~/", "a/b/c"])
@@ -381,24 +379,7 @@ def test_filter_that_failed_at_start_is_not_called_unfinished(base, gen, capsys)
     assert "could not be loaded" in _one_line_error(capsys, str(gen), f"clip.model={base['real']}", "name=bad",
                                                     "device=cpu", *common)
     assert (gen / "filters" / "bad").is_dir() and not (gen / "filters" / "bad" / "scores.jsonl").exists()
-    with pytest.raises(DataError, match=r"filter 'bad' of .* has not scored any image yet: run `synthtl filter ") as e:
-        filtering.kept(gen, "bad")
-    assert "unfinished" not in str(e.value) and "re-run the same" not in str(e.value)
+    with pytest.raises(DataError, match=r"filter 'bad' of .* has no kept list for 5 images per class: run `synthtl "):
+        kept(gen, "bad")
     summary = run_filter(clip_cfg(base, gen, "keep.top_k=2", "name=bad"))  # the name is still free to use
-    assert summary["kept"] == 6 and len(filtering.kept(gen, "bad")) == 6
-
-
-def test_the_current_set_check_reads_the_set_once_per_state(base, gen, monkeypatch):
-    """A study asks about one filter for each of its runs, and a run asks twice: the set's rows are read once while
-    its files stay the same, and again once they change (a redraw, an extension)."""
-    from synthtl.filtering import selection, store
-
-    run_filter(clip_cfg(base, gen, "keep.top_k=2"))
-    reads, real = [], store.completed_rows
-    monkeypatch.setattr(store, "completed_rows", lambda d: reads.append(d) or real(d))
-    first = [store.read_filter(gen, "clip") for _ in range(3)], [selection(gen, "clip", 3) for _ in range(3)]
-    assert len(reads) == 1 and all(s == first[1][0] for s in first[1])
-    log = next((gen / "progress").glob("*.jsonl"))
-    log.write_bytes(log.read_bytes())  # a new modification time: the set may have changed
-    store.read_filter(gen, "clip")
-    assert len(reads) == 2
+    assert summary["kept"] == 6 and len(kept(gen, "bad")) == 6

@@ -33,6 +33,5 @@ def test_a_cached_hub_id_scores_like_its_folder(tiny_set, tmp_path, monkeypatch)
     scores = [{r["id"]: r["score"] for r in read_jsonl(s / "filters" / "c" / "scores.jsonl")} for s in (by_id,
                                                                                                         by_folder)]
     assert scores[0] == scores[1]
-    spec = json.loads((by_id / "filters" / "c" / "spec.json").read_text())
-    text = json.dumps(spec)
-    assert COMMIT in text and "tiny-org/tiny-clip" in text  # which snapshot scored the set is on record
+    ident = json.loads((by_id / "filters" / "c" / "identity.json").read_text())["identity"]
+    assert ident["clip"]["model"] == {"model": "tiny-org/tiny-clip", "revision": COMMIT}  # which snapshot scored it

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthtl import filtering
 from synthtl.config import FilterConfig
 from synthtl.files import read_json, read_jsonl
 from tests.conftest import run_cli
-from tests.filtering.tiny import OPEN_CLIP_ARCH, tiny_open_clip
+from tests.filtering.tiny import OPEN_CLIP_ARCH, filter_hash, kept, tiny_open_clip
 
 pytest.importorskip("open_clip")  # in the dev extras; the "not installed" message is tested without it below
 
@@ -44,7 +43,7 @@ def test_open_clip_scores_are_open_clips_zero_shot_and_reproducible(gen, tmp_pat
     # Eval mode: the tiny arch has patch dropout, so a model left in train mode would score the same image twice
     # differently; batches of 4 and of 3 give the same scores.
     assert np.allclose([a[i]["logit"] for i in sorted(a)], [b[i]["logit"] for i in sorted(b)], rtol=1e-5, atol=1e-6)
-    assert filtering.identity(gen, "a") == filtering.identity(gen, "b")
+    assert filter_hash(gen, "a") == filter_hash(gen, "b")
 
     # OpenCLIP's own recipe, by hand: its val transform, its tokenizer, unit features, logit_scale.exp() * cosine.
     model, _, preprocess = open_clip.create_model_and_transforms(OPEN_CLIP_ARCH, pretrained=str(weights))
@@ -61,35 +60,33 @@ def test_open_clip_scores_are_open_clips_zero_shot_and_reproducible(gen, tmp_pat
         assert abs(s["logit"] - float(logits[i, r["class_index"]])) < 1e-4
         assert abs(s["prob"] - float(probs[i, r["class_index"]])) < 1e-5 and s["score"] == s["prob"]
         assert s["pred"] == int(logits[i].argmax()) and 0.0 < s["prob"] < 1.0
-    decisions = read_jsonl(gen / "filters" / "a" / "decisions.jsonl")
+    chosen = kept(gen, "a")
     for c, _ in classes:  # the 2 best of each class kept
-        rows = sorted((d for d in decisions if d["class_index"] == c), key=lambda d: -d["score"])
-        assert [d["kept"] for d in rows] == [True, True] + [False] * (len(rows) - 2)
-    model_id = read_json(gen / "filters" / "a" / "spec.json")["model"]
-    assert (model_id["backend"], model_id["model"], model_id["revision"]) == ("open_clip", OPEN_CLIP_ARCH, "local")
-    assert model_id["tokenizer"] == "SimpleTokenizer" and model_id["processor"]["size"] == [32, 32]
+        rows = sorted((d for d in a.values() if d["class_index"] == c), key=lambda d: -d["score"])
+        assert [d["path"] in chosen for d in rows] == [True, True] + [False] * (len(rows) - 2)
+    ident = read_json(gen / "filters" / "a" / "identity.json")["identity"]["clip"]["model"]
+    assert ident["open_clip"] == OPEN_CLIP_ARCH and ident["weights"].startswith("sha256:")
 
 
 def test_identity_follows_the_weights_content_not_where_they_live(gen, tmp_path, capsys):
     weights = tiny_open_clip(tmp_path / "w" / "tiny.pt")
     assert run_cli("filter", str(gen), model_arg(weights), *COMMON) == 0
-    first = filtering.identity(gen, "clip")
+    first = filter_hash(gen, "clip")
     moved = Path(shutil.move(weights, tmp_path / "elsewhere.pt"))
     capsys.readouterr()
     assert run_cli("filter", str(gen), model_arg(moved), *COMMON) == 0  # the same filter, its weights moved
-    assert "already finished" in capsys.readouterr().out and filtering.identity(gen, "clip") == first
-    assert read_json(gen / "filters" / "clip" / "spec.json")["source"] == f"open_clip:{OPEN_CLIP_ARCH}/{moved}"
+    assert "already finished" in capsys.readouterr().out and filter_hash(gen, "clip") == first
     assert run_cli("filter", str(gen), model_arg(moved), *COMMON, "name=moved") == 0
-    assert filtering.identity(gen, "moved") == first
+    assert filter_hash(gen, "moved") == first
 
     tiny_open_clip(moved, seed=1)  # other weights, at the same path
     assert run_cli("filter", str(gen), model_arg(moved), *COMMON, "name=other") == 0
-    assert filtering.identity(gen, "other") != first
+    assert filter_hash(gen, "other") != first
     other = tiny_open_clip(tmp_path / "other.pt", seed=2)  # other weights, at another path, under a finished name
     capsys.readouterr()
     assert run_cli("filter", str(gen), model_arg(other), *COMMON) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "scored with another model" in err and "weights" in err
+    assert len(err.splitlines()) == 1 and "holds a filter made with another config: clip.model.weights" in err
 
 
 def one_line_error(capsys, *argv: str) -> str:

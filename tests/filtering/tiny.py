@@ -88,3 +88,17 @@ def tiny_open_clip(weights: Path, seed: int = 0) -> Path:
     weights.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), weights)
     return weights
+
+
+def kept(gen: Path, name: str, per_class: int = 0) -> set[str]:
+    """The manifest paths of filter `name`'s kept list for `per_class` (0: the set's planned per_class)."""
+    from synthtl.filtering.store import read_kept
+
+    return set(read_kept(gen, name, per_class)["paths"])
+
+
+def filter_hash(gen: Path, name: str) -> str:
+    """The filter's identity hash (its identity.json)."""
+    import json
+
+    return json.loads((gen / "filters" / name / "identity.json").read_text())["hash"]

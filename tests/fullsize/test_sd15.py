@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from synthtl.data.synthetic import MANIFEST
+from synthtl.data.genset import MANIFEST
 from synthtl.files import read_jsonl
 from tests.conftest import run_cli
 

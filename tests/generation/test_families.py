@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from synthtl.config import GenerateConfig, GeneratorConfig, load_config
-from synthtl.data.synthetic import MANIFEST
+from synthtl.data.genset import MANIFEST
 from synthtl.errors import ConfigError
 from synthtl.files import read_jsonl
 from synthtl.generation.families import (
@@ -93,5 +93,5 @@ def test_img2img_from_a_folder_of_each_family(folders, folder_data, tmp_path, fa
     rows = read_jsonl(out / MANIFEST)
     assert summary["generated"] == 3 and summary["set_complete"]
     assert all(r["source"] and (folder_data / "train" / r["source"]).is_file() for r in rows)
-    assert json.loads((out / "plan.json").read_text())["identity"]["mode"] == "img2img"
+    assert json.loads((out / "plan.json").read_text())["settings"]["mode"] == "img2img"
     assert all(np.asarray(Image.open(out / r["path"])).shape == (32, 32, 3) for r in rows)

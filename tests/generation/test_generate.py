@@ -9,14 +9,15 @@ import torch
 from PIL import Image
 
 from synthtl.config import GenerateConfig, load_config
+from synthtl.data import genset
 from synthtl.data.datasets import load_split
-from synthtl.data.synthetic import MANIFEST, load_synthetic
+from synthtl.data.genset import MANIFEST
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.files import DiskFullError, read_jsonl
-from synthtl.generation import plan as planning
 from synthtl.generation import run as gen_run
 from synthtl.generation.run import run_generate
 from tests.conftest import run_cli
+from tests.data.sets import load_synthetic
 from tests.generation.conftest import generate_until_write
 
 TINY = ["generator.model=tiny", "generator.height=32", "generator.width=32", "generator.steps=3",
@@ -130,7 +131,7 @@ def test_black_or_nan_output_is_redrawn_with_a_new_recorded_seed(folder_data, tm
     redrawn = [r for r in rows.values() if r["redraws"]]
     assert len(redrawn) == 1
     r = redrawn[0]
-    assert r["seed"] == planning.image_seed(0, r["class_index"], r["index"], redraw=1)
+    assert r["seed"] == genset.image_seed(0, r["class_index"], r["index"], redraw=1)
     assert np.asarray(Image.open(out / r["path"])).max() > 2
 
 
@@ -155,7 +156,7 @@ def test_conflicting_replan_is_refused_and_more_images_extend_the_plan(folder_da
     out = tmp_path / "gen"
     run_generate(cfg_for(folder_data, out, "per_class=2"))
     first = {r["id"]: r for r in read_jsonl(out / MANIFEST)}
-    with pytest.raises(ConfigError, match=r"different settings.*steps: planned 3, now 5"):
+    with pytest.raises(ConfigError, match=r"another config: generator.steps \(3 there, 5 now\)"):
         run_generate(cfg_for(folder_data, out, "per_class=2", "generator.steps=5"))
     s = run_generate(cfg_for(folder_data, out, "per_class=4"))
     assert s["already_done"] == 6 and s["generated"] == 6
@@ -235,10 +236,10 @@ def test_repair_drops_a_damaged_progress_line_and_the_next_run_redraws_it(folder
     assert len(err.splitlines()) == 1 and "line 4" in err and "--repair" in err
     assert run_cli("generate", "--validate", str(out), "--repair") == 0
     assert f"damaged  progress/{log.name}  (dropped line(s) 4" in capsys.readouterr().out
-    assert not planning.is_complete(out)  # one image is no longer logged as done
+    assert not genset.is_complete(out)  # one image is no longer logged as done
     s = run_generate(cfg_for(folder_data, out))
     assert s["generated"] == 1 and lost in {r["id"] for r in read_jsonl(log)}
-    assert planning.is_complete(out) and run_cli("generate", "--validate", str(out)) == 0
+    assert genset.is_complete(out) and run_cli("generate", "--validate", str(out)) == 0
 
 
 def test_style_embedding_in_prompts_and_manifest(folder_data, tmp_path):

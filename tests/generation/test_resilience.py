@@ -11,15 +11,18 @@ import torch
 
 from synthtl import files
 from synthtl.config import GenerateConfig, GeneratorConfig, load_config
+from synthtl.data import genset
 from synthtl.data.datasets import load_split
-from synthtl.data.synthetic import MANIFEST, load_synthetic, load_synthetic_set
+from synthtl.data.genset import MANIFEST
+from synthtl.data.synthetic import load_synthetic_set
 from synthtl.errors import DataError
 from synthtl.files import DiskFullError, read_json, read_jsonl, torn_tail
-from synthtl.generation import pipeline
-from synthtl.generation import plan as planning
+from synthtl.generation import pipeline, shards
 from synthtl.generation import run as gen_run
 from synthtl.generation.run import run_generate
+from synthtl.identity import generator_weights
 from tests.conftest import run_cli
+from tests.data.sets import load_synthetic
 from tests.generation.test_generate import TINY, cfg_for
 
 EXACT = ["generator.batch_size=1", "writers=1", "per_class=2"]  # one image per batch: bytes independent of resume
@@ -145,8 +148,8 @@ def test_leftover_temp_files_are_removed_on_resume_and_repair(folder_data, tmp_p
         p = out / row["path"]
         return p.parent / f".{p.name}.k1ll3d_x.tmp"
 
-    mine = [r for r in rows if planning.shard_of(r["id"], 2) == 1]
-    other = [r for r in rows if planning.shard_of(r["id"], 2) == 0]
+    mine = [r for r in rows if shards.shard_of(r["id"], 2) == 1]
+    other = [r for r in rows if shards.shard_of(r["id"], 2) == 0]
     leftovers = [temp_of(mine[0]), temp_of(other[0]), out / ".manifest.jsonl.k1ll3d_x.tmp"]
     for t in leftovers:
         t.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +176,7 @@ def _hold(lock_dir: Path, what: str, release: Path) -> subprocess.Popen:
 def test_two_writers_never_share_a_shard_or_the_plan(folder_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "gen"
     argv = ["generate", *TINY, "data.name=folder", f"data.root={folder_data}", "per_class=1", f"out_dir={out}"]
-    holder = _hold(out / planning.LOCKS / planning.shard_name(0, 1), "shard", tmp_path / "go")
+    holder = _hold(out / shards.LOCKS / genset.shard_name(0, 1), "shard", tmp_path / "go")
     try:
         assert run_cli(*argv) == 2
         err = capsys.readouterr().err
@@ -183,7 +186,7 @@ def test_two_writers_never_share_a_shard_or_the_plan(folder_data, tmp_path, monk
     finally:
         (tmp_path / "go").touch()
         holder.wait(10)
-    monkeypatch.setattr(planning, "SET_LOCK_WAIT", 0.2)
+    monkeypatch.setattr(shards, "SET_LOCK_WAIT", 0.2)
     holder = _hold(out, "set", tmp_path / "go2")  # e.g. another shard finalizing the set
     try:
         assert run_cli(*argv, "shard=0/2") == 2
@@ -206,7 +209,7 @@ def test_stats_of_every_shard_are_summed(folder_data, tmp_path, monkeypatch, cap
     monkeypatch.setenv("RANK", "1")  # a torchrun rank other than 0 keeps its own stats too
     monkeypatch.setenv("WORLD_SIZE", "3")
     s = run_generate(cfg_for(folder_data, tmp_path / "tr", "per_class=1"))
-    assert read_json(planning.stats_file(tmp_path / "tr", 1, 3))["images"] == s["generated"] > 0
+    assert read_json(genset.stats_file(tmp_path / "tr", 1, 3))["images"] == s["generated"] > 0
 
 
 def test_torchrun_rank_uses_its_own_gpu(monkeypatch):
@@ -342,20 +345,20 @@ def test_local_generator_is_identified_by_its_weights(tmp_path, monkeypatch):
     a = _save_tiny(tmp_path / "a", 0)
     _save_tiny(tmp_path / "b", 1)  # another "fine-tune": same configs, other weights
     shutil.copytree(a, tmp_path / "moved")
-    ids = {k: pipeline.generator_identity(GeneratorConfig(model=str(tmp_path / k))) for k in ("a", "b", "moved")}
+    ids = {k: generator_weights(GeneratorConfig(model=str(tmp_path / k))) for k in ("a", "b", "moved")}
     assert ids["a"]["model"] == "local" and ids["a"]["revision"].startswith("local-")
     assert ids["a"] != ids["b"] and ids["a"] == ids["moved"]
     from synthtl import files
 
     hashed = []
     real = files.sha256_file
-    monkeypatch.setattr(files, "sha256_file", lambda p: hashed.append(p) or real(p))
-    assert pipeline.generator_identity(GeneratorConfig(model=str(a))) == ids["a"]
+    monkeypatch.setattr(files, "sha256_file", lambda p, algo="sha256": hashed.append(p) or real(p, algo=algo))
+    assert generator_weights(GeneratorConfig(model=str(a))) == ids["a"]
     assert hashed == []  # memoised by (path, size, mtime): a 4 GB folder is read once
     time.sleep(0.01)
     weights = next(a.rglob("diffusion_pytorch_model*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # touched: same bytes, new mtime -> re-hashed, same identity
-    assert pipeline.generator_identity(GeneratorConfig(model=str(a))) == ids["a"] and hashed == [weights]
+    assert generator_weights(GeneratorConfig(model=str(a))) == ids["a"] and hashed == [weights]
 
 
 def test_style_embedding_does_not_change_the_recorded_revision(folder_data, tmp_path):
@@ -367,8 +370,8 @@ def test_style_embedding_does_not_change_the_recorded_revision(folder_data, tmp_
     run_generate(cfg_for(folder_data, tmp_path / "plain", "per_class=1"))
     run_generate(cfg_for(folder_data, tmp_path / "styled", "per_class=1", "prompts.templates=style",
                          f"prompts.style_embedding={emb}"))
-    plain, styled = (read_json(tmp_path / k / "plan.json")["identity"] for k in ("plain", "styled"))
-    assert plain["revision"] == styled["revision"] == pipeline.generator_identity(GeneratorConfig(model="tiny"))[
+    plain, styled = (read_json(tmp_path / k / "plan.json")["settings"] for k in ("plain", "styled"))
+    assert plain["revision"] == styled["revision"] == generator_weights(GeneratorConfig(model="tiny"))[
         "revision"]
     assert read_jsonl(tmp_path / "styled" / MANIFEST)[0]["revision"] == plain["revision"]
 
@@ -403,8 +406,8 @@ def test_a_killed_shard_keeps_the_cost_of_the_work_it_did(tmp_path, folder_data,
     with pytest.raises(KeyboardInterrupt):
         run_generate(cfg)
     logged = sum(len(read_jsonl(f)) for f in (out / "progress").glob("shard-*.jsonl"))
-    stats = read_json(planning.stats_file(out, 0, 1))
+    stats = read_json(genset.stats_file(out, 0, 1))
     assert stats["images"] == logged == 4 and stats["seconds"] > 0  # the two finished batches are counted
     monkeypatch.setattr(gen_run, "_write_batch", real)
     run_generate(cfg)
-    assert read_json(planning.stats_file(out, 0, 1))["images"] == 12  # the whole set, counted once
+    assert read_json(genset.stats_file(out, 0, 1))["images"] == 12  # the whole set, counted once

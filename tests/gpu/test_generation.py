@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from synthtl.config import GenerateConfig, GeneratorConfig, load_config
-from synthtl.data.synthetic import MANIFEST
+from synthtl.data.genset import MANIFEST
 from synthtl.files import read_jsonl
 from synthtl.generation.pipeline import optimize, tiny_components
 from synthtl.generation.run import run_generate

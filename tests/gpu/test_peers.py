@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from synthtl.config import FilterConfig, GenerateConfig, StyleConfig, load_config
-from synthtl.data.synthetic import MANIFEST, PLAN
+from synthtl.data.genset import MANIFEST, PLAN
 from synthtl.files import read_json, read_jsonl
-from synthtl.filtering import decisions, read_filter
 from synthtl.filtering.run import run_filter
 from synthtl.generation.run import run_generate
 from synthtl.style.train import run_learn_style
@@ -36,7 +35,7 @@ def test_img2img_generates_a_few_images_in_fp16_on_cuda(folder_data, tmp_path):
     assert s["generated"] == 3 and s["set_complete"]
     assert s["redraws"] == 0  # no fp16 output was black or non-finite
     plan = read_json(out / PLAN)
-    assert plan["identity"]["mode"] == "img2img" and plan["identity"]["dtype"] == "fp16"
+    assert plan["settings"]["mode"] == "img2img" and plan["settings"]["dtype"] == "fp16"
     for r in read_jsonl(out / MANIFEST):
         assert r["status"] == "done" and r["strength"] == 0.5
         assert (folder_data / "train" / r["source"]).is_file()  # started from a train image
@@ -102,9 +101,10 @@ def test_clip_filter_scores_on_cuda_equal_the_cpu_scores(folder_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "synthtl", "filter", str(set_dir), "-c", "filter/clip", "device=cuda",
                            "name=cuda", *common], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cpu, cuda = decisions(set_dir, "cpu"), decisions(set_dir, "cuda")
+    cpu, cuda = (sorted(read_jsonl(set_dir / "filters" / n / "scores.jsonl"), key=lambda d: d["id"])
+                 for n in ("cpu", "cuda"))
     assert [d["id"] for d in cpu] == [d["id"] for d in cuda] and len(cpu) == 18
-    assert read_filter(set_dir, "cuda")["session"]["device"].startswith("cuda")
+    assert read_jsonl(set_dir / "filters" / "cuda" / "cost.jsonl")[0]["device"].startswith("cuda")
     a, b = np.array([d["score"] for d in cpu]), np.array([d["score"] for d in cuda])
     assert np.all((a > 0) & (a < 1)) and a.std() > 0  # probabilities that differ between images
     np.testing.assert_allclose(b, a, rtol=0, atol=2e-3)

@@ -49,28 +49,22 @@ def test_report_shows_keep_rates_histogram_and_dropped_images(filtered_study):
     assert "Synthetic-image filters (ours)" in html and label in html and "stale" not in html.lower()
 
 
-def test_changed_or_damaged_filters_are_marked_not_trusted(filtered_study, tmp_path):
+def test_an_edited_kept_list_is_named_not_trusted(filtered_study, tmp_path):
     import shutil
 
     study = Path(shutil.copytree(filtered_study, tmp_path / "study"))
-    folder = study / "gen" / "setA" / "filters" / "clip"
-    summary = json.loads((folder / "filter.json").read_text())
-    summary["set"]["rows_digest"] = "0" * 64  # as if the set had been extended since
-    (folder / "filter.json").write_text(json.dumps(summary))
+    kept = study / "gen" / "setA" / "filters" / "clip" / "kept" / "5.json"
+    data = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**data, "paths": data["paths"][1:]}))  # edited by hand: its digest no longer fits
     found, problems = collect_filters(collect_gensets(study))
-    assert [f.stale for f in found] == [True] and not problems
-    assert keep_table(found).rows[0][0].endswith(", filter clip (stale)") and "re-run" in keep_table(found).note
-    lines = (folder / "decisions.jsonl").read_text().splitlines()
-    (folder / "decisions.jsonl").write_text("\n".join(lines[1:]) + "\n")  # edited by hand
-    found, problems = collect_filters(collect_gensets(study))
-    assert not found and len(problems) == 1 and "is not the file filter 'clip' wrote" in problems[0]
+    assert not found and len(problems) == 1 and "is not the kept list filter 'clip' wrote" in problems[0]
 
 
-def test_a_truncated_filter_json_is_named_and_the_report_still_builds(filtered_study, tmp_path):
+def test_a_truncated_kept_list_is_named_and_the_report_still_builds(filtered_study, tmp_path):
     import shutil
 
     study = Path(shutil.copytree(filtered_study, tmp_path / "study"))
-    summary = study / "gen" / "setA" / "filters" / "clip" / "filter.json"
+    summary = study / "gen" / "setA" / "filters" / "clip" / "kept" / "5.json"
     summary.write_text(summary.read_text()[:40])  # a disk that filled mid-write, by hand
     found, problems = collect_filters(collect_gensets(study))
     assert not found and len(problems) == 1 and problems[0].startswith("setA/clip: ")

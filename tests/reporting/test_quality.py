@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from synthtl.data.genset import read_rows
 from synthtl.reporting import plots
 from synthtl.reporting.collect import collect_gensets, collect_runs, find_runs, unique_runs
 from synthtl.reporting.quality import FeatureSpace, Scanned, quality
@@ -22,6 +23,12 @@ from synthtl.reporting.tables import leep_table, strategy_tables
 from tests.reporting.test_report import RANDOM_FEATURES, _folder_gen_set, canned_run, canned_study, labels
 
 __all__ = ["canned_study"]  # the fixture, shared with test_report.py
+
+
+def _last(gen: Path) -> str:
+    """The last image of the last class of a generated set (red fox's 3rd)."""
+    rows = read_rows(gen)
+    return rows.rel_path(len(rows) - 1)
 
 
 def _study(tmp_path: Path, folder_data: Path, plant_last: bool = False) -> Path:
@@ -33,7 +40,7 @@ def _study(tmp_path: Path, folder_data: Path, plant_last: bool = False) -> Path:
     gen = _folder_gen_set(root, folder_data, plant=False)
     if plant_last:
         last_test = folder_data / "test" / "red_fox" / "img_003.jpg"
-        shutil.copy(last_test, gen / "images" / "c2" / "000002.jpg")
+        shutil.copy(last_test, gen / _last(gen))
         shutil.copy(last_test, folder_data / "train" / "red_fox" / "img_planted.jpg")
     for seed in (0, 1):
         canned_run(root, f"v{seed}", labels("folder", "vanilla", seed), 70.0 + seed, data_root=folder_data)
@@ -57,7 +64,8 @@ def test_leakage_checks_every_image_against_every_test_image(tmp_path, folder_da
     (t,) = qr.train_leak.raw
     assert t["train_checked"] == t["train_images"] == 25 and t["test_checked"] == 12 and t["near_duplicates"] >= 1
     syn_pairs = {(e["left_caption"], e["right_caption"]) for e in qr.synthetic_examples}
-    assert ("synthetic · red fox · images/c2/000002.jpg", "test · red fox · red_fox/img_003.jpg") in syn_pairs
+    last = _last(root / "gen" / "gen-folder")
+    assert (f"synthetic · red fox · {last}", "test · red fox · red_fox/img_003.jpg") in syn_pairs
     train_pairs = {(e["left_caption"], e["right_caption"]) for e in qr.train_examples}
     assert ("train · red fox · red_fox/img_planted.jpg", "test · red fox · red_fox/img_003.jpg") in train_pairs
     assert all("hash_bits=" in e["caption"] for e in qr.synthetic_examples + qr.train_examples)
@@ -143,7 +151,7 @@ def test_duplicate_run_folders_are_counted_once(canned_study):
     t = strategy_tables(collect_runs(canned_study), 100)[0]
     cell = next(r for r in t.raw if r["dataset"] == "aircraft" and r["strategy"] == "vanilla")
     assert cell["n"] == 3 and cell["std"] > 0  # not inflated to n=4 with a repeated value
-    with pytest.warns(UserWarning, match="share the config hash and seed"):
+    with pytest.warns(UserWarning, match="share the identity and seed"):
         build_report(canned_study, dataclasses.replace(RANDOM_FEATURES, bootstrap=100))
     tables = canned_study / "report" / "tables"
     dup = list(csv.DictReader(io.StringIO((tables / "duplicates.csv").read_text())))
@@ -152,12 +160,12 @@ def test_duplicate_run_folders_are_counted_once(canned_study):
     assert "repeat a run already counted" in (canned_study / "report" / "index.html").read_text()
 
 
-def test_run_identity_is_the_config_hash_and_seed(canned_study):
+def test_run_identity_is_the_identity_and_seed(canned_study):
     runs_dir = canned_study / "runs"
     for name in ("aircraft-vanilla-s0", "aircraft-vanilla-s1"):  # seeds 0 and 1
         res = json.loads((runs_dir / name / "result.json").read_text())
-        (runs_dir / name / "result.json").write_text(json.dumps({**res, "config_hash": "abc"}))
-    # same hash and seed in another folder, with a config.yaml that differs (e.g. another out_dir): a duplicate
+        (runs_dir / name / "result.json").write_text(json.dumps({**res, "identity": "abc"}))
+    # same identity and seed in another folder, with a config.yaml that differs (e.g. another out_dir): a duplicate
     _copy_run(runs_dir / "aircraft-vanilla-s0", runs_dir / "elsewhere" / "x")
     cfg_file = runs_dir / "elsewhere" / "x" / "config.yaml"
     cfg_file.write_text(yaml.safe_dump({**yaml.safe_load(cfg_file.read_text()), "out_dir": "/somewhere/else"}))

@@ -1,5 +1,5 @@
 """The quality table measures each filter's kept subset (`synthtl filter`) beside its set: n = the kept images, the
-set's features reused (no image decoded twice), a stale or unreadable filter listed or noted, never measured."""
+set's features reused (no image decoded twice), an unreadable filter noted, never measured."""
 
 import dataclasses
 import json
@@ -68,9 +68,8 @@ def _counting(monkeypatch, module, name: str) -> Counter:
 def test_kept_subset_row_is_measured_from_the_sets_features(study, tmp_path, monkeypatch):
     root, _ = study
     gen = root / "gen" / "gen-folder"
-    decisions = [json.loads(line) for line in (gen / "filters" / "clip" / "decisions.jsonl").read_text().splitlines()]
-    kept = [d["path"] for d in decisions if d["kept"]]
-    assert len(kept) == 6 and len(decisions) == 9
+    kept = json.loads((gen / "filters" / "clip" / "kept" / "3.json").read_text())["paths"]
+    assert len(kept) == 6
     loads = _counting(monkeypatch, q.FeatureSpace, "_load")
     qr = _quality(root, RANDOM_FEATURES, tmp_path / "cache")
     # every image decoded once for features (9 synthetic, 24 train): the kept subsets reuse the set's rows
@@ -90,15 +89,14 @@ def test_kept_subset_row_is_measured_from_the_sets_features(study, tmp_path, mon
     assert np.isfinite(sub["fid_random_same_n"]) and "FID, random same n ↓" in qr.quality.columns
     # the same FID computed directly from those images' features (a fresh cache: recomputed)
     space = q.FeatureSpace(RANDOM_FEATURES, q.torch.device("cpu"))
-    syn = q.Scanned.of(q.synthetic_list(collect_gensets(root)[0], q.completed_rows(gen)))
+    syn = q.Scanned.of(q.synthetic_list(collect_gensets(root)[0], list(q.completed_rows(gen))))
     train = q.Scanned.of(q.real_splits(collect_runs(root), "folder")[0])
     idx = np.array(sorted(syn.images.paths.index(p) for p in kept))
     f_kept, ok_k = space([syn.images.path(int(i)) for i in idx], [syn.digests[int(i)] for i in idx], tmp_path / "c2")
     f_real, ok_r = space([train.images.path(i) for i in range(len(train.images))], train.digests, tmp_path / "c2")
     assert ok_k.all() and ok_r.sum() == sub["n_real"]
     assert sub["fid"] == pytest.approx(fid(f_real[ok_r], f_kept), rel=1e-9)
-    assert "kept=true in <set>/filters/<name>/decisions.jsonl" in qr.quality.note
-    assert "not cut to a run's volume" in qr.quality.note
+    assert "kept list of its largest volume (<set>/filters/<name>/kept/<V>.json" in qr.quality.note
     assert "not listed again per filter" in qr.synthetic_leak.note
     assert len(qr.synthetic_leak.rows) == 1  # leakage tables unchanged: one row per set
 
@@ -138,26 +136,26 @@ def test_kept_subsets_read_the_same_features_when_every_feature_is_precomputed(s
         assert eager["clip"][k] == pytest.approx(lazy["clip"][k], rel=1e-6)
 
 
-def test_stale_and_unreadable_filters_are_not_measured_and_the_report_builds(study, tmp_path):
+def test_lost_and_unreadable_filters_are_not_measured_and_the_report_builds(study, tmp_path):
     root = Path(shutil.copytree(study[0], tmp_path / "study"))
-    filters = root / "gen" / "gen-folder" / "filters"
-    summary = json.loads((filters / "all" / "filter.json").read_text())
-    summary["set"]["rows_digest"] = "0" * 64  # as if the set had changed since the filter ran
-    (filters / "all" / "filter.json").write_text(json.dumps(summary))
-    lines = (filters / "clip" / "decisions.jsonl").read_text().splitlines()
-    (filters / "clip" / "decisions.jsonl").write_text("\n".join(lines[1:]) + "\n")  # edited by hand
+    gen = root / "gen" / "gen-folder"
+    kept = json.loads((gen / "filters" / "all" / "kept" / "3.json").read_text())
+    (gen / kept["paths"][0]).unlink()  # a kept image deleted since (e.g. --validate --repair): never a guess
+    clip = gen / "filters" / "clip" / "kept" / "3.json"
+    clip.write_text(clip.read_text()[:-20])  # damaged by hand
     qr = _quality(root, RANDOM_FEATURES, tmp_path / "cache")
-    full, stale = qr.quality.raw
-    assert full["filter"] == "" and full["n_synthetic"] == 9 and np.isfinite(full["fid"])
-    assert stale["filter"] == "all" and stale["stale"] and "stale" in stale["not_measured"] and "fid" not in stale
+    full, lost = qr.quality.raw
+    assert full["filter"] == "" and full["n_synthetic"] == 8 and np.isfinite(full["fid"])
+    assert lost["filter"] == "all" and "not finished images" in lost["not_measured"] and "fid" not in lost
     row = qr.quality.rows[1]
-    assert row[0].startswith(f"{SET_LABEL}, filter all (kept 9 of 9) — not measured (stale") and set(row[1:]) == {"–"}
+    assert row[0].startswith(f"{SET_LABEL}, filter all (kept 9 of 9) — not measured (1 kept images")
+    assert set(row[1:]) == {"–"}
     assert len(qr.quality.rows) == 2  # the unreadable filter has no row: it is named in the note
     assert "cannot be read" in qr.quality.note and "gen-folder/clip" in qr.quality.note
     with pytest.warns(UserWarning):
         build_report(root, dataclasses.replace(RANDOM_FEATURES, bootstrap=100))
     text = (root / "report" / "tables" / "quality.md").read_text()
-    assert "filter all (kept 9 of 9) — not measured (stale" in text
+    assert "filter all (kept 9 of 9) — not measured" in text
 
 
 def test_a_set_without_filters_keeps_its_table(study, tmp_path):

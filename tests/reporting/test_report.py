@@ -1,6 +1,7 @@
 """The report built from canned run folders (no training), checked against hand-computed numbers."""
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -14,9 +15,11 @@ import yaml
 from PIL import Image
 
 from synthtl.config import ReportConfig
+from synthtl.data.genset import read_rows
 from synthtl.reporting.report import build_report
 from synthtl.reporting.stats import mean_std, paired
 from tests.conftest import run_cli
+from tests.data.sets import fake_set
 
 RANDOM_FEATURES = ReportConfig(features="test_resnet", features_fallback="test_resnet", features_pretrained=False,
                                max_images=50, kid_subsets=3, kid_subset_size=10, bootstrap=2000)
@@ -33,7 +36,8 @@ def canned_run(root: Path, rid: str, labels: dict, top1: float, leep=None, syn_p
     result = {"test": {"top1": top1, "top5": 99.0, "mean_class_acc": top1 - 1, "loss": 0.5}, "val": None,
               "selected": "last", "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
               "leep": leep or {}, "wall_s": sum(s["wall_s"] for s in stages.values()),
-              "gpu_s": sum(s["gpu_s"] for s in stages.values()), "model": labels["model"], "seed": labels["seed"]}
+              "gpu_s": sum(s["gpu_s"] for s in stages.values()), "model": labels["model"], "seed": labels["seed"],
+              "identity": hashlib.sha256(json.dumps([rid, labels], sort_keys=True).encode()).hexdigest()[:12]}
     (folder / "result.json").write_text(json.dumps(result))
     cfg = {"strategy": labels["strategy"], "seed": labels["seed"],
            "model": {"name": labels["model"], "pretrained": True},
@@ -113,23 +117,17 @@ def test_report_from_canned_runs(canned_study):
 
 
 def _folder_gen_set(root: Path, folder_data: Path, plant: bool) -> Path:
-    """A generated set for the folder dataset; with `plant`, one image is a copy of a real test image."""
-    gen = root / "gen" / "gen-folder"
-    rows = []
-    for ci, cls in enumerate(["blue jay", "green frog", "red fox"]):
-        for i in range(3):
-            rel = f"images/c{ci}/{i:06d}.jpg"
-            (gen / rel).parent.mkdir(parents=True, exist_ok=True)
-            src = folder_data / "train" / cls.replace(" ", "_") / f"img_00{i}.jpg"
-            if plant and ci == 2 and i == 1:
-                src = folder_data / "test" / "red_fox" / "img_002.jpg"
-            shutil.copy(src, gen / rel)
-            rows.append({"id": f"{ci}-{i}", "class_index": ci, "class_name": cls, "index": i, "path": rel,
-                         "prompt": f"a good photo of the {cls}.", "status": "done", "token": ""})
-    (gen / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (gen / "plan.json").write_text(json.dumps({"identity": {"guidance": 2.0, "templates": ["a good photo of the {}."],
-                                                            "style_hash": "", "model": "tiny"}, "per_class": 3}))
-    return gen
+    """A generated set for the folder dataset (3 images per class copied from its train images); with `plant`, red
+    fox's image 1 is a copy of a real test image."""
+    classes = ["blue_jay", "green_frog", "red_fox"]
+
+    def source(c: int, i: int) -> Path:
+        if plant and c == 2 and i == 1:
+            return folder_data / "test" / "red_fox" / "img_002.jpg"
+        return folder_data / "train" / classes[c] / f"img_00{i}.jpg"
+
+    return fake_set(root / "gen" / "gen-folder", classes, 3, {(c, i) for c in range(3) for i in range(3)},
+                    source=source)
 
 
 def test_quality_and_leakage_find_a_planted_duplicate(tmp_path, folder_data):
@@ -143,7 +141,8 @@ def test_quality_and_leakage_find_a_planted_duplicate(tmp_path, folder_data):
     assert leak[0]["near_duplicates"] != "0"
     html = (root / "report" / "index.html").read_text()
     # both thumbnails are captioned with their split, class and file
-    assert "test · red fox · red_fox/img_002.jpg" in html and "synthetic · red fox · images/c2/000001.jpg" in html
+    planted = read_rows(gen).rel_path(read_rows(gen).position(2, 1))
+    assert "test · red fox · red_fox/img_002.jpg" in html and f"synthetic · red fox · {planted}" in html
     assert "hash_bits=0" in html
     quality = list(csv.DictReader(io.StringIO((root / "report" / "tables" / "quality.csv").read_text())))
     assert float(quality[0]["fid"]) >= 0 and 0 <= float(quality[0]["precision"]) <= 1
@@ -227,8 +226,8 @@ def test_accuracy_per_gpu_hour_is_per_setting_and_counts_every_input(tmp_path):
     gensets = [GenSet("a", set_a, {"style_hash": ""}, {}, 10, 7200, 7200, 0),
                GenSet("b", set_b, {"style_hash": "lora-h1"}, {}, 10, 3600, 3600, 0)]
     styles = [{"hash": "h1", "gpu_s": 1800.0}, {"hash": "other", "gpu_s": 99999.0}]
-    filters = [FilterRun("a", set_a, "clip80", {"cost": {"sessions": 2, "scored": 10, "seconds": 900.0,
-                                                         "gpu_seconds": 900.0}}, [], False)]
+    filters = [FilterRun("a", set_a, "clip80", {}, [], {"sessions": 2, "scored": 10, "seconds": 900.0,
+                                                        "gpu_seconds": 900.0})]
     t = accuracy_per_gpu_hour(runs, gensets, styles, filters)
     rows = {(r[1].split(", ")[-1], r[2]): r for r in t.rows}
     # extra fine-tuning 0.5 h per seed; single: + 2 h of generation; lora: + 1 h generation + 0.5 h style;
@@ -240,9 +239,9 @@ def test_accuracy_per_gpu_hour_is_per_setting_and_counts_every_input(tmp_path):
                                                                   "+1.00", "0.000", "– (no extra GPU time)"]]
     assert len(t.rows) == 4 and {r[3] for r in t.rows} == {"2"}
     # a moved study: the runs' configs still name the old place; its sets are found by their folder names
-    moved = [GenSet(g.id, tmp_path / "moved" / "gen" / g.folder.name, g.identity, {}, 10, g.seconds, g.gpu_seconds, 0)
+    moved = [GenSet(g.id, tmp_path / "moved" / "gen" / g.folder.name, g.settings, {}, 10, g.seconds, g.gpu_seconds, 0)
              for g in gensets]
-    moved_filters = [FilterRun("a", moved[0].folder, "clip80", filters[0].summary, [], False)]
+    moved_filters = [FilterRun("a", moved[0].folder, "clip80", {}, [], filters[0].cost)]
     assert accuracy_per_gpu_hour(runs, moved, styles, moved_filters).rows == t.rows
 
 
@@ -256,7 +255,7 @@ def test_runs_outside_a_study_keep_filtered_and_per_class_lora_sets_apart(tmp_pa
     for name, note in (("dset", {"style_lora": "dataset"}), ("cls", {"style_lora": "class"})):
         sets[name] = tmp_path / "gen" / name
         sets[name].mkdir(parents=True)
-        (sets[name] / "plan.json").write_text(json.dumps({"identity": {"style_hash": "lora-abc", "guidance": 2.0},
+        (sets[name] / "plan.json").write_text(json.dumps({"settings": {"style_hash": "lora-abc", "guidance": 2.0},
                                                            **note}))
     canned_run(root, "v0", labels("aircraft", "vanilla", 0), 80.0)
     canned_run(root, "m0", labels("aircraft", "mixed", 0), 82.0, syn_path=sets["dset"])

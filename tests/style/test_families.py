@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from synthtl.config import GenerateConfig, GeneratorConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError
 from synthtl.files import read_jsonl
+from synthtl.generation import styles
 from synthtl.generation.families import save_tiny, text_encoders, tiny_sd2_components, tiny_sdxl_components, tokenizers
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
+from synthtl.generation.styles import EMBEDS
 from synthtl.runtime import resolve_runtime
 from synthtl.style import sdxl
 from synthtl.style import train as style_train
-from synthtl.style.embeddings import EMBEDS
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_sdxl_style_file_loads_with_diffusers_sdxl_calls_and_drives_generation(f
         assert torch.equal(encoder.get_input_embeddings().weight[ids].detach(), state[key])
 
     ours = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"))
-    assert sdxl.load_into_pipeline(ours, out) == [token]
+    assert styles.load_into_pipeline(ours, out) == [token]
     assert all(torch.equal(a, b) for a, b in zip(tables(ours), tables(pipe), strict=True))  # same as diffusers' calls
 
     def generate(prompt):
@@ -183,7 +184,7 @@ def test_sdxl_style_file_loads_with_diffusers_sdxl_calls_and_drives_generation(f
     assert np.isfinite(styled).all() and not np.array_equal(styled, plain)
 
     with pytest.raises(ConfigError, match="already in the tokenizer"):
-        sdxl.load_into_pipeline(ours, out)
+        styles.load_into_pipeline(ours, out)
     with pytest.raises(ConfigError, match="mode=class is not supported for SDXL"):
         style_train.run_learn_style(cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "mode=class", "steps=3"))
 
@@ -205,7 +206,7 @@ def test_sd2_style_drives_generation_through_generate(folders, folder_data, tmp_
     out, _, _ = style_then_generate(folders["sd2"], folder_data, tmp_path)
     assert load_file(str(out / EMBEDS))["<synthtl-style>"].shape == (1, 24)
     with pytest.raises(ConfigError, match="not an SDXL embedding"):
-        sdxl.load_into_pipeline(load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu")), out)
+        styles.load_into_pipeline(load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu")), out)
 
 
 def test_sdxl_style_drives_generation_through_generate(folders, folder_data, tmp_path):
@@ -227,13 +228,12 @@ def test_sdxl_lora_learns_on_both_text_encoders_and_loads_with_diffusers_sdxl_lo
     file is what StableDiffusionXLPipeline.load_lora_weights reads; our fused loading gives the same UNet."""
     from diffusers import StableDiffusionXLPipeline
 
-    from synthtl.style import lora
 
     out = tmp_path / "s"
     info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
                                                "lora.train_text_encoder=true"))
     assert info["method"] == "lora" and (out / "validation" / "step-000002.png").is_file()
-    state = load_file(str(out / lora.WEIGHTS))
+    state = load_file(str(out / styles.WEIGHTS))
     assert {k.split(".")[0] for k in state} == {"unet", "text_encoder", "text_encoder_2"}
     base = load_pipeline(GeneratorConfig(model=str(folders["sdxl"]), device="cpu"))
     # Every LoRA learned except the first encoder's last layer: SDXL reads that encoder's penultimate hidden states.

@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from synthtl.config import GenerateConfig, PromptConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.generation import styles
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.runtime import resolve_runtime
 from synthtl.style import lora
@@ -83,7 +84,7 @@ def test_fused_qkv_on_cuda_does_not_bypass_the_lora(folder_data, tmp_path, monke
     monkeypatch.setattr(pipeline, "optimize", as_on_cuda)
     cfg = cfg_for(folder_data, tmp_path / "s", "steps=2")
     run_learn_style(cfg)
-    learned = load_file(str(tmp_path / "s" / lora.WEIGHTS))
+    learned = load_file(str(tmp_path / "s" / styles.WEIGHTS))
     ups = {k: v for k, v in learned.items() if "lora_B" in k or "lora_up" in k}
     assert ups and all(v.abs().sum() > 0 for v in ups.values())  # every LoRA matrix learned: none was bypassed
 
@@ -91,12 +92,12 @@ def test_fused_qkv_on_cuda_does_not_bypass_the_lora(folder_data, tmp_path, monke
 def test_dataset_lora_files_style_json_and_finished_noop(folder_data, tmp_path):
     out = tmp_path / "s"
     info = run_learn_style(cfg_for(folder_data, out, "validate_every=3"))
-    state = load_file(str(out / lora.WEIGHTS))
+    state = load_file(str(out / styles.WEIGHTS))
     assert all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in state)
     assert info["method"] == "lora" and info["mode"] == "dataset" and info["rank"] == 2 and info["alpha"] == 2
     assert info["steps"] == 6 and len(info["loss_curve"]) == 6 and info["adapter_steps"] == {"dataset": 6}
     assert info["trainable_params"] == sum(t.numel() for t in state.values())
-    assert info["hash"] == lora.lora_hash(out) and info["peak_memory_mb"] > 0 and info["wall_s"] > 0
+    assert info["hash"] == styles.lora_hash(out) and info["peak_memory_mb"] > 0 and info["wall_s"] > 0
     assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["step-000003.png", "step-000006.png"]
     assert not (out / "checkpoint.pt").exists()
     assert run_learn_style(cfg_for(folder_data, out, "validate_every=3")) == info  # finished: a no-op
@@ -116,7 +117,7 @@ def test_diffusers_load_lora_weights_reads_it_and_matches_our_loading(folder_dat
     cfg = cfg_for(folder_data, out, "lr=0.05", "lora.alpha=4")
     trained = load_pipeline(tiny_gen())
     params = lora.add_lora(trained, cfg)
-    state = load_file(str(out / lora.WEIGHTS))
+    state = load_file(str(out / styles.WEIGHTS))
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(state[k] / (2.0 if ".lora_B." in k else 1.0))  # the file holds B x alpha / rank = B x 2
@@ -154,12 +155,12 @@ def test_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path,
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
     killed = tmp_path / "killed"
     calls = learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args), n=2, module=lora)
-    assert calls == [2, 4] and (killed / "checkpoint.pt").is_file() and not (killed / lora.WEIGHTS).exists()
-    leftover = killed / f".{lora.WEIGHTS}.x1y2z3.tmp"  # what a kill during an atomic write leaves
+    assert calls == [2, 4] and (killed / "checkpoint.pt").is_file() and not (killed / styles.WEIGHTS).exists()
+    leftover = killed / f".{styles.WEIGHTS}.x1y2z3.tmp"  # what a kill during an atomic write leaves
     leftover.write_bytes(b"half")
     resumed = run_learn_style(cfg_for(folder_data, killed, *args))
     assert not leftover.exists()
-    a, b = load_file(str(tmp_path / "whole" / lora.WEIGHTS)), load_file(str(killed / lora.WEIGHTS))
+    a, b = load_file(str(tmp_path / "whole" / styles.WEIGHTS)), load_file(str(killed / styles.WEIGHTS))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["loss_curve"] == whole["loss_curve"] and resumed["hash"] == whole["hash"]
 
@@ -179,7 +180,7 @@ def test_per_class_adapters_each_trained_only_on_their_class(folder_data, tmp_pa
     assert seen == [(0,)] * 2 + [(1,)] * 2 + [(2,)] * 2  # class after class, each batch of one class
     assert whole["adapter_steps"] == {"blue jay": 2, "green frog": 2, "red fox": 2} and whole["steps"] == 6
     assert whole["adapters"] == {"blue jay": "adapters/0", "green frog": "adapters/1", "red fox": "adapters/2"}
-    files = [tmp_path / "whole" / "adapters" / str(c) / lora.WEIGHTS for c in range(3)]
+    files = [tmp_path / "whole" / "adapters" / str(c) / styles.WEIGHTS for c in range(3)]
     states = [load_file(str(f)) for f in files]
     assert all(not torch.equal(states[0][k], states[c][k]) for c in (1, 2) for k in states[0] if ".lora_B." in k)
     outs = []
@@ -221,21 +222,21 @@ def test_generation_with_a_style_lora_differs_and_is_reproducible(folder_data, t
         images(pipe)  # a per-class LoRA never silently generates with the base weights
     by_class = {}
     for name in ("red fox", "blue jay", "red fox"):  # switching back gives the same weights: no drift
-        lora.set_style_lora_class(pipe, name)
+        styles.set_style_lora_class(pipe, name)
         by_class.setdefault(name, []).append(images(pipe, f"a photo of a {name}."))
     assert torch.equal(*by_class["red fox"])
     other = load_pipeline(tiny_gen())
     other.load_lora_weights(str(pc / "adapters" / "2"))  # red fox is class 2 (sorted folder names)
     torch.testing.assert_close(by_class["red fox"][0], images(other, "a photo of a red fox."), rtol=0, atol=1e-4)
     with pytest.raises(ConfigError, match="class 'zebra' has no adapter"):
-        lora.set_style_lora_class(pipe, "zebra")
+        styles.set_style_lora_class(pipe, "zebra")
 
 
 def test_generation_style_hash_records_the_lora(folder_data, tmp_path):
     out = tmp_path / "s"
     info = run_learn_style(cfg_for(folder_data, out, "steps=1"))
-    assert lora.generation_style_hash(PromptConfig(style_lora=str(out))) == f"lora-{info['hash']}"
-    assert lora.generation_style_hash(PromptConfig()) == ""
+    assert styles.generation_style_hash(PromptConfig(style_lora=str(out))) == f"lora-{info['hash']}"
+    assert styles.generation_style_hash(PromptConfig()) == ""
 
 
 @pytest.mark.parametrize("override, message", [
@@ -275,7 +276,7 @@ def test_style_lora_that_is_not_a_lora_or_for_another_model(folder_data, tmp_pat
 def test_text_encoder_lora_is_applied(folder_data, tmp_path):
     out = tmp_path / "s"
     run_learn_style(cfg_for(folder_data, out, "lora.train_text_encoder=true", "lr=0.05", "steps=3"))
-    assert any(k.startswith("text_encoder.") for k in load_file(str(out / lora.WEIGHTS)))
+    assert any(k.startswith("text_encoder.") for k in load_file(str(out / styles.WEIGHTS)))
     ids = style_train.tokenize(load_pipeline(tiny_gen()).tokenizer, ["a photo of a red fox."])
     with torch.no_grad():
         base = load_pipeline(tiny_gen()).text_encoder(ids)[0]
@@ -323,21 +324,21 @@ def test_generate_with_a_style_lora(folder_data, tmp_path):
     assert {r["style_hash"] for r in rows} == {f"lora-{info['hash']}"}
     assert all(styled[k] != base[k] for k in base)
     assert generate("again", f"prompts.style_lora={out}")[1] == styled
-    _, per_class = generate("pc", f"prompts.style_lora={pc}", "generator.batch_size=4")
+    _, per_class = generate("pc_set", f"prompts.style_lora={pc}", "generator.batch_size=4")
     _, fox = generate("fox", f"prompts.style_lora={pc / 'adapters' / '2'}")  # red fox's adapter as a plain LoRA
     assert all(per_class[k] == fox[k] for k in fox if k[0] == "red fox")
     assert all(per_class[k] != fox[k] for k in fox if k[0] != "red fox")
     # the report tells a per-class LoRA set from a dataset one (plan.json notes it; not part of the set's identity)
     from synthtl.reporting.collect import _prompt_label
 
-    assert [_prompt_label(tmp_path / n)[1] for n in ("lora", "pc", "base")] == ["lora", "lora_per_class", "single"]
+    assert [_prompt_label(tmp_path / n)[1] for n in ("lora", "pc_set", "base")] == ["lora", "lora_per_class", "single"]
 
 
 def test_a_style_lora_path_that_does_not_exist_says_so(tmp_path):
     """A typo in prompts.style_lora is named as a missing path, not as a folder that "is not a LoRA"."""
     missing = tmp_path / "styles" / "nope"
     with pytest.raises(ConfigError, match=r"prompts.style_lora=.*nope' does not exist: point it at a folder") as e:
-        lora.generation_style_hash(PromptConfig(style_lora=str(missing)))  # what generation asks first
+        styles.generation_style_hash(PromptConfig(style_lora=str(missing)))  # what generation asks first
     assert "\n" not in str(e.value) and "is not a LoRA" not in str(e.value)
     with pytest.raises(ConfigError, match="does not exist"):
         load_pipeline(tiny_gen(), style_lora=str(missing))
@@ -349,6 +350,6 @@ def test_a_lora_folder_of_another_config_names_the_keys_that_differ(folder_data,
     with pytest.raises(ConfigError) as e:
         run_learn_style(cfg_for(folder_data, out, "steps=3", "lora.rank=4"))
     msg = str(e.value)
-    assert "\n" not in msg and "holds a style learned with a different config" in msg
+    assert "\n" not in msg and "holds a style made with another config" in msg
     assert "lora.rank (2 there, 4 now)" in msg and "steps (2 there, 3 now)" in msg
-    assert "Use another out_dir, or the same config" in msg
+    assert "Use another out_dir" in msg

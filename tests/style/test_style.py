@@ -7,14 +7,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from synthtl import identity
 from synthtl.config import GenerateConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError, DataError
 from synthtl.files import LockedError, read_jsonl
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
+from synthtl.generation.styles import EMBEDS, load_into_pipeline
 from synthtl.runtime import resolve_runtime
 from synthtl.style import train as style_train
-from synthtl.style.embeddings import EMBEDS, load_into_pipeline
 from synthtl.style.train import add_tokens, diffusion_loss, install_hook, run_learn_style
 from tests.conftest import run_cli
 
@@ -317,33 +318,14 @@ def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data,
     assert [c["loss"] for c in resumed["loss_curve"]] == [c["loss"] for c in whole["loss_curve"]]
 
 
-def test_checkpoints_of_the_shared_parameter_format(folder_data, tmp_path):
-    """Per-class: refused in one line (its Adam state mixed the tokens). DSI: the same layout, resumed."""
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(folder_data, tmp_path):
     cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", "steps=3", "validate_every=0", *SMALL)
-    (tmp_path / "pc").mkdir()
-    torch.save({"config_hash": style_train.style_identity(cfg), "step": 1, "learned": torch.zeros(3, 16),
-                "optimizer": {}, "losses": [1.0], "seconds": 0.0}, tmp_path / "pc" / "checkpoint.pt")
-    with pytest.raises(ConfigError, match="older synthtl .* delete it") as e:
+    identity.claim(tmp_path / "pc", "style", identity.identity(cfg))
+    torch.save({"config_hash": "old", "step": 1, "learned": torch.zeros(3, 16), "optimizer": {}, "losses": [1.0],
+                "seconds": 0.0}, tmp_path / "pc" / "checkpoint.pt")  # one parameter for every token: another format
+    with pytest.raises(ConfigError, match="another config or version of synthtl; delete it") as e:
         run_learn_style(cfg)
     assert "\n" not in str(e.value)
-
-    dsi = cfg_for(folder_data, tmp_path / "dsi", "steps=2", "validate_every=0", *SMALL)
-    learned = torch.nn.Parameter(torch.randn(1, 16))
-    opt = torch.optim.AdamW([learned])
-    learned.grad = torch.randn(1, 16)
-    opt.step()
-    ckpt = tmp_path / "dsi" / "checkpoint.pt"
-    ckpt.parent.mkdir()
-    torch.save({"config_hash": style_train.style_identity(dsi), "step": 2, "learned": learned.detach(),
-                "optimizer": opt.state_dict(), "losses": [1.0, 0.9], "seconds": 0.0}, ckpt)
-    info = run_learn_style(dsi)
-    assert torch.equal(load_file(str(tmp_path / "dsi" / EMBEDS))["<synthtl-style>"], learned.detach())
-    assert info["token_updates"] == {"<synthtl-style>": 2}
-
-    (tmp_path / "pc" / EMBEDS).write_bytes(b"")  # a finished per-class folder of the older version: not reused
-    (tmp_path / "pc" / "style.json").write_text(json.dumps({"config_hash": style_train.style_identity(cfg)}))
-    with pytest.raises(ConfigError, match="learned by an older synthtl"):
-        run_learn_style(cfg)
 
 
 def test_per_class_needs_images_of_every_class(folder_data, tmp_path):
@@ -452,10 +434,13 @@ def test_style_and_fine_tuning_use_the_same_shots(folder_data, tmp_path, tiny_ov
 
 
 def test_style_identity_ignores_paths_and_speed(folder_data, tmp_path):
+    import shutil
+
+    shutil.copytree(folder_data, tmp_path / "elsewhere")
     a = cfg_for(folder_data, tmp_path / "a")
     moved = cfg_for(tmp_path / "elsewhere", tmp_path / "b", "data.num_workers=0", f"data.cache_dir={tmp_path}")
-    assert style_train.style_identity(a) == style_train.style_identity(moved)
-    assert style_train.style_identity(a) != style_train.style_identity(cfg_for(folder_data, tmp_path / "a", "lr=0.1"))
+    assert identity.identity(a) == identity.identity(moved)
+    assert identity.identity(a) != identity.identity(cfg_for(folder_data, tmp_path / "a", "lr=0.1"))
 
 
 def test_a_style_folder_of_another_config_names_the_keys_that_differ(folder_data, tmp_path):
@@ -466,9 +451,9 @@ def test_a_style_folder_of_another_config_names_the_keys_that_differ(folder_data
     with pytest.raises(ConfigError) as e:
         run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=3", "validate_every=0", "lr=0.1"))
     msg = str(e.value)
-    assert "\n" not in msg and f"{out} holds a style learned with a different config" in msg
+    assert "\n" not in msg and f"{out} holds a style made with another config" in msg
     assert "steps (2 there, 3 now)" in msg and "lr (0.05 there, 0.1 now)" in msg
-    assert "data.root" not in msg and "Use another out_dir, or the same config to reuse it" in msg
+    assert "data.root" not in msg and "Use another out_dir, or delete that folder" in msg
 
     moved = tmp_path / "moved"
     os.rename(folder_data, moved)
@@ -487,6 +472,5 @@ def test_an_unfinished_style_of_another_config_names_the_keys_and_keeps_its_conf
         run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0",
                                 "vectors=2"))
     msg = str(e.value)
-    assert "\n" not in msg and "holds an unfinished style (checkpoint.pt)" in msg and "vectors (1 there, 2 now)" in msg
-    assert "same config to resume it, or delete" in msg
+    assert "\n" not in msg and "holds a style made with another config" in msg and "vectors (1 there, 2 now)" in msg
     assert (out / "config.yaml").read_text() == saved

@@ -93,7 +93,7 @@ def test_weights_are_loaded_or_refused_with_the_real_cause(base, tmp_path, capsy
     assert "could not be read" in err and str(junk) in err and "hub" not in err
     folder = [o for o in base if not o.startswith("model.weights=")] + [f"model.weights={tmp_path}"]
     assert run_cli("finetune", *folder) == 2
-    assert "is a folder" in capsys.readouterr().err
+    assert "is a folder: give the file in it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, needle", [(["data.shots=100"], "warning: data.shots=100"),
@@ -152,4 +152,4 @@ def test_a_moved_half_finished_run_resumes_with_its_inputs_elsewhere(base, tmp_p
     other.write_bytes(other.read_bytes() + b"\0")
     (moved / "runs" / "moved" / "result.json").unlink()
     assert run_cli("finetune", *relocated) == 2
-    assert "inputs.synthetic" in capsys.readouterr().err
+    assert "synthetic.path ('files:" in capsys.readouterr().err

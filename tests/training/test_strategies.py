@@ -177,7 +177,7 @@ def test_finished_run_is_a_noop_and_a_changed_config_is_refused(base, capsys):
     assert run_cli("finetune", *base, "progress=true") == 0  # a display-only change is the same run
     assert "already finished" in capsys.readouterr().out and res_file.read_text() == before
     assert run_cli("finetune", *base, "real_stage.lr=0.5") == 2
-    assert "different config" in capsys.readouterr().err
+    assert "holds a fine-tuning run made with another config" in capsys.readouterr().err
 
 
 def test_validation_selection_never_uses_test(base):

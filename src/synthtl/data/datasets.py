@@ -603,34 +603,28 @@ def load_data(d: DataConfig, split: str, download: bool | None = None) -> ImageL
                       verify_checksums=d.verify_checksums)
 
 
-_FINGERPRINTS: dict[tuple[str, ...], str] = {}  # per process: a study computes the ids of many jobs
-
-
 def dataset_fingerprint(cfg: DataConfig) -> str:
     """A fingerprint of a dataset's content that does not depend on where it lives (data.root, data.cache_dir).
 
     SHA-256 over the dataset name and, for the train and test lists, the class ids and the sorted (path relative to
     the list's root, size in bytes, label) of every image. A copy under another root keeps its fingerprint; adding,
     removing, renaming, relabelling or resizing a file changes it. It costs one stat() per file (no image is read)
-    and is memoised per process, so a file edited to the same size is not seen (the scan's SHA-256 checks bytes).
+    (a study's expansion looks each dataset up once: `identity.Resolver`), so a file edited to the same size is not
+    seen (the scan's SHA-256 checks bytes).
     A listed file that is missing counts with size -1.
     """
-    root = Path(cfg.root) if cfg.root else default_root()
-    key = (cfg.name, str(root.resolve()), cfg.train_dir, cfg.test_dir, cfg.train_csv, cfg.test_csv, cfg.cache_dir)
-    if key not in _FINGERPRINTS:
-        h = hashlib.sha256(json.dumps(["synthtl dataset fingerprint", 1, cfg.name]).encode())
-        for split in SPLITS:
-            images = load_data(cfg, split, download=False)
-            h.update((json.dumps([split, list(images.classes)]) + "\n").encode())
-            for rel, label in sorted(zip(images.paths, images.labels, strict=True)):
-                try:
-                    size = (images.root / rel).stat().st_size
-                except OSError:
-                    size = -1
-                # json.dumps escapes every odd character (newlines, non-UTF-8 bytes): one unambiguous line per file
-                h.update((json.dumps([rel, size, label]) + "\n").encode())
-        _FINGERPRINTS[key] = h.hexdigest()
-    return _FINGERPRINTS[key]
+    h = hashlib.sha256(json.dumps(["synthtl dataset fingerprint", 1, cfg.name]).encode())
+    for split in SPLITS:
+        images = load_data(cfg, split, download=False)
+        h.update((json.dumps([split, list(images.classes)]) + "\n").encode())
+        for rel, label in sorted(zip(images.paths, images.labels, strict=True)):
+            try:
+                size = (images.root / rel).stat().st_size
+            except OSError:
+                size = -1
+            # json.dumps escapes every odd character (newlines, non-UTF-8 bytes): one unambiguous line per file
+            h.update((json.dumps([rel, size, label]) + "\n").encode())
+    return h.hexdigest()
 
 
 def _download(name: str, spec: DatasetSpec, root: Path) -> None:

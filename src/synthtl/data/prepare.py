@@ -8,6 +8,7 @@ from pathlib import Path
 from synthtl.config import FinetuneConfig
 from synthtl.data.cache import ScanResult, check_overlap, default_cache_dir, scan_images
 from synthtl.data.datasets import load_data
+from synthtl.data.genset import PLAN
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import printable
 from synthtl.data.splits import stratified_val, train_indices
@@ -105,10 +106,18 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
         if not cfg.synthetic.path:
             raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
                               "generated set (`synthtl generate`) or a class-per-folder image folder")
-        if (Path(cfg.synthetic.path) / "plan.json").is_file():  # an img2img set carries its real sources in
+        if (Path(cfg.synthetic.path) / PLAN).is_file():  # an img2img set carries its real sources in
             check_sources(cfg.synthetic.path, trained_on, cfg.synthetic.per_class)
+        kept = None
+        if cfg.synthetic.filter:  # the filter's immutable kept list of this volume (`synthtl filter`)
+            from synthtl.filtering.store import read_kept
+
+            kept = read_kept(cfg.synthetic.path, cfg.synthetic.filter, cfg.synthetic.per_class)
         syn_images, syn_record = load_synthetic_set(cfg.synthetic.path, source, cfg.synthetic.per_class,
-                                                    cfg.synthetic.allow_partial, cfg.synthetic.filter)
+                                                    cfg.synthetic.allow_partial, set(kept["paths"]) if kept else None)
+        if kept:
+            syn_record["filter"] = {"name": cfg.synthetic.filter, "filter": kept["filter"], "kept_list": kept["digest"],
+                                    "per_class": kept["per_class"], "kept": kept["kept"]}
         syn_scan = _scan(syn_images, cfg)
         synthetic = syn_scan.images
         skipped["synthetic"] = len(syn_scan.skipped)

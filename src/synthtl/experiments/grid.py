@@ -9,7 +9,6 @@ the k shots) serves every generated set that uses it.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field, replace
@@ -27,9 +26,9 @@ from synthtl.config import (
     with_overrides,
 )
 from synthtl.data.datasets import DATASETS, classnames
-from synthtl.errors import ConfigError, DataError
-from synthtl.experiments.identity import dataset_identity, forget_missing, identity_hash, job_identity
-from synthtl.training.strategies import STRATEGIES
+from synthtl.errors import ConfigError
+from synthtl.identity import Resolver, digest, identity
+from synthtl.training.strategies import STRATEGIES, effective_config
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style", "lora": "single",
              "lora_per_class": "single", "img2img": "single"}
@@ -44,7 +43,11 @@ class Job:
     config: Any
     needs: list[str] = field(default_factory=list)
     labels: dict = field(default_factory=dict)
-    identity: dict = field(default_factory=dict)  # what the id hashes (experiments/identity.py)
+    identity: dict = field(default_factory=dict)  # what the id hashes (`synthtl.identity`)
+
+    @property
+    def hash(self) -> str:
+        return digest(self.identity)
 
     @property
     def out(self) -> Path:
@@ -82,17 +85,7 @@ def _common(study: StudyConfig) -> list[str]:
     return out
 
 
-def _identity(kind: str, cfg: Any, produced_by: dict[str, str], missing: dict[str, str]) -> dict:
-    """The job's identity; a dataset that is not there yet gets a provisional fingerprint (noted in `missing`)."""
-    try:
-        fingerprint = dataset_identity(cfg.data)
-    except DataError as e:  # a dry run may plan a study before its data is on this machine
-        missing.setdefault(cfg.data.name, str(e))
-        fingerprint = "not-present"
-    return job_identity(kind, cfg, produced_by, dataset=fingerprint)
-
-
-def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int, missing: dict) -> Job:
+def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int, res: Resolver) -> Job:
     shots = 0 if study.grid.shared_style else shots
     method, mode = STYLE_PROMPTS[prompt]
     if prompt not in study.style_presets:
@@ -104,14 +97,14 @@ def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: 
     if (cfg.method, cfg.mode) != (method, mode):  # each method comes from its own preset, never from a flipped key
         raise ConfigError(f"style_presets.{prompt}={preset!r} resolves to method={cfg.method!r}, mode={cfg.mode!r}; "
                           f"{prompt} needs a preset with method: {method}, mode: {mode}")
-    ident = _identity("style", cfg, {}, missing)
-    sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{identity_hash(ident)}"
+    ident = identity(cfg, res)
+    sid = f"style-{_slug(dataset)}-{prompt}-{shots}shot-{digest(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'styles' / sid}", "progress=false"])
     return Job("style", sid, cfg, labels={"dataset": dataset, "prompt": prompt, "shots": shots}, identity=ident)
 
 
 def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, style: Job | None,
-             missing: dict, shots: int = 0, seed: int = -1) -> Job:
+             res: Resolver, shots: int = 0, seed: int = -1) -> Job:
     overrides = [*study.generate, *_common(study), f"data.name={dataset}", f"generator.guidance={guidance}",
                  f"prompts.templates={TEMPLATES[prompt]}"]
     if prompt == "img2img":  # from the run's own real training images: its k shots in few-shot runs
@@ -120,15 +113,15 @@ def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, sty
     if style is not None:
         overrides.append(f"{key}={style.out}")
     cfg = load_config(GenerateConfig, study.generate_preset, overrides)
-    ident = _identity("generate", cfg, {key: style.id} if style else {}, missing)
+    ident = identity(cfg, res, {key: style.hash} if style else {})
     tag = f"-{shots}shot" if prompt == "img2img" and shots else ""
-    gid = f"gen-{_slug(dataset)}-{prompt}{tag}-g{guidance:g}-{identity_hash(ident)}"
+    gid = f"gen-{_slug(dataset)}-{prompt}{tag}-g{guidance:g}-{digest(ident)}"
     cfg = with_overrides(cfg, [f"out_dir={Path(study.folder) / 'gen' / gid}", "progress=false"])
     return Job("generate", gid, cfg, needs=[style.id] if style else [],
                labels={"dataset": dataset, "guidance": guidance, "prompt": prompt}, identity=ident)
 
 
-def _filter_job(study: StudyConfig, gen: Job, name: str, missing: dict) -> Job:
+def _filter_job(study: StudyConfig, gen: Job, name: str, res: Resolver) -> Job:
     """Scoring and keeping images of a generated set (`synthtl filter`; ours, beyond the paper)."""
     if name not in study.filter_presets:
         raise ConfigError(f"grid.filters has {name!r} but filter_presets does not: add filter_presets.{name}=<preset> "
@@ -138,10 +131,8 @@ def _filter_job(study: StudyConfig, gen: Job, name: str, missing: dict) -> Job:
     if not cfg.keep.rule:
         raise ConfigError(f"filter_presets.{name}={study.filter_presets[name]!r} sets no keep rule: add keep.top_k, "
                           "keep.fraction or keep.threshold to it or to the study's `filter` overrides")
-    ident = {**dataclasses.asdict(cfg), "set_dir": {"job": gen.id}}
-    for key in ("progress", "workers", "batch_size", "device"):
-        ident.pop(key, None)
-    fid = f"filter-{name}-{gen.id.removeprefix('gen-')}-{identity_hash(ident)[:8]}"
+    ident = identity(cfg, res, {"set_dir": gen.hash})
+    fid = f"filter-{name}-{gen.id.removeprefix('gen-')}-{digest(ident)}"
     return Job("filter", fid, cfg, needs=[gen.id], labels={**gen.labels, "filter": name}, identity=ident)
 
 
@@ -218,7 +209,6 @@ def expand(study: StudyConfig) -> Plan:
     Raises:
         ConfigError: a stage override sets a key the grid sets per job (`check_stage_overrides`), or a bad preset.
     """
-    forget_missing()
     check_stage_overrides(study)
     g = study.grid
     for s in g.strategies:
@@ -230,6 +220,8 @@ def expand(study: StudyConfig) -> Plan:
     gen_volume: dict[str, int] = {}
     runs: dict[str, Job] = {}
     missing: dict[str, str] = {}
+    res = Resolver(missing)  # a dry run may plan a study before its data is on this machine
+    filter_volumes: dict[str, set[int]] = {}
     runs_dir = Path(study.folder) / "runs"
     filters: dict[str, Job] = {}
     combos = itertools.product(g.datasets, g.models, g.strategies, g.seeds, g.shots, g.volumes, g.guidance, g.prompts,
@@ -244,22 +236,23 @@ def expand(study: StudyConfig) -> Plan:
             if prompt in STYLE_PROMPTS:
                 key = ("style", dataset, prompt, shots if not g.shared_style else 0, seed if shots else -1)
                 if key not in made:
-                    made[key] = _style_job(study, dataset, prompt, shots, seed, missing)
+                    made[key] = _style_job(study, dataset, prompt, shots, seed, res)
                 style = styles.setdefault(made[key].id, made[key])
             own = (shots, seed if shots else -1) if prompt == "img2img" else (0, -1)  # img2img: one set per split
             key = ("generate", dataset, guidance, prompt, style.id if style else None, own)
             if key not in made:
-                made[key] = _gen_job(study, dataset, guidance, prompt, style, missing, *own)
+                made[key] = _gen_job(study, dataset, guidance, prompt, style, res, *own)
             gen = gens.setdefault(made[key].id, made[key])
             gen_volume[gen.id] = max(gen_volume.get(gen.id, 0), volume)
             labels.update(volume=volume, guidance=guidance, prompt=prompt, filter=filt or None)
-            needs, produced_by = [gen.id], {"synthetic.path": gen.id}
+            needs, produced_by = [gen.id], {"synthetic.path": gen.hash}
             if filt:
                 key = ("filter", gen.id, filt)
                 if key not in made:
-                    made[key] = _filter_job(study, gen, filt, missing)
+                    made[key] = _filter_job(study, gen, filt, res)
                 job = filters.setdefault(made[key].id, made[key])
-                needs, produced_by = [job.id], {"synthetic.path": gen.id, "synthetic.filter": job.id}
+                needs, produced_by = [job.id], {"synthetic.path": gen.hash, "synthetic.filter": job.hash}
+                filter_volumes.setdefault(job.id, set()).add(volume)
         presets = tuple(finetune_presets(study, model, shots))
         if presets not in bases:  # one slow config load per preset list; the grid's values are set directly below
             bases[presets] = load_config(FinetuneConfig, list(presets), [*study.finetune, *_common(study),
@@ -269,14 +262,15 @@ def expand(study: StudyConfig) -> Plan:
                if needs else base.synthetic)
         cfg = replace(base, strategy=strategy, seed=seed, model=replace(base.model, name=model),
                       data=replace(base.data, name=dataset, shots=shots), synthetic=syn)
-        ident = _identity("finetune", cfg, produced_by, missing)
-        rid = _slug(f"{dataset}_{model}_{strategy}_{shots}shot_s{seed}") + f"_{identity_hash(ident)}"
+        ident = identity(effective_config(cfg), res, produced_by)
+        rid = _slug(f"{dataset}_{model}_{strategy}_{shots}shot_s{seed}") + f"_{digest(ident)}"
         if rid not in runs:
             runs[rid] = Job("finetune", rid, replace(cfg, run_name=rid), needs=needs, labels=labels, identity=ident)
     for gid, job in gens.items():  # each set is generated once, with the largest volume any run needs
         job.config = replace(job.config, per_class=gen_volume[gid])
         job.labels["per_class"] = gen_volume[gid]
-    for job in filters.values():  # a filter scores every image of its set
+    for job in filters.values():  # a kept list for every volume its runs train on
+        job.config = replace(job.config, per_class=sorted(filter_volumes[job.id]))
         job.labels["per_class"] = gen_volume[job.needs[0]]
     return Plan(study, [*styles.values(), *gens.values(), *filters.values(), *runs.values()], missing)
 

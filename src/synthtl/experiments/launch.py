@@ -1,12 +1,14 @@
 """Launchers: local (in this process, or one subprocess per GPU) and Slurm through submitit (job arrays, requeue).
 
-A job is a resolved YAML file run by the ordinary CLI (`synthtl <command> -c job.yaml`); every job resumes from its
-own checkpoints, so a requeued or re-launched job continues where it stopped.
+A job is a resolved YAML file, run in this process by `jobs.run_job` or in a subprocess by the ordinary CLI
+(`synthtl <command> -c job.yaml`); every job resumes from its own checkpoints, so a requeued or re-launched job
+continues where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -16,21 +18,18 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synthtl import faults
 from synthtl.config import StudyConfig
 from synthtl.errors import ConfigError
 from synthtl.files import LockedError, exclusive, read_json, write_json
+from synthtl.jobs import KINDS, is_finished, run_job
 from synthtl.runtime import is_main
 
-COMMANDS = {"style": "learn-style", "generate": "generate", "filter": "filter", "finetune": "finetune"}
 SUBMITTED = "submitted.json"  # <study>/slurm/: one row per Slurm task submitted without waiting
 # Slurm states (sacct) of a task that will still run, and of one that ended without finishing its work.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING",
           "COMPLETING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 ENDED_BADLY = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
-
-
-def job_argv(stage: str, job_yaml: Path, shard: str = "") -> list[str]:
-    return [COMMANDS[stage], "-c", str(job_yaml), *([f"shard={shard}"] if shard else [])]
 
 
 @dataclass
@@ -39,9 +38,16 @@ class Task:
 
     job: str  # the job's id
     name: str  # the job's id, with ".<i>of<N>" for a shard
-    argv: list[str]
+    kind: str  # a key of `jobs.KINDS`
+    file: Path  # the job's resolved YAML
     lock: Path  # held while it runs, so that a second `synthtl study` never runs it at the same time
+    overrides: list[str] = field(default_factory=list)  # e.g. ["shard=1/4"]
     needs: list = field(default_factory=list)  # Jobs that must be finished first (checked before running on Slurm)
+
+    @property
+    def argv(self) -> list[str]:
+        """The CLI form of the task: `synthtl <argv>`."""
+        return [KINDS[self.kind].command, "-c", str(self.file), *self.overrides]
 
 
 @dataclass
@@ -67,31 +73,26 @@ def is_locked(folder: Path) -> bool:
 
 
 def _inputs_missing(needs: list) -> list[str]:
-    from synthtl.experiments.runner import is_done
-
-    return [j.id for j in needs if not is_done(j)]
+    return [j.id for j in needs if not is_finished(j.kind, j.config)]
 
 
 class JobRunner:
     """Runs one job in the current process; picklable for submitit, which requeues it on preemption."""
 
-    def __call__(self, argv: list[str], lock: str = "", needs: list | None = None, distributed: bool = False) -> int:
-        from synthtl import cli
-
+    def __call__(self, task: Task, distributed: bool = False) -> int:
         if distributed:  # one of the Slurm task's processes: torchrun's environment from submitit's
             import submitit
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-            lock = lock if os.environ.get("RANK", "0") == "0" else ""  # the job's lock is rank 0's
+        lock = task.lock if not distributed or os.environ.get("RANK", "0") == "0" else ""  # the lock is rank 0's
         with exclusive(lock, "study job") if lock else contextlib.nullcontext():
-            missing = _inputs_missing(needs or [])
+            missing = _inputs_missing(task.needs)
             if missing:  # Slurm chains use afterany: a failed input must stop this job, not leave it pending
                 raise RuntimeError(f"not started: input job(s) {', '.join(missing)} did not finish (failed or "
                                    "cancelled); see their logs, fix the cause and run the study again")
-            code = cli.main(list(argv))
-        if code != 0:
-            raise RuntimeError(f"synthtl {' '.join(argv)} exited with {code}")
-        return code
+            faults.point("job", task=task)
+            run_job(task.kind, task.file, task.overrides)
+        return 0
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this on preemption/timeout with the call's arguments: resubmit the same job (it resumes
@@ -109,10 +110,10 @@ def tasks_of(stage: str, jobs: list, study: StudyConfig, files: list[Path], need
         if stage == "generate" and shards > 1:
             for i in range(shards):
                 name = f"{job.id}.{i}of{shards}"
-                out.append(Task(job.id, name, job_argv(stage, f, f"{i}/{shards}"), lock_folder(study, name),
+                out.append(Task(job.id, name, stage, f, lock_folder(study, name), [f"shard={i}/{shards}"],
                                 needs.get(job.id, [])))
         else:
-            out.append(Task(job.id, job.id, job_argv(stage, f), lock_folder(study, job.id), needs.get(job.id, [])))
+            out.append(Task(job.id, job.id, stage, f, lock_folder(study, job.id), needs=needs.get(job.id, [])))
     return out
 
 
@@ -155,7 +156,7 @@ def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
     for t in tasks:
         try:
             with exclusive(t.lock, "study job"):
-                JobRunner()(t.argv)
+                JobRunner()(dataclasses.replace(t, lock=""))  # this process holds the lock
         except KeyboardInterrupt:
             raise
         except LockedError:  # a second `synthtl study` (or a lone command) is running this very job
@@ -197,7 +198,7 @@ def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1
 def process_argv(task: Task, gpus: int) -> list[str]:
     """The command of a task's process: `python -m synthtl ...`, or torchrun over `gpus` GPUs for a fine-tuning or
     generation job (data-parallel; style learning runs on one GPU)."""
-    if gpus > 1 and task.argv[0] in ("finetune", "generate"):
+    if gpus > 1 and task.kind in ("finetune", "generate"):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
                 "-m", "synthtl", *task.argv]
     return [sys.executable, "-m", "synthtl", *task.argv]
@@ -352,8 +353,7 @@ def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]
     if ranks > 1:  # one process per GPU, torchrun's environment exported from submitit's in each (JobRunner)
         params["tasks_per_node"] = ranks
     executor.update_parameters(**params)
-    jobs = executor.map_array(JobRunner(), [t.argv for t in tasks], [str(t.lock) for t in tasks],
-                              [t.needs for t in tasks], [ranks > 1] * len(tasks))
+    jobs = executor.map_array(JobRunner(), tasks, [ranks > 1] * len(tasks))
     if is_main():
         print(f"[synthtl] submitted {len(jobs)} {stage} task(s): {jobs[0].job_id.split('_')[0] if jobs else ''}")
     if not lc.wait:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from synthtl import identity
 from synthtl.config import StudyConfig, to_yaml
 from synthtl.data.datasets import load_data
-from synthtl.errors import ConfigError, DataError, SynthTLError
+from synthtl.data.genset import COMPLETE, PROGRESS_DIR
+from synthtl.errors import DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
-from synthtl.experiments.identity import identity_diff, identity_hash
 from synthtl.files import read_json, remove_temps, write_json, write_text
+from synthtl.identity import IDENTITY
+from synthtl.jobs import is_finished
 from synthtl.runtime import is_main
 
 STAGES = ("style", "generate", "filter", "finetune")
-STUDY_JOB = "study_job.json"  # in each job's folder: the id and identity of the study job that made it
 
 
 class StudyError(SynthTLError):
@@ -30,153 +32,29 @@ def job_file(study: StudyConfig, job: Job) -> Path:
     return Path(study.folder) / "jobs" / f"{job.id}.yaml"
 
 
-def check_folder(job: Job) -> None:
-    """Refuses a job folder made by another job (compares identities, never paths: a moved study is the same).
-
-    Raises:
-        ConfigError: the folder's study_job.json records another identity; names the keys that differ.
-    """
-    record = job.out / STUDY_JOB
-    if not record.is_file():
-        return
-    old = read_json(record).get("identity", {})
-    if identity_hash(old) != identity_hash(job.identity):
-        keys = identity_diff(old, job.identity)
-        raise ConfigError(f"{job.out} holds another job than {job.id} ({', '.join(keys[:6]) or 'identity'} differ); "
-                          "delete that folder, or run the study from another out_dir")
-
-
-def claim_folder(job: Job) -> None:
-    """Records which study job a folder belongs to (before the job runs), so later checks compare identities."""
-    check_folder(job)
-    if not (job.out / STUDY_JOB).is_file():
-        write_json(job.out / STUDY_JOB, {"id": job.id, "kind": job.kind, "identity": job.identity})
-
-
 def is_done(job: Job) -> bool:
-    """Finished jobs are skipped: style.json / every planned image of the needed volume / a filter that covers its
-    set as the set is now / result.json of a run that trained on what its inputs give now.
-
-    A filter whose set grew (or had images redrawn) since it ran is not done: the study runs it again, and it scores
-    only the new images. A filtered run is not done when its selection (its filter's rule on its first images,
-    `filtering.selection`) is not the one it trained on, e.g. images redrawn, or a run of an older synthtl whose
-    filter was decided again (see `stale_run`).
+    """Finished jobs are skipped: style.json / every planned image of the needed volume / a kept list for every
+    volume its runs train on / result.json (`jobs.is_finished`).
 
     Raises:
-        ConfigError: the job's folder belongs to another job (see `check_folder`).
+        ConfigError: the job's folder holds another job (`identity.check`: never by path, so a moved study is the same).
     """
-    out = job.out
-    check_folder(job)
-    if job.kind == "style":
-        return (out / "style.json").is_file()
-    if job.kind == "finetune":
-        return (out / "result.json").is_file() and not stale_run(job)
-    if job.kind == "filter":
-        return (out / "filter.json").is_file() and current_filter(job.config.set_dir, job.config.name) is not None
-    from synthtl.generation.plan import is_complete
-
-    return is_complete(out, job.config.per_class)  # the set's small completion record: no manifest is read
-
-
-# ------------------------------------------------------------------------------------------ filters and their runs
-def current_filter(set_dir: str | Path, name: str) -> dict | None:
-    """A filter's filter.json when it is finished and covers its set as the set is now (`filtering.store.read_filter`,
-    remembered per state of the files), else None: unfinished, or the set was extended or redrawn since it ran."""
-    from synthtl.filtering import store
-
-    try:
-        return store.read_filter(set_dir, name)
-    except DataError:
-        return None
-
-
-def filter_selection(job: Job) -> str | None:
-    """A hash of the images a filtered run trains on (`filtering.selection`: the filter's rule applied to the run's
-    first `synthetic.per_class` images of each class), or None while the filter is unfinished or older than its set.
-
-    The rule sees only the run's own first images, so growing the set leaves it unchanged; re-scoring (another model
-    or config under the filter's name) or redrawn images can change it.
-    """
-    from synthtl.filtering import store
-
-    syn = job.config.synthetic
-    if current_filter(syn.path, syn.filter) is None:
-        return None
-    return store.selection(syn.path, syn.filter, syn.per_class)[1]
-
-
-def stale_run(job: Job) -> str:
-    """Why a filtered run's folder holds training on another choice of its filter than the current one ("" if it
-    does not, or cannot be known yet because the filter must run again first).
-
-    A finished run is stale when its filter now keeps other images of its volume (the selection the study recorded
-    when it launched the run; for a run launched before selections were recorded, a changed filter identity under a
-    top_k / fraction rule). An unfinished run is stale when its selection changed since it started: fine-tuning
-    refuses to resume on another one (its inputs.json records it).
-    """
-    if job.kind != "finetune":
-        return ""
-    syn = job.config.synthetic
-    if not syn.filter or not (job.out / "inputs.json").is_file():
-        return ""
-    summary = current_filter(syn.path, syn.filter)
-    if summary is None:
-        return ""
-    started_on = read_json(job.out / "inputs.json").get("filter")
-    if not (job.out / "result.json").is_file():  # inputs.json records the run's selection (`filtering.selection`)
-        return f"filter {syn.filter!r} changed since the run started" if started_on not in (
-            None, filter_selection(job)) else ""
-    held = read_json(job.out / STUDY_JOB).get("filter_selection") if (job.out / STUDY_JOB).is_file() else None
-    if held is not None:
-        return "" if held == filter_selection(job) else f"filter {syn.filter!r} now keeps other images of its volume"
-    # No selection recorded (a job file run by hand, a Slurm task submitted without waiting): inputs.json holds the
-    # run's selection (`filtering.selection`); a run of an older synthtl holds its filter's whole-set identity, and
-    # trained on that ranking: current while the filter was not decided again (or keeps by threshold)
-    if started_on in (None, filter_selection(job), summary["identity"]) or summary["keep"]["rule"] == "threshold":
-        return ""
-    return f"filter {syn.filter!r} was decided again over a grown set ({summary['keep']['rule']} rule)"
-
-
-def record_selection(job: Job) -> None:
-    """Notes in the run's folder which filtered images it is launched on (its filter has just been made current)."""
-    if job.kind == "finetune" and job.config.synthetic.filter:
-        selection = filter_selection(job)
-        record = read_json(job.out / STUDY_JOB)
-        if selection is not None and record.get("filter_selection") != selection:
-            write_json(job.out / STUDY_JOB, {**record, "filter_selection": selection})
-
-
-def set_aside(study: StudyConfig, job: Job, why: str) -> Path:
-    """Moves a stale run's folder to <study>/stale/ (out of the report's reach, nothing deleted) so it trains again."""
-    base = Path(study.folder) / "stale"
-    base.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while (base / f"{job.id}.{n}").exists():
-        n += 1
-    dest = base / f"{job.id}.{n}"
-    job.out.rename(dest)
-    if is_main():
-        print(f"[synthtl] {job.id}: {why}; its old folder is kept at {dest}, training it again")
-    return dest
+    identity.check(job.out, job.kind, job.identity)
+    return is_finished(job.kind, job.config)
 
 
 def progress_of(job: Job) -> str:
     """What an unfinished job's folder shows: "stopped" (started, then failed or killed: it resumes), "extend" (a
-    finished set to grow, or a finished filter whose set grew), "retrain" (a finished run whose filter now keeps other
-    images of its volume) or "" (never started: a study claims a stage's folders before it launches any)."""
+    finished set to grow, or a filter with kept lists for smaller volumes) or "" (never started)."""
     out = job.out
     if job.kind == "finetune":
-        if (out / "result.json").is_file():
-            return "retrain"
-        return "stopped" if (out / "config.yaml").is_file() or any((out / "checkpoints").glob("*.pt")) else ""
+        return "stopped" if (out / IDENTITY).is_file() or any((out / "checkpoints").glob("*.pt")) else ""
     if job.kind == "style":
         return "stopped" if (out / "checkpoint.pt").is_file() or (out / "adapters" / "checkpoint.pt").is_file() else ""
     if job.kind == "filter":
-        from synthtl.filtering.store import has_scores
+        from synthtl.filtering.store import KEPT, SCORES
 
-        return "extend" if (out / "filter.json").is_file() else "stopped" if has_scores(out) else ""
-    from synthtl.data.synthetic import COMPLETE, PROGRESS_DIR
-
+        return "extend" if any((out / KEPT).glob("*.json")) else "stopped" if (out / SCORES).is_file() else ""
     if (out / COMPLETE).is_file():
         return "extend"  # finished at a smaller volume
     return "stopped" if any(f.stat().st_size for f in (out / PROGRESS_DIR).glob("*.jsonl")) else ""
@@ -269,28 +147,25 @@ def describe_style_job(job: Job) -> str:
     return f"    {job.id}: {total} (one {what} for the dataset)"
 
 
-PROGRESS_LABELS = {"stopped": "stopped part-way", "extend": "to extend", "retrain": "to retrain (filter changed)"}
+PROGRESS_LABELS = {"stopped": "stopped part-way", "extend": "to extend"}
 
 
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
     """The plan: jobs per stage, finished, running elsewhere, to run (of them: stopped part-way, i.e. started by an
-    earlier call that failed or was killed; finished sets and filters to extend; runs to train again because their
-    filter now keeps other images), the GPU-hour estimate and each style job's steps."""
+    earlier call that failed or was killed; finished sets and filters to extend), the GPU-hour estimate and each style
+    job's steps."""
     rates = {**measured_rates(Path(plan.study.folder))}
     elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if _locked(plan.study, j)}
     lines = [f"study {plan.study.name!r} -> {plan.study.folder}"]
     for why in plan.missing.values():
         lines.append(f"  {why} (its job ids are provisional until it is there)")
     total = 0.0
-    growing: set[str] = set()  # finished sets to extend: their finished filters must be updated after them
     for stage in STAGES:
         jobs = plan.of(stage)
-        todo = [j for j in jobs if not is_done(j) or (stage == "filter" and set(j.needs) & growing)]
+        todo = [j for j in jobs if not is_done(j)]
         busy = [j for j in todo if j.id in elsewhere]
         todo = [j for j in todo if j.id not in elsewhere]
         progress = [progress_of(j) for j in todo]
-        if stage == "generate":
-            growing = {j.id for j, p in zip(todo, progress, strict=True) if p == "extend"}
         counts = {k: progress.count(k) for k in PROGRESS_LABELS}
         shown = ", ".join([f"{counts['stopped']} stopped part-way"] +
                           [f"{n} {PROGRESS_LABELS[k]}" for k, n in counts.items() if n and k != "stopped"])
@@ -397,12 +272,6 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
             continue
         if is_main():
             print(f"[synthtl] {stage}: {len(jobs)} job(s)")
-            for j in jobs:
-                why = stale_run(j)
-                if why and not _locked(study, j) and not launcher.is_locked(j.out):  # (else it is run elsewhere)
-                    set_aside(study, j, why)
-                claim_folder(j)
-                record_selection(j)
         t_stage = time.perf_counter()
         out = launcher.launch(stage, jobs, study, [job_file(study, j) for j in jobs], submitted,
                               {j.id: [by_id[n] for n in j.needs] for j in jobs})

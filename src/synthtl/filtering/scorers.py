@@ -1,15 +1,13 @@
 """Scoring models of a filter: zero-shot CLIP on the class names, or a classifier fine-tuned on the real train split.
 
 Each builder returns a `Scorer`: its label space, which of its classes each class of the set is, a function turning
-PIL images into model input, and one giving logits. The identity of a scorer hashes its weights and preprocessing,
-never where they live.
+PIL images into model input, and one giving logits. What a filter is (its scorer's weights by content, never where
+they live) is its declared identity (`synthtl.identity`).
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -30,21 +28,11 @@ OPEN_CLIP = "open_clip:"
 
 @dataclass
 class Scorer:
-    identity: dict  # what the scores depend on (weights hash, preprocessing), recorded in spec.json
+    kind: str  # "clip" or "classifier"
     labels: list[str]  # names of the model's classes
     targets: dict[int, int]  # class_index of the set -> index into `labels`
     prepare: Callable[[list[Image.Image]], Any]  # PIL images -> model input on the device
     logits: Callable[[Any], torch.Tensor]  # model input -> B x len(labels) float32 logits
-
-
-def state_hash(module: torch.nn.Module) -> str:
-    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes, bytes): equal weights, equal hash."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}\t{t.dtype}\t{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def check_source(cfg: FilterConfig) -> None:
@@ -79,19 +67,6 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
-def _hub_commit(model: str) -> str:
-    """The snapshot commit of a hub id in the local cache ("local" for a folder)."""
-    if Path(model).is_dir():
-        return "local"
-    try:
-        from huggingface_hub import snapshot_download
-
-        where = Path(snapshot_download(model, local_files_only=True)).as_posix()
-    except Exception:  # loading already succeeded, so only the label is missing
-        return "unknown"
-    return where.rsplit("/snapshots/", 1)[-1] if "/snapshots/" in where else "unknown"
-
-
 def looks_like_path(model: str) -> bool:
     """Whether clip.model is meant as a local path rather than a hub id ("name" or "namespace/name")."""
     return (model.startswith(("/", "./", "../", "~", ".\\", "..\\")) or model in (".", "..") or model.count("/") > 1
@@ -117,11 +92,6 @@ def clip_scorer(model_id: str, classes: list[tuple[int, str, str]], prompts: lis
         raise ConfigError(f"clip.model={model_id!r} could not be loaded as a transformers CLIP ({_first_line(e)}); "
                           "offline, set clip.model to a local folder holding a CLIP model and its processor "
                           "(save_pretrained), or to a hub id already in the cache") from None
-    identity = {"kind": "clip", "backend": "transformers", "model": model_id if not Path(model_id).is_dir() else
-                "local", "revision": _hub_commit(model_id), "weights": state_hash(model),
-                "processor": json.loads(processor.image_processor.to_json_string()),
-                "vocab": hashlib.sha256(json.dumps(processor.tokenizer.get_vocab(), sort_keys=True).encode()
-                                        ).hexdigest()[:16]}
     model.to(device)
     with torch.inference_mode():
         text = processor(text=prompts, return_tensors="pt", padding=True)
@@ -137,7 +107,7 @@ def clip_scorer(model_id: str, classes: list[tuple[int, str, str]], prompts: lis
         out = model.get_image_features(pixel_values=pixels)
         return scale * _unit(out if isinstance(out, torch.Tensor) else out.pooler_output).float() @ text_features.T
 
-    return Scorer(identity, [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
+    return Scorer("clip", [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
                   logits)
 
 
@@ -170,11 +140,6 @@ def open_clip_scorer(spec: str, classes: list[tuple[int, str, str]], prompts: li
     finally:
         logging.disable(quiet)
     model.eval()  # dropout and patch dropout off: a score must not depend on the batch or the run
-    identity = {"kind": "clip", "backend": "open_clip", "model": arch, "revision": pretrained if is_tag else "local",
-                "weights": state_hash(model),
-                "processor": json.loads(json.dumps(model.visual.preprocess_cfg)),  # tuples -> lists, as spec.json
-                "tokenizer": type(tokenizer).__name__,
-                "tokens": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:16]}
     model.to(device)
     with torch.inference_mode():
         text_features = _unit(model.encode_text(tokens.to(device)).float())
@@ -188,7 +153,7 @@ def open_clip_scorer(spec: str, classes: list[tuple[int, str, str]], prompts: li
     def logits(pixels: torch.Tensor) -> torch.Tensor:
         return scale * _unit(model.encode_image(pixels).float()) @ text_features.T + bias
 
-    return Scorer(identity, [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
+    return Scorer("clip", [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
                   logits)
 
 
@@ -286,17 +251,13 @@ def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], de
         raise DataError(f"classifier.run={str(run)!r} has {result['num_classes']} classes but its dataset now has "
                         f"{real.num_classes}; set classifier.data_root to the dataset the run was trained on")
     mapping = _match_classes([(cid, name) for _, cid, name in classes], real, f"classifier.run={run}")
-    weights, label = final_weights(run, result)
+    weights, _ = final_weights(run, result)
     model, data_config = create_classifier(run_cfg["model"]["name"], result["num_classes"], pretrained=False,
                                            img_size=run_cfg["model"].get("img_size", 0))
     model.load_state_dict(load_torch(weights, "synthtl checkpoint", f"re-run {run} or choose another "
                                      "classifier.run")["model"])
     model.eval()
     transform = eval_transform(data_config)
-    identity = {"kind": "classifier", "model": run_cfg["model"]["name"], "weights": state_hash(model),
-                "checkpoint": label, "run_config_hash": result.get("config_hash"),
-                "preprocess": {k: data_config[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")
-                               if k in data_config}}
     model.to(device)
 
     def prepare(images: list[Image.Image]) -> torch.Tensor:
@@ -305,5 +266,5 @@ def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], de
     def logits(x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
 
-    return Scorer(identity, list(real.names), {c: mapping[j] for j, (c, _, _) in enumerate(classes)}, prepare,
+    return Scorer("classifier", list(real.names), {c: mapping[j] for j, (c, _, _) in enumerate(classes)}, prepare,
                   logits)

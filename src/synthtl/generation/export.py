@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from synthtl.data.synthetic import class_names, completion, iter_completed_rows, read_state
+from synthtl.data.genset import completed_rows, completion, read_state
 from synthtl.errors import ConfigError, DataError
-from synthtl.files import atomic_open, read_json, write_text
+from synthtl.files import atomic_open, write_text
 
 META_KEYS = ("class_name", "class_index", "prompt", "negative_prompt", "seed", "redraws", "model", "revision",
              "scheduler", "steps", "guidance", "height", "width", "dtype", "style_hash", "truncated")
@@ -40,7 +40,7 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is an existing file; give a folder for the exported dataset")
     set_state = read_state(folder)
-    state = completion(folder, state=set_state)
+    state = completion(set_state)
     partial = not state["complete"]
     if partial and not allow_partial:
         raise DataError(f"generated set {folder} is unfinished: {state['done']} of {state['total']} planned images are "
@@ -48,12 +48,12 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
                         "images (the dataset card records it)")
     if not set_state.done.any():
         raise DataError(f"{folder} has no finished images to export")
-    plan = read_json(folder / "plan.json")["identity"] if (folder / "plan.json").is_file() else {}
-    names = list(plan.get("classes") or class_names(set_state.rows))
+    plan = set_state.rows.settings
+    names = [k["name"] for k in set_state.rows.classes]
     split = out / "train"
     n = 0
     with atomic_open(split / "metadata.jsonl", "w") as meta:  # streamed: a million rows never sit in memory
-        for r in iter_completed_rows(folder, set_state):
+        for r in completed_rows(folder, set_state):
             rel = Path(r["path"]).relative_to("images")
             dst = split / rel
             if not dst.exists():

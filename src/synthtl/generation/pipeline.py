@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 
 from synthtl.config import GeneratorConfig
 from synthtl.errors import ConfigError, SynthTLError
-from synthtl.files import content_sha256
 from synthtl.registry import Registry
 from synthtl.runtime import Runtime, resolve_runtime
 
@@ -171,12 +169,12 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
 
 def apply_style_lora(pipe, path: str) -> bool:
     """Adds a style LoRA into the pipeline's weights, fused (before `optimize`, so fused projections and compile see
-    the styled weights); returns whether it is per-class, whose weights `style.lora.set_style_lora_class` switches.
+    the styled weights); returns whether it is per-class, whose weights `styles.set_style_lora_class` switches.
 
     Raises:
         ConfigError: the path is not a LoRA, or the LoRA was learned for another base model.
     """
-    from synthtl.style.lora import load_style_lora
+    from synthtl.generation.styles import load_style_lora
 
     return load_style_lora(pipe, path).per_class
 
@@ -200,69 +198,8 @@ def optimize(pipe, gen: GeneratorConfig, rt: Runtime):
     return pipe
 
 
-def generator_identity(gen: GeneratorConfig) -> dict:
-    """What identifies the generator's weights, never where they live: {"model", "revision"}.
-
-    - hub id: {"model": id, "revision": the snapshot commit} (from the local cache; the configured ref if the
-      model is not downloaded yet, e.g. "main");
-    - local diffusers folder or single-file checkpoint: {"model": "local", "revision": "local-" + a content hash
-      of its files (and of `single_file_config`'s)}: two fine-tuned checkpoints with one config differ;
-    - "tiny": {"model": "tiny", "revision": "tiny-" + a hash of the random weights' configs and values}.
-
-    Depends on the config only, not on a loaded pipeline, so loading a style embedding (which grows the text
-    encoder's vocabulary) cannot change it. Local files are hashed once (see `hash_files`).
-    """
-    model = gen.model
-    if model == "tiny":
-        return {"model": "tiny", "revision": _tiny_revision(gen.tiny_seed)}
-    path = Path(model)
-    if path.is_file() or path.is_dir():
-        files = _weight_files(path)
-        if path.is_file() and gen.single_file_config and Path(gen.single_file_config).is_dir():
-            files += _weight_files(Path(gen.single_file_config))
-        return {"model": "local", "revision": "local-" + hash_files(files)[:16]}
-    if re.fullmatch(r"[0-9a-f]{40}", gen.revision):
-        return {"model": model, "revision": gen.revision}
-    return {"model": model, "revision": _hub_commit(model, gen.revision)}
-
-
-def _hub_commit(repo_id: str, ref: str) -> str:
-    """The commit a hub ref points at in the local cache; the ref itself when nothing is cached."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        where = snapshot_download(repo_id, revision=ref or None, local_files_only=True)
-    except Exception:  # not downloaded (or not a hub id): loading the pipeline gives the clear error
-        return ref or "main"
-    snap = re.search(r"snapshots/([0-9a-f]{40})", Path(where).as_posix())
-    return snap.group(1) if snap else (ref or "main")
-
-
-def _weight_files(path: Path) -> list[tuple[str, Path]]:
-    """(name inside the model, file) of every file that can change what a model folder generates.
-
-    Hidden files (caches, locks) and docs are left out; names are relative so the folder can move.
-    """
-    if path.is_file():
-        return [(path.name, path)]
-    found = []
-    for p in sorted(path.rglob("*")):
-        rel = p.relative_to(path)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix != ".md":
-            found.append((rel.as_posix(), p))
-    return found
-
-
-def hash_files(files: list[tuple[str, Path]]) -> str:
-    """sha256 over (name, content sha256) of each file; contents are hashed once (`files.content_sha256`)."""
-    h = hashlib.sha256()
-    for name, p in sorted(files, key=lambda x: x[0]):
-        h.update(f"{name}\0{content_sha256(p)}\n".encode())
-    return h.hexdigest()
-
-
 @functools.cache
-def _tiny_revision(seed: int) -> str:
+def tiny_revision(seed: int) -> str:
     """A fingerprint of the tiny pipeline's configs and random weights (the same recipe as earlier sets used)."""
     comps = tiny_components(seed)
     h = hashlib.sha256()

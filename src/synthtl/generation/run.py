@@ -24,16 +24,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from synthtl import identity
 from synthtl.config import GenerateConfig
+from synthtl.data import genset
 from synthtl.data.cache import resized_jpeg
 from synthtl.data.datasets import DATASETS, classnames, load_data
-from synthtl.data.synthetic import PROGRESS_DIR, SetRows, present, read_state
+from synthtl.data.genset import PROGRESS_DIR, SetRows, present, read_state
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.files import append_jsonl, read_json, remove_temps, write_bytes, write_json
-from synthtl.generation import img2img
-from synthtl.generation import plan as planning
-from synthtl.generation.pipeline import generator_identity, generator_runtime, load_pipeline
+from synthtl.generation import img2img, shards
+from synthtl.generation.pipeline import generator_runtime, load_pipeline
 from synthtl.generation.prompts import STYLE_TOKEN, fit_prompt, needs_token, template_set
+from synthtl.generation.styles import class_tokens, generation_style_hash, load_into_pipeline, set_style_lora_class
 from synthtl.runtime import dtype_name, is_main
 
 
@@ -168,16 +170,33 @@ def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]
     return prompts, tokens
 
 
+SETTINGS_FORMAT = 1  # of plan.json's settings: what the images depend on
+
+
+def settings(cfg: GenerateConfig, classes: list[tuple[str, str]], dtype: str, templates: list[str], style_hash: str,
+             extra: dict | None = None) -> dict:
+    """What the set's images depend on, as resolved on this machine (the generator's weights, the dtype "auto" became,
+    the templates, the style's content hash, the class names), recorded in plan.json and in every manifest row;
+    `extra`: the keys of mode=img2img (`img2img.identity`)."""
+    g, p = cfg.generator, cfg.prompts
+    weights = identity.generator_weights(g)  # from the weights, so a style embedding cannot change it
+    return {**(extra or {}), "format": SETTINGS_FORMAT, "model": weights["model"], "revision": weights["revision"],
+            "scheduler": g.scheduler, "steps": g.steps, "guidance": g.guidance, "height": g.height, "width": g.width,
+            "dtype": dtype, "templates": templates, "suffix": p.suffix, "negative": p.negative,
+            "style_hash": style_hash, "seed": cfg.seed, "classes": [name for _, name in classes],
+            "image_format": cfg.image_format, "quality": cfg.quality, "train_copy": cfg.train_copy}
+
+
 def finished(rows: SetRows, per_class: int) -> bool:
     """The first `per_class` images of every class are finished: the completion record says so and their files
     are there (one listing per class, so a deleted file is redrawn), without reading a log or the manifest."""
-    return planning.is_complete(rows.folder, per_class) and bool(present(rows)[rows.idx < per_class].all())
+    return genset.is_complete(rows.folder, per_class) and bool(present(rows)[rows.idx < per_class].all())
 
 
 def resume_todo(folder: Path, rows: SetRows, per_class: int, shard: int, num_shards: int) -> tuple[np.ndarray, list]:
     """(this shard's rows, its unfinished ones in generation order); removes the temp files it left when killed."""
-    mine = planning.shard_mask(rows, shard, num_shards) & (rows.idx < per_class)
-    planning.remove_shard_temps(folder, rows, mine, shard, num_shards)
+    mine = shards.shard_mask(rows, shard, num_shards) & (rows.idx < per_class)
+    shards.remove_shard_temps(folder, rows, mine, shard, num_shards)
     todo = np.flatnonzero(mine & ~read_state(folder).done)
     todo = todo[np.lexsort((rows.cls[todo], rows.idx[todo]))]  # by image index, then class: batches span classes
     return mine, todo.tolist()
@@ -191,24 +210,23 @@ def _setup(cfg: GenerateConfig, folder: Path):
     finds it there and only checks it. With mode=img2img the sources are selected (and checked against the test
     split) first: they are part of the identity.
     """
-    from synthtl.style.embeddings import class_tokens, load_into_pipeline
-    from synthtl.style.lora import generation_style_hash
-
     templates = template_set(cfg.prompts.templates, cfg.prompts.custom)
     if needs_token(templates) and not cfg.prompts.style_embedding:
         raise ConfigError(f"prompts.templates={cfg.prompts.templates} uses the style token: set "
                           "prompts.style_embedding to the output of `synthtl learn-style`")
+    ident = identity.identity(cfg, identity.Resolver(missing={}))  # class names suffice without the dataset
+    identity.check(folder, "generate", ident)  # another config's set is refused before anything loads
     classes = class_list(cfg)
     rt = generator_runtime(cfg.generator)
-    generator = generator_identity(cfg.generator)  # from the weights, so a style embedding cannot change it
     style_hash = generation_style_hash(cfg.prompts)  # the embedding's and/or the style LoRA's content hash
     sources = img2img.select_sources(cfg, classes) if cfg.mode == "img2img" else None
     extra = img2img.identity(cfg, sources) if sources is not None else None
-    ident = planning.identity(cfg, classes, generator, dtype_name(rt.dtype), templates, style_hash, extra)
+    made = settings(cfg, classes, dtype_name(rt.dtype), templates, style_hash, extra)
     if sources is not None:
-        _explain_source_change(folder, ident, sources)
+        _explain_source_change(folder, made, sources)
     reader = img2img.SourceReader(sources.root, cfg.generator.width, cfg.generator.height) if sources else None
-    planned = planning.planned_rows(folder, ident, cfg.per_class)
+    old = genset.check_settings(folder, made)
+    planned = genset.rows_of(folder, old) if old is not None and old["per_class"] >= cfg.per_class else None
     if planned is not None and finished(planned, cfg.per_class):
         return None, rt, planned, reader  # a finished set: nothing to load, nothing to write
     pipe = load_pipeline(cfg.generator, rt, style_lora=cfg.prompts.style_lora)
@@ -224,21 +242,22 @@ def _setup(cfg: GenerateConfig, folder: Path):
     if planned is not None:
         return pipe, rt, planned, reader
     prompts, tokens = _prompts_and_tokens(pipe, cfg, classes, templates, token_map, default_token)
-    table = planning.class_table(classes, prompts, tokens, sources)
-    with planning.set_lock(folder):
-        rows = planning.write_or_check(folder, ident, table, cfg.per_class, notes)
+    table = genset.class_table(classes, prompts, tokens, sources)
+    with shards.set_lock(folder):
+        identity.claim(folder, "generate", ident)
+        rows = genset.write_or_extend(folder, made, table, cfg.per_class, notes)
         remove_temps(folder)  # a killed plan write's temp file (plan and manifest are only written under this lock)
     return pipe, rt, rows, reader
 
 
-def _explain_source_change(folder: Path, ident: dict, sources: img2img.Sources) -> None:
+def _explain_source_change(folder: Path, made: dict, sources: img2img.Sources) -> None:
     """Refuses a set planned from other img2img sources with a line naming the first differing source (the plain
-    identity check would only show two hashes)."""
-    plan_file = folder / planning.PLAN
+    settings check would only show two hashes)."""
+    plan_file = folder / genset.PLAN
     if not plan_file.is_file():
         return
     old = read_json(plan_file)
-    if old["identity"].get("sources") in (None, ident["sources"]):
+    if old["settings"].get("sources") in (None, made["sources"]):
         return
     what = img2img.changed_sources(old.get("classes", []), sources) or "the sources differ"
     raise ConfigError(f"{folder} was planned from other img2img sources ({what}). Use another out_dir, or the "
@@ -250,8 +269,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     """Generates (or resumes) this shard's part of the set; returns a summary (this shard's and the whole set's)."""
     shard, num_shards = parse_shard(cfg.shard)
     folder = Path(cfg.out_dir)
-    planning.check_out_dir(folder)
-    with planning.shard_lock(folder, shard, num_shards):
+    shards.check_out_dir(folder)
+    with shards.shard_lock(folder, shard, num_shards):
         return _run_shard(cfg, folder, shard, num_shards)
 
 
@@ -261,12 +280,12 @@ STATS_EVERY_S = 10.0  # how often a generating shard rewrites its cost record (p
 def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -> dict:
     pipe, rt, rows, reader = _setup(cfg, folder)
     if pipe is None:
-        mine, todo = planning.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class), []
+        mine, todo = shards.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class), []
     else:
         mine, todo = resume_todo(folder, rows, cfg.per_class, shard, num_shards)
-    log = folder / PROGRESS_DIR / f"{planning.shard_name(shard, num_shards)}.jsonl"
+    log = folder / PROGRESS_DIR / f"{genset.shard_name(shard, num_shards)}.jsonl"
     t0 = time.perf_counter()
-    stats_file = planning.stats_file(folder, shard, num_shards)
+    stats_file = genset.stats_file(folder, shard, num_shards)
     prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
     saved = [t0]
 
@@ -286,11 +305,11 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
     seconds = time.perf_counter() - t0
     save_stats(stats, elapsed=seconds)
     if pipe is None:
-        complete = planning.is_complete(folder)
+        complete = genset.is_complete(folder)
     else:
-        with planning.set_lock(folder):
-            complete = planning.finalize(folder, rows, shard, num_shards, cfg.per_class)
-    whole = planning.set_stats(folder)
+        with shards.set_lock(folder):
+            complete = shards.finalize(folder, rows, shard, num_shards, cfg.per_class)
+    whole = genset.set_stats(folder)
     planned = int(mine.sum())
     summary = {"shard": f"{shard}/{num_shards}", "planned": planned, "already_done": planned - len(todo),
                "generated": stats["images"], "redraws": stats["redraws"], "seconds": seconds,
@@ -312,8 +331,6 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
 
     With a per-class style LoRA every batch holds one class, whose adapter is written into the weights first.
     """
-    from synthtl.style.lora import set_style_lora_class
-
     per_class = getattr(getattr(pipe, "synthtl_style_lora", None), "per_class", False)
     if per_class:
         todo = sorted(todo, key=lambda p: (rows.cls[p], rows.idx[p]))  # class by class: one switch per class
@@ -351,7 +368,7 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
                 batch = [queue.popleft() for _ in range(n)]
                 batch_rows = [rows.row(p) for p, _ in batch]
                 set_style_lora_class(pipe, batch_rows[0]["class_name"])  # a no-op without a per-class LoRA
-                seeds = [planning.image_seed(cfg.seed, r["class_index"], r["index"], a)
+                seeds = [genset.image_seed(cfg.seed, r["class_index"], r["index"], a)
                          for r, (_, a) in zip(batch_rows, batch, strict=True)]
                 try:
                     if reader is None:

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from synthtl.data.genset import class_folders, read_state
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
-from synthtl.data.synthetic import read_state
 from synthtl.errors import BadImageError
 from synthtl.files import write_bytes
-from synthtl.generation.plan import class_folders
 
 THUMB = 128
 LABEL_W = 150

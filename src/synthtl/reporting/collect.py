@@ -12,7 +12,6 @@ from pathlib import Path
 
 import yaml
 
-from synthtl.config import FINETUNE_VOLATILE, config_hash
 from synthtl.files import read_json, read_jsonl
 
 SYNTHETIC_STRATEGIES = {"mixed", "synthetic_only", "bridged", "bridged_reinit", "bridged++", "vanilla_matched"}
@@ -38,17 +37,13 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
     if not plan.is_file():
         return None, None
     data = read_json(plan)
-    ident = data["identity"]
+    ident = data.get("settings", {})
     if ident.get("mode") == "img2img":
         prompt = "img2img"
     elif "lora-" in str(ident.get("style_hash", "")):
         prompt = "lora_per_class" if data.get("style_lora") == "class" else "lora"
     elif ident.get("style_hash"):
-        if "classes" in data:  # one record per class, with its style token
-            tokens = {k.get("token") for k in data["classes"]}
-        else:  # a set planned by an older version
-            tokens = {r.get("token") for r in read_jsonl(gen_dir / "manifest.jsonl")[:1000]}
-        prompt = "per_class" if len(tokens) > 1 else "dsi"
+        prompt = "per_class" if len({k.get("token") for k in data.get("classes", [])}) > 1 else "dsi"
     elif len(ident.get("templates", [])) == 80:
         prompt = "imagenet80"
     elif ident.get("templates") == ["a good photo of the {}."]:
@@ -98,15 +93,9 @@ def find_runs(study_dir: str | Path) -> list[Run]:
 
 
 def run_identity(run: Run) -> tuple[str, object]:
-    """(config hash, seed): what makes two run folders the same run, wherever they live.
-
-    The hash is the one the run wrote into result.json; runs written before it existed get the same hash of their
-    config.yaml without the keys that never change a result (FINETUNE_VOLATILE).
-    """
-    h = run.result.get("config_hash")
-    if not h and run.config:
-        h = config_hash(run.config, FINETUNE_VOLATILE)
-    return str(h or f"folder:{run.folder}"), run.result.get("seed", run.labels.get("seed"))
+    """(identity hash, seed): what makes two run folders the same run, wherever they live (result.json's
+    "identity", `synthtl.identity`)."""
+    return str(run.result.get("identity") or f"folder:{run.folder}"), run.result.get("seed", run.labels.get("seed"))
 
 
 def unique_runs(runs: list[Run]) -> tuple[list[Run], list[dict]]:
@@ -122,7 +111,7 @@ def unique_runs(runs: list[Run]) -> tuple[list[Run], list[dict]]:
         if ident in kept:
             k = kept[ident]
             dropped.append({"run": r.id, "folder": str(r.folder), "kept": k.id, "kept_folder": str(k.folder),
-                            "config_hash": ident[0], "seed": ident[1], "top1": r.result.get("test", {}).get("top1"),
+                            "identity": ident[0], "seed": ident[1], "top1": r.result.get("test", {}).get("top1"),
                             "kept_top1": k.result.get("test", {}).get("top1")})
         else:
             kept[ident] = r
@@ -138,7 +127,7 @@ def collect_runs(study_dir: str | Path) -> list[Run]:
 class GenSet:
     id: str
     folder: Path
-    identity: dict
+    settings: dict  # plan.json's: what its images were made with
     labels: dict
     images: int
     seconds: float
@@ -152,7 +141,7 @@ def collect_gensets(study_dir: str | Path) -> list[GenSet]:
     out = []
     for plan_file in sorted(root.glob("gen/*/plan.json")):
         folder = plan_file.parent
-        ident = read_json(plan_file)["identity"]
+        ident = read_json(plan_file).get("settings", {})
         images = seconds = gpu = redraws = 0
         for s in folder.glob("progress/*.summary.json"):
             d = read_json(s)

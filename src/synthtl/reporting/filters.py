@@ -1,6 +1,7 @@
-"""The report's filter section (ours, beyond the paper): for every finished filter under a study's gen/*/filters/*,
-keep rates per class (table), score histograms of kept and dropped images (figure) and the lowest-scored dropped
-images of each class (contact sheet). Read from the filters' files only (`synthtl.filtering.store`)."""
+"""The report's filter section (ours, beyond the paper): for every filter under a study's gen/*/filters/*, its kept
+list of the largest volume: keep rates per class (table), score histograms of kept and dropped images (figure) and
+the lowest-scored dropped images of each class (contact sheet). Read from the filters' files only
+(`synthtl.filtering.store`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 from synthtl.data.images import load_rgb  # noqa: E402
 from synthtl.errors import BadImageError, DataError, SynthTLError  # noqa: E402
 from synthtl.files import CorruptFileError, write_bytes  # noqa: E402
-from synthtl.filtering.store import decisions, find_filters, read_filter  # noqa: E402
+from synthtl.filtering.store import filter_dir, find_kept, read_cost, read_kept, read_scores  # noqa: E402
 from synthtl.reporting.collect import GenSet  # noqa: E402
 from synthtl.reporting.plots import _save  # noqa: E402
 from synthtl.reporting.tables import Table  # noqa: E402
@@ -31,9 +32,9 @@ class FilterRun:
     set_id: str
     set_folder: Path
     name: str
-    summary: dict  # filter.json
-    rows: list[dict]  # decisions.jsonl
-    stale: bool  # the set changed after the filter ran (its decisions no longer cover the set exactly)
+    summary: dict  # its kept list of the largest volume (kept/<V>.json)
+    rows: list[dict]  # the score rows of the images that list covers, each with "kept"
+    cost: dict  # every scoring session (`store.read_cost`)
     set_label: str = ""  # what the set is: "dataset, prompt style, guidance" (its folder id when unknown)
 
     @property
@@ -42,25 +43,24 @@ class FilterRun:
 
 
 def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
-    """Every finished filter of the study's generated sets, and a note for each one that cannot be read."""
+    """Every filter of the study's generated sets (its kept list of the largest volume), and a note for each one that
+    cannot be read."""
     found, problems = [], []
     for g in gensets:
-        for name in find_filters(g.folder):
+        for name, file in find_kept(g.folder).items():
             try:
-                stale = False
-                try:
-                    read_filter(g.folder, name)
-                except DataError:
-                    stale = True  # shown, marked; a damaged decisions file fails again just below
-                summary = read_filter(g.folder, name, check_current=False)
-                rows = decisions(g.folder, name, check_current=False)
+                summary = read_kept(g.folder, name, int(file.stem))
+                chosen = set(summary["paths"])
+                rows = [{**r, "kept": r["path"] in chosen} for r in read_scores(filter_dir(g.folder, name)).values()
+                        if r["index"] < summary["per_class"]]
             except (DataError, CorruptFileError, ValueError, KeyError) as e:  # a damaged or foreign filter folder
                 problems.append(f"{g.id}/{name}: {e if isinstance(e, SynthTLError) else f'unreadable ({e!r})'}")
                 continue
             lab = g.labels
             what = ", ".join(str(x) for x in (lab.get("dataset"), lab.get("prompt")) if x)
             what += f", guidance {lab['guidance']:g}" if isinstance(lab.get("guidance"), int | float) else ""
-            found.append(FilterRun(g.id, g.folder, name, summary, rows, stale, what))
+            cost = read_cost(filter_dir(g.folder, name))
+            found.append(FilterRun(g.id, g.folder, name, summary, rows, cost, what))
     return found, problems
 
 
@@ -75,16 +75,14 @@ def keep_table(filters: list[FilterRun]) -> Table:
         for cls, c in lines:
             rate = 100.0 * c["kept"] / c["scored"] if c["scored"] else 0.0
             top1 = 100.0 * c["top1"] / c["scored"] if c["scored"] else 0.0
-            rows.append([f.label + (" (stale)" if f.stale else ""), s["method"], rule, cls, str(c["scored"]),
+            rows.append([f.label, s["method"], rule, cls, str(c["scored"]),
                          str(c["kept"]), f"{rate:.1f}", f"{top1:.1f}"])
             raw.append({"set": f.set_id, "filter": f.name, "method": s["method"], "score": s["score"],
                         "rule": s["keep"]["rule"], "value": s["keep"]["value"], "class": cls, "scored": c["scored"],
-                        "kept": c["kept"], "keep_rate": rate, "top1_rate": top1, "identity": s["identity"],
-                        "stale": f.stale})
-    note = ("Ours, beyond the paper (as in He et al. ICLR'23, DISEF, ALIA, SaSPA). top-1 = images the scoring model "
-            "puts in their own class.")
-    if any(f.stale for f in filters):
-        note += " (stale): the set changed after the filter ran; re-run `synthtl filter` (or the study) to update it."
+                        "kept": c["kept"], "keep_rate": rate, "top1_rate": top1, "identity": s["filter"],
+                        "per_class": s["per_class"]})
+    note = ("Ours, beyond the paper (as in He et al. ICLR'23, DISEF, ALIA, SaSPA): each filter's kept list of its "
+            "largest volume. top-1 = images the scoring model puts in their own class.")
     return Table("filter_keep", "Synthetic-image filters: keep rate per class",
                  ["set, filter", "method", "rule", "class", "scored", "kept", "kept %", "top-1 %"], rows, raw, note)
 

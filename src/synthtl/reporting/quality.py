@@ -22,9 +22,9 @@ from PIL import Image, UnidentifiedImageError
 
 from synthtl.config import DataConfig, ReportConfig, from_dict
 from synthtl.data.datasets import load_data
+from synthtl.data.genset import completed_rows
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb, to_rgb
-from synthtl.data.synthetic import completed_rows
 from synthtl.errors import SynthTLError
 from synthtl.files import write_bytes
 from synthtl.metrics.distances import fid, kid, precision_recall
@@ -359,13 +359,10 @@ def filter_label(set_label: str, f: FilterRun) -> str:
 
 def kept_indices(syn: Scanned, f: FilterRun) -> tuple[np.ndarray | None, str]:
     """Rows of `syn` (the set's finished images) that the filter kept, or None and why they are not measured."""
-    if f.stale:
-        return None, (f"stale: the set changed after the filter ran; re-run `synthtl filter {f.set_folder} "
-                      f"name={f.name}` with the same config")
     where = {p: i for i, p in enumerate(syn.images.paths)}
     kept = [r["path"] for r in f.rows if r["kept"]]
     lost = [p for p in kept if p not in where]
-    if lost:  # cannot happen for a current filter (same rows digest); never measure a guess
+    if lost:  # images deleted since (validate --repair): never measure a guess
         return None, f"{len(lost)} kept images are not finished images of the set (e.g. {lost[0]}); re-run the filter"
     if not kept:
         return None, "the filter keeps no image"
@@ -413,8 +410,8 @@ def measure_filters(space: FeatureSpace, train: Scanned, syn: Scanned, cfg: Repo
     measured, rows, raw = [], [], []
     for f in filters:
         label = filter_label(set_label, f)
-        info = {**base, "filter": f.name, "filter_identity": f.summary.get("identity"),
-                "kept": sum(bool(r["kept"]) for r in f.rows), "scored": len(f.rows), "stale": f.stale}
+        info = {**base, "filter": f.name, "filter_identity": f.summary["filter"], "per_class": f.summary["per_class"],
+                "kept": sum(bool(r["kept"]) for r in f.rows), "scored": len(f.rows)}
         idx, why = kept_indices(syn, f)
         if idx is None:
             rows.append([f"{label} — not measured ({why})"] + ["–"] * 9)
@@ -481,10 +478,10 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
                     s.all_features(space, cache)
         rows = {r["path"]: r for r in completed_rows(g.folder)}
         syn = Scanned.of(synthetic_list(g, list(rows.values())))
-        label = f"{dataset} / {g.labels.get('prompt')} / guidance {g.identity.get('guidance')}"
+        label = f"{dataset} / {g.labels.get('prompt')} / guidance {g.settings.get('guidance')}"
         mine = filters.get(Path(g.folder), [])
         base = {"set": g.id, "dataset": dataset, "prompt": g.labels.get("prompt"),
-                "guidance": g.identity.get("guidance")}
+                "guidance": g.settings.get("guidance")}
         if reals[dataset] is None or not len(syn.images):
             q_rows.append([label, str(len(syn.images)), "–", str(space.dim)] + ["–"] * 6)
             q_rows += [[f"{filter_label(label, f)} — not measured (no real train split)"] + ["–"] * 9 for f in mine]
@@ -524,15 +521,14 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
               f"above it); KID: {cfg.kid_subsets} subsets of {cfg.kid_subset_size} images (or of the smaller set's n), "
               f"mean ± std; precision/recall k={cfg.pr_k}")
     if filters or filter_problems:
-        q_note += (". Filters (ours): a row '<set>, filter <name> (kept n of m)' measures the images the filter kept "
-                   "(kept=true in <set>/filters/<name>/decisions.jsonl) of the whole set it scored, as the set's own "
-                   "row measures the whole set; not cut to a run's volume: a run with synthetic.filter=<name> and "
-                   "synthetic.per_class=k trains on what the filter's rule keeps of the first k images of each "
-                   "class. Its features are the set's (rows selected; no image is read again). FID is biased upward "
+        q_note += (". Filters (ours): a row '<set>, filter <name> (kept n of m)' measures the images of the filter's "
+                   "kept list of its largest volume (<set>/filters/<name>/kept/<V>.json: its rule on the first V "
+                   "images of each class), as the set's own row measures the whole set; a run with "
+                   "synthetic.filter=<name> and synthetic.per_class=k trains on the kept list of k. Its features are "
+                   "the set's (rows selected; no image is read again). FID is biased upward "
                    f"at smaller n, so 'FID, random same n' gives the mean ± std FID of {SAME_N_DRAWS} seeded random "
                    "subsets of the set with the kept subset's n per class: the filter helps where its FID is below "
-                   "that, not merely below the set's (a CLIP filter raises the CLIP score by construction). A stale "
-                   "filter (the set changed after it ran) is listed, not measured")
+                   "that, not merely below the set's (a CLIP filter raises the CLIP score by construction)")
     if filter_problems:
         q_note += f". Filters not measured (their files cannot be read): {'; '.join(filter_problems)}"
     if small:

@@ -57,11 +57,11 @@ def _runs_table(runs) -> Table:
 
 
 def _duplicates_table(duplicates: list[dict]) -> Table:
-    rows = [[d["run"], d["kept"], d["config_hash"], str(d["seed"]), _fmt(d["top1"]), _fmt(d["kept_top1"])]
+    rows = [[d["run"], d["kept"], d["identity"], str(d["seed"]), _fmt(d["top1"]), _fmt(d["kept_top1"])]
             for d in duplicates]
     return Table("duplicates", "Duplicate run folders (not counted)",
-                 ["repeated folder", "run counted instead", "config hash", "seed", "its top-1", "counted top-1"], rows,
-                 duplicates, f"{len(duplicates)} run folder(s) share the config hash and seed of a run already counted "
+                 ["repeated folder", "run counted instead", "identity", "seed", "its top-1", "counted top-1"], rows,
+                 duplicates, f"{len(duplicates)} run folder(s) share the identity and seed of a run already counted "
                  "(a copied or moved study?); each run is counted once. Delete the copies to silence this")
 
 
@@ -71,7 +71,7 @@ def _fmt(v) -> str:
 
 def _uses_random_weights(runs, gensets) -> bool:
     return (any(not r.config.get("model", {}).get("pretrained", True) for r in runs)
-            or any(g.identity.get("model") == "tiny" for g in gensets))
+            or any(g.settings.get("model") == "tiny" for g in gensets))
 
 
 def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
@@ -96,7 +96,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
     tables: list[Table] = []
     if duplicates:
         dup = _duplicates_table(duplicates)
-        page.text(f"{len(duplicates)} run folder(s) repeat a run already counted (same config hash and seed, e.g. a "
+        page.text(f"{len(duplicates)} run folder(s) repeat a run already counted (same identity and seed, e.g. a "
                   "copied or moved study): each run is counted once; the repeats are listed under 'Duplicate run "
                   "folders'.", "banner")
         warnings.warn(dup.note, stacklevel=2)
@@ -149,7 +149,7 @@ def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict
         tables.append(published)
     page.section("Cost", "cost")
     filters = found_filters[0]
-    cost = cost_table(runs, gensets, styles, [f.summary for f in filters])
+    cost = cost_table(runs, gensets, styles, [f.cost for f in filters])
     tables.append(cost)
     page.table(cost)
     page.figure(plots.cost_bars(cost, figs / "cost.png"), "cost per stage")
@@ -251,12 +251,12 @@ def image_grids(runs, gensets, cfg: ReportConfig, folder: Path) -> list[tuple[Pa
         by_dataset.setdefault(g.labels.get("dataset") or "?", []).append(g)
     for ds, sets in sorted(by_dataset.items()):
         splits = real_splits(runs, ds)
-        labelled = [(f"{g.labels.get('prompt')} g{g.identity.get('guidance')}", g.folder) for g in sets]
+        labelled = [(f"{g.labels.get('prompt')} g{g.settings.get('guidance')}", g.folder) for g in sets]
         names = None
         if splits is not None:
             names = list(splits[0].names[: cfg.grid_classes])
         else:
-            first = sorted({n for n in sets[0].identity.get("classes", [])})
+            first = sorted({n for n in sets[0].settings.get("classes", [])})
             names = first[: cfg.grid_classes]
         paths = contact_sheets(labelled, folder / ds, per_row=6, real=splits[0] if splits else None, classes=names)
         out += [(p, f"{ds}: {p.stem}") for p in paths]

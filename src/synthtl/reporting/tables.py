@@ -180,7 +180,7 @@ def sweep_table(runs: list[Run], axis: str, key: str, title: str) -> Table | Non
 
 
 def cost_table(runs: list[Run], gensets: list, styles: list[dict], filters: list[dict] | None = None) -> Table:
-    """Wall and GPU hours per stage. `filters`: the filter.json of each filtered set (`synthtl filter`)."""
+    """Wall and GPU hours per stage. `filters`: the cost of each filter (`filtering.store.read_cost`)."""
     rows, raw = [], []
 
     def add(stage: str, n: int, seconds: float, gpu_s: float, rate: str) -> None:
@@ -199,10 +199,8 @@ def cost_table(runs: list[Run], gensets: list, styles: list[dict], filters: list
         imgs = sum(g.images for g in gensets)
         add("generation", len(gensets), secs, sum(g.gpu_seconds for g in gensets),
             f"{imgs / secs:.2f} images/s" if secs else "–")
-    if filters:  # every scoring session of each filter, killed ones included (an older filter.json: its last one)
-        from synthtl.filtering.store import filter_cost
-
-        costs = [filter_cost(f) for f in filters]
+    if filters:  # every scoring session of each filter, killed ones included
+        costs = filters
         secs = sum(c["seconds"] for c in costs)
         scored = sum(c["scored"] for c in costs)
         add("filtering (all sessions)", len(filters), secs, sum(c["gpu_seconds"] for c in costs),
@@ -224,16 +222,14 @@ def input_gpu_hours(gensets: list, styles: list[dict], filters: list) -> dict[tu
     """GPU hours to make a run's synthetic input, by (generated set folder, filter name or ""): the set's generation,
     the style its prompts used (matched by the style's content hash in the set's identity) and the filter's scoring
     (every session). `filters`: `reporting.filters.FilterRun`s."""
-    from synthtl.filtering.store import filter_cost
-
     style_h = {str(s.get("hash")): s.get("gpu_s", 0.0) / 3600 for s in styles if s.get("hash")}
     out: dict[tuple[str, str], float] = {}
     for g in gensets:
-        parts = [p.removeprefix("lora-") for p in str(g.identity.get("style_hash") or "").split("+") if p]
+        parts = [p.removeprefix("lora-") for p in str(g.settings.get("style_hash") or "").split("+") if p]
         out[(str(g.folder.resolve()), "")] = g.gpu_seconds / 3600 + sum(style_h.get(p, 0.0) for p in parts)
     for f in filters:
         key = str(Path(f.set_folder).resolve())
-        out[(key, f.name)] = out.get((key, ""), 0.0) + filter_cost(f.summary)["gpu_seconds"] / 3600
+        out[(key, f.name)] = out.get((key, ""), 0.0) + f.cost["gpu_seconds"] / 3600
     return out
 
 

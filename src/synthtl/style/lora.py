@@ -33,29 +33,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from synthtl.config import PromptConfig, StyleConfig, to_dict, to_yaml
-from synthtl.errors import ConfigError, DataError, SynthTLError
+from synthtl.config import StyleConfig
+from synthtl.errors import ConfigError, DataError
 from synthtl.files import (
     read_json,
     save_torch,
-    sha256_file,
     write_bytes,
     write_json,
-    write_text,
 )
 from synthtl.generation.families import family_of_pipeline, is_sdxl, text_encoders
+from synthtl.generation.styles import ADAPTERS, STYLE_JSON, WEIGHTS, lora_hash
 from synthtl.runtime import derive_seed, is_main
 from synthtl.style import train as ti
-from synthtl.style.embeddings import STYLE_JSON
 
-WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
-ADAPTERS = "adapters"  # per-class mode: adapters/<class index>/
 ADAPTER_JSON = "adapter.json"  # written after an adapter's weights: the adapter is finished
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 ADAPTER = "synthtl-style"  # peft adapter name while training
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' DreamBooth LoRA example
-PREFIXES = ("unet", "text_encoder", "text_encoder_2")  # the file's key prefixes (diffusers' convention; _2: SDXL)
 DEFAULT_TEMPLATES = ["a photo of a {}."]  # DataDream's prompt; no style token: the weights carry the style
 
 
@@ -181,7 +176,7 @@ def run_learn_lora(cfg: StyleConfig) -> dict:
         LockedError: another process is writing the same out_dir.
     """
     _templates(cfg)
-    return ti.learn_in_folder(cfg, (CHECKPOINT, f"{ADAPTERS}/{CHECKPOINT}"), _learn)
+    return ti.learn_in_folder(cfg, _learn)
 
 
 def _units(cfg: StyleConfig, out: Path, groups: dict[int, list[int]], names: tuple[str, ...]) -> list[Unit]:
@@ -201,7 +196,6 @@ def _units(cfg: StyleConfig, out: Path, groups: dict[int, list[int]], names: tup
 
 def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
     """Setup, then each adapter's step loop (checkpointed), then style.json; the caller holds the folder's lock."""
-    write_text(out / "config.yaml", to_yaml(cfg))
     t_start = time.perf_counter()
     images = ti.training_images(cfg, out)
     rt = ti.style_runtime(cfg)
@@ -312,8 +306,6 @@ def _grid(pipe, cfg: StyleConfig, names: tuple[str, ...], classes, path: Path) -
 
 def _save_style(cfg: StyleConfig, out: Path, images, done: list[dict], params: dict, skipped: int, identity: str,
                 rt, wall: float) -> dict:
-    from synthtl.generation.pipeline import generator_identity
-
     per_class = cfg.mode == "class"
     seconds = sum(d["train_seconds"] for d in done)
     info = {
@@ -331,166 +323,10 @@ def _save_style(cfg: StyleConfig, out: Path, images, done: list[dict], params: d
         "grad_accum": cfg.grad_accum, "lr": cfg.lr, "resolution": cfg.resolution, "train_seconds": seconds,
         "wall_s": wall, "gpu_s": seconds * rt.gpus, "peak_memory_mb": ti._peak_memory_mb(rt),
         "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "hash": lora_hash(out),
-        "config_hash": identity, "config": to_dict(cfg), "generator_weights": generator_identity(cfg.generator)}
+        "identity": identity}
     if is_main():
         write_json(out / STYLE_JSON, info)
         for ckpt in (out / CHECKPOINT, out / ADAPTERS / CHECKPOINT):
             ckpt.unlink(missing_ok=True)
         print(f"[synthtl] learned {len(done)} LoRA adapter(s) of rank {cfg.lora.rank} in {seconds:.0f} s -> {out}")
     return info
-
-
-# ------------------------------------------------------------------------------------------------------ generation
-def _weight_files(path: str | Path) -> dict[int, Path]:
-    """{-1: the file} for one LoRA, {class index: file} for a per-class folder.
-
-    Raises:
-        ConfigError: the path is neither a LoRA file nor a folder written by `learn-style method=lora`.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"prompts.style_lora={str(path)!r} does not exist: point it at a folder written by `synthtl "
-                          "learn-style method=lora` (check the path, or learn the style first)")
-    if p.is_file() and p.suffix == ".safetensors":
-        return {-1: p}
-    if (p / WEIGHTS).is_file():
-        return {-1: p / WEIGHTS}
-    if (p / ADAPTERS).is_dir():
-        found = {int(d.name): d / WEIGHTS for d in (p / ADAPTERS).iterdir()
-                 if d.name.isdigit() and (d / WEIGHTS).is_file()}
-        if found:
-            return dict(sorted(found.items()))
-    raise ConfigError(f"prompts.style_lora={str(path)!r} is not a LoRA: point it at a folder written by `synthtl "
-                      f"learn-style method=lora` (with {WEIGHTS} or {ADAPTERS}/<class>/{WEIGHTS})")
-
-
-def lora_hash(path: str | Path) -> str:
-    """The content hash of a style LoRA (style.json's "hash"): its file, or every class adapter's file."""
-    import hashlib
-
-    files = _weight_files(path)
-    if list(files) == [-1]:
-        return sha256_file(files[-1])[:16]
-    h = hashlib.sha256()
-    for c, f in files.items():
-        h.update(f"{c}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def generation_style_hash(prompts: PromptConfig) -> str:
-    """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+".
-
-    A set without a LoRA keeps the value it had before LoRAs existed.
-    """
-    from synthtl.style.embeddings import embeddings_hash
-
-    parts = [embeddings_hash(prompts.style_embedding)] if prompts.style_embedding else []
-    if prompts.style_lora:
-        parts.append("lora-" + lora_hash(prompts.style_lora))
-    return "+".join(parts)
-
-
-def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
-    """{(component, module): (B, A)} of one LoRA file, checked against the pipeline's modules.
-
-    Raises:
-        ConfigError: a key that is not a LoRA weight, or a module missing or of another shape (another base model).
-    """
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(file))
-    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
-        raise ConfigError(f"style LoRA {file} could not be read as a safetensors file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_lora at a folder "
-                          "written by `synthtl learn-style method=lora`") from None
-    out = {}
-    for key, a in state.items():
-        prefix, _, rest = key.partition(".")
-        if ".lora_A." not in key:
-            if ".lora_B." in key and prefix in PREFIXES:
-                continue
-            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoders: point "
-                              "prompts.style_lora at a folder written by `synthtl learn-style method=lora`")
-        module_name = rest.split(".lora_A.")[0]
-        b = state.get(key.replace(".lora_A.", ".lora_B."))
-        model = getattr(pipe, prefix, None) if prefix in PREFIXES else None
-        try:
-            module = model.get_submodule(module_name) if model is not None else None
-        except AttributeError:
-            module = None
-        want = (b.shape[0] if b is not None else -1, a.shape[1])
-        if b is None or not isinstance(module, torch.nn.Linear) or tuple(module.weight.shape) != want:
-            have = tuple(module.weight.shape) if isinstance(module, torch.nn.Linear) else "no such linear layer"
-            raise ConfigError(f"style LoRA {file} does not fit this generator: {prefix}.{module_name} is {have}, the "
-                              f"LoRA expects {want}; it was learned for another base model (generator.model)")
-        out[(prefix, module_name)] = (b, a)
-    return out
-
-
-class StyleLora:
-    """A style LoRA added into a pipeline's weights; per-class LoRAs switch with `use(class_name)`."""
-
-    def __init__(self, pipe, path: str | Path):
-        files = _weight_files(path)
-        meta = Path(path) / STYLE_JSON if Path(path).is_dir() else None
-        self.classes = list(read_json(meta)["classes"]) if meta and meta.is_file() else []
-        self.per_class = list(files) != [-1]
-        if self.per_class and not self.classes:
-            raise ConfigError(f"{path} has per-class adapters but no {STYLE_JSON} naming the classes; point "
-                              "prompts.style_lora at the whole folder written by `synthtl learn-style`")
-        self.path, self.current = str(path), None
-        self.deltas = {c: _read_deltas(f, pipe) for c, f in files.items()}
-        names = set().union(*(d.keys() for d in self.deltas.values()))
-        self.modules = {k: getattr(pipe, k[0]).get_submodule(k[1]) for k in sorted(names)}
-        # The base weights are kept only where they must be restored: per-class switching.
-        self.base = {k: m.weight.detach().clone() for k, m in self.modules.items()} if self.per_class else {}
-        if not self.per_class:
-            self._write(self.deltas[-1])
-
-    @torch.no_grad()
-    def _write(self, deltas: dict) -> None:
-        """W = W0 + B A for every module, computed in fp32 from the kept base (no drift over many switches)."""
-        for k, m in self.modules.items():
-            w0 = self.base.get(k, m.weight)
-            w = w0.float()
-            if k in deltas:
-                b, a = deltas[k]
-                w = w + b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
-            m.weight.copy_(w.to(m.weight.dtype))
-
-    def use(self, class_name: str) -> None:
-        if not self.per_class or class_name == self.current:
-            return
-        if class_name not in self.classes:
-            raise ConfigError(f"class {class_name!r} has no adapter in the per-class LoRA {self.path} (learned for "
-                              f"{len(self.classes)} classes: {self.classes[:5]}...); learn it on this dataset")
-        self._write(self.deltas[self.classes.index(class_name)])
-        self.current = class_name
-
-
-def load_style_lora(pipe, path: str | Path) -> StyleLora:
-    """Adds a style LoRA (file or folder from `learn-style method=lora`) into the pipeline's weights, fused.
-
-    A per-class LoRA is written per class by `set_style_lora_class`; until then the UNet refuses to run.
-    """
-    lora = StyleLora(pipe, path)
-    pipe.synthtl_style_lora = lora
-    if lora.per_class:
-        def need_class(module, args):
-            if lora.current is None:
-                raise SynthTLError(f"{lora.path} is a per-class LoRA: call set_style_lora_class(pipe, class_name) "
-                                   "before generating, so each image gets its class's adapter")
-
-        pipe.unet.register_forward_pre_hook(need_class)
-    return lora
-
-
-def set_style_lora_class(pipe, class_name: str) -> None:
-    """Makes the pipeline's weights those of `class_name`'s adapter (a per-class LoRA); otherwise does nothing.
-
-    Generate batches of one class with it: the weights are the class's for every image of the batch.
-    """
-    lora = getattr(pipe, "synthtl_style_lora", None)
-    if lora is not None:
-        lora.use(class_name)

@@ -14,16 +14,11 @@ side by side in one parameter per token, and the file holds them as diffusers' S
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 
 from synthtl.config import StyleConfig
 from synthtl.errors import ConfigError
-from synthtl.files import read_json
-
-KEYS = ("clip_l", "clip_g")  # diffusers' SDXL textual-inversion layout: one key per text encoder, in order
+from synthtl.generation.styles import SDXL_KEYS as KEYS
 
 
 def check_config(cfg: StyleConfig) -> None:
@@ -62,48 +57,3 @@ def split_state(token_vectors: torch.Tensor, widths: list[int]) -> dict[str, tor
         raise ValueError(f"expected vectors of widths {widths} for {KEYS}, got shape {tuple(token_vectors.shape)}")
     left = token_vectors[:, : widths[0]].contiguous()
     return {KEYS[0]: left, KEYS[1]: token_vectors[:, widths[0]:].contiguous()}
-
-
-def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
-    """Adds an SDXL style file's token to both tokenizers and text encoders (diffusers' SDXL calls); returns [token].
-
-    The token's name comes from style.json beside the file (the SDXL layout has no room for it).
-
-    Raises:
-        ConfigError: not an SDXL embedding file, no style.json to name the token, a width that differs from the
-            text encoder's, or a token already in a tokenizer.
-    """
-    from safetensors.torch import load_file
-
-    from synthtl.style.embeddings import STYLE_JSON, resolve_path
-
-    file = resolve_path(path)
-    state = load_file(str(file))
-    if set(state) != set(KEYS):
-        raise ConfigError(f"style embedding {path} holds {sorted(state)[:3]}, not an SDXL embedding ({', '.join(KEYS)}"
-                          "): it was learned for an SD 1.x/2.x generator; learn the style again with this generator")
-    meta = Path(file).parent / STYLE_JSON
-    if not meta.is_file():
-        raise ConfigError(f"{file} has no {STYLE_JSON} beside it to name its token; point prompts.style_embedding at "
-                          "the folder written by `synthtl learn-style`")
-    token = read_json(meta)["tokens"][0]
-    pairs = [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)]
-    for key, (encoder, tokenizer) in zip(KEYS, pairs, strict=True):
-        width = encoder.get_input_embeddings().weight.shape[1]
-        if state[key].shape[-1] != width:
-            raise ConfigError(f"style embedding {path} has {key} vectors of size {state[key].shape[-1]} but this "
-                              f"generator's {key} text encoder uses {width}: it was learned for another model")
-        if token in tokenizer.get_vocab():
-            raise ConfigError(f"token {token!r} of {path} is already in the tokenizer; learn the style with another "
-                              "style.token")
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # diffusers resizes the embedding tables; transformers' notice about it is noise
-    try:
-        for key, (encoder, tokenizer) in zip(KEYS, pairs, strict=True):
-            vectors = state[key].to(encoder.get_input_embeddings().weight.dtype)
-            pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
-    finally:
-        hf_logging.set_verbosity(level)
-    return [token]

@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl.config import STYLE_VOLATILE, StyleConfig, config_diff, pop_key, to_dict, to_yaml
+from synthtl import identity
+from synthtl.config import StyleConfig, to_yaml
 from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.data.splits import train_indices, write_split
 from synthtl.errors import BadImageError, ConfigError, DataError
 from synthtl.files import (
-    content_sha256,
     exclusive,
     load_torch,
     read_json,
@@ -47,11 +47,11 @@ from synthtl.files import (
     write_text,
 )
 from synthtl.generation.families import is_sdxl, text_encoders, tokenizers
+from synthtl.generation.styles import EMBEDS, STYLE_JSON
 from synthtl.runtime import Runtime, derive_seed, is_main, resolve_runtime, world_size
-from synthtl.style.embeddings import EMBEDS, STYLE_JSON
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2  # 2: one parameter and param group per token; 1 (no "format" key): one parameter for all tokens
+CHECKPOINT_FORMAT = 2  # one parameter and param group per token
 DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI prompt does
     "a {} photo in the style of {token}.",
     "a photo of a {} in the style of {token}.",
@@ -530,103 +530,8 @@ def _peak_memory_mb(rt: Runtime) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def style_identity(cfg: StyleConfig) -> str:
-    """The hash that ties a checkpoint and a finished style.json to what changes the result: the config without
-    paths and speed settings (`STYLE_VOLATILE`), the generator by its weights' identity, a split file by content.
-    A style folder moved with its study (and dataset) is therefore the same style."""
-    import hashlib
-    import json
-
-    from synthtl.generation.pipeline import generator_identity
-
-    d = dataclasses.asdict(cfg)
-    for key in STYLE_VOLATILE:
-        pop_key(d, key)
-    for key in ("model", "revision", "single_file_config", "tiny_seed"):
-        d["generator"].pop(key, None)
-    d["generator"]["weights"] = generator_identity(cfg.generator)
-    if cfg.data.split_file:
-        d["data"]["split_file"] = content_sha256(cfg.data.split_file)[:16]
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-GENERATOR_PATHS = ("generator.model", "generator.revision", "generator.single_file_config")  # where the weights are
-
-
-def held_style(out: Path, cfg: StyleConfig, identity: str, checkpoints: tuple[Path, ...]) -> dict | None:
-    """style.json's content when `out` holds a style of this config; None when it holds none (or this config's
-    unfinished work, which the caller resumes). The caller holds the folder's lock.
-
-    Checkpoints are checked here, before anything is written: config.yaml still says what they were learned with.
-
-    Raises:
-        ConfigError: the folder holds a style (finished, or a checkpoint) of a different config; the message names
-            the keys that differ.
-    """
-    if (out / STYLE_JSON).is_file():
-        done = read_json(out / STYLE_JSON)
-        if done.get("config_hash") != identity:
-            raise ConfigError(f"{out} holds a style learned with a different config: "
-                              f"{style_changes(done.get('config'), cfg, done.get('generator_weights'))}. Use another "
-                              "out_dir, or the same config to reuse it")
-        return done
-    for ckpt in checkpoints:
-        if ckpt.is_file() and _load_checkpoint(ckpt).get("config_hash") != identity:
-            raise ConfigError(f"{out} holds an unfinished style ({ckpt.name}) learned with a different config: "
-                              f"{style_changes(_saved_config(out / 'config.yaml'), cfg)}. Use another out_dir, the "
-                              f"same config to resume it, or delete {ckpt} to start over")
-    return None
-
-
 def _load_checkpoint(path: Path) -> dict:
     return load_torch(path, "synthtl style checkpoint", "delete it to start the style over")
-
-
-def _saved_config(path: Path) -> dict | None:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def style_changes(saved: dict | None, cfg: StyleConfig, saved_weights: dict | None = None, shown: int = 4) -> str:
-    """The keys whose values differ from `saved` (a style's config), as "key (old there, new now)", at most `shown`.
-
-    Paths and speed settings (`STYLE_VOLATILE`) never count; nor do the generator's paths when `saved_weights`
-    (style.json's "generator_weights") says the weights are the same: a moved style folder is the same style.
-    """
-    if not isinstance(saved, dict):
-        return "the config it was learned with is not recorded"
-    now = to_dict(cfg)
-    ignore = STYLE_VOLATILE
-    weights = None
-    if saved_weights is not None:
-        from synthtl.generation.pipeline import generator_identity
-
-        weights = generator_identity(cfg.generator)
-        ignore = (*ignore, *GENERATOR_PATHS) if weights == saved_weights else ignore
-    keys = config_diff(saved, now, ignore)
-    parts = [f"{k} ({_short(_dotted(saved, k))} there, {_short(_dotted(now, k))} now)" for k in keys[:shown]]
-    if len(keys) > shown:
-        parts.append(f"and {len(keys) - shown} more")
-    if weights is not None and weights != saved_weights and not set(keys) & {*GENERATOR_PATHS, "generator.tiny_seed"}:
-        parts.insert(0, f"the generator's weights (generator.model={cfg.generator.model!r} holds other files)")
-    if not parts:  # the keys agree: what differs is content behind a path
-        parts.append("the content of generator.model's weights or of data.split_file")
-    return ", ".join(parts)
-
-
-def _dotted(d: dict, key: str):
-    for part in key.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def run_learn_style(cfg: StyleConfig) -> dict:
@@ -643,39 +548,36 @@ def run_learn_style(cfg: StyleConfig) -> dict:
         from synthtl.style.lora import run_learn_lora
 
         return run_learn_lora(cfg)
-    return learn_in_folder(cfg, (CHECKPOINT,), _learn, _finished)
+    return learn_in_folder(cfg, _learn, _finished)
 
 
 def _finished(cfg: StyleConfig, out: Path, done: dict) -> bool:
-    """Whether a style.json of this config is a finished embedding (its file is there), refusing an older format."""
-    if not (out / EMBEDS).is_file():
-        return False
-    if cfg.mode == "class" and "token_updates" not in done:
-        raise ConfigError(f"{out} holds per-class tokens learned by an older synthtl, whose tokens shared weight decay "
-                          "and Adam moments; delete the folder or use another out_dir to relearn")
-    return True
+    """Whether a style.json of this config is a finished embedding (its file is there)."""
+    return (out / EMBEDS).is_file()
 
 
-def learn_in_folder(cfg: StyleConfig, checkpoints: tuple[str, ...], learn: Callable[[StyleConfig, Path, str], dict],
+def learn_in_folder(cfg: StyleConfig, learn: Callable[[StyleConfig, Path, str], dict],
                     finished: Callable[[StyleConfig, Path, dict], bool] = lambda cfg, out, done: True) -> dict:
     """The folder's side of every style method: holds its lock, removes a killed run's temp files, refuses another
-    config's work (`held_style`, with the method's checkpoint files), returns a finished style (per `finished`), else
-    calls `learn(cfg, out, identity)`, which resumes from its checkpoints."""
+    config's style (finished or not: `synthtl.identity`), returns a finished style (per `finished`), else claims the
+    folder and calls `learn(cfg, out, identity hash)`, which resumes from its checkpoints."""
     out = Path(cfg.out_dir)
-    identity = style_identity(cfg)
+    ident = identity.identity(cfg)
     with exclusive(out, "style folder"):
         remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
-        done = held_style(out, cfg, identity, tuple(out / c for c in checkpoints))
+        identity.check(out, "style", ident)
+        done = read_json(out / STYLE_JSON) if (out / STYLE_JSON).is_file() else None
         if done is not None and finished(cfg, out, done):
             if is_main():
                 print(f"[synthtl] {out} is already finished; nothing to do")
             return done
-        return learn(cfg, out, identity)
+        identity.claim(out, "style", ident)
+        write_text(out / "config.yaml", to_yaml(cfg))
+        return learn(cfg, out, identity.digest(ident))
 
 
 def _learn(cfg: StyleConfig, out: Path, identity: str) -> dict:
     """Setup, the step loop (checkpointed), the final grid and files; the caller holds the folder's lock."""
-    write_text(out / "config.yaml", to_yaml(cfg))
     t_start = time.perf_counter()
     images = training_images(cfg, out)
     total_steps = cfg.steps_per_class * images.num_classes if cfg.steps_per_class else cfg.steps
@@ -738,14 +640,8 @@ def _resume(ckpt: Path, identity: str, cfg: StyleConfig, inv: Inversion,
             opt: torch.optim.Optimizer) -> tuple[int, list[float], float]:
     """Loads a checkpoint into `inv` and `opt`; returns (step, losses, seconds)."""
     state = _load_checkpoint(ckpt)
-    if state["config_hash"] != identity:
-        raise ConfigError(f"{ckpt} belongs to another config; use another out_dir or delete it")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        if state.get("format") is not None or cfg.mode != "dataset":
-            raise ConfigError(f"{ckpt} was written by an older synthtl (all class tokens in one parameter, one Adam "
-                              "state) and cannot be resumed exactly; delete it to start the run over")
-        # Format 1 with one token is this format's layout: one parameter, one param group.
-        state = {**state, "learned": [state["learned"]], "updates": [state["step"]]}
+    if state.get("config_hash") != identity or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{ckpt} belongs to another config or version of synthtl; delete it to start over")
     with torch.no_grad():
         for p, saved in zip(inv.learned, state["learned"], strict=True):
             p.copy_(saved)
@@ -757,9 +653,6 @@ def _resume(ckpt: Path, identity: str, cfg: StyleConfig, inv: Inversion,
 def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses: list[float], seconds: float,
           wall: float, skipped: int, identity: str, rt: Runtime, total_steps: int) -> dict:
     from safetensors.torch import save
-
-    from synthtl.generation.pipeline import generator_identity
-
 
     state = inv.state()
     write_bytes(out / EMBEDS, save(state))
@@ -781,7 +674,7 @@ def _save(cfg: StyleConfig, out: Path, inv: Inversion, images: ImageList, losses
         "resolution": cfg.resolution, "loss_curve": curve, "train_seconds": seconds, "wall_s": wall,
         "gpu_s": seconds * rt.gpus, "peak_memory_mb": _peak_memory_mb(rt), "device": str(rt.device),
         "dtype": str(rt.dtype).replace("torch.", ""), "hash": sha256_file(out / EMBEDS)[:16],
-        "config_hash": identity, "config": to_dict(cfg), "generator_weights": generator_identity(cfg.generator)}
+        "identity": identity}
     if is_main():
         write_json(out / STYLE_JSON, info)
         (out / CHECKPOINT).unlink(missing_ok=True)

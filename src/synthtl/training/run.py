@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import platform
 import time
 from datetime import datetime, timezone
@@ -14,13 +13,12 @@ import torch
 from torch import nn
 
 import synthtl
-from synthtl.config import FINETUNE_VOLATILE, FinetuneConfig, config_diff, config_hash, from_dict, to_yaml
+from synthtl import faults, identity
+from synthtl.config import FinetuneConfig, to_yaml
 from synthtl.data.prepare import prepare_data
-from synthtl.data.synthetic import plan_hash
 from synthtl.errors import ConfigError
 from synthtl.files import (
     LockedError,
-    content_sha256,
     exclusive,
     git_sha,
     read_json,
@@ -36,9 +34,6 @@ from synthtl.training.metrics_writer import MetricsWriter
 from synthtl.training.stage import Run, evaluate_on
 from synthtl.training.strategies import STRATEGIES, effective_config
 
-# Fields that do not change a run's result (paths, speed, display): a re-run differing only here is the same run.
-VOLATILE = FINETUNE_VOLATILE
-
 
 def default_run_name(cfg: FinetuneConfig) -> str:
     model = cfg.model.name.replace(":", "-").replace("/", "-")
@@ -50,74 +45,12 @@ def run_dir_of(cfg: FinetuneConfig) -> Path:
     return Path(cfg.out_dir) / (cfg.run_name or default_run_name(cfg))
 
 
-# Paths to inputs: a moved study or dataset must not look like another run, so they are compared by what they hold
-# (inputs.json, written with config.yaml), never by where they are.
-INPUT_PATHS = ("synthetic.path", "data.split_file", "model.weights")
-
-
-def inputs_identity(cfg: FinetuneConfig) -> dict:
-    """What the run's input paths hold: the generated set's plan identity (or a class-per-folder set's listing), and
-    the content hash of a split file and of local weights."""
-    out: dict = {}
-    if cfg.synthetic.path:
-        folder = Path(cfg.synthetic.path)
-        if (folder / "plan.json").is_file():
-            out["synthetic"] = "plan:" + plan_hash(read_json(folder / "plan.json")["identity"])
-        elif folder.is_dir():
-            h = hashlib.sha256()
-            for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-                h.update(f"{p.relative_to(folder).as_posix()}\0{p.stat().st_size}\n".encode("utf-8", "surrogateescape"))
-            out["synthetic"] = "files:" + h.hexdigest()[:16]
-        if cfg.synthetic.filter and (folder / "filters" / cfg.synthetic.filter / "filter.json").is_file():
-            from synthtl.filtering import selection
-
-            # the filter's config and model and the images it keeps of this run's volume: growing the set beyond
-            # the volume does not change it (`filtering.selection`)
-            out["filter"] = selection(folder, cfg.synthetic.filter, cfg.synthetic.per_class)[1]
-    for key, path in (("split_file", cfg.data.split_file), ("weights", cfg.model.weights)):
-        if path and Path(path).is_file():
-            out[key] = "sha256:" + content_sha256(path)[:16]
-    return out
-
-
-def _check_same_run(run_dir: Path, cfg: FinetuneConfig) -> bool:
-    """False if the folder holds no config yet; raises if it holds another run (naming the keys that differ)."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return False
-    import yaml
-
-    try:
-        old = effective_config(from_dict(FinetuneConfig, yaml.safe_load(saved.read_text())))
-    except (ConfigError, yaml.YAMLError) as e:
-        raise ConfigError(f"{saved} cannot be read ({e}); delete the folder to start over or choose another "
-                          "run_name/out_dir") from None
-    differ = config_diff(old, cfg, (*VOLATILE, *INPUT_PATHS))
-    if (run_dir / "inputs.json").is_file():
-        held, now = read_json(run_dir / "inputs.json"), inputs_identity(cfg)
-        differ += [f"inputs.{k}" for k in sorted(set(held) | set(now)) if held.get(k) != now.get(k)]
-    else:  # a folder from before inputs.json: the paths themselves
-        differ += [k for k in INPUT_PATHS if _get(old, k) != _get(cfg, k)]
-    if differ:
-        shown = ", ".join(f"{k} ({_get(old, k)!r} there, {_get(cfg, k)!r} now)" if not k.startswith("inputs.")
-                          else f"{k} (the input holds other content)" for k in differ[:6])
-        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
-        raise ConfigError(f"{run_dir} holds a run with a different config: {shown}{more}. Choose another "
-                          "run_name/out_dir, or delete the folder to start over")
-    return True
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part, None)
-    return cfg
-
-
-def _claim(run_dir: Path, cfg: FinetuneConfig) -> None:
-    """Writes config.yaml (the effective config) and inputs.json, unless the folder already holds this run."""
-    if not _check_same_run(run_dir, cfg) and is_main():
-        write_json(run_dir / "inputs.json", inputs_identity(cfg))
+def _claim(run_dir: Path, cfg: FinetuneConfig, ident: dict) -> None:
+    """Records what the folder holds (identity.json) and the effective config (config.yaml), when training starts."""
+    if is_main():
+        identity.claim(run_dir, "finetune", ident)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
+    faults.point("run.claimed", run_dir=run_dir)
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
@@ -132,9 +65,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     run_dir = run_dir_of(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"the run folder {run_dir} is an existing file; choose another out_dir/run_name")
+    ident = identity.identity(cfg)  # what the inputs hold: the dataset, files, the sets and filters it trains on
     result_file = run_dir / "result.json"
     if result_file.is_file():
-        _check_same_run(run_dir, cfg)
+        identity.check(run_dir, "finetune", ident)
         if is_main():
             print(f"[synthtl] {run_dir} is already finished; nothing to do (delete result.json to re-run)")
         return read_json(result_file)
@@ -151,16 +85,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             error = distributed.broadcast(error)
             if error is not None:
                 raise error
-            return _run(cfg, spec, run_dir, rt, world)
+            return _run(cfg, spec, run_dir, rt, world, ident)
     finally:
         distributed.close()
 
 
-def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int) -> dict:
+def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, ident: dict) -> dict:
     result_file = run_dir / "result.json"
     if result_file.is_file():  # finished by the writer this process waited for
         return read_json(result_file)
-    _check_same_run(run_dir, cfg)  # refuse early; config.yaml is written only when training starts
+    identity.check(run_dir, "finetune", ident)  # refuse early; the folder is claimed only when training starts
     if is_main():
         remove_temps(run_dir, recursive=True)  # what a killed writer left (we hold the folder's lock)
     distributed.barrier()
@@ -169,7 +103,7 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int) -> d
     data = prepare_data(cfg, run_dir, spec.needs_synthetic)
     record = ResumeRecord(run_dir / "checkpoints")
     run = Run(cfg, rt, run_dir, data, record, MetricsWriter(run_dir, record.metrics, cfg.tensorboard),
-              claim=lambda: _claim(run_dir, cfg), world=world)
+              claim=lambda: _claim(run_dir, cfg, ident), world=world)
     try:
         model = spec.fn(run)
         final = finish(run, model) if is_main() else None
@@ -177,6 +111,7 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int) -> d
         run.log.close()
     result = _result(cfg, run, final, time.perf_counter() - t0) if is_main() else None
     if is_main():
+        result["identity"] = identity.digest(ident)
         write_json(result_file, result)
         record.close()
         print(f"[synthtl] {cfg.strategy}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
@@ -204,7 +139,7 @@ def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dic
     return {
         "strategy": cfg.strategy, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
         "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None, "synthetic_set": data.synthetic_record,
-        "synthetic_per_class": cfg.synthetic.per_class, "config_hash": config_hash(cfg, VOLATILE),
+        "synthetic_per_class": cfg.synthetic.per_class,
         "test": final["test"], "test_ema": final["test_ema"], "val": final["val"], "selected": final["selected"],
         "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
         "leep": run.record.info["leep"],

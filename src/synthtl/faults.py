@@ -1,0 +1,38 @@
+"""Named points where a test injects a fault (a kill, a crash, a full disk) without patching private functions.
+
+Production code calls `point("name", **facts)` at the moments a fault matters; it does nothing unless a test has
+installed a hook for that name with `inject`. The points:
+
+- "job": a study job is about to run in this process (task: `experiments.launch.Task`).
+- "run.claimed": a fine-tuning run has claimed its folder and is about to train (run_dir).
+- "stage.saved": a stage's final weights are on disk, the resume state not yet (stage).
+- "filter.batch": a filter is about to score a batch (rows).
+- "style.step": a style finished a step (step), before its checkpoint is due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+_HOOKS: dict[str, Callable[..., None]] = {}
+
+
+def point(name: str, **facts: object) -> None:
+    hook = _HOOKS.get(name)
+    if hook is not None:
+        hook(**facts)
+
+
+@contextlib.contextmanager
+def inject(name: str, hook: Callable[..., None]) -> Iterator[None]:
+    """Runs `hook(**facts)` at every `point(name, ...)` while the context is open."""
+    previous = _HOOKS.get(name)
+    _HOOKS[name] = hook
+    try:
+        yield
+    finally:
+        if previous is None:
+            _HOOKS.pop(name, None)
+        else:
+            _HOOKS[name] = previous

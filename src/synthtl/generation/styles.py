@@ -1,0 +1,294 @@
+"""Applying a learned style to a pipeline: generation's side of the files `synthtl learn-style` writes.
+
+- A token embedding (`learned_embeds.safetensors`): one key per pseudo-token, a (vectors, dim) tensor; a file with one
+  token is exactly what diffusers' `load_textual_inversion` reads, per-class files hold one key per class and are
+  loaded token by token, and `style.json` beside it says which class uses which token. SDXL's file holds diffusers'
+  layout {"clip_l", "clip_g"}, one call per text encoder.
+- A style LoRA (`pytorch_lora_weights.safetensors`, or `adapters/<class index>/` per class): added into the weights
+  (fused: no extra cost per image). A per-class LoRA keeps the base weights and `set_style_lora_class(pipe, name)`
+  writes W + B_c A_c before each batch; until a class is chosen the UNet refuses to run, so a caller that forgets
+  cannot generate unstyled images. lora_B is stored multiplied by alpha / rank, so the file means W + B A.
+
+Learning a style is `synthtl.style`'s business; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from synthtl.config import PromptConfig
+from synthtl.errors import ConfigError, SynthTLError
+from synthtl.files import read_json, sha256_file
+
+EMBEDS = "learned_embeds.safetensors"
+STYLE_JSON = "style.json"
+WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lora_weights(folder) finds it
+ADAPTERS = "adapters"  # per-class LoRA: adapters/<class index>/
+PREFIXES = ("unet", "text_encoder", "text_encoder_2")  # a LoRA file's key prefixes (diffusers' convention; _2: SDXL)
+SDXL_KEYS = ("clip_l", "clip_g")  # diffusers' SDXL textual-inversion layout: one key per text encoder, in order
+
+
+# ---------------------------------------------------------------------------------------------------- tokens
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A style folder (from `synthtl learn-style`) or the .safetensors file itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / EMBEDS
+    if not p.is_file():
+        raise ConfigError(f"style embedding {path!r} not found: point prompts.style_embedding at the folder written "
+                          f"by `synthtl learn-style` or at its {EMBEDS}")
+    return p
+
+
+def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    file = resolve_path(path)
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
+        raise ConfigError(f"style embedding {file} could not be read as a safetensors file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_embedding at a "
+                          "`synthtl learn-style` folder or its learned_embeds.safetensors") from None
+    return {k: (v[None] if v.dim() == 1 else v) for k, v in state.items()}
+
+
+def embeddings_hash(path: str | os.PathLike) -> str:
+    return sha256_file(resolve_path(path))[:16]
+
+
+def class_tokens(path: str | os.PathLike) -> dict[str, str]:
+    """class name -> token for a per-class embedding ({} for a dataset-style one)."""
+    meta = resolve_path(path).parent / STYLE_JSON
+    if not meta.is_file():
+        return {}
+    return dict(read_json(meta).get("class_tokens", {}))
+
+
+def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
+    """Adds the file's tokens to the pipeline's tokenizer and text encoder; returns the tokens.
+
+    Raises:
+        ConfigError: a token already exists in the tokenizer, or the embedding width differs from the text encoder's.
+    """
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: clip_l/clip_g, one diffusers call per encoder
+        return _load_sdxl(pipe, path)
+    state = read_embeddings(path)
+    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    vocab = pipe.tokenizer.get_vocab()
+    for token, emb in state.items():
+        if emb.shape[-1] != width:
+            raise ConfigError(f"style embedding {path} has vectors of size {emb.shape[-1]} but the text encoder of "
+                              f"{type(pipe.text_encoder).__name__} uses {width}: it was learned for another model")
+        if token in vocab:
+            raise ConfigError(f"token {token!r} of {path} is already in the tokenizer; learn the style with another "
+                              "style.token")
+    dtype = pipe.text_encoder.get_input_embeddings().weight.dtype
+    tokens = list(state)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # diffusers resizes the embedding table; transformers' notice about it is noise
+    try:
+        pipe.load_textual_inversion([{t: state[t].to(dtype)} for t in tokens], token=tokens)
+    finally:
+        hf_logging.set_verbosity(level)
+    return tokens
+
+
+def _load_sdxl(pipe, path: str | os.PathLike) -> list[str]:
+    """Adds an SDXL style file's token to both tokenizers and text encoders (diffusers' SDXL calls); returns [token].
+
+    The token's name comes from style.json beside the file (the SDXL layout has no room for it).
+
+    Raises:
+        ConfigError: not an SDXL embedding file, no style.json to name the token, a width that differs from the
+            text encoder's, or a token already in a tokenizer.
+    """
+    file = resolve_path(path)
+    state = read_embeddings(file)
+    if set(state) != set(SDXL_KEYS):
+        raise ConfigError(f"style embedding {path} holds {sorted(state)[:3]}, not an SDXL embedding "
+                          f"({', '.join(SDXL_KEYS)}): it was learned for an SD 1.x/2.x generator; learn the style "
+                          "again with this generator")
+    meta = Path(file).parent / STYLE_JSON
+    if not meta.is_file():
+        raise ConfigError(f"{file} has no {STYLE_JSON} beside it to name its token; point prompts.style_embedding at "
+                          "the folder written by `synthtl learn-style`")
+    token = read_json(meta)["tokens"][0]
+    pairs = [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)]
+    for key, (encoder, tokenizer) in zip(SDXL_KEYS, pairs, strict=True):
+        width = encoder.get_input_embeddings().weight.shape[1]
+        if state[key].shape[-1] != width:
+            raise ConfigError(f"style embedding {path} has {key} vectors of size {state[key].shape[-1]} but this "
+                              f"generator's {key} text encoder uses {width}: it was learned for another model")
+        if token in tokenizer.get_vocab():
+            raise ConfigError(f"token {token!r} of {path} is already in the tokenizer; learn the style with another "
+                              "style.token")
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # diffusers resizes the embedding tables; transformers' notice about it is noise
+    try:
+        for key, (encoder, tokenizer) in zip(SDXL_KEYS, pairs, strict=True):
+            vectors = state[key].to(encoder.get_input_embeddings().weight.dtype)
+            pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
+    finally:
+        hf_logging.set_verbosity(level)
+    return [token]
+
+
+# ------------------------------------------------------------------------------------------------------ LoRAs
+def _weight_files(path: str | Path) -> dict[int, Path]:
+    """{-1: the file} for one LoRA, {class index: file} for a per-class folder.
+
+    Raises:
+        ConfigError: the path is neither a LoRA file nor a folder written by `learn-style method=lora`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"prompts.style_lora={str(path)!r} does not exist: point it at a folder written by `synthtl "
+                          "learn-style method=lora` (check the path, or learn the style first)")
+    if p.is_file() and p.suffix == ".safetensors":
+        return {-1: p}
+    if (p / WEIGHTS).is_file():
+        return {-1: p / WEIGHTS}
+    if (p / ADAPTERS).is_dir():
+        found = {int(d.name): d / WEIGHTS for d in (p / ADAPTERS).iterdir()
+                 if d.name.isdigit() and (d / WEIGHTS).is_file()}
+        if found:
+            return dict(sorted(found.items()))
+    raise ConfigError(f"prompts.style_lora={str(path)!r} is not a LoRA: point it at a folder written by `synthtl "
+                      f"learn-style method=lora` (with {WEIGHTS} or {ADAPTERS}/<class>/{WEIGHTS})")
+
+
+def lora_hash(path: str | Path) -> str:
+    """The content hash of a style LoRA (style.json's "hash"): its file, or every class adapter's file."""
+    files = _weight_files(path)
+    if list(files) == [-1]:
+        return sha256_file(files[-1])[:16]
+    h = hashlib.sha256()
+    for c, f in files.items():
+        h.update(f"{c}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def generation_style_hash(prompts: PromptConfig) -> str:
+    """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+".
+
+    A set without a LoRA keeps the value it had before LoRAs existed.
+    """
+    parts = [embeddings_hash(prompts.style_embedding)] if prompts.style_embedding else []
+    if prompts.style_lora:
+        parts.append("lora-" + lora_hash(prompts.style_lora))
+    return "+".join(parts)
+
+
+def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """{(component, module): (B, A)} of one LoRA file, checked against the pipeline's modules.
+
+    Raises:
+        ConfigError: a key that is not a LoRA weight, or a module missing or of another shape (another base model).
+    """
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
+        raise ConfigError(f"style LoRA {file} could not be read as a safetensors file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_lora at a folder "
+                          "written by `synthtl learn-style method=lora`") from None
+    out = {}
+    for key, a in state.items():
+        prefix, _, rest = key.partition(".")
+        if ".lora_A." not in key:
+            if ".lora_B." in key and prefix in PREFIXES:
+                continue
+            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoders: point "
+                              "prompts.style_lora at a folder written by `synthtl learn-style method=lora`")
+        module_name = rest.split(".lora_A.")[0]
+        b = state.get(key.replace(".lora_A.", ".lora_B."))
+        model = getattr(pipe, prefix, None) if prefix in PREFIXES else None
+        try:
+            module = model.get_submodule(module_name) if model is not None else None
+        except AttributeError:
+            module = None
+        want = (b.shape[0] if b is not None else -1, a.shape[1])
+        if b is None or not isinstance(module, torch.nn.Linear) or tuple(module.weight.shape) != want:
+            have = tuple(module.weight.shape) if isinstance(module, torch.nn.Linear) else "no such linear layer"
+            raise ConfigError(f"style LoRA {file} does not fit this generator: {prefix}.{module_name} is {have}, the "
+                              f"LoRA expects {want}; it was learned for another base model (generator.model)")
+        out[(prefix, module_name)] = (b, a)
+    return out
+
+
+class StyleLora:
+    """A style LoRA added into a pipeline's weights; per-class LoRAs switch with `use(class_name)`."""
+
+    def __init__(self, pipe, path: str | Path):
+        files = _weight_files(path)
+        meta = Path(path) / STYLE_JSON if Path(path).is_dir() else None
+        self.classes = list(read_json(meta)["classes"]) if meta and meta.is_file() else []
+        self.per_class = list(files) != [-1]
+        if self.per_class and not self.classes:
+            raise ConfigError(f"{path} has per-class adapters but no {STYLE_JSON} naming the classes; point "
+                              "prompts.style_lora at the whole folder written by `synthtl learn-style`")
+        self.path, self.current = str(path), None
+        self.deltas = {c: _read_deltas(f, pipe) for c, f in files.items()}
+        names = set().union(*(d.keys() for d in self.deltas.values()))
+        self.modules = {k: getattr(pipe, k[0]).get_submodule(k[1]) for k in sorted(names)}
+        # The base weights are kept only where they must be restored: per-class switching.
+        self.base = {k: m.weight.detach().clone() for k, m in self.modules.items()} if self.per_class else {}
+        if not self.per_class:
+            self._write(self.deltas[-1])
+
+    @torch.no_grad()
+    def _write(self, deltas: dict) -> None:
+        """W = W0 + B A for every module, computed in fp32 from the kept base (no drift over many switches)."""
+        for k, m in self.modules.items():
+            w0 = self.base.get(k, m.weight)
+            w = w0.float()
+            if k in deltas:
+                b, a = deltas[k]
+                w = w + b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
+            m.weight.copy_(w.to(m.weight.dtype))
+
+    def use(self, class_name: str) -> None:
+        if not self.per_class or class_name == self.current:
+            return
+        if class_name not in self.classes:
+            raise ConfigError(f"class {class_name!r} has no adapter in the per-class LoRA {self.path} (learned for "
+                              f"{len(self.classes)} classes: {self.classes[:5]}...); learn it on this dataset")
+        self._write(self.deltas[self.classes.index(class_name)])
+        self.current = class_name
+
+
+def load_style_lora(pipe, path: str | Path) -> StyleLora:
+    """Adds a style LoRA (file or folder from `learn-style method=lora`) into the pipeline's weights, fused.
+
+    A per-class LoRA is written per class by `set_style_lora_class`; until then the UNet refuses to run.
+    """
+    lora = StyleLora(pipe, path)
+    pipe.synthtl_style_lora = lora
+    if lora.per_class:
+        def need_class(module, args):
+            if lora.current is None:
+                raise SynthTLError(f"{lora.path} is a per-class LoRA: call set_style_lora_class(pipe, class_name) "
+                                   "before generating, so each image gets its class's adapter")
+
+        pipe.unet.register_forward_pre_hook(need_class)
+    return lora
+
+
+def set_style_lora_class(pipe, class_name: str) -> None:
+    """Makes the pipeline's weights those of `class_name`'s adapter (a per-class LoRA); otherwise does nothing.
+
+    Generate batches of one class with it: the weights are the class's for every image of the batch.
+    """
+    lora = getattr(pipe, "synthtl_style_lora", None)
+    if lora is not None:
+        lora.use(class_name)

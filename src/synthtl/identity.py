@@ -1,0 +1,301 @@
+"""What an output *is*, declared once: the identity of any stage's config, and the folder that holds it.
+
+Each config field says in its metadata (`config.ignored / content / producer`) how it enters the identity of what its
+stage produces:
+- a value (the default): as it is;
+- ignored: where files live, how fast, how shown;
+- content: an input the user gives (a file, the dataset, the generator's or a scorer's weights), by what it holds; a
+  section may swap what one of its content kinds means (a generated set depends on the dataset's class names only);
+- producer: another stage's output (a generated set, a style, a filter, a run), by that output's own identity: the
+  hash in its folder's identity.json, or, while a study plans it before it exists, the hash the study computed for
+  the job that makes it. Both are the same number, so a job file run by hand is the same job.
+
+Every output folder holds one identity file, identity.json: {"kind", "hash", "identity"}. `check` refuses a folder of
+another identity with one message that names the keys that differ; `claim` writes the file. A study's job id ends with
+the hash. Nothing here depends on where files live, so a moved study, dataset or run is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from synthtl.errors import ConfigError, DataError
+from synthtl.files import content_sha256, read_json, write_json
+
+IDENTITY = "identity.json"
+KIND_NAMES = {"finetune": "a fine-tuning run", "style": "a style", "generate": "a generated set", "filter": "a filter"}
+
+
+class Resolver:
+    """Turns content and producer fields into what they hold. One per study expansion or stage run: it remembers
+    dataset fingerprints and weight identities for its own lifetime only.
+
+    Args:
+        missing: When given, a dataset that is not present is recorded here (name -> why) and identified as
+            "not-present" instead of raising (a dry run plans before the data is fetched; generation needs only the
+            shipped class names).
+    """
+
+    def __init__(self, missing: dict[str, str] | None = None):
+        self.missing = missing
+        self._seen: dict[tuple, Any] = {}
+
+    def content(self, of: str, key: str, value: Any, section: Any) -> Any:
+        if of == "dataset":
+            return self._once(("dataset", _data_key(section)), lambda: self._dataset(section))
+        if of == "classes":
+            return self._once(("classes", _data_key(section)), lambda: self._classes(section))
+        if of == "generator":
+            return self._once(("generator", repr(section)), lambda: generator_weights(section))
+        if not value:
+            return value
+        if of == "file":
+            return file_identity(value, key)
+        if of == "scorer":
+            return self._once(("scorer", value), lambda: scorer_weights(value))
+        raise ValueError(f"unknown content kind {of!r} of {key}")
+
+    def producer(self, of: str, key: str, value: Any, root: Any) -> Any:
+        if not value:
+            return value
+        if of == "filter":  # a filter of the run's own synthetic set
+            return held_hash(Path(root.synthetic.path) / "filters" / value, f"{key}={value!r}",
+                             f"run `synthtl filter {root.synthetic.path} name={value} ...` first")
+        if of in ("set", "style") and not (Path(value) / IDENTITY).is_file():
+            return outside_input(value, key)
+        return held_hash(Path(value), f"{key}={value!r}", "make it first (or point at a finished one)")
+
+    def _once(self, key: tuple, compute) -> Any:
+        if key not in self._seen:
+            self._seen[key] = compute()
+        return self._seen[key]
+
+    def _dataset(self, data: Any) -> str:
+        from synthtl.data.datasets import dataset_fingerprint
+
+        try:
+            return dataset_fingerprint(data)
+        except DataError as e:
+            if self.missing is None:
+                raise
+            self.missing.setdefault(data.name, str(e))
+            return "not-present"
+
+
+    def _classes(self, data: Any) -> list[str]:
+        """The class names a dataset lists: the shipped ones of a registered dataset (present or not), else the
+        listing's."""
+        from synthtl.data.datasets import DATASETS, classnames, load_data
+
+        if data.name in DATASETS:
+            return classnames(data.name)
+        try:
+            return list(load_data(data, "train", download=False).names)
+        except DataError as e:
+            if self.missing is None:
+                raise
+            self.missing.setdefault(data.name, str(e))
+            return ["not-present"]
+
+
+def _data_key(data: Any) -> tuple:
+    return (data.name, data.root, data.train_dir, data.test_dir, data.train_csv, data.test_csv, data.cache_dir)
+
+
+def identity(cfg: Any, resolver: Resolver | None = None, produced: dict[str, str] | None = None) -> dict:
+    """The identity of a stage's config: nested like the config, by each field's declaration (module doc).
+
+    Args:
+        cfg: The stage's resolved config.
+        resolver: Shares what it has looked up between the configs of one study (a fresh one by default).
+        produced: Dotted key -> identity hash of the study job that makes that input (it may not exist yet).
+    """
+    resolver, produced = resolver or Resolver(), produced or {}
+
+    def walk(section: Any, prefix: str, swap: dict) -> dict:
+        out = {}
+        for f in fields(section):
+            key, value, how = prefix + f.name, getattr(section, f.name), f.metadata.get("identity")
+            if how == "ignored":
+                continue
+            if is_dataclass(value):
+                out[f.name] = walk(value, key + ".", f.metadata.get("swap", {}))
+            elif how == "content":
+                of = f.metadata["of"]
+                out[f.name] = resolver.content(swap.get(of, of), key, value, section)
+            elif how == "producer":
+                out[f.name] = produced.get(key) or resolver.producer(f.metadata["of"], key, value, cfg) if value \
+                    else value
+            else:
+                out[f.name] = list(value) if isinstance(value, (list, tuple)) else value
+        return out
+
+    return walk(cfg, "", {})
+
+
+def digest(ident: Any) -> str:
+    """A short stable hash of an identity (identity.json's "hash"; the suffix of a study's job ids)."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {"a.b": value}: the one dotted-key helper."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def differing(old: dict, new: dict) -> list[str]:
+    a, b = flat(old), flat(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def refusal(folder: Path, what: str, keys: list[str], old: dict, new: dict, shown: int = 5) -> ConfigError:
+    """The one refusal of a folder that holds another output: the keys that differ, with both values."""
+    a, b = flat(old), flat(new)
+    parts = [f"{k} ({_short(a.get(k))} there, {_short(b.get(k))} now)" for k in keys[:shown]]
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ConfigError(f"{folder} holds {what} made with another config: {', '.join(parts)}{more}. Use another "
+                       "out_dir, or delete that folder to start over")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def held(folder: Path) -> dict | None:
+    """The folder's identity.json, or None."""
+    f = Path(folder) / IDENTITY
+    if not f.is_file():
+        return None
+    try:
+        record = read_json(f)
+        record["hash"], record["identity"]  # noqa: B018 - both keys must be there
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{f} is damaged; delete {folder} to start over") from None
+    return record
+
+
+def check(folder: Path, kind: str, ident: dict) -> bool:
+    """Whether the folder holds this output (True) or none yet (False).
+
+    Raises:
+        ConfigError: it holds another output; the message names the keys that differ (`refusal`).
+    """
+    record = held(folder)
+    if record is None:
+        return False
+    if record.get("kind") != kind:
+        raise ConfigError(f"{folder} holds {KIND_NAMES.get(record.get('kind'), 'another output')}, not "
+                          f"{KIND_NAMES[kind]}; use another folder")
+    if record["hash"] != digest(ident):
+        raise refusal(folder, KIND_NAMES[kind], differing(record["identity"], ident), record["identity"], ident)
+    return True
+
+
+def claim(folder: Path, kind: str, ident: dict) -> None:
+    """Records which output a folder holds (identity.json), unless it already holds it; refuses another one."""
+    if not check(folder, kind, ident):
+        write_json(Path(folder) / IDENTITY, {"kind": kind, "hash": digest(ident), "identity": ident})
+
+
+def held_hash(folder: Path, what: str, fix: str) -> str:
+    record = held(folder)
+    if record is None:
+        raise DataError(f"{what}: {folder} holds no finished output of synthtl ({IDENTITY} is missing); {fix}")
+    return record["hash"]
+
+
+# ---------------------------------------------------------------------------------------------- content identities
+def file_identity(path: str, key: str = "") -> str:
+    if Path(path).is_dir():
+        raise DataError(f"{key or 'input'}={path!r} is a folder: give the file in it")
+    try:
+        return "sha256:" + content_sha256(path)[:16]
+    except OSError:
+        raise DataError(f"{key or 'input'}={path!r} does not exist or cannot be read; fix the path") from None
+
+
+def outside_input(value: str, key: str) -> str:
+    """An input that synthtl did not make (an image folder, a style file from elsewhere): its files' content."""
+    p = Path(value)
+    if p.is_file():
+        parent = held(p.parent)  # a file of a synthtl output (e.g. its learned_embeds.safetensors): that output
+        return parent["hash"] if parent else file_identity(value, key)
+    if not p.is_dir():
+        raise DataError(f"{key}={value!r} does not exist; fix the path")
+    if (p / "plan.json").is_file():
+        raise DataError(f"{key}={value!r} is a generated set without {IDENTITY} (unfinished planning, or made by "
+                        "another version of synthtl); run `synthtl generate` on it again")
+    return "files:" + hash_files(_files_in(p))[:16]
+
+
+def _files_in(folder: Path) -> list[tuple[str, Path]]:
+    """(name inside the folder, file) of every file that can change what it holds: hidden files (caches, locks,
+    synthtl's own temp files) and docs are left out, names are relative so the folder can move."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix != ".md":
+            found.append((rel.as_posix(), p))
+    return found
+
+
+def hash_files(files: list[tuple[str, Path]]) -> str:
+    """sha256 over (name, content sha256) of each file; contents are hashed once (`files.content_sha256`)."""
+    h = hashlib.sha256()
+    for name, p in sorted(files, key=lambda x: x[0]):
+        h.update(f"{name}\0{content_sha256(p)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def hub_commit(repo_id: str, ref: str = "") -> str:
+    """The commit a hub ref points at in the local cache; the ref itself when nothing is cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        where = snapshot_download(repo_id, revision=ref or None, local_files_only=True)
+    except Exception:  # not downloaded (or not a hub id): loading it gives the clear error
+        return ref or "main"
+    snap = re.search(r"snapshots/([0-9a-f]{40})", Path(where).as_posix())
+    return snap.group(1) if snap else (ref or "main")
+
+
+def weights_identity(source: str, revision: str = "", extra: str = "") -> dict:
+    """What identifies model weights, never where they live: a local file or folder by the content of its files (and
+    of `extra`, a config folder), a hub id by its snapshot commit."""
+    path = Path(source).expanduser()
+    if path.is_file() or path.is_dir():
+        files = [(path.name, path)] if path.is_file() else _files_in(path)
+        if extra and Path(extra).is_dir():
+            files += _files_in(Path(extra))
+        return {"model": "local", "revision": "local-" + hash_files(files)[:16]}
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return {"model": source, "revision": revision}
+    return {"model": source, "revision": hub_commit(source, revision)}
+
+
+def generator_weights(gen: Any) -> dict:
+    """The generator's weights (`generator.model`, with `revision`, `single_file_config`, `tiny_seed`)."""
+    if gen.model == "tiny":
+        from synthtl.generation.pipeline import tiny_revision
+
+        return {"model": "tiny", "revision": tiny_revision(gen.tiny_seed)}
+    return weights_identity(gen.model, gen.revision, gen.single_file_config if Path(gen.model).is_file() else "")
+
+
+def scorer_weights(model: str) -> dict:
+    """A filter's CLIP (`clip.model`): a transformers folder or hub id, or "open_clip:<arch>/<weights file or tag>"."""
+    if model.startswith("open_clip:"):
+        arch, _, weights = model.removeprefix("open_clip:").partition("/")
+        return {"open_clip": arch, "weights": file_identity(weights) if Path(weights).is_file() else weights}
+    return weights_identity(model)

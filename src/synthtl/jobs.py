@@ -1,0 +1,87 @@
+"""The kinds of job, one table shared by the CLI and the study launchers: config class, run function, command.
+
+A study writes each job as a resolved YAML file; `run_job(kind, file)` runs it in this process exactly as
+`synthtl <command> -c file` would, without going through the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthtl import config
+
+
+def _learn_style(cfg: Any) -> dict:
+    from synthtl.style.train import run_learn_style
+
+    return run_learn_style(cfg)
+
+
+def _generate(cfg: Any) -> dict:
+    from synthtl.generation.run import run_generate
+
+    return run_generate(cfg)
+
+
+def _filter(cfg: Any) -> dict:
+    from synthtl.filtering.run import run_filter
+
+    return run_filter(cfg)
+
+
+def _finetune(cfg: Any) -> dict:
+    from synthtl.training.run import run_finetune
+
+    return run_finetune(cfg)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    command: str  # the CLI subcommand
+    schema: type  # its config class
+    run: Callable[[Any], dict]  # runs (or resumes, or skips) one job; returns its summary
+
+
+KINDS: dict[str, JobKind] = {
+    "style": JobKind("learn-style", config.StyleConfig, _learn_style),
+    "generate": JobKind("generate", config.GenerateConfig, _generate),
+    "filter": JobKind("filter", config.FilterConfig, _filter),
+    "finetune": JobKind("finetune", config.FinetuneConfig, _finetune),
+}
+
+
+def output_of(kind: str, cfg: Any) -> Path:
+    """The folder a job writes."""
+    if kind == "finetune":
+        from synthtl.training.run import run_dir_of
+
+        return run_dir_of(cfg)
+    if kind == "filter":
+        return Path(cfg.set_dir) / "filters" / (cfg.name or cfg.method)
+    return Path(cfg.out_dir)
+
+
+def is_finished(kind: str, cfg: Any) -> bool:
+    """Whether a job's output is finished, from its stage's own marker file (no log or manifest is read)."""
+    out = output_of(kind, cfg)
+    if kind == "style":
+        return (out / "style.json").is_file()
+    if kind == "finetune":
+        return (out / "result.json").is_file()
+    if kind == "filter":
+        from synthtl.filtering.store import is_finished as filter_finished
+
+        return filter_finished(cfg)
+    from synthtl.data.genset import is_complete
+
+    return is_complete(out, cfg.per_class)
+
+
+def run_job(kind: str, file: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Runs a job file of `kind` (with `a.b=value` overrides, e.g. a generation shard) in this process."""
+    k = KINDS[kind]
+    return k.run(config.load_config(k.schema, str(file), list(overrides)))
