@@ -48,7 +48,8 @@ from synthtl.config import FilterConfig, GenerateConfig, StyleConfig, load_confi
 from synthtl.files import read_jsonl  # noqa: E402
 from synthtl.generation.pipeline import generator_runtime, sd15_components  # noqa: E402
 from synthtl.generation.run import run_generate  # noqa: E402
-from synthtl.style.train import run_learn_style, style_runtime  # noqa: E402
+from synthtl.style.recipe import style_runtime  # noqa: E402
+from synthtl.style.train import run_learn_style  # noqa: E402
 
 CLASSES = ("boeing_737", "airbus_a320", "cessna_172", "spitfire", "dc_3", "atr_72", "fokker_100", "f_16")
 SDXL_NOTE = ("not measured: synthtl has no full-size SDXL config offline (only the tiny test one), and this benchmark "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from synthtl.config import StyleConfig, load_config  # noqa: E402
 from synthtl.generation.pipeline import sd15_components, tiny_components  # noqa: E402
 from synthtl.runtime import resolve_runtime  # noqa: E402
-from synthtl.style.train import add_tokens, diffusion_loss, install_hook, optimizer_step  # noqa: E402
+from synthtl.style.inversion import InversionRecipe, add_tokens, install_hook  # noqa: E402
+from synthtl.style.recipe import MicroBatch  # noqa: E402
 
 
 def components(tiny: bool, device: torch.device):
@@ -104,23 +106,20 @@ def ours(args, device) -> tuple[float, float]:
         unet, vae, text_encoder, tokenizer = c["unet"], c["vae"], c["text_encoder"], c["tokenizer"]
 
     cfg = load_config(StyleConfig, None, [f"batch_size={args.batch}", f"resolution={args.res}"])
-    inv = add_tokens(Pipe.tokenizer, Pipe.text_encoder, cfg, 1, device)
-    install_hook(Pipe.text_encoder, inv)
-    params = inv.learned if isinstance(inv.learned, list) else [inv.learned]  # one parameter per token, or one
-    opt = torch.optim.AdamW(params, lr=5e-3, weight_decay=1e-2)
-    scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    r = InversionRecipe(cfg, Path(tempfile.mkdtemp(prefix="synthtl_style_")))
+    r.rt, r.pipe, r.sdxl = rt, Pipe, False
+    r.noise_sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    r.scaler = torch.amp.GradScaler("cuda") if rt.dtype == torch.float16 else None
+    r.inv = add_tokens(Pipe, cfg, 1, device)
+    install_hook(Pipe.text_encoder, r.inv)
+    r.opt = torch.optim.AdamW([{"params": [p]} for p in r.inv.learned], lr=5e-3, weight_decay=1e-2)
     cached = torch.randn(args.batch, 4, args.res // 8, args.res // 8, device=device, dtype=rt.dtype)
-    ids = Pipe.tokenizer([f"a pug photo in the style of {cfg.token}."] * args.batch, padding="max_length",
-                         truncation=True, max_length=Pipe.tokenizer.model_max_length,
-                         return_tensors="pt").input_ids.to(device)
+    prompts = [f"a pug photo in the style of {cfg.token}."] * args.batch
 
-    def step():
+    def step():  # synthtl's step: tokenize, encode (the hook writes the token), denoise, the loss, AdamW
         noise = torch.randn_like(cached)
         t = torch.randint(0, 1000, (args.batch,), device=device)
-        loss = diffusion_loss(Pipe, sched, cached, ids, noise, t, rt)
-        (scaler.scale(loss) if scaler else loss).backward()
-        optimizer_step(opt, scaler)
+        r.step(0, [MicroBatch(cached, noise, t, prompts)])
 
     return timed(step, args.steps, args.warmup, device)
 

@@ -5,9 +5,7 @@ installed a hook for that name with `inject`. The points:
 
 - "job": a study job is about to run in this process (task: `experiments.launch.Task`).
 - "run.claimed": a fine-tuning run has claimed its folder and is about to train (run_dir).
-- "stage.saved": a stage's final weights are on disk, the resume state not yet (stage).
-- "filter.batch": a filter is about to score a batch (rows).
-- "style.step": a style finished a step (step), before its checkpoint is due.
+- "style.checkpoint": a style's checkpoint is on disk (step, unit: -1 or the class of a per-class LoRA).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The real CLIP tokenizer (converted from clip-anytorch's BPE file) against CLIP's own reference tokenizer."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -7,7 +9,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from synthtl.config import StyleConfig, load_config
 from synthtl.errors import ConfigError
 from synthtl.generation.prompts import prompt_for, template_set
-from synthtl.style.train import add_tokens, install_hook
+from synthtl.style.inversion import add_tokens, install_hook
 from tests.fullsize import sd15
 
 PROMPTS = [
@@ -55,7 +57,7 @@ def test_dsi_token_is_one_piece(clip_tokenizer_dir):
     te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, max_position_embeddings=77))
     cfg = load_config(StyleConfig, None, [])
-    inv = add_tokens(tok, te, cfg, 3, torch.device("cpu"))
+    inv = add_tokens(SimpleNamespace(tokenizer=tok, text_encoder=te), cfg, 3, torch.device("cpu"))
     assert inv.tokens == ["<synthtl-style>"] and inv.ids.tolist() == [49408]
     prompt = f"a Boeing 737-800 photo in the style of {inv.prompt_token(0)}."
     assert tok.tokenize(prompt)[-2:] == ["<synthtl-style>", ".</w>"]
@@ -78,6 +80,8 @@ def test_a_word_already_in_clips_vocabulary_is_refused(clip_tokenizer_dir):
     te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, max_position_embeddings=77))
     with pytest.raises(ConfigError, match="already in the tokenizer"):
-        add_tokens(tok, te, load_config(StyleConfig, None, ["token=painting"]), 3, torch.device("cpu"))
+        add_tokens(SimpleNamespace(tokenizer=tok, text_encoder=te), load_config(StyleConfig, None, ["token=painting"]),
+                   3, torch.device("cpu"))
     with pytest.raises(ConfigError, match="single token"):
-        add_tokens(tok, te, load_config(StyleConfig, None, ["initializer=photograph-of"]), 3, torch.device("cpu"))
+        add_tokens(SimpleNamespace(tokenizer=tok, text_encoder=te),
+                   load_config(StyleConfig, None, ["initializer=photograph-of"]), 3, torch.device("cpu"))

@@ -16,9 +16,11 @@ from synthtl.generation.families import save_tiny, text_encoders, tiny_sd2_compo
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
 from synthtl.generation.styles import EMBEDS
-from synthtl.runtime import resolve_runtime
 from synthtl.style import sdxl
-from synthtl.style import train as style_train
+from synthtl.style.data import cache_latents, sample_picks
+from synthtl.style.inversion import InversionRecipe
+from synthtl.style.recipe import MicroBatch, tokenize
+from synthtl.style.train import run_learn_style
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +51,20 @@ class Oracle(torch.nn.Module):
 
 @pytest.mark.parametrize("model, target", [("sd2", "velocity"), ("sd2_eps", "noise")])
 def test_inversion_target_follows_the_prediction_type(folders, folder_data, tmp_path, model, target):
-    cfg = cfg_for(folder_data, tmp_path / "s", folders[model])
-    rt = resolve_runtime("cpu")
-    pipe, sched = style_train._components(cfg, rt)
+    r = InversionRecipe(cfg_for(folder_data, tmp_path / "s", folders[model]), tmp_path / "s")
+    pipe, sched = r.components()
+    r.noise_sched = sched
     assert sched.config.prediction_type == ("v_prediction" if target == "velocity" else "epsilon")
     g = torch.Generator().manual_seed(0)
     lat, noise = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
     t = torch.tensor([100, 900])
     velocity = sched.get_velocity(lat, noise, t)
     assert not torch.allclose(velocity, noise)
-    ids = style_train.tokenize(pipe.tokenizer, ["a photo"] * 2)
 
     def loss_if_unet_predicts(prediction):
-        fake = types.SimpleNamespace(text_encoder=pipe.text_encoder, unet=Oracle(prediction))
-        return style_train.diffusion_loss(fake, sched, lat, ids, noise, t, rt).item()
+        r.pipe = types.SimpleNamespace(text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                       unet=Oracle(prediction))
+        return r.loss(MicroBatch(lat, noise, t, ["a photo"] * 2)).item()
 
     right, wrong = (velocity, noise) if target == "velocity" else (noise, velocity)
     assert loss_if_unet_predicts(right) == 0.0 and loss_if_unet_predicts(wrong) > 0.01
@@ -71,12 +73,11 @@ def test_inversion_target_follows_the_prediction_type(folders, folder_data, tmp_
 def test_a_sample_predicting_scheduler_is_refused(folders, folder_data, tmp_path):
     from diffusers import DDPMScheduler
 
-    pipe = load_pipeline(GeneratorConfig(model=str(folders["sd2"]), device="cpu"))
-    sched = DDPMScheduler.from_config(pipe.scheduler.config, prediction_type="sample")
-    ids = style_train.tokenize(pipe.tokenizer, ["a photo"])
+    r = InversionRecipe(cfg_for(folder_data, tmp_path / "s", folders["sd2"]), tmp_path / "s")
+    r.pipe, sched = r.components()
+    r.noise_sched = DDPMScheduler.from_config(sched.config, prediction_type="sample")
     with pytest.raises(ConfigError, match="predicts 'sample'.*epsilon and v_prediction"):
-        style_train.diffusion_loss(pipe, sched, torch.zeros(1, 4, 4, 4), ids, torch.zeros(1, 4, 4, 4),
-                                   torch.tensor([1]), resolve_runtime("cpu"))
+        r.loss(MicroBatch(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4), torch.tensor([1]), ["a photo"]))
 
 
 def tables(pipe) -> list[torch.Tensor]:
@@ -85,69 +86,52 @@ def tables(pipe) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("model", ["sd2", "sdxl"])
 def test_one_inversion_step_changes_only_the_token_in_every_text_encoder(folders, folder_data, tmp_path, model):
-    cfg = cfg_for(folder_data, tmp_path / "s", folders[model], "vectors=2")
-    rt = resolve_runtime("cpu")
-    pipe, sched = style_train._components(cfg, rt)
-    images = style_train.training_images(cfg, tmp_path / "s")
-    inv = style_train.add_tokens(tokenizers(pipe), text_encoders(pipe), cfg, images.num_classes, rt.device)
-    hooks = [style_train.install_hook(e, inv, k) for k, e in enumerate(text_encoders(pipe))]
-    sizes = []
-    latents, labels, _ = style_train.cache_latents(pipe.vae, images, cfg, rt, sizes)
+    r = InversionRecipe(cfg_for(folder_data, tmp_path / "s", folders[model], "vectors=2"), tmp_path / "s")
+    r.setup()
+    pipe, inv = r.pipe, r.inv
     prompt = [f"a photo in the style of {inv.prompt_token(0)}"]
 
     def effective():  # each encoder's input embeddings of the prompt, as the hooks make them
-        return [e.get_input_embeddings()(style_train.tokenize(tok, prompt)).detach().clone()
+        return [e.get_input_embeddings()(tokenize(tok, prompt)).detach().clone()
                 for e, tok in zip(text_encoders(pipe), tokenizers(pipe), strict=True)]
 
     before, before_tables = effective(), tables(pipe)
-    opt = style_train.make_optimizer(inv, cfg)
-    groups, g = style_train.by_class_index(labels), torch.Generator().manual_seed(0)
-    batch = style_train.draw_micro_batch(pipe, sched, inv, cfg, images.names, latents, groups, rt, g, sizes)
-    assert (batch.time_ids is not None) == (model == "sdxl")
-    loss = style_train.inversion_step(pipe, sched, inv, opt, cfg, [batch], rt)
+    batch = r.draw(r.units[0], 0)
+    assert (batch[0].time_ids is not None) == (model == "sdxl")
+    loss = r.step(0, batch)
     after = effective()
     assert np.isfinite(loss) and inv.updates == [1]
     assert all(torch.equal(a, b) for a, b in zip(before_tables, tables(pipe), strict=True))  # no table row moves
     assert all(p.grad is None for m in (pipe.unet, *text_encoders(pipe)) for p in m.parameters())
     for k, tok in enumerate(tokenizers(pipe)):
-        ids = style_train.tokenize(tok, prompt)[0]
+        ids = tokenize(tok, prompt)[0]
         token_at = torch.isin(ids, inv.encoder_ids[k])
         moved = (before[k][0] != after[k][0]).any(dim=1)
         assert token_at.sum() == 2 and torch.equal(moved, token_at)  # both sub-tokens, in every encoder, only they
     assert inv.learned[0].shape == (2, sum(e.get_input_embeddings().weight.shape[1] for e in text_encoders(pipe)))
-    for h in hooks:
-        h.remove()
 
 
 def test_sdxl_time_ids_are_each_images_size_and_crop(folders, folder_data, tmp_path):
     """folder_data's images are 48x40 (w x h): original (40, 48), crops inside the resized 38x32 image, target 32."""
     cfg = cfg_for(folder_data, tmp_path / "s", folders["sdxl"], "batch_size=8")
-    rt = resolve_runtime("cpu")
-    pipe, sched = style_train._components(cfg, rt)
-    images = style_train.training_images(cfg, tmp_path / "s")
-    inv = style_train.add_tokens(tokenizers(pipe), text_encoders(pipe), cfg, images.num_classes, rt.device)
-    sizes = []
-    latents, labels, _ = style_train.cache_latents(pipe.vae, images, cfg, rt, sizes)
+    r = InversionRecipe(cfg, tmp_path / "s")
+    r.setup()
+    pipe, sizes, rt = r.pipe, r.data.sizes, r.rt
     assert sizes and all(s == (40, 48, 0, 0) for s in sizes)  # random crops: taken later, from the latents
-    groups = style_train.by_class_index(labels)
-    batch = style_train.draw_micro_batch(pipe, sched, inv, cfg, images.names, latents, groups, rt,
-                                         torch.Generator().manual_seed(3), sizes)
-    picks = style_train.sample_picks(latents, groups, cfg, cfg.resolution // 8, torch.Generator().manual_seed(3))
+    batch = r.draw_one(r.groups, torch.Generator().manual_seed(3))
+    picks = sample_picks(r.data, r.groups, cfg.batch_size, cfg.resolution // 8, torch.Generator().manual_seed(3))
     px = pipe.vae_scale_factor
     expected = [[40, 48, top * px, left * px, 32, 32] for _, _, _, top, left in picks]
     assert batch.time_ids.tolist() == expected and any(left > 0 for *_, left in picks)
 
     center = cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "crop=center")
-    sizes = []
-    style_train.cache_latents(pipe.vae, images, center, rt, sizes)
+    sizes = cache_latents(pipe.vae, r.images, center, rt, sizes=True).sizes
     assert all(s == (40, 48, 0, 3) for s in sizes)  # 48x40 -> 38x32, centre 32x32 starts 3 px in
-
-    ids = style_train.tokenize_all(pipe, ["a photo"] * 2, rt.device)
     noise, t = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([300, 600])
 
     def loss(time_ids):
         with torch.no_grad():
-            return style_train.diffusion_loss(pipe, sched, batch.latents[:2], ids, noise, t, rt, time_ids).item()
+            return r.loss(MicroBatch(batch.latents[:2], noise, t, ["a photo"] * 2, time_ids)).item()
 
     small, large = torch.tensor([[40, 48, 0, 0, 32, 32]] * 2), torch.tensor([[1024, 1024, 0, 0, 32, 32]] * 2)
     assert loss(small) != loss(large)  # the UNet reads them
@@ -155,7 +139,7 @@ def test_sdxl_time_ids_are_each_images_size_and_crop(folders, folder_data, tmp_p
 
 def test_sdxl_style_file_loads_with_diffusers_sdxl_calls_and_drives_generation(folders, folder_data, tmp_path):
     out = tmp_path / "s"
-    info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "vectors=2"))
+    info = run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "vectors=2"))
     state = load_file(str(out / EMBEDS))
     assert set(state) == {"clip_l", "clip_g"} and state["clip_l"].shape == (2, 16) and state["clip_g"].shape == (2, 24)
     assert info["tokens"] == ["<synthtl-style>"] and (out / "validation" / "step-000002.png").is_file()
@@ -186,13 +170,13 @@ def test_sdxl_style_file_loads_with_diffusers_sdxl_calls_and_drives_generation(f
     with pytest.raises(ConfigError, match="already in the tokenizer"):
         styles.load_into_pipeline(ours, out)
     with pytest.raises(ConfigError, match="mode=class is not supported for SDXL"):
-        style_train.run_learn_style(cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "mode=class", "steps=3"))
+        run_learn_style(cfg_for(folder_data, tmp_path / "c", folders["sdxl"], "mode=class", "steps=3"))
 
 
 def style_then_generate(model, folder_data, tmp_path) -> tuple:
     """Learns a style against `model`, then generates one image per class with it: (style folder, set, rows)."""
     out, gen = tmp_path / "s", tmp_path / "gen"
-    style_train.run_learn_style(cfg_for(folder_data, out, model))
+    run_learn_style(cfg_for(folder_data, out, model))
     run_generate(load_config(GenerateConfig, None, [
         f"generator.model={model}", "generator.height=32", "generator.width=32", "generator.steps=2",
         "per_class=1", "data.name=folder", f"data.root={folder_data}", f"out_dir={gen}", "prompts.templates=style",
@@ -216,7 +200,7 @@ def test_sdxl_style_drives_generation_through_generate(folders, folder_data, tmp
 
 def sdxl_unet_out(pipe, prompt="a photo of a red fox."):
     """The SDXL UNet's prediction for fixed latents, timestep, prompt (both encoders, pooled) and time ids."""
-    ids = style_train.tokenize_all(pipe, [prompt], torch.device("cpu"))
+    ids = [tokenize(tok, [prompt]) for tok in tokenizers(pipe)]
     with torch.no_grad():
         states, added = sdxl.conditioning(pipe, ids, torch.tensor([[32, 32, 0, 0, 32, 32]]))
         noisy = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -230,7 +214,7 @@ def test_sdxl_lora_learns_on_both_text_encoders_and_loads_with_diffusers_sdxl_lo
 
 
     out = tmp_path / "s"
-    info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
+    info = run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
                                                "lora.train_text_encoder=true"))
     assert info["method"] == "lora" and (out / "validation" / "step-000002.png").is_file()
     state = load_file(str(out / styles.WEIGHTS))
@@ -251,7 +235,7 @@ def test_sdxl_lora_learns_on_both_text_encoders_and_loads_with_diffusers_sdxl_lo
 
 def test_sdxl_per_class_lora_drives_generation_through_generate(folders, folder_data, tmp_path):
     out = tmp_path / "s"
-    info = style_train.run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
+    info = run_learn_style(cfg_for(folder_data, out, folders["sdxl"], "method=lora", "lora.rank=2",
                                                "mode=class", "steps=3"))
     assert info["adapter_steps"] == {"red fox": 1, "blue jay": 1, "green frog": 1}
     gen = tmp_path / "gen"

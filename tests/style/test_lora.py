@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from synthtl import faults
 from synthtl.config import GenerateConfig, PromptConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.generation import styles
 from synthtl.generation.pipeline import load_pipeline
-from synthtl.runtime import resolve_runtime
 from synthtl.style import lora
-from synthtl.style import train as style_train
+from synthtl.style.recipe import MicroBatch, tokenize
 from synthtl.style.train import run_learn_style
 from tests.conftest import run_cli
 from tests.style.test_style import learn_until_checkpoint
@@ -33,7 +33,7 @@ def tiny_gen():
 def unet_out(pipe, prompt="a photo of a red fox."):
     """The UNet's noise prediction for fixed latents, timestep and prompt."""
     g = torch.Generator().manual_seed(0)
-    ids = style_train.tokenize(pipe.tokenizer, [prompt])
+    ids = tokenize(pipe.tokenizer, [prompt])
     with torch.no_grad():
         return pipe.unet(torch.randn(1, 4, 4, 4, generator=g), 500, pipe.text_encoder(ids)[0]).sample
 
@@ -47,19 +47,16 @@ def images(pipe, prompt="a photo of a red fox.", seed=3):
 def test_training_changes_only_the_lora_parameters(folder_data, tmp_path):
     """Two steps with the text-encoder LoRA on: every base weight of UNet, VAE and text encoder is bit-identical."""
     cfg = cfg_for(folder_data, tmp_path / "s", "lora.train_text_encoder=true", "weight_decay=0.1")
-    rt = resolve_runtime("cpu")
-    pipe, sched = style_train._components(cfg, rt)
+    r = lora.LoraRecipe(cfg, tmp_path / "s")
+    pipe, _ = r.components()
     before = {f"{n}.{k}": v.clone() for n in ("unet", "vae", "text_encoder")
               for k, v in getattr(pipe, n).state_dict().items()}
-    params = lora.add_lora(pipe, cfg)
-    lora.init_lora(params, 0)
+    r.setup()
+    pipe, params = r.pipe, r.params
+    r.start_unit(r.units[0])
     start = {k: p.detach().clone() for k, p in params.items()}
-    opt = torch.optim.AdamW(list(params.values()), lr=0.01, weight_decay=0.1)
-    latents = [torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     for step in range(2):
-        g = torch.Generator().manual_seed(step)
-        batch = lora.draw_micro_batch(pipe, sched, cfg, ("a", "b"), latents, {0: [0, 1], 1: [2, 3]}, rt, g)
-        lora.lora_step(pipe, sched, params, opt, cfg, [batch], rt, step)
+        r.step(step, r.draw(r.units[0], step))
     after = {}
     for n in ("unet", "vae", "text_encoder"):  # peft wraps a layer: its weight is now `<layer>.base_layer.weight`
         after.update({f"{n}.{k.replace('.base_layer', '')}": v for k, v in getattr(pipe, n).state_dict().items()
@@ -129,32 +126,29 @@ def test_loss_falls_when_overfitting_a_few_images(folder_data, tmp_path):
     out = tmp_path / "s"
     cfg = cfg_for(folder_data, out, "steps=40", "lr=0.02", "data.shots=2", "random_flip=false", "crop=center",
                   "lora.rank=4", "validation_classes=0")
-    rt = resolve_runtime("cpu")
-    pipe = load_pipeline(cfg.generator, rt)
-    imgs = style_train.training_images(cfg, tmp_path / "probe")
-    latents, labels, _ = style_train.cache_latents(pipe.vae, imgs, cfg, rt)
-    lat = torch.cat(latents) * pipe.vae.config.scaling_factor
-    ids = style_train.tokenize(pipe.tokenizer, [f"a photo of a {imgs.names[y]}." for y in labels])
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    r = lora.LoraRecipe(cfg, tmp_path / "probe")
+    r.setup()  # its LoRA starts at B = 0: the base model's loss
+    lat = torch.cat(r.data.latents) * r.pipe.vae.config.scaling_factor
+    prompts = [f"a photo of a {r.images.names[y]}." for y in r.data.labels]
     g = torch.Generator().manual_seed(1)
-    noise, t = torch.randn(lat.shape, generator=g), torch.randint(0, 1000, (len(lat),), generator=g)
+    batch = MicroBatch(lat, torch.randn(lat.shape, generator=g), torch.randint(0, 1000, (len(lat),), generator=g),
+                       prompts)
 
     def probe(p):
+        r.pipe = p
         with torch.no_grad():
-            return style_train.diffusion_loss(p, sched, lat, ids, noise, t, rt).item()
+            return r.loss(batch).item()
 
-    start = probe(pipe)
+    start = probe(load_pipeline(cfg.generator, r.rt))
     run_learn_style(cfg)
-    assert probe(load_pipeline(cfg.generator, rt, style_lora=str(out))) < start
+    assert probe(load_pipeline(cfg.generator, r.rt, style_lora=str(out))) < start
 
 
-def test_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path):
     args = ("checkpoint_every=2", "warmup_steps=2")
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
     killed = tmp_path / "killed"
-    calls = learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args), n=2, module=lora)
+    calls = learn_until_checkpoint(cfg_for(folder_data, killed, *args), n=2)
     assert calls == [2, 4] and (killed / "checkpoint.pt").is_file() and not (killed / styles.WEIGHTS).exists()
     leftover = killed / f".{styles.WEIGHTS}.x1y2z3.tmp"  # what a kill during an atomic write leaves
     leftover.write_bytes(b"half")
@@ -165,18 +159,17 @@ def test_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path,
     assert resumed["loss_curve"] == whole["loss_curve"] and resumed["hash"] == whole["hash"]
 
 
-def test_per_class_adapters_each_trained_only_on_their_class(folder_data, tmp_path, monkeypatch):
+def test_per_class_adapters_each_trained_only_on_their_class(folder_data, tmp_path):
     """N adapters, each from batches of its own class only; a kill during class 1 resumes to the same weights."""
-    seen, real_sample = [], style_train.sample_batch
+    seen = []
 
-    def sample(latents, by_class, cfg, size, g):
-        batch, ys = real_sample(latents, by_class, cfg, size, g)
-        seen.append(tuple(sorted(set(ys))))
-        return batch, ys
+    class Watched(lora.LoraRecipe):
+        def prompts(self, ys, g):
+            seen.append(tuple(sorted(set(ys))))
+            return super().prompts(ys, g)
 
-    monkeypatch.setattr(style_train, "sample_batch", sample)
     args = ("mode=class", "steps_per_class=2", "checkpoint_every=1")
-    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
+    whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args), Watched)
     assert seen == [(0,)] * 2 + [(1,)] * 2 + [(2,)] * 2  # class after class, each batch of one class
     assert whole["adapter_steps"] == {"blue jay": 2, "green frog": 2, "red fox": 2} and whole["steps"] == 6
     assert whole["adapters"] == {"blue jay": "adapters/0", "green frog": "adapters/1", "red fox": "adapters/2"}
@@ -190,19 +183,14 @@ def test_per_class_adapters_each_trained_only_on_their_class(folder_data, tmp_pa
         outs.append(unet_out(p))
     assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[1], outs[2])
 
-    real_save = lora.save_torch
-
-    def die_in_class_1(path, obj):
-        real_save(path, obj)
-        if obj["unit"] == 1:
+    def die_in_class_1(step, unit):
+        if unit == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(lora, "save_torch", die_in_class_1)
     killed = tmp_path / "killed"
-    with pytest.raises(KeyboardInterrupt):
+    with faults.inject("style.checkpoint", die_in_class_1), pytest.raises(KeyboardInterrupt):
         run_learn_style(cfg_for(folder_data, killed, *args))
     assert (killed / "adapters" / "0" / lora.ADAPTER_JSON).is_file() and not (killed / "adapters" / "1").exists()
-    monkeypatch.setattr(lora, "save_torch", real_save)
     resumed = run_learn_style(cfg_for(folder_data, killed, *args))
     assert resumed["hash"] == whole["hash"] and resumed["adapter_loss_curves"] == whole["adapter_loss_curves"]
     assert not (killed / "adapters" / "checkpoint.pt").exists()
@@ -277,7 +265,7 @@ def test_text_encoder_lora_is_applied(folder_data, tmp_path):
     out = tmp_path / "s"
     run_learn_style(cfg_for(folder_data, out, "lora.train_text_encoder=true", "lr=0.05", "steps=3"))
     assert any(k.startswith("text_encoder.") for k in load_file(str(out / styles.WEIGHTS)))
-    ids = style_train.tokenize(load_pipeline(tiny_gen()).tokenizer, ["a photo of a red fox."])
+    ids = tokenize(load_pipeline(tiny_gen()).tokenizer, ["a photo of a red fox."])
     with torch.no_grad():
         base = load_pipeline(tiny_gen()).text_encoder(ids)[0]
         ours = load_pipeline(tiny_gen(), style_lora=str(out)).text_encoder(ids)[0]

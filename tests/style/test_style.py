@@ -7,16 +7,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synthtl import identity
+from synthtl import faults, identity
 from synthtl.config import GenerateConfig, StyleConfig, load_config
 from synthtl.errors import ConfigError, DataError
 from synthtl.files import LockedError, read_jsonl
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
 from synthtl.generation.styles import EMBEDS, load_into_pipeline
-from synthtl.runtime import resolve_runtime
-from synthtl.style import train as style_train
-from synthtl.style.train import add_tokens, diffusion_loss, install_hook, run_learn_style
+from synthtl.style.data import training_images
+from synthtl.style.inversion import InversionRecipe
+from synthtl.style.recipe import MicroBatch
+from synthtl.style.train import run_learn_style
 from tests.conftest import run_cli
 
 TINY = ["generator.model=tiny", "resolution=32", "batch_size=2", "validation_steps=2", "validation_images=2",
@@ -38,30 +39,25 @@ def effective_table(pipe, inv):
     return table
 
 
-def test_one_step_changes_only_the_new_token_rows(folder_data, tmp_path):
-    cfg = cfg_for(folder_data, tmp_path / "s")
-    rt = resolve_runtime("cpu")
-    pipe = style_train.freeze(load_pipeline(cfg.generator, rt))
-    inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, 3, rt.device)
-    hook = install_hook(pipe.text_encoder, inv)
-    before = effective_table(pipe, inv)
-    opt = style_train.make_optimizer(inv, cfg)
-    from diffusers import DDPMScheduler
+def ready(cfg, out) -> InversionRecipe:
+    """A set-up inversion recipe: pipeline, tokens and hooks, latents, optimizer."""
+    r = InversionRecipe(cfg, out)
+    r.setup()
+    return r
 
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+
+def test_one_step_changes_only_the_new_token_rows(folder_data, tmp_path):
+    cfg = cfg_for(folder_data, tmp_path / "s", "mode=class", *SMALL)
+    r = ready(cfg, tmp_path / "s")
+    before = effective_table(r.pipe, r.inv)
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(2, 4, 4, 4, generator=g)
-    ids = pipe.tokenizer([f"a fox photo in the style of {cfg.token}."] * 2, padding="max_length", truncation=True,
-                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-    loss = diffusion_loss(pipe, sched, lat, ids, torch.randn(lat.shape, generator=g), torch.tensor([10, 500]), rt)
-    loss.backward()
-    opt.step()
-    after = effective_table(pipe, inv)
+    prompts = [f"a fox photo in the style of {t}." for t in r.inv.tokens[:2]]
+    r.step(0, [MicroBatch(lat, torch.randn(lat.shape, generator=g), torch.tensor([10, 500]), prompts)])
+    after = effective_table(r.pipe, r.inv)
     changed = (before != after).any(dim=1).nonzero().flatten().tolist()
-    assert changed == inv.ids.tolist()
-    assert all(p.grad is not None for p in inv.learned)
-    assert all(p.grad is None for m in (pipe.text_encoder, pipe.unet) for p in m.parameters())  # nothing else learns
-    hook.remove()
+    assert changed == r.inv.ids[:2].tolist() and r.inv.updates == [1, 1, 0]  # the third token was not in the batch
+    assert all(p.grad is None for m in (r.pipe.text_encoder, r.pipe.unet) for p in m.parameters())  # nothing else
 
 
 def test_dsi_end_to_end_files_and_validation_grids(folder_data, tmp_path):
@@ -77,27 +73,24 @@ def test_dsi_end_to_end_files_and_validation_grids(folder_data, tmp_path):
     assert run_learn_style(cfg_for(folder_data, out)) == info  # finished: a no-op
 
 
-def learn_until_checkpoint(monkeypatch, cfg, n: int = 1, module=style_train) -> list:
-    """Runs learn-style and "kills" it right after the n-th checkpoint `module` saves; returns their steps."""
-    real, calls = module.save_torch, []
+def learn_until_checkpoint(cfg, n: int = 1) -> list:
+    """Runs learn-style and "kills" it right after its n-th checkpoint; returns their steps."""
+    calls = []
 
-    def die_after_checkpoint(path, obj):
-        real(path, obj)
-        calls.append(obj.get("step"))
+    def die_after_checkpoint(step, unit):
+        calls.append(step)
         if len(calls) == n:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(module, "save_torch", die_after_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with faults.inject("style.checkpoint", die_after_checkpoint), pytest.raises(KeyboardInterrupt):
         run_learn_style(cfg)
-    monkeypatch.setattr(module, "save_torch", real)
     return calls
 
 
-def test_resume_equals_uninterrupted(folder_data, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(folder_data, tmp_path):
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", "checkpoint_every=2", "validate_every=0"))
     killed = tmp_path / "killed"
-    calls = learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, "checkpoint_every=2", "validate_every=0"),
+    calls = learn_until_checkpoint(cfg_for(folder_data, killed, "checkpoint_every=2", "validate_every=0"),
                                    n=2)
     assert calls == [2, 4] and (killed / "checkpoint.pt").is_file()
     resumed = run_learn_style(cfg_for(folder_data, killed, "checkpoint_every=2", "validate_every=0"))
@@ -110,21 +103,15 @@ def test_loss_falls_when_overfitting_a_few_images(folder_data, tmp_path):
     """The learned token lowers the denoising loss on its training images (fixed noise and timesteps)."""
     cfg = cfg_for(folder_data, tmp_path / "s", "steps=80", "validate_every=0", "lr=0.2", "data.shots=2",
                   "random_flip=false", "crop=center", "vectors=2")
-    rt = resolve_runtime("cpu")
-    pipe = load_pipeline(cfg.generator, rt)
-    images = style_train.training_images(cfg, tmp_path / "s")
-    latents, labels, _ = style_train.cache_latents(pipe.vae, images, cfg, rt)
-    lat = torch.cat(latents) * pipe.vae.config.scaling_factor
-    prompts = [f"a {images.names[y]} photo in the style of {cfg.token} {cfg.token}_1." for y in labels]
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    probe = ready(cfg, tmp_path / "probe")
+    lat = torch.cat(probe.data.latents) * probe.pipe.vae.config.scaling_factor
+    prompts = [f"a {probe.images.names[y]} photo in the style of {cfg.token} {cfg.token}_1." for y in probe.data.labels]
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(lat.shape, generator=g)
     t = torch.randint(0, 1000, (len(lat),), generator=g)
 
     def probe_loss(learned_state=None):
-        p = load_pipeline(cfg.generator, rt)
+        p = load_pipeline(cfg.generator, probe.rt)
         if learned_state is not None:
             from safetensors.torch import save_file
 
@@ -136,10 +123,9 @@ def test_loss_falls_when_overfitting_a_few_images(folder_data, tmp_path):
             table = p.text_encoder.get_input_embeddings().weight
             with torch.no_grad():
                 table[-2:] = table[p.tokenizer.encode("photo", add_special_tokens=False)[0]].clone()
-        ids = p.tokenizer(prompts, padding="max_length", truncation=True, max_length=p.tokenizer.model_max_length,
-                          return_tensors="pt").input_ids
+        probe.pipe = p  # the probe's loss on another pipeline: the learned token written in its table
         with torch.no_grad():
-            return diffusion_loss(p, sched, lat, ids, noise, t, rt).item()
+            return probe.loss(MicroBatch(lat, noise, t, prompts)).item()
 
     start = probe_loss()
     run_learn_style(cfg)
@@ -239,26 +225,18 @@ def test_presets_resolve_steps():
 
 
 # ---------------------------------------------------------------- per-class tokens are N separate runs (docs/method.md)
-def test_a_token_absent_from_the_batch_does_not_move(folder_data, tmp_path, monkeypatch):
+def test_a_token_absent_from_the_batch_does_not_move(folder_data, tmp_path):
     """Class 0 is in the first batch only: its token after 6 steps is bit-identical to its token after 3 steps."""
-    real_sample, real_index = style_train.sample_batch, style_train.by_class_index
-    full, calls = {}, []
 
-    def index(labels):
-        full.update(real_index(labels))
-        return real_index(labels)
+    class FirstClassZeroThenMixed(InversionRecipe):  # batches of class 0, then of classes 1 and 2 mixed
+        def make_units(self):
+            units = super().make_units()
+            units[0].pool = lambda step: {0: self.groups[0]} if step == 0 else {1: self.groups[1], 2: self.groups[2]}
+            return units
 
-    def sample(latents, by_class, cfg, size, g):
-        calls.append(1)
-        pool = {0: full[0]} if len(calls) == 1 else {1: full[1], 2: full[2]}
-        return real_sample(latents, pool, cfg, size, g)
-
-    monkeypatch.setattr(style_train, "by_class_index", index)
-    monkeypatch.setattr(style_train, "sample_batch", sample)
     args = ("mode=class", "validate_every=0", "weight_decay=0.1", *SMALL)
-    run_learn_style(cfg_for(folder_data, tmp_path / "three", *args, "steps=3"))
-    calls.clear()
-    info = run_learn_style(cfg_for(folder_data, tmp_path / "six", *args, "steps=6"))
+    run_learn_style(cfg_for(folder_data, tmp_path / "three", *args, "steps=3"), FirstClassZeroThenMixed)
+    info = run_learn_style(cfg_for(folder_data, tmp_path / "six", *args, "steps=6"), FirstClassZeroThenMixed)
     three, six = load_file(str(tmp_path / "three" / EMBEDS)), load_file(str(tmp_path / "six" / EMBEDS))
     assert torch.equal(three["<synthtl-style-0>"], six["<synthtl-style-0>"])  # 3 more steps without a gradient
     assert not torch.equal(three["<synthtl-style-1>"], six["<synthtl-style-1>"])  # the tokens in those batches moved
@@ -267,45 +245,30 @@ def test_a_token_absent_from_the_batch_does_not_move(folder_data, tmp_path, monk
     assert all(n <= 5 for n in others) and sum(others) >= 5  # a mixed batch steps every token in it, once
 
 
-def _inversion(cfg, rt):
-    from diffusers import DDPMScheduler
-
-    pipe = style_train.freeze(load_pipeline(cfg.generator, rt))
-    inv = add_tokens(pipe.tokenizer, pipe.text_encoder, cfg, 1 if cfg.mode == "dataset" else 3, rt.device)
-    install_hook(pipe.text_encoder, inv)
-    return pipe, DDPMScheduler.from_config(pipe.scheduler.config), inv, style_train.make_optimizer(inv, cfg)
-
-
 def test_one_class_alone_matches_its_token_inside_a_per_class_run(folder_data, tmp_path):
     """Token 0 of a per-class run ends where a single-token run fed only class 0's batches ends, though other
     classes' steps come in between (weight decay and warmup on, so shared optimizer state would show)."""
-    rt = resolve_runtime("cpu")
     common = ("warmup_steps=3", "weight_decay=0.1", "batch_size=3")
-    pc_cfg = cfg_for(folder_data, tmp_path / "pc", "mode=class", *common)
-    alone_cfg = cfg_for(folder_data, tmp_path / "alone", "token=<alone>", *common)
-    pc, alone = _inversion(pc_cfg, rt), _inversion(alone_cfg, rt)
-    images = style_train.training_images(pc_cfg, tmp_path / "pc")  # 8 images per class: 3-image batches vary
-    latents, labels, _ = style_train.cache_latents(pc[0].vae, images, pc_cfg, rt)
-    groups = style_train.by_class_index(labels)
-    for s, c in enumerate([0, 1, 0, 2, 2, 1, 0]):
-        g = torch.Generator().manual_seed(s)
-        batch = style_train.draw_micro_batch(pc[0], pc[1], pc[2], pc_cfg, images.names, latents, {c: groups[c]}, rt, g)
-        style_train.inversion_step(*pc, pc_cfg, [batch], rt)
+    pc = ready(cfg_for(folder_data, tmp_path / "pc", "mode=class", *common), tmp_path / "pc")
+    alone = ready(cfg_for(folder_data, tmp_path / "alone", "token=<alone>", *common), tmp_path / "alone")
+    for s, c in enumerate([0, 1, 0, 2, 2, 1, 0]):  # 8 images per class: 3-image batches vary
+        batch = pc.draw_one({c: pc.groups[c]}, torch.Generator().manual_seed(s))
+        pc.step(s, [batch])
         if c == 0:
-            same = style_train.MicroBatch(batch.latents, batch.noise, batch.timesteps,
-                                          [p.replace("<synthtl-style-0>", "<alone>") for p in batch.prompts])
-            style_train.inversion_step(*alone, alone_cfg, [same], rt)
-    assert pc[2].updates == [3, 2, 2] and alone[2].updates == [3]
-    start = pc[0].text_encoder.get_input_embeddings().weight[pc[2].ids[0]].float()
-    assert not torch.equal(alone[2].learned[0].detach()[0], start)  # it did learn
-    torch.testing.assert_close(pc[2].learned[0].detach(), alone[2].learned[0].detach(), rtol=0, atol=1e-6)
+            same = MicroBatch(batch.latents, batch.noise, batch.timesteps,
+                              [p.replace("<synthtl-style-0>", "<alone>") for p in batch.prompts])
+            alone.step(s, [same])
+    assert pc.inv.updates == [3, 2, 2] and alone.inv.updates == [3]
+    start = pc.pipe.text_encoder.get_input_embeddings().weight[pc.inv.ids[0]].float()
+    assert not torch.equal(alone.inv.learned[0].detach()[0], start)  # it did learn
+    torch.testing.assert_close(pc.inv.learned[0].detach(), alone.inv.learned[0].detach(), rtol=0, atol=1e-6)
 
 
-def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path, monkeypatch):
+def test_per_class_resume_equals_uninterrupted_and_clears_leftovers(folder_data, tmp_path):
     args = ("mode=class", "steps=5", "checkpoint_every=2", "validate_every=0", "warmup_steps=2", *SMALL)
     whole = run_learn_style(cfg_for(folder_data, tmp_path / "whole", *args))
     killed = tmp_path / "killed"
-    learn_until_checkpoint(monkeypatch, cfg_for(folder_data, killed, *args))
+    learn_until_checkpoint(cfg_for(folder_data, killed, *args))
     leftovers = [killed / ".checkpoint.pt.x1y2z3.tmp", killed / "validation" / ".step-000002.png.abc.tmp"]
     for p in leftovers:  # what a kill during an atomic write leaves
         p.parent.mkdir(exist_ok=True)
@@ -336,24 +299,23 @@ def test_per_class_needs_images_of_every_class(folder_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ validation grids
-def test_validation_grid_feeds_each_sub_token_once(folder_data, tmp_path, monkeypatch):
+def test_validation_grid_feeds_each_sub_token_once(folder_data, tmp_path):
     """A 3-vector token reaches the text encoder as S* S*_1 S*_2, once each (diffusers' prompt expansion repeated
     an already expanded token)."""
-    real = style_train._validation_grid
     rows, new_ids = [], []
 
-    def grid(pipe, inv, cfg, names, path):
-        new_ids.extend(inv.ids.tolist())
-        emb = pipe.text_encoder.get_input_embeddings()
-        h = emb.register_forward_pre_hook(lambda module, args: rows.extend(args[0].clone()))
-        try:
-            real(pipe, inv, cfg, names, path)
-        finally:
-            h.remove()
+    class Watched(InversionRecipe):
+        def validate(self, classes, path):
+            new_ids.extend(self.inv.ids.tolist())
+            emb = self.pipe.text_encoder.get_input_embeddings()
+            h = emb.register_forward_pre_hook(lambda module, args: rows.extend(args[0].clone()))
+            try:
+                super().validate(classes, path)
+            finally:
+                h.remove()
 
-    monkeypatch.setattr(style_train, "_validation_grid", grid)
     run_learn_style(cfg_for(folder_data, tmp_path / "s", "vectors=3", "steps=1", "validate_every=0",
-                            "images_per_class=3", "validation_classes=2"))
+                            "images_per_class=3", "validation_classes=2"), Watched)
     prompted = [r.tolist() for r in rows if any(i in new_ids for i in r.tolist())]
     assert len(new_ids) == 3 and len(prompted) == 2 * 2  # 2 classes x 2 images
     assert all(r.count(i) == 1 for r in prompted for i in new_ids)
@@ -362,7 +324,7 @@ def test_validation_grid_feeds_each_sub_token_once(folder_data, tmp_path, monkey
 # ------------------------------------------------------------------------------------------- processes and folders
 def test_several_processes_are_refused_before_loading(folder_data, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(style_train, "_components", lambda *a: pytest.fail("loaded models"))
+    monkeypatch.setattr(InversionRecipe, "components", lambda *a: pytest.fail("loaded models"))
     with pytest.raises(ConfigError, match="run learn-style as a single process"):
         run_learn_style(cfg_for(folder_data, tmp_path / "s"))
     assert not (tmp_path / "s").exists()
@@ -388,7 +350,7 @@ except LockedError as e:
 """
 
 
-def test_one_writer_per_style_folder(folder_data, tmp_path, monkeypatch):
+def test_one_writer_per_style_folder(folder_data, tmp_path):
     """A second learn-style on a folder being written is refused, naming the holder; the lock lasts the whole run."""
     import subprocess
     import sys
@@ -406,15 +368,14 @@ def test_one_writer_per_style_folder(folder_data, tmp_path, monkeypatch):
     assert not (out / "config.yaml").exists()  # refused before writing anything
 
     seen = []
-    real = style_train.inversion_step
 
-    def step_and_try_a_second_writer(*args, **kwargs):
-        if not seen:
-            seen.append(subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], capture_output=True, text=True))
-        return real(*args, **kwargs)
+    class TryingASecondWriter(InversionRecipe):
+        def step(self, step, batches):
+            if not seen:
+                seen.append(subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], capture_output=True, text=True))
+            return super().step(step, batches)
 
-    monkeypatch.setattr(style_train, "inversion_step", step_and_try_a_second_writer)
-    run_learn_style(cfg_for(folder_data, out, "steps=1", "validate_every=0", *SMALL))
+    run_learn_style(cfg_for(folder_data, out, "steps=1", "validate_every=0", *SMALL), TryingASecondWriter)
     assert seen[0].returncode == 3 and f"pid {os.getpid()}" in seen[0].stdout
 
 
@@ -425,7 +386,7 @@ def test_style_and_fine_tuning_use_the_same_shots(folder_data, tmp_path, tiny_ov
     bad.write_bytes(bad.read_bytes()[:100])
     shots = ["data.shots=3", "data.split_seed=7", "data.on_bad_image=skip"]
     style_dir = tmp_path / "style"
-    style_train.training_images(cfg_for(folder_data, style_dir, *shots), style_dir)
+    training_images(cfg_for(folder_data, style_dir, *shots), style_dir)
     style_ids = json.loads((style_dir / "splits" / "train.json").read_text())["ids"]
     assert run_cli("finetune", *tiny_overrides, *shots, "run_name=few") == 0
     run_ids = json.loads((tmp_path / "runs" / "few" / "splits" / "train.json").read_text())["ids"]
@@ -461,12 +422,10 @@ def test_a_style_folder_of_another_config_names_the_keys_that_differ(folder_data
     assert same == info
 
 
-def test_an_unfinished_style_of_another_config_names_the_keys_and_keeps_its_config(folder_data, tmp_path,
-                                                                                     monkeypatch):
+def test_an_unfinished_style_of_another_config_names_the_keys_and_keeps_its_config(folder_data, tmp_path):
     """A killed run's checkpoint is checked before anything is written: config.yaml still describes it."""
     out = tmp_path / "s"
-    learn_until_checkpoint(monkeypatch, cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1",
-                                                      "validate_every=0"))
+    learn_until_checkpoint(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0"))
     saved = (out / "config.yaml").read_text()
     with pytest.raises(ConfigError) as e:
         run_learn_style(cfg_for(folder_data, out, *SMALL, "steps=4", "checkpoint_every=1", "validate_every=0",

@@ -1,0 +1,267 @@
+"""Textual inversion: Dataset Style Inversion (one token S* for a dataset) or one token per class.
+
+Paper (docs/method.md, section 4): one pseudo-token for the whole dataset, learned from its real training images with
+prompts that name each image's class ("a {class} photo in the style of S*"), ~20k steps. Ours: per-class mode (one
+token per class, same prompts: a clean comparison), the learned vectors as separate fp32 parameters (one per token)
+written into the text encoder's embedding output by a hook, so no other embedding row can change.
+
+Per-class mode trains N tokens in one process as if they were N separate runs: every step's batch holds one class,
+classes take turns (`data.class_of_step`), and a token that is not in a batch gets no gradient, so AdamW leaves it
+alone (no weight decay, no moment update, no step count); its warmup follows its own update count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from synthtl.config import StyleConfig
+from synthtl.errors import ConfigError, DataError
+from synthtl.files import sha256_file, write_bytes
+from synthtl.generation.families import text_encoders, tokenizers
+from synthtl.generation.styles import EMBEDS
+from synthtl.runtime import derive_seed, is_main
+from synthtl.style import sdxl
+from synthtl.style.data import class_of_step
+from synthtl.style.recipe import StyleRecipe, Unit, loss_curve, write_sheet
+
+DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI prompt does
+    "a {} photo in the style of {token}.",
+    "a photo of a {} in the style of {token}.",
+    "a rendition of a {} in the style of {token}.",
+    "a picture of a {} in the style of {token}.",
+    "a cropped photo of a {} in the style of {token}.",
+    "a close-up photo of a {} in the style of {token}.",
+]
+
+
+def class_token(base: str, index: int) -> str:
+    return f"{base[:-1]}-{index}>" if base.endswith(">") else f"{base}-{index}"
+
+
+@dataclass
+class Inversion:
+    """The learnable state: new tokens (each with `vectors` sub-tokens), their fp32 vectors and update counts."""
+
+    tokens: list[str]  # one per class (class mode) or one (dataset mode)
+    sub_tokens: list[list[str]]  # the tokenizer entries of each token: [S*, S*_1, ...]
+    learned: list[torch.nn.Parameter]  # one (vectors, dim) float32 parameter per token: each has its own Adam state
+    encoder_ids: list[torch.Tensor]  # the sub-tokens' ids in each text encoder's tokenizer, in token order
+    widths: list[int]  # one per text encoder: each token's vectors side by side (SDXL base: 768 + 1280)
+    updates: list[int] = field(default_factory=list)  # optimizer steps each token has taken
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return self.encoder_ids[0]
+
+    def prompt_token(self, t: int) -> str:
+        """What a prompt contains for token t: every sub-token, as diffusers' multi-vector convention does."""
+        return " ".join(self.sub_tokens[t])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """{token: (vectors, dim)}: the learned_embeds.safetensors layout; with two text encoders (SDXL, one token)
+        diffusers' SDXL layout {"clip_l": ..., "clip_g": ...} instead."""
+        state = {tok: p.detach().float().cpu().clone() for tok, p in zip(self.tokens, self.learned, strict=True)}
+        return sdxl.split_state(state[self.tokens[0]], self.widths) if len(self.widths) > 1 else state
+
+
+def add_tokens(pipe, cfg: StyleConfig, num_classes: int, device: torch.device) -> Inversion:
+    """Adds the new tokens to every tokenizer and embedding table of the pipeline; each token's parameter holds one
+    vector per text encoder side by side, each starting from the initializer's vector in that encoder.
+
+    Raises:
+        ConfigError: a token already in a tokenizer, or an initializer that is not exactly one token.
+    """
+    tokens = [cfg.token] if cfg.mode == "dataset" else [class_token(cfg.token, c) for c in range(num_classes)]
+    sub_tokens = [[t] + [f"{t}_{i}" for i in range(1, cfg.vectors)] for t in tokens]
+    flat = [s for subs in sub_tokens for s in subs]
+    encoder_ids, inits = [], []
+    for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe), strict=True):
+        ids, init = _add_to_vocab(tok, encoder, cfg.initializer, flat)
+        encoder_ids.append(ids.to(device))
+        inits.append(init)
+    init = torch.cat(inits)
+    learned = [torch.nn.Parameter(init.repeat(len(subs), 1).to(device)) for subs in sub_tokens]
+    return Inversion(tokens, sub_tokens, learned, encoder_ids, [len(i) for i in inits], [0] * len(tokens))
+
+
+def _add_to_vocab(tokenizer, text_encoder, initializer: str, flat: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds `flat` to one tokenizer and its embedding table; returns (their ids, the initializer's fp32 vector)."""
+    init_ids = tokenizer.encode(initializer, add_special_tokens=False)
+    if len(init_ids) != 1:
+        raise ConfigError(f"initializer={initializer!r} is {len(init_ids)} tokens for this tokenizer; choose a "
+                          "word that is a single token (e.g. photo, style, painting)")
+    text_encoder.requires_grad_(False)  # only the separate fp32 vectors learn
+    vocab = tokenizer.get_vocab()
+    # "photo" is stored as "photo</w>" in CLIP's vocabulary: adding it would silently re-map that word everywhere.
+    clash = [s for s in flat if s in vocab or f"{s.lower()}</w>" in vocab]
+    if clash:
+        raise ConfigError(f"token {clash[0]!r} is already in the tokenizer; pick another style.token (e.g. "
+                          "<my-dataset-style>)")
+    tokenizer.add_tokens(flat)
+    try:
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    except TypeError:  # transformers < 4.46
+        text_encoder.resize_token_embeddings(len(tokenizer))
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(flat))
+    table = text_encoder.get_input_embeddings().weight
+    init = table[init_ids[0]].detach().float().clone()
+    with torch.no_grad():
+        table[ids] = init.to(table.dtype)  # the table rows are never read: the hook replaces them
+    return ids, init
+
+
+def install_hook(text_encoder, inv: Inversion, encoder: int = 0):
+    """Makes the embedding layer output the fp32 learned vectors (cast) at the new tokens' positions.
+
+    Only the tokens that occur in the prompts enter the graph, so the others get no gradient (and do not step).
+    `encoder` is the text encoder's place in the pipeline's list: its ids and its columns of the learned vectors.
+    """
+    size = len(text_encoder.get_input_embeddings().weight)
+    token_of = torch.full((size,), -1, dtype=torch.long)
+    vector_of = torch.zeros(size, dtype=torch.long)
+    lo, hi = sum(inv.widths[:encoder]), sum(inv.widths[:encoder + 1])
+    flat = iter(inv.encoder_ids[encoder].tolist())
+    for t, subs in enumerate(inv.sub_tokens):
+        for v in range(len(subs)):
+            i = next(flat)
+            token_of[i], vector_of[i] = t, v
+    token_of, vector_of = token_of.to(inv.ids.device), vector_of.to(inv.ids.device)
+
+    def hook(module, inputs, output):
+        ids = inputs[0]
+        tok = token_of.to(ids.device)[ids]
+        present = tok[tok >= 0].unique().tolist()
+        if not present:
+            return output
+        vec = vector_of.to(ids.device)[ids]
+        out = output.clone()
+        for t in present:
+            mask = tok == t
+            out[mask] = inv.learned[t][vec[mask], lo:hi].to(out.dtype)
+        return out
+
+    return text_encoder.get_input_embeddings().register_forward_hook(hook)
+
+
+class InversionRecipe(StyleRecipe):
+    checkpoint_format = 2  # one parameter and param group per token
+
+    def check_images(self) -> None:
+        cfg, n = self.cfg, self.images.num_classes
+        self.total_steps = cfg.steps_per_class * n if cfg.steps_per_class else cfg.steps
+        if cfg.mode == "class" and self.total_steps < n:
+            raise ConfigError(f"mode=class with steps={self.total_steps} leaves some of the {n} class tokens "
+                              "untrained; set steps_per_class (paper: 5000) or steps >= the number of classes")
+
+    def add_params(self) -> None:
+        if self.sdxl:
+            sdxl.check_config(self.cfg)
+        self.inv = add_tokens(self.pipe, self.cfg, self.images.num_classes, self.rt.device)
+        self.hooks = [install_hook(e, self.inv, k) for k, e in enumerate(text_encoders(self.pipe))]
+        # AdamW skips a parameter whose grad is None (no decay, no moments, no step), and a token absent from a batch
+        # has none: with one param group per token, no token moves another.
+        self.opt = torch.optim.AdamW([{"params": [p]} for p in self.inv.learned], lr=self.base_lr,
+                                     weight_decay=self.cfg.weight_decay)
+
+    def make_units(self) -> list[Unit]:
+        groups, names = self.groups, self.images.names
+        if self.cfg.mode == "dataset":
+            return [Unit(-1, self.total_steps, lambda step: groups, self.out / "checkpoint.pt")]
+        missing = [names[c] for c in range(self.images.num_classes) if c not in groups]
+        if missing:
+            raise DataError(f"class {missing[0]!r} has no readable training image, so its token cannot be learned; "
+                            "add images of it or use mode=dataset")
+        classes = sorted(groups)
+
+        def pool(step: int) -> dict[int, list[int]]:
+            c = class_of_step(self.cfg.seed, classes, step)
+            return {c: groups[c]}
+
+        return [Unit(-1, self.total_steps, pool, self.out / "checkpoint.pt")]
+
+    def step_seed(self, u: Unit, step: int) -> int:
+        return derive_seed(self.cfg.seed, "style-step", step)
+
+    def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
+        templates = self.cfg.templates or DEFAULT_TEMPLATES
+        out = []
+        for y in ys:
+            t = templates[int(torch.randint(len(templates), (1,), generator=g))]
+            token = self.inv.prompt_token(0 if self.cfg.mode == "dataset" else y)
+            out.append(t.replace("{token}", token).replace("{}", self.images.names[y]))
+        return out
+
+    def set_lr(self, step: int) -> None:
+        for t, group in enumerate(self.opt.param_groups):  # group t holds token t: its own warmup
+            group["lr"] = self.lr_at(self.inv.updates[t])
+
+    def apply(self) -> bool:
+        """Only the tokens named in the prompts have a gradient, so only they step and count an update."""
+        stepped = [t for t, p in enumerate(self.inv.learned) if p.grad is not None]
+        taken = super().apply()
+        if taken:
+            for t in stepped:
+                self.inv.updates[t] += 1
+        return taken
+
+    def params_state(self) -> dict:
+        return {"learned": [p.detach().cpu() for p in self.inv.learned], "updates": self.inv.updates}
+
+    def load_params_state(self, state: dict) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.inv.learned, state["learned"], strict=True):
+                p.copy_(saved)
+        self.inv.updates[:] = list(state["updates"])
+
+    def end_unit(self, u: Unit, record: dict) -> dict:
+        if is_main():
+            self.validate(range(min(self.cfg.validation_classes, len(self.images.names))),
+                          self.out / "validation" / f"step-{record['steps']:06d}.png")
+        for hook in self.hooks:
+            hook.remove()
+        return record
+
+    @torch.inference_mode()
+    def validate(self, classes, path) -> None:
+        """One row per class, fixed seeds, the current embedding. Prompts are embedded here, as in training: given
+        the text, diffusers would expand an already expanded multi-vector token again ("S* S*_1" -> "S* S*_1 S*
+        S*_1_1")."""
+        val, cfg, n = self.validation_pipeline(), self.cfg, self.cfg.validation_images
+        template = (cfg.templates or DEFAULT_TEMPLATES)[0]
+        rows = []
+        for c in classes:
+            token = self.inv.prompt_token(0 if cfg.mode == "dataset" else c)
+            prompt = template.replace("{token}", token).replace("{}", self.images.names[c])
+            embeds, added = self.encode([prompt] * n)
+            pooled = {"pooled_prompt_embeds": added["text_embeds"]} if added else {}  # SDXL; sizes: the defaults
+            rows.append(val(prompt_embeds=embeds, **pooled, num_inference_steps=cfg.validation_steps,
+                            guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
+                            generator=self.generators()).images)
+        write_sheet(rows, path)
+
+    def files(self, records: list[dict]) -> dict:
+        from safetensors.torch import save
+
+        cfg, inv, names = self.cfg, self.inv, self.images.names
+        state = inv.state()
+        if is_main():
+            write_bytes(self.out / EMBEDS, save(state))
+            if cfg.mode == "class":  # one diffusers-format file per token as well
+                for tok, emb in state.items():
+                    write_bytes(self.out / "tokens" / f"{tok.strip('<>')}.safetensors", save({tok: emb}))
+        losses = records[0]["losses"]
+        curve = loss_curve(losses)
+        if is_main():
+            print(f"[synthtl] learned {len(inv.tokens)} token(s) in {records[0]['train_seconds']:.0f} s "
+                  f"(final loss {curve[-1]['loss']:.4f}) -> {self.out / EMBEDS}")
+        per_class = (cfg.steps_per_class or self.total_steps // len(names)) if cfg.mode == "class" else None
+        return {"mode": cfg.mode, "tokens": inv.tokens, "vectors": cfg.vectors, "initializer": cfg.initializer,
+                "class_tokens": {n: inv.tokens[c] for c, n in enumerate(names)} if cfg.mode == "class" else {},
+                "classes": list(names), "steps": len(losses), "total_steps": self.total_steps,
+                "steps_per_class": per_class, "token_updates": dict(zip(inv.tokens, inv.updates, strict=True)),
+                "loss_curve": curve}
+
+    def style_hash(self) -> str:
+        return sha256_file(self.out / EMBEDS)[:16]
