@@ -38,7 +38,7 @@ from synthtl.data.loader import ImageDataset, set_epoch, train_loader  # noqa: E
 from synthtl.data.transforms import DeviceAugment, train_transform  # noqa: E402
 from synthtl.models import create_classifier  # noqa: E402
 from synthtl.runtime import resolve_runtime  # noqa: E402
-from synthtl.training.loop import train_one_epoch  # noqa: E402
+from synthtl.training.loop import Steps, train_one_epoch  # noqa: E402
 
 
 def make_jpeg_folder(root: Path, n: int, classes: int = 10, size: tuple[int, int] = (500, 375)) -> Path:
@@ -137,9 +137,9 @@ def main() -> None:
                 sync()
                 t0, n = time.perf_counter(), 0
             set_epoch(loader, 0, epoch)
-            stats, step_count = train_one_epoch(model, loader, opt, rt, step=step_count, total_steps=10**9,
-                                                lr_fn=lambda s: 0.01, num_classes=10, scaler=scaler, augment=augment,
-                                                channels_last=channels_last, progress=False)
+            how = Steps(opt, rt, 10**9, lambda s: 0.01, 10, scaler=scaler, augment=augment,
+                        channels_last=channels_last, progress=False)
+            stats, step_count = train_one_epoch(model, loader, how, step_count)
             n += stats.images
         sync()
         return n / (time.perf_counter() - t0)
@@ -235,9 +235,9 @@ def ddp_worker(args: argparse.Namespace) -> None:
             distributed.barrier()
             t0, n = time.perf_counter(), 0
         set_epoch(loader, 0, epoch)
-        stats, step_count = train_one_epoch(trained, loader, opt, rt, step=step_count, total_steps=10**9,
-                                            lr_fn=lambda s: 0.01, num_classes=10, scaler=scaler,
-                                            channels_last=rt.is_cuda, progress=False, world=world)
+        how = Steps(opt, rt, 10**9, lambda s: 0.01, 10, scaler=scaler, channels_last=rt.is_cuda, world=world,
+                    progress=False)
+        stats, step_count = train_one_epoch(trained, loader, how, step_count)
         n += stats.images
     distributed.barrier()
     total = distributed.sum_all([n], rt.device)[0]

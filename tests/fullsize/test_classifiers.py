@@ -9,7 +9,7 @@ from synthtl.data.loader import ImageDataset, set_epoch, train_loader
 from synthtl.data.transforms import train_transform
 from synthtl.models import create_classifier
 from synthtl.runtime import resolve_runtime
-from synthtl.training.loop import train_one_epoch
+from synthtl.training.loop import Steps, train_one_epoch
 from synthtl.training.optim import build_optimizer
 
 pytestmark = pytest.mark.fullsize  # model init + one 224 px step each: 43 s on a shared, busy 2-core box
@@ -28,8 +28,8 @@ def test_one_training_step_at_224(folder_data, name, first):
     head = [n for n in params if n.startswith(("fc.", "head."))][0]
     before = {n: params[n].detach().clone() for n in (first, head)}
     opt = build_optimizer(model, StageConfig(lr=0.01))
-    stats, step = train_one_epoch(model, loader, opt, resolve_runtime("cpu"), step=0, total_steps=1,
-                                  lr_fn=lambda s: 0.01, num_classes=3, clip_grad=1.0, progress=False)
+    stats, step = train_one_epoch(model, loader, Steps(opt, resolve_runtime("cpu"), 1, lambda s: 0.01, 3, clip_grad=1.0,
+                                                       progress=False), 0)
     assert step == 1 and stats.steps == 1 and stats.images == 2
     assert torch.isfinite(torch.tensor(stats.loss)) and 0 < stats.loss < 10
     for n, old in before.items():  # the gradient reached the stem as well as the head

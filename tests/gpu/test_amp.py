@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from synthtl.runtime import resolve_runtime
-from synthtl.training.loop import train_one_epoch
+from synthtl.training.loop import Steps, train_one_epoch
 from tests.gpu.conftest import needs_cuda
 
 pytestmark = needs_cuda
@@ -33,9 +33,9 @@ def one_step(model, batch, precision: str, channels_last: bool = False, scaler=N
         model.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
     before = torch.cat([p.detach().flatten().float() for p in model.parameters()]).clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    stats, step = train_one_epoch(model, batch, opt, resolve_runtime("cuda", precision), step=0, total_steps=1,
-                                  lr_fn=lambda s: 0.1, num_classes=10, clip_grad=CLIP, scaler=scaler,
-                                  channels_last=channels_last, progress=False)
+    how = Steps(opt, resolve_runtime("cuda", precision), 1, lambda s: 0.1, 10, clip_grad=CLIP, scaler=scaler,
+                channels_last=channels_last, progress=False)
+    stats, step = train_one_epoch(model, batch, how, 0)
     assert step == 1
     after = torch.cat([p.detach().flatten().float() for p in model.parameters()])
     return stats.loss, after - before, model

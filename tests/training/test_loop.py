@@ -7,7 +7,7 @@ from synthtl.data.loader import ImageDataset, set_epoch, train_loader
 from synthtl.data.transforms import train_transform
 from synthtl.models import create_classifier
 from synthtl.runtime import resolve_runtime
-from synthtl.training.loop import evaluate, mix, train_one_epoch
+from synthtl.training.loop import Steps, evaluate, mix, train_one_epoch
 from synthtl.training.optim import build_optimizer, lr_at
 
 DC = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 1.0,
@@ -40,8 +40,7 @@ def test_loss_falls_when_overfitting_eight_images(folder_data):
     losses, step = [], 0
     for epoch in range(25):
         set_epoch(loader, 0, epoch)
-        stats, step = train_one_epoch(model, loader, opt, rt, step=step, total_steps=10**6, lr_fn=lambda s: 0.05,
-                                      num_classes=3, progress=False)
+        stats, step = train_one_epoch(model, loader, Steps(opt, rt, 10**6, lambda s: 0.05, 3, progress=False), step)
         losses.append(stats.loss)
     assert losses[-1] < 0.5 * losses[0]
     assert stats.steps == 1 and stats.images == 8

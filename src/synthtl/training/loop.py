@@ -52,97 +52,124 @@ def mix(mixup_fn: Callable, x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return torch.cat([xm, x[-1:]]), torch.cat([ym, last])
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, rt: Runtime, *, step: int,
-                    total_steps: int, lr_fn: Callable[[int], float], num_classes: int,
-                    mixup_fn: Callable | None = None, label_smoothing: float = 0.0, clip_grad: float = 0.0,
-                    scaler: torch.amp.GradScaler | None = None, augment: Callable | None = None,
-                    channels_last: bool = False, desc: str = "", progress: bool = True, accum_steps: int = 1,
-                    ema=None, world: int = 1) -> tuple[EpochStats, int]:
-    """One pass over `loader` (stopping early at `total_steps`); returns the epoch's stats and the new step.
+@dataclass
+class Steps:
+    """How an epoch's optimizer steps are taken: everything `train_one_epoch` needs besides the model and data.
 
-    Args:
+    Attributes:
         accum_steps: Split every batch into this many micro-batches whose gradients add up (same optimizer steps,
             less memory); the update equals that of the whole batch (up to BatchNorm statistics).
         ema: A timm `ModelEmaV3` updated after every optimizer step.
-        world: Data-parallel processes (`model` is DDP-wrapped); the loader yields this rank's share of each global
+        world: Data-parallel processes (the model is DDP-wrapped); the loader yields this rank's share of each global
             batch, and losses are scaled so that the averaged gradient is the global batch's.
     """
+
+    optimizer: torch.optim.Optimizer
+    rt: Runtime
+    total_steps: int
+    lr_fn: Callable[[int], float]
+    num_classes: int
+    mixup_fn: Callable | None = None
+    label_smoothing: float = 0.0
+    clip_grad: float = 0.0
+    scaler: torch.amp.GradScaler | None = None
+    augment: Callable | None = None  # decodes and augments raw JPEG batches on the device
+    channels_last: bool = False
+    accum_steps: int = 1
+    ema: object = None
+    world: int = 1
+    desc: str = ""
+    progress: bool = True
+
+
+def train_one_epoch(model: nn.Module, loader, how: Steps, step: int) -> tuple[EpochStats, int]:
+    """One pass over `loader` (stopping early at `how.total_steps`); returns the epoch's stats and the new step."""
     model.train()
     # Running sums stay on the device: reading them (a host sync) every step would stall the GPU.
-    loss_sum = torch.zeros((), device=rt.device)
-    correct = torch.zeros((), dtype=torch.long, device=rt.device)
+    loss_sum = torch.zeros((), device=how.rt.device)
+    correct = torch.zeros((), dtype=torch.long, device=how.rt.device)
     images, steps, skipped = 0, 0, 0
-    sync_every = 25 if rt.is_cuda else 1
+    sync_every = 25 if how.rt.is_cuda else 1
     sampler = getattr(loader, "batch_sampler", None)
     rank, last_batch = getattr(sampler, "rank", 0), None
     start = time.perf_counter()
-    bar = tqdm(total=min(len(loader), total_steps - step), desc=desc, unit="step", leave=False,
-               disable=not (progress and is_main()))
+    bar = tqdm(total=min(len(loader), how.total_steps - step), desc=how.desc, unit="step", leave=False,
+               disable=not (how.progress and is_main()))
     for i, (x, y, n_skipped) in enumerate(loader):
         skipped += n_skipped
-        if step >= total_steps:
+        if step >= how.total_steps:
             break
-        n_global = sampler.global_size(i) if world > 1 else len(y)  # known to every rank without communication
-        if n_global < max(2, world) or (world == 1 and len(y) < 2):  # a lone sample (or fewer than the ranks)
+        n_global = sampler.global_size(i) if how.world > 1 else len(y)  # known to every rank without communication
+        if n_global < max(2, how.world) or (how.world == 1 and len(y) < 2):  # a lone sample (or fewer than ranks)
             continue
-        idle = world > 1 and len(y) == 0  # this rank's share was unreadable: it still joins the gradient average
+        idle = how.world > 1 and len(y) == 0  # this rank's share was unreadable: it still joins the gradient average
         if idle:
             if last_batch is None:
-                raise SynthTLError(f"every image of rank {rank}'s share of the first batch was unreadable ({desc}); "
-                                   "fix or remove the bad images (data.on_bad_image=error names them)")
+                raise SynthTLError(f"every image of rank {rank}'s share of the first batch was unreadable "
+                                   f"({how.desc}); fix or remove the bad images (data.on_bad_image=error names them)")
             x, y = last_batch
         last_batch = (x, y)
-        set_lr(optimizer, lr_fn(step))
-        x = to_device(x, rt, augment, channels_last)
-        y = y.to(rt.device, non_blocking=True)
-        target = y
-        if mixup_fn is not None:
-            x, target = mix(mixup_fn, x, y, num_classes, label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        outs = []
-        chunks = list(zip(x.tensor_split(accum_steps), target.tensor_split(accum_steps), strict=True))
-        chunks = [c for c in chunks if len(c[1])]
-        for k, (xc, tc) in enumerate(chunks):
-            # The global batch's mean loss: this chunk's share of it, times `world` (DDP averages over ranks).
-            scale = 0.0 if idle else len(tc) * world / n_global
-            sync = k == len(chunks) - 1 or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if sync else model.no_sync(), rt.autocast():
-                out = model(xc)
-                loss = _loss(out, tc, label_smoothing)
-                scaled = loss if scale == 1.0 else loss * scale
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            outs.append(out.detach())
-            if not idle:
-                loss_sum += loss.detach().float() * len(tc)
-        if scaler is not None:
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-        if ema is not None:
-            ema.update(getattr(model, "module", model), step=step)
+        set_lr(how.optimizer, how.lr_fn(step))
+        out, losses = update(model, (x, y), how, n_global, idle, step)
         step += 1
         steps += 1
         if not idle:
-            correct += (torch.cat(outs).argmax(1) == y).sum()
+            for loss in losses:  # chunk by chunk, as they were computed: the same float sums
+                loss_sum += loss
+            correct += (out.argmax(1) == y.to(out.device)).sum()
             images += len(y)
         if steps % sync_every == 0:
-            _check_finite(loss_sum, step, desc)
+            _check_finite(loss_sum, step, how.desc)
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{loss_sum.item() / images:.3f}", img_s=f"{images / max(elapsed, 1e-9):.0f}")
         bar.update()
-    _check_finite(loss_sum, step, desc)
+    _check_finite(loss_sum, step, how.desc)
     bar.close()
-    if rt.is_cuda:
-        torch.cuda.synchronize(rt.device)
+    if how.rt.is_cuda:
+        torch.cuda.synchronize(how.rt.device)
     seconds = time.perf_counter() - start
     return EpochStats(loss=loss_sum.item() / max(images, 1), top1=100.0 * correct.item() / max(images, 1),
                       images=images, steps=steps, seconds=seconds, skipped=skipped), step
+
+
+def update(model: nn.Module, batch: tuple, how: Steps, n_global: int, idle: bool,
+           step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One optimizer step on a batch (in `how.accum_steps` micro-batches); returns (the outputs, each micro-batch's
+    summed loss)."""
+    x, y = batch
+    x = to_device(x, how.rt, how.augment, how.channels_last)
+    y = y.to(how.rt.device, non_blocking=True)
+    target = y
+    if how.mixup_fn is not None:
+        x, target = mix(how.mixup_fn, x, y, how.num_classes, how.label_smoothing)
+    how.optimizer.zero_grad(set_to_none=True)
+    outs, losses = [], []
+    chunks = [c for c in zip(x.tensor_split(how.accum_steps), target.tensor_split(how.accum_steps), strict=True)
+              if len(c[1])]
+    for k, (xc, tc) in enumerate(chunks):
+        # The global batch's mean loss: this chunk's share of it, times `world` (DDP averages over ranks).
+        scale = 0.0 if idle else len(tc) * how.world / n_global
+        sync = k == len(chunks) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync(), how.rt.autocast():
+            out = model(xc)
+            loss = _loss(out, tc, how.label_smoothing)
+            scaled = loss if scale == 1.0 else loss * scale
+            (how.scaler.scale(scaled) if how.scaler is not None else scaled).backward()
+        outs.append(out.detach())
+        losses.append(loss.detach().float() * len(tc))
+    if how.scaler is not None:
+        if how.clip_grad:
+            how.scaler.unscale_(how.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), how.clip_grad)
+        how.scaler.step(how.optimizer)
+        how.scaler.update()
+    else:
+        if how.clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), how.clip_grad)
+        how.optimizer.step()
+    if how.ema is not None:
+        how.ema.update(getattr(model, "module", model), step=step)
+    return torch.cat(outs), losses
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ from synthtl.data.transforms import DeviceAugment, eval_transform, train_transfo
 from synthtl.runtime import Runtime, derive_seed, is_main
 from synthtl.training import checkpoint, distributed
 from synthtl.training.checkpoint import ResumeRecord
-from synthtl.training.loop import evaluate, train_one_epoch
+from synthtl.training.loop import Steps, evaluate, train_one_epoch
 from synthtl.training.metrics_writer import MetricsWriter
 from synthtl.training.optim import build_optimizer, lr_at
 
@@ -58,6 +58,39 @@ class StageResult:
     best_val: tuple[float, int] | None = None  # (val top-1, epoch) of the best epoch (select=val)
 
 
+@dataclass
+class Training:
+    """One stage's moving parts, and how far it is: what `last.pt` saves and restores."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    ema: object
+    out: StageResult
+    step: int = 0
+    epoch: int = 0  # the next epoch to train
+    seconds: float = 0.0  # spent on this stage in every session so far
+
+    def state(self, epoch: int) -> dict:
+        return {"stage": self.name, "epoch": epoch, "step": self.step, "seconds": self.seconds,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "ema": self.ema.module.state_dict() if self.ema is not None else None, "best_val": self.out.best_val,
+                "final_test": self.out.final_test, "final_test_ema": self.out.final_test_ema}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.module.load_state_dict(state["ema"])
+        self.out.best_val, self.out.final_test, self.out.final_test_ema = (
+            state.get(k) for k in ("best_val", "final_test", "final_test_ema"))
+        self.step, self.epoch, self.seconds = state["step"], state["epoch"] + 1, state["seconds"]
+
+
 def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
               total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> StageResult:
     """Trains `model` in place on `parts` for one stage; resumes it, or skips it if it is finished.
@@ -88,43 +121,43 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
     total = total_steps if total_steps is not None else stage.epochs * spe
     epochs = math.ceil(total / spe) if spe else 0
     trained = distributed.wrap(model, run.rt)
-    optimizer = build_optimizer(model, stage)
     scaler = torch.amp.GradScaler("cuda") if run.rt.dtype == torch.float16 else None
-    ema = new_ema(run, model)
-    out = StageResult(record={})
-    step, start_epoch, spent, rate = 0, 0, 0.0, 0.0
-    state = run.record.in_progress(name)
-    if state is not None:
-        step, start_epoch, spent = _restore(state, model, optimizer, scaler, ema, out)
-    warmup = int(stage.warmup_epochs * spe)
-    if warmup >= total > 0 and step == 0 and is_main():
-        print(f"[synthtl] warning: {name} stage: warmup ({stage.warmup_epochs} epochs = {warmup} steps) is not "
-              f"shorter than the stage ({total} steps); the learning rate never reaches its peak {stage.lr}")
-    lr_fn = partial(lr_at, total_steps=total, warmup_steps=warmup, peak=stage.lr, floor=stage.min_lr)
-    for epoch in range(start_epoch, epochs):
+    t = Training(name, model, build_optimizer(model, stage), scaler, new_ema(run, model), StageResult(record={}))
+    if run.record.in_progress(name) is not None:
+        t.restore(run.record.in_progress(name))
+    how, rate = steps_of(run, t, stage, total, spe), 0.0
+    for epoch in range(t.epoch, epochs):
         t0 = time.perf_counter()
         set_epoch(loader, seed, epoch)
-        stats, step = train_one_epoch(
-            trained, loader, optimizer, run.rt, step=step, total_steps=total, lr_fn=lr_fn,
-            num_classes=run.data.num_classes, mixup_fn=mixup(run, stage), label_smoothing=stage.label_smoothing,
-            clip_grad=stage.clip_grad, scaler=scaler, augment=augment(run, True), channels_last=run.channels_last,
-            desc=f"{name} {epoch + 1}/{epochs}", progress=run.cfg.progress, accum_steps=stage.accum_steps, ema=ema,
-            world=run.world)
+        how.desc = f"{name} {epoch + 1}/{epochs}"
+        stats, t.step = train_one_epoch(trained, loader, how, t.step)
         rate = stats.images_per_s
-        row = {"stage": name, "epoch": epoch + 1, "step": step, "lr": lr_fn(max(step - 1, 0)), **_totals(run, stats)}
+        row = {"stage": name, "epoch": epoch + 1, "step": t.step, "lr": how.lr_fn(max(t.step - 1, 0)),
+               **_totals(run, stats)}
         last = epoch == epochs - 1
         if is_main():
-            _evaluate_epoch(run, name, model, ema, stage, row, out, last=last, final=final)
-        spent += time.perf_counter() - t0
-        row["stage_seconds"] = spent
+            _evaluate_epoch(run, t, stage, row, last, final)
+        t.seconds += time.perf_counter() - t0
+        row["stage_seconds"] = t.seconds
         run.log.log(row)
         if last or (epoch + 1) % run.cfg.checkpoint_every == 0:
-            run.record.save_progress(_state(name, epoch, step, spent, model, optimizer, scaler, ema, out))
-    out.record = stage_record(run, name, stage, parts, epochs, step, spe, spent, rate)
-    final_state = _state(name, epochs - 1, step, spent, model, optimizer, scaler, ema, out)
-    run.record.finish_stage(name, out.record, final_state)
-    run.final = out if final else run.final
-    return out
+            run.record.save_progress(t.state(epoch))
+    t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate))
+    run.record.finish_stage(name, t.out.record, t.state(epochs - 1))
+    run.final = t.out if final else run.final
+    return t.out
+
+
+def steps_of(run: Run, t: Training, stage: StageConfig, total: int, spe: int) -> Steps:
+    """How the stage's steps are taken (`loop.train_one_epoch`), warning when warmup outlasts the stage."""
+    warmup = int(stage.warmup_epochs * spe)
+    if warmup >= total > 0 and t.step == 0 and is_main():
+        print(f"[synthtl] warning: {t.name} stage: warmup ({stage.warmup_epochs} epochs = {warmup} steps) is not "
+              f"shorter than the stage ({total} steps); the learning rate never reaches its peak {stage.lr}")
+    return Steps(t.optimizer, run.rt, total, partial(lr_at, total_steps=total, warmup_steps=warmup, peak=stage.lr,
+                                                     floor=stage.min_lr), run.data.num_classes, mixup(run, stage),
+                 stage.label_smoothing, stage.clip_grad, t.scaler, augment(run, True), run.channels_last,
+                 stage.accum_steps, t.ema, run.world, progress=run.cfg.progress)
 
 
 # ------------------------------------------------------------------------------------------------------ parts
@@ -172,34 +205,35 @@ def evaluate_on(run: Run, model: nn.Module, images: ImageList, batch_size: int) 
                     run.channels_last)
 
 
-def _evaluate_epoch(run: Run, name: str, model: nn.Module, ema, stage: StageConfig, row: dict, out: StageResult,
-                    *, last: bool, final: bool) -> None:
-    """Test (for the curves; never for selection) and validation numbers of one epoch, into `row` (rank 0)."""
-    bs = 2 * stage.batch_size
-    if last or int(row["epoch"]) % stage.eval_every == 0:
-        test = evaluate_on(run, model, run.data.test, bs)
+def _evaluate_epoch(run: Run, t: Training, stage: StageConfig, row: dict, last: bool, final: bool) -> None:
+    """Test (for the curves; never for selection) and validation numbers of one epoch, into `row` (rank 0). `last`:
+    the stage's last epoch; `final`: the run's last stage, whose last epoch's test numbers are reported."""
+    bs, epoch = 2 * stage.batch_size, int(row["epoch"])
+    if last or epoch % stage.eval_every == 0:
+        test = evaluate_on(run, t.model, run.data.test, bs)
         row.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
-        if ema is not None:
-            row["test_top1_ema"] = (test_ema := evaluate_on(run, ema.module, run.data.test, bs))["top1"]
+        if t.ema is not None:
+            row["test_top1_ema"] = (test_ema := evaluate_on(run, t.ema.module, run.data.test, bs))["top1"]
         if last and final:
-            out.final_test = test
-            out.final_test_ema = test_ema if ema is not None else None
+            t.out.final_test = test
+            t.out.final_test_ema = test_ema if t.ema is not None else None
     if run.data.val is not None:
-        val = evaluate_on(run, model, run.data.val, bs)
+        val = evaluate_on(run, t.model, run.data.val, bs)
         row.update(val_top1=val["top1"], val_loss=val["loss"])
-        if final and run.cfg.select == "val" and (out.best_val is None or val["top1"] > out.best_val[0]):
-            out.best_val = (val["top1"], int(row["epoch"]))
-            checkpoint.save(run.dir / "checkpoints" / "best_val.pt", {"model": model.state_dict(),
-                                                                       "epoch": row["epoch"]})
+        best = t.out.best_val
+        if final and run.cfg.select == "val" and (best is None or val["top1"] > best[0]):
+            t.out.best_val = (val["top1"], epoch)
+            checkpoint.save(run.dir / "checkpoints" / "best_val.pt", {"model": t.model.state_dict(), "epoch": epoch})
 
 
-def stage_record(run: Run, name: str, stage: StageConfig, parts: list[ImageList], epochs: int, step: int, spe: int,
-                 spent: float, rank_images_per_s: float) -> dict:
-    rows = [r for r in run.log.rows if r["stage"] == name]
+def stage_record(run: Run, t: Training, stage: StageConfig, parts: list[ImageList], shape: tuple) -> dict:
+    """result.json's record of a finished stage; `shape`: (epochs, steps per epoch, this rank's images/s)."""
+    epochs, spe, rank_images_per_s = shape
+    rows = [r for r in run.log.rows if r["stage"] == t.name]
     train_s = sum(r["train_seconds"] for r in rows)
-    return {"epochs": epochs, "steps": step, "steps_per_epoch": spe, "train_images": sum(len(p) for p in parts),
+    return {"epochs": epochs, "steps": t.step, "steps_per_epoch": spe, "train_images": sum(len(p) for p in parts),
             "batch_size": stage.batch_size, "lr": stage.lr, "mixup": stage.mixup, "settings": asdict(stage),
-            "wall_s": spent, "gpu_s": spent * run.rt.gpus * run.world,
+            "wall_s": t.seconds, "gpu_s": t.seconds * run.rt.gpus * run.world,
             "train_images_per_s": sum(r["images"] for r in rows) / train_s if train_s else 0.0,
             "rank_images_per_s": distributed.gather(rank_images_per_s), "world_size": run.world,
             "skipped_during_training": sum(r["skipped"] for r in rows)}
@@ -215,23 +249,3 @@ def _totals(run: Run, stats) -> dict:
     return {"train_loss": loss, "train_top1": top1, "images": int(images),
             "images_per_s": images / (train_s / run.world) if train_s else 0.0, "train_seconds": stats.seconds,
             "skipped": stats.skipped}
-
-
-def _state(name: str, epoch: int, step: int, seconds: float, model: nn.Module, optimizer, scaler, ema,
-           out: StageResult) -> dict:
-    return {"stage": name, "epoch": epoch, "step": step, "seconds": seconds, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-            "ema": ema.module.state_dict() if ema is not None else None, "best_val": out.best_val,
-            "final_test": out.final_test, "final_test_ema": out.final_test_ema}
-
-
-def _restore(state: dict, model: nn.Module, optimizer, scaler, ema, out: StageResult) -> tuple[int, int, float]:
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if ema is not None and state.get("ema"):
-        ema.module.load_state_dict(state["ema"])
-    out.best_val, out.final_test, out.final_test_ema = (state.get(k) for k in ("best_val", "final_test",
-                                                                              "final_test_ema"))
-    return state["step"], state["epoch"] + 1, state["seconds"]
