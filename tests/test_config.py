@@ -1,6 +1,18 @@
+import re
+from dataclasses import fields, is_dataclass
+
 import pytest
 
-from synthtl.config import FinetuneConfig, from_dict, load_config, to_yaml
+from synthtl.config import (
+    FilterConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    StudyConfig,
+    StyleConfig,
+    from_dict,
+    load_config,
+    to_yaml,
+)
 from synthtl.errors import ConfigError
 
 
@@ -148,3 +160,57 @@ def test_synthetic_filter_accepts_every_valid_filter_name():
         assert load_config(FinetuneConfig, None, [f"synthetic.filter={name}"]).synthetic.filter == name
         assert load_config(FilterConfig, None, [f"name={name}"]).name == name
     assert load_config(FinetuneConfig, None, []).synthetic.filter == ""  # "" = every image
+
+
+# ---- every key declares its help and, for numbers and choices, its allowed values (config.fields.key) ----
+SCHEMAS = [FinetuneConfig, GenerateConfig, StyleConfig, FilterConfig, StudyConfig]
+UNBOUNDED = {"keep.threshold"}  # a score threshold: a logit can be any finite number (NaN and inf are refused)
+
+
+def leaf_fields(schema, prefix=""):
+    for f in fields(schema):
+        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+            yield from leaf_fields(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+def outside(allowed):
+    """One value outside the declared range (or choices)."""
+    if "one_of" in allowed:
+        return "no-such-choice"
+    lows = [v for b, v in allowed.items() if b in ("ge", "gt")]
+    highs = [v for b, v in allowed.items() if b in ("le", "lt")]
+    return max(highs) + 1 if highs else min(lows) - 1
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.__name__)
+def test_every_key_has_help(schema):
+    assert [k for k, f in leaf_fields(schema) if not f.metadata.get("help")] == []
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.__name__)
+def test_every_numeric_key_refuses_a_value_outside_its_range_in_one_line(schema):
+    tried = 0
+    for k, f in leaf_fields(schema):
+        numeric = re.fullmatch(r"(int|float|list\[(int|float)\])( \| None)?", str(f.type))
+        if not (numeric or f.metadata.get("allowed")) or k in UNBOUNDED:
+            continue
+        allowed = f.metadata.get("allowed")
+        assert allowed, f"{schema.__name__}.{k} is a number without a declared range (ge/gt/le/lt)"
+        bad = outside(allowed)
+        value = f"[{bad}]" if str(f.type).startswith("list") else bad
+        with pytest.raises(ConfigError) as e:
+            load_config(schema, None, [f"{k}={value}"])
+        assert str(e.value).startswith(f"{k}=") and "\n" not in str(e.value), str(e.value)
+        tried += 1
+    assert tried >= 5
+
+
+@pytest.mark.parametrize("override", ["real_stage.label_smoothing=1.5", "real_stage.momentum=-0.1",
+                                      "synth_stage.weight_decay=-1", "real_stage.clip_grad=-1",
+                                      "real_stage.warmup_epochs=-1", "mixup.cutmix_alpha=-1", "mixup.prob=5",
+                                      "real_stage.lr=nan", "real_stage.min_lr=1", "ema.decay=1"])
+def test_values_once_accepted_or_crashing_are_one_line(override):
+    with pytest.raises(ConfigError, match=re.escape(override.split("=")[0])):
+        load_config(FinetuneConfig, None, [override])

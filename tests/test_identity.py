@@ -23,7 +23,7 @@ def leaves(schema, prefix=""):
 @pytest.mark.parametrize("schema", [FinetuneConfig, GenerateConfig, StyleConfig, FilterConfig])
 def test_every_field_declares_a_known_way_into_the_identity(schema):
     found = {key: (how, of) for key, how, of in leaves(schema)}
-    assert {how for how, _ in found.values()} <= {None, "ignored", "content", "producer"}
+    assert {how for how, _ in found.values()} <= {"value", "ignored", "content", "producer"}
     for key, (how, of) in found.items():
         assert bool(of) == (how in ("content", "producer")), key
     # where files live and how fast: never part of what an output is
@@ -107,7 +107,11 @@ def test_the_hash_is_stable_and_a_dotted_helper_flattens():
 
 
 def test_declaration_helpers_build_dataclass_fields():
-    f = config.ignored("x")
-    assert f.default == "x" and f.metadata == {"identity": "ignored", "of": ""}
-    assert config.content("", of="file").metadata["of"] == "file"
-    assert config.ignored(factory=list).default_factory is list
+    f = config.key("x", "help", ignored=True)
+    assert f.default == "x" and f.metadata["identity"] == "ignored" and f.metadata["help"] == "help"
+    assert config.key("", "h", content="file").metadata["of"] == "file"
+    assert config.key(factory=list, ignored=True).default_factory is list
+    with pytest.raises(TypeError, match="unknown check"):
+        config.key(0, "h", above=1)
+
+

@@ -60,7 +60,7 @@ def test_one_precision_policy_for_training_inversion_and_generation(monkeypatch)
     from synthtl.config import GeneratorConfig, StyleConfig
     from synthtl.generation.pipeline import generator_runtime
     from synthtl.runtime import resolve_runtime
-    from synthtl.style.train import style_runtime
+    from synthtl.style.recipe import style_runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)

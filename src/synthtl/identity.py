@@ -1,7 +1,7 @@
 """What an output *is*, declared once: the identity of any stage's config, and the folder that holds it.
 
-Each config field says in its metadata (`config.ignored / content / producer`) how it enters the identity of what its
-stage produces:
+Each config field says in its metadata (`config.fields.key`: ignored= / content= / producer=) how it enters the
+identity of what its stage produces:
 - a value (the default): as it is;
 - ignored: where files live, how fast, how shown;
 - content: an input the user gives (a file, the dataset, the generator's or a scorer's weights), by what it holds; a

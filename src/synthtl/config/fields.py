@@ -1,0 +1,68 @@
+"""How a config key is declared: its default, its help, how it enters an output's identity, and its allowed values.
+
+Identity (`synthtl.identity` reads it; docs/method.md): a key counts by its value unless declared `ignored=True`
+(where files live, how fast, how shown), `content="<kind>"` (a file the user gives, by what it holds) or
+`producer="<kind>"` (another stage's output, by that output's own identity). Allowed values: `ge`, `gt`, `le`, `lt`
+bounds and `one_of` choices, checked at load time by `check_values`, which names the full key and its help.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import MISSING, field, fields, is_dataclass
+from typing import Any
+
+from synthtl.errors import ConfigError
+
+BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
+
+
+def key(default: Any = MISSING, help: str = "", *, factory: Any = None, ignored: bool = False, content: str = "",
+        producer: str = "", swap: dict | None = None, **allowed: Any) -> Any:
+    """A config field (see the module doc). `swap` renames the content kinds of a nested section's keys."""
+    unknown = set(allowed) - {*BOUNDS, "one_of"}
+    if unknown:
+        raise TypeError(f"key(): unknown check(s) {sorted(unknown)}")
+    how = "ignored" if ignored else "content" if content else "producer" if producer else "value"
+    meta = {"help": help, "identity": how, "of": content or producer, "swap": swap or {}, "allowed": allowed}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def check(cond: bool, msg: str) -> None:
+    """A rule between keys (a key's own range is declared in `key`)."""
+    if not cond:
+        raise ConfigError(msg)
+
+
+def rule_of(allowed: dict) -> str:
+    """The allowed values in words, e.g. "must be >= 0 and < 1" or "choose one of sgd, adamw"."""
+    if "one_of" in allowed:
+        return "choose one of " + ", ".join(map(str, allowed["one_of"]))
+    return "must be " + " and ".join(f"{BOUNDS[b][0]} {v}" for b, v in allowed.items())
+
+
+def check_values(schema: type, data: dict, prefix: str = "") -> None:
+    """Checks the values of a config tree (every item of a list key) against each key's declared allowed values before
+    any rule between keys runs, naming the full key and its help. Numbers must be finite: NaN passes no bound, is not
+    JSON and means nothing as a setting."""
+    for f in fields(schema):
+        value, name, help_ = data.get(f.name), prefix + f.name, f.metadata.get("help", "")
+        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):  # a nested section
+            check_values(f.default_factory, value or {}, name + ".")
+            continue
+        allowed = f.metadata.get("allowed", {})
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{name}={item}: must be a finite number" + (f" ({help_})" if help_ else ""))
+            ok = item in allowed["one_of"] if "one_of" in allowed else \
+                item is None or all(BOUNDS[b][1](item, v) for b, v in allowed.items())
+            if not ok:
+                raise ConfigError(f"{name}={item!r}: {rule_of(allowed)}" + (f" ({help_})" if help_ else ""))
+
+
+def check_filter_name(name: str, key: str) -> None:
+    """A filter's name is one folder under <set>/filters/: the filter's `name` and `synthetic.filter` share this rule,
+    so a name one accepts is never refused by the other (and '..' or 'a/b' never leave filters/)."""
+    check(all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) and bool(name.strip(".")),
+          f"{key}={name!r}: use letters, digits, '-', '_' or '.' (it names the folder filters/<name>)")
