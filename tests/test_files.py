@@ -63,6 +63,28 @@ def test_git_sha_is_a_string():
     assert isinstance(io.git_sha(), str)
 
 
+def test_git_sha_never_writes_into_the_code_checkout(tmp_path):
+    """Plain `git status` refreshes .git/index (and takes .git/index.lock) after a file's mtime changes."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("x = 1\n")
+    for cmd in (["init", "-q"], ["add", "a.py"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(["git", *cmd], cwd=code, env=env, check=True)
+    os.utime(code / "a.py", ns=(1, 1))  # same content, new mtime: the index is stale
+    listing = lambda: {p: p.stat().st_mtime_ns for p in (code / ".git").rglob("*")}  # noqa: E731
+    before = listing()
+    sha = io.git_sha(code)
+    assert len(sha) == 40 and listing() == before
+
+
 # ---------------------------------------------------------------------------------------- files that could run code
 class _Payload:
     """Unpickling it calls os.mkdir(marker): what a hostile checkpoint carries."""

@@ -353,15 +353,19 @@ def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
         raise UnsafeFileError(f"{path} is not a {what}: it {why}; {fix} (--verbose shows PyTorch's reason)") from e
 
 
-def git_sha() -> str:
-    """The git commit of the synthtl source tree, with "-dirty" if it has changes; "unknown" outside git."""
-    here = Path(__file__).resolve().parent
+def git_sha(here: Path | None = None) -> str:
+    """The git commit of the synthtl source tree, with "-dirty" if it has changes; "unknown" outside git.
+
+    Read without taking git's locks (`--no-optional-locks`): a run never writes into the code's folder, not even
+    `.git/index.lock`.
+    """
+    here = here or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
