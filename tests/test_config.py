@@ -2,6 +2,7 @@ import re
 from dataclasses import fields, is_dataclass
 
 import pytest
+import yaml
 
 from synthtl.config import (
     FilterConfig,
@@ -214,3 +215,23 @@ def test_every_numeric_key_refuses_a_value_outside_its_range_in_one_line(schema)
 def test_values_once_accepted_or_crashing_are_one_line(override):
     with pytest.raises(ConfigError, match=re.escape(override.split("=")[0])):
         load_config(FinetuneConfig, None, [override])
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.__name__)
+def test_show_config_is_yaml_with_every_keys_help_and_loads_back(schema):
+    from synthtl.config.reference import commented_yaml, leaves
+
+    cfg = load_config(schema, None, [])
+    text = commented_yaml(cfg)
+    assert from_dict(schema, yaml.safe_load(text)) == cfg
+    lines = [x for x in text.splitlines() if not x.endswith(":")]  # the keys' lines, in order (not the sections)
+    for (key, _, f), line in zip(leaves(schema), lines, strict=True):
+        assert line.strip().startswith(key.split(".")[-1] + ":") and f.metadata["help"] in line, key
+
+
+def test_docs_config_md_is_current():
+    from synthtl.config import configs_dir
+    from synthtl.config.reference import markdown
+
+    doc = configs_dir().parent / "docs" / "config.md"
+    assert doc.read_text() == markdown(), "docs/config.md is stale: run `python -m synthtl.config.reference`"

@@ -1,0 +1,97 @@
+"""Every config key with its value, allowed values and help, from the keys' declarations (`config.fields.key`).
+
+`commented_yaml` is what `--show-config` and `synthtl presets --show` print (valid YAML: save it as a preset);
+`markdown` is docs/config.md (`python -m synthtl.config.reference` rewrites it; a test keeps it current).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import MISSING, Field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synthtl.config.fields import rule_of
+from synthtl.config.filtering import FilterConfig
+from synthtl.config.finetune import FinetuneConfig
+from synthtl.config.generate import GenerateConfig
+from synthtl.config.study import StudyConfig
+from synthtl.config.style import StyleConfig
+
+COMMANDS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "learn-style": StyleConfig,
+            "filter": FilterConfig, "study": StudyConfig}  # a command and its config; presets live in its folder
+PRESET_FOLDERS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "style": StyleConfig,
+                  "filter": FilterConfig, "studies": StudyConfig}
+
+
+def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Field]]:
+    """(dotted key, value, field) of every key of a config instance or class (a class gives the defaults)."""
+    for f in fields(cfg):
+        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
+            yield from leaves(getattr(cfg, f.name) if not isinstance(cfg, type) else f.default_factory,
+                              f"{prefix}{f.name}.")
+        elif isinstance(cfg, type):
+            yield prefix + f.name, f.default_factory() if f.default is MISSING else f.default, f
+        else:
+            yield prefix + f.name, getattr(cfg, f.name), f
+
+
+def inline(value: Any) -> str:
+    """A value as one line of YAML."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip().removesuffix(
+        "\n...").strip()
+
+
+def commented_yaml(cfg: Any) -> str:
+    """The config as YAML, each key followed by its help and allowed values as a comment."""
+    lines, open_sections = [], []
+    for key, value, f in leaves(cfg):
+        *sections, name = key.split(".")
+        common = 0
+        while common < min(len(sections), len(open_sections)) and sections[common] == open_sections[common]:
+            common += 1
+        for depth in range(common, len(sections)):
+            lines.append(f"{'  ' * depth}{sections[depth]}:")
+        open_sections = sections
+        note = f.metadata.get("help", "")
+        allowed = f.metadata.get("allowed")
+        if allowed:
+            note += f" [{rule_of(allowed)}]"
+        lines.append(f"{'  ' * len(sections)}{name}: {inline(value)}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"
+
+
+def markdown() -> str:
+    """docs/config.md: one table per command."""
+    out = ["# Config keys", "", "Generated from the keys' declarations in `src/synthtl/config/` by "
+           "`python -m synthtl.config.reference`; do not edit by hand. Every command prints the same with its "
+           "resolved values: `synthtl <command> --show-config`. *Identity*: how a key enters the identity of what "
+           "its stage makes (docs/method.md): by value, ignored, by content or by producer.", ""]
+    for command, schema in COMMANDS.items():
+        out += [f"## synthtl {command}", "", "| key | default | allowed | identity | what it does |",
+                "| --- | --- | --- | --- | --- |"]
+        for key, value, f in leaves(schema):
+            allowed = rule_of(f.metadata["allowed"]) if f.metadata.get("allowed") else ""
+            how = f.metadata.get("identity", "value")
+            how += f" ({f.metadata['of']})" if f.metadata.get("of") else ""
+            cells = [f"`{key}`", f"`{inline(value)}`", allowed, how, f.metadata.get("help", "")]
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def schema_of_preset(path: Path) -> type | None:
+    """The config class of a shipped preset, by its folder under configs/ (None for another file)."""
+    for part in path.parts:
+        if part in PRESET_FOLDERS:
+            return PRESET_FOLDERS[part]
+    return None
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[3] / "docs" / "config.md"
+    target.write_text(markdown())
+    print(f"wrote {target}")
