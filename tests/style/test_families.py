@@ -16,10 +16,9 @@ from synthtl.generation.families import save_tiny, text_encoders, tiny_sd2_compo
 from synthtl.generation.pipeline import load_pipeline
 from synthtl.generation.run import run_generate
 from synthtl.generation.styles import EMBEDS
-from synthtl.style import sdxl
 from synthtl.style.data import cache_latents, sample_picks
 from synthtl.style.inversion import InversionRecipe
-from synthtl.style.recipe import MicroBatch, tokenize
+from synthtl.style.recipe import MicroBatch, conditioning, tokenize
 from synthtl.style.train import run_learn_style
 
 
@@ -202,7 +201,7 @@ def sdxl_unet_out(pipe, prompt="a photo of a red fox."):
     """The SDXL UNet's prediction for fixed latents, timestep, prompt (both encoders, pooled) and time ids."""
     ids = [tokenize(tok, [prompt]) for tok in tokenizers(pipe)]
     with torch.no_grad():
-        states, added = sdxl.conditioning(pipe, ids, torch.tensor([[32, 32, 0, 0, 32, 32]]))
+        states, added = conditioning(pipe, ids, torch.tensor([[32, 32, 0, 0, 32, 32]]))
         noisy = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
         return pipe.unet(noisy, 500, states, added_cond_kwargs=added).sample
 

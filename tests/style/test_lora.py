@@ -125,7 +125,7 @@ def test_loss_falls_when_overfitting_a_few_images(folder_data, tmp_path):
     """The learned LoRA lowers the denoising loss on its training images (fixed noise and timesteps)."""
     out = tmp_path / "s"
     cfg = cfg_for(folder_data, out, "steps=40", "lr=0.02", "data.shots=2", "random_flip=false", "crop=center",
-                  "lora.rank=4", "validation_classes=0")
+                  "lora.rank=4")
     r = lora.LoraRecipe(cfg, tmp_path / "probe")
     r.setup()  # its LoRA starts at B = 0: the base model's loss
     lat = torch.cat(r.data.latents) * r.pipe.vae.config.scaling_factor

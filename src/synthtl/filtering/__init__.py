@@ -1,7 +1,5 @@
-"""Filtering synthetic images by a score (ours, beyond the paper; as in He et al. ICLR'23, DISEF, ALIA, SaSPA).
-
-`synthtl filter <set>` scores the images of a generated set with zero-shot CLIP on the class names or with a classifier
-fine-tuned on the real train split, and writes, for each volume asked for, an immutable kept list: the k best of the
-first V images of each class, a fraction of them, or those above a threshold (`store`). Reading a kept list needs no
-torch (`store.read_kept`); running a filter: `synthtl.filtering.run.run_filter`.
+"""Filtering synthetic images by a score (ours, beyond the paper; as in He et al. ICLR'23, DISEF, ALIA, SaSPA):
+`synthtl filter <set>` (`run.run_filter`) scores a generated set's images with zero-shot CLIP on the class names or a
+classifier fine-tuned on the real train split (`scorers`), and writes an immutable kept list per volume (`store`;
+reading one needs no torch): the k best of the first V images of each class, a fraction, or those above a threshold.
 """

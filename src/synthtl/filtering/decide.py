@@ -7,32 +7,21 @@ import math
 from synthtl.config import KeepConfig
 
 
-def per_class_quota(rule: str, keep: KeepConfig, n: int) -> int:
-    """How many of a class's n images the top_k or fraction rule keeps (ceil, so no class is emptied by rounding)."""
-    if rule == "top_k":
-        return min(keep.top_k, n)
-    return min(n, math.ceil(keep.fraction * n - 1e-9))  # the epsilon: 0.3 * 10 is 3.0000000000000004, not 4
-
-
 def decide(scores: list[dict], keep: KeepConfig) -> dict[str, dict]:
-    """id -> {"rank", "kept"} for every scored row.
+    """id -> {"rank", "kept"} for every score row ("id", "class_index", "index", "score"), under `keep.rule`.
 
     Rows are ranked inside their class by score, highest first; equal scores are broken by the image index in the
-    class (the lower index ranks first), so decisions never depend on the order rows were scored in.
-
-    Args:
-        scores: Score rows with "id", "class_index", "index" and "score".
-        keep: Exactly one rule set (`keep.rule`).
+    class (the lower index ranks first), so decisions never depend on the order rows were scored in. top_k and
+    fraction keep ceil-rounded quotas, so no class is emptied by rounding.
     """
-    rule = keep.rule
     by_class: dict[int, list[dict]] = {}
     for r in scores:
         by_class.setdefault(r["class_index"], []).append(r)
     out = {}
     for rows in by_class.values():
-        rows = sorted(rows, key=lambda r: (-r["score"], r["index"]))
-        quota = per_class_quota(rule, keep, len(rows)) if rule in ("top_k", "fraction") else None
+        rows, n = sorted(rows, key=lambda r: (-r["score"], r["index"])), len(rows)
+        quota = {"top_k": min(keep.top_k, n),  # the epsilon: 0.3 * 10 is 3.0000000000000004, which is 3, not 4
+                 "fraction": min(n, math.ceil(keep.fraction * n - 1e-9))}.get(keep.rule)  # threshold: None
         for rank, r in enumerate(rows, start=1):
-            kept = rank <= quota if quota is not None else r["score"] > keep.threshold
-            out[r["id"]] = {"rank": rank, "kept": kept}
+            out[r["id"]] = {"rank": rank, "kept": rank <= quota if quota is not None else r["score"] > keep.threshold}
     return out

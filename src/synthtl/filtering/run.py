@@ -1,19 +1,14 @@
-"""`synthtl filter <set>`: score the images not scored yet (append-only log), then write an immutable kept list for
-each volume asked for.
-
-Resumable: every batch of scores is appended to scores.jsonl once scored, so a killed run loses at most the batch in
-flight and a re-run scores only the rows the log lacks (never one twice). Each batch also appends its wall and GPU
-seconds to cost.jsonl, so the cost of every session, a killed one included, is counted. A kept list is written once
-and never changed: a set grown since gets its new images scored and new kept lists, the old ones stay. One writer per
-filter (a lock); a name already used with another config is refused (`synthtl.identity`).
+"""`synthtl filter <set>`: score the images not scored yet, then write an immutable kept list for each volume asked
+for (the files: `store`). Resumable: a re-run scores only the rows the score log lacks, never one twice; the cost log
+counts every session, a killed one included. One writer per filter (a lock); a name already used with another config
+is refused (`synthtl.identity`).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,38 +57,37 @@ def run_filter(cfg: FilterConfig) -> dict:
 def _run(cfg: FilterConfig, state, out: Path, ident: dict) -> dict:
     folder, name = state.rows.folder, out.name
     wanted = store.volumes(folder, list(cfg.per_class))
-    if max(wanted) > state.rows.per_class:
-        raise DataError(f"filter per_class={max(wanted)} but {folder} plans {state.rows.per_class} images per class; "
+    top = max(wanted)
+    if top > state.rows.per_class:
+        raise DataError(f"filter per_class={top} but {folder} plans {state.rows.per_class} images per class; "
                         "generate more first")
-    progress = completion(state, max(wanted))
+    progress = completion(state, top)
     if not progress["complete"]:
         raise DataError(f"generated set {folder} is unfinished: {progress['done']} of {progress['total']} images of "
-                        f"the first {max(wanted)} per class are done; resume `synthtl generate`, then filter it")
+                        f"the first {top} per class are done; resume `synthtl generate`, then filter it")
     todo_lists = [v for v in wanted if not store.kept_file(out, v).is_file()]
     if not todo_lists:
         if is_main():
             print(f"[synthtl] filter {name!r} of {folder} is already finished; nothing to do")
-        return read_json(store.kept_file(out, max(wanted)))
-    rows = [state.completed_row(p) for p in range(len(state.rows)) if state.rows.idx[p] < max(wanted)]
+        return read_json(store.kept_file(out, top))
+    rows = [state.completed_row(p) for p in range(len(state.rows)) if state.rows.idx[p] < top]
     scored = store.read_scores(out)
     todo = [r for r in rows if r["id"] not in scored]
-    session = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}-{uuid.uuid4().hex[:8]}"
     rt = resolve_runtime(cfg.device, "fp32")  # fp32 on every device: half precision would move scores near ties
     if todo:
-        classes = sorted({(r["class_index"], r["class_id"], r["class_name"]) for r in rows})
         t0 = time.perf_counter()
-        scorer = load_scorer(cfg, classes, rt.device)
-        identity.claim(out, "filter", ident)  # a model that failed to load leaves the name free
-        _score(cfg, scorer, folder, out, todo, _cost_log(out, session, t0, rt))
-    identity.claim(out, "filter", ident)
+        scorer = load_scorer(cfg, sorted({(r["class_index"], r["class_id"], r["class_name"]) for r in rows}), rt.device)
+    identity.claim(out, "filter", ident)  # once the model has loaded: a model that failed to load leaves the name free
+    if todo:
+        _score(cfg, scorer, folder, out, todo, rt, t0)
     scores = store.read_scores(out)
     for v in todo_lists:
         scored = [scores[r["id"]] for r in rows if r["index"] < v]
         write_json(store.kept_file(out, v), kept_list(cfg, scored, v, identity.digest(ident)))
-    kept = read_json(store.kept_file(out, max(wanted)))
+    kept = read_json(store.kept_file(out, top))
     if is_main():
         print(f"[synthtl] filter {name!r}: scored {len(todo)} images ({len(rows) - len(todo)} already), kept "
-              f"{kept['kept']} of {kept['scored']} ({cfg.keep.rule}, first {max(wanted)} per class) -> {out}")
+              f"{kept['kept']} of {kept['scored']} ({cfg.keep.rule}, first {top} per class) -> {out}")
         if kept["empty_classes"]:
             print(f"[synthtl] warning: filter {name!r} keeps no image of {len(kept['empty_classes'])} classes "
                   f"(e.g. {kept['empty_classes'][:5]}); training on it will refuse them: lower keep.threshold")
@@ -110,28 +104,12 @@ def kept_list(cfg: FilterConfig, scored: list[dict], per_class: int, ident: str)
         c["scored"] += 1
         c["kept"] += int(decided[s["id"]]["kept"])
         c["top1"] += int(s["top1"])
-    keep = cfg.keep
     return {"name": cfg.name or cfg.method, "filter": ident, "per_class": per_class, "method": cfg.method,
-            "score": cfg.score, "keep": {"rule": keep.rule, "value": {"top_k": keep.top_k, "threshold": keep.threshold,
-                                                                      "fraction": keep.fraction}[keep.rule]},
+            "score": cfg.score, "keep": {"rule": cfg.keep.rule, "value": getattr(cfg.keep, cfg.keep.rule)},
             "scored": len(scored), "kept": len(paths), "counts": counts,
             "empty_classes": sorted(n for n, c in counts.items() if c["kept"] == 0),
             "paths": paths, "digest": store.kept_digest(paths), "git_sha": git_sha(), "synthtl": synthtl.__version__,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _cost_log(out: Path, session: str, t0: float, rt) -> Callable[[int], None]:
-    """A function that appends one row to the cost log after each scored batch: the seconds since the last row (the
-    first row of a session also counts loading the model), so a killed session has cost up to its last batch."""
-    last = [t0]
-
-    def log(n: int) -> None:
-        now = time.perf_counter()
-        append_jsonl(out / store.COST, [{"session": session, "scored": n, "seconds": now - last[0],
-                                         "gpu_seconds": (now - last[0]) * rt.gpus, "device": str(rt.device)}])
-        last[0] = now
-
-    return log
 
 
 def _load(folder: Path, row: dict):
@@ -150,8 +128,7 @@ def score_batch(scorer: Scorer, images: list, rows: list[dict], score: str) -> l
     if not torch.isfinite(logits).all():
         raise SynthTLError(f"the {scorer.kind} scorer gave non-finite logits for images of "
                            f"{rows[0]['class_name']!r} (e.g. {rows[0]['path']}); check the model's weights")
-    probs = logits.softmax(dim=1)
-    pred = logits.argmax(dim=1).tolist()
+    probs, pred = logits.softmax(dim=1), logits.argmax(dim=1).tolist()
     out = []
     for i, r in enumerate(rows):
         t = scorer.targets[r["class_index"]]
@@ -163,23 +140,24 @@ def score_batch(scorer: Scorer, images: list, rows: list[dict], score: str) -> l
     return out
 
 
-def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: list[dict],
-           logged: Callable[[int], None]) -> None:
-    """Scores `todo` in batches; each batch is appended to the log once scored, then `logged(len(batch))` is called
-    (images decode one batch ahead)."""
+def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: list[dict], rt, t0: float) -> None:
+    """Scores `todo` in batches, decoding images one batch ahead. Each batch's rows are appended to the score log once
+    scored, then a cost row: the seconds since the previous row (a session's first row also counts loading the model,
+    from `t0`), so a killed session has cost up to its last batch."""
+    session = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}-{uuid.uuid4().hex[:8]}"
     batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     bar = tqdm(total=len(todo), desc=f"filter {out.name}", unit="img", disable=not (cfg.progress and is_main()))
     with ThreadPoolExecutor(cfg.workers) as pool:
-        def submit(batch: list[dict]) -> list[Future]:
-            return [pool.submit(_load, folder, r) for r in batch]
-
-        ahead = submit(batches[0]) if batches else []
+        ahead = [pool.submit(_load, folder, r) for r in batches[0]]
         try:
-            for b, batch in enumerate(batches):
+            for batch, after in zip(batches, [*batches[1:], []], strict=True):
                 images = [f.result() for f in ahead]
-                ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []
+                ahead = [pool.submit(_load, folder, r) for r in after]
                 append_jsonl(out / store.SCORES, score_batch(scorer, images, batch, cfg.score))
-                logged(len(batch))
+                now = time.perf_counter()
+                append_jsonl(out / store.COST, [{"session": session, "scored": len(batch), "seconds": now - t0,
+                                                 "gpu_seconds": (now - t0) * rt.gpus, "device": str(rt.device)}])
+                t0 = now
                 bar.update(len(batch))
         finally:
             for f in ahead:

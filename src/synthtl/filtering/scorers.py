@@ -1,8 +1,5 @@
 """Scoring models of a filter: zero-shot CLIP on the class names, or a classifier fine-tuned on the real train split.
-
-Each builder returns a `Scorer`: its label space, which of its classes each class of the set is, a function turning
-PIL images into model input, and one giving logits. What a filter is (its scorer's weights by content, never where
-they live) is its declared identity (`synthtl.identity`).
+A filter's identity counts its scorer's weights by content, never where they live (`synthtl.identity`).
 """
 
 from __future__ import annotations
@@ -54,13 +51,14 @@ def _local_clip(model_id: str) -> str:
 
 
 def load_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: torch.device) -> Scorer:
-    """The scorer `cfg.method` names, for the set's classes [(class_index, class_id, class_name)]."""
+    """The scorer `cfg.method` names, for the set's classes [(class_index, class_id, class_name)]; a CLIP's labels
+    are the class names, its prompts `clip.template` filled with them."""
     if cfg.method == "classifier":
         return classifier_scorer(cfg, classes, device)
     prompts = [cfg.clip.template.format(name) for _, _, name in classes]
-    if cfg.clip.model.startswith(OPEN_CLIP):
-        return open_clip_scorer(cfg.clip.model, classes, prompts, device)
-    return clip_scorer(cfg.clip.model, classes, prompts, device)
+    build = open_clip_scorer if cfg.clip.model.startswith(OPEN_CLIP) else clip_scorer
+    return Scorer("clip", [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)},
+                  *build(cfg.clip.model, prompts, device))
 
 
 def _first_line(e: Exception) -> str:
@@ -77,9 +75,13 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def clip_scorer(model_id: str, classes: list[tuple[int, str, str]], prompts: list[str],
-                device: torch.device) -> Scorer:
-    """transformers' CLIPModel + CLIPProcessor from a hub id (cache only when offline) or a local folder."""
+def _features(out) -> torch.Tensor:
+    """transformers' CLIP features: a tensor, or (newer versions) an output whose pooler_output they are."""
+    return _unit(out if isinstance(out, torch.Tensor) else out.pooler_output).float()
+
+
+def clip_scorer(model_id: str, prompts: list[str], device: torch.device) -> tuple[Callable, Callable]:
+    """(prepare, logits) of a transformers CLIP from a hub id (cache only when offline) or a local folder."""
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
 
@@ -95,25 +97,15 @@ def clip_scorer(model_id: str, classes: list[tuple[int, str, str]], prompts: lis
     model.to(device)
     with torch.inference_mode():
         text = processor(text=prompts, return_tensors="pt", padding=True)
-        out = model.get_text_features(input_ids=text["input_ids"].to(device),
-                                      attention_mask=text["attention_mask"].to(device))
-        text_features = _unit(out if isinstance(out, torch.Tensor) else out.pooler_output).float()
+        text_features = _features(model.get_text_features(input_ids=text["input_ids"].to(device),
+                                                          attention_mask=text["attention_mask"].to(device)))
         scale = model.logit_scale.exp().float()
-
-    def prepare(images: list[Image.Image]) -> torch.Tensor:
-        return processor(images=images, return_tensors="pt")["pixel_values"].to(device)
-
-    def logits(pixels: torch.Tensor) -> torch.Tensor:
-        out = model.get_image_features(pixel_values=pixels)
-        return scale * _unit(out if isinstance(out, torch.Tensor) else out.pooler_output).float() @ text_features.T
-
-    return Scorer("clip", [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
-                  logits)
+    return (lambda images: processor(images=images, return_tensors="pt")["pixel_values"].to(device),
+            lambda pixels: scale * _features(model.get_image_features(pixel_values=pixels)) @ text_features.T)
 
 
-def open_clip_scorer(spec: str, classes: list[tuple[int, str, str]], prompts: list[str],
-                     device: torch.device) -> Scorer:
-    """OpenCLIP: clip.model="open_clip:<arch>/<weights file or pretrained tag>" (needs the open_clip package).
+def open_clip_scorer(spec: str, prompts: list[str], device: torch.device) -> tuple[Callable, Callable]:
+    """(prepare, logits) of OpenCLIP: clip.model="open_clip:<arch>/<weights file or pretrained tag>".
 
     The arch is a name OpenCLIP knows (`open_clip.list_models()`, or a config added with `open_clip.add_model_config`);
     a tag's weights come from the hub (from its local cache only when offline). Preprocessing is the one OpenCLIP
@@ -131,8 +123,7 @@ def open_clip_scorer(spec: str, classes: list[tuple[int, str, str]], prompts: li
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device="cpu",
                                                                      precision="fp32")
-        tokenizer = open_clip.get_tokenizer(arch)
-        tokens = tokenizer(prompts)
+        tokens = open_clip.get_tokenizer(arch)(prompts)
     except Exception as e:  # weights not cached offline, a file of another arch, a tokenizer from the hub: many types
         fix = (f"offline, a tag's weights must be in the local cache; or set clip.model=open_clip:{arch}/<path to a "
                "local weights file>") if is_tag else f"check that {pretrained!r} holds weights of the {arch!r} arch"
@@ -146,15 +137,8 @@ def open_clip_scorer(spec: str, classes: list[tuple[int, str, str]], prompts: li
         scale = model.logit_scale.exp().float()
         # SigLIP-style models add a learned bias to every logit: it moves logits (score=logit), never probabilities
         bias = model.logit_bias.float() if getattr(model, "logit_bias", None) is not None else 0.0
-
-    def prepare(images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([preprocess(im) for im in images]).to(device)
-
-    def logits(pixels: torch.Tensor) -> torch.Tensor:
-        return scale * _unit(model.encode_image(pixels).float()) @ text_features.T + bias
-
-    return Scorer("clip", [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)}, prepare,
-                  logits)
+    return (lambda images: torch.stack([preprocess(im) for im in images]).to(device),
+            lambda pixels: scale * _unit(model.encode_image(pixels).float()) @ text_features.T + bias)
 
 
 def _open_clip_source(open_clip, spec: str) -> tuple[str, str, bool]:
@@ -175,19 +159,18 @@ def _open_clip_source(open_clip, spec: str) -> tuple[str, str, bool]:
     if open_clip.get_pretrained_cfg(arch, pretrained):
         return arch, pretrained, True
     if not Path(pretrained).is_file():
-        tags = open_clip.list_pretrained_tags_by_model(arch)
         raise ConfigError(f"clip.model={spec!r}: no weights file {pretrained!r}"
                           f"{' (a folder)' if Path(pretrained).is_dir() else ''} and no pretrained tag of that name "
                           f"for {arch}; give the path of a weights file (state_dict .pt/.bin/.safetensors) or one of "
-                          f"its tags: {', '.join(tags[:6]) or 'none'}")
+                          f"its tags: {', '.join(open_clip.list_pretrained_tags_by_model(arch)[:6]) or 'none'}")
     return arch, pretrained, False
 
 
-def final_weights(run: Path, result: dict) -> tuple[Path, str]:
-    """(file, label) of the weights a finished run reports numbers for: its best validation epoch's with select=val,
-    else its last stage's (`checkpoints/stage-<name>.pt`; result.json lists the stages in the order they ran)."""
+def final_weights(run: Path, result: dict) -> Path:
+    """The weights a finished run reports numbers for: its best validation epoch's with select=val, else its last
+    stage's (`checkpoints/stage-<name>.pt`; result.json lists the stages in the order they ran)."""
     if str(result.get("selected", "last")).startswith("val:") and (run / "checkpoints" / "best_val.pt").is_file():
-        return run / "checkpoints" / "best_val.pt", str(result["selected"])
+        return run / "checkpoints" / "best_val.pt"
     stages = list(result.get("stages") or {})
     if not stages:
         raise DataError(f"classifier.run={str(run)!r}: its result.json lists no finished stage; re-run the run")
@@ -195,14 +178,17 @@ def final_weights(run: Path, result: dict) -> tuple[Path, str]:
     if not path.is_file():
         raise DataError(f"classifier.run={str(run)!r} has no {path.relative_to(run)} (its final weights): were its "
                         "checkpoints deleted? Re-run it (delete its result.json) or pick another run")
-    return path, f"stage-{stages[-1]}"
+    return path
 
 
 def classifier_run(cfg: FilterConfig) -> tuple[Path, dict, dict]:
     """(folder, config.yaml, result.json) of classifier.run, refused unless it is a finished run on real images only.
 
     Only its train-split classes and its final weights are used later (the best validation epoch's with select=val,
-    validation being carved from the train split): never its test split or test scores."""
+    validation being carved from the train split): never its test split or test scores. Any run with synthetic.path
+    is refused (mixed, bridged*, synthetic_only, and vanilla_matched paired by a set, which only counts its steps): a
+    classifier that learned the generator's look would rank synthetic images by how much they resemble those it saw
+    (the set being filtered, at worst) rather than by how much they look like the real class."""
     if not cfg.classifier.run:
         raise ConfigError("method=classifier needs classifier.run=<a run folder of `synthtl finetune`> (a classifier "
                           "fine-tuned on the real train split)")
@@ -212,23 +198,15 @@ def classifier_run(cfg: FilterConfig) -> tuple[Path, dict, dict]:
                         "config.yaml); finish the run or point at another run folder")
     result = read_json(run / "result.json")
     run_cfg = yaml.safe_load((run / "config.yaml").read_text())
-    _check_real_only(run, run_cfg, result, Path(cfg.set_dir))
-    return run, run_cfg, result
-
-
-def _check_real_only(run: Path, run_cfg: dict, result: dict, set_dir: Path) -> None:
-    """Refuses a run that used synthetic images (any run with synthetic.path: mixed, bridged*, synthetic_only, and
-    vanilla_matched paired by a set, which only counts its steps but is refused by the same rule): a classifier that
-    learned the generator's look would rank synthetic images by how much they resemble those it saw (the set being
-    filtered, at worst) rather than by how much they look like the real class."""
     synthetic = str((run_cfg.get("synthetic") or {}).get("path") or result.get("synthetic") or "")
-    if not synthetic and not (result.get("images") or {}).get("synthetic"):
-        return
-    same = " (the set being filtered)" if synthetic and Path(synthetic).resolve() == set_dir.resolve() else ""
-    raise ConfigError(f"classifier.run={str(run)!r} used synthetic images (strategy="
-                      f"{run_cfg.get('strategy', result.get('strategy'))}, synthetic.path={synthetic!r}{same}); the "
-                      "filter needs a classifier fine-tuned on the real train split only: give a real-only run such "
-                      "as strategy=vanilla without synthetic.path")
+    if synthetic or (result.get("images") or {}).get("synthetic"):
+        same = synthetic and Path(synthetic).resolve() == Path(cfg.set_dir).resolve()
+        raise ConfigError(f"classifier.run={str(run)!r} used synthetic images (strategy="
+                          f"{run_cfg.get('strategy', result.get('strategy'))}, synthetic.path={synthetic!r}"
+                          f"{' (the set being filtered)' if same else ''}); "
+                          "the filter needs a classifier fine-tuned on the real train split only: give a real-only "
+                          "run such as strategy=vanilla without synthetic.path")
+    return run, run_cfg, result
 
 
 def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: torch.device) -> Scorer:
@@ -251,20 +229,12 @@ def classifier_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], de
         raise DataError(f"classifier.run={str(run)!r} has {result['num_classes']} classes but its dataset now has "
                         f"{real.num_classes}; set classifier.data_root to the dataset the run was trained on")
     mapping = _match_classes([(cid, name) for _, cid, name in classes], real, f"classifier.run={run}")
-    weights, _ = final_weights(run, result)
+    weights = final_weights(run, result)
     model, data_config = create_classifier(run_cfg["model"]["name"], result["num_classes"], pretrained=False,
                                            img_size=run_cfg["model"].get("img_size", 0))
-    model.load_state_dict(load_torch(weights, "synthtl checkpoint", f"re-run {run} or choose another "
-                                     "classifier.run")["model"])
-    model.eval()
+    model.load_state_dict(load_torch(weights, "synthtl checkpoint",
+                                     f"re-run {run} or choose another classifier.run")["model"])
+    model.eval().to(device)
     transform = eval_transform(data_config)
-    model.to(device)
-
-    def prepare(images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([transform(im) for im in images]).to(device)
-
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        return model(x).float()
-
-    return Scorer("classifier", list(real.names), {c: mapping[j] for j, (c, _, _) in enumerate(classes)}, prepare,
-                  logits)
+    return Scorer("classifier", list(real.names), {c: mapping[j] for j, (c, _, _) in enumerate(classes)},
+                  lambda images: torch.stack([transform(im) for im in images]).to(device), lambda x: model(x).float())

@@ -50,11 +50,8 @@ def kept_digest(paths: list[str]) -> str:
 
 def read_scores(folder: Path) -> dict[str, dict]:
     """id -> score row of every row logged so far (a torn last line is ignored; a repeated id is damage)."""
-    path = folder / SCORES
-    out: dict[str, dict] = {}
-    if not path.is_file():
-        return out
-    for r in iter_jsonl(path):
+    path, out = folder / SCORES, {}
+    for r in iter_jsonl(path) if path.is_file() else []:
         if r["id"] in out:
             raise CorruptFileError(f"{path} scores row {r['id']} twice (was it edited or written by two processes?); "
                                    f"delete {folder} and re-run `synthtl filter`")

@@ -28,9 +28,7 @@ def training_images(cfg: StyleConfig, out: Path) -> ImageList:
     idx = train_indices(images, d, seed)[0]  # unreadable shots are skipped later, as fine-tuning does
     if cfg.images_per_class:
         rng = np.random.default_rng(derive_seed(seed, "style-images") % 2**32)
-        keep = []
-        for cls in images.subset(idx).by_class():
-            keep += sorted(rng.permutation(cls)[: cfg.images_per_class].tolist())
+        keep = [i for cls in images.subset(idx).by_class() for i in rng.permutation(cls)[: cfg.images_per_class]]
         idx = [idx[i] for i in sorted(keep)]
     if not idx:
         raise DataError(f"dataset {d.name!r} has no images in the chosen training split; nothing to learn a style from")
@@ -110,10 +108,6 @@ def sample_picks(data: Latents, pool: dict[int, list[int]], count: int, size: in
         left = int(torch.randint(w - size + 1, (1,), generator=g)) if w > size else 0
         picks.append((y, i, v, top, left))
     return picks
-
-
-def crop_picks(data: Latents, picks: list[tuple[int, int, int, int, int]], size: int) -> torch.Tensor:
-    return torch.stack([data.latents[i][v][:, top:top + size, left:left + size] for _, i, v, top, left in picks])
 
 
 def class_of_step(seed: int, classes: list[int], step: int) -> int:

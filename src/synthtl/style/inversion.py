@@ -12,19 +12,19 @@ alone (no weight decay, no moment update, no step count); its warmup follows its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from safetensors.torch import save
 
 from synthtl.config import StyleConfig
-from synthtl.errors import ConfigError, DataError
+from synthtl.errors import ConfigError
 from synthtl.files import sha256_file, write_bytes
 from synthtl.generation.families import text_encoders, tokenizers
-from synthtl.generation.styles import EMBEDS
+from synthtl.generation.styles import EMBEDS, SDXL_KEYS
 from synthtl.runtime import derive_seed, is_main
-from synthtl.style import sdxl
 from synthtl.style.data import class_of_step
-from synthtl.style.recipe import StyleRecipe, Unit, loss_curve, write_sheet
+from synthtl.style.recipe import StyleRecipe, Unit, loss_curve
 
 DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI prompt does
     "a {} photo in the style of {token}.",
@@ -36,10 +36,6 @@ DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI 
 ]
 
 
-def class_token(base: str, index: int) -> str:
-    return f"{base[:-1]}-{index}>" if base.endswith(">") else f"{base}-{index}"
-
-
 @dataclass
 class Inversion:
     """The learnable state: new tokens (each with `vectors` sub-tokens), their fp32 vectors and update counts."""
@@ -49,7 +45,7 @@ class Inversion:
     learned: list[torch.nn.Parameter]  # one (vectors, dim) float32 parameter per token: each has its own Adam state
     encoder_ids: list[torch.Tensor]  # the sub-tokens' ids in each text encoder's tokenizer, in token order
     widths: list[int]  # one per text encoder: each token's vectors side by side (SDXL base: 768 + 1280)
-    updates: list[int] = field(default_factory=list)  # optimizer steps each token has taken
+    updates: list[int]  # optimizer steps each token has taken
 
     @property
     def ids(self) -> torch.Tensor:
@@ -60,10 +56,14 @@ class Inversion:
         return " ".join(self.sub_tokens[t])
 
     def state(self) -> dict[str, torch.Tensor]:
-        """{token: (vectors, dim)}: the learned_embeds.safetensors layout; with two text encoders (SDXL, one token)
-        diffusers' SDXL layout {"clip_l": ..., "clip_g": ...} instead."""
+        """{token: (vectors, dim)}: the learned_embeds.safetensors layout. With two text encoders (SDXL, one token)
+        diffusers' SDXL layout instead: {"clip_l": (vectors, 768), "clip_g": (vectors, 1280)} in SDXL base, loaded by
+        one `load_textual_inversion` call per encoder."""
         state = {tok: p.detach().float().cpu().clone() for tok, p in zip(self.tokens, self.learned, strict=True)}
-        return sdxl.split_state(state[self.tokens[0]], self.widths) if len(self.widths) > 1 else state
+        if len(self.widths) == 1:
+            return state
+        vectors, left = state[self.tokens[0]], self.widths[0]
+        return {SDXL_KEYS[0]: vectors[:, :left].contiguous(), SDXL_KEYS[1]: vectors[:, left:].contiguous()}
 
 
 def add_tokens(pipe, cfg: StyleConfig, num_classes: int, device: torch.device) -> Inversion:
@@ -73,14 +73,13 @@ def add_tokens(pipe, cfg: StyleConfig, num_classes: int, device: torch.device) -
     Raises:
         ConfigError: a token already in a tokenizer, or an initializer that is not exactly one token.
     """
-    tokens = [cfg.token] if cfg.mode == "dataset" else [class_token(cfg.token, c) for c in range(num_classes)]
+    tokens = [cfg.token] if cfg.mode == "dataset" else [  # <synthtl-style> -> <synthtl-style-0>, ...
+        f"{cfg.token[:-1]}-{c}>" if cfg.token.endswith(">") else f"{cfg.token}-{c}" for c in range(num_classes)]
     sub_tokens = [[t] + [f"{t}_{i}" for i in range(1, cfg.vectors)] for t in tokens]
     flat = [s for subs in sub_tokens for s in subs]
-    encoder_ids, inits = [], []
-    for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe), strict=True):
-        ids, init = _add_to_vocab(tok, encoder, cfg.initializer, flat)
-        encoder_ids.append(ids.to(device))
-        inits.append(init)
+    added = [_add_to_vocab(tok, encoder, cfg.initializer, flat)
+             for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe), strict=True)]
+    encoder_ids, inits = [ids.to(device) for ids, _ in added], [init for _, init in added]
     init = torch.cat(inits)
     learned = [torch.nn.Parameter(init.repeat(len(subs), 1).to(device)) for subs in sub_tokens]
     return Inversion(tokens, sub_tokens, learned, encoder_ids, [len(i) for i in inits], [0] * len(tokens))
@@ -121,13 +120,11 @@ def install_hook(text_encoder, inv: Inversion, encoder: int = 0):
     size = len(text_encoder.get_input_embeddings().weight)
     token_of = torch.full((size,), -1, dtype=torch.long)
     vector_of = torch.zeros(size, dtype=torch.long)
-    lo, hi = sum(inv.widths[:encoder]), sum(inv.widths[:encoder + 1])
-    flat = iter(inv.encoder_ids[encoder].tolist())
-    for t, subs in enumerate(inv.sub_tokens):
-        for v in range(len(subs)):
-            i = next(flat)
-            token_of[i], vector_of[i] = t, v
+    places = [(t, v) for t, subs in enumerate(inv.sub_tokens) for v in range(len(subs))]
+    for i, (t, v) in zip(inv.encoder_ids[encoder].tolist(), places, strict=True):
+        token_of[i], vector_of[i] = t, v
     token_of, vector_of = token_of.to(inv.ids.device), vector_of.to(inv.ids.device)
+    lo, hi = sum(inv.widths[:encoder]), sum(inv.widths[:encoder + 1])
 
     def hook(module, inputs, output):
         ids = inputs[0]
@@ -149,15 +146,15 @@ class InversionRecipe(StyleRecipe):
     checkpoint_format = 2  # one parameter and param group per token
 
     def check_images(self) -> None:
-        cfg, n = self.cfg, self.images.num_classes
-        self.total_steps = cfg.steps_per_class * n if cfg.steps_per_class else cfg.steps
-        if cfg.mode == "class" and self.total_steps < n:
+        n = self.images.num_classes
+        if self.cfg.mode == "class" and self.total_steps < n:
             raise ConfigError(f"mode=class with steps={self.total_steps} leaves some of the {n} class tokens "
                               "untrained; set steps_per_class (paper: 5000) or steps >= the number of classes")
 
     def add_params(self) -> None:
-        if self.sdxl:
-            sdxl.check_config(self.cfg)
+        if self.sdxl and self.cfg.mode != "dataset":  # diffusers' SDXL embedding file holds one token
+            raise ConfigError("mode=class is not supported for SDXL generators (diffusers' SDXL embedding file holds "
+                              "one token); use mode=dataset, or an SD 1.x/2.x generator for per-class tokens")
         self.inv = add_tokens(self.pipe, self.cfg, self.images.num_classes, self.rt.device)
         self.hooks = [install_hook(e, self.inv, k) for k, e in enumerate(text_encoders(self.pipe))]
         # AdamW skips a parameter whose grad is None (no decay, no moments, no step), and a token absent from a batch
@@ -166,16 +163,13 @@ class InversionRecipe(StyleRecipe):
                                      weight_decay=self.cfg.weight_decay)
 
     def make_units(self) -> list[Unit]:
-        groups, names = self.groups, self.images.names
-        if self.cfg.mode == "dataset":
-            return [Unit(-1, self.total_steps, lambda step: groups, self.out / "checkpoint.pt")]
-        missing = [names[c] for c in range(self.images.num_classes) if c not in groups]
-        if missing:
-            raise DataError(f"class {missing[0]!r} has no readable training image, so its token cannot be learned; "
-                            "add images of it or use mode=dataset")
-        classes = sorted(groups)
+        groups, classes = self.groups, sorted(self.groups)
+        if self.cfg.mode == "class":
+            self.require_every_class("token")
 
         def pool(step: int) -> dict[int, list[int]]:
+            if self.cfg.mode == "dataset":
+                return groups
             c = class_of_step(self.cfg.seed, classes, step)
             return {c: groups[c]}
 
@@ -184,14 +178,13 @@ class InversionRecipe(StyleRecipe):
     def step_seed(self, u: Unit, step: int) -> int:
         return derive_seed(self.cfg.seed, "style-step", step)
 
+    def prompt(self, template: str, y: int) -> str:
+        token = self.inv.prompt_token(0 if self.cfg.mode == "dataset" else y)
+        return template.replace("{token}", token).replace("{}", self.images.names[y])
+
     def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
         templates = self.cfg.templates or DEFAULT_TEMPLATES
-        out = []
-        for y in ys:
-            t = templates[int(torch.randint(len(templates), (1,), generator=g))]
-            token = self.inv.prompt_token(0 if self.cfg.mode == "dataset" else y)
-            out.append(t.replace("{token}", token).replace("{}", self.images.names[y]))
-        return out
+        return [self.prompt(templates[int(torch.randint(len(templates), (1,), generator=g))], y) for y in ys]
 
     def set_lr(self, step: int) -> None:
         for t, group in enumerate(self.opt.param_groups):  # group t holds token t: its own warmup
@@ -217,51 +210,34 @@ class InversionRecipe(StyleRecipe):
 
     def end_unit(self, u: Unit, record: dict) -> dict:
         if is_main():
-            self.validate(range(min(self.cfg.validation_classes, len(self.images.names))),
-                          self.out / "validation" / f"step-{record['steps']:06d}.png")
+            self.validate(self.grid_classes, self.out / "validation" / f"step-{record['steps']:06d}.png")
         for hook in self.hooks:
             hook.remove()
         return record
 
-    @torch.inference_mode()
-    def validate(self, classes, path) -> None:
-        """One row per class, fixed seeds, the current embedding. Prompts are embedded here, as in training: given
-        the text, diffusers would expand an already expanded multi-vector token again ("S* S*_1" -> "S* S*_1 S*
-        S*_1_1")."""
-        val, cfg, n = self.validation_pipeline(), self.cfg, self.cfg.validation_images
-        template = (cfg.templates or DEFAULT_TEMPLATES)[0]
-        rows = []
-        for c in classes:
-            token = self.inv.prompt_token(0 if cfg.mode == "dataset" else c)
-            prompt = template.replace("{token}", token).replace("{}", self.images.names[c])
-            embeds, added = self.encode([prompt] * n)
-            pooled = {"pooled_prompt_embeds": added["text_embeds"]} if added else {}  # SDXL; sizes: the defaults
-            rows.append(val(prompt_embeds=embeds, **pooled, num_inference_steps=cfg.validation_steps,
-                            guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
-                            generator=self.generators()).images)
-        write_sheet(rows, path)
+    def validation_inputs(self, c: int) -> dict:
+        """The class's prompt, embedded here as in training: given the text, diffusers would expand an already
+        expanded multi-vector token again ("S* S*_1" -> "S* S*_1 S* S*_1_1")."""
+        prompt = self.prompt((self.cfg.templates or DEFAULT_TEMPLATES)[0], c)
+        embeds, added = self.encode([prompt] * self.cfg.validation_images)
+        pooled = {"pooled_prompt_embeds": added["text_embeds"]} if added else {}  # SDXL; sizes: the defaults
+        return {"prompt_embeds": embeds, **pooled}
 
     def files(self, records: list[dict]) -> dict:
-        from safetensors.torch import save
-
-        cfg, inv, names = self.cfg, self.inv, self.images.names
-        state = inv.state()
+        cfg, inv, names, losses = self.cfg, self.inv, self.images.names, records[0]["losses"]
+        state, curve, per_class = inv.state(), loss_curve(losses), cfg.mode == "class"
         if is_main():
             write_bytes(self.out / EMBEDS, save(state))
-            if cfg.mode == "class":  # one diffusers-format file per token as well
+            if per_class:  # one diffusers-format file per token as well
                 for tok, emb in state.items():
                     write_bytes(self.out / "tokens" / f"{tok.strip('<>')}.safetensors", save({tok: emb}))
-        losses = records[0]["losses"]
-        curve = loss_curve(losses)
-        if is_main():
             print(f"[synthtl] learned {len(inv.tokens)} token(s) in {records[0]['train_seconds']:.0f} s "
                   f"(final loss {curve[-1]['loss']:.4f}) -> {self.out / EMBEDS}")
-        per_class = (cfg.steps_per_class or self.total_steps // len(names)) if cfg.mode == "class" else None
         return {"mode": cfg.mode, "tokens": inv.tokens, "vectors": cfg.vectors, "initializer": cfg.initializer,
-                "class_tokens": {n: inv.tokens[c] for c, n in enumerate(names)} if cfg.mode == "class" else {},
+                "class_tokens": {n: inv.tokens[c] for c, n in enumerate(names)} if per_class else {},
                 "classes": list(names), "steps": len(losses), "total_steps": self.total_steps,
-                "steps_per_class": per_class, "token_updates": dict(zip(inv.tokens, inv.updates, strict=True)),
-                "loss_curve": curve}
+                "steps_per_class": (cfg.steps_per_class or self.total_steps // len(names)) if per_class else None,
+                "token_updates": dict(zip(inv.tokens, inv.updates, strict=True)), "loss_curve": curve}
 
     def style_hash(self) -> str:
         return sha256_file(self.out / EMBEDS)[:16]

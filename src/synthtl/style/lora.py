@@ -1,37 +1,33 @@
 """`synthtl learn-style method=lora` (ours, beyond the paper): a LoRA on the generator, learned from the real images.
 
 As in DataDream (ECCV'24), Diff-Mix (CVPR'24) and Real-Fake (ICLR'24): low-rank updates of the UNet's attention
-projections (the text encoders' too, with `lora.train_text_encoder`) trained with the denoising loss on the real
-training images, prompts naming each image's class ("a photo of a {class}."). The data is the inversion's: the same
-images, cached latents, class-balanced batches (`recipe`).
-
-- mode=dataset: one LoRA for the dataset, saved as `<out>/pytorch_lora_weights.safetensors`.
-- mode=class: one LoRA per class, each trained only on its own class's images, one after the other exactly as N
-  separate runs (own initialisation, own optimizer): `<out>/adapters/<class index>/pytorch_lora_weights.safetensors`.
-
-SDXL (as diffusers' SDXL DreamBooth LoRA example): the step is conditioned as inversion's; with
-`lora.train_text_encoder` each text encoder gets a LoRA (keys `text_encoder.`, `text_encoder_2.`). SDXL never reads
-the first encoder's last layer, so that layer's LoRA stays zero, as in diffusers' example.
+projections (and of every text encoder's with `lora.train_text_encoder`, keys `text_encoder.`, `text_encoder_2.`, as
+diffusers' SDXL DreamBooth LoRA example) trained with the denoising loss on the inversion's data (`recipe`), prompts
+naming each image's class. mode=dataset: one LoRA, `<out>/pytorch_lora_weights.safetensors`; mode=class: one per
+class, each trained only on its class's images, one after the other exactly as N separate runs (own initialisation,
+own optimizer): `<out>/adapters/<class index>/pytorch_lora_weights.safetensors`.
 
 Each file is what diffusers' `pipe.load_lora_weights(folder)` reads. lora_B is stored multiplied by alpha / rank, so
 the file means W + B A with no scale metadata (diffusers' default when none is given), in every diffusers version.
-Applying a style LoRA to a generator is `generation.styles`'.
+SDXL never reads the first encoder's last layer, so that layer's LoRA stays zero, as in diffusers' example.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import save
 
 from synthtl.config import StyleConfig
-from synthtl.errors import ConfigError, DataError
+from synthtl.errors import ConfigError
 from synthtl.files import read_json, write_bytes, write_json
 from synthtl.generation.families import text_encoders
 from synthtl.generation.styles import ADAPTERS, WEIGHTS, lora_hash
 from synthtl.runtime import derive_seed, is_main
-from synthtl.style.recipe import StyleRecipe, Unit, loss_curve, replace_generator, write_sheet
+from synthtl.style.recipe import StyleRecipe, Unit, loss_curve
 
 ADAPTER_JSON = "adapter.json"  # written after an adapter's weights: the adapter is finished
 ADAPTER = "synthtl-style"  # peft adapter name while training
@@ -102,13 +98,12 @@ def lora_state(params: dict[str, torch.nn.Parameter], cfg: StyleConfig) -> dict[
 
 
 class LoraRecipe(StyleRecipe):
-    checkpoint_format = 1
-
-    def components(self, generator=None):
+    def __init__(self, cfg: StyleConfig, out: str | Path, identity: str = ""):
         # A LoRA is injected into the attention's to_q/to_k/to_v after loading: fused q/k/v projections (on CUDA)
         # would bypass those layers, so most LoRA matrices would never get a gradient. A compiled UNet would not see
         # the injected layers either.
-        return super().components(replace_generator(self.cfg, fuse_qkv=False, compile=False).generator)
+        gen = dataclasses.replace(cfg.generator, fuse_qkv=False, compile=False)
+        super().__init__(dataclasses.replace(cfg, generator=gen), out, identity)
 
     def check_images(self) -> None:
         templates(self.cfg)
@@ -117,19 +112,14 @@ class LoraRecipe(StyleRecipe):
         self.params = add_lora(self.pipe, self.cfg)
 
     def make_units(self) -> list[Unit]:
-        cfg, groups, names = self.cfg, self.groups, self.images.names
-        n = len(names)
+        cfg, groups, n = self.cfg, self.groups, len(self.images.names)
         if cfg.mode == "dataset":
-            steps = cfg.steps_per_class * n if cfg.steps_per_class else cfg.steps
-            return [Unit(-1, steps, lambda step: groups, self.out / "checkpoint.pt")]
+            return [Unit(-1, self.total_steps, lambda step: groups, self.out / "checkpoint.pt")]
         per_class = cfg.steps_per_class or cfg.steps // n
         if per_class < 1:
             raise ConfigError(f"mode=class with steps={cfg.steps} gives the {n} class LoRAs no step each; set "
                               "steps_per_class or steps >= the number of classes")
-        missing = [names[c] for c in range(n) if c not in groups]
-        if missing:
-            raise DataError(f"class {missing[0]!r} has no readable training image, so its LoRA cannot be learned; add "
-                            "images of it or use mode=dataset")
+        self.require_every_class("LoRA")
         return [Unit(c, per_class, lambda step, c=c: {c: groups[c]}, self.out / ADAPTERS / "checkpoint.pt")
                 for c in range(n)]
 
@@ -168,31 +158,18 @@ class LoraRecipe(StyleRecipe):
         record = {**record, "class_name": self.images.names[u.index] if u.index >= 0 else "",
                   "loss_curve": loss_curve(losses), "config_hash": self.identity}
         if is_main():
-            from safetensors.torch import save
-
             folder = self.folder(u)
             write_bytes(folder / WEIGHTS, save(lora_state(self.params, self.cfg), metadata={"format": "pt"}))
             if u.index < 0:
-                self.validate(range(min(self.cfg.validation_classes, len(self.images.names))),
-                              folder / "validation" / f"step-{record['steps']:06d}.png")
+                self.validate(self.grid_classes, folder / "validation" / f"step-{record['steps']:06d}.png")
             elif u.index < self.cfg.validation_classes:  # the class's row, drawn with its own adapter
                 self.validate([u.index], self.out / "validation" / f"class-{u.index}.png")
             if u.index >= 0:
                 write_json(folder / ADAPTER_JSON, {**record, "losses": losses})  # last: the adapter is finished
         return record
 
-    @torch.inference_mode()
-    def validate(self, classes, path: Path) -> None:
-        """One row per class, fixed seeds, the adapter as it is now."""
-        classes = list(classes)
-        if not classes or self.cfg.validation_images < 1:
-            return
-        val, cfg, n = self.validation_pipeline(), self.cfg, self.cfg.validation_images
-        rows = [val([templates(cfg)[0].replace("{}", self.images.names[c])] * n,
-                    num_inference_steps=cfg.validation_steps, guidance_scale=cfg.generator.guidance,
-                    height=cfg.resolution, width=cfg.resolution, generator=self.generators()).images
-                for c in classes]
-        write_sheet(rows, path)
+    def validation_inputs(self, c: int) -> dict:
+        return {"prompt": [templates(self.cfg)[0].replace("{}", self.images.names[c])] * self.cfg.validation_images}
 
     def files(self, records: list[dict]) -> dict:
         cfg, names = self.cfg, self.images.names
@@ -201,10 +178,9 @@ class LoraRecipe(StyleRecipe):
             print(f"[synthtl] learned {len(records)} LoRA adapter(s) of rank {cfg.lora.rank} in "
                   f"{sum(r['train_seconds'] for r in records):.0f} s -> {self.out}")
         return {"method": "lora", "mode": cfg.mode, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha or cfg.lora.rank,
-                "scale": lora_scale(cfg), "targets": list(cfg.lora.targets),
-                "train_text_encoder": cfg.lora.train_text_encoder,
-                "trainable_params": sum(p.numel() for p in self.params.values()),  # of one adapter
-                "weights": WEIGHTS, "classes": list(names),
+                "scale": lora_scale(cfg), "targets": list(cfg.lora.targets), "train_text_encoder":
+                cfg.lora.train_text_encoder, "trainable_params": sum(p.numel() for p in self.params.values()),
+                "weights": WEIGHTS, "classes": list(names),  # trainable_params: of one adapter
                 "adapters": {n: f"{ADAPTERS}/{c}" for c, n in enumerate(names)} if per_class else {},
                 "adapter_steps": {(r["class_name"] or "dataset"): r["steps"] for r in records},
                 "steps": sum(r["steps"] for r in records),

@@ -9,8 +9,6 @@ batches from a generator seeded from (seed, unit, step), so a resumed run draws 
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import math
 import resource
 import time
@@ -26,13 +24,12 @@ from tqdm import tqdm
 
 from synthtl import faults
 from synthtl.config import StyleConfig
-from synthtl.errors import ConfigError
-from synthtl.files import load_torch, save_torch, write_bytes, write_json
+from synthtl.errors import ConfigError, DataError
+from synthtl.files import atomic_open, load_torch, save_torch, write_json
 from synthtl.generation.families import is_sdxl, text_encoders, tokenizers
 from synthtl.generation.styles import STYLE_JSON
 from synthtl.runtime import Runtime, is_main, resolve_runtime
-from synthtl.style import sdxl
-from synthtl.style.data import cache_latents, crop_picks, sample_picks, training_images
+from synthtl.style.data import cache_latents, sample_picks, training_images
 
 
 @dataclass
@@ -65,6 +62,23 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
+def conditioning(pipe, ids: list[torch.Tensor], time_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    """SDXL's (encoder hidden states, added conditions) of prompt ids, one (batch, length) id tensor per text encoder.
+
+    SDXL (Podell et al. 2023, section 2.2) reads the penultimate hidden states of both text encoders side by side
+    (CLIP ViT-L, then OpenCLIP ViT-bigG), the second's pooled projection and six "time ids" per image: original size,
+    crop top-left after resizing and target size, each (h, w). Training feeds the images' true values (`draw_one`);
+    `time_ids=None` leaves them to a pipeline, which adds diffusers' defaults (original = target, no crop).
+    """
+    first = pipe.text_encoder(ids[0], output_hidden_states=True)
+    second = pipe.text_encoder_2(ids[1], output_hidden_states=True)
+    states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+    added = {"text_embeds": second.text_embeds}
+    if time_ids is not None:
+        added["time_ids"] = time_ids.to(states.device, torch.float32)  # exact sizes; the UNet embeds them in fp32
+    return states, added
+
+
 def write_sheet(rows: list[list[Image.Image]], path: Path) -> None:
     """A validation grid: one row of images per class, written atomically as PNG."""
     w, h = rows[0][0].size
@@ -72,9 +86,8 @@ def write_sheet(rows: list[list[Image.Image]], path: Path) -> None:
     for r, imgs in enumerate(rows):
         for k, im in enumerate(imgs):
             sheet.paste(im, (k * w, r * h))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
+    with atomic_open(path, "wb") as f:
+        sheet.save(f, format="PNG")
 
 
 def loss_curve(losses: list[float]) -> list[dict]:
@@ -84,7 +97,10 @@ def loss_curve(losses: list[float]) -> list[dict]:
 
 
 class StyleRecipe:
-    """The shared recipe; subclasses set `checkpoint_format` and override the hooks marked below."""
+    """The shared recipe. A subclass sets `checkpoint_format` and defines add_params (the trainable parameters and
+    `self.opt`), make_units, step_seed, prompts(ys, g), params_state, load_params_state, validation_inputs(class),
+    files(records) (writes the learned files on rank 0; returns style.json's method-specific fields) and style_hash;
+    it may override check_images, start_unit and end_unit (below)."""
 
     checkpoint_format = 1
 
@@ -92,7 +108,6 @@ class StyleRecipe:
         self.cfg, self.out, self.identity = cfg, Path(out), identity
         self.rt = style_runtime(cfg)
 
-    # ------------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         self.t_start = time.perf_counter()
         self.images = training_images(self.cfg, self.out)
@@ -105,21 +120,19 @@ class StyleRecipe:
         self.scaler = torch.amp.GradScaler("cuda") if self.rt.dtype == torch.float16 else None
         self.units = self.make_units()
 
-    def components(self, generator=None):
+    def components(self):
         """The frozen pipeline (every component in eval mode) and a DDPM scheduler of its noise schedule."""
         from diffusers import DDPMScheduler
 
         from synthtl.generation.pipeline import load_pipeline
 
-        pipe = load_pipeline(generator or self.cfg.generator, self.rt)
+        pipe = load_pipeline(self.cfg.generator, self.rt)
         for m in (pipe.unet, pipe.vae, *text_encoders(pipe)):
-            m.requires_grad_(False)
-            m.eval()
+            m.requires_grad_(False).eval()
         if self.cfg.gradient_checkpointing:
             pipe.unet.enable_gradient_checkpointing()
         return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
 
-    # ---------------------------------------------------------------------------------------------------- a step
     def draw(self, unit: Unit, step: int) -> list[MicroBatch]:
         """A step's micro-batches: images of the unit's pool, a flip, a crop, noise, timesteps and prompts, all drawn
         from one generator seeded from the step."""
@@ -130,12 +143,13 @@ class StyleRecipe:
     def draw_one(self, pool: dict[int, list[int]], g: torch.Generator) -> MicroBatch:
         cfg, cells = self.cfg, self.cfg.resolution // 8
         picks = sample_picks(self.data, pool, cfg.batch_size, cells, g)
-        lat, ys, time_ids = crop_picks(self.data, picks, cells), [y for y, *_ in picks], None
-        if self.sdxl:
-            px = self.pipe.vae_scale_factor  # pixels per latent cell (8 in SD/SDXL)
-            sizes = self.data.sizes
-            time_ids = torch.tensor([sdxl.time_ids(sizes[i][:2], (sizes[i][2] + top * px, sizes[i][3] + left * px),
-                                                   (cfg.resolution, cfg.resolution)) for _, i, _, top, left in picks])
+        lat = torch.stack([self.data.latents[i][v][:, top:top + cells, left:left + cells]
+                           for _, i, v, top, left in picks])
+        ys, time_ids = [y for y, *_ in picks], None
+        if self.sdxl:  # SDXL's time ids (`conditioning`): original (h, w), crop top-left, target (h, w)
+            px, sizes = self.pipe.vae_scale_factor, self.data.sizes  # pixels per latent cell (8 in SD/SDXL)
+            time_ids = torch.tensor([[*sizes[i][:2], sizes[i][2] + top * px, sizes[i][3] + left * px, cfg.resolution,
+                                      cfg.resolution] for _, i, _, top, left in picks])
         lat = lat.to(self.rt.device, self.pipe.unet.dtype) * self.pipe.vae.config.scaling_factor
         noise = torch.randn(lat.shape, generator=g).to(self.rt.device, lat.dtype)
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(self.rt.device)
@@ -145,7 +159,7 @@ class StyleRecipe:
         """The UNet's text conditioning of prompts: (encoder hidden states, SDXL's added conditions or None)."""
         ids = [tokenize(tok, prompts).to(self.rt.device) for tok in tokenizers(self.pipe)]
         if len(ids) > 1:  # SDXL: one id tensor per text encoder
-            return sdxl.conditioning(self.pipe, ids, time_ids)
+            return conditioning(self.pipe, ids, time_ids)
         return self.pipe.text_encoder(ids[0])[0], None
 
     def loss(self, b: MicroBatch) -> torch.Tensor:
@@ -191,16 +205,30 @@ class StyleRecipe:
             group["lr"] = self.lr_at(step)
 
     @property
+    def total_steps(self) -> int:
+        return self.cfg.steps_per_class * len(self.images.names) if self.cfg.steps_per_class else self.cfg.steps
+
+    @property
+    def grid_classes(self) -> range:
+        """The classes of a validation grid: the first `validation_classes`."""
+        return range(min(self.cfg.validation_classes, len(self.images.names)))
+
+    def require_every_class(self, what: str) -> None:
+        """Per-class mode: refuses a class without a readable training image."""
+        missing = [name for c, name in enumerate(self.images.names) if c not in self.groups]
+        if missing:
+            raise DataError(f"class {missing[0]!r} has no readable training image, so its {what} cannot be learned; "
+                            "add images of it or use mode=dataset")
+
+    @property
     def base_lr(self) -> float:
-        cfg = self.cfg
-        return cfg.lr * (cfg.batch_size * cfg.grad_accum if cfg.scale_lr else 1)
+        return self.cfg.lr * (self.cfg.batch_size * self.cfg.grad_accum if self.cfg.scale_lr else 1)
 
     def lr_at(self, updates: int) -> float:
         """The lr of an update: linear warmup over `warmup_steps` updates, then constant."""
         warmup = self.cfg.warmup_steps
         return self.base_lr * min(1.0, (updates + 1) / warmup) if warmup else self.base_lr
 
-    # ------------------------------------------------------------------------------------------------------ train
     def train(self) -> list[dict]:
         return [self.train_unit(u) for u in self.units]
 
@@ -214,7 +242,7 @@ class StyleRecipe:
         bar = tqdm(total=u.steps, initial=step, desc=name, unit="step", disable=not (self.cfg.progress and is_main()))
         t0 = time.perf_counter()
         while step < u.steps:
-            losses.append(self.step(self.unit_step(u, step), self.draw(u, step)))
+            losses.append(self.step(step, self.draw(u, step)))
             step += 1
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             bar.update()
@@ -226,8 +254,7 @@ class StyleRecipe:
                 faults.point("style.checkpoint", step=step, unit=u.index)
             every = self.cfg.validate_every
             if u.index < 0 and every and step % every == 0 and step != u.steps and is_main():
-                self.validate(range(min(self.cfg.validation_classes, len(self.images.names))),
-                              self.out / "validation" / f"step-{step:06d}.png")
+                self.validate(self.grid_classes, self.out / "validation" / f"step-{step:06d}.png")
         bar.close()
         return self.end_unit(u, {"class_index": u.index, "steps": len(losses), "losses": losses,
                                  "train_seconds": seconds + time.perf_counter() - t0})
@@ -245,95 +272,53 @@ class StyleRecipe:
         self.opt.load_state_dict(state["optimizer"])
         return state["step"], list(state["losses"]), state["seconds"]
 
-    # ------------------------------------------------------------------------------------------------------- save
     def save(self, records: list[dict]) -> dict:
         """Writes the style's files and style.json; returns style.json's content."""
-        seconds = sum(r["train_seconds"] for r in records)
+        cfg, rt, seconds = self.cfg, self.rt, sum(r["train_seconds"] for r in records)
         info = {**self.files(records), "train_images": len(self.images), "skipped_images": self.data.skipped,
-                "split_file": "splits/train.json", "dataset": self.cfg.data.name, "model": self.cfg.generator.model,
-                "batch_size": self.cfg.batch_size, "grad_accum": self.cfg.grad_accum, "lr": self.cfg.lr,
-                "resolution": self.cfg.resolution, "train_seconds": seconds,
-                "wall_s": time.perf_counter() - self.t_start, "gpu_s": seconds * self.rt.gpus,
-                "peak_memory_mb": self.peak_memory_mb(), "device": str(self.rt.device),
-                "dtype": str(self.rt.dtype).replace("torch.", ""), "identity": self.identity}
-        info["hash"] = self.style_hash()
+                "split_file": "splits/train.json", "dataset": cfg.data.name, "model": cfg.generator.model,
+                "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr, "resolution": cfg.resolution,
+                "train_seconds": seconds, "wall_s": time.perf_counter() - self.t_start, "gpu_s": seconds * rt.gpus,
+                "peak_memory_mb": torch.cuda.max_memory_allocated(rt.device) / 2**20 if rt.is_cuda
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "identity": self.identity,
+                "hash": self.style_hash()}
         if is_main():
             write_json(self.out / STYLE_JSON, info)
             for u in self.units:
                 u.checkpoint.unlink(missing_ok=True)
         return info
 
-    def peak_memory_mb(self) -> float:
-        if self.rt.is_cuda:
-            return torch.cuda.max_memory_allocated(self.rt.device) / 2**20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-    def validation_pipeline(self):
-        """The generator's own pipeline class (SDXL: its two encoders, time ids) on the frozen components."""
+    @torch.inference_mode()
+    def validate(self, classes, path: Path) -> None:
+        """A grid: one row per class (`validation_inputs`), fixed seeds, the learned parameters as they are now; drawn
+        by the generator's own pipeline class (SDXL: its two encoders, time ids) on the frozen components."""
         from diffusers import DPMSolverMultistepScheduler
 
         from synthtl.generation.families import family_of_pipeline
 
-        family = family_of_pipeline(self.pipe)
+        cfg, family = self.cfg, family_of_pipeline(self.pipe)
         val = family.pipeline_class()(**{**self.pipe.components, **family.kwargs(),
                                          "scheduler": DPMSolverMultistepScheduler.from_config(
                                              self.pipe.scheduler.config)})
         val.set_progress_bar_config(disable=True)
-        return val
-
-    def generators(self) -> list[torch.Generator]:
-        return [torch.Generator("cpu").manual_seed(self.cfg.seed + k) for k in range(self.cfg.validation_images)]
+        rows = [val(**self.validation_inputs(c), num_inference_steps=cfg.validation_steps,
+                    guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
+                    generator=[torch.Generator("cpu").manual_seed(cfg.seed + k)
+                               for k in range(cfg.validation_images)]).images for c in classes]
+        write_sheet(rows, path)
 
     def run(self) -> dict:
         """setup -> train -> save."""
         self.setup()
         return self.save(self.train())
 
-    # ------------------------------------------------------------------------------------- the subclasses' hooks
     def check_images(self) -> None:
         """Refuses what cannot be learned from these images, before any model loads."""
 
-    def add_params(self) -> None:
-        """Adds the trainable parameters (and `self.opt`) to the frozen pipeline."""
-        raise NotImplementedError
-
-    def make_units(self) -> list[Unit]:
-        raise NotImplementedError
-
-    def step_seed(self, u: Unit, step: int) -> int:
-        raise NotImplementedError
-
     def start_unit(self, u: Unit) -> dict | None:
         """Prepares a unit's parameters and optimizer; returns its record instead when it is already finished."""
-        return None
 
     def end_unit(self, u: Unit, record: dict) -> dict:
         """Writes what a finished unit leaves (rank 0); returns its record."""
         return record
-
-    def unit_step(self, u: Unit, step: int) -> int:
-        """What `step()` gets as the step (the lr schedule's position)."""
-        return step
-
-    def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
-        raise NotImplementedError
-
-    def params_state(self) -> dict:
-        raise NotImplementedError
-
-    def load_params_state(self, state: dict) -> None:
-        raise NotImplementedError
-
-    def validate(self, classes, path: Path) -> None:
-        raise NotImplementedError
-
-    def files(self, records: list[dict]) -> dict:
-        """Writes the learned files (rank 0); returns style.json's method-specific fields."""
-        raise NotImplementedError
-
-    def style_hash(self) -> str:
-        raise NotImplementedError
-
-
-def replace_generator(cfg: StyleConfig, **changes) -> StyleConfig:
-    return dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, **changes))

@@ -11,25 +11,19 @@ from synthtl.errors import ConfigError
 from synthtl.files import exclusive, read_json, remove_temps, write_text
 from synthtl.generation.styles import EMBEDS, STYLE_JSON
 from synthtl.runtime import is_main, world_size
+from synthtl.style.inversion import InversionRecipe
+from synthtl.style.lora import LoraRecipe
 from synthtl.style.recipe import StyleRecipe
 
-
-def recipe_of(cfg: StyleConfig) -> type[StyleRecipe]:
-    if cfg.method == "lora":  # ours, beyond the paper: a LoRA on the generator instead of tokens
-        from synthtl.style.lora import LoraRecipe
-
-        return LoraRecipe
-    from synthtl.style.inversion import InversionRecipe
-
-    return InversionRecipe
+RECIPES = {"inversion": InversionRecipe, "lora": LoraRecipe}  # lora: ours, beyond the paper
 
 
 def run_learn_style(cfg: StyleConfig, recipe: type[StyleRecipe] | None = None) -> dict:
     """Learns (or resumes, or skips if finished) a style; returns style.json's content.
 
     The folder's lock is held throughout; a killed run's temp files are removed; a folder holding another config's
-    style (finished or not) is refused (`synthtl.identity`); the folder is claimed, then the recipe runs and resumes
-    from its checkpoints. `recipe`: the recipe class (default: the method's; tests pass a subclass).
+    style (finished or not) is refused (`synthtl.identity`). `recipe`: the recipe class (default: the method's; tests
+    pass a subclass).
 
     Raises:
         ConfigError: started as several processes, or the folder holds another config's style.
@@ -49,4 +43,4 @@ def run_learn_style(cfg: StyleConfig, recipe: type[StyleRecipe] | None = None) -
             return read_json(out / STYLE_JSON)
         identity.claim(out, "style", ident)
         write_text(out / "config.yaml", to_yaml(cfg))
-        return (recipe or recipe_of(cfg))(cfg, out, identity.digest(ident)).run()
+        return (recipe or RECIPES[cfg.method])(cfg, out, identity.digest(ident)).run()
