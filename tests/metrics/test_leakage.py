@@ -4,7 +4,17 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from synthtl.metrics.leakage import cosine_pairs, hamming, hash_files, hash_pairs, near_duplicates, phash, phash_batch
+from synthtl.metrics.leakage import (
+    Search,
+    cosine_pairs,
+    expected_matches,
+    hamming,
+    hash_files,
+    hash_pairs,
+    near_duplicates,
+    phash,
+    phash_batch,
+)
 
 
 def _noise(rng, size=64) -> Image.Image:
@@ -31,7 +41,7 @@ def test_phash_finds_a_planted_duplicate():
     test_hashes = np.array([phash(im) for im in imgs], dtype=np.uint64)
     copy = imgs[3].resize((181, 181))  # a resized copy of test image 3
     syn_hashes = np.array([phash(_smooth(rng)) for _ in range(4)] + [phash(copy)], dtype=np.uint64)
-    count, flagged, pairs = near_duplicates(syn_hashes, test_hashes, max_bits=6)
+    count, flagged, pairs = near_duplicates(syn_hashes, test_hashes, search=Search(max_bits=6))
     assert (count, flagged) == (1, 1) and [(p["image"], p["test"]) for p in pairs] == [(4, 3)]
     assert hamming(np.array([0b1011], dtype=np.uint64), np.array([0b0001], dtype=np.uint64))[0, 0] == 2
 
@@ -76,6 +86,24 @@ def test_hash_files_reads_every_format_and_marks_unreadable(tmp_path):
     assert np.bitwise_count(hashes[0] ^ hashes[1]) <= 6  # the same picture, JPEG at 1024 px vs PNG at 300 px
     assert digests[4] == b"" and len({*digests[:4]}) == 4
     # unreadable rows never match, even though their hash (0) equals another unreadable row's
-    count, _, pairs = near_duplicates(hashes, hashes, max_bits=0, a_ok=ok, b_ok=ok)
+    count, _, pairs = near_duplicates(hashes, hashes, search=Search(max_bits=0), a_ok=ok, b_ok=ok)
     assert count == len(pairs) >= 3 and {(i, i) for i in range(3)} <= {(p["image"], p["test"]) for p in pairs}
     assert not {p["image"] for p in pairs} & {3, 4} and not {p["test"] for p in pairs} & {3, 4}
+
+
+def test_expected_pairs_are_left_out_and_counted_apart_and_the_closest_are_listed_first():
+    rng = np.random.default_rng(5)
+    b = rng.integers(0, 2**63, 6, dtype=np.uint64)
+    a = np.concatenate([b[:3] ^ np.uint64(0b1), b[3:4] ^ np.uint64(0b1111), rng.integers(0, 2**63, 2, dtype=np.uint64)])
+    fa, fb = rng.normal(size=(6, 8)), rng.normal(size=(6, 8))
+    fa[5] = fb[4]  # a feature-only pair
+    expected = np.array([0, -1, -1, -1, -1, -1])  # row 0 of A is an output of row 0 of B
+    count, flagged, pairs = near_duplicates(a, b, fa, fb, Search(max_bits=3, min_cosine=0.99, limit=3),
+                                            expected=expected)
+    assert (count, flagged) == (3, 3)  # (1, 1), (2, 2) by hash, (5, 4) by cosine; (0, 0) expected; (3, 3) too far
+    assert [(p["image"], p["test"]) for p in pairs] == [(1, 1), (2, 2), (5, 4)]
+    assert pairs[0]["hash_bits"] == 1 and pairs[2]["cosine"] > 0.99 and "hash_bits" not in pairs[2]
+    assert near_duplicates(a, b, fa, fb, Search(max_bits=3, min_cosine=0.99, limit=0))[:2] == (4, 4)
+    assert near_duplicates(a, b, fa, fb, Search(max_bits=3, min_cosine=0.99, limit=0))[2] == []
+    assert expected_matches(a, b, expected, fa, fb, Search(max_bits=3)).tolist() == [True] + [False] * 5
+    assert not expected_matches(a, b, expected, a_ok=np.array([False] + [True] * 5)).any()  # unreadable: no match

@@ -17,11 +17,7 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> d
         return {"top1": float("nan"), "top5": float("nan"), "mean_class_acc": float("nan"), "loss": float("nan")}
     logits = logits.float()
     top1 = topk_correct(logits, labels, 1)
-    per_class = []
-    for c in range(num_classes):
-        mask = labels == c
-        if mask.any():
-            per_class.append(top1[mask].float().mean().item())
+    per_class = [top1[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()]
     return {
         "top1": 100.0 * top1.float().mean().item(),
         "top5": 100.0 * topk_correct(logits, labels, 5).float().mean().item(),

@@ -29,11 +29,8 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
 
 
 def _poly_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    d = x.shape[1]
-    kxx = (x @ x.T / d + 1) ** 3
-    kyy = (y @ y.T / d + 1) ** 3
-    kxy = (x @ y.T / d + 1) ** 3
-    m, n = len(x), len(y)
+    d, m, n = x.shape[1], len(x), len(y)
+    kxx, kyy, kxy = ((p @ q.T / d + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
                  - 2 * kxy.mean())
 
@@ -67,17 +64,12 @@ def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
 
 def _covered(x: np.ndarray, y: np.ndarray, radii: np.ndarray, chunk: int) -> float:
     """Fraction of the rows of x inside the k-NN ball (`radii`) of some row of y."""
-    inside = 0
-    for s in range(0, len(x), chunk):
-        inside += int((_pairwise(x[s:s + chunk], y) <= radii[None, :]).any(axis=1).sum())
-    return inside / len(x)
+    return sum(int((_pairwise(x[s:s + chunk], y) <= radii[None, :]).any(axis=1).sum())
+               for s in range(0, len(x), chunk)) / len(x)
 
 
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 4096) -> tuple[float, float]:
-    """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold).
-
-    All-pairs distances are taken in blocks of `chunk` rows, so memory is chunk x n, not n x n (50k images would
-    need 20 GB at once).
-    """
+    """Improved precision (fake inside the real manifold) and recall (real inside the fake manifold). Distances are
+    taken in blocks of `chunk` rows: memory is chunk x n, not n x n (50k images would need 20 GB at once)."""
     r_real, r_fake = _knn_radii(real, k, chunk), _knn_radii(fake, k, chunk)
     return _covered(fake, real, r_real, chunk), _covered(real, fake, r_fake, chunk)

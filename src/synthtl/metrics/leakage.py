@@ -14,6 +14,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +27,16 @@ HASH_KEEP = 8  # low frequencies kept per axis: 8 x 8 = 64 bits
 TILE_PAIRS = 1 << 19  # hash pairs per tile of the all-pairs comparison (sized for the CPU cache)
 
 
-def _dct_matrix(n: int, keep: int) -> np.ndarray:
-    """The first `keep` rows of the orthonormal DCT-II matrix of size n (scipy's dct(norm="ortho"))."""
-    k = np.arange(keep)[:, None]
-    x = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    m[0] /= np.sqrt(2.0)
-    return m
-
-
-_DCT = _dct_matrix(HASH_SIZE, HASH_KEEP)
+# The first HASH_KEEP rows of the orthonormal DCT-II matrix of size HASH_SIZE (scipy's dct(norm="ortho")).
+_X, _K = np.arange(HASH_SIZE)[None, :], np.arange(HASH_KEEP)[:, None]
+_DCT = np.cos(np.pi * (2 * _X + 1) * _K / (2 * HASH_SIZE)) * np.sqrt(2.0 / HASH_SIZE)
+_DCT[0] /= np.sqrt(2.0)
 
 
 def phash_batch(gray: np.ndarray) -> np.ndarray:
-    """64-bit DCT perceptual hashes of a batch of grayscale thumbnails.
-
-    Args:
-        gray: (n, 32, 32) array of 8-bit luminance.
-
-    Returns:
-        (n,) uint64. Bit 63 (the first) says the DC term is positive; the other 63 say whether each low-frequency
-        AC term lies above the median of the AC terms (the DC term carries brightness only).
-    """
+    """(n,) uint64 DCT perceptual hashes of (n, 32, 32) 8-bit luminance thumbnails. Bit 63 (the first) says the DC
+    term is positive; the other 63 say whether each low-frequency AC term lies above the median of the AC terms (the DC
+    term carries brightness only)."""
     low = np.einsum("ij,njk,lk->nil", _DCT, gray.astype(np.float64), _DCT).reshape(len(gray), -1)
     bits = np.empty(low.shape, dtype=bool)
     bits[:, 0] = low[:, 0] > 0
@@ -66,11 +55,7 @@ def phash(img: Image.Image) -> int:
 
 
 def _scan_one(path: Path) -> tuple[bytes, np.ndarray | None]:
-    """(content digest, thumbnail or None when the file cannot be decoded).
-
-    JPEGs are decoded at a reduced DCT scale (libjpeg's draft mode, luminance only) no smaller than 64 px: the
-    thumbnail is 32 px, so the full-size decode would be thrown away.
-    """
+    """(content digest, thumbnail or None when the file cannot be decoded)."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -78,7 +63,7 @@ def _scan_one(path: Path) -> tuple[bytes, np.ndarray | None]:
     digest = hashlib.blake2b(data, digest_size=16).digest()
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.format == "JPEG":
+            if img.format == "JPEG":  # libjpeg's draft mode: luminance at >= 64 px, as the thumbnail is 32 px
                 img.draft("L", (2 * HASH_SIZE, 2 * HASH_SIZE))
             img.load()
             return digest, thumbnail(img if img.mode in ("L", "RGB") else to_rgb(img))
@@ -88,41 +73,28 @@ def _scan_one(path: Path) -> tuple[bytes, np.ndarray | None]:
 
 @contextlib.contextmanager
 def quiet_pil() -> Iterator[None]:
-    """Silences PIL's warnings (EXIF, palette, large images) around a thread pool of decoders.
-
-    `warnings.catch_warnings` swaps process-wide state and is not thread-safe: entered in several threads at once
-    it can leave every warning ignored for the rest of the process. So decoders running in threads never touch the
-    filters; the caller sets this one filter once, on its own thread.
-    """
+    """Silences PIL's warnings (EXIF, palette, large images) around a thread pool of decoders. `catch_warnings` swaps
+    process-wide state and is not thread-safe (entered in several threads it can leave every warning ignored), so
+    decoders in threads never touch the filters: the caller sets this one filter once, on its own thread."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"PIL\.")
         yield
 
 
 def hash_files(paths: Sequence[Path], workers: int = 0) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    """Perceptual hash and content digest of every file, read once.
-
-    Args:
-        paths: Image files.
-        workers: Threads (0 = one per CPU core). Decoding and hashing of the bytes release the GIL.
-
-    Returns:
-        (hashes (n,) uint64, readable (n,) bool, digests: 16-byte BLAKE2b of each file's bytes, b"" when missing).
+    """(perceptual hashes (n,) uint64, readable (n,) bool, 16-byte BLAKE2b digests of the files' bytes or b"" when
+    missing), every file read once, in `workers` threads (0 = one per CPU core: decoding and hashing release the GIL).
     """
     workers = workers or os.cpu_count() or 1
-    hashes = np.zeros(len(paths), dtype=np.uint64)
-    ok = np.zeros(len(paths), dtype=bool)
-    digests: list[bytes] = []
-    block = 1024
+    hashes, ok, digests, block = np.zeros(len(paths), dtype=np.uint64), np.zeros(len(paths), dtype=bool), [], 1024
     with quiet_pil(), ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(paths), block):
             scanned = list(pool.map(_scan_one, paths[start:start + block], chunksize=16))
             digests += [d for d, _ in scanned]
-            good = [i for i, (_, t) in enumerate(scanned) if t is not None]
+            good = [start + i for i, (_, t) in enumerate(scanned) if t is not None]
             if good:
-                thumbs = np.stack([scanned[i][1] for i in good])
-                hashes[[start + i for i in good]] = phash_batch(thumbs)
-                ok[[start + i for i in good]] = True
+                hashes[good] = phash_batch(np.stack([t for _, t in scanned if t is not None]))
+                ok[good] = True
     return hashes, ok, digests
 
 
@@ -133,17 +105,8 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
                workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (i, j) with Hamming(a[i], b[j]) <= max_bits.
-
-    Args:
-        a: Hashes (uint64) of one set; b of the other.
-        max_bits: Largest Hamming distance that counts.
-        chunk: Most rows of `a` per block; the block's columns cover up to `chunk` hashes of `b`.
-        workers: Threads over blocks of rows (0 = one per CPU core).
-
-    Returns:
-        (i, j, bits) as int64, int64, uint8 arrays.
-    """
+    """(i, j, bits) as int64, int64, uint8 arrays: every pair of hashes with Hamming(a[i], b[j]) <= max_bits, in tiles
+    of at most `chunk` x `chunk`, blocks of rows spread over `workers` threads (0 = one per CPU core)."""
     workers = workers or os.cpu_count() or 1
     a, b = np.ascontiguousarray(a, dtype=np.uint64), np.ascontiguousarray(b, dtype=np.uint64)
     cols = max(1, min(chunk, len(b)))
@@ -152,11 +115,11 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
     rows = max(1, min(chunk, TILE_PAIRS // cols))
     block = rows * max(1, 64 // workers)
 
-    def scan(start: int) -> tuple[list, list, list]:
+    def scan(start: int) -> list[tuple]:
         x = np.empty((rows, cols), np.uint64)
         bits = np.empty((rows, cols), np.uint8)
         hit = np.empty((rows, cols), bool)
-        out: tuple[list, list, list] = ([], [], [])
+        out = []
         for i0 in range(start, min(start + block, len(a)), rows):
             pa = a[i0:i0 + rows, None]
             for j0 in range(0, len(b), cols):
@@ -167,116 +130,97 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
                 np.less_equal(bits[:r, :c], max_bits, out=hit[:r, :c])
                 if hit[:r, :c].any():
                     ii, jj = np.nonzero(hit[:r, :c])
-                    out[0].append(ii + i0)
-                    out[1].append(jj + j0)
-                    out[2].append(bits[ii, jj])
+                    out.append((ii + i0, jj + j0, bits[ii, jj]))
         return out
 
-    found: tuple[list, list, list] = ([], [], [])
     with ThreadPoolExecutor(workers) as pool:  # numpy's ufuncs release the GIL: blocks run on every core
-        for part in pool.map(scan, range(0, len(a), block)):
-            for k in range(3):
-                found[k].extend(part[k])
-    return _cat(found[0], np.int64), _cat(found[1], np.int64), _cat(found[2], np.uint8)
+        found = [t for part in pool.map(scan, range(0, len(a), block)) for t in part]
+    return _cat(found, np.uint8)
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray, min_cosine: float,
                  chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (i, j) of feature rows with cosine similarity >= min_cosine, over `chunk` x `chunk` tiles.
-
-    Returns:
-        (i, j, cosine) as int64, int64, float32 arrays.
-    """
+    """(i, j, cosine) as int64, int64, float32 arrays: every pair of feature rows with cosine >= min_cosine, over
+    `chunk` x `chunk` tiles."""
     def unit(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
     an, bn = unit(a), unit(b)
-    found: tuple[list, list, list] = ([], [], [])
+    found = []
     for i0 in range(0, len(an), chunk):
         for j0 in range(0, len(bn), chunk):
             cos = an[i0:i0 + chunk] @ bn[j0:j0 + chunk].T
             ii, jj = np.nonzero(cos >= min_cosine)
-            found[0].append(ii + i0)
-            found[1].append(jj + j0)
-            found[2].append(cos[ii, jj])
-    return _cat(found[0], np.int64), _cat(found[1], np.int64), _cat(found[2], np.float32)
+            found.append((ii + i0, jj + j0, cos[ii, jj]))
+    return _cat(found, np.float32)
 
 
-def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+def _cat(found: list[tuple], value_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, value) triples concatenated into three arrays."""
+    return tuple(np.concatenate([f[k] for f in found]).astype(t) if found else np.zeros(0, dtype=t)
+                 for k, t in enumerate((np.int64, np.int64, value_dtype)))
+
+
+@dataclass(frozen=True)
+class Search:
+    """What counts as a near-duplicate pair, and how pairs are searched and listed."""
+
+    max_bits: int = 6  # Hamming distance (of 64 bits) at or below which a pair counts
+    min_cosine: float = 0.95  # feature cosine at or above which a pair counts
+    chunk: int = 4096  # rows per tile of the all-pairs comparisons (bounds memory)
+    limit: int | None = None  # pairs listed, the closest first (None: all)
 
 
 def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndarray | None = None,
-                    b_feats: np.ndarray | None = None, max_bits: int = 6, min_cosine: float = 0.95,
-                    chunk: int = 4096, limit: int | None = None, a_ok: np.ndarray | None = None,
+                    b_feats: np.ndarray | None = None, search: Search = Search(), a_ok: np.ndarray | None = None,
                     b_ok: np.ndarray | None = None, expected: np.ndarray | None = None) -> tuple[int, int, list[dict]]:
     """Near-duplicate pairs between set A (synthetic or train) and set B (test), every image against every image.
 
     Args:
         a_hashes: Perceptual hashes of A (uint64); b_hashes likewise for B.
         a_feats: Feature rows of A (None: hashes only); b_feats likewise for B.
-        max_bits: Hamming distance (of 64 bits) at or below which a pair counts.
-        min_cosine: Feature cosine at or above which a pair counts.
-        chunk: Rows per tile of the all-pairs comparisons (bounds memory).
-        limit: Pairs returned (the closest first); None = all.
         a_ok: Which rows of A were readable (unreadable rows are never matched); b_ok likewise.
         expected: Per row of A, the row of B it is expected to match (an img2img output's own source), or -1: such
             pairs are left out (count them with `expected_matches`).
 
     Returns:
-        (number of distinct pairs, number of distinct A images in them, pairs closest first as dicts with
-        "image" (index in A), "test" (index in B), and "hash_bits" and/or "cosine").
+        (number of distinct pairs, number of distinct A images in them, `search.limit` pairs closest first as dicts
+        with "image" (index in A), "test" (index in B), and "hash_bits" and/or "cosine").
     """
     a_hashes, b_hashes = np.asarray(a_hashes, dtype=np.uint64), np.asarray(b_hashes, dtype=np.uint64)
     a_idx = np.flatnonzero(a_ok) if a_ok is not None else np.arange(len(a_hashes))
     b_idx = np.flatnonzero(b_ok) if b_ok is not None else np.arange(len(b_hashes))
+
+    def rows(i: np.ndarray, j: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs of readable rows as rows of A and B, without the expected pairs."""
+        i, j = a_idx[i], b_idx[j]
+        keep = np.asarray(expected, dtype=np.int64)[i] != j if expected is not None else slice(None)
+        return i[keep], j[keep], v[keep]
+
+    hi, hj, hb = rows(*hash_pairs(a_hashes[a_idx], b_hashes[b_idx], search.max_bits, search.chunk))
+    ci, cj, cc = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if a_feats is not None and b_feats is not None and len(a_feats) and len(b_feats):
+        ci, cj, cc = rows(*cosine_pairs(np.asarray(a_feats)[a_idx], np.asarray(b_feats)[b_idx], search.min_cosine,
+                                        search.chunk))
+    n_b = max(len(b_hashes), 1)
+    keys = np.unique(np.concatenate([hi * n_b + hj, ci * n_b + cj]))
+    # Closest first: fewest hash bits, then highest cosine; only `limit` of each become dicts.
     pairs: dict[tuple[int, int], dict] = {}
-    keys = []
-    hi, hj, hb = hash_pairs(a_hashes[a_idx], b_hashes[b_idx], max_bits, chunk)
-    hi, hj = a_idx[hi], b_idx[hj]
-    keys.append(hi * max(len(b_hashes), 1) + hj)
-    if expected is not None:
-        expected = np.asarray(expected, dtype=np.int64)
-        keep = expected[hi] != hj
-        hi, hj, hb, keys[0] = hi[keep], hj[keep], hb[keep], keys[0][keep]
-    use_feats = a_feats is not None and b_feats is not None and len(a_feats) and len(b_feats)
-    if use_feats:
-        ci, cj, cc = cosine_pairs(np.asarray(a_feats)[a_idx], np.asarray(b_feats)[b_idx], min_cosine, chunk)
-        ci, cj = a_idx[ci], b_idx[cj]
-        if expected is not None:
-            keep = expected[ci] != cj
-            ci, cj, cc = ci[keep], cj[keep], cc[keep]
-        keys.append(ci * max(len(b_hashes), 1) + cj)
-    all_keys = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
-    count, images = len(all_keys), len(np.unique(all_keys // max(len(b_hashes), 1)))
-    # Closest first: fewest hash bits, then highest cosine; only `limit` of them become dicts.
-    order = np.argsort(hb, kind="stable")
-    for k in order[: limit if limit is not None else len(order)]:
+    for k in np.argsort(hb, kind="stable")[:search.limit]:
         pairs[(int(hi[k]), int(hj[k]))] = {"image": int(hi[k]), "test": int(hj[k]), "hash_bits": int(hb[k])}
-    if use_feats:
-        order = np.argsort(-cc, kind="stable")
-        for k in order[: limit if limit is not None else len(order)]:
-            entry = pairs.setdefault((int(ci[k]), int(cj[k])), {"image": int(ci[k]), "test": int(cj[k])})
-            entry["cosine"] = float(cc[k])
+    for k in np.argsort(-cc, kind="stable")[:search.limit]:
+        pairs.setdefault((int(ci[k]), int(cj[k])), {"image": int(ci[k]), "test": int(cj[k])})["cosine"] = float(cc[k])
     listed = sorted(pairs.values(), key=lambda e: (e.get("hash_bits", 65), -e.get("cosine", -2.0), e["image"],
                                                    e["test"]))
-    return count, images, listed[:limit] if limit is not None else listed
+    return len(keys), len(np.unique(keys // n_b)), listed[:search.limit]
 
 
 def expected_matches(a_hashes: np.ndarray, b_hashes: np.ndarray, expected: np.ndarray,
-                     a_feats: np.ndarray | None = None, b_feats: np.ndarray | None = None, max_bits: int = 6,
-                     min_cosine: float = 0.95,
+                     a_feats: np.ndarray | None = None, b_feats: np.ndarray | None = None, search: Search = Search(),
                      a_ok: np.ndarray | None = None, b_ok: np.ndarray | None = None) -> np.ndarray:
-    """Which rows of A are near-duplicates (the thresholds of `near_duplicates`) of their expected row of B.
-
-    Args:
-        expected: Per row of A, the row of B it is expected to match (an img2img output's own source), or -1.
-        Others: as in `near_duplicates`.
-
-    Returns:
-        (len(A),) bool; False where nothing is expected or either image is unreadable.
-    """
+    """Which rows of A are near-duplicates (by `search`'s thresholds) of their `expected` row of B (or -1), as
+    (len(A),) bool: False where nothing is expected or either image is unreadable. Others as in `near_duplicates`."""
     expected = np.asarray(expected, dtype=np.int64)
     a_ok = np.ones(len(a_hashes), dtype=bool) if a_ok is None else np.asarray(a_ok, dtype=bool)
     b_ok = np.ones(len(b_hashes), dtype=bool) if b_ok is None else np.asarray(b_ok, dtype=bool)
@@ -285,11 +229,11 @@ def expected_matches(a_hashes: np.ndarray, b_hashes: np.ndarray, expected: np.nd
     ok = a_ok[i] & b_ok[j]
     i, j = i[ok], j[ok]
     a_h, b_h = np.asarray(a_hashes, dtype=np.uint64)[i], np.asarray(b_hashes, dtype=np.uint64)[j]
-    hit = np.bitwise_count(np.bitwise_xor(a_h, b_h)) <= max_bits
+    hit = np.bitwise_count(np.bitwise_xor(a_h, b_h)) <= search.max_bits
     if a_feats is not None and b_feats is not None and len(a_feats) and len(b_feats):
         fa, fb = np.asarray(a_feats, dtype=np.float32)[i], np.asarray(b_feats, dtype=np.float32)[j]
         cos = (fa * fb).sum(1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)).clip(1e-12)
-        hit |= cos >= min_cosine
+        hit |= cos >= search.min_cosine
     out = np.zeros(len(a_hashes), dtype=bool)
     out[i[hit]] = True
     return out

@@ -12,13 +12,8 @@ import torch
 
 
 def leep(probs: torch.Tensor, labels: torch.Tensor, num_target_classes: int) -> float:
-    """LEEP from source-label-space probabilities.
-
-    Args:
-        probs: (n, |Z|) softmax outputs of the source model on the target examples.
-        labels: (n,) target labels in [0, num_target_classes).
-        num_target_classes: |Y|.
-    """
+    """LEEP from the source model's (n, |Z|) softmax outputs `probs` on the target examples, whose (n,) `labels` lie
+    in [0, num_target_classes = |Y|)."""
     probs = probs.double()
     n = probs.shape[0]
     onehot = torch.zeros(n, num_target_classes, dtype=torch.float64)

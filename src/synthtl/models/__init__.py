@@ -47,20 +47,19 @@ def resolve(name: str) -> tuple[str, str]:
     return lib, arch
 
 
-def _offline_error(name: str, err: Exception) -> WeightsError:
+def _cause(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+def _weights_error(name: str, weights: str, err: Exception) -> WeightsError:
+    """Local `weights` that don't fit `name`, or (none given) pretrained weights neither cached nor reachable."""
+    if weights:
+        return WeightsError(f"model.weights={weights!r} does not fit {name} ({_cause(err)}); pass weights of that "
+                            "architecture")
     return WeightsError(
-        f"pretrained weights for {name!r} could not be loaded ({type(err).__name__}: "
-        f"{str(err).splitlines()[0][:200]}). "
-        "They are not in the local cache and the hub is unreachable. Fix: run once with internet to fill the cache, "
-        "or download the weights file and pass model.weights=/path/to/weights.safetensors, or set "
-        "model.pretrained=false for random initialisation.")
-
-
-def _weights_error(arch: str, weights: str, err: Exception) -> WeightsError:
-    if not weights:
-        return _offline_error(f"timm:{arch}", err)
-    return WeightsError(f"model.weights={weights!r} does not fit timm:{arch} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200] if str(err) else ''}); pass weights of that architecture")
+        f"pretrained weights for {name!r} could not be loaded ({_cause(err)}). They are not in the local cache and "
+        "the hub is unreachable. Fix: run once with internet to fill the cache, or download the weights file and pass "
+        "model.weights=/path/to/weights.safetensors, or set model.pretrained=false for random initialisation.")
 
 
 def _load_state(path: str) -> dict:
@@ -80,9 +79,8 @@ def _load_state(path: str) -> dict:
         raise WeightsError(f"model.weights={path!r}: {e}") from e
     except Exception as e:  # a damaged or foreign file: name it and the real cause, never "the hub"
         kind = "safetensors" if p.suffix == ".safetensors" else "PyTorch"
-        cause = str(e).splitlines()[0][:200] if str(e) else ""
-        raise WeightsError(f"model.weights={path!r} could not be read as a {kind} state dict ({type(e).__name__}: "
-                           f"{cause}); check the file (.safetensors, or a .pth/.bin state dict)") from None
+        raise WeightsError(f"model.weights={path!r} could not be read as a {kind} state dict ({_cause(e)}); check the "
+                           "file (.safetensors, or a .pth/.bin state dict)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -95,9 +93,7 @@ def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, im
     base = arch.split(".")[0]
     if base not in timm.list_models():
         raise ConfigError(f"timm has no architecture {base!r}; `timm.list_models('*{base[:4]}*')` lists similar ones")
-    kwargs: dict = {}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    kwargs: dict = {"num_classes": num_classes} if num_classes is not None else {}
     if img_size:
         kwargs["img_size"] = img_size
     if weights:
@@ -113,32 +109,24 @@ def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, im
             model = timm.create_model(arch, pretrained=pretrained or bool(weights), **kwargs)
     except (ConfigError, TypeError):
         raise
-    except RuntimeError as e:
-        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
-            raise ConfigError(f"timm cannot build {arch!r}: {e}") from None
-        raise _weights_error(arch, weights, e) from e
     except Exception as e:  # hub/network errors come in many types
-        raise _weights_error(arch, weights, e) from e
-    data_config = timm.data.resolve_model_data_config(model)
-    if img_size:
-        data_config["input_size"] = (3, img_size, img_size)
-    return model, dict(data_config)
+        if isinstance(e, RuntimeError) and ("Unknown model" in str(e) or "Invalid pretrained tag" in str(e)):
+            raise ConfigError(f"timm cannot build {arch!r}: {e}") from None
+        raise _weights_error(f"timm:{arch}", weights, e) from e
+    return model, dict(timm.data.resolve_model_data_config(model))
 
 
 def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     """(parent, attribute, layer) of the classifier: the model's last nn.Linear."""
-    found = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
-            found = name
-    if found is None:
+    found = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    if not found:
         raise ConfigError(f"{type(model).__name__} has no linear classifier layer to replace")
-    parent_name, _, attr = found.rpartition(".")
+    parent_name, _, attr = found[-1].rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     return parent, attr, getattr(parent, attr)
 
 
-def _tv(arch: str, num_classes: int | None, pretrained: bool, weights: str, img_size: int) -> tuple[nn.Module, dict]:
+def _tv(arch: str, num_classes: int | None, pretrained: bool, weights: str) -> tuple[nn.Module, dict]:
     import torchvision
 
     if arch not in torchvision.models.list_models():
@@ -154,7 +142,7 @@ def _tv(arch: str, num_classes: int | None, pretrained: bool, weights: str, img_
             try:
                 state = w.get_state_dict(progress=False, check_hash=True)
             except Exception as e:
-                raise _offline_error(f"tv:{arch}", e) from e
+                raise _weights_error(f"tv:{arch}", "", e) from e
         model.load_state_dict(state)
         t = w.transforms()
         crop, resize = t.crop_size[0], t.resize_size[0]
@@ -162,50 +150,39 @@ def _tv(arch: str, num_classes: int | None, pretrained: bool, weights: str, img_
                            interpolation=t.interpolation.value)
     if num_classes is not None:
         replace_head(model, num_classes)
-    if img_size:
-        data_config["input_size"] = (3, img_size, img_size)
     return model, data_config
 
 
 def create_classifier(name: str, num_classes: int | None, pretrained: bool = True, weights: str = "",
                       img_size: int = 0) -> tuple[nn.Module, dict]:
-    """Builds a classifier and the preprocessing config that belongs to its weights.
+    """(model, data_config: input_size, mean, std, interpolation, crop_pct of its weights).
 
     Args:
         name: A short name (`list_models()`), "timm:<arch>[.<tag>]" or "tv:<arch>".
         num_classes: Output classes; None keeps the pretrained head (its own label space, used by LEEP).
-        pretrained: Load pretrained weights (hub cache) unless `weights` names a local file.
-        weights: Local weights file (.safetensors, .pth, .bin).
+        pretrained: Load pretrained weights (hub cache) unless `weights` names a local file (.safetensors, .pth, .bin).
         img_size: Input resolution; 0 = the weights' native one.
-
-    Returns:
-        (model, data_config) where data_config has input_size, mean, std, interpolation and crop_pct.
     """
     lib, arch = resolve(name)
-    build = _timm if lib == "timm" else _tv
-    return build(arch, num_classes, pretrained, os.fspath(weights) if weights else "", img_size)
+    weights = os.fspath(weights) if weights else ""
+    model, data_config = (_timm(arch, num_classes, pretrained, weights, img_size) if lib == "timm" else
+                          _tv(arch, num_classes, pretrained, weights))
+    if img_size:
+        data_config["input_size"] = (3, img_size, img_size)
+    return model, data_config
 
 
 def classifier(model: nn.Module) -> nn.Linear:
     """The classification layer."""
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        if isinstance(head, nn.Linear):
-            return head
-    return _last_linear(model)[2]
-
-
-def num_outputs(model: nn.Module) -> int:
-    return classifier(model).out_features
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return head if isinstance(head, nn.Linear) else _last_linear(model)[2]
 
 
 def source_label_space(model: nn.Module) -> int | None:
     """Size of the pretrained head's label space if it is a classifier LEEP can score in (ImageNet variants)."""
-    n = num_outputs(model)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    if "clip" in str(cfg.get("architecture", "")) or n not in _CLASSIFIER_LABEL_SPACES:
-        return None
-    return n
+    n = classifier(model).out_features
+    clip = "clip" in str((getattr(model, "pretrained_cfg", {}) or {}).get("architecture", ""))
+    return n if n in _CLASSIFIER_LABEL_SPACES and not clip else None
 
 
 def replace_head(model: nn.Module, num_classes: int, seed: int | None = None) -> None:
@@ -222,10 +199,8 @@ def replace_head(model: nn.Module, num_classes: int, seed: int | None = None) ->
 
 
 def reset_head(model: nn.Module, seed: int) -> None:
-    """Re-initialises the classifier in place (same shape, same device/dtype, new seeded weights).
-
-    Bridged transfer++ does this before stage 2: the synthetic-trained head has fitted generator artifacts.
-    """
+    """Re-initialises the classifier in place (same shape, device and dtype; seeded): bridged transfer++ does this
+    before stage 2, as the synthetic-trained head has fitted generator artifacts."""
     head = classifier(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

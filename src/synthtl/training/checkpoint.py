@@ -1,9 +1,10 @@
-"""Checkpoints written atomically, and the resume record that owns a run's checkpoint files.
+"""The resume record, which owns a run's checkpoints and its `metrics.jsonl`, every file written atomically.
 
 A run folder's `checkpoints/` holds `stage-<name>.pt` for every finished stage (its final weights *and* the stage's
-record) and `last.pt` for the stage in progress (weights, optimizer, metrics so far, the run's records). Every file is
-written atomically, and a stage's record travels inside its `stage-<name>.pt`: a run killed between writing that
-file and updating `last.pt` still resumes with the stage counted.
+record) and `last.pt` for the stage in progress (weights, optimizer, metric rows so far, the run's records). A stage's
+record travels inside its `stage-<name>.pt`: a run killed between writing that file and updating `last.pt` still
+resumes with the stage counted. `metrics.jsonl` is rewritten whole from the rows, which a resumed run restores from
+`last.pt`: rows of epochs after the last checkpoint, which the resumed run redoes, never appear twice.
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from synthtl.files import load_torch, save_torch
+from synthtl.files import load_torch, save_torch, write_jsonl
 from synthtl.runtime import is_main
 
 LAST = "last.pt"
-
-
-def save(path: str | os.PathLike, state: dict) -> None:
-    save_torch(path, state)
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -28,29 +25,41 @@ def load(path: str | os.PathLike) -> dict:
 
 
 class ResumeRecord:
-    """What a killed run resumes from: the finished stages' files and the in-progress state (`last.pt`).
+    """What a killed run resumes from: the finished stages' files, the in-progress state (`last.pt`) and the metric
+    rows so far, mirrored to `metrics.jsonl` (and to `tb/` with `tensorboard`). Only rank 0 writes."""
 
-    Args:
-        folder: The run's `checkpoints/` folder.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.last: dict | None = load(folder / LAST) if (folder / LAST).is_file() else None
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
+        self.folder, self.run_dir, self.tensorboard, self._tb = run_dir / "checkpoints", run_dir, tensorboard, None
+        self.last: dict | None = load(self.folder / LAST) if (self.folder / LAST).is_file() else None
         self.resumed = self.last is not None  # this session continues a killed one
         self.metrics: list[dict] = list(self.last["metrics"]) if self.last else []
         self.info: dict = self.last["info"] if self.last else {"stages": {}, "leep": {}}  # -> result.json
 
-    def stage_file(self, name: str) -> Path:
-        return self.folder / f"stage-{name}.pt"
+    def log(self, row: dict) -> None:
+        """One row per epoch and stage."""
+        self.metrics.append(row)
+        if not is_main():
+            return
+        write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
+        if self.tensorboard:
+            if self._tb is None:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as e:
+                    raise RuntimeError("tensorboard=true needs the tensorboard package: pip install "
+                                       "'synthtl[tensorboard]'") from e
+                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self._tb.add_scalar(f"{row['stage']}/{k}", v, row["step"])
+            self._tb.flush()
 
     def finished_stage(self, name: str) -> dict | None:
         """A finished stage's {"model", "record"}; its record is restored into `info` if `last.pt` missed it."""
-        if not self.stage_file(name).is_file():
+        if not (self.folder / f"stage-{name}.pt").is_file():
             return None
-        state = load(self.stage_file(name))
-        if "record" in state:
-            self.info["stages"].setdefault(name, state["record"])
+        state = load(self.folder / f"stage-{name}.pt")
+        self.info["stages"].setdefault(name, state["record"])
         return state
 
     def in_progress(self, name: str) -> dict | None:
@@ -58,9 +67,9 @@ class ResumeRecord:
         return self.last if self.last is not None and self.last["stage"] == name else None
 
     def save_progress(self, state: dict) -> None:
-        """Writes `last.pt` (rank 0): the stage's training state plus the run's metrics and records."""
+        """Writes `last.pt`: the stage's training state plus the run's metrics and records."""
         if is_main():
-            save(self.folder / LAST, {**state, "metrics": self.metrics, "info": self.info})
+            save_torch(self.folder / LAST, {**state, "metrics": self.metrics, "info": self.info})
 
     def finish_stage(self, name: str, record: dict, state: dict) -> None:
         """Records a finished stage: `stage-<name>.pt` first (final weights, record, EMA and final numbers), then
@@ -68,12 +77,15 @@ class ResumeRecord:
         self.info["stages"][name] = record
         if is_main():
             keep = ("model", "ema", "best_val", "final_test", "final_test_ema")
-            save(self.stage_file(name), {**{k: state.get(k) for k in keep}, "record": record})
+            save_torch(self.folder / f"stage-{name}.pt", {**{k: state.get(k) for k in keep}, "record": record})
         self.save_progress({**state, "finished": True})
         self.last = None  # a later stage starts fresh
 
-    def close(self) -> None:
+    def finish(self) -> None:
         """The run is finished: the resumable state is no longer needed."""
         if is_main():
             (self.folder / LAST).unlink(missing_ok=True)
 
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from tqdm import tqdm
 from synthtl.errors import SynthTLError
 from synthtl.metrics.accuracy import summarize
 from synthtl.runtime import Runtime, is_main
-from synthtl.training.optim import set_lr
 
 
 @dataclass
@@ -27,10 +25,6 @@ class EpochStats:
     steps: int
     seconds: float
     skipped: int
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
 def to_device(x: torch.Tensor | list, rt: Runtime, augment: Callable | None, channels_last: bool) -> torch.Tensor:
@@ -46,23 +40,14 @@ def mix(mixup_fn: Callable, x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     if len(x) % 2 == 0:
         return mixup_fn(x, y)
     xm, ym = mixup_fn(x[:-1], y[:-1])
-    off = smoothing / num_classes
-    last = torch.full((1, num_classes), off, device=y.device, dtype=ym.dtype)
+    last = torch.full((1, num_classes), smoothing / num_classes, device=y.device, dtype=ym.dtype)
     last[0, y[-1]] += 1.0 - smoothing
     return torch.cat([xm, x[-1:]]), torch.cat([ym, last])
 
 
 @dataclass
 class Steps:
-    """How an epoch's optimizer steps are taken: everything `train_one_epoch` needs besides the model and data.
-
-    Attributes:
-        accum_steps: Split every batch into this many micro-batches whose gradients add up (same optimizer steps,
-            less memory); the update equals that of the whole batch (up to BatchNorm statistics).
-        ema: A timm `ModelEmaV3` updated after every optimizer step.
-        world: Data-parallel processes (the model is DDP-wrapped); the loader yields this rank's share of each global
-            batch, and losses are scaled so that the averaged gradient is the global batch's.
-    """
+    """How an epoch's optimizer steps are taken: everything `train_one_epoch` needs besides the model and data."""
 
     optimizer: torch.optim.Optimizer
     rt: Runtime
@@ -75,9 +60,9 @@ class Steps:
     scaler: torch.amp.GradScaler | None = None
     augment: Callable | None = None  # decodes and augments raw JPEG batches on the device
     channels_last: bool = False
-    accum_steps: int = 1
-    ema: object = None
-    world: int = 1
+    accum_steps: int = 1  # micro-batches per batch: their gradients add up to the whole batch's (less memory)
+    ema: object = None  # a timm ModelEmaV3, updated after every optimizer step
+    world: int = 1  # data-parallel processes: the loader yields this rank's share of each global batch
     desc: str = ""
     progress: bool = True
 
@@ -109,10 +94,10 @@ def train_one_epoch(model: nn.Module, loader, how: Steps, step: int) -> tuple[Ep
                                    f"({how.desc}); fix or remove the bad images (data.on_bad_image=error names them)")
             x, y = last_batch
         last_batch = (x, y)
-        set_lr(how.optimizer, how.lr_fn(step))
+        for g in how.optimizer.param_groups:
+            g["lr"] = how.lr_fn(step)
         out, losses = update(model, (x, y), how, n_global, idle, step)
-        step += 1
-        steps += 1
+        step, steps = step + 1, steps + 1
         if not idle:
             for loss in losses:  # chunk by chunk, as they were computed: the same float sums
                 loss_sum += loss
@@ -127,19 +112,15 @@ def train_one_epoch(model: nn.Module, loader, how: Steps, step: int) -> tuple[Ep
     bar.close()
     if how.rt.is_cuda:
         torch.cuda.synchronize(how.rt.device)
-    seconds = time.perf_counter() - start
     return EpochStats(loss=loss_sum.item() / max(images, 1), top1=100.0 * correct.item() / max(images, 1),
-                      images=images, steps=steps, seconds=seconds, skipped=skipped), step
+                      images=images, steps=steps, seconds=time.perf_counter() - start, skipped=skipped), step
 
 
 def update(model: nn.Module, batch: tuple, how: Steps, n_global: int, idle: bool,
            step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One optimizer step on a batch (in `how.accum_steps` micro-batches); returns (the outputs, each micro-batch's
-    summed loss)."""
-    x, y = batch
-    x = to_device(x, how.rt, how.augment, how.channels_last)
-    y = y.to(how.rt.device, non_blocking=True)
-    target = y
+    """One optimizer step on a batch; returns (the outputs, each micro-batch's summed loss)."""
+    x = to_device(batch[0], how.rt, how.augment, how.channels_last)
+    target = y = batch[1].to(how.rt.device, non_blocking=True)
     if how.mixup_fn is not None:
         x, target = mix(how.mixup_fn, x, y, how.num_classes, how.label_smoothing)
     how.optimizer.zero_grad(set_to_none=True)
@@ -157,15 +138,14 @@ def update(model: nn.Module, batch: tuple, how: Steps, n_global: int, idle: bool
             (how.scaler.scale(scaled) if how.scaler is not None else scaled).backward()
         outs.append(out.detach())
         losses.append(loss.detach().float() * len(tc))
-    if how.scaler is not None:
-        if how.clip_grad:
+    if how.clip_grad:
+        if how.scaler is not None:
             how.scaler.unscale_(how.optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), how.clip_grad)
+        nn.utils.clip_grad_norm_(model.parameters(), how.clip_grad)
+    if how.scaler is not None:
         how.scaler.step(how.optimizer)
         how.scaler.update()
     else:
-        if how.clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), how.clip_grad)
         how.optimizer.step()
     if how.ema is not None:
         how.ema.update(getattr(model, "module", model), step=step)
@@ -207,10 +187,4 @@ def evaluate(model: nn.Module, loader, rt: Runtime, num_classes: int, augment: C
              channels_last: bool = False) -> dict[str, float]:
     """top1/top5/mean per-class accuracy and loss on a loader."""
     logits, labels, skipped = predict(model, loader, rt, augment, channels_last)
-    out = summarize(logits, labels, num_classes)
-    out["skipped"] = skipped
-    return out
-
-
-def is_finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
+    return {**summarize(logits, labels, num_classes), "skipped": skipped}

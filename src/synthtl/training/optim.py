@@ -29,7 +29,3 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
     progress = min(1.0, (step - warmup_steps) / span)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr

@@ -17,32 +17,20 @@ from synthtl import faults, identity
 from synthtl.config import FinetuneConfig, to_yaml
 from synthtl.data.prepare import prepare_data
 from synthtl.errors import ConfigError
-from synthtl.files import (
-    LockedError,
-    exclusive,
-    git_sha,
-    read_json,
-    remove_temps,
-    write_json,
-    write_text,
-)
+from synthtl.files import LockedError, exclusive, git_sha, read_json, remove_temps, write_json, write_text
 from synthtl.models import resolve
 from synthtl.runtime import Runtime, dtype_name, is_main, resolve_runtime, seed_everything
 from synthtl.training import checkpoint, distributed
 from synthtl.training.checkpoint import ResumeRecord
-from synthtl.training.metrics_writer import MetricsWriter
 from synthtl.training.stage import Run, evaluate_on
 from synthtl.training.strategies import STRATEGIES, effective_config
 
 
-def default_run_name(cfg: FinetuneConfig) -> str:
+def run_dir_of(cfg: FinetuneConfig) -> Path:
+    """out_dir/run_name, by default out_dir/<dataset>/<model>/<strategy>/<shots>/seed<seed>."""
     model = cfg.model.name.replace(":", "-").replace("/", "-")
     shots = f"{cfg.data.shots}shot" if cfg.data.shots else "full"
-    return f"{cfg.data.name}/{model}/{cfg.strategy}/{shots}/seed{cfg.seed}"
-
-
-def run_dir_of(cfg: FinetuneConfig) -> Path:
-    return Path(cfg.out_dir) / (cfg.run_name or default_run_name(cfg))
+    return Path(cfg.out_dir) / (cfg.run_name or f"{cfg.data.name}/{model}/{cfg.strategy}/{shots}/seed{cfg.seed}")
 
 
 def _claim(run_dir: Path, cfg: FinetuneConfig, ident: dict) -> None:
@@ -77,13 +65,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     try:
         with contextlib.ExitStack() as stack:
             error = None
-            if is_main():
-                try:
+            try:
+                if is_main():
                     stack.enter_context(exclusive(run_dir, "run folder"))
-                except LockedError as e:
-                    error = e
-            error = distributed.broadcast(error)
-            if error is not None:
+            except LockedError as e:
+                error = e
+            if (error := distributed.broadcast(error)) is not None:  # every rank stops when the folder is locked
                 raise error
             return _run(cfg, spec, run_dir, rt, world, ident)
     finally:
@@ -101,37 +88,34 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, iden
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     data = prepare_data(cfg, run_dir, spec.needs_synthetic)
-    record = ResumeRecord(run_dir / "checkpoints")
-    run = Run(cfg, rt, run_dir, data, record, MetricsWriter(run_dir, record.metrics, cfg.tensorboard),
-              claim=lambda: _claim(run_dir, cfg, ident), world=world)
+    record = ResumeRecord(run_dir, cfg.tensorboard)
+    run = Run(cfg, rt, run_dir, data, record, claim=lambda: _claim(run_dir, cfg, ident), world=world)
     try:
         model = spec.fn(run)
         final = finish(run, model) if is_main() else None
     finally:
-        run.log.close()
-    result = _result(cfg, run, final, time.perf_counter() - t0) if is_main() else None
-    if is_main():
-        result["identity"] = identity.digest(ident)
-        write_json(result_file, result)
         record.close()
+    result = None
+    if is_main():
+        result = {**_result(cfg, run, final, time.perf_counter() - t0), "identity": identity.digest(ident)}
+        write_json(result_file, result)
+        record.finish()
         print(f"[synthtl] {cfg.strategy}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
     return distributed.broadcast(result)
 
 
 def finish(run: Run, model: nn.Module) -> dict:
     """Final metrics: the last epoch's, or the best validation epoch's with select=val; EMA numbers beside them."""
-    out = run.final
-    selected = "last"
-    best_file = run.dir / "checkpoints" / "best_val.pt"
+    out, selected, best_file = run.final, "last", run.dir / "checkpoints" / "best_val.pt"
     if run.cfg.select == "val" and best_file.is_file():
         best = checkpoint.load(best_file)
         model.load_state_dict(best["model"])
         selected = f"val:epoch{best['epoch']}"
     bs = 2 * run.cfg.real_stage.batch_size
-    test = out.final_test if selected == "last" and out is not None and out.final_test is not None else None
-    return {"test": test or evaluate_on(run, model, run.data.test, bs), "selected": selected,
-            "test_ema": out.final_test_ema if out is not None else None,
-            "val": evaluate_on(run, model, run.data.val, bs) if run.data.val is not None else None}
+    reuse = selected == "last" and out is not None and out.final_test is not None  # the last epoch's numbers
+    test = out.final_test if reuse else evaluate_on(run, model, run.data.test, bs)
+    val = evaluate_on(run, model, run.data.val, bs) if run.data.val is not None else None
+    return {"test": test, "test_ema": out.final_test_ema if out is not None else None, "val": val, "selected": selected}
 
 
 def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dict:
@@ -139,15 +123,12 @@ def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dic
     return {
         "strategy": cfg.strategy, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
         "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None, "synthetic_set": data.synthetic_record,
-        "synthetic_per_class": cfg.synthetic.per_class,
-        "test": final["test"], "test_ema": final["test_ema"], "val": final["val"], "selected": final["selected"],
-        "stages": stages, "total_steps": sum(s["steps"] for s in stages.values()),
-        "leep": run.record.info["leep"],
+        "synthetic_per_class": cfg.synthetic.per_class, **final, "stages": stages,
+        "total_steps": sum(s["steps"] for s in stages.values()), "leep": run.record.info["leep"],
         "images": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,
                    "synthetic": len(data.synthetic) if data.synthetic is not None else 0},
-        "num_classes": data.num_classes,
-        "skipped_images": {**data.skipped,
-                           "during_training": sum(s.get("skipped_during_training", 0) for s in stages.values())},
+        "num_classes": data.num_classes, "skipped_images": {
+            **data.skipped, "during_training": sum(s["skipped_during_training"] for s in stages.values())},
         "skipped_files": data.skipped_files, "train_test_overlap": data.overlap,
         "few_shot_short_classes": data.short_classes, "ignored_entries": data.ignored,
         "wall_s": sum(s["wall_s"] for s in stages.values()), "gpu_s": sum(s["gpu_s"] for s in stages.values()),

@@ -14,6 +14,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from synthtl.config import FinetuneConfig, StageConfig
@@ -21,11 +23,11 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.loader import ImageDataset, eval_loader, set_epoch, train_loader
 from synthtl.data.prepare import RunData
 from synthtl.data.transforms import DeviceAugment, eval_transform, train_transform
+from synthtl.files import save_torch
 from synthtl.runtime import Runtime, derive_seed, is_main
-from synthtl.training import checkpoint, distributed
+from synthtl.training import distributed
 from synthtl.training.checkpoint import ResumeRecord
 from synthtl.training.loop import Steps, evaluate, train_one_epoch
-from synthtl.training.metrics_writer import MetricsWriter
 from synthtl.training.optim import build_optimizer, lr_at
 
 
@@ -37,12 +39,11 @@ class Run:
     rt: Runtime
     dir: Path
     data: RunData
-    record: ResumeRecord  # checkpoint files, metrics and records so far (restored on resume)
-    log: MetricsWriter
+    record: ResumeRecord  # checkpoint files, metric rows and records so far (restored on resume)
     claim: Callable[[], None] = lambda: None  # called when the first stage starts training (writes config.yaml)
     world: int = 1  # data-parallel processes
     data_config: dict = field(default_factory=dict)  # preprocessing of the model's weights (set by new_model)
-    eval_loaders: dict = field(default_factory=dict)  # kept for the whole run: workers persist between evaluations
+    eval_loaders: dict = field(default_factory=dict)  # `evaluate_on`'s loaders, by (images, batch size)
     final: StageResult | None = None  # the last stage's result (what the run reports)
 
     @property
@@ -56,6 +57,10 @@ class StageResult:
     final_test: dict | None = None  # test metrics of the last epoch (the reported ones when select=last)
     final_test_ema: dict | None = None  # the same for the EMA weights (ema.enabled)
     best_val: tuple[float, int] | None = None  # (val top-1, epoch) of the best epoch (select=val)
+
+    @classmethod
+    def of(cls, record: dict, state: dict) -> StageResult:
+        return cls(record, state.get("final_test"), state.get("final_test_ema"), state.get("best_val"))
 
 
 @dataclass
@@ -86,21 +91,16 @@ class Training:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
             self.ema.module.load_state_dict(state["ema"])
-        self.out.best_val, self.out.final_test, self.out.final_test_ema = (
-            state.get(k) for k in ("best_val", "final_test", "final_test_ema"))
+        self.out = StageResult.of({}, state)
         self.step, self.epoch, self.seconds = state["step"], state["epoch"] + 1, state["seconds"]
 
 
 def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
               total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> StageResult:
-    """Trains `model` in place on `parts` for one stage; resumes it, or skips it if it is finished.
+    """Trains `model` in place on `parts` ([real, synthetic] for mixed) for the stage `name`; resumes it, or skips it
+    if it is finished.
 
     Args:
-        run: The run's shared state.
-        name: Stage name ("synthetic", "real", "mixed"), unique within the run.
-        model: Trained in place.
-        parts: One image list, or [real, synthetic] for the mixed strategy.
-        stage: Optimisation settings, as the strategy runs them (see `strategies.effective_config`).
         total_steps: Exact optimizer steps (compute-matched control); default epochs x steps per epoch.
         fraction: Mixed strategy's synthetic share per epoch (None = all of both).
         final: The run's last stage: its last epoch's test numbers (or best validation epoch) are reported.
@@ -108,8 +108,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
     done = run.record.finished_stage(name)
     if done is not None:
         model.load_state_dict(done["model"])
-        out = StageResult(run.record.info["stages"][name], done.get("final_test"), done.get("final_test_ema"),
-                          done.get("best_val"))
+        out = StageResult.of(run.record.info["stages"][name], done)
         run.final = out if final else run.final
         return out
     run.claim()
@@ -122,7 +121,8 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
     epochs = math.ceil(total / spe) if spe else 0
     trained = distributed.wrap(model, run.rt)
     scaler = torch.amp.GradScaler("cuda") if run.rt.dtype == torch.float16 else None
-    t = Training(name, model, build_optimizer(model, stage), scaler, new_ema(run, model), StageResult(record={}))
+    ema = ModelEmaV3(model, decay=run.cfg.ema.decay) if run.cfg.ema.enabled else None
+    t = Training(name, model, build_optimizer(model, stage), scaler, ema, StageResult(record={}))
     if run.record.in_progress(name) is not None:
         t.restore(run.record.in_progress(name))
     how, rate = steps_of(run, t, stage, total, spe), 0.0
@@ -131,7 +131,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
         set_epoch(loader, seed, epoch)
         how.desc = f"{name} {epoch + 1}/{epochs}"
         stats, t.step = train_one_epoch(trained, loader, how, t.step)
-        rate = stats.images_per_s
+        rate = stats.images / stats.seconds if stats.seconds > 0 else 0.0
         row = {"stage": name, "epoch": epoch + 1, "step": t.step, "lr": how.lr_fn(max(t.step - 1, 0)),
                **_totals(run, stats)}
         last = epoch == epochs - 1
@@ -139,7 +139,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
             _evaluate_epoch(run, t, stage, row, last, final)
         t.seconds += time.perf_counter() - t0
         row["stage_seconds"] = t.seconds
-        run.log.log(row)
+        run.record.log(row)
         if last or (epoch + 1) % run.cfg.checkpoint_every == 0:
             run.record.save_progress(t.state(epoch))
     t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate))
@@ -154,8 +154,11 @@ def steps_of(run: Run, t: Training, stage: StageConfig, total: int, spe: int) ->
     if warmup >= total > 0 and t.step == 0 and is_main():
         print(f"[synthtl] warning: {t.name} stage: warmup ({stage.warmup_epochs} epochs = {warmup} steps) is not "
               f"shorter than the stage ({total} steps); the learning rate never reaches its peak {stage.lr}")
+    m = run.cfg.mixup
+    mixup = Mixup(mixup_alpha=m.alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
+                  label_smoothing=stage.label_smoothing, num_classes=run.data.num_classes) if stage.mixup else None
     return Steps(t.optimizer, run.rt, total, partial(lr_at, total_steps=total, warmup_steps=warmup, peak=stage.lr,
-                                                     floor=stage.min_lr), run.data.num_classes, mixup(run, stage),
+                                                     floor=stage.min_lr), run.data.num_classes, mixup,
                  stage.label_smoothing, stage.clip_grad, t.scaler, augment(run, True), run.channels_last,
                  stage.accum_steps, t.ema, run.world, progress=run.cfg.progress)
 
@@ -171,32 +174,12 @@ def dataset(run: Run, images: ImageList, train: bool) -> ImageDataset:
 
 def augment(run: Run, train: bool) -> DeviceAugment | None:
     d = run.cfg.data
-    if d.decode != "device":
-        return None
-    return DeviceAugment(run.data_config, run.rt.device, train, d.crop_scale_min, d.hflip)
-
-
-def mixup(run: Run, stage: StageConfig):
-    if not stage.mixup:
-        return None
-    from timm.data import Mixup
-
-    m = run.cfg.mixup
-    return Mixup(mixup_alpha=m.alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
-                 label_smoothing=stage.label_smoothing, num_classes=run.data.num_classes)
-
-
-def new_ema(run: Run, model: nn.Module):
-    """A fresh EMA of the weights for this stage (timm ModelEmaV3), or None when ema.enabled is false."""
-    if not run.cfg.ema.enabled:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=run.cfg.ema.decay)
+    on_device = d.decode == "device"
+    return DeviceAugment(run.data_config, run.rt.device, train, d.crop_scale_min, d.hflip) if on_device else None
 
 
 def evaluate_on(run: Run, model: nn.Module, images: ImageList, batch_size: int) -> dict:
-    """top-1/top-5/mean per-class accuracy of `model` on `images` (eval transform)."""
+    """`loop.evaluate` of `model` on `images`; the loader is kept for the run (its workers persist)."""
     key = (id(images), batch_size)
     if key not in run.eval_loaders:
         run.eval_loaders[key] = eval_loader(dataset(run, images, train=False), batch_size, run.cfg.data.num_workers,
@@ -223,13 +206,13 @@ def _evaluate_epoch(run: Run, t: Training, stage: StageConfig, row: dict, last: 
         best = t.out.best_val
         if final and run.cfg.select == "val" and (best is None or val["top1"] > best[0]):
             t.out.best_val = (val["top1"], epoch)
-            checkpoint.save(run.dir / "checkpoints" / "best_val.pt", {"model": t.model.state_dict(), "epoch": epoch})
+            save_torch(run.dir / "checkpoints" / "best_val.pt", {"model": t.model.state_dict(), "epoch": epoch})
 
 
 def stage_record(run: Run, t: Training, stage: StageConfig, parts: list[ImageList], shape: tuple) -> dict:
     """result.json's record of a finished stage; `shape`: (epochs, steps per epoch, this rank's images/s)."""
     epochs, spe, rank_images_per_s = shape
-    rows = [r for r in run.log.rows if r["stage"] == t.name]
+    rows = [r for r in run.record.metrics if r["stage"] == t.name]
     train_s = sum(r["train_seconds"] for r in rows)
     return {"epochs": epochs, "steps": t.step, "steps_per_epoch": spe, "train_images": sum(len(p) for p in parts),
             "batch_size": stage.batch_size, "lr": stage.lr, "mixup": stage.mixup, "settings": asdict(stage),
