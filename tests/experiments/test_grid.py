@@ -40,6 +40,13 @@ def test_grid_expands_with_shared_inputs_and_dedup(tmp_path):
     assert len({r.id for r in runs}) == len(runs)
 
 
+def test_strategies_that_read_a_synthetic_set_get_one(tmp_path):
+    plan = expand(study(tmp_path, "grid.strategies=[vanilla,vanilla_mixup,vanilla_matched,synthetic_only]"))
+    needs = {r.labels["strategy"]: bool(r.needs) for r in plan.of("finetune")}
+    # vanilla_matched reads the set only to count the paired bridged run's steps
+    assert needs == {"vanilla": False, "vanilla_mixup": False, "vanilla_matched": True, "synthetic_only": True}
+
+
 def test_ids_are_stable_and_depend_on_the_config(tmp_path):
     a = expand(study(tmp_path, "grid.strategies=[vanilla,bridged]", "grid.seeds=[0,1]"))
     b = expand(study(tmp_path, "grid.strategies=[vanilla,bridged]", "grid.seeds=[0,1]"))

@@ -208,7 +208,7 @@ def test_features_use_clean_fid_resize_to_299_without_crop():
     import torch
 
     from synthtl.config import ReportConfig
-    from synthtl.reporting.quality import clean_resize
+    from synthtl.reporting.features import clean_resize
 
     arr = np.zeros((100, 200, 3), dtype=np.uint8)
     arr[:, :50] = 255  # a white left quarter: a centre crop to the short side would cut it away

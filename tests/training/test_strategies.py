@@ -44,9 +44,33 @@ def out_of(overrides: list[str]) -> str:
 
 
 def test_strategy_registry_covers_the_method():
+    from synthtl.strategies import TABLE
     from synthtl.training.strategies import STRATEGIES
 
     assert set(STRATEGIES.names()) == set(STAGES)
+    assert {s.name: list(s.stages) for s in TABLE} == STAGES  # the declared stages are the ones that run
+
+
+def test_a_declared_name_without_a_function_or_a_function_without_a_name_is_refused():
+    from synthtl.registry import Registry
+
+    vanilla = strategies_mod.FUNCTIONS.get("vanilla")
+
+    def functions(names):
+        out = Registry("training function of strategy")
+        for name in names:
+            out.add(name, vanilla)
+        return out
+
+    names = strategies_mod.FUNCTIONS.names()
+    with pytest.raises(RuntimeError, match=r"without a training function: \['mixed'\]"):
+        strategies_mod.bind(functions([n for n in names if n != "mixed"]))
+    with pytest.raises(RuntimeError, match=r"without a declared strategy: \['mixed2'\]"):
+        strategies_mod.bind(functions([*names, "mixed2"]))
+    with pytest.raises(ValueError, match="'mixed' is already registered"):
+        strategies_mod.FUNCTIONS.register("mixed")(vanilla)
+    assert strategies_mod.STRATEGIES.get("bridged").needs_synthetic
+    assert not strategies_mod.STRATEGIES.get("vanilla_matched").needs_synthetic  # reads a set only if one is given
 
 
 @pytest.mark.parametrize("strategy", sorted(STAGES))
@@ -100,9 +124,9 @@ def test_mixup_only_in_stage_one_of_bridged_pp(base, monkeypatch):
     calls = []
     real = stage_mod.train_one_epoch
 
-    def spy(*a, **k):
-        calls.append((k["desc"].split()[0], k["mixup_fn"] is not None))
-        return real(*a, **k)
+    def spy(model, loader, how, step):
+        calls.append((how.desc.split()[0], how.mixup_fn is not None))
+        return real(model, loader, how, step)
 
     monkeypatch.setattr(stage_mod, "train_one_epoch", spy)
     assert run_cli("finetune", *base, "strategy=bridged++") == 0

@@ -28,7 +28,7 @@ from synthtl.config import (
 from synthtl.data.datasets import DATASETS, classnames
 from synthtl.errors import ConfigError
 from synthtl.identity import Resolver, digest, identity
-from synthtl.training.strategies import STRATEGIES, effective_config
+from synthtl.strategies import STRATEGIES, effective_config
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style", "lora": "single",
              "lora_per_class": "single", "img2img": "single"}
@@ -227,7 +227,7 @@ def expand(study: StudyConfig) -> Plan:
     combos = itertools.product(g.datasets, g.models, g.strategies, g.seeds, g.shots, g.volumes, g.guidance, g.prompts,
                                g.filters)
     for dataset, model, strategy, seed, shots, volume, guidance, prompt, filt in combos:
-        needs_syn = STRATEGIES.get(strategy).needs_synthetic or strategy == "vanilla_matched"
+        needs_syn = STRATEGIES.get(strategy).takes_synthetic
         labels = {"dataset": dataset, "model": model, "strategy": strategy, "seed": seed, "shots": shots,
                   "volume": None, "guidance": None, "prompt": None, "filter": None}
         needs, produced_by = [], {}

@@ -20,6 +20,7 @@ from synthtl.files import read_json, remove_temps, write_json, write_text
 from synthtl.identity import IDENTITY
 from synthtl.jobs import is_finished
 from synthtl.runtime import is_main
+from synthtl.strategies import STRATEGIES
 
 STAGES = ("style", "generate", "filter", "finetune")
 
@@ -122,14 +123,9 @@ def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
     classes = num_classes(d.name) or 10
     real = d.shots * classes if d.shots else TRAIN_SIZES.get(d.name, 10000)
     syn = (c.synthetic.per_class * classes) if c.synthetic.path else 0
-    strategy = c.strategy
-    images = c.real_stage.epochs * real
-    if strategy in ("bridged", "bridged_reinit", "bridged++", "synthetic_only"):
-        images = c.synth_stage.epochs * syn + (0 if strategy == "synthetic_only" else images)
-    elif strategy == "mixed":
-        images = c.real_stage.epochs * (real + syn)
-    elif strategy == "vanilla_matched":
-        images = c.synth_stage.epochs * syn + images
+    seen = {"synthetic": c.synth_stage.epochs * syn, "real": c.real_stage.epochs * real,
+            "mixed": c.real_stage.epochs * (real + syn)}  # training images each kind of stage sees
+    images = sum(seen[stage] for stage in STRATEGIES.get(c.strategy).cost_stages)
     rate = rates.get(c.model.name, DEFAULT_RATES.get(c.model.name, DEFAULT_RATES["finetune"]))
     return images * rate
 

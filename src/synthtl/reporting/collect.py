@@ -13,8 +13,7 @@ from pathlib import Path
 import yaml
 
 from synthtl.files import read_json, read_jsonl
-
-SYNTHETIC_STRATEGIES = {"mixed", "synthetic_only", "bridged", "bridged_reinit", "bridged++", "vanilla_matched"}
+from synthtl.strategies import takes_synthetic
 
 
 @dataclass
@@ -59,7 +58,7 @@ def labels_from_config(cfg: dict, prompt_label=_prompt_label) -> dict:
     labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
               "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": None, "guidance": None, "prompt": None,
               "filter": ""}
-    if syn.get("path") and cfg["strategy"] in SYNTHETIC_STRATEGIES:
+    if syn.get("path") and takes_synthetic(cfg["strategy"]):
         guidance, prompt = prompt_label(Path(syn["path"]))
         # a filtered set is its own setting, never pooled with the unfiltered one (as in a study's plan labels)
         labels.update(volume=syn.get("per_class") or None, guidance=guidance, prompt=prompt,

@@ -21,7 +21,7 @@ from synthtl.files import CorruptFileError, write_bytes  # noqa: E402
 from synthtl.filtering.store import filter_dir, find_kept, read_cost, read_kept, read_scores  # noqa: E402
 from synthtl.reporting.collect import GenSet  # noqa: E402
 from synthtl.reporting.plots import _save  # noqa: E402
-from synthtl.reporting.tables import Table  # noqa: E402
+from synthtl.reporting.render import Col, Table  # noqa: E402
 
 THUMB = 96
 LABEL_W = 150
@@ -66,25 +66,22 @@ def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
 
 def keep_table(filters: list[FilterRun]) -> Table:
     """Per filter and class: images scored and kept, the keep rate, and how often the scorer's top-1 is the class."""
-    rows, raw = [], []
+    raw = []
     for f in filters:
         s = f.summary
-        rule = f"{s['keep']['rule']}={s['keep']['value']}"
         lines = sorted(s["counts"].items()) + [("all classes", {
             k: sum(c[k] for c in s["counts"].values()) for k in ("scored", "kept", "top1")})]
-        for cls, c in lines:
-            rate = 100.0 * c["kept"] / c["scored"] if c["scored"] else 0.0
-            top1 = 100.0 * c["top1"] / c["scored"] if c["scored"] else 0.0
-            rows.append([f.label, s["method"], rule, cls, str(c["scored"]),
-                         str(c["kept"]), f"{rate:.1f}", f"{top1:.1f}"])
-            raw.append({"set": f.set_id, "filter": f.name, "method": s["method"], "score": s["score"],
-                        "rule": s["keep"]["rule"], "value": s["keep"]["value"], "class": cls, "scored": c["scored"],
-                        "kept": c["kept"], "keep_rate": rate, "top1_rate": top1, "identity": s["filter"],
-                        "per_class": s["per_class"]})
+        raw += [{"set": f.set_id, "filter": f.name, "method": s["method"], "score": s["score"],
+                 "rule": s["keep"]["rule"], "value": s["keep"]["value"], "class": cls, "scored": c["scored"],
+                 "kept": c["kept"], "keep_rate": 100.0 * c["kept"] / c["scored"] if c["scored"] else 0.0,
+                 "top1_rate": 100.0 * c["top1"] / c["scored"] if c["scored"] else 0.0, "identity": s["filter"],
+                 "per_class": s["per_class"], "_label": f.label} for cls, c in lines]
+    cols = [Col("set, filter", "_label"), Col("method", "method"), Col("rule", ("rule", "value"), "{}={}".format),
+            Col("class", "class"), Col("scored", "scored"), Col("kept", "kept"),
+            Col("kept %", "keep_rate", "{:.1f}".format), Col("top-1 %", "top1_rate", "{:.1f}".format)]
     note = ("Ours, beyond the paper (as in He et al. ICLR'23, DISEF, ALIA, SaSPA): each filter's kept list of its "
             "largest volume. top-1 = images the scoring model puts in their own class.")
-    return Table("filter_keep", "Synthetic-image filters: keep rate per class",
-                 ["set, filter", "method", "rule", "class", "scored", "kept", "kept %", "top-1 %"], rows, raw, note)
+    return Table("filter_keep", "Synthetic-image filters: keep rate per class", cols, raw, note)
 
 
 def histogram(f: FilterRun, path: Path) -> Path | None:

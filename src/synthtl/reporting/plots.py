@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 
 from synthtl.files import write_bytes  # noqa: E402
 from synthtl.reporting.collect import Run  # noqa: E402
-from synthtl.reporting.tables import Table, strategy_rank  # noqa: E402
+from synthtl.reporting.render import Table  # noqa: E402
+from synthtl.strategies import rank  # noqa: E402
 
 COLORS = plt.get_cmap("tab10")
 
@@ -43,7 +44,7 @@ def radar_figure(table: Table):
     datasets = sorted({d for v in data.values() for d in v})
     if not datasets:
         return None
-    strategies = sorted(data, key=strategy_rank)
+    strategies = sorted(data, key=rank)
     nan = (np.nan, np.nan)
     if len(datasets) >= 3:
         angles = np.linspace(0, 2 * math.pi, len(datasets), endpoint=False).tolist()
@@ -86,7 +87,7 @@ def convergence(runs: list[Run], dataset: str, path: Path) -> Path | None:
     if not by_strategy:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (s, seeds) in enumerate(sorted(by_strategy.items(), key=lambda kv: strategy_rank(kv[0]))):
+    for i, (s, seeds) in enumerate(sorted(by_strategy.items(), key=lambda kv: rank(kv[0]))):
         n = min(len(x) for x in seeds)
         epochs = [seeds[0][k]["epoch"] for k in range(n)]
         test = np.mean([[x[k]["test_top1"] for k in range(n)] for x in seeds], axis=0)

@@ -22,9 +22,11 @@ from pathlib import Path
 import yaml
 
 from synthtl.errors import ConfigError
-from synthtl.reporting.collect import SYNTHETIC_STRATEGIES, Run
+from synthtl.reporting.collect import Run
+from synthtl.reporting.render import Col, Table, dash
 from synthtl.reporting.stats import fmt_delta, fmt_mean_std, mean_std, paired
-from synthtl.reporting.tables import Table, settings, strategy_rank
+from synthtl.reporting.tables import settings
+from synthtl.strategies import rank, takes_synthetic
 
 # Our prompt styles and the families of methods the peers' rows name (their `family` field).
 FAMILIES = {"text-to-image": "text prompts only", "textual-inversion": "learned style or class tokens",
@@ -137,20 +139,19 @@ def _real_text(real: str) -> str:
     return {"full": "full train split", "none": "none (zero-shot)"}.get(real, real)
 
 
-def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> list[tuple[str, list[str], dict]]:
-    """(real images, row, raw) for every synthetic-data setting and strategy of the study on `dataset`."""
+def _our_records(runs: list[Run], dataset: str, n_boot: int) -> list[dict]:
+    """Our number for every synthetic-data setting and strategy of the study on `dataset`."""
     out = []
     for (model, shots, volume, guidance, prompt), members in settings(runs):
         members = [r for r in members if r.labels["dataset"] == dataset]
         vanilla = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == "vanilla"}
-        strategies = sorted({r.labels["strategy"] for r in members if r.labels["strategy"] in SYNTHETIC_STRATEGIES},
-                            key=strategy_rank)
+        strategies = sorted({r.labels["strategy"] for r in members if takes_synthetic(r.labels["strategy"])},
+                            key=rank)
         if not strategies:
             continue
         base = prompt.split(", filter ")[0] if prompt else ""
         family = (PROMPT_FAMILY.get(base, "other") if base else "–") + (
             " + filter" if prompt and ", filter " in prompt else "")
-        real = f"{shots}-shot" if shots else "full"
         weights = "pretrained" if all(r.config.get("model", {}).get("pretrained", True) for r in members) \
             else "random init"
         protocol = f"{model} ({weights}), fully fine-tuned" + (
@@ -161,14 +162,40 @@ def _our_rows(runs: list[Run], dataset: str, n_boot: int) -> list[tuple[str, lis
             m, sd, n = mean_std(list(ours.values()))
             p = paired(ours, vanilla, n_boot) if vanilla else None
             method = f"{s}, {prompt}" if prompt else s  # no prompt label: a set that is not there any more
-            row = ["ours", method, family, _real_text(real), protocol, "our vanilla" if vanilla else "–",
-                   fmt_mean_std(vm, vsd, vn), fmt_mean_std(m, sd, n), fmt_delta(p) if p else "–",
-                   "this study (mean ± std over seeds; difference paired by seed)"]
-            out.append((real, row, {"dataset": dataset, "who": "ours", "method": method, "family": family,
-                                    "real": real, "protocol": protocol, "baseline_method": "vanilla",
-                                    "baseline": vm, "value": m, "std": sd, "n": n,
-                                    "delta": p["mean_diff"] if p else None, "source": "this study"}))
+            out.append({"dataset": dataset, "who": "ours", "method": method, "family": family,
+                        "real": f"{shots}-shot" if shots else "full", "protocol": protocol,
+                        "baseline_method": "vanilla", "baseline": vm, "value": m, "std": sd, "n": n,
+                        "delta": p["mean_diff"] if p else None, "source": "this study", "_baseline_std": vsd,
+                        "_baseline_n": vn, "_p": p["p"] if p else None})
     return out
+
+
+def _peer_record(e: Published) -> dict:
+    return {"dataset": e.dataset, "who": e.peer, "method": e.method, "family": e.family, "real": e.real,
+            "protocol": e.protocol, "baseline_method": e.baseline_method, "baseline": e.baseline, "value": e.value,
+            "std": None, "n": None, "delta": e.value - e.baseline if e.baseline is not None else None,
+            "source": e.source, "table": e.table, "title": e.title, "venue": e.venue, "arxiv": e.arxiv}
+
+
+def _baseline_name(who: str, method: str, value: float | None) -> str:
+    if who == "ours":
+        return "–" if math.isnan(value) else "our vanilla"
+    return method or ("their baseline" if value is not None else "–")
+
+
+def _top1(value: float | None, std: float | None, n: int | None) -> str:
+    """Ours: mean ± std over seeds; a peer's: its number."""
+    return dash("{:.2f}")(value) if n is None else fmt_mean_std(value, std, n)
+
+
+COLUMNS = [
+    Col("dataset", "dataset"), Col("who", ("who", "venue"), lambda w, v: w if v is None else f"{w} ({v})"),
+    Col("method", "method"), Col("family", "family"), Col("real images", "real", _real_text),
+    Col("protocol", "protocol"), Col("baseline", ("who", "baseline_method", "baseline"), _baseline_name),
+    Col("baseline top-1", ("baseline", "_baseline_std", "_baseline_n"), _top1),
+    Col("with synthetic", ("value", "std", "n"), _top1), Col("difference", ("delta", "_p"), fmt_delta),
+    Col("source", ("who", "source", "table"), lambda who, source, table: f"{source} ({table})" if who != "ours"
+        else "this study (mean ± std over seeds; difference paired by seed)")]
 
 
 def published_table(runs: list[Run], entries: list[Published], n_boot: int = 10000) -> Table | None:
@@ -176,32 +203,17 @@ def published_table(runs: list[Run], entries: list[Published], n_boot: int = 100
 
     Within a dataset, rows are grouped by how many real images train the classifier (full split, k-shot, none),
     ours first in each group: only rows of one group are near each other's protocol."""
-    datasets = sorted({r.labels["dataset"] for r in runs})
-    rows, raw = [], []
-    for ds in datasets:
+    raw = []
+    for ds in sorted({r.labels["dataset"] for r in runs}):
         theirs = [e for e in entries if e.dataset == ds]
         if not theirs:
             continue
-        found = [(_real_order(real), 0, i, row, r) for i, (real, row, r) in enumerate(_our_rows(runs, ds, n_boot))]
-        for i, e in enumerate(theirs):
-            delta = e.value - e.baseline if e.baseline is not None else None
-            row = [f"{e.peer} ({e.venue})", e.method, e.family, _real_text(e.real), e.protocol,
-                   e.baseline_method or ("their baseline" if e.baseline is not None else "–"),
-                   f"{e.baseline:.2f}" if e.baseline is not None else "–", f"{e.value:.2f}",
-                   f"{delta:+.2f}" if delta is not None else "–", f"{e.source} ({e.table})"]
-            found.append((_real_order(e.real), 1, (e.peer, e.method, i), row, {
-                "dataset": ds, "who": e.peer, "method": e.method, "family": e.family, "real": e.real,
-                "protocol": e.protocol, "baseline_method": e.baseline_method, "baseline": e.baseline,
-                "value": e.value, "std": None, "n": None, "delta": delta, "source": e.source, "table": e.table,
-                "title": e.title, "venue": e.venue, "arxiv": e.arxiv}))
-        for _, _, _, row, r in sorted(found, key=lambda f: (f[0], f[1], str(f[2]))):
-            rows.append([ds, *row])
-            raw.append(r)
-    if not rows:
+        found = [(_real_order(r["real"]), 0, i, r) for i, r in enumerate(_our_records(runs, ds, n_boot))]
+        found += [(_real_order(e.real), 1, (e.peer, e.method, i), _peer_record(e)) for i, e in enumerate(theirs)]
+        raw += [r for *_, r in sorted(found, key=lambda f: (f[0], f[1], str(f[2])))]
+    if not raw:
         return None
-    return Table("published", "Peers' published numbers beside ours (top-1 %)",
-                 ["dataset", "who", "method", "family", "real images", "protocol", "baseline", "baseline top-1",
-                  "with synthetic", "difference", "source"], rows, raw,
+    return Table("published", "Peers' published numbers beside ours (top-1 %)", COLUMNS, raw,
                  "peers' rows are copied from their papers (source and table given), under their own protocols, "
                  "never re-run here. Rows are grouped by the real images the classifier trains on (full split, "
                  "k-shot, none): compare only within a group, and only differences to each row's own baseline "

@@ -1,9 +1,10 @@
 """`synthtl report <study dir>`: tables (Markdown, CSV, LaTeX), figures (PNG) and one self-contained HTML page,
-built only from the files in the study folder."""
+built only from the files in the study folder. Each section adds to the page and returns its tables."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,22 +14,39 @@ from synthtl.config import ReportConfig, StudyConfig, from_dict
 from synthtl.errors import DataError
 from synthtl.files import git_sha, read_json, write_text
 from synthtl.reporting import plots
-from synthtl.reporting.collect import collect_gensets, collect_styles, find_runs, unique_runs
+from synthtl.reporting.collect import GenSet, Run, collect_gensets, collect_styles, find_runs, unique_runs
 from synthtl.reporting.html import Page
+from synthtl.reporting.render import Table, to_csv, to_latex, to_markdown
 from synthtl.reporting.tables import (
-    Table,
     accuracy_per_gpu_hour,
     cost_table,
+    duplicates_table,
     leep_table,
+    runs_table,
     setting_name,
     settings,
-    strategy_rank,
     strategy_tables,
     sweep_table,
-    to_csv,
-    to_latex,
-    to_markdown,
 )
+
+
+@dataclass
+class Study:
+    """The study folder's files, read once for every section."""
+
+    folder: Path
+    cfg: ReportConfig
+    meta: dict  # plan.json: name and description
+    runs: list[Run]
+    duplicates: list[dict]  # run folders that repeat a counted run (`collect.unique_runs`)
+    gensets: list[GenSet]
+    styles: list[dict]
+    filters: tuple[list, list[str]]  # finished filters and the ones that cannot be read (`filters.collect_filters`)
+    peers: list  # published numbers (`published.load_published`)
+
+    @property
+    def figs(self) -> Path:
+        return self.folder / "report" / "figures"
 
 
 def study_report_config(study_dir: Path) -> ReportConfig:
@@ -39,164 +57,105 @@ def study_report_config(study_dir: Path) -> ReportConfig:
     return ReportConfig()
 
 
-def _runs_table(runs) -> Table:
-    rows, raw = [], []
-    for r in sorted(runs, key=lambda r: (r.labels["dataset"], strategy_rank(r.labels["strategy"]), r.id)):
-        lab, res = r.labels, r.result
-        prompt = str(lab.get("prompt") or "–") + (f", filter {lab['filter']}" if lab.get("filter") else "")
-        rows.append([r.id, lab["dataset"], lab["model"], lab["strategy"], str(lab["seed"]), str(lab["shots"]),
-                     str(lab.get("volume") or "–"), prompt, f"{res['test']['top1']:.2f}",
-                     f"{res['test']['top5']:.2f}", f"{res['test']['mean_class_acc']:.2f}", str(res["total_steps"]),
-                     f"{res['wall_s']:.0f}"])
-        raw.append({"run": r.id, **lab, "top1": res["test"]["top1"], "top5": res["test"]["top5"],
-                    "mean_class_acc": res["test"]["mean_class_acc"], "steps": res["total_steps"],
-                    "wall_s": res["wall_s"], "gpu_s": res["gpu_s"], "leep_pretrained": res["leep"].get("pretrained"),
-                    "leep_stage1": res["leep"].get("stage1"), "selected": res["selected"]})
-    return Table("runs", "Every run", ["run", "dataset", "model", "strategy", "seed", "shots", "volume", "prompts",
-                                       "top-1", "top-5", "mean class acc", "steps", "wall s"], rows, raw)
-
-
-def _duplicates_table(duplicates: list[dict]) -> Table:
-    rows = [[d["run"], d["kept"], d["identity"], str(d["seed"]), _fmt(d["top1"]), _fmt(d["kept_top1"])]
-            for d in duplicates]
-    return Table("duplicates", "Duplicate run folders (not counted)",
-                 ["repeated folder", "run counted instead", "identity", "seed", "its top-1", "counted top-1"], rows,
-                 duplicates, f"{len(duplicates)} run folder(s) share the identity and seed of a run already counted "
-                 "(a copied or moved study?); each run is counted once. Delete the copies to silence this")
-
-
-def _fmt(v) -> str:
-    return f"{v:.2f}" if isinstance(v, int | float) else "–"
-
-
-def _uses_random_weights(runs, gensets) -> bool:
-    return (any(not r.config.get("model", {}).get("pretrained", True) for r in runs)
-            or any(g.settings.get("model") == "tiny" for g in gensets))
-
-
-def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
-    """Writes <study>/report/{index.html, report.md, runs.csv, tables/, figures/}; returns the main paths."""
-    study_dir = Path(study_dir)
-    cfg = cfg or study_report_config(study_dir)
-    runs, duplicates = unique_runs(find_runs(study_dir))
-    if not runs:
-        raise DataError(f"{study_dir} has no finished runs (folders with result.json under runs/); run the study first")
-    peers = published_entries(cfg)  # before any slow work: a bad file fails at once
-    gensets, styles = collect_gensets(study_dir), collect_styles(study_dir)
-    out = study_dir / "report"
-    figs = out / "figures"
-    meta = read_json(study_dir / "plan.json") if (study_dir / "plan.json").is_file() else {}
-    page = Page(f"synthtl report: {meta.get('name', study_dir.name)}")
-    page.text(f"{meta.get('description', '')}", "meta")
-    page.text(f"{len(runs)} runs, {len(gensets)} generated sets, {len(styles)} style embeddings · generated "
-              f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} · synthtl {git_sha()}", "meta")
-    if _uses_random_weights(runs, gensets):
-        page.text("This study uses random-weight components (a tiny Stable Diffusion and/or a classifier without "
-                  "pretrained weights): its numbers prove the plumbing, not the method.", "banner")
-    tables: list[Table] = []
-    if duplicates:
-        dup = _duplicates_table(duplicates)
-        page.text(f"{len(duplicates)} run folder(s) repeat a run already counted (same identity and seed, e.g. a "
-                  "copied or moved study): each run is counted once; the repeats are listed under 'Duplicate run "
-                  "folders'.", "banner")
-        warnings.warn(dup.note, stacklevel=2)
-
-    page.section("Results by strategy", "strategies")
-    for t in strategy_tables(runs, cfg.bootstrap):
-        tables.append(t)
-        page.table(t)
-        page.figure(plots.radar(t, figs / f"radar_{t.key}.png"), "strategies across datasets")
-    page.section("Convergence on the real images", "convergence")
-    for i, (setting, members) in enumerate(settings(runs)):
-        for ds in sorted({r.labels["dataset"] for r in members}):
-            name = f"convergence_{ds}" + (f"_{i + 1}" if i else "")
-            page.figure(plots.convergence(members, ds, figs / f"{name}.png"),
-                        f"{ds}, {setting_name(*setting)}: stage-2 curves")
-    sweeps = [("volume", "volume", "Synthetic volume (images per class)", False),
-              ("guidance", "guidance", "Guidance scale of the generator", False),
-              ("shots", "fewshot", "Few-shot: real images per class", True)]
-    for axis, key, title, log2 in sweeps:
-        t = sweep_table(runs, axis, key, title)
-        if t is not None:
-            page.section(title, key)
-            tables.append(t)
-            page.table(t)
-            page.figure(plots.sweep(t, axis, figs / f"{key}.png", log2), title)
-    t = leep_table(runs)
-    if t is not None:
-        page.section("Transferability (LEEP)", "leep")
-        tables.append(t)
-        page.table(t)
-        page.figure(plots.leep_bars(t, figs / "leep.png"), "LEEP before and after stage 1")
+def read_study(folder: Path, cfg: ReportConfig) -> Study:
     from synthtl.reporting.filters import collect_filters
-
-    found_filters = collect_filters(gensets)  # read once: quality, cost and the filter section use them
-    if gensets and cfg.quality:
-        qr = quality_section(runs, gensets, cfg, out, found_filters)
-        page.section("Synthetic-set quality", "quality")
-        tables.append(qr.quality)
-        page.table(qr.quality)
-        page.section("Leakage check: synthetic vs test", "leakage")
-        tables.append(qr.synthetic_leak)
-        page.table(qr.synthetic_leak)
-        page.pairs(qr.synthetic_examples)
-        page.section("Leakage check: train vs test", "leakage_train")
-        tables.append(qr.train_leak)
-        page.table(qr.train_leak)
-        page.pairs(qr.train_examples)
-    published = published_section(page, runs, peers, cfg.bootstrap)
-    if published is not None:
-        tables.append(published)
-    page.section("Cost", "cost")
-    filters = found_filters[0]
-    cost = cost_table(runs, gensets, styles, [f.cost for f in filters])
-    tables.append(cost)
-    page.table(cost)
-    page.figure(plots.cost_bars(cost, figs / "cost.png"), "cost per stage")
-    per_hour = accuracy_per_gpu_hour(runs, gensets, styles, filters)
-    if per_hour is not None:
-        tables.append(per_hour)
-        page.table(per_hour)
-    if gensets:
-        page.section("Real vs synthetic images", "grids")
-        for path, caption in image_grids(runs, gensets, cfg, figs / "grids"):
-            page.figure(path, caption)
-    if gensets:
-        tables += filter_section(page, found_filters, figs / "filters", cfg.grid_classes)
-    page.section("Every run", "runs")
-    runs_t = _runs_table(runs)
-    tables.append(runs_t)
-    page.table(runs_t)
-    if duplicates:
-        page.section("Duplicate run folders", "duplicates")
-        tables.append(dup)
-        page.table(dup)
-
-    for t in tables:
-        write_text(out / "tables" / f"{t.key}.md", to_markdown(t))
-        write_text(out / "tables" / f"{t.key}.csv", to_csv(t))
-        write_text(out / "tables" / f"{t.key}.tex", to_latex(t))
-    write_text(out / "runs.csv", to_csv(runs_t))
-    write_text(out / "report.md", f"# {page.title}\n\n" + "\n".join(to_markdown(t) for t in tables))
-    write_text(out / "index.html", page.render())
-    return {"html": out / "index.html", "markdown": out / "report.md", "tables": out / "tables", "figures": figs}
-
-
-def published_entries(cfg: ReportConfig) -> list:
-    """The shipped peers' numbers (report.published) and the user's own file (report.published_file)."""
     from synthtl.reporting.published import load_published
 
-    return (load_published() if cfg.published else []) + (load_published(cfg.published_file)
+    runs, duplicates = unique_runs(find_runs(folder))
+    if not runs:
+        raise DataError(f"{folder} has no finished runs (folders with result.json under runs/); run the study first")
+    # the peers' numbers before any slow work: a bad file fails at once
+    peers = (load_published() if cfg.published else []) + (load_published(cfg.published_file)
                                                            if cfg.published_file else [])
+    gensets = collect_gensets(folder)
+    meta = read_json(folder / "plan.json") if (folder / "plan.json").is_file() else {}
+    return Study(folder, cfg, meta, runs, duplicates, gensets, collect_styles(folder), collect_filters(gensets), peers)
 
 
-def published_section(page: Page, runs, entries: list, n_boot: int) -> Table | None:
+# ------------------------------------------------------------------------------------------------------ sections
+def header(s: Study, page: Page) -> list[Table]:
+    page.text(f"{s.meta.get('description', '')}", "meta")
+    page.text(f"{len(s.runs)} runs, {len(s.gensets)} generated sets, {len(s.styles)} style embeddings · generated "
+              f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} · synthtl {git_sha()}", "meta")
+    if (any(not r.config.get("model", {}).get("pretrained", True) for r in s.runs)
+            or any(g.settings.get("model") == "tiny" for g in s.gensets)):
+        page.text("This study uses random-weight components (a tiny Stable Diffusion and/or a classifier without "
+                  "pretrained weights): its numbers prove the plumbing, not the method.", "banner")
+    if s.duplicates:
+        page.text(f"{len(s.duplicates)} run folder(s) repeat a run already counted (same identity and seed, e.g. a "
+                  "copied or moved study): each run is counted once; the repeats are listed under 'Duplicate run "
+                  "folders'.", "banner")
+        warnings.warn(duplicates_table(s.duplicates).note, stacklevel=3)  # the caller of build_report
+    return []
+
+
+def strategies(s: Study, page: Page) -> list[Table]:
+    page.section("Results by strategy", "strategies")
+    tables = strategy_tables(s.runs, s.cfg.bootstrap)
+    for t in tables:
+        page.table(t)
+        page.figure(plots.radar(t, s.figs / f"radar_{t.key}.png"), "strategies across datasets")
+    return tables
+
+
+def convergence(s: Study, page: Page) -> list[Table]:
+    page.section("Convergence on the real images", "convergence")
+    for i, (setting, members) in enumerate(settings(s.runs)):
+        for ds in sorted({r.labels["dataset"] for r in members}):
+            name = f"convergence_{ds}" + (f"_{i + 1}" if i else "")
+            page.figure(plots.convergence(members, ds, s.figs / f"{name}.png"),
+                        f"{ds}, {setting_name(*setting)}: stage-2 curves")
+    return []
+
+
+def sweeps(s: Study, page: Page) -> list[Table]:
+    tables = []
+    for axis, key, title, log2 in (("volume", "volume", "Synthetic volume (images per class)", False),
+                                   ("guidance", "guidance", "Guidance scale of the generator", False),
+                                   ("shots", "fewshot", "Few-shot: real images per class", True)):
+        t = sweep_table(s.runs, axis, key, title)
+        if t is not None:
+            page.section(title, key)
+            page.table(t)
+            page.figure(plots.sweep(t, axis, s.figs / f"{key}.png", log2), title)
+            tables.append(t)
+    return tables
+
+
+def leep(s: Study, page: Page) -> list[Table]:
+    t = leep_table(s.runs)
+    if t is None:
+        return []
+    page.section("Transferability (LEEP)", "leep")
+    page.table(t)
+    page.figure(plots.leep_bars(t, s.figs / "leep.png"), "LEEP before and after stage 1")
+    return [t]
+
+
+def quality(s: Study, page: Page) -> list[Table]:
+    """Quality and leakage tables (`reporting.quality`, imported only when needed: it loads torch models)."""
+    if not s.gensets or not s.cfg.quality:
+        return []
+    from synthtl.reporting.quality import quality as measure
+
+    qr = measure(s.runs, s.gensets, s.cfg, s.folder / "report" / "cache", s.filters)
+    page.section("Synthetic-set quality", "quality")
+    page.table(qr.quality)
+    for t, examples, title, anchor in ((qr.synthetic_leak, qr.synthetic_examples, "synthetic", "leakage"),
+                                       (qr.train_leak, qr.train_examples, "train", "leakage_train")):
+        page.section(f"Leakage check: {title} vs test", anchor)
+        page.table(t)
+        page.pairs(examples)
+    return [qr.quality, qr.synthetic_leak, qr.train_leak]
+
+
+def published(s: Study, page: Page) -> list[Table]:
     """Peers' published numbers on the study's datasets beside ours (none for these datasets: no section)."""
     from synthtl.reporting.published import published_table
 
-    t = published_table(runs, entries, n_boot)
+    t = published_table(s.runs, s.peers, s.cfg.bootstrap)
     if t is None:
-        return None
+        return []
     page.section("Beside peers' published numbers (ours)", "published")
     page.text("Beyond the paper: what peers report on the same datasets, copied from their papers with the table "
               "each number comes from. Their classifiers, resolutions and amounts of real data differ from ours "
@@ -204,16 +163,47 @@ def published_section(page: Page, runs, entries: list, n_boot: int) -> Table | N
               "none): compare only within a group, and read each row's difference to its own baseline, not the "
               "absolute numbers.")
     page.table(t)
-    return t
+    return [t]
 
 
-def filter_section(page: Page, found_filters: tuple[list, list[str]], folder: Path, max_classes: int) -> list[Table]:
-    """Keep rates, score histograms and dropped examples of every finished filter (`collect_filters`' finished
-    filters and problems; none: no section)."""
+def cost(s: Study, page: Page) -> list[Table]:
+    page.section("Cost", "cost")
+    t = cost_table(s.runs, s.gensets, s.styles, [f.cost for f in s.filters[0]])
+    page.table(t)
+    page.figure(plots.cost_bars(t, s.figs / "cost.png"), "cost per stage")
+    per_hour = accuracy_per_gpu_hour(s.runs, s.gensets, s.styles, s.filters[0])
+    page.table(per_hour)
+    return [t] if per_hour is None else [t, per_hour]
+
+
+def image_grids(s: Study, page: Page) -> list[Table]:
+    """Per dataset: real train images above one row per generated set (single template, DSI, ...)."""
+    if not s.gensets:
+        return []
+    from synthtl.generation.sheets import contact_sheets
+    from synthtl.reporting.features import real_splits
+
+    page.section("Real vs synthetic images", "grids")
+    by_dataset: dict[str, list] = {}
+    for g in s.gensets:
+        by_dataset.setdefault(g.labels.get("dataset") or "?", []).append(g)
+    for ds, sets in sorted(by_dataset.items()):
+        splits = real_splits(s.runs, ds)
+        labelled = [(f"{g.labels.get('prompt')} g{g.settings.get('guidance')}", g.folder) for g in sets]
+        names = list(splits[0].names) if splits is not None else sorted(set(sets[0].settings.get("classes", [])))
+        paths = contact_sheets(labelled, s.figs / "grids" / ds, per_row=6, real=splits[0] if splits else None,
+                               classes=names[: s.cfg.grid_classes])
+        for p in paths:
+            page.figure(p, f"{ds}: {p.stem}")
+    return []
+
+
+def filters(s: Study, page: Page) -> list[Table]:
+    """Keep rates, score histograms and dropped examples of every finished filter (none: no section)."""
     from synthtl.reporting.filters import dropped_sheet, histogram, keep_table
 
-    found, problems = found_filters
-    if not found and not problems:
+    found, problems = s.filters
+    if not s.gensets or (not found and not problems):
         return []
     page.section("Synthetic-image filters (ours)", "filters")
     page.text("Beyond the paper: images of a generated set scored by zero-shot CLIP or by a classifier fine-tuned on "
@@ -226,38 +216,46 @@ def filter_section(page: Page, found_filters: tuple[list, list[str]], folder: Pa
     page.table(t)
     for f in found:
         stem = f"{f.set_id}_{f.name}"
-        page.figure(histogram(f, folder / f"{stem}_scores.png"),
+        page.figure(histogram(f, s.figs / "filters" / f"{stem}_scores.png"),
                     f"{f.label}: scores of kept and dropped images (top_k and fraction rank within each class)")
-        page.figure(dropped_sheet(f, folder / f"{stem}_dropped.png", max_classes=max_classes),
+        page.figure(dropped_sheet(f, s.figs / "filters" / f"{stem}_dropped.png", max_classes=s.cfg.grid_classes),
                     f"{f.label}: dropped images")
     return [t]
 
 
-def quality_section(runs, gensets, cfg: ReportConfig, out: Path, found_filters: tuple[list, list[str]]):
-    """Quality and leakage tables (`reporting.quality`, imported only when needed: it loads torch models)."""
-    from synthtl.reporting.quality import quality
+def every_run(s: Study, page: Page) -> list[Table]:
+    page.section("Every run", "runs")
+    t = runs_table(s.runs)
+    page.table(t)
+    return [t]
 
-    return quality(runs, gensets, cfg, out / "cache", found_filters)
+
+def duplicates(s: Study, page: Page) -> list[Table]:
+    if not s.duplicates:
+        return []
+    page.section("Duplicate run folders", "duplicates")
+    t = duplicates_table(s.duplicates)
+    page.table(t)
+    return [t]
 
 
-def image_grids(runs, gensets, cfg: ReportConfig, folder: Path) -> list[tuple[Path, str]]:
-    """Per dataset: real train images above one row per generated set (single template, DSI, ...)."""
-    from synthtl.generation.sheets import contact_sheets
-    from synthtl.reporting.quality import real_splits
+SECTIONS = (header, strategies, convergence, sweeps, leep, quality, published, cost, image_grids, filters, every_run,
+            duplicates)
 
-    out = []
-    by_dataset: dict[str, list] = {}
-    for g in gensets:
-        by_dataset.setdefault(g.labels.get("dataset") or "?", []).append(g)
-    for ds, sets in sorted(by_dataset.items()):
-        splits = real_splits(runs, ds)
-        labelled = [(f"{g.labels.get('prompt')} g{g.settings.get('guidance')}", g.folder) for g in sets]
-        names = None
-        if splits is not None:
-            names = list(splits[0].names[: cfg.grid_classes])
-        else:
-            first = sorted({n for n in sets[0].settings.get("classes", [])})
-            names = first[: cfg.grid_classes]
-        paths = contact_sheets(labelled, folder / ds, per_row=6, real=splits[0] if splits else None, classes=names)
-        out += [(p, f"{ds}: {p.stem}") for p in paths]
-    return out
+
+def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
+    """Writes <study>/report/{index.html, report.md, runs.csv, tables/, figures/}; returns the main paths."""
+    folder = Path(study_dir)
+    study = read_study(folder, cfg or study_report_config(folder))
+    page = Page(f"synthtl report: {study.meta.get('name', folder.name)}")
+    tables: list[Table] = []
+    for section in SECTIONS:
+        tables += section(study, page)
+    out = folder / "report"
+    for t in tables:
+        for ext, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
+            write_text(out / "tables" / f"{t.key}.{ext}", render(t))
+    write_text(out / "runs.csv", to_csv(next(t for t in tables if t.key == "runs")))
+    write_text(out / "report.md", f"# {page.title}\n\n" + "\n".join(to_markdown(t) for t in tables))
+    write_text(out / "index.html", page.render())
+    return {"html": out / "index.html", "markdown": out / "report.md", "tables": out / "tables", "figures": study.figs}

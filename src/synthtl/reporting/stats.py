@@ -57,10 +57,8 @@ def fmt_mean_std(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
-def fmt_delta(p: dict) -> str:
-    if p["n"] == 0 or math.isnan(p["mean_diff"]):
+def fmt_delta(diff: float | None, p: float | None = None) -> str:
+    """A (seed-paired) difference, with its p-value where there is one (none below 2 pairs)."""
+    if diff is None or math.isnan(diff):
         return "–"
-    s = f"{p['mean_diff']:+.2f}"
-    if p["n"] > 1 and not math.isnan(p["p"]):
-        s += f" (p={p['p']:.3f})"
-    return s
+    return f"{diff:+.2f}" + (f" (p={p:.3f})" if p is not None and not math.isnan(p) else "")

@@ -1,9 +1,5 @@
-"""Data-utilisation strategies: each is a short function that calls the stages in order.
-
-Paper (Li et al. 2024): vanilla, mixed, bridged, bridged++ (Mixup in stage 1 + head re-init before stage 2).
-Reviewers' controls (ours to build): vanilla_matched (same optimizer steps as bridged), vanilla_mixup,
-bridged_reinit (isolates the head re-init), synthetic_only, from_scratch.
-"""
+"""The training of each data-utilisation strategy declared in `synthtl.strategies`: a short function that calls the
+stages in order. A declared name without a function, or a function without a declared name, fails at import."""
 
 from __future__ import annotations
 
@@ -14,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synthtl.config import FinetuneConfig, StageConfig, with_overrides
+from synthtl.config import StageConfig
 from synthtl.data.imagelist import ImageList
 from synthtl.data.loader import eval_loader, steps_per_epoch
 from synthtl.errors import ConfigError
@@ -23,33 +19,14 @@ from synthtl.metrics.leep import leep
 from synthtl.models import create_classifier, replace_head, reset_head, source_label_space
 from synthtl.registry import Registry
 from synthtl.runtime import derive_seed
+from synthtl.strategies import TABLE, Strategy
+from synthtl.strategies import effective_config as effective_config  # re-exported: training.run imports it here
 from synthtl.training import distributed
 from synthtl.training.loop import predict
 from synthtl.training.stage import Run, augment, dataset, run_stage
 
-
-@dataclass(frozen=True)
-class Strategy:
-    fn: Callable[[Run], nn.Module]
-    needs_synthetic: bool
-    summary: str
-    settings: tuple[str, ...] = ()  # config overrides the strategy implies: written into the run's config.yaml
-
-
-def effective_config(cfg: FinetuneConfig) -> FinetuneConfig:
-    """The config as the strategy runs it (e.g. bridged++ shows synth_stage.mixup: true): what the run folder saves."""
-    return with_overrides(cfg, list(STRATEGIES.get(cfg.strategy).settings))
-
-
-STRATEGIES: Registry[Strategy] = Registry("strategy")
-
-
-def strategy(name: str, needs_synthetic: bool, summary: str, settings: tuple[str, ...] = ()):
-    def deco(fn: Callable[[Run], nn.Module]) -> Callable[[Run], nn.Module]:
-        STRATEGIES.add(name, Strategy(fn, needs_synthetic, summary, settings))
-        return fn
-
-    return deco
+Train = Callable[[Run], nn.Module]
+FUNCTIONS: Registry[Train] = Registry("training function of strategy")  # name -> the function that trains it
 
 
 # ---------------------------------------------------------------------------------------------------- parts
@@ -103,29 +80,28 @@ def stage_steps(parts: list[ImageList], stage: StageConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- strategies
-@strategy("vanilla", False, "fine-tune the pretrained model on the real images (the baseline)")
+@FUNCTIONS.register("vanilla")
 def vanilla(run: Run) -> nn.Module:
     model = new_model(run)
     run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 
-@strategy("vanilla_mixup", False, "vanilla with Mixup (control: is bridged++'s gain just Mixup?)",
-          settings=("real_stage.mixup=true",))
+@FUNCTIONS.register("vanilla_mixup")
 def vanilla_mixup(run: Run) -> nn.Module:
     model = new_model(run)
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)  # mixup: see settings
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)  # Mixup: its declared settings
     return model
 
 
-@strategy("from_scratch", False, "random initialisation, real images only (control: what pretraining buys)")
+@FUNCTIONS.register("from_scratch")
 def from_scratch(run: Run) -> nn.Module:
     model = new_model(run, pretrained=False)
     run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 
-@strategy("mixed", True, "one stage on real + synthetic images together (paper: hurts)")
+@FUNCTIONS.register("mixed")
 def mixed(run: Run) -> nn.Module:
     model = new_model(run)
     f = run.cfg.mixed.synthetic_fraction
@@ -134,7 +110,7 @@ def mixed(run: Run) -> nn.Module:
     return model
 
 
-@strategy("synthetic_only", True, "trained on synthetic images only, tested on real (control)")
+@FUNCTIONS.register("synthetic_only")
 def synthetic_only(run: Run) -> nn.Module:
     model = new_model(run)
     run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage, final=True)
@@ -151,20 +127,19 @@ def _bridged(run: Run, reinit: bool) -> nn.Module:
     return model
 
 
-@strategy("bridged", True, "stage 1 synthetic only, stage 2 real, head kept")
+@FUNCTIONS.register("bridged")
 def bridged(run: Run) -> nn.Module:
     return _bridged(run, reinit=False)
 
 
-@strategy("bridged_reinit", True, "bridged with the head re-initialised before stage 2")
+@FUNCTIONS.register("bridged_reinit")
 def bridged_reinit(run: Run) -> nn.Module:
     return _bridged(run, reinit=True)
 
 
-@strategy("bridged++", True, "bridged with Mixup in stage 1 and the head re-initialised before stage 2",
-          settings=("synth_stage.mixup=true",))
+@FUNCTIONS.register("bridged++")
 def bridged_pp(run: Run) -> nn.Module:
-    return _bridged(run, reinit=True)  # Mixup in stage 1: see settings
+    return _bridged(run, reinit=True)  # Mixup in stage 1: its declared settings
 
 
 def matched_steps(run: Run) -> int:
@@ -184,7 +159,7 @@ def matched_steps(run: Run) -> int:
             + stage_steps([run.data.train], run.cfg.real_stage))
 
 
-@strategy("vanilla_matched", False, "vanilla with as many optimizer steps as the paired bridged run (compute control)")
+@FUNCTIONS.register("vanilla_matched")
 def vanilla_matched(run: Run) -> nn.Module:
     steps = matched_steps(run)
     model = new_model(run)
@@ -192,5 +167,23 @@ def vanilla_matched(run: Run) -> nn.Module:
     return model
 
 
-def list_strategies() -> list[tuple[str, str]]:
-    return [(name, s.summary) for name, s in STRATEGIES.items()]
+@dataclass(frozen=True)
+class Trainable:
+    fn: Train
+    needs_synthetic: bool  # a stage trains on synthetic images (`synthtl.strategies.Strategy.synthetic`)
+
+
+def bind(functions: Registry[Train], table: tuple[Strategy, ...] = TABLE) -> Registry[Trainable]:
+    """Each declared strategy with its function; refuses a name without a function or a function without a name."""
+    declared = {s.name for s in table}
+    missing, unknown = sorted(declared - set(functions.names())), sorted(set(functions.names()) - declared)
+    if missing or unknown:
+        raise RuntimeError(f"strategies declared in synthtl.strategies without a training function: {missing}; "
+                           f"training functions without a declared strategy: {unknown}. Declare and train each once")
+    out: Registry[Trainable] = Registry("strategy")
+    for s in table:
+        out.add(s.name, Trainable(functions.get(s.name), s.synthetic == "required"))
+    return out
+
+
+STRATEGIES = bind(FUNCTIONS)
