@@ -17,7 +17,33 @@ def test_listing_commands(capsys, tmp_path):
 def test_show_config_prints_resolved_yaml(capsys):
     assert run_cli("finetune", "-c", "finetune/vit_b16", "seed=3", "--show-config") == 0
     out = capsys.readouterr().out
-    assert "optimizer: adamw" in out and "seed: 3" in out and "name: vit_b16" in out
+    assert "optimizer: adamw  # " in out and "seed: 3  # seed of" in out and "name: vit_b16" in out
+
+
+def test_presets_show_prints_the_file_then_every_key_with_its_help(capsys):
+    assert run_cli("presets", "--show", "finetune/tiny_cpu") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# synthtl finetune -c finetune/tiny_cpu")  # the file, comments included
+    assert "  epochs: 3  # passes over the stage's training set" in out and "momentum: 0.9  # SGD momentum" in out
+    assert run_cli("presets") == 0
+    assert all(len(line) <= 200 for line in capsys.readouterr().out.splitlines())
+
+
+def test_version_and_help_say_what_synthtl_does(capsys):
+    import pytest
+
+    from synthtl import __version__
+    from synthtl.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"synthtl {__version__}"
+    text = build_parser().format_help()
+    assert "synthtl: can images from a text-to-image model" in text and "->" not in text
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert "LoRA" in commands["learn-style"].format_help()
+    for name, p in commands.items():  # every command shows examples of itself
+        assert f"examples:\n  synthtl {name}" in p.format_help(), name
 
 
 def test_unknown_key_exits_2_with_the_key(capsys):

@@ -1,28 +1,36 @@
-"""Command line: each subcommand is parse -> load_config -> run_*()."""
+"""synthtl: can images from a text-to-image model make a fine-tuned classifier better, and how should they be used?
+
+Generate synthetic training sets (Stable Diffusion, styles, img2img), filter them, fine-tune classifiers with the
+paper's strategies (Li et al., arXiv 2403.19866) and their controls, run whole studies and build their reports.
+Start with `synthtl demo` (offline, CPU). `synthtl <command> --help` shows a command's arguments and examples,
+`synthtl <command> --show-config` every key it takes with its help (also in docs/config.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from synthtl.errors import ConfigError, SynthTLError
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=None, help="YAML preset: a path or a name under configs/")
-    p.add_argument("--show-config", action="store_true", help="print every config key with its resolved value")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. real_stage.epochs=5 data.shots=4")
-
-
 def _load(schema: type, args: argparse.Namespace):
-    from synthtl.config import load_config, to_yaml
+    from synthtl.config import load_config
+    from synthtl.config.reference import commented_yaml
 
     cfg = load_config(schema, args.config, args.overrides)
     if args.show_config:
-        print(to_yaml(cfg))
+        print(commented_yaml(cfg), end="")
         return None
     return cfg
 
@@ -64,17 +72,28 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_strategies(args: argparse.Namespace) -> int:
-    from synthtl.training.strategies import list_strategies
+    from synthtl.strategies import TABLE
 
-    for name, summary in list_strategies():
-        print(f"{name:<16} {summary}")
+    for s in TABLE:  # the report's order
+        print(f"{s.name:<16} {s.origin:<10} {' -> '.join(s.stages):<18} {s.summary}")
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from synthtl.config import configs_dir
+    from synthtl.config import configs_dir, find_preset, load_config
+    from synthtl.config.reference import commented_yaml, schema_of_preset
 
     base = configs_dir()
+    if args.show:
+        path = find_preset(args.show)
+        schema = schema_of_preset(path.resolve().relative_to(base) if path.resolve().is_relative_to(base) else path)
+        print(path.read_text().rstrip() + "\n")
+        if schema is None:
+            raise ConfigError(f"{path} is not under configs/<finetune|generate|style|filter|studies>/: its keys are "
+                              "unknown; give a shipped preset's name")
+        print(f"# {path.name} resolved (defaults < _base_ < the file), every key with its help:")
+        print(commented_yaml(load_config(schema, str(path), [])), end="")
+        return 0
     for p in sorted(base.rglob("*.yaml")):
         first = p.read_text().splitlines()[0] if p.read_text() else ""
         print(f"{p.relative_to(base).with_suffix('')!s:<32} {first.lstrip('# ')}")
@@ -245,73 +264,95 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "finetune": (cmd_finetune, "fine-tune a classifier with a data-utilisation strategy"),
+    "datasets": (cmd_datasets, "list datasets and whether their files are present"),
+    "models": (cmd_models, "list classifier short names"),
+    "strategies": (cmd_strategies, "list fine-tuning strategies"),
+    "presets": (cmd_presets, "list the YAML presets under configs/, or print one with every key's help (--show)"),
+    "split": (cmd_split, "write a few-shot (or full) train split file"),
+    "generate": (cmd_generate, "generate a synthetic training set with Stable Diffusion (resumable, sharded)"),
+    "filter": (cmd_filter, "score a generated set's images (CLIP or a real-data classifier) and keep the best"),
+    "learn-style": (cmd_learn_style, "learn a dataset style: a token (DSI), a token per class, or a LoRA "
+                    "(method=lora)"),
+    "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
+    "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
+    "study": (cmd_study, "run (or resume) a grid of style, generation and fine-tuning jobs from a preset"),
+    "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
+    "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
+}
+EXAMPLES = {  # shown under each command's --help
+    "finetune": ["synthtl finetune -c finetune/resnet18 data.name=pets strategy=bridged++ synthetic.path=gen/pets",
+                 "synthtl finetune -c finetune/tiny_cpu data.name=folder data.root=~/my_images   # your own folder"],
+    "datasets": ["synthtl datasets --root ~/data"], "models": ["synthtl models"], "strategies": ["synthtl strategies"],
+    "presets": ["synthtl presets", "synthtl presets --show finetune/resnet18"],
+    "split": ["synthtl split data.name=pets data.shots=4 seed=0 --out splits/pets_4shot.json"],
+    "generate": ["synthtl generate -c generate/sd15 data.name=pets out_dir=gen/pets per_class=1000",
+                 "synthtl generate --status gen/pets", "synthtl generate --validate gen/pets --repair"],
+    "filter": ["synthtl filter gen/pets -c filter/clip keep.fraction=0.8",
+               "synthtl filter gen/pets -c filter/classifier classifier.run=runs/pets/resnet18/vanilla/full/seed0"],
+    "learn-style": ["synthtl learn-style -c style/dsi data.name=pets out_dir=styles/pets_dsi",
+                    "synthtl learn-style -c style/lora data.name=pets out_dir=styles/pets_lora   # a LoRA"],
+    "grid-images": ["synthtl grid-images gen/pets gen/pets_dsi --labels single,dsi --out sheets --real data.name=pets"],
+    "export": ["synthtl export gen/pets --out hf/pets"],
+    "study": ["synthtl study paper/utilization --dry-run", "synthtl study demo grid.seeds=[0] --report"],
+    "report": ["synthtl report studies/utilization"], "demo": ["synthtl demo --out demo_out"],
+}
+CONFIG = [(("--config", "-c"), {"default": None, "help": "YAML preset: a path or a name under configs/"}),
+          (("--show-config",), {"action": "store_true", "help": "print every key with its resolved value and help "
+                                "(YAML: save it as a preset)"}),
+          (("overrides",), {"nargs": "*", "help": "key=value overrides, e.g. real_stage.epochs=5 data.shots=4"})]
+OPTIONS: dict[str, list[tuple[tuple, dict]]] = {  # each command's own arguments
+    "finetune": CONFIG, "split": [(("--out",), {"required": True, "help": "split file to write (JSON)"}), *CONFIG],
+    "generate": [(("--status",), {"metavar": "DIR", "help": "print done/total per class of a generated set and exit"}),
+                 (("--validate",), {"metavar": "DIR", "help": "decode every finished image; report missing/corrupt"}),
+                 (("--repair",), {"action": "store_true", "help": "with --validate: mend torn log lines, remove temp "
+                                  "files, delete corrupt files"}), *CONFIG],
+    "learn-style": CONFIG,
+    "filter": [(("set",), {"nargs": "?", "default": None, "help": "a finished generated set (out_dir of generate)"}),
+               *CONFIG],
+    "presets": [(("--show",), {"metavar": "NAME", "help": "print a preset resolved, with every key's help"})],
+    "study": [(("preset",), {"nargs": "?", "default": None, "help": "a preset under configs/studies/ or a YAML file"}),
+              (("--dry-run",), {"action": "store_true", "help": "print the plan and a GPU-hour estimate, run nothing"}),
+              (("--status",), {"action": "store_true", "help": "finished / running elsewhere / failed / to run per "
+                               "stage; runs nothing"}),
+              (("--report",), {"action": "store_true", "help": "build the report when the study has finished"}),
+              *CONFIG[:2], (("overrides",), {"nargs": "*", "help": "key=value overrides, e.g. grid.seeds=[0]"})],
+    "report": [(("study",), {"help": "a study folder (with runs/ and, for synthetic sets, gen/)"}),
+               (("overrides",), {"nargs": "*", "help": "report key=value overrides, e.g. features=resnet50"})],
+    "grid-images": [(("sets",), {"nargs": "+", "help": "generated-set folders"}),
+                    (("--labels",), {"default": "", "help": "comma-separated row labels, one per set"}),
+                    (("--out",), {"required": True, "help": "folder for the PNG contact sheets"}),
+                    (("--per-row",), {"type": int, "default": 8, "help": "images per row of each sheet"}),
+                    (("--real",), {"dest": "overrides", "action": "append", "default": [], "metavar": "KEY=VALUE",
+                                   "help": "data.* overrides naming the real dataset to show first, e.g. --real "
+                                   "data.name=pets"})],
+    "export": [(("set",), {"help": "generated-set folder"}), (("--out",), {"required": True, "help": "output folder"}),
+               (("--copy",), {"action": "store_true", "help": "copy files instead of hard-linking them"}),
+               (("--allow-partial",), {"action": "store_true", "help": "export the finished images of an unfinished "
+                                       "set (the dataset card says so)"})],
+    "datasets": [(("--root",), {"default": "", "help": "dataset root to check (default $SYNTHTL_DATA or ./data)"})],
+    "demo": [(("--out",), {"default": "demo_out", "help": "where the demo writes everything"}),
+             (("--real",), {"action": "store_true", "help": "run a small real study (GPU + hub access needed)"}),
+             (("overrides",), {"nargs": "*", "help": "key=value overrides of the demo study (e.g. grid.seeds=[0])"})],
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synthtl", description=__doc__)
+    from synthtl import __version__
+
+    parser = argparse.ArgumentParser(prog="synthtl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"synthtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands: dict[str, tuple[Callable, str]] = {
-        "finetune": (cmd_finetune, "fine-tune a classifier with a data-utilisation strategy"),
-        "datasets": (cmd_datasets, "list datasets and whether their files are present"),
-        "models": (cmd_models, "list classifier short names"),
-        "strategies": (cmd_strategies, "list fine-tuning strategies"),
-        "presets": (cmd_presets, "list the YAML presets under configs/"),
-        "split": (cmd_split, "write a few-shot (or full) train split file"),
-        "generate": (cmd_generate, "generate a synthetic training set with Stable Diffusion (resumable, sharded)"),
-        "filter": (cmd_filter, "score a generated set's images (CLIP or a real-data classifier) and keep the best"),
-        "learn-style": (cmd_learn_style, "learn a dataset style token (DSI) or per-class tokens by textual inversion"),
-        "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
-        "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
-        "study": (cmd_study, "run (or resume) a grid of style, generation and fine-tuning jobs from a preset"),
-        "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
-        "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
-    }
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="on an error, also print its underlying cause")
-    for name, (fn, help_) in commands.items():
-        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
+    for name, (fn, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common], epilog="examples:\n  " + "\n  ".join(
+            EXAMPLES[name]), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=fn)
-        if name in ("finetune", "split", "generate", "learn-style"):
-            _config_args(p)
-        if name == "study":
-            p.add_argument("preset", nargs="?", default=None, help="a preset under configs/studies/ or a YAML file")
-            p.add_argument("--config", "-c", default=None, help="a study YAML (grid.yaml)")
-            p.add_argument("--dry-run", action="store_true", help="print the plan and a GPU-hour estimate, run nothing")
-            p.add_argument("--status", action="store_true",
-                           help="finished / running elsewhere / failed / to run per stage; runs nothing")
-            p.add_argument("--report", action="store_true", help="build the report when the study has finished")
-            p.add_argument("--show-config", action="store_true", help="print the resolved study config")
-            p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grid.seeds=[0] launcher.parallel=0")
-        if name == "report":
-            p.add_argument("study", help="a study folder (with runs/ and, for synthetic sets, gen/)")
-            p.add_argument("overrides", nargs="*", help="report key=value overrides, e.g. features=resnet50")
-        if name == "generate":
-            p.add_argument("--status", metavar="DIR", help="print done/total per class of a generated set and exit")
-            p.add_argument("--validate", metavar="DIR", help="decode every finished image; report missing/corrupt")
-            p.add_argument("--repair", action="store_true",
-                           help="with --validate: mend torn log lines, remove temp files, delete corrupt files")
-        if name == "filter":
-            p.add_argument("set", nargs="?", default=None, help="a finished generated set (out_dir of generate)")
-            _config_args(p)
-        if name == "grid-images":
-            p.add_argument("sets", nargs="+", help="generated-set folders")
-            p.add_argument("--labels", default="", help="comma-separated row labels, one per set")
-            p.add_argument("--out", required=True, help="folder for the PNG contact sheets")
-            p.add_argument("--per-row", type=int, default=8)
-            p.add_argument("--real", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                           help="data.* overrides naming the real dataset to show first, e.g. --real data.name=pets")
-        if name == "export":
-            p.add_argument("set", help="generated-set folder")
-            p.add_argument("--out", required=True, help="output folder")
-            p.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
-            p.add_argument("--allow-partial", action="store_true",
-                           help="export the finished images of an unfinished set (the dataset card says so)")
-        if name == "split":
-            p.add_argument("--out", required=True, help="split file to write (JSON)")
-        if name == "datasets":
-            p.add_argument("--root", default="", help="dataset root to check (default $SYNTHTL_DATA or ./data)")
-        if name == "demo":
-            p.add_argument("--out", default="demo_out", help="where the demo writes everything")
-            p.add_argument("--real", action="store_true", help="run a small real study (GPU + hub access needed)")
-            p.add_argument("overrides", nargs="*", help="key=value overrides of the demo study (e.g. grid.seeds=[0])")
+        for flags, kwargs in OPTIONS.get(name, []):
+            p.add_argument(*flags, **kwargs)
     return parser
 
 
@@ -327,8 +368,68 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
         _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop signal, handled as Ctrl-C: SIGTERM (Slurm preemption, `kill`, a container stop) or SIGUSR2 (what an
+    sbatch script's `--signal=B:USR2@90` sends before the time limit)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGUSR2 stop it as Ctrl-C does: temp files go, finished work stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [signal.SIGTERM, *([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])]
+    before = {s: signal.signal(s, _raise_stopped) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def requeue_slurm(signum: int, env: dict | None = None) -> str:
+    """Under Slurm, SIGUSR2 (the script's `--signal`, sent before the time limit) requeues the job so that it resumes
+    by itself; returns what was done ("" when nothing). SIGTERM is never requeued here: it is also what `scancel`
+    sends (a preempted job is requeued by Slurm itself when the partition says so)."""
+    env = os.environ if env is None else env
+    job = env.get("SLURM_JOB_ID")
+    if signum != getattr(signal, "SIGUSR2", None) or not job or shutil.which("scontrol") is None:
+        return ""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    return f"; Slurm job {job} requeued: it resumes by itself" if done.returncode == 0 else \
+        f"; `scontrol requeue {job}` failed ({done.stderr.strip() or done.returncode}): re-submit it"
+
+
+def matplotlib_home(env: dict) -> None:
+    """Matplotlib keeps its font cache under $HOME: where $HOME is not writable, it goes to synthtl's cache (else a
+    temporary folder), so that a read-only home costs no warning and no rebuild per plot."""
+    home = Path(env.get("HOME") or "~").expanduser()
+    if env.get("MPLCONFIGDIR") or os.access(home, os.W_OK):
+        return
+    from synthtl.files import cache_home
+
+    for where in (cache_home(), Path(tempfile.gettempdir()) / f"synthtl-{os.getuid()}"):
+        with contextlib.suppress(OSError):
+            (where / "matplotlib").mkdir(parents=True, exist_ok=True)
+            if os.access(where / "matplotlib", os.W_OK):
+                env["MPLCONFIGDIR"] = str(where / "matplotlib")
+                return
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show_warning
+    matplotlib_home(os.environ)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `key=value` overrides may follow options (`synthtl filter SET -c filter/clip keep.fraction=0.8`): argparse has
@@ -339,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*(args.overrides or []), *extra]
     try:
-        return args.func(args)
+        with stop_signals():
+            return args.func(args)
     except SynthTLError as e:
         print(f"synthtl {args.command}: error: {e}", file=sys.stderr)
         if args.verbose and e.__cause__ is not None:  # e.g. PyTorch's reason for refusing a file
@@ -353,9 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthtl {args.command}: error: {where}: {e.strerror or e}; check the paths you gave (out_dir, "
               "--out, data.root, ...)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"synthtl {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `synthtl ... | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"synthtl {args.command}: interrupted ({signal.Signals(signum).name}); re-run the same command to "
+              f"resume{requeue_slurm(signum)}", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

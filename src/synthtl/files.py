@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from synthtl import faults
 from synthtl.errors import SynthTLError
 
 
@@ -44,6 +45,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) ->
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+            faults.point("write", path=path)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
