@@ -2,24 +2,22 @@
 
 import pytest
 
+from synthtl import faults
 from synthtl.generation import run as gen_run
 from synthtl.generation.run import run_generate
 
 
-def generate_until_write(monkeypatch, cfg, n: int) -> None:
+def generate_until_write(cfg, n: int) -> None:
     """Runs `synthtl generate` and "kills" it (KeyboardInterrupt) as it starts its n-th image write."""
-    real, calls = gen_run._write, []
+    calls = []
 
-    def dying_write(*a, **k):
-        calls.append(1)
+    def kill(row):
+        calls.append(row["id"])
         if len(calls) == n:
             raise KeyboardInterrupt
-        return real(*a, **k)
 
-    monkeypatch.setattr(gen_run, "_write", dying_write)
-    with pytest.raises(KeyboardInterrupt):
+    with faults.inject("generate.write", kill), pytest.raises(KeyboardInterrupt):
         run_generate(cfg)
-    monkeypatch.setattr(gen_run, "_write", real)
 
 
 @pytest.fixture

@@ -38,10 +38,10 @@ def test_manifest_is_written_before_any_image(folder_data, tmp_path, monkeypatch
     seen = []
     real = gen_run.denoise
 
-    def check(pipe, rows, seeds, cfg):
+    def check(pipe, rows, seeds, cfg, sources=None):
         seen.append(((out / MANIFEST).is_file(), len(list((out / "images").rglob("*.jpg")))
                      if (out / "images").exists() else 0))
-        return real(pipe, rows, seeds, cfg)
+        return real(pipe, rows, seeds, cfg, sources)
 
     monkeypatch.setattr(gen_run, "denoise", check)
     summary = run_generate(cfg_for(folder_data, out))
@@ -85,9 +85,9 @@ def test_shards_are_disjoint_and_complete(folder_data, tmp_path):
     assert len(per_log) == 3 and sum(len(x) for x in per_log) == 12
 
 
-def test_killed_run_restarts_to_exactly_the_planned_set(folder_data, tmp_path, monkeypatch):
+def test_killed_run_restarts_to_exactly_the_planned_set(folder_data, tmp_path):
     out = tmp_path / "gen"
-    generate_until_write(monkeypatch, cfg_for(folder_data, out, "writers=1"), 6)
+    generate_until_write(cfg_for(folder_data, out, "writers=1"), 6)
     partial = logged_ids(out)
     assert 0 < len(partial) < 12
     real_syn = load_synthetic(out, load_split("folder", "train", folder_data), allow_partial=True)
@@ -169,10 +169,10 @@ def test_conflicting_replan_is_refused_and_more_images_extend_the_plan(folder_da
 def test_cuda_oom_halves_the_batch(folder_data, tmp_path, monkeypatch, capsys):
     real = gen_run.denoise
 
-    def picky(pipe, rows, seeds, cfg):
+    def picky(pipe, rows, seeds, cfg, sources=None):
         if len(rows) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(pipe, rows, seeds, cfg)
+        return real(pipe, rows, seeds, cfg, sources)
 
     monkeypatch.setattr(gen_run, "denoise", picky)
     s = run_generate(cfg_for(folder_data, tmp_path / "gen", "generator.batch_size=8"))

@@ -77,9 +77,9 @@ def test_few_shot_uses_only_the_k_shots_each_feeding_several_outputs(folder_data
 def test_strength_sets_how_much_the_source_matters(folder_data, tmp_path):
     cfg = i2i_cfg(folder_data, tmp_path / "g", "generator.steps=10")
     pipe = img2img.pipeline(gen_run.load_pipeline(cfg.generator))
-    reader = img2img.SourceReader(folder_data / "train", 32, 32)
     row = {"prompt": "a good photo of the red fox.", "negative_prompt": ""}
-    fox, jay = reader([{"source": "red_fox/img_000.jpg"}, {"source": "blue_jay/img_000.jpg"}])
+    fox, jay = img2img.load_sources(folder_data / "train", [{"source": "red_fox/img_000.jpg"},
+                                                            {"source": "blue_jay/img_000.jpg"}], 32, 32)
 
     def change(strength: float) -> float:
         """Mean pixel change when only the source changes (same prompt, same seed)."""
@@ -96,14 +96,14 @@ def test_strength_sets_how_much_the_source_matters(folder_data, tmp_path):
         load_config(GenerateConfig, None, ["img2img.strength=0.3"])
 
 
-def test_deterministic_resumable_and_sharded_like_text_to_image(folder_data, tmp_path, monkeypatch, one_pipeline):
+def test_deterministic_resumable_and_sharded_like_text_to_image(folder_data, tmp_path, one_pipeline):
     exact = ["generator.batch_size=1", "writers=1", "per_class=2"]
     run_generate(i2i_cfg(folder_data, tmp_path / "a", *exact))
     whole = images_of(tmp_path / "a")
     assert len(whole) == 6
     run_generate(i2i_cfg(folder_data, tmp_path / "b", *exact))
     assert images_of(tmp_path / "b") == whole  # same seeds and sources -> same bytes
-    generate_until_write(monkeypatch, i2i_cfg(folder_data, tmp_path / "c", *exact), 3)
+    generate_until_write(i2i_cfg(folder_data, tmp_path / "c", *exact), 3)
     assert 0 < len(images_of(tmp_path / "c")) < 6
     s = run_generate(i2i_cfg(folder_data, tmp_path / "c", *exact))
     assert s["set_complete"] and images_of(tmp_path / "c") == whole  # kill + resume == uninterrupted
@@ -146,12 +146,12 @@ def test_leakage_report_expects_own_sources_and_still_flags_test_copies(folder_d
                for e in qr.synthetic_examples)
     # the own-source copies are counted apart, not as near-duplicates of train images: the two counts add up to
     # every (output, train image) pair within the threshold
-    from synthtl.metrics.leakage import near_duplicates
+    from synthtl.metrics.leakage import Search, near_duplicates
     from synthtl.reporting.quality import Scanned
 
     syn = Scanned.of(image_folder(gen / "images"))  # the outputs
     train = Scanned.of(load_split("folder", "train", folder_data))
-    total, _, _ = near_duplicates(syn.hashes, train.hashes, max_bits=RANDOM_FEATURES.leak_hash_bits)
+    total, _, _ = near_duplicates(syn.hashes, train.hashes, search=Search(max_bits=RANDOM_FEATURES.leak_hash_bits))
     assert total == s["own_source_pairs"] + s["other_train_pairs"]
     assert "own-source pairs (expected, excluded)" in qr.synthetic_leak.columns
 

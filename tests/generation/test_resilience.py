@@ -23,6 +23,7 @@ from synthtl.generation.run import run_generate
 from synthtl.identity import generator_weights
 from tests.conftest import run_cli
 from tests.data.sets import load_synthetic
+from tests.generation.conftest import generate_until_write
 from tests.generation.test_generate import TINY, cfg_for
 
 EXACT = ["generator.batch_size=1", "writers=1", "per_class=2"]  # one image per batch: bytes independent of resume
@@ -392,22 +393,11 @@ def test_unfinished_set_is_refused_unless_allowed(folder_data, tmp_path):
 
 def test_a_killed_shard_keeps_the_cost_of_the_work_it_did(tmp_path, folder_data, monkeypatch, one_pipeline):
     monkeypatch.setattr(gen_run, "STATS_EVERY_S", 0.0)
-    real, calls = gen_run._write_batch, []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # killed while writing the third batch
-        return real(*a, **k)
-
-    monkeypatch.setattr(gen_run, "_write_batch", dying)
     out = tmp_path / "gen"
     cfg = cfg_for(folder_data, out, "per_class=4", "generator.batch_size=2", "writers=1")
-    with pytest.raises(KeyboardInterrupt):
-        run_generate(cfg)
+    generate_until_write(cfg, 5)  # killed as it starts writing the third batch (two images per batch)
     logged = sum(len(read_jsonl(f)) for f in (out / "progress").glob("shard-*.jsonl"))
     stats = read_json(genset.stats_file(out, 0, 1))
     assert stats["images"] == logged == 4 and stats["seconds"] > 0  # the two finished batches are counted
-    monkeypatch.setattr(gen_run, "_write_batch", real)
     run_generate(cfg)
     assert read_json(genset.stats_file(out, 0, 1))["images"] == 12  # the whole set, counted once

@@ -25,16 +25,9 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
 
     `datasets.load_dataset(out)` reads it with `label` as a `ClassLabel` carrying the class names (declared in
     the card's YAML: with a metadata file, `datasets` would otherwise type it as a bare int) and one column per
-    generator setting. Files are hard-linked when possible (`link`), else copied.
-
-    Args:
-        folder: The generated set.
-        out: The export folder (new, or an earlier export of the same set).
-        link: Hard-link images instead of copying them.
-        allow_partial: Export the finished images of an unfinished set instead of refusing; the card says so.
-
-    Returns:
-        {"images", "done", "total", "partial"}: what was exported, and how far the set was.
+    generator setting. Images are hard-linked when `link` and possible, else copied. `out` is new or an earlier
+    export of the same set. An unfinished set is refused unless `allow_partial`, which exports its finished images
+    and says so in the card. Returns {"images", "done", "total", "partial"}: what was exported, how far the set was.
     """
     folder, out = Path(folder), Path(out)
     if out.exists() and not out.is_dir():
@@ -48,26 +41,23 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
                         "images (the dataset card records it)")
     if not set_state.done.any():
         raise DataError(f"{folder} has no finished images to export")
-    plan = set_state.rows.settings
-    names = [k["name"] for k in set_state.rows.classes]
-    split = out / "train"
-    n = 0
+    split, n = out / "train", 0
     with atomic_open(split / "metadata.jsonl", "w") as meta:  # streamed: a million rows never sit in memory
         for r in completed_rows(folder, set_state):
             rel = Path(r["path"]).relative_to("images")
-            dst = split / rel
-            if not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
+            if not (split / rel).exists():
+                (split / rel).parent.mkdir(parents=True, exist_ok=True)
                 try:
                     if not link:
                         raise OSError
-                    os.link(folder / r["path"], dst)
+                    os.link(folder / r["path"], split / rel)
                 except OSError:
-                    shutil.copy2(folder / r["path"], dst)
+                    shutil.copy2(folder / r["path"], split / rel)
             meta.write(json.dumps({"file_name": rel.as_posix(), "label": r["class_index"],
                                    **{k: r.get(k, False if k == "truncated" else None) for k in META_KEYS}}) + "\n")
             n += 1
-    write_text(out / "README.md", _card(names, plan, n, state if partial else None))
+    names = [k["name"] for k in set_state.rows.classes]
+    write_text(out / "README.md", _card(names, set_state.rows.settings, n, state if partial else None))
     return {"images": n, "done": state["done"], "total": state["total"], "partial": partial}
 
 

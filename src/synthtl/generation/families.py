@@ -25,23 +25,12 @@ from synthtl.registry import Registry
 
 @dataclass(frozen=True)
 class Family:
-    """What differs between generator families, as data.
-
-    Attributes:
-        name: Short name ("sd", "sdxl").
-        pipeline: The diffusers pipeline class name.
-        text_encoders: The pipeline's text encoder attributes, in the order their states are concatenated.
-        tokenizers: The tokenizer attribute of each text encoder.
-        load_kwargs: Extra keyword arguments of the pipeline's constructor / from_pretrained (as (key, value) pairs).
-        about: What the family covers, for messages.
-    """
+    """What differs between generator families, as data."""
 
     name: str
-    pipeline: str
-    text_encoders: tuple[str, ...]
-    tokenizers: tuple[str, ...]
-    load_kwargs: tuple[tuple[str, object], ...]
-    about: str
+    pipeline: str  # the diffusers pipeline class
+    load_kwargs: tuple[tuple[str, object], ...]  # for the pipeline's constructor / from_pretrained
+    about: str  # what the family covers, for messages
 
     def pipeline_class(self):
         import diffusers
@@ -54,12 +43,12 @@ class Family:
 
 FAMILIES: Registry[Family] = Registry("generator family")
 FAMILIES.add("sd", Family(
-    "sd", "StableDiffusionPipeline", ("text_encoder",), ("tokenizer",),
+    "sd", "StableDiffusionPipeline",
     # Ours: no safety checker (black outputs are detected and redrawn by generation instead).
     (("safety_checker", None), ("feature_extractor", None), ("requires_safety_checker", False)),
     "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline; epsilon or v-prediction)"))
 FAMILIES.add("sdxl", Family(
-    "sdxl", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"), ("tokenizer", "tokenizer_2"),
+    "sdxl", "StableDiffusionXLPipeline",
     # Ours: no invisible watermark, so synthetic images carry no pattern that real ones lack.
     (("add_watermarker", False),),
     "Stable Diffusion XL base (StableDiffusionXLPipeline; two text encoders)"))
@@ -72,11 +61,7 @@ def supported() -> str:
 
 
 def family_from_index(index: dict, where: str) -> Family:
-    """The family of a diffusers model_index.json's content.
-
-    Raises:
-        ConfigError: the pipeline class is not one synthtl supports (the message lists those it does).
-    """
+    """The family of a diffusers model_index.json's content; ConfigError for a pipeline synthtl does not support."""
     cls = index.get("_class_name", "")
     if cls not in _BY_CLASS:
         raise ConfigError(f"generator.model={where!r} is a {cls or 'pipeline without _class_name'}, which synthtl "
@@ -102,27 +87,21 @@ def _family_of_single_file(path: Path) -> Family:
 
 
 def family_of(gen: GeneratorConfig) -> Family:
-    """The family of the configured generator, from its files (see the module docstring).
-
-    Raises:
-        ConfigError: an unsupported pipeline class.
-        FileNotFoundError, OSError: a hub model whose model_index.json is neither cached nor downloadable (the
-            caller turns it into its offline message).
-    """
+    """The family of the configured generator, from its files (see the module docstring); ConfigError for another
+    family, OSError for a hub model whose model_index.json is neither cached nor downloadable (the caller words it)."""
     model = gen.model
     if model == "tiny":
         return FAMILIES.get("sd")
     path = Path(model)
     if path.is_dir():
-        index = path / "model_index.json"
-        if not index.is_file():
+        if not (path / "model_index.json").is_file():
             raise ConfigError(f"generator.model={model!r} is a folder without model_index.json: not a diffusers "
                               "pipeline folder")
-        return family_from_index(json.loads(index.read_text()), model)
+        return family_from_index(json.loads((path / "model_index.json").read_text()), model)
     if path.is_file():
-        conf = Path(gen.single_file_config) if gen.single_file_config else None
-        if conf is not None and (conf / "model_index.json").is_file():
-            return family_from_index(json.loads((conf / "model_index.json").read_text()), gen.single_file_config)
+        conf = Path(gen.single_file_config, "model_index.json")
+        if gen.single_file_config and conf.is_file():
+            return family_from_index(json.loads(conf.read_text()), gen.single_file_config)
         return _family_of_single_file(path)
     from huggingface_hub import hf_hub_download
 
@@ -153,85 +132,87 @@ def is_sdxl(pipe) -> bool:
 
 
 # ------------------------------------------------------------------------------------ tiny random components (tests)
-_TINY_BLOCKS = {"down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-                "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D")}
-
-
-def _tiny_tokenizer():
+def tiny_tokenizer():
+    """The tiny CLIP tokenizer shipped with synthtl."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
 
 
-def _tiny_vae(scaling_factor: float):
-    from diffusers import AutoencoderKL
+def _clip(tokenizer, width: int, projection: bool = False, **extra):
+    """A 2-layer CLIP text encoder of `width` (with a text projection for SDXL's second encoder)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    return AutoencoderKL(
-        block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
-        sample_size=32, scaling_factor=scaling_factor)
-
-
-def _clip_config(tokenizer, width: int, **extra):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
+    config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _tiny(seed: int, encoders: dict, scaling_factor: float = 0.18215, **unet) -> dict:
+    """A UNet with block_out_channels (4, 8), a two-block VAE, then the text encoders (`encoders`: name ->
+    (tokenizer, width, extra CLIP config)), drawn from `seed` in that order (32x32 images)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = {"unet": UNet2DConditionModel(
+            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+            norm_num_groups=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **unet)}
+        parts["vae"] = AutoencoderKL(
+            block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
+            sample_size=32, scaling_factor=scaling_factor)
+        for name, (tokenizer, width, extra) in encoders.items():
+            parts[name] = _clip(tokenizer, width, **extra)
+    return parts
+
+
+def _scheduler(cls: str = "DPMSolverMultistepScheduler", **extra):
+    """Stable Diffusion's noise schedule; DPM-Solver++ unless another class is named."""
+    import diffusers
+
+    extra = {"algorithm_type": "dpmsolver++", **extra} if cls == "DPMSolverMultistepScheduler" else extra
+    return getattr(diffusers, cls)(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                   **extra)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Random-weight components of a tiny Stable Diffusion 1.x (32x32 images) built from configs: no download. The
+    text encoder is a 2-layer CLIP of width 16 with the tiny tokenizer. Same seed -> same weights."""
+    tokenizer = tiny_tokenizer()
+    parts = _tiny(seed, {"text_encoder": (tokenizer, 16, {})}, cross_attention_dim=16, attention_head_dim=2)
+    return {**parts, "tokenizer": tokenizer, "scheduler": _scheduler()}
 
 
 def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") -> dict:
     """A tiny random-weight SD 2.x (32x32 images): SD 2's linear attention projections and GELU text encoder, and
     a scheduler predicting `prediction_type` (SD 2.1 at 768 px: "v_prediction"; 2.1-base: "epsilon")."""
-    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    tokenizer = _tiny_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-            **_TINY_BLOCKS,
-            cross_attention_dim=24, norm_num_groups=2, attention_head_dim=(2, 4), use_linear_projection=True)
-        vae = _tiny_vae(0.18215)
-        text_encoder = CLIPTextModel(_clip_config(tokenizer, 24, hidden_act="gelu"))
-    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                            algorithm_type="dpmsolver++", steps_offset=1,
-                                            prediction_type=prediction_type)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+    tokenizer = tiny_tokenizer()
+    parts = _tiny(seed, {"text_encoder": (tokenizer, 24, {"hidden_act": "gelu"})}, cross_attention_dim=24,
+                  attention_head_dim=(2, 4), use_linear_projection=True)
+    return {**parts, "tokenizer": tokenizer, "scheduler": _scheduler(prediction_type=prediction_type)}
 
 
 def tiny_sdxl_components(seed: int = 0) -> dict:
     """A tiny random-weight SDXL (32x32 images): two text encoders of different widths (16 and 24; CLIPTextModel and
     CLIPTextModelWithProjection), a UNet conditioned on both (cross_attention_dim 40) and on the pooled projection
     plus six size/crop time ids (addition_embed_type "text_time")."""
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    tokenizer, tokenizer_2 = _tiny_tokenizer(), _tiny_tokenizer()
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
     time_dim, proj_dim = 8, 8
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-            **_TINY_BLOCKS,
-            cross_attention_dim=16 + 24, norm_num_groups=2, attention_head_dim=(2, 4), use_linear_projection=True,
-            addition_embed_type="text_time", addition_time_embed_dim=time_dim,
-            projection_class_embeddings_input_dim=6 * time_dim + proj_dim)
-        vae = _tiny_vae(0.13025)
-        text_encoder = CLIPTextModel(_clip_config(tokenizer, 16))
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, 24, projection_dim=proj_dim,
-                                                                  hidden_act="gelu"))
-    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                       steps_offset=1)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2,
-            "tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "scheduler": scheduler}
+    encoders = {"text_encoder": (tokenizer, 16, {}), "text_encoder_2": (
+        tokenizer_2, 24, {"projection": True, "projection_dim": proj_dim, "hidden_act": "gelu"})}
+    parts = _tiny(seed, encoders, 0.13025, cross_attention_dim=16 + 24, attention_head_dim=(2, 4),
+                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+                  projection_class_embeddings_input_dim=6 * time_dim + proj_dim)
+    return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer_2,
+            "scheduler": _scheduler("EulerDiscreteScheduler")}
 
 
 def save_tiny(components: dict, folder: str | Path, family: str) -> Path:
     """Writes tiny components as a diffusers pipeline folder (what `generator.model=<folder>` loads)."""
     fam = FAMILIES.get(family)
-    pipe = fam.pipeline_class()(**components, **fam.kwargs())
-    pipe.save_pretrained(str(folder))
+    fam.pipeline_class()(**components, **fam.kwargs()).save_pretrained(str(folder))
     return Path(folder)

@@ -27,9 +27,11 @@ from PIL import Image, ImageOps
 from synthtl.config import GenerateConfig
 from synthtl.data.cache import ScanResult, default_cache_dir, find_overlap, scan_images
 from synthtl.data.datasets import load_data
+from synthtl.data.genset import PLAN
 from synthtl.data.images import load_rgb, printable
 from synthtl.data.splits import stratified_val, train_indices
 from synthtl.errors import ConfigError, DataError
+from synthtl.files import read_json
 
 SOURCE_FIT = "short-side-bicubic-center-crop"  # how a source becomes height x width (part of the identity)
 HASH_CHARS = 16  # hex digits of each source's SHA-256 kept in plan.json (64 bits: a changed file is caught)
@@ -64,12 +66,8 @@ def _split_seed(cfg: GenerateConfig) -> int:
 
 
 def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sources:
-    """The sources of each class in `classes` ((id, name) in generation order), checked against the test split.
-
-    Raises:
-        ConfigError: a few-shot draw without data.split_seed.
-        DataError: a class without training images, or a source byte-identical to a test image.
-    """
+    """The sources of each class in `classes` ((id, name) in generation order), checked against the test split;
+    DataError for a class without training images, or a source byte-identical to a test image."""
     d = cfg.data
     seed = _split_seed(cfg)
     train_list, test_list = load_data(d, "train", download=False), load_data(d, "test", download=False)
@@ -84,8 +82,7 @@ def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sourc
     chosen = train_scan.source  # the readable shots in listing order: what a fine-tuning run trains on
     sha = dict(zip(chosen.paths, train_scan.hashes, strict=True))
     if d.val_fraction > 0:  # the same carve as fine-tuning: a validation image is not a training image
-        keep, _ = stratified_val(chosen, d.val_fraction, seed)
-        chosen = chosen.subset(keep)
+        chosen = chosen.subset(stratified_val(chosen, d.val_fraction, seed)[0])
     used = ScanResult(images=chosen, hashes=tuple(sha[p] for p in chosen.paths), skipped=(), source=chosen)
     pairs = find_overlap(used, scan(test_list))
     if pairs:
@@ -97,15 +94,13 @@ def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sourc
     per_label: dict[int, list[str]] = {}
     for p, y in zip(chosen.paths, chosen.labels, strict=True):
         per_label.setdefault(y, []).append(p)
-    ids, hashes = [], []
+    ids = []
     for cid, name in classes:
-        mine = sorted(per_label.get(label_of.get(cid, -1), []))
-        if not mine:
+        ids.append(sorted(per_label.get(label_of.get(cid, -1), [])))
+        if not ids[-1]:
             raise DataError(f"class {name!r} has no readable training image in {train_list.name} to start img2img "
                             "from; add images, or leave the class out (classes=...)")
-        ids.append(mine)
-        hashes.append([sha[p][:HASH_CHARS] for p in mine])
-    return Sources(root=train_list.root, ids=ids, hashes=hashes)
+    return Sources(root=train_list.root, ids=ids, hashes=[[sha[p][:HASH_CHARS] for p in mine] for mine in ids])
 
 
 def identity(cfg: GenerateConfig, sources: Sources) -> dict:
@@ -114,19 +109,26 @@ def identity(cfg: GenerateConfig, sources: Sources) -> dict:
             "sources": sources.digest()}
 
 
-def changed_sources(old_classes: list[dict], sources: Sources) -> str:
-    """A sentence naming the first source that differs from an existing plan's ("" if none does)."""
-    for k, ids, hashes in zip(old_classes, sources.ids, sources.hashes, strict=False):
+def refuse_other_sources(folder: Path, settings: dict, sources: Sources) -> None:
+    """Refuses a set planned from other sources with a line naming the first source that differs (the plain
+    settings check would only show two hashes)."""
+    plan = read_json(folder / PLAN) if (folder / PLAN).is_file() else None
+    if plan is None or plan["settings"].get("sources") in (None, settings["sources"]):
+        return
+    what = "the sources differ"
+    for k, ids, hashes in zip(plan.get("classes", []), sources.ids, sources.hashes, strict=False):
         old = dict(zip(k.get("sources", []), k.get("source_sha256", []), strict=True))
         now = dict(zip(ids, hashes, strict=True))
-        for sid in sorted(set(old) | set(now)):
-            if sid not in now:
-                return f"source {sid!r} of class {k['name']!r} was planned but is no longer a training image"
-            if sid not in old:
-                return f"source {sid!r} of class {k['name']!r} is a training image the plan did not have"
-            if old[sid] != now[sid]:
-                return f"source {sid!r} of class {k['name']!r} has changed bytes since it was planned"
-    return ""
+        sid = next((s for s in sorted(set(old) | set(now)) if old.get(s) != now.get(s)), None)
+        if sid is not None:
+            what = f"source {sid!r} of class {k['name']!r} " + (
+                "was planned but is no longer a training image" if sid not in now else
+                "is a training image the plan did not have" if sid not in old else
+                "has changed bytes since it was planned")
+            break
+    raise ConfigError(f"{folder} was planned from other img2img sources ({what}). Use another out_dir, or the "
+                      "same data settings (data.shots, data.split_seed, data.split_file, data.val_fraction) and files "
+                      "to resume or extend it")
 
 
 def pipeline(pipe):
@@ -146,20 +148,11 @@ def pipeline(pipe):
     return out
 
 
-def fit(img: Image.Image, width: int, height: int) -> Image.Image:
-    """The source at the generator's size: scaled (bicubic) until it covers width x height, then centre-cropped."""
-    return ImageOps.fit(img, (width, height), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+def load_sources(root: Path, rows: list[dict], width: int, height: int) -> list[Image.Image]:
+    """The sources of a batch of rows at the generator's size (SOURCE_FIT): each scaled (bicubic) until it covers
+    width x height, then centre-cropped."""
+    def fit(row: dict) -> Image.Image:
+        return ImageOps.fit(load_rgb(root / row["source"]), (width, height), Image.Resampling.BICUBIC)
 
-
-class SourceReader:
-    """Loads the sources of a batch of rows, fitted to the generator's size."""
-
-    def __init__(self, root: Path, width: int, height: int):
-        self.root, self.width, self.height = root, width, height
-
-    def _one(self, sid: str) -> Image.Image:
-        return fit(load_rgb(self.root / sid), self.width, self.height)
-
-    def __call__(self, rows: list[dict]) -> list[Image.Image]:
-        with ThreadPoolExecutor(min(LOAD_THREADS, len(rows))) as pool:
-            return list(pool.map(self._one, [r["source"] for r in rows]))
+    with ThreadPoolExecutor(min(LOAD_THREADS, len(rows))) as pool:
+        return list(pool.map(fit, rows))

@@ -5,20 +5,21 @@ Explicit components, concise errors: an offline machine without the weights gets
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
-from importlib import resources
+import warnings
 from pathlib import Path
 
 import torch
 
 from synthtl.config import GeneratorConfig
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.generation.families import family_of, tiny_components, tiny_tokenizer
+from synthtl.generation.styles import load_style_lora
 from synthtl.registry import Registry
 from synthtl.runtime import Runtime, resolve_runtime
-
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 SCHEDULERS: Registry[tuple[str, dict]] = Registry("scheduler")
 SCHEDULERS.add("dpmsolver++", ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}))
@@ -55,9 +56,7 @@ def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
         vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
     if tokenizer is None:
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
+        tokenizer = tiny_tokenizer()
         tokenizer.model_max_length = 77
     scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                             algorithm_type="dpmsolver++", steps_offset=1)
@@ -65,37 +64,6 @@ def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
     for m in parts.values():
         m.to(dtype).eval()
     return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
-
-
-def tiny_components(seed: int = 0) -> dict:
-    """Random-weight components of a tiny Stable Diffusion (32x32 images) built from configs: no download.
-
-    UNet with block_out_channels (4, 8), a VAE with two blocks, a 2-layer CLIP text encoder and the tiny
-    tokenizer shipped with synthtl. Same seed -> same weights.
-    """
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tok_dir = resources.files("synthtl").joinpath("assets", "tiny_tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16, norm_num_groups=2,
-            attention_head_dim=2)
-        vae = AutoencoderKL(
-            block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-            layers_per_block=1, sample_size=32)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                            algorithm_type="dpmsolver++", steps_offset=1)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
 def _offline(what: str, err: Exception) -> PipelineError:
@@ -107,35 +75,27 @@ def _offline(what: str, err: Exception) -> PipelineError:
 
 
 def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: str = ""):
-    """A ready pipeline of the model's family (`families.family_of`: StableDiffusionPipeline for SD 1.x/2.x,
-    StableDiffusionXLPipeline for SDXL) on the resolved device/dtype with the configured scheduler; `style_lora` (a
-    folder from `learn-style method=lora`) is added into its weights (`apply_style_lora`)."""
-    import warnings
-
-    from diffusers import StableDiffusionPipeline
-
-    from synthtl.generation.families import family_of
-
+    """A ready pipeline of the model's family (`families.family_of`) on the resolved device/dtype with the configured
+    scheduler; `style_lora` (a folder from `learn-style method=lora`) is added into its weights, fused, before
+    `optimize`, so that fused projections and compile see the styled weights."""
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
     rt = rt or generator_runtime(gen)
-    dtype = rt.dtype
-    model = gen.model
+    model, dtype = gen.model, rt.dtype
     if model != "tiny" and not Path(model).exists() and model.startswith(("/", "./", "../")):
         raise ConfigError(f"generator.model={model!r} does not exist")
     try:
         family = family_of(gen)
     except (OSError, ValueError) as e:  # a hub model whose model_index.json is neither cached nor reachable
         raise _offline(model, e) from e
-    common = family.kwargs()
-    cls = family.pipeline_class()
+    cls, common = family.pipeline_class(), family.kwargs()
     if model == "tiny":
-        pipe = StableDiffusionPipeline(**tiny_components(gen.tiny_seed), **common)
+        pipe = cls(**tiny_components(gen.tiny_seed), **common)
     elif Path(model).is_file():
         if not model.endswith((".safetensors", ".ckpt")):
             raise ConfigError(f"generator.model={model!r}: a single-file checkpoint must be .safetensors or .ckpt")
-        kwargs = {"config": gen.single_file_config} if gen.single_file_config else {}
+        config = {"config": gen.single_file_config} if gen.single_file_config else {}
         try:
-            pipe = cls.from_single_file(model, torch_dtype=dtype, **kwargs, **common)
+            pipe = cls.from_single_file(model, torch_dtype=dtype, **config, **common)
         except Exception as e:
             if gen.single_file_config:
                 raise _offline(model, e) from e
@@ -152,31 +112,17 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
             pipe = cls.from_pretrained(model, revision=gen.revision or None, torch_dtype=dtype, **common)
         except Exception as e:
             raise _offline(model, e) from e
-    cls_name, kwargs = SCHEDULERS.get(gen.scheduler)
     import diffusers
 
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **kwargs)
+    name, kwargs = SCHEDULERS.get(gen.scheduler)
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **kwargs)
     pipe.to(rt.device)
     if model == "tiny" and dtype != torch.float32:
         pipe.to(dtype=dtype)  # the tiny components are built in fp32
-    if style_lora and apply_style_lora(pipe, style_lora):
-        import dataclasses
-
+    if style_lora and load_style_lora(pipe, style_lora).per_class:
         # Fused q/k/v copies of the weights would not follow the per-class weight switching: left unfused.
         gen = dataclasses.replace(gen, fuse_qkv=False)
     return optimize(pipe, gen, rt)
-
-
-def apply_style_lora(pipe, path: str) -> bool:
-    """Adds a style LoRA into the pipeline's weights, fused (before `optimize`, so fused projections and compile see
-    the styled weights); returns whether it is per-class, whose weights `styles.set_style_lora_class` switches.
-
-    Raises:
-        ConfigError: the path is not a LoRA, or the LoRA was learned for another base model.
-    """
-    from synthtl.generation.styles import load_style_lora
-
-    return load_style_lora(pipe, path).per_class
 
 
 def optimize(pipe, gen: GeneratorConfig, rt: Runtime):
@@ -201,13 +147,12 @@ def optimize(pipe, gen: GeneratorConfig, rt: Runtime):
 @functools.cache
 def tiny_revision(seed: int) -> str:
     """A fingerprint of the tiny pipeline's configs and random weights (the same recipe as earlier sets used)."""
-    comps = tiny_components(seed)
-    h = hashlib.sha256()
+    comps, h = tiny_components(seed), hashlib.sha256()
     for name in ("unet", "vae", "text_encoder"):
-        comp = comps[name]
-        conf = comp.config.to_dict() if hasattr(comp.config, "to_dict") else dict(comp.config)
-        conf = {k: v for k, v in conf.items() if not k.startswith("_") and k != "transformers_version"}
-        h.update(json.dumps(conf, sort_keys=True, default=str).encode())
-        for t in comp.state_dict().values():
+        conf = comps[name].config
+        conf = conf.to_dict() if hasattr(conf, "to_dict") else dict(conf)
+        h.update(json.dumps({k: v for k, v in conf.items() if not k.startswith("_") and k != "transformers_version"},
+                            sort_keys=True, default=str).encode())
+        for t in comps[name].state_dict().values():
             h.update(t.detach().float().cpu().numpy().tobytes())
     return "tiny-" + h.hexdigest()[:16]

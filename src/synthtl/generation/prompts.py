@@ -12,29 +12,24 @@ from importlib import resources
 from synthtl.errors import ConfigError
 
 STYLE_TOKEN = "<synthtl-style>"  # default pseudo-token S* (the style issue's learned embedding)
-
-
-def _imagenet80() -> list[str]:
-    text = resources.files("synthtl.generation").joinpath("imagenet80.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
+FIXED = {"single": "a good photo of the {}.", "style": "a {} photo in the style of {token}."}  # one-template sets
 
 
 def template_set(name: str, custom: list[str] | None = None) -> list[str]:
     """The templates of a named set ("single", "imagenet80", "style", "custom"); "{}" is the class name."""
-    if name == "single":
-        return ["a good photo of the {}."]
+    if name in FIXED:
+        return [FIXED[name]]
     if name == "imagenet80":
-        return _imagenet80()
-    if name == "style":
-        return ["a {} photo in the style of {token}."]
-    if name == "custom":
-        if not custom:
-            raise ConfigError("prompts.templates=custom needs prompts.custom: templates with {} for the class name")
-        bad = [t for t in custom if "{}" not in t]
-        if bad:
-            raise ConfigError(f"prompts.custom templates must contain {{}} for the class name: {bad}")
-        return list(custom)
-    raise ConfigError(f"prompts.templates={name!r}: choose single, imagenet80, style or custom")
+        text = resources.files("synthtl.generation").joinpath("imagenet80.txt").read_text()
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if name != "custom":
+        raise ConfigError(f"prompts.templates={name!r}: choose single, imagenet80, style or custom")
+    if not custom:
+        raise ConfigError("prompts.templates=custom needs prompts.custom: templates with {} for the class name")
+    bad = [t for t in custom if "{}" not in t]
+    if bad:
+        raise ConfigError(f"prompts.custom templates must contain {{}} for the class name: {bad}")
+    return list(custom)
 
 
 def needs_token(templates: list[str]) -> bool:
@@ -47,9 +42,7 @@ def make_prompt(template: str, class_name: str, suffix: str = "", token: str = "
         raise ConfigError(f"template {template!r} uses {{token}}: set prompts.style_embedding to a learned style "
                           "(`synthtl learn-style`)")
     text = template.replace("{token}", token).replace("{}", class_name)
-    if suffix:
-        text = text.rstrip(".") + suffix
-    return text
+    return text.rstrip(".") + suffix if suffix else text
 
 
 def prompt_for(templates: list[str], class_name: str, index: int, suffix: str = "",
@@ -61,43 +54,29 @@ def prompt_for(templates: list[str], class_name: str, index: int, suffix: str = 
 
 def fit_prompt(templates: list[str], class_name: str, index: int, count_tokens: Callable[[str], int],
                max_tokens: int, suffix: str = "", token: str = "") -> dict:
-    """The prompt of a class's index-th image, shortened so that the text encoder reads all of it.
+    """`prompt_for`'s prompt as {"prompt", "template", "truncated", "requested_prompt"}, shortened so that the text
+    encoder reads all of it.
 
-    CLIP's text encoder reads `max_tokens` tokens (77 for Stable Diffusion) and the pipeline silently drops the
-    rest, which would drop a style token placed after a long class name while the manifest still claims the style.
-    So when the prompt is too long, the class name (only it) is cut at the longest prefix that fits, preferring a
-    word boundary; the template, suffix and style token always survive.
-
-    Args:
-        templates: The template set; cycled over a class's images.
-        class_name: The readable class name.
-        index: The image's index within its class.
-        count_tokens: Tokens the text encoder gets for a prompt, start and end tokens included.
-        max_tokens: The text encoder's limit (the tokenizer's model_max_length).
-        suffix: Appended to every prompt.
-        token: The style token filling "{token}".
-
-    Returns:
-        {"prompt": what is encoded, "template": template index, "truncated": whether the class name was cut,
-        "requested_prompt": the prompt before cutting}.
-
-    Raises:
-        ConfigError: the template, suffix and token alone exceed the limit.
+    CLIP's text encoder reads `max_tokens` tokens (the tokenizer's model_max_length: 77 for Stable Diffusion, as
+    `count_tokens` counts them, start and end included) and the pipeline silently drops the rest, which would drop a
+    style token placed after a long class name while the manifest still claims the style. So only the class name is
+    cut, at the longest prefix that fits, preferring a word boundary; the template, suffix and style token always
+    survive (ConfigError when they alone are too long).
     """
-    t = index % len(templates)
-    requested = make_prompt(templates[t], class_name, suffix, token)
-    if count_tokens(requested) <= max_tokens:
+    requested, t = prompt_for(templates, class_name, index, suffix, token)
+
+    def fits(name: str) -> bool:
+        return count_tokens(make_prompt(templates[t], name, suffix, token)) <= max_tokens
+
+    if fits(class_name):
         return {"prompt": requested, "template": t, "truncated": False, "requested_prompt": requested}
-    if count_tokens(make_prompt(templates[t], "", suffix, token)) > max_tokens:
+    if not fits(""):
         raise ConfigError(f"template {templates[t]!r} with suffix {suffix!r} is longer than the text encoder's "
                           f"{max_tokens} tokens even without a class name; shorten prompts.suffix or the template")
     lo, hi = 0, len(class_name)  # the longest prefix that fits: lo fits, hi does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if count_tokens(make_prompt(templates[t], class_name[:mid].rstrip(), suffix, token)) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if fits(class_name[:mid].rstrip()) else (lo, mid)
     short = class_name[:lo]
     if " " in short.strip() and hi < len(class_name) and not class_name[lo].isspace():
         short = short[:short.rstrip().rfind(" ")]  # cut at a word boundary, not mid-word

@@ -10,35 +10,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from synthtl.data.genset import (
-    COMPLETE,
-    PROGRESS_DIR,
-    SetRows,
-    completion,
-    completion_record,
-    read_state,
-    row_id,
-    set_stats,
-    shard_name,
-    stats_file,
-    write_manifest,
-)
-from synthtl.errors import ConfigError
-from synthtl.files import (
-    TEMP_GLOB,
-    drop_damaged_lines,
-    exclusive,
-    remove_temps,
-    repair_jsonl,
-    torn_tail,
-    write_json,
-)
+from synthtl.data import genset
+from synthtl.data.genset import COMPLETE, PROGRESS_DIR, SetRows, read_state, shard_name, write_manifest
+from synthtl.errors import BadImageError, ConfigError
+from synthtl.files import TEMP_GLOB, drop_damaged_lines, exclusive, remove_temps, repair_jsonl, torn_tail, write_json
 
 LOCKS = "locks"  # one lock folder per shard: two writers of one shard never interleave
 SET_LOCK_WAIT = 600.0  # seconds a shard waits for another's plan/finalize step (a million-row plan takes ~30 s)
@@ -54,21 +34,19 @@ def shard_mask(rows: SetRows, shard: int, num_shards: int) -> np.ndarray:
     """Which planned rows belong to this shard."""
     if num_shards == 1:
         return np.ones(len(rows), dtype=bool)
-    return np.fromiter((shard_of(row_id(c, i), num_shards) == shard for c, i in zip(rows.cls.tolist(),
+    return np.fromiter((shard_of(genset.row_id(c, i), num_shards) == shard for c, i in zip(rows.cls.tolist(),
                         rows.idx.tolist(), strict=True)), dtype=bool, count=len(rows))
 
 
-def check_out_dir(folder: Path, what: str = "out_dir") -> None:
+def check_out_dir(folder: Path) -> None:
     """A path that exists as a file cannot hold a set: one clear line instead of a NotADirectoryError."""
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{what}={str(folder)!r} is an existing file; give a folder (new, or a set to resume)")
+        raise ConfigError(f"out_dir={str(folder)!r} is an existing file; give a folder (new, or a set to resume)")
 
 
-@contextlib.contextmanager
-def set_lock(folder: Path, wait: float | None = None) -> Iterator[None]:
+def set_lock(folder: Path, wait: float | None = None) -> contextlib.AbstractContextManager:
     """The set's writer lock, held for the short steps that touch shared files (plan, finalize, repair)."""
-    with exclusive(folder, "generated set", wait=SET_LOCK_WAIT if wait is None else wait):
-        yield
+    return exclusive(folder, "generated set", wait=SET_LOCK_WAIT if wait is None else wait)
 
 
 def shard_lock(folder: Path, shard: int, num_shards: int) -> contextlib.AbstractContextManager:
@@ -83,48 +61,37 @@ def finished_file(folder: Path, shard: int, num_shards: int) -> Path:
 
 
 def remove_shard_temps(folder: Path, rows: SetRows, mine: np.ndarray, shard: int, num_shards: int) -> int:
-    """Deletes the temp files a killed writer of this shard left (`atomic_open`'s `.<name>.<random>.tmp`).
-
-    Only this shard's files are touched (its images, training copies and stats), so shards running beside it
-    lose nothing. Call it holding `shard_lock`. Returns how many were removed.
-    """
-    n = 0
-    stats = stats_file(folder, shard, num_shards)
-    for tmp in stats.parent.glob(f".{stats.name}.*.tmp") if stats.parent.is_dir() else []:
-        tmp.unlink(missing_ok=True)
-        n += 1
+    """Deletes the temp files a killed writer of this shard left (`atomic_open`'s `.<name>.<random>.tmp`) and
+    returns how many: only this shard's files (its images, training copies and stats), so shards running beside it
+    lose nothing. Call it holding `shard_lock`."""
+    stats = genset.stats_file(folder, shard, num_shards)
+    temps = list(stats.parent.glob(f".{stats.name}.*.tmp")) if stats.parent.is_dir() else []
     for c, k in enumerate(rows.classes):
         for parent in (folder / "images" / k["folder"], folder / "train" / k["folder"]):
-            if not parent.is_dir():
-                continue
-            for tmp in parent.glob(TEMP_GLOB):
-                target = tmp.name[1:-len(".tmp")].rsplit(".", 1)[0]  # ".000003.jpg.x1y2.tmp" -> "000003.jpg"
-                stem = target.split(".")[0]
+            for tmp in parent.glob(TEMP_GLOB) if parent.is_dir() else []:
+                stem = tmp.name[1:].split(".")[0]  # ".000003.jpg.x1y2.tmp" -> "000003"
                 if len(stem) == 6 and stem.isdigit() and int(stem) < rows.per_class and \
                         mine[rows.position(c, int(stem))]:
-                    tmp.unlink(missing_ok=True)
-                    n += 1
-    return n
+                    temps.append(tmp)
+    for tmp in temps:
+        tmp.unlink(missing_ok=True)
+    return len(temps)
 
 
 def status(folder: str | os.PathLike) -> dict:
     """done/total per class and overall for a generated set, and the work of all shards added up."""
-    folder = Path(folder)
-    state = read_state(folder)
-    progress = completion(state)
+    state = read_state(Path(folder))
+    progress = genset.completion(state)
     return {"classes": progress["classes"], "done": progress["done"], "total": progress["total"],
             "redraws": sum(r["redraws"] for p, r in state.redrawn.items() if state.done[p]),
-            "stats": set_stats(folder)}
+            "stats": genset.set_stats(Path(folder))}
 
 
 def mend(folder: Path) -> dict:
     """Mends what kills, full disks and failing disks leave: torn progress-log lines, damaged lines in the middle of a
     progress log (dropped: their images count as not done, and the next run redraws them) and `atomic_open` temp
-    files.
-
-    Holds the set's lock and every shard's lock, so it refuses (LockedError naming the holder) while a generation
-    writes the set.
-    """
+    files. Holds the set's lock and every shard's lock, so it refuses (LockedError naming the holder) while a
+    generation writes the set."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(set_lock(folder, wait=0.0))
         for d in sorted((folder / LOCKS).glob("shard-*")):
@@ -145,7 +112,6 @@ def mend(folder: Path) -> dict:
 def _check_file(path: Path) -> str:
     """"" if the image decodes, "missing" or "corrupt" otherwise."""
     from synthtl.data.images import load_rgb
-    from synthtl.errors import BadImageError
 
     try:
         # A JPEG decoded at 1/8 scale still reads every byte of its entropy-coded data (a truncated or damaged
@@ -157,33 +123,25 @@ def _check_file(path: Path) -> str:
 
 
 def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) -> dict:
-    """Decodes every finished image (and its training copy) on all cores; lists missing or corrupt ones.
-
-    With `repair`, torn log lines and leftover temp files are removed first (`mend`), and corrupt files are
-    deleted so that the next `synthtl generate` run redraws them (the set's completion record goes with them).
-
-    Args:
-        folder: The generated set.
-        repair: Mend and delete, as above.
-        workers: Decoding threads (0 = one per core; decoding releases the GIL).
-    """
+    """Decodes every finished image (and its training copy) on `workers` threads (0: one per core; decoding releases
+    the GIL); lists missing or corrupt ones. With `repair`, torn log lines and leftover temp files are removed first
+    (`mend`), and corrupt files are deleted so that the next `synthtl generate` run redraws them (the set's completion
+    record goes with them)."""
     folder = Path(folder)
     mended = mend(folder) if repair else {"torn": {}, "damaged": {}, "temps": 0}
     state = read_state(folder)
-    rows = state.rows
     logged = np.flatnonzero(state.logged)
-    rels = [rel for p in logged.tolist() for rel in (rows.rel_path(p), rows.rel_path(p, "train_path")) if rel]
-    missing, corrupt = [], []
+    rels = [rel for p in logged.tolist() for rel in (state.rows.rel_path(p), state.rows.rel_path(p, "train_path"))
+            if rel]
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for rel, verdict in zip(rels, pool.map(_check_file, (folder / r for r in rels), chunksize=64), strict=True):
-            if verdict == "missing":
-                missing.append(rel)
-            elif verdict == "corrupt":
-                corrupt.append(rel)
-                if repair:
-                    (folder / rel).unlink()
-    if repair and (missing or corrupt):
-        (folder / COMPLETE).unlink(missing_ok=True)  # no longer complete: the next run redraws them, then records
+        verdicts = list(pool.map(_check_file, (folder / r for r in rels), chunksize=64))
+    missing = [rel for rel, v in zip(rels, verdicts, strict=True) if v == "missing"]
+    corrupt = [rel for rel, v in zip(rels, verdicts, strict=True) if v == "corrupt"]
+    if repair:
+        for rel in corrupt:
+            (folder / rel).unlink()
+        if missing or corrupt:
+            (folder / COMPLETE).unlink(missing_ok=True)  # no longer complete: the next run redraws them, then records
     return {"checked": len(logged), "missing": missing, "corrupt": corrupt, "repaired": repair and bool(corrupt),
             **mended}
 
@@ -192,16 +150,14 @@ def finalize(folder: Path, rows: SetRows, shard: int, num_shards: int, per_class
     """Records that this shard wrote all its rows among the first `per_class` of each class; the last of the N
     shards to do so checks the whole set once and writes its completion record (complete.json: the finished prefix
     of each class) and, when every planned row is finished, the manifest with status done and the seeds actually
-    used. Returns whether the whole plan is finished.
-
-    Call it holding `set_lock`.
+    used. Returns whether the whole plan is finished. Call it holding `set_lock`.
     """
     remove_temps(folder)  # a killed plan or finalize write's temp file (those files are written under this lock only)
     write_json(finished_file(folder, shard, num_shards), {"per_class": per_class})
     if not all(finished_file(folder, s, num_shards).is_file() for s in range(num_shards)):
         return False  # another shard is still writing: it finalizes when it ends
     state = read_state(folder)
-    rec = completion_record(state)
+    rec = genset.completion_record(state)
     if rec["complete"]:
         write_manifest(folder, rows, state)
     write_json(folder / COMPLETE, rec)

@@ -28,15 +28,9 @@ def _thumb(path: Path) -> Image.Image:
 
 def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.PathLike, per_row: int = 8,
                    real: ImageList | None = None, classes: list[str] | None = None) -> list[Path]:
-    """One PNG per class: a labelled row of real images (if given) and a row per synthetic set.
-
-    Args:
-        sets: (label, generated-set folder) pairs, e.g. [("single", "gen/a"), ("DSI", "gen/b")].
-        out: Folder for the PNG files.
-        per_row: Images per row.
-        real: Real images to show first (classes matched by readable name).
-        classes: Only these class names (default: every class of the first set).
-    """
+    """One PNG per class in `out`: a labelled row of `real` images (if given; matched by readable class name), then a
+    row per (label, generated-set folder) of `sets`, e.g. [("single", "gen/a"), ("DSI", "gen/b")]; `per_row` images
+    each, for `classes` (default: every class of the first set)."""
     by_set = []
     for label, folder in sets:
         rows: dict[str, list[Path]] = {}
@@ -50,12 +44,10 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
         by_set.append((label, rows))
     names = classes or list(by_set[0][1]) if by_set else list(classes or [])
     real_by_name: dict[str, list[Path]] = {}
-    if real is not None:
-        for i, y in enumerate(real.labels):
-            real_by_name.setdefault(real.names[y], []).append(real.path(i))
+    for i, y in enumerate(real.labels if real is not None else []):
+        real_by_name.setdefault(real.names[y], []).append(real.path(i))
     written = []
-    files = class_folders(names)  # unique even on case-insensitive file systems ("Cat" and "cat")
-    for name, file in zip(names, files, strict=True):
+    for name, file in zip(names, class_folders(names), strict=True):  # unique even where "Cat" and "cat" clash
         lines = ([("real", real_by_name.get(name, []))] if real is not None else [])
         lines += [(label, rows.get(name, [])) for label, rows in by_set]
         sheet = Image.new("RGB", (LABEL_W + per_row * THUMB, len(lines) * THUMB + 24), "white")
@@ -68,7 +60,6 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
                 sheet.paste(_thumb(p), (LABEL_W + j * THUMB, y))
         buf = io.BytesIO()
         sheet.save(buf, format="PNG")
-        path = Path(out) / f"{file}.png"
-        write_bytes(path, buf.getvalue())
-        written.append(path)
+        written.append(Path(out) / f"{file}.png")
+        write_bytes(written[-1], buf.getvalue())
     return written

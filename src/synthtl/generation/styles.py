@@ -14,8 +14,10 @@ Learning a style is `synthtl.style`'s business; nothing here imports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ import torch
 from synthtl.config import PromptConfig
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.files import read_json, sha256_file
+from synthtl.generation.families import is_sdxl
 
 EMBEDS = "learned_embeds.safetensors"
 STYLE_JSON = "style.json"
@@ -30,6 +33,30 @@ WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' default name: load_lo
 ADAPTERS = "adapters"  # per-class LoRA: adapters/<class index>/
 PREFIXES = ("unet", "text_encoder", "text_encoder_2")  # a LoRA file's key prefixes (diffusers' convention; _2: SDXL)
 SDXL_KEYS = ("clip_l", "clip_g")  # diffusers' SDXL textual-inversion layout: one key per text encoder, in order
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silences transformers' notices, noise here: an embedding table resized, a prompt measured as too long."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _load_file(file: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a damaged or foreign file is named with its cause and `fix`, never a traceback."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as e:
+        raise ConfigError(f"{what} {file} could not be read as a safetensors file ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); {fix}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- tokens
@@ -45,15 +72,8 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    file = resolve_path(path)
-    try:
-        state = load_file(str(file))
-    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
-        raise ConfigError(f"style embedding {file} could not be read as a safetensors file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_embedding at a "
-                          "`synthtl learn-style` folder or its learned_embeds.safetensors") from None
+    state = _load_file(resolve_path(path), "style embedding", "point prompts.style_embedding at a `synthtl "
+                       "learn-style` folder or its learned_embeds.safetensors")
     return {k: (v[None] if v.dim() == 1 else v) for k, v in state.items()}
 
 
@@ -64,91 +84,60 @@ def embeddings_hash(path: str | os.PathLike) -> str:
 def class_tokens(path: str | os.PathLike) -> dict[str, str]:
     """class name -> token for a per-class embedding ({} for a dataset-style one)."""
     meta = resolve_path(path).parent / STYLE_JSON
-    if not meta.is_file():
-        return {}
-    return dict(read_json(meta).get("class_tokens", {}))
+    return dict(read_json(meta).get("class_tokens", {})) if meta.is_file() else {}
+
+
+def _check_fits(path, token: str, emb: torch.Tensor, encoder, tokenizer, what: tuple[str, str]) -> None:
+    """Refuses vectors of another width than the text encoder's, and a token the tokenizer already has."""
+    width = encoder.get_input_embeddings().weight.shape[1]
+    if emb.shape[-1] != width:
+        raise ConfigError(f"style embedding {path} has {what[0]}vectors of size {emb.shape[-1]} but {what[1]} uses "
+                          f"{width}: it was learned for another model")
+    if token in tokenizer.get_vocab():
+        raise ConfigError(f"token {token!r} of {path} is already in the tokenizer; learn the style with another "
+                          "style.token")
 
 
 def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
-    """Adds the file's tokens to the pipeline's tokenizer and text encoder; returns the tokens.
+    """Adds the file's tokens to the pipeline's tokenizers and text encoders; returns the tokens. An SDXL file holds
+    one key per text encoder (SDXL_KEYS, one diffusers call each); its token's name comes from style.json beside it.
 
     Raises:
-        ConfigError: a token already exists in the tokenizer, or the embedding width differs from the text encoder's.
-    """
-    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: clip_l/clip_g, one diffusers call per encoder
-        return _load_sdxl(pipe, path)
-    state = read_embeddings(path)
-    width = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    vocab = pipe.tokenizer.get_vocab()
-    for token, emb in state.items():
-        if emb.shape[-1] != width:
-            raise ConfigError(f"style embedding {path} has vectors of size {emb.shape[-1]} but the text encoder of "
-                              f"{type(pipe.text_encoder).__name__} uses {width}: it was learned for another model")
-        if token in vocab:
-            raise ConfigError(f"token {token!r} of {path} is already in the tokenizer; learn the style with another "
-                              "style.token")
-    dtype = pipe.text_encoder.get_input_embeddings().weight.dtype
-    tokens = list(state)
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # diffusers resizes the embedding table; transformers' notice about it is noise
-    try:
-        pipe.load_textual_inversion([{t: state[t].to(dtype)} for t in tokens], token=tokens)
-    finally:
-        hf_logging.set_verbosity(level)
-    return tokens
-
-
-def _load_sdxl(pipe, path: str | os.PathLike) -> list[str]:
-    """Adds an SDXL style file's token to both tokenizers and text encoders (diffusers' SDXL calls); returns [token].
-
-    The token's name comes from style.json beside the file (the SDXL layout has no room for it).
-
-    Raises:
-        ConfigError: not an SDXL embedding file, no style.json to name the token, a width that differs from the
-            text encoder's, or a token already in a tokenizer.
+        ConfigError: a token already in a tokenizer, vectors of another width than their text encoder's, or (SDXL) a
+            file of the SD 1.x/2.x layout or without style.json.
     """
     file = resolve_path(path)
     state = read_embeddings(file)
+    if not is_sdxl(pipe):
+        for token, emb in state.items():
+            _check_fits(path, token, emb, pipe.text_encoder, pipe.tokenizer,
+                        ("", f"the text encoder of {type(pipe.text_encoder).__name__}"))
+        dtype = pipe.text_encoder.get_input_embeddings().weight.dtype
+        with quiet_transformers():
+            pipe.load_textual_inversion([{t: v.to(dtype)} for t, v in state.items()], token=list(state))
+        return list(state)
     if set(state) != set(SDXL_KEYS):
         raise ConfigError(f"style embedding {path} holds {sorted(state)[:3]}, not an SDXL embedding "
                           f"({', '.join(SDXL_KEYS)}): it was learned for an SD 1.x/2.x generator; learn the style "
                           "again with this generator")
-    meta = Path(file).parent / STYLE_JSON
-    if not meta.is_file():
+    if not (file.parent / STYLE_JSON).is_file():
         raise ConfigError(f"{file} has no {STYLE_JSON} beside it to name its token; point prompts.style_embedding at "
                           "the folder written by `synthtl learn-style`")
-    token = read_json(meta)["tokens"][0]
-    pairs = [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)]
-    for key, (encoder, tokenizer) in zip(SDXL_KEYS, pairs, strict=True):
-        width = encoder.get_input_embeddings().weight.shape[1]
-        if state[key].shape[-1] != width:
-            raise ConfigError(f"style embedding {path} has {key} vectors of size {state[key].shape[-1]} but this "
-                              f"generator's {key} text encoder uses {width}: it was learned for another model")
-        if token in tokenizer.get_vocab():
-            raise ConfigError(f"token {token!r} of {path} is already in the tokenizer; learn the style with another "
-                              "style.token")
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # diffusers resizes the embedding tables; transformers' notice about it is noise
-    try:
-        for key, (encoder, tokenizer) in zip(SDXL_KEYS, pairs, strict=True):
+    token = read_json(file.parent / STYLE_JSON)["tokens"][0]
+    pairs = list(zip(SDXL_KEYS, [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)],
+                     strict=True))
+    for key, (encoder, tokenizer) in pairs:
+        _check_fits(path, token, state[key], encoder, tokenizer, (f"{key} ", f"this generator's {key} text encoder"))
+    with quiet_transformers():
+        for key, (encoder, tokenizer) in pairs:
             vectors = state[key].to(encoder.get_input_embeddings().weight.dtype)
             pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
-    finally:
-        hf_logging.set_verbosity(level)
     return [token]
 
 
 # ------------------------------------------------------------------------------------------------------ LoRAs
 def _weight_files(path: str | Path) -> dict[int, Path]:
-    """{-1: the file} for one LoRA, {class index: file} for a per-class folder.
-
-    Raises:
-        ConfigError: the path is neither a LoRA file nor a folder written by `learn-style method=lora`.
-    """
+    """{-1: the file} for one LoRA, {class index: file} for a per-class folder; ConfigError for anything else."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"prompts.style_lora={str(path)!r} does not exist: point it at a folder written by `synthtl "
@@ -157,11 +146,10 @@ def _weight_files(path: str | Path) -> dict[int, Path]:
         return {-1: p}
     if (p / WEIGHTS).is_file():
         return {-1: p / WEIGHTS}
-    if (p / ADAPTERS).is_dir():
-        found = {int(d.name): d / WEIGHTS for d in (p / ADAPTERS).iterdir()
-                 if d.name.isdigit() and (d / WEIGHTS).is_file()}
-        if found:
-            return dict(sorted(found.items()))
+    found = {int(d.name): d / WEIGHTS for d in (p / ADAPTERS).iterdir()
+             if d.name.isdigit() and (d / WEIGHTS).is_file()} if (p / ADAPTERS).is_dir() else {}
+    if found:
+        return dict(sorted(found.items()))
     raise ConfigError(f"prompts.style_lora={str(path)!r} is not a LoRA: point it at a folder written by `synthtl "
                       f"learn-style method=lora` (with {WEIGHTS} or {ADAPTERS}/<class>/{WEIGHTS})")
 
@@ -171,17 +159,11 @@ def lora_hash(path: str | Path) -> str:
     files = _weight_files(path)
     if list(files) == [-1]:
         return sha256_file(files[-1])[:16]
-    h = hashlib.sha256()
-    for c, f in files.items():
-        h.update(f"{c}\0{sha256_file(f)}\n".encode())
-    return h.hexdigest()[:16]
+    return hashlib.sha256("".join(f"{c}\0{sha256_file(f)}\n" for c, f in files.items()).encode()).hexdigest()[:16]
 
 
 def generation_style_hash(prompts: PromptConfig) -> str:
-    """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+".
-
-    A set without a LoRA keeps the value it had before LoRAs existed.
-    """
+    """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+"."""
     parts = [embeddings_hash(prompts.style_embedding)] if prompts.style_embedding else []
     if prompts.style_lora:
         parts.append("lora-" + lora_hash(prompts.style_lora))
@@ -189,27 +171,17 @@ def generation_style_hash(prompts: PromptConfig) -> str:
 
 
 def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
-    """{(component, module): (B, A)} of one LoRA file, checked against the pipeline's modules.
-
-    Raises:
-        ConfigError: a key that is not a LoRA weight, or a module missing or of another shape (another base model).
-    """
-    from safetensors.torch import load_file
-
-    try:
-        state = load_file(str(file))
-    except Exception as e:  # a damaged or foreign file: name it and the cause, never a traceback
-        raise ConfigError(f"style LoRA {file} could not be read as a safetensors file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); point prompts.style_lora at a folder "
-                          "written by `synthtl learn-style method=lora`") from None
+    """{(component, module): (B, A)} of one LoRA file; ConfigError for a key that is not a LoRA weight, or a module
+    missing or of another shape (a LoRA of another base model)."""
+    fix = "point prompts.style_lora at a folder written by `synthtl learn-style method=lora`"
+    state = _load_file(file, "style LoRA", fix)
     out = {}
     for key, a in state.items():
         prefix, _, rest = key.partition(".")
         if ".lora_A." not in key:
             if ".lora_B." in key and prefix in PREFIXES:
                 continue
-            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoders: point "
-                              "prompts.style_lora at a folder written by `synthtl learn-style method=lora`")
+            raise ConfigError(f"{file} holds {key!r}, not a LoRA weight of the UNet or text encoders: {fix}")
         module_name = rest.split(".lora_A.")[0]
         b = state.get(key.replace(".lora_A.", ".lora_B."))
         model = getattr(pipe, prefix, None) if prefix in PREFIXES else None
@@ -250,8 +222,7 @@ class StyleLora:
     def _write(self, deltas: dict) -> None:
         """W = W0 + B A for every module, computed in fp32 from the kept base (no drift over many switches)."""
         for k, m in self.modules.items():
-            w0 = self.base.get(k, m.weight)
-            w = w0.float()
+            w = self.base.get(k, m.weight).float()
             if k in deltas:
                 b, a = deltas[k]
                 w = w + b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
