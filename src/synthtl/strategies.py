@@ -23,6 +23,7 @@ class Strategy:
     stages: tuple[str, ...]  # in the order they run
     settings: tuple[str, ...] = ()  # config overrides it implies: written into the run's config.yaml
     matches: str = ""  # the strategy whose optimizer steps it trains for (so it costs as much)
+    reinit_head: bool = False  # the classifier head is re-initialised before the last stage (seed: `head_seed`)
 
     def __post_init__(self):
         if not self.stages or set(self.stages) - set(STAGES):
@@ -60,9 +61,10 @@ TABLE = (
     Strategy("synthetic_only", "trained on synthetic images only, tested on real (control)", "reviewers",
              ("synthetic",)),
     Strategy("bridged", "stage 1 synthetic only, stage 2 real, head kept", "paper", ("synthetic", "real")),
-    Strategy("bridged_reinit", "bridged with the head re-initialised before stage 2", "ours", ("synthetic", "real")),
+    Strategy("bridged_reinit", "bridged with the head re-initialised before stage 2", "ours", ("synthetic", "real"),
+             reinit_head=True),
     Strategy("bridged++", "bridged with Mixup in stage 1 and the head re-initialised before stage 2", "paper",
-             ("synthetic", "real"), settings=("synth_stage.mixup=true",)),
+             ("synthetic", "real"), settings=("synth_stage.mixup=true",), reinit_head=True),
 )
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
@@ -73,6 +75,20 @@ for _s in TABLE:
 def effective_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """The config as the strategy runs it (e.g. bridged++ shows synth_stage.mixup: true): what the run folder saves."""
     return with_overrides(cfg, list(STRATEGIES.get(cfg.strategy).settings))
+
+
+def what_runs(cfg: FinetuneConfig) -> str:
+    """The strategy's effective settings in words, with the seeds it derives (the header of a run's config.yaml)."""
+    from synthtl.runtime import derive_seed  # torch-free
+
+    s = STRATEGIES.get(cfg.strategy)
+    lines = [f"strategy {s.name}: {s.summary}; stages: {' -> '.join(s.stages)}"]
+    if s.settings:
+        lines.append(f"its settings, applied below: {' '.join(s.settings)}")
+    if s.reinit_head:
+        lines.append(f"the classifier head is re-initialised before the {s.stages[-1]} stage with seed "
+                     f"{derive_seed(cfg.seed, 'reinit')} (result.json: stages.{s.stages[-1]}.head)")
+    return "".join(f"# {line}\n" for line in lines)
 
 
 def rank(name: str) -> int:

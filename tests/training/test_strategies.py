@@ -118,6 +118,15 @@ def test_stage_two_starts_from_stage_one_weights(base, monkeypatch, strategy, fr
     head = {"fc.weight", "fc.bias"}
     assert all(torch.equal(stage1[k], start2[k]) for k in stage1 if k not in head)
     assert all(torch.equal(stage1[k], start2[k]) != fresh_head for k in head)
+    # the run's files say so, with the seed (result.json's stage record, config.yaml's header)
+    from synthtl.runtime import derive_seed
+
+    res, config = result(out_of(base), strategy), (run_dir(out_of(base), strategy) / "config.yaml").read_text()
+    seed = derive_seed(0, "reinit")
+    assert res["stages"]["real"].get("head") == ({"reinitialised": True, "seed": seed} if fresh_head else None)
+    assert "head" not in res["stages"]["synthetic"]
+    assert (f"re-initialised before the real stage with seed {seed}" in config) == fresh_head
+    assert config.startswith(f"# strategy {strategy}: ")
 
 
 def test_mixup_only_in_stage_one_of_bridged_pp(base, monkeypatch):

@@ -20,6 +20,7 @@ from synthtl.errors import ConfigError
 from synthtl.files import LockedError, exclusive, git_sha, read_json, remove_temps, write_json, write_text
 from synthtl.models import resolve
 from synthtl.runtime import Runtime, dtype_name, is_main, resolve_runtime, seed_everything
+from synthtl.strategies import what_runs
 from synthtl.training import checkpoint, distributed
 from synthtl.training.checkpoint import ResumeRecord
 from synthtl.training.stage import Run, evaluate_on
@@ -37,7 +38,7 @@ def _claim(run_dir: Path, cfg: FinetuneConfig, ident: dict) -> None:
     """Records what the folder holds (identity.json) and the effective config (config.yaml), when training starts."""
     if is_main():
         identity.claim(run_dir, "finetune", ident)
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
+        write_text(run_dir / "config.yaml", what_runs(cfg) + to_yaml(cfg))
     faults.point("run.claimed", run_dir=run_dir)
 
 

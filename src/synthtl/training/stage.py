@@ -96,7 +96,8 @@ class Training:
 
 
 def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
-              total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> StageResult:
+              total_steps: int | None = None, fraction: float | None = None, final: bool = False,
+              head: dict | None = None) -> StageResult:
     """Trains `model` in place on `parts` ([real, synthetic] for mixed) for the stage `name`; resumes it, or skips it
     if it is finished.
 
@@ -104,6 +105,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
         total_steps: Exact optimizer steps (compute-matched control); default epochs x steps per epoch.
         fraction: Mixed strategy's synthetic share per epoch (None = all of both).
         final: The run's last stage: its last epoch's test numbers (or best validation epoch) are reported.
+        head: How the head was changed before this stage (re-initialised, with its seed): kept in its record.
     """
     done = run.record.finished_stage(name)
     if done is not None:
@@ -142,7 +144,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
         run.record.log(row)
         if last or (epoch + 1) % run.cfg.checkpoint_every == 0:
             run.record.save_progress(t.state(epoch))
-    t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate))
+    t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate)) | ({"head": head} if head else {})
     run.record.finish_stage(name, t.out.record, t.state(epochs - 1))
     run.final = t.out if final else run.final
     return t.out

@@ -19,6 +19,7 @@ from synthtl.metrics.leep import leep
 from synthtl.models import create_classifier, replace_head, reset_head, source_label_space
 from synthtl.registry import Registry
 from synthtl.runtime import derive_seed
+from synthtl.strategies import STRATEGIES as DECLARED
 from synthtl.strategies import TABLE, Strategy
 from synthtl.strategies import effective_config as effective_config  # re-exported: training.run imports it here
 from synthtl.training import distributed
@@ -117,29 +118,19 @@ def synthetic_only(run: Run) -> nn.Module:
     return model
 
 
-def _bridged(run: Run, reinit: bool) -> nn.Module:
+@FUNCTIONS.register("bridged")
+@FUNCTIONS.register("bridged_reinit")
+@FUNCTIONS.register("bridged++")  # Mixup in stage 1 and the head re-initialisation: its declared settings
+def bridged(run: Run) -> nn.Module:
     model = new_model(run)
     run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage)
     record_leep(run, "stage1", model)
-    if reinit:
-        reset_head(model, derive_seed(run.cfg.seed, "reinit"))
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
+    head = None
+    if DECLARED.get(run.cfg.strategy).reinit_head:
+        head = {"reinitialised": True, "seed": derive_seed(run.cfg.seed, "reinit")}
+        reset_head(model, head["seed"])
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True, head=head)
     return model
-
-
-@FUNCTIONS.register("bridged")
-def bridged(run: Run) -> nn.Module:
-    return _bridged(run, reinit=False)
-
-
-@FUNCTIONS.register("bridged_reinit")
-def bridged_reinit(run: Run) -> nn.Module:
-    return _bridged(run, reinit=True)
-
-
-@FUNCTIONS.register("bridged++")
-def bridged_pp(run: Run) -> nn.Module:
-    return _bridged(run, reinit=True)  # Mixup in stage 1: its declared settings
 
 
 def matched_steps(run: Run) -> int:
