@@ -97,7 +97,9 @@ def test_dataset_lora_files_style_json_and_finished_noop(folder_data, tmp_path):
     assert info["hash"] == styles.lora_hash(out) and info["peak_memory_mb"] > 0 and info["wall_s"] > 0
     assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["step-000003.png", "step-000006.png"]
     assert not (out / "checkpoint.pt").exists()
+    (out / "checkpoint.pt").write_bytes(b"resume state a kill left after style.json")
     assert run_learn_style(cfg_for(folder_data, out, "validate_every=3")) == info  # finished: a no-op
+    assert not (out / "checkpoint.pt").exists()  # that leftover is removed
 
 
 def test_diffusers_load_lora_weights_reads_it_and_matches_our_loading(folder_data, tmp_path):

@@ -63,9 +63,12 @@ def test_run_folder_shows_the_settings_that_ran(base, strategy, stage, key):
 def test_refusal_names_the_keys_and_ignores_speed_and_paths(base, tmp_path, capsys):
     assert run_cli("finetune", *base) == 0
     capsys.readouterr()
+    left = run_dir(out_of(base), "vanilla") / "checkpoints" / "last.pt"
+    left.write_bytes(b"resume state a kill left after result.json")
     assert run_cli("finetune", *base, "data.num_workers=1", f"data.cache_dir={tmp_path / 'other_cache'}",
                    "device=cpu", "model.channels_last=false") == 0
     assert "already finished" in capsys.readouterr().out
+    assert not left.exists()  # the finished run's leftover resume state is removed
     assert run_cli("finetune", *base, "real_stage.lr=0.5", "seed=0") == 2
     err = capsys.readouterr().err
     assert "real_stage.lr" in err and "0.5" in err and "num_workers" not in err

@@ -38,6 +38,8 @@ def run_learn_style(cfg: StyleConfig, recipe: type[StyleRecipe] | None = None) -
         remove_temps(out, recursive=True)  # what a killed run's atomic writes left; safe: we hold the lock
         identity.check(out, "style", ident)
         if (out / STYLE_JSON).is_file() and (cfg.method == "lora" or (out / EMBEDS).is_file()):
+            for left in out.rglob("checkpoint.pt"):  # a kill between style.json and removing the resume state
+                left.unlink()
             if is_main():
                 print(f"[synthtl] {out} is already finished; nothing to do")
             return read_json(out / STYLE_JSON)

@@ -58,7 +58,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     result_file = run_dir / "result.json"
     if result_file.is_file():
         identity.check(run_dir, "finetune", ident)
-        if is_main():
+        if is_main():  # a kill between result.json and removing the resume state left it: it goes now
+            (run_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)
             print(f"[synthtl] {run_dir} is already finished; nothing to do (delete result.json to re-run)")
         return read_json(result_file)
     rt = resolve_runtime(cfg.device, cfg.precision)
