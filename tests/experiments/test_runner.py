@@ -204,8 +204,9 @@ def test_growing_a_filtered_study_adds_kept_lists_and_keeps_finished_runs(tmp_pa
     assert summary["failed"] == [] and summary["unfinished"] == []
     assert calls == ["generate", "filter", "finetune"]  # the new volume-6 run only
     assert (set_dir / "filters" / "top4" / "kept" / "4.json").read_bytes() == before
-    cost = [json.loads(x) for x in (set_dir / "filters" / "top4" / "cost.jsonl").read_text().splitlines()]
-    assert sum(c["scored"] for c in cost) == 6 * 3  # the 4 first images of each class were not scored again
+    from synthtl.filtering.store import read_cost
+
+    assert read_cost(set_dir / "filters" / "top4")["scored"] == 6 * 3  # the first 4 of each class: not scored again
 
 
 def test_study_with_a_style_lora_and_img2img_from_each_runs_own_shots(tmp_path, folder_data):

@@ -1,4 +1,5 @@
-"""A filter's cost log sums every scoring session (a killed one included), and a finished re-run adds nothing."""
+"""A filter's cost sums every scoring session (a killed one included) from its score log, where each row carries its
+share, and a finished re-run adds nothing."""
 
 import time
 
@@ -30,9 +31,9 @@ def timed(run):
 
 def sessions(gen) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for r in read_jsonl(gen / "filters" / "clip" / store.COST):
+    for r in read_jsonl(gen / "filters" / "clip" / store.SCORES):
         s = out.setdefault(r["session"], {"scored": 0, "seconds": 0.0})
-        s["scored"] += r["scored"]
+        s["scored"] += 1
         s["seconds"] += r["seconds"]
     return out
 
@@ -54,8 +55,8 @@ def test_a_killed_then_resumed_filter_costs_the_sum_of_its_sessions(tiny_set, ge
     with pytest.raises(KeyboardInterrupt):
         timed(lambda: run_filter(cfg(tiny_set, gen)))
     first_wall, first_busy = timed.wall, busy[0]
-    log = read_jsonl(gen / "filters" / "clip" / store.COST)
-    assert [r["scored"] for r in log] == [4, 4] and len({r["session"] for r in log}) == 1
+    log = read_jsonl(gen / "filters" / "clip" / store.SCORES)
+    assert len(log) == 8 and len({r["session"] for r in log}) == 1
     first = sum(r["seconds"] for r in log)
     assert first_busy <= first <= first_wall  # the killed session counts up to its last logged batch
 
@@ -70,7 +71,7 @@ def test_a_killed_then_resumed_filter_costs_the_sum_of_its_sessions(tiny_set, ge
 
 def test_a_finished_rerun_adds_nothing_and_an_extension_adds_its_session(tiny_set, gen):
     first = run_filter(cfg(tiny_set, gen))
-    log = gen / "filters" / "clip" / store.COST
+    log = gen / "filters" / "clip" / store.SCORES
     before = log.read_bytes()
     assert run_filter(cfg(tiny_set, gen)) == first and log.read_bytes() == before
     generate(tiny_set["real"], gen, PER_CLASS + 1)  # 3 more images: a second session scores them
@@ -78,3 +79,24 @@ def test_a_finished_rerun_adds_nothing_and_an_extension_adds_its_session(tiny_se
     cost = store.read_cost(gen / "filters" / "clip")
     assert cost["sessions"] == 2 and cost["scored"] == ROWS + 3
     assert sorted(s["scored"] for s in sessions(gen).values()) == [3, ROWS]
+
+
+def test_a_full_disk_loses_only_the_batch_in_flight_and_the_rerun_counts_every_image(tiny_set, gen, monkeypatch):
+    from synthtl.files import DiskFullError, append_jsonl
+
+    calls = [0]
+
+    def full_on_third(path, rows, fsync=True):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise DiskFullError("no space left on the device (test)")
+        append_jsonl(path, rows, fsync)
+
+    monkeypatch.setattr(filter_run, "append_jsonl", full_on_third)
+    with pytest.raises(DiskFullError):
+        run_filter(cfg(tiny_set, gen))
+    assert store.read_cost(gen / "filters" / "clip")["scored"] == 8  # the two batches on disk, with their cost
+    monkeypatch.undo()
+    run_filter(cfg(tiny_set, gen))
+    cost = store.read_cost(gen / "filters" / "clip")
+    assert cost["sessions"] == 2 and cost["scored"] == ROWS  # every image scored once, every scoring counted

@@ -141,9 +141,10 @@ def score_batch(scorer: Scorer, images: list, rows: list[dict], score: str) -> l
 
 
 def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: list[dict], rt, t0: float) -> None:
-    """Scores `todo` in batches, decoding images one batch ahead. Each batch's rows are appended to the score log once
-    scored, then a cost row: the seconds since the previous row (a session's first row also counts loading the model,
-    from `t0`), so a killed session has cost up to its last batch."""
+    """Scores `todo` in batches, decoding images one batch ahead. Each batch's rows are appended to the score log
+    once scored, each with its share of the seconds since the previous batch (a session's first batch also counts
+    loading the model, from `t0`): scores and their cost are one append, so a killed session has cost up to its last
+    batch and nothing is counted twice."""
     session = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}-{uuid.uuid4().hex[:8]}"
     batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     bar = tqdm(total=len(todo), desc=f"filter {out.name}", unit="img", disable=not (cfg.progress and is_main()))
@@ -153,10 +154,11 @@ def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: lis
             for batch, after in zip(batches, [*batches[1:], []], strict=True):
                 images = [f.result() for f in ahead]
                 ahead = [pool.submit(_load, folder, r) for r in after]
-                append_jsonl(out / store.SCORES, score_batch(scorer, images, batch, cfg.score))
+                rows = score_batch(scorer, images, batch, cfg.score)
                 now = time.perf_counter()
-                append_jsonl(out / store.COST, [{"session": session, "scored": len(batch), "seconds": now - t0,
-                                                 "gpu_seconds": (now - t0) * rt.gpus, "device": str(rt.device)}])
+                share = (now - t0) / len(rows)
+                append_jsonl(out / store.SCORES, [{**r, "session": session, "seconds": share,
+                                                   "gpu_seconds": share * rt.gpus} for r in rows])
                 t0 = now
                 bar.update(len(batch))
         finally:

@@ -4,8 +4,8 @@
         identity.json    what the filter is (`synthtl.identity`): its config, the set's identity and the scoring
                          model's weights; written before the first score
         scores.jsonl     append-only, one row per image scored (keyed by the manifest's "id"): score, own-class
-                         probability and logit, top-1 prediction. A kill leaves at most a torn last line (ignored)
-        cost.jsonl       append-only, one row per scored batch: its session, images, wall and GPU seconds
+                         probability and logit, top-1 prediction, and its cost: the scoring session and its share of
+                         that batch's wall and GPU seconds. A kill leaves at most a torn last line (ignored)
         kept/<V>.json    immutable, one per volume asked for: the filter's rule applied to the first V images of each
                          class (top_k keeps the k best of them, fraction that fraction, threshold those above it),
                          the manifest paths kept and their digest, counts per class, the scoring model
@@ -27,7 +27,6 @@ from synthtl.files import CorruptFileError, iter_jsonl, read_json
 
 FILTERS = "filters"
 SCORES = "scores.jsonl"
-COST = "cost.jsonl"
 KEPT = "kept"
 
 
@@ -60,11 +59,10 @@ def read_scores(folder: Path) -> dict[str, dict]:
 
 
 def read_cost(folder: Path) -> dict:
-    """Cost of every scoring session so far, summed from the cost log: sessions, images scored, wall and GPU seconds.
+    """Cost of every scoring session so far, summed from the score log: sessions, images scored, wall and GPU seconds.
     A killed session counts up to its last logged batch."""
-    path = folder / COST
-    rows = list(iter_jsonl(path)) if path.is_file() else []
-    return {"sessions": len({r["session"] for r in rows}), "scored": sum(r["scored"] for r in rows),
+    rows = list(read_scores(folder).values())
+    return {"sessions": len({r["session"] for r in rows}), "scored": len(rows),
             "seconds": sum(r["seconds"] for r in rows), "gpu_seconds": sum(r["gpu_seconds"] for r in rows)}
 
 
