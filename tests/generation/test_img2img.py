@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from synthtl.config import GenerateConfig, load_config
 from synthtl.data.datasets import image_folder, load_split
@@ -120,6 +121,12 @@ def test_a_test_image_is_never_a_source(folder_data, tmp_path):
                                         r"image blue_jay/img_002.jpg"):
         run_generate(i2i_cfg(folder_data, tmp_path / "gen", "data.allow_overlap=true"))
     assert not (tmp_path / "gen" / PLAN).exists()  # refused before anything is planned
+    # a re-encoded copy (JPEG q90, other bytes) is refused by its perceptual hash, with the report's threshold
+    with Image.open(folder_data / "test" / "blue_jay" / "img_002.jpg") as im:
+        im.convert("RGB").save(planted, quality=90)
+    with pytest.raises(DataError, match=r"img2img source blue_jay/img_planted.jpg .* near-copy of the test image "
+                                        r"blue_jay/img_002.jpg \(perceptual hashes \d+ of 64 bits apart"):
+        run_generate(i2i_cfg(folder_data, tmp_path / "gen", "data.allow_overlap=true"))
 
 
 def test_leakage_report_expects_own_sources_and_still_flags_test_copies(folder_data, tmp_path, one_pipeline):

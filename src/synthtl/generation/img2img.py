@@ -10,7 +10,8 @@ feeds many outputs and rows stay a function of (class, index, plan). The plan re
 content hashes; the set's identity hashes them, so other sources (or changed bytes) are another set.
 
 A test image is never a source: sources are only drawn from the train listing, and a source whose bytes equal a
-test image's bytes (the data cache's SHA-256, as in its train/test overlap check) is refused, whatever
+test image's bytes (the data cache's SHA-256, as in its train/test overlap check), or whose perceptual hash lies
+within the report's near-duplicate distance of a test image's (a re-encoded or resized copy), is refused, whatever
 data.allow_overlap says.
 """
 
@@ -65,6 +66,23 @@ def _split_seed(cfg: GenerateConfig) -> int:
     return d.split_seed
 
 
+def refuse_near_test_copies(sources, test, name: str) -> None:
+    """DataError for a source within `leak_hash_bits` (the report's near-duplicate threshold) of a test image."""
+    from synthtl.config import ReportConfig
+    from synthtl.metrics.leakage import hash_files, hash_pairs
+
+    bits = ReportConfig().leak_hash_bits
+    src_h, src_ok, _ = hash_files([sources.root / p for p in sources.paths])
+    test_h, test_ok, _ = hash_files([test.root / p for p in test.paths])
+    i, j, d = hash_pairs(src_h[src_ok], test_h[test_ok], max_bits=bits)
+    if len(i):
+        src, near = [sources.paths[k] for k in src_ok.nonzero()[0]], [test.paths[k] for k in test_ok.nonzero()[0]]
+        raise DataError(f"img2img source {printable(src[i[0]])} of {name} is a near-copy of the test image "
+                        f"{printable(near[j[0]])} (perceptual hashes {int(d[0])} of 64 bits apart, the report's "
+                        f"near-duplicate threshold is {bits}; {len(set(i.tolist()))} such sources): a test image can "
+                        "never be a source; remove it from the train split, or give a data.split_file without it")
+
+
 def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sources:
     """The sources of each class in `classes` ((id, name) in generation order), checked against the test split;
     DataError for a class without training images, or a source byte-identical to a test image."""
@@ -90,6 +108,7 @@ def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sourc
         raise DataError(f"img2img source {printable(src)} of {train_list.name} is byte-identical to the test image "
                         f"{printable(test)} ({len(pairs)} such sources): a test image can never be a source; remove "
                         "it from the train split, or give a data.split_file without it")
+    refuse_near_test_copies(chosen, scan(test_list).source, train_list.name)
     label_of = {cid: y for y, cid in enumerate(train_list.classes)}
     per_label: dict[int, list[str]] = {}
     for p, y in zip(chosen.paths, chosen.labels, strict=True):
