@@ -156,3 +156,35 @@ def test_a_moved_half_finished_run_resumes_with_its_inputs_elsewhere(base, tmp_p
     (moved / "runs" / "moved" / "result.json").unlink()
     assert run_cli("finetune", *relocated) == 2
     assert "synthetic.path ('files:" in capsys.readouterr().err
+
+
+def test_two_own_image_folders_never_share_a_run(base, tmp_path, capsys):
+    """data.name=folder runs are named by the folder's content: another folder (3 classes -> 2) is another run."""
+    from tests.conftest import make_folder
+
+    assert run_cli("finetune", *base) == 0
+    other = tmp_path / "other"
+    make_folder(other / "train", 4, seed=5, classes=["red_fox", "blue_jay"])
+    make_folder(other / "test", 2, seed=6, classes=["red_fox", "blue_jay"])
+    args = [o for o in base if not o.startswith(("data.root=", "synthetic.path="))] + [f"data.root={other}"]
+    assert run_cli("finetune", *args) == 0
+    assert "already finished" not in capsys.readouterr().out
+    runs = sorted(Path(out_of(base).split("=", 1)[1]).glob("folder-*/test_resnet/vanilla/full/seed0/result.json"))
+    assert len(runs) == 2 and sorted(json.loads(r.read_text())["num_classes"] for r in runs) == [2, 3]
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_work(base, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *a, **k):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    assert run_cli("finetune", *base, "tensorboard=true") == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'synthtl[tensorboard]'" in err and len(err.splitlines()) == 1
+    assert not list(Path(out_of(base).split("=", 1)[1]).rglob("metrics.jsonl"))  # nothing trained

@@ -25,8 +25,10 @@ def base(tiny_overrides, synthetic_folder, tiny_weights):
             f"synthetic.path={synthetic_folder}"]
 
 
-def run_dir(out: str, strategy: str, seed: int = 0) -> Path:
-    return Path(out.split("=", 1)[1]) / f"folder/test_resnet/{strategy}/full/seed{seed}"
+def run_dir(out: str, strategy: str, seed: int = 0, shots: str = "full") -> Path:
+    """The run folder: an own image folder is named by its content fingerprint ("folder-<8 hex>")."""
+    (found,) = Path(out.split("=", 1)[1]).glob(f"folder-*/test_resnet/{strategy}/{shots}/seed{seed}")
+    return found
 
 
 def result(out_override: str, strategy: str, seed: int = 0) -> dict:
@@ -226,7 +228,7 @@ def test_validation_selection_never_uses_test(base):
 
 def test_fewshot_split_file_is_reproducible(base, tmp_path):
     assert run_cli("finetune", *base, "data.shots=2") == 0
-    folder = Path(out_of(base).split("=", 1)[1]) / "folder/test_resnet/vanilla/2shot/seed0"
+    folder = run_dir(out_of(base), "vanilla", shots="2shot")
     split = json.loads((folder / "splits" / "train.json").read_text())
     assert split["count"] == 6 and split["shots"] == 2
     out = tmp_path / "s.json"

@@ -27,11 +27,20 @@ from synthtl.training.stage import Run, evaluate_on
 from synthtl.training.strategies import STRATEGIES, effective_config
 
 
-def run_dir_of(cfg: FinetuneConfig) -> Path:
-    """out_dir/run_name, by default out_dir/<dataset>/<model>/<strategy>/<shots>/seed<seed>."""
+def run_dir_of(cfg: FinetuneConfig, fingerprint: str = "") -> Path:
+    """out_dir/run_name, by default out_dir/<dataset>/<model>/<strategy>/<shots>/seed<seed>. An own dataset
+    (data.name=folder or csv) is named by its content fingerprint, `folder-<8 hex>` (`dataset_fingerprint`, computed
+    when not given): two image folders never share a run folder, and a moved one keeps its runs."""
+    if cfg.run_name:
+        return Path(cfg.out_dir) / cfg.run_name
+    data = cfg.data.name
+    if data in ("folder", "csv"):
+        from synthtl.data.datasets import dataset_fingerprint
+
+        data = f"{data}-{(fingerprint or dataset_fingerprint(cfg.data))[:8]}"
     model = cfg.model.name.replace(":", "-").replace("/", "-")
     shots = f"{cfg.data.shots}shot" if cfg.data.shots else "full"
-    return Path(cfg.out_dir) / (cfg.run_name or f"{cfg.data.name}/{model}/{cfg.strategy}/{shots}/seed{cfg.seed}")
+    return Path(cfg.out_dir) / f"{data}/{model}/{cfg.strategy}/{shots}/seed{cfg.seed}"
 
 
 def _claim(run_dir: Path, cfg: FinetuneConfig, ident: dict) -> None:
@@ -51,10 +60,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     spec = STRATEGIES.get(cfg.strategy)
     cfg = effective_config(cfg)  # what actually runs, e.g. bridged++ -> synth_stage.mixup: true
     resolve(cfg.model.name)  # unknown model names fail before any data work
-    run_dir = run_dir_of(cfg)
+    if cfg.tensorboard:  # before any data work, not after an epoch
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'synthtl[tensorboard]', "
+                              "or set tensorboard=false") from None
+    ident = identity.identity(cfg)  # what the inputs hold: the dataset, files, the sets and filters it trains on
+    run_dir = run_dir_of(cfg, str(ident["data"]["root"]))
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"the run folder {run_dir} is an existing file; choose another out_dir/run_name")
-    ident = identity.identity(cfg)  # what the inputs hold: the dataset, files, the sets and filters it trains on
     result_file = run_dir / "result.json"
     if result_file.is_file():
         identity.check(run_dir, "finetune", ident)
