@@ -257,6 +257,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from synthtl.predict import load_model, predict
+
+    trained = load_model(args.run, args.weights)
+    for row in predict(trained, args.images, top_k=args.top_k):
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['path']}: " + ", ".join(f"{name} {p:.3f}" for name, p in row["top"]))
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from synthtl.predict import export_model
+
+    out = export_model(args.run, args.out, args.weights)
+    print(f"[synthtl] wrote {out / 'model.safetensors'} and {out / 'config.json'}; load it with "
+          f"timm.create_model('local-dir:{out}', pretrained=True)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from synthtl.demo import run_demo
 
@@ -279,6 +302,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
     "study": (cmd_study, "run (or resume) a grid of style, generation and fine-tuning jobs from a preset"),
     "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
+    "predict": (cmd_predict, "classify images with a finished fine-tuning run's model"),
+    "export-model": (cmd_export_model, "export a finished run's classifier as a timm folder (safetensors + config)"),
     "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
 }
 EXAMPLES = {  # shown under each command's --help
@@ -297,6 +322,8 @@ EXAMPLES = {  # shown under each command's --help
     "export": ["synthtl export gen/pets --out hf/pets"],
     "study": ["synthtl study paper/utilization --dry-run", "synthtl study demo grid.seeds=[0] --report"],
     "report": ["synthtl report studies/utilization"], "demo": ["synthtl demo --out demo_out"],
+    "predict": ["synthtl predict runs/pets/resnet18/bridged++/full/seed0 cat.jpg dog.jpg --top-k 3"],
+    "export-model": ["synthtl export-model runs/pets/resnet18/bridged++/full/seed0 --out models/pets"],
 }
 CONFIG = [(("--config", "-c"), {"default": None, "help": "YAML preset: a path or a name under configs/"}),
           (("--show-config",), {"action": "store_true", "help": "print every key with its resolved value and help "
@@ -332,6 +359,14 @@ OPTIONS: dict[str, list[tuple[tuple, dict]]] = {  # each command's own arguments
                (("--allow-partial",), {"action": "store_true", "help": "export the finished images of an unfinished "
                                        "set (the dataset card says so)"})],
     "datasets": [(("--root",), {"default": "", "help": "dataset root to check (default $SYNTHTL_DATA or ./data)"})],
+    "predict": [(("run",), {"help": "a finished run folder (with result.json)"}),
+                (("images",), {"nargs": "+", "help": "image files"}),
+                (("--top-k",), {"type": int, "default": 5, "help": "classes shown per image"}),
+                (("--weights",), {"default": "selected", "help": "selected (what result.json reports) or ema"}),
+                (("--json",), {"action": "store_true", "help": "one JSON row per image"})],
+    "export-model": [(("run",), {"help": "a finished run folder (with result.json)"}),
+                     (("--out",), {"required": True, "help": "the folder to write"}),
+                     (("--weights",), {"default": "selected", "help": "selected (what result.json reports) or ema"})],
     "demo": [(("--out",), {"default": "demo_out", "help": "where the demo writes everything"}),
              (("--real",), {"action": "store_true", "help": "run a small real study (GPU + hub access needed)"}),
              (("overrides",), {"nargs": "*", "help": "key=value overrides of the demo study (e.g. grid.seeds=[0])"})],

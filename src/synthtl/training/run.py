@@ -144,7 +144,8 @@ def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dic
         "total_steps": sum(s["steps"] for s in stages.values()), "leep": run.record.info["leep"],
         "images": {"train": len(data.train), "test": len(data.test), "val": len(data.val) if data.val else 0,
                    "synthetic": len(data.synthetic) if data.synthetic is not None else 0},
-        "num_classes": data.num_classes, "skipped_images": {
+        "num_classes": data.num_classes, "class_names": list(data.train.names), "data_config": run.data_config,
+        "skipped_images": {
             **data.skipped, "during_training": sum(s["skipped_during_training"] for s in stages.values())},
         "skipped_files": data.skipped_files, "train_test_overlap": data.overlap,
         "few_shot_short_classes": data.short_classes, "ignored_entries": data.ignored,
