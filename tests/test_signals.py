@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthtl import cli, faults
+from synthtl import cli, faults, signals
 from tests.conftest import make_folder, run_cli
 from tests.filtering.tiny import TINY_GEN, tiny_clip
 
@@ -75,10 +75,10 @@ def test_sigusr2_under_slurm_requeues_the_job(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     env = {"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3"}
-    assert "requeued" in cli.requeue_slurm(signal.SIGUSR2, env)
+    assert "requeued" in signals.requeue_slurm(signal.SIGUSR2, env)
     assert calls.read_text().split() == ["requeue", "70_3"]
-    assert cli.requeue_slurm(signal.SIGTERM, env) == ""  # also what scancel sends: never requeued
-    assert cli.requeue_slurm(signal.SIGUSR2, {}) == ""  # not under Slurm
+    assert signals.requeue_slurm(signal.SIGTERM, env) == ""  # also what scancel sends: never requeued
+    assert signals.requeue_slurm(signal.SIGUSR2, {}) == ""  # not under Slurm
 
 
 def test_a_read_only_home_puts_matplotlibs_cache_in_synthtls(tmp_path, monkeypatch):

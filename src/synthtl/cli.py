@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.signals import Stopped, requeue_slurm, stop_signals
 
 
 def _load(schema: type, args: argparse.Namespace):
@@ -401,49 +399,6 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
         print(f"[synthtl] warning: {message}", file=file or sys.stderr)
     else:
         _SHOW_WARNING(message, category, filename, lineno, file, line)
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop signal, handled as Ctrl-C: SIGTERM (Slurm preemption, `kill`, a container stop) or SIGUSR2 (what an
-    sbatch script's `--signal=B:USR2@90` sends before the time limit)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-    """While a command runs, SIGTERM and SIGUSR2 stop it as Ctrl-C does: temp files go, finished work stays."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = [signal.SIGTERM, *([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])]
-    before = {s: signal.signal(s, _raise_stopped) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
-def requeue_slurm(signum: int, env: dict | None = None) -> str:
-    """Under Slurm, SIGUSR2 (the script's `--signal`, sent before the time limit) requeues the job so that it resumes
-    by itself; returns what was done ("" when nothing). SIGTERM is never requeued here: it is also what `scancel`
-    sends (a preempted job is requeued by Slurm itself when the partition says so)."""
-    env = os.environ if env is None else env
-    job = env.get("SLURM_JOB_ID")
-    if signum != getattr(signal, "SIGUSR2", None) or not job or shutil.which("scontrol") is None:
-        return ""
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-    return f"; Slurm job {job} requeued: it resumes by itself" if done.returncode == 0 else \
-        f"; `scontrol requeue {job}` failed ({done.stderr.strip() or done.returncode}): re-submit it"
 
 
 def matplotlib_home(env: dict) -> None:
