@@ -93,8 +93,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(commented_yaml(load_config(schema, str(path), [])), end="")
         return 0
     for p in sorted(base.rglob("*.yaml")):
-        first = p.read_text().splitlines()[0] if p.read_text() else ""
-        print(f"{p.relative_to(base).with_suffix('')!s:<32} {first.lstrip('# ')}")
+        comments = [line[1:].strip() for line in p.read_text().splitlines() if line.startswith("#")]
+        about = [c for c in comments if not c.startswith(("synthtl ", "torchrun "))]
+        first = next((i for i, c in enumerate(about) if c.endswith(".")), len(about) - 1)  # the first sentence, whole
+        print(f"{p.relative_to(base).with_suffix('')!s:<32} " + "\n".ljust(34).join(about[:first + 1]))
     return 0
 
 
