@@ -71,3 +71,19 @@ def test_synthtl_warnings_are_one_line(capsys, monkeypatch):
     cli.show_warning(UserWarning("from elsewhere"), UserWarning, "/x/site-packages/torch/nn/modules.py", 3)
     assert capsys.readouterr().err == "[synthtl] warning: n below the feature dimension\n"
     assert passed_on == ["/x/site-packages/torch/nn/modules.py"]  # other libraries' warnings keep Python's form
+
+
+def test_a_read_only_file_system_is_one_line(capsys, monkeypatch):
+    import errno
+
+    from synthtl import cli
+
+    def erofs(args):
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/runs")
+
+    monkeypatch.setattr(cli, "cmd_models", erofs)
+    monkeypatch.setitem(cli.COMMANDS, "models", (erofs, "x"))
+    assert run_cli("models") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("synthtl models: error: /mnt/ro/runs: Read-only file system; check the paths you gave (out_dir, "
+                   "--out, data.root, ...)")

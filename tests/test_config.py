@@ -235,3 +235,14 @@ def test_docs_config_md_is_current():
 
     doc = configs_dir().parent / "docs" / "config.md"
     assert doc.read_text() == markdown(), "docs/config.md is stale: run `python -m synthtl.config.reference`"
+
+
+def test_a_duplicated_key_or_a_binary_preset_is_one_line(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("real_stage:\n  epochs: 3\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml is not valid YAML \(line 3\): key 'epochs' is given twice"):
+        load_config(FinetuneConfig, str(dup), [])
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="is not a text file"):
+        load_config(FinetuneConfig, str(binary), [])

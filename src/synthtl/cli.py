@@ -9,6 +9,7 @@ Start with `synthtl demo` (offline, CPU). `synthtl <command> --help` shows a com
 from __future__ import annotations
 
 import argparse
+import errno
 import contextlib
 import os
 import signal
@@ -441,15 +442,19 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exception(e.__cause__, file=sys.stderr)
         return 2
-    except (NotADirectoryError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        # A path given by the user (an output folder inside a file, a folder we may not write): one line naming it.
+    except BrokenPipeError:  # `synthtl ... | head`: the reader left; nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        # A path given by the user (an output folder inside a file, a folder we may not write, a read-only file
+        # system): one line naming it. Other OS errors are bugs or hardware: their traceback helps.
+        if not (isinstance(e, (NotADirectoryError, FileNotFoundError, PermissionError, IsADirectoryError))
+                or e.errno == errno.EROFS):
+            raise
         where = e.filename or ""
         print(f"synthtl {args.command}: error: {where}: {e.strerror or e}; check the paths you gave (out_dir, "
               "--out, data.root, ...)", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `synthtl ... | head`: the reader left; nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         print(f"synthtl {args.command}: interrupted ({signal.Signals(signum).name}); re-run the same command to "

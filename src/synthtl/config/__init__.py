@@ -64,14 +64,32 @@ def find_preset(name: str) -> Path:
                       "`synthtl presets` lists the shipped ones")
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in one mapping (the "
+                                                        "second would silently win): keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """Loads a YAML preset; `_base_: other.yaml` (or a list, merged in order; relative to the file) goes underneath."""
     if path in seen:
         raise ConfigError(f"preset {path} includes itself through _base_")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"preset {path} is not a text file (not UTF-8): give a YAML preset") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"preset {path} is not valid YAML: {e}") from e
+        where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"preset {path} is not valid YAML{where}: {what}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"preset {path} must be a mapping of config keys")
     base = raw.pop("_base_", None)
