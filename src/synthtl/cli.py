@@ -9,8 +9,8 @@ Start with `synthtl demo` (offline, CPU). `synthtl <command> --help` shows a com
 from __future__ import annotations
 
 import argparse
-import errno
 import contextlib
+import errno
 import os
 import signal
 import sys
