@@ -84,3 +84,28 @@ def test_every_paper_backbone_builds(name):
     model, dc = create_classifier(name, 7, pretrained=False)
     assert classifier(model).out_features == 7 and dc["input_size"][-1] == 224 and len(dc["mean"]) == 3
     del model
+
+
+def test_local_weights_with_another_head_size_load_their_backbone(tmp_path):
+    """A resnet fine-tuned elsewhere (a 10-class head) is that architecture: its backbone loads, the head is its own
+    until the run replaces it; weights that do not fit name the tensors that differ."""
+    import timm
+    from safetensors.torch import save_file
+
+    from synthtl.models import WeightsError, classifier, create_classifier, replace_head
+
+    src = timm.create_model("test_resnet", num_classes=10)
+    save_file(src.state_dict(), str(tmp_path / "ten.safetensors"))
+    model, _ = create_classifier("timm:test_resnet", None, True, str(tmp_path / "ten.safetensors"))
+    assert classifier(model).out_features == 10
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values(), strict=True))
+    replace_head(model, 3)
+    assert classifier(model).out_features == 3
+    state = src.state_dict()
+    state["conv1.0.weight"] = torch.zeros(3, 3, 3, 3)
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(WeightsError, match=r"conv1.0.weight is torch.Size\(\[3, 3, 3, 3\]\) in the file"):
+        create_classifier("timm:test_resnet", None, True, str(tmp_path / "bad.safetensors"))
+    save_file(timm.create_model("test_vit").state_dict(), str(tmp_path / "vit.safetensors"))
+    with pytest.raises(WeightsError, match=r"the file has no conv1.0.weight .* weights of another architecture"):
+        create_classifier("timm:test_resnet", None, True, str(tmp_path / "vit.safetensors"))

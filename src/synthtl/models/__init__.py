@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -54,7 +55,12 @@ def _cause(err: Exception) -> str:
 def _weights_error(name: str, weights: str, err: Exception) -> WeightsError:
     """Local `weights` that don't fit `name`, or (none given) pretrained weights neither cached nor reachable."""
     if weights:
-        return WeightsError(f"model.weights={weights!r} does not fit {name} ({_cause(err)}); pass weights of that "
+        shapes = re.findall(r"size mismatch for (\S+): copying a param with shape (torch.Size\(\[[^]]*\]\))", str(err))
+        missing = re.findall(r'Missing key\(s\) in state_dict: "([^"]+)"', str(err))
+        cause = ("; ".join(f"{k} is {v} in the file" for k, v in shapes[:4]) if shapes else
+                 f"the file has no {missing[0]} (and maybe more): weights of another architecture" if missing
+                 else _cause(err))
+        return WeightsError(f"model.weights={weights!r} does not fit {name} ({cause}); pass weights of that "
                             "architecture")
     return WeightsError(
         f"pretrained weights for {name!r} could not be loaded ({_cause(err)}). They are not in the local cache and "
@@ -97,8 +103,12 @@ def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, im
     if img_size:
         kwargs["img_size"] = img_size
     if weights:
-        _load_state(weights)  # unreadable files fail here, naming the file and the cause
+        state = _load_state(weights)  # unreadable files fail here, naming the file and the cause
         kwargs["pretrained_cfg_overlay"] = {"file": str(Path(weights).resolve())}
+        cfg = timm.get_pretrained_cfg(arch)
+        head = state.get(f"{cfg.classifier}.weight") if cfg and isinstance(cfg.classifier, str) else None
+        if head is not None and head.ndim == 2:  # a head of another size (weights fine-tuned elsewhere): its own
+            kwargs["pretrained_cfg_overlay"]["num_classes"] = head.shape[0]  # label space; a target head replaces it
     try:
         try:
             model = timm.create_model(arch, pretrained=pretrained or bool(weights), **kwargs)
