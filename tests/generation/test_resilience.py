@@ -295,6 +295,18 @@ def test_single_file_checkpoint_offline_names_the_config_key(folder_data, tmp_pa
     assert "generator.single_file_config" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("name, content", [("broken.safetensors", b"\x10\x00\x00\x00not a header"),
+                                           ("broken.ckpt", b"PK\x03\x04 truncated zip"), ("empty.ckpt", b"")])
+def test_a_broken_single_file_checkpoint_is_not_a_valid_checkpoint(folder_data, tmp_path, capsys, name, content):
+    ckpt = tmp_path / name
+    ckpt.write_bytes(content)
+    assert run_cli("generate", *TINY[1:], f"generator.model={ckpt}", "generator.device=cpu", "data.name=folder",
+                   f"data.root={folder_data}", f"out_dir={tmp_path / 'g'}") == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a valid checkpoint file" in err and "single_file_config" not in err and "hub" not in err
+    assert len(err.splitlines()) == 1
+
+
 def test_classes_differing_only_in_case_are_two_classes(tmp_path, folder_data):
     csv = tmp_path / "train.csv"
     csv.write_text("path,label\ntrain/red_fox/img_000.jpg,Cat\ntrain/blue_jay/img_000.jpg,cat\n")

@@ -75,8 +75,13 @@ def _family_of_single_file(path: Path) -> Family:
         return FAMILIES.get("sd")  # a .ckpt needs a full unpickle to inspect; set single_file_config for SDXL
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        keys = f.keys()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = f.keys()
+    except Exception as e:  # SafetensorError: a damaged or foreign file
+        raise ConfigError(f"generator.model={str(path)!r} is not a valid checkpoint file ({type(e).__name__}: "
+                          f"{str(e)[:200]}): it is damaged, truncated or not a checkpoint of weights; download it "
+                          "again or point at another file") from None
     # SDXL's original layout names its second text encoder (OpenCLIP ViT-bigG) "conditioner.embedders.1".
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return FAMILIES.get("sdxl")

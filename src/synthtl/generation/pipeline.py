@@ -66,6 +66,23 @@ def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
     return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
+def _checkpoint_problem(path: str) -> str:
+    """Why a single-file checkpoint holds no readable tensors ("" when it does): a damaged safetensors header, or a
+    .ckpt that is damaged or holds more than tensors (never unpickled beyond weights_only)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as f:
+                return "" if list(f.keys()) else "it holds no tensors"
+        from synthtl.files import load_torch
+
+        load_torch(path, "PyTorch checkpoint of tensors", "download it again")
+        return ""
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
 def _offline(what: str, err: Exception) -> PipelineError:
     return PipelineError(
         f"could not load the generator {what!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Its files "
@@ -94,17 +111,28 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
         if not model.endswith((".safetensors", ".ckpt")):
             raise ConfigError(f"generator.model={model!r}: a single-file checkpoint must be .safetensors or .ckpt")
         config = {"config": gen.single_file_config} if gen.single_file_config else {}
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its "no local configs, attempting to download" lines: ours says it
         try:
             pipe = cls.from_single_file(model, torch_dtype=dtype, **config, **common)
         except Exception as e:
+            first = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            problem = _checkpoint_problem(model)
+            if problem:
+                raise PipelineError(f"generator.model={model!r} is not a valid checkpoint file ({problem}): it is "
+                                    "damaged, truncated or not a checkpoint of weights; download it again or point at "
+                                    "another file") from e
             if gen.single_file_config:
                 raise _offline(model, e) from e
             raise PipelineError(
-                f"could not load the single-file checkpoint {model!r} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200] if str(e) else ''}). A single .safetensors/.ckpt file holds weights "
-                "only; its configs come from the hub, which is unreachable. Fix: set generator.single_file_config to "
-                "a local diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5 "
-                "snapshot)") from e
+                f"could not load the single-file checkpoint {model!r} ({first}). A single .safetensors/.ckpt file "
+                "holds weights only; its configs come from the hub, which is unreachable. Fix: set "
+                "generator.single_file_config to a local diffusers folder of the same architecture (e.g. a "
+                "downloaded stable-diffusion-v1-5 snapshot)") from e
+        finally:
+            diffusers_logging.set_verbosity(level)
     elif Path(model).is_dir():
         pipe = cls.from_pretrained(model, torch_dtype=dtype, **common)
     else:
