@@ -1,18 +1,16 @@
 """What an output *is*, declared once: the identity of any stage's config, and the folder that holds it.
 
 Each config field says in its metadata (`config.fields.key`: ignored= / content= / producer=) how it enters the
-identity of what its stage produces:
-- a value (the default): as it is;
-- ignored: where files live, how fast, how shown;
-- content: an input the user gives (a file, the dataset, the generator's or a scorer's weights), by what it holds; a
-  section may swap what one of its content kinds means (a generated set depends on the dataset's class names only);
-- producer: another stage's output (a generated set, a style, a filter, a run), by that output's own identity: the
-  hash in its folder's identity.json, or, while a study plans it before it exists, the hash the study computed for
-  the job that makes it. Both are the same number, so a job file run by hand is the same job.
+identity of what its stage produces: as its value (the default); not at all (ignored: where files live, how fast, how
+shown); by what it holds (content: a file, the dataset, the generator's or a scorer's weights; a section may swap what
+one of its content kinds means: a generated set depends on the dataset's class names only); or by the identity of
+another stage's output (producer: a set, a style, a filter), the hash in its folder's identity.json or, while a study
+plans it before it exists, the hash the study computed for the job that makes it. Both are the same number, so a job
+file run by hand is the same job.
 
-Every output folder holds one identity file, identity.json: {"kind", "hash", "identity"}. `check` refuses a folder of
-another identity with one message that names the keys that differ; `claim` writes the file. A study's job id ends with
-the hash. Nothing here depends on where files live, so a moved study, dataset or run is the same.
+Every output folder holds one identity.json: {"kind", "hash", "identity"}. `check` refuses a folder of another
+identity with one message that names the keys that differ; `claim` writes the file. A study's job id ends with the
+hash. Nothing here depends on where files live, so a moved study, dataset or run is the same.
 """
 
 from __future__ import annotations
@@ -46,10 +44,9 @@ class Resolver:
         self._seen: dict[tuple, Any] = {}
 
     def content(self, of: str, key: str, value: Any, section: Any) -> Any:
-        if of == "dataset":
-            return self._once(("dataset", _data_key(section)), lambda: self._dataset(section))
-        if of == "classes":
-            return self._once(("classes", _data_key(section)), lambda: self._classes(section))
+        if of in ("dataset", "classes"):
+            where = (section.root, section.train_dir, section.test_dir, section.train_csv, section.test_csv)
+            return self._once((of, section.name, *where, section.cache_dir), lambda: self._data(of, section))
         if of == "generator":
             return self._once(("generator", repr(section)), lambda: generator_weights(section))
         if not value:
@@ -61,57 +58,45 @@ class Resolver:
         raise ValueError(f"unknown content kind {of!r} of {key}")
 
     def producer(self, of: str, key: str, value: Any, root: Any) -> Any:
-        if not value:
-            return value
-        if of == "filter":  # a filter of the run's own synthetic set
-            return held_hash(Path(root.synthetic.path) / "filters" / value, f"{key}={value!r}",
-                             f"run `synthtl filter {root.synthetic.path} name={value} ...` first")
-        if of in ("set", "style") and not (Path(value) / IDENTITY).is_file():
+        folder = Path(root.synthetic.path) / "filters" / value if of == "filter" else Path(value)  # filter: of its set
+        if of in ("set", "style") and not (folder / IDENTITY).is_file():
             return outside_input(value, key)
-        return held_hash(Path(value), f"{key}={value!r}", "make it first (or point at a finished one)")
+        record = held(folder)
+        if record is None:
+            fix = (f"run `synthtl filter {root.synthetic.path} name={value} ...` first" if of == "filter" else
+                   "make it first (or point at a finished one)")
+            raise DataError(f"{key}={value!r}: {folder} holds no finished output of synthtl ({IDENTITY} is missing); "
+                            f"{fix}")
+        return record["hash"]
 
     def _once(self, key: tuple, compute) -> Any:
         if key not in self._seen:
             self._seen[key] = compute()
         return self._seen[key]
 
-    def _dataset(self, data: Any) -> str:
-        from synthtl.data.datasets import dataset_fingerprint
+    def _data(self, of: str, data: Any) -> Any:
+        """The dataset's fingerprint, or the class names it lists (the shipped ones of a registered dataset, present
+        or not)."""
+        from synthtl.data.datasets import DATASETS, classnames, dataset_fingerprint, load_data
 
-        try:
-            return dataset_fingerprint(data)
-        except DataError as e:
-            if self.missing is None:
-                raise
-            self.missing.setdefault(data.name, str(e))
-            return "not-present"
-
-
-    def _classes(self, data: Any) -> list[str]:
-        """The class names a dataset lists: the shipped ones of a registered dataset (present or not), else the
-        listing's."""
-        from synthtl.data.datasets import DATASETS, classnames, load_data
-
-        if data.name in DATASETS:
+        if of == "classes" and data.name in DATASETS:
             return classnames(data.name)
         try:
+            if of == "dataset":
+                return dataset_fingerprint(data)
             return list(load_data(data, "train", download=False).names)
         except DataError as e:
             if self.missing is None:
                 raise
             self.missing.setdefault(data.name, str(e))
-            return ["not-present"]
-
-
-def _data_key(data: Any) -> tuple:
-    return (data.name, data.root, data.train_dir, data.test_dir, data.train_csv, data.test_csv, data.cache_dir)
+            return "not-present" if of == "dataset" else ["not-present"]
 
 
 def identity(cfg: Any, resolver: Resolver | None = None, produced: dict[str, str] | None = None) -> dict:
     """The identity of a stage's config: nested like the config, by each field's declaration (module doc).
 
     Args:
-        cfg: The stage's resolved config.
+        cfg: A stage's resolved config.
         resolver: Shares what it has looked up between the configs of one study (a fresh one by default).
         produced: Dotted key -> identity hash of the study job that makes that input (it may not exist yet).
     """
@@ -208,13 +193,6 @@ def claim(folder: Path, kind: str, ident: dict) -> None:
         write_json(Path(folder) / IDENTITY, {"kind": kind, "hash": digest(ident), "identity": ident})
 
 
-def held_hash(folder: Path, what: str, fix: str) -> str:
-    record = held(folder)
-    if record is None:
-        raise DataError(f"{what}: {folder} holds no finished output of synthtl ({IDENTITY} is missing); {fix}")
-    return record["hash"]
-
-
 # ---------------------------------------------------------------------------------------------- content identities
 def file_identity(path: str, key: str = "") -> str:
     if Path(path).is_dir():
@@ -258,18 +236,6 @@ def hash_files(files: list[tuple[str, Path]]) -> str:
     return h.hexdigest()
 
 
-def hub_commit(repo_id: str, ref: str = "") -> str:
-    """The commit a hub ref points at in the local cache; the ref itself when nothing is cached."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        where = snapshot_download(repo_id, revision=ref or None, local_files_only=True)
-    except Exception:  # not downloaded (or not a hub id): loading it gives the clear error
-        return ref or "main"
-    snap = re.search(r"snapshots/([0-9a-f]{40})", Path(where).as_posix())
-    return snap.group(1) if snap else (ref or "main")
-
-
 def weights_identity(source: str, revision: str = "", extra: str = "") -> dict:
     """What identifies model weights, never where they live: a local file or folder by the content of its files (and
     of `extra`, a config folder), a hub id by its snapshot commit."""
@@ -279,9 +245,16 @@ def weights_identity(source: str, revision: str = "", extra: str = "") -> dict:
         if extra and Path(extra).is_dir():
             files += _files_in(Path(extra))
         return {"model": "local", "revision": "local-" + hash_files(files)[:16]}
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
-        return {"model": source, "revision": revision}
-    return {"model": source, "revision": hub_commit(source, revision)}
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):  # a ref: the commit it points at in the local cache
+        try:
+            from huggingface_hub import snapshot_download
+
+            where = snapshot_download(source, revision=revision or None, local_files_only=True)
+            snap = re.search(r"snapshots/([0-9a-f]{40})", Path(where).as_posix())
+        except Exception:  # not downloaded (or not a hub id): loading it gives the clear error
+            snap = None
+        revision = snap.group(1) if snap else (revision or "main")
+    return {"model": source, "revision": revision}
 
 
 def generator_weights(gen: Any) -> dict:

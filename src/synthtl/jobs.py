@@ -7,7 +7,6 @@ A study writes each job as a resolved YAML file; `run_job(kind, file)` runs it i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,42 +14,29 @@ from typing import Any
 from synthtl import config
 
 
-def _learn_style(cfg: Any) -> dict:
-    from synthtl.style.train import run_learn_style
-
-    return run_learn_style(cfg)
-
-
-def _generate(cfg: Any) -> dict:
-    from synthtl.generation.run import run_generate
-
-    return run_generate(cfg)
-
-
-def _filter(cfg: Any) -> dict:
-    from synthtl.filtering.run import run_filter
-
-    return run_filter(cfg)
-
-
-def _finetune(cfg: Any) -> dict:
-    from synthtl.training.run import run_finetune
-
-    return run_finetune(cfg)
-
-
 @dataclass(frozen=True)
 class JobKind:
     command: str  # the CLI subcommand
     schema: type  # its config class
-    run: Callable[[Any], dict]  # runs (or resumes, or skips) one job; returns its summary
+
+    def run(self, cfg: Any) -> dict:
+        """Runs (or resumes, or skips) one job; returns its summary. A stage is imported only when a job of it runs."""
+        if self.command == "learn-style":
+            from synthtl.style.train import run_learn_style as run
+        elif self.command == "generate":
+            from synthtl.generation.run import run_generate as run
+        elif self.command == "filter":
+            from synthtl.filtering.run import run_filter as run
+        else:
+            from synthtl.training.run import run_finetune as run
+        return run(cfg)
 
 
-KINDS: dict[str, JobKind] = {
-    "style": JobKind("learn-style", config.StyleConfig, _learn_style),
-    "generate": JobKind("generate", config.GenerateConfig, _generate),
-    "filter": JobKind("filter", config.FilterConfig, _filter),
-    "finetune": JobKind("finetune", config.FinetuneConfig, _finetune),
+KINDS: dict[str, JobKind] = {  # in the order a study runs them
+    "style": JobKind("learn-style", config.StyleConfig),
+    "generate": JobKind("generate", config.GenerateConfig),
+    "filter": JobKind("filter", config.FilterConfig),
+    "finetune": JobKind("finetune", config.FinetuneConfig),
 }
 
 

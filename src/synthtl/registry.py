@@ -12,11 +12,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps short names to objects.
-
-    Args:
-        kind: What the registry holds ("dataset", "strategy", ...), used in error messages.
-    """
+    """Maps short names to objects; `kind` ("dataset", "strategy", ...) names what it holds in error messages."""
 
     def __init__(self, kind: str):
         self.kind = kind

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -13,17 +14,13 @@ import torch
 from synthtl.errors import ConfigError
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:
     """Only rank 0 prints, writes files and shows progress bars."""
-    return rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def seed_everything(seed: int, rank_: int = 0) -> int:
@@ -37,8 +34,6 @@ def seed_everything(seed: int, rank_: int = 0) -> int:
 
 def derive_seed(*parts: object) -> int:
     """A stable 63-bit seed from any parts (base seed, stage name, epoch, class index...)."""
-    import hashlib
-
     h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
@@ -76,39 +71,28 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", auto_gpu: str
     "cuda"/"auto" mean this rank's GPU (LOCAL_RANK), made the current device. Never downgrades silently: asking for
     CUDA without CUDA, or fp16 on CPU, is an error.
     """
-    if device == "auto":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
-        dev = dev or torch.device("cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
-        if dev.type not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"device={device!r}: synthtl runs on cpu or cuda; use auto, cpu, cuda or cuda:<index>")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible "
-                              "(CUDA_VISIBLE_DEVICES renumbers them from 0); use cuda:0 .. or device=auto")
-        if dev.type == "cuda" and dev.index is None:  # under torchrun each rank takes its own GPU
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)  # torchrun: each rank on its own GPU (kernels and NCCL use the current device)
-    if precision == "auto":
-        if dev.type != "cuda":
-            dtype = torch.float32
-        elif auto_gpu == "fp16" or not torch.cuda.is_bf16_supported():
-            dtype = torch.float16
-        else:
-            dtype = torch.bfloat16
-    elif precision in _DTYPES:
-        dtype = _DTYPES[precision]
-        if dev.type == "cpu" and dtype == torch.float16:
-            raise ConfigError("precision=fp16 is not supported on CPU; use precision=fp32 or bf16")
-    else:
+    try:
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r}: synthtl runs on cpu or cuda; use auto, cpu, cuda or cuda:<index>")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                          "(CUDA_VISIBLE_DEVICES renumbers them from 0); use cuda:0 .. or device=auto")
+    if dev.type == "cuda":  # under torchrun each rank takes its own GPU, made the current device (kernels and NCCL)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if dev.index is None else dev
+        torch.cuda.set_device(dev)
+    if precision not in ("auto", *_DTYPES):
         raise ConfigError(f"precision={precision!r}: choose one of auto, fp32, bf16, fp16")
-    return Runtime(device=dev, dtype=dtype)
+    if precision == "auto":
+        bf16 = auto_gpu != "fp16" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "fp32" if dev.type != "cuda" else "bf16" if bf16 else "fp16"
+    if dev.type == "cpu" and precision == "fp16":
+        raise ConfigError("precision=fp16 is not supported on CPU; use precision=fp32 or bf16")
+    return Runtime(device=dev, dtype=_DTYPES[precision])
 
 
 def dtype_name(dtype: torch.dtype) -> str:

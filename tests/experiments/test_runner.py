@@ -305,8 +305,8 @@ def test_failed_slurm_task_fails_the_study_once_naming_job_and_log(tmp_path, mon
         {"job": b.id, "task": b.id, "stage": "finetune", "slurm_id": "101_1", "log": "b.err", "reported": False}])
     monkeypatch.setattr(launch_mod, "slurm_states", lambda ids: {"101_0": "FAILED", "101_1": "PENDING"})
     submitted = []
-    monkeypatch.setattr(launch_mod, "_slurm", lambda stage, tasks, study, earlier: submitted.extend(
-        t.job for t in tasks) or launch_mod.Outcome())
+    monkeypatch.setattr(launch_mod, "launch", lambda stage, jobs, study, files, earlier, needs: submitted.extend(
+        j.id for j in jobs) or launch_mod.Outcome())
     with pytest.raises(StudyError, match=rf"failed.*{a.id} \(Slurm 101_0, FAILED; log: {log}\)"):
         run_study(cfg)  # e.g. the next `synthtl study` call after a wait=false submission
     assert submitted == []

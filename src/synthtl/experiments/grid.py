@@ -28,6 +28,7 @@ from synthtl.config import (
 from synthtl.data.datasets import DATASETS, classnames
 from synthtl.errors import ConfigError
 from synthtl.identity import Resolver, digest, identity
+from synthtl.jobs import KINDS, output_of
 from synthtl.strategies import STRATEGIES, effective_config
 
 TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style", "lora": "single",
@@ -36,9 +37,9 @@ TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "pe
 
 @dataclass
 class Job:
-    """One unit of work: a style embedding, a generated set, or a fine-tuning run."""
+    """One unit of work: a style embedding, a generated set, a filter or a fine-tuning run."""
 
-    kind: str  # "style" | "generate" | "filter" | "finetune"
+    kind: str  # a key of `jobs.KINDS`
     id: str
     config: Any
     needs: list[str] = field(default_factory=list)
@@ -51,12 +52,7 @@ class Job:
 
     @property
     def out(self) -> Path:
-        c = self.config
-        if self.kind == "finetune":
-            return Path(c.out_dir) / c.run_name
-        if self.kind == "filter":
-            return Path(c.set_dir) / "filters" / c.name
-        return Path(c.out_dir)
+        return output_of(self.kind, self.config)
 
 
 @dataclass
@@ -77,12 +73,7 @@ def _slug(text: str) -> str:
 
 
 def _common(study: StudyConfig) -> list[str]:
-    out = []
-    if study.data_root:
-        out.append(f"data.root={study.data_root}")
-    if study.cache_dir:
-        out.append(f"data.cache_dir={study.cache_dir}")
-    return out
+    return [f"{k}={v}" for k, v in (("data.root", study.data_root), ("data.cache_dir", study.cache_dir)) if v]
 
 
 def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: int, res: Resolver) -> Job:
@@ -91,9 +82,8 @@ def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: 
     if prompt not in study.style_presets:
         raise ConfigError(f"style_presets has no preset for prompts={prompt!r}; add style_presets.{prompt}=<preset>")
     preset = study.style_presets[prompt]
-    overrides = [*study.style, *_common(study), f"data.name={dataset}", f"data.shots={shots}",
-                 f"data.split_seed={seed if shots else -1}"]
-    cfg = load_config(StyleConfig, preset, overrides)
+    cfg = load_config(StyleConfig, preset, [*study.style, *_common(study), f"data.name={dataset}",
+                                            f"data.shots={shots}", f"data.split_seed={seed if shots else -1}"])
     if (cfg.method, cfg.mode) != (method, mode):  # each method comes from its own preset, never from a flipped key
         raise ConfigError(f"style_presets.{prompt}={preset!r} resolves to method={cfg.method!r}, mode={cfg.mode!r}; "
                           f"{prompt} needs a preset with method: {method}, mode: {mode}")
@@ -108,7 +98,7 @@ def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, sty
     overrides = [*study.generate, *_common(study), f"data.name={dataset}", f"generator.guidance={guidance}",
                  f"prompts.templates={TEMPLATES[prompt]}"]
     if prompt == "img2img":  # from the run's own real training images: its k shots in few-shot runs
-        overrides += ["mode=img2img", f"data.shots={shots}", f"data.split_seed={seed if shots else -1}"]
+        overrides += ["mode=img2img", f"data.shots={shots}", f"data.split_seed={seed}"]
     key = "prompts.style_lora" if prompt.startswith("lora") else "prompts.style_embedding"
     if style is not None:
         overrides.append(f"{key}={style.out}")
@@ -136,42 +126,6 @@ def _filter_job(study: StudyConfig, gen: Job, name: str, res: Resolver) -> Job:
     return Job("filter", fid, cfg, needs=[gen.id], labels={**gen.labels, "filter": name}, identity=ident)
 
 
-def finetune_presets(study: StudyConfig, model: str, shots: int) -> list[str]:
-    """The model's preset, with the study's few-shot recipe laid over it for k-shot runs (one recipe everywhere)."""
-    preset = study.model_presets.get(model, study.finetune_preset)
-    return [preset, study.fewshot_recipe] if shots > 0 and study.fewshot_recipe else [preset]
-
-
-def _set_per_job(study: StudyConfig) -> dict[str, dict[str, tuple[str, list | None]]]:
-    """Stage -> key -> (what sets it, the values it takes or None) for every key a study sets in each job's config
-    after the stage's own overrides (`finetune=[...]`, `generate=[...]`, `style=[...]`, `filter=[...]`)."""
-    g = study.grid
-    where = ("the study's out_dir", None)
-    common = {}
-    if study.data_root:
-        common["data.root"] = ("data_root", [study.data_root])
-    if study.cache_dir:
-        common["data.cache_dir"] = ("cache_dir", [study.cache_dir])
-    data = {"data.name": ("grid.datasets", g.datasets), **common, "out_dir": where}
-    split = {"data.shots": ("grid.shots", g.shots), "data.split_seed": ("grid.seeds (the few-shot draw)", None)}
-    return {
-        "finetune": {**data, "data.shots": ("grid.shots", g.shots), "seed": ("grid.seeds", g.seeds),
-                     "model.name": ("grid.models", g.models), "strategy": ("grid.strategies", g.strategies),
-                     "synthetic.per_class": ("grid.volumes", g.volumes), "synthetic.filter": ("grid.filters", None),
-                     "synthetic.path": ("grid.prompts and grid.guidance (the study's generated sets)", None),
-                     "run_name": where},
-        "generate": {**data, "generator.guidance": ("grid.guidance", g.guidance),
-                     "prompts.templates": ("grid.prompts", None), "mode": ("grid.prompts (img2img)", None),
-                     "prompts.style_embedding": ("grid.prompts (the study's style jobs)", None),
-                     "prompts.style_lora": ("grid.prompts (the study's style jobs)", None),
-                     "per_class": ("grid.volumes (the largest)", None),
-                     **(split if "img2img" in g.prompts else {})},
-        "style": {**data, **split},
-        "filter": {"set_dir": ("grid.prompts and grid.guidance (the study's generated sets)", None),
-                   "name": ("grid.filters (a key of filter_presets)", None)},
-    }
-
-
 def check_stage_overrides(study: StudyConfig) -> None:
     """Refuses a stage override that the study would silently replace: a key the grid (or the study) sets per job.
 
@@ -183,7 +137,29 @@ def check_stage_overrides(study: StudyConfig) -> None:
     """
     import yaml
 
-    for stage, keys in _set_per_job(study).items():
+    g = study.grid
+    where, sets = ("the study's out_dir", None), ("grid.prompts and grid.guidance (the study's generated sets)", None)
+    common = {k: (name, [v]) for k, name, v in (("data.root", "data_root", study.data_root),
+                                                ("data.cache_dir", "cache_dir", study.cache_dir)) if v}
+    data = {"data.name": ("grid.datasets", g.datasets), **common, "out_dir": where}
+    split = {"data.shots": ("grid.shots", g.shots), "data.split_seed": ("grid.seeds (the few-shot draw)", None)}
+    # stage -> key -> (what sets it, the values it takes or None), for every key a study sets in each job's config
+    # after the stage's own overrides (`finetune=[...]`, `generate=[...]`, `style=[...]`, `filter=[...]`)
+    set_per_job = {
+        "finetune": {**data, "data.shots": ("grid.shots", g.shots), "seed": ("grid.seeds", g.seeds),
+                     "model.name": ("grid.models", g.models), "strategy": ("grid.strategies", g.strategies),
+                     "synthetic.per_class": ("grid.volumes", g.volumes), "synthetic.filter": ("grid.filters", None),
+                     "synthetic.path": sets, "run_name": where},
+        "generate": {**data, "generator.guidance": ("grid.guidance", g.guidance),
+                     "prompts.templates": ("grid.prompts", None), "mode": ("grid.prompts (img2img)", None),
+                     "prompts.style_embedding": ("grid.prompts (the study's style jobs)", None),
+                     "prompts.style_lora": ("grid.prompts (the study's style jobs)", None),
+                     "per_class": ("grid.volumes (the largest)", None),
+                     **(split if "img2img" in g.prompts else {})},
+        "style": {**data, **split},
+        "filter": {"set_dir": sets, "name": ("grid.filters (a key of filter_presets)", None)},
+    }
+    for stage, keys in set_per_job.items():
         for o in getattr(study, stage):
             key, _, value = o.partition("=")
             key = key.strip().lstrip("+~")
@@ -196,10 +172,8 @@ def check_stage_overrides(study: StudyConfig) -> None:
                 parsed = value
             if values is not None and len(values) == 1 and values[0] == parsed:
                 continue
-            if values is None:
-                use = f"remove it from {stage}"
-            else:
-                use = f"use {grid_key}=[{value}]" if grid_key.startswith("grid.") else f"use {grid_key}={value}"
+            shown = f"[{value}]" if grid_key.startswith("grid.") else value
+            use = f"remove it from {stage}" if values is None else f"use {grid_key}={shown}"
             raise ConfigError(f"{stage}=[{o}]: the study sets {key} for each job from {grid_key}; {use}")
 
 
@@ -211,68 +185,58 @@ def expand(study: StudyConfig) -> Plan:
     """
     check_stage_overrides(study)
     g = study.grid
-    for s in g.strategies:
-        STRATEGIES.get(s)
-    styles: dict[str, Job] = {}
-    gens: dict[str, Job] = {}
-    bases: dict[tuple, FinetuneConfig] = {}  # fine-tuning config per preset list, before the grid's values
-    made: dict[tuple, Job] = {}  # style/generation job per distinct arguments: many runs share one (configs are slow)
-    gen_volume: dict[str, int] = {}
-    runs: dict[str, Job] = {}
+    takes_synthetic = {s: STRATEGIES.get(s).takes_synthetic for s in g.strategies}  # unknown names fail first
     missing: dict[str, str] = {}
     res = Resolver(missing)  # a dry run may plan a study before its data is on this machine
-    filter_volumes: dict[str, set[int]] = {}
-    runs_dir = Path(study.folder) / "runs"
-    filters: dict[str, Job] = {}
+    made: dict[tuple, Any] = {}  # job or base config per distinct arguments: many runs share one (configs are slow)
+    jobs: dict[str, Job] = {}  # by id: identical jobs collapse
+    volumes: dict[str, set[int]] = {}  # set or filter id -> the volumes its runs train on
+
+    def once(key: tuple, make, *args) -> Any:  # a job is registered by id: identical ones collapse
+        if key not in made:
+            made[key] = make(*args)
+        return jobs.setdefault(made[key].id, made[key]) if isinstance(made[key], Job) else made[key]
+
     combos = itertools.product(g.datasets, g.models, g.strategies, g.seeds, g.shots, g.volumes, g.guidance, g.prompts,
                                g.filters)
     for dataset, model, strategy, seed, shots, volume, guidance, prompt, filt in combos:
-        needs_syn = STRATEGIES.get(strategy).takes_synthetic
         labels = {"dataset": dataset, "model": model, "strategy": strategy, "seed": seed, "shots": shots,
                   "volume": None, "guidance": None, "prompt": None, "filter": None}
         needs, produced_by = [], {}
-        if needs_syn:
+        if takes_synthetic[strategy]:
             style = None
             if prompt in STYLE_PROMPTS:
-                key = ("style", dataset, prompt, shots if not g.shared_style else 0, seed if shots else -1)
-                if key not in made:
-                    made[key] = _style_job(study, dataset, prompt, shots, seed, res)
-                style = styles.setdefault(made[key].id, made[key])
+                style = once(("style", dataset, prompt, shots if not g.shared_style else 0, seed if shots else -1),
+                             _style_job, study, dataset, prompt, shots, seed, res)
             own = (shots, seed if shots else -1) if prompt == "img2img" else (0, -1)  # img2img: one set per split
-            key = ("generate", dataset, guidance, prompt, style.id if style else None, own)
-            if key not in made:
-                made[key] = _gen_job(study, dataset, guidance, prompt, style, res, *own)
-            gen = gens.setdefault(made[key].id, made[key])
-            gen_volume[gen.id] = max(gen_volume.get(gen.id, 0), volume)
+            gen = once(("generate", dataset, guidance, prompt, style.id if style else None, own),
+                       _gen_job, study, dataset, guidance, prompt, style, res, *own)
+            volumes.setdefault(gen.id, set()).add(volume)
             labels.update(volume=volume, guidance=guidance, prompt=prompt, filter=filt or None)
             needs, produced_by = [gen.id], {"synthetic.path": gen.hash}
             if filt:
-                key = ("filter", gen.id, filt)
-                if key not in made:
-                    made[key] = _filter_job(study, gen, filt, res)
-                job = filters.setdefault(made[key].id, made[key])
+                job = once(("filter", gen.id, filt), _filter_job, study, gen, filt, res)
                 needs, produced_by = [job.id], {"synthetic.path": gen.hash, "synthetic.filter": job.hash}
-                filter_volumes.setdefault(job.id, set()).add(volume)
-        presets = tuple(finetune_presets(study, model, shots))
-        if presets not in bases:  # one slow config load per preset list; the grid's values are set directly below
-            bases[presets] = load_config(FinetuneConfig, list(presets), [*study.finetune, *_common(study),
-                                                                         f"out_dir={runs_dir}", "progress=false"])
-        base = bases[presets]
-        syn = (replace(base.synthetic, path=str(gen.out), per_class=volume, filter=filt if needs_syn else "")
-               if needs else base.synthetic)
+                volumes.setdefault(job.id, set()).add(volume)
+        presets = [study.model_presets.get(model, study.finetune_preset)]  # the grid's values are set directly below
+        presets += [study.fewshot_recipe] if shots > 0 and study.fewshot_recipe else []  # one k-shot recipe everywhere
+        base = once(("finetune", *presets), load_config, FinetuneConfig, presets,
+                    [*study.finetune, *_common(study), f"out_dir={Path(study.folder) / 'runs'}", "progress=false"])
+        syn = replace(base.synthetic, path=str(gen.out), per_class=volume, filter=filt) if needs else base.synthetic
         cfg = replace(base, strategy=strategy, seed=seed, model=replace(base.model, name=model),
                       data=replace(base.data, name=dataset, shots=shots), synthetic=syn)
         ident = identity(effective_config(cfg), res, produced_by)
         rid = _slug(f"{dataset}_{model}_{strategy}_{shots}shot_s{seed}") + f"_{digest(ident)}"
-        if rid not in runs:
-            runs[rid] = Job("finetune", rid, replace(cfg, run_name=rid), needs=needs, labels=labels, identity=ident)
-    for gid, job in gens.items():  # each set is generated once, with the largest volume any run needs
-        job.config = replace(job.config, per_class=gen_volume[gid])
-        job.labels["per_class"] = gen_volume[gid]
-    for job in filters.values():  # a kept list for every volume its runs train on
-        job.config = replace(job.config, per_class=sorted(filter_volumes[job.id]))
-        job.labels["per_class"] = gen_volume[job.needs[0]]
-    return Plan(study, [*styles.values(), *gens.values(), *filters.values(), *runs.values()], missing)
+        jobs.setdefault(rid, Job("finetune", rid, replace(cfg, run_name=rid), needs=needs, labels=labels,
+                                 identity=ident))
+    for job in jobs.values():
+        if job.kind == "generate":  # each set is generated once, with the largest volume any run needs
+            job.config = replace(job.config, per_class=max(volumes[job.id]))
+            job.labels["per_class"] = max(volumes[job.id])
+        elif job.kind == "filter":  # a kept list for every volume its runs train on
+            job.config = replace(job.config, per_class=sorted(volumes[job.id]))
+            job.labels["per_class"] = max(volumes[job.needs[0]])
+    return Plan(study, [j for kind in KINDS for j in jobs.values() if j.kind == kind], missing)
 
 
 def num_classes_of(data) -> int | None:

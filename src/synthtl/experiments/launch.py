@@ -44,21 +44,22 @@ class Task:
     overrides: list[str] = field(default_factory=list)  # e.g. ["shard=1/4"]
     needs: list = field(default_factory=list)  # Jobs that must be finished first (checked before running on Slurm)
 
-    @property
-    def argv(self) -> list[str]:
-        """The CLI form of the task: `synthtl <argv>`."""
-        return [KINDS[self.kind].command, "-c", str(self.file), *self.overrides]
-
 
 @dataclass
-class Outcome:
-    failed: list[str] = field(default_factory=list)  # job ids
-    elsewhere: list[str] = field(default_factory=list)  # job ids running in another process: skipped this pass
+class Outcome:  # job ids, once per task (a sharded generation job has several)
+    failed: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)  # running in another process: skipped this pass
 
 
 def lock_folder(study: StudyConfig, task_name: str) -> Path:
     """A task's lock, outside the job folder: the job's own command locks that folder for itself."""
     return Path(study.folder) / "locks" / task_name
+
+
+def task_names(study: StudyConfig, job) -> list[str]:
+    """A job's tasks: the job, or each of a generation job's launcher.gen_shards shards ("<id>.<i>of<N>")."""
+    n = study.launcher.gen_shards if job.kind == "generate" else 1
+    return [f"{job.id}.{i}of{n}" for i in range(n)] if n > 1 else [job.id]
 
 
 def is_locked(folder: Path) -> bool:
@@ -72,10 +73,6 @@ def is_locked(folder: Path) -> bool:
         return True
 
 
-def _inputs_missing(needs: list) -> list[str]:
-    return [j.id for j in needs if not is_finished(j.kind, j.config)]
-
-
 class JobRunner:
     """Runs one job in the current process; picklable for submitit, which requeues it on preemption."""
 
@@ -84,9 +81,9 @@ class JobRunner:
             import submitit
 
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-        lock = task.lock if not distributed or os.environ.get("RANK", "0") == "0" else ""  # the lock is rank 0's
+        lock = task.lock if not distributed or is_main() else ""  # the lock is rank 0's
         with exclusive(lock, "study job") if lock else contextlib.nullcontext():
-            missing = _inputs_missing(task.needs)
+            missing = [j.id for j in task.needs if not is_finished(j.kind, j.config)]
             if missing:  # Slurm chains use afterany: a failed input must stop this job, not leave it pending
                 raise RuntimeError(f"not started: input job(s) {', '.join(missing)} did not finish (failed or "
                                    "cancelled); see their logs, fix the cause and run the study again")
@@ -102,53 +99,26 @@ class JobRunner:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def tasks_of(stage: str, jobs: list, study: StudyConfig, files: list[Path], needs: dict[str, list]) -> list[Task]:
-    """The processes a stage's jobs need (generation jobs split into launcher.gen_shards shards)."""
-    shards = study.launcher.gen_shards
-    out = []
-    for job, f in zip(jobs, files, strict=True):
-        if stage == "generate" and shards > 1:
-            for i in range(shards):
-                name = f"{job.id}.{i}of{shards}"
-                out.append(Task(job.id, name, stage, f, lock_folder(study, name), [f"shard={i}/{shards}"],
-                                needs.get(job.id, [])))
-        else:
-            out.append(Task(job.id, job.id, stage, f, lock_folder(study, job.id), needs=needs.get(job.id, [])))
-    return out
-
-
-def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path], submitted: list[str] | None = None,
-           needs: dict[str, list] | None = None) -> Outcome:
+def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path], submitted: list[str],
+           needs: dict[str, list]) -> Outcome:
     """Runs a stage's jobs with the configured launcher.
 
     `submitted` collects the Slurm job ids of earlier stages: with launcher.wait=false a stage depends on them.
     `needs` maps a job id to the Jobs it reads (checked by a Slurm task before it runs).
     """
     lc = study.launcher
-    tasks = tasks_of(stage, jobs, study, files, needs or {})
+    tasks = []
+    for job, f in zip(jobs, files, strict=True):
+        names = task_names(study, job)
+        for i, name in enumerate(names):
+            shard = [f"shard={i}/{len(names)}"] if len(names) > 1 else []
+            tasks.append(Task(job.id, name, stage, f, lock_folder(study, name), shard, needs.get(job.id, [])))
     if lc.kind == "slurm":
-        return _slurm(stage, tasks, study, submitted if submitted is not None else [])
-    parallel = lc.parallel
-    if parallel == 0:
-        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if mask is not None:
-            visible = len([d for d in mask.split(",") if d.strip()])
-        else:
-            import torch
-
-            visible = torch.cuda.device_count()
-        parallel = max(1, visible // lc.gpus_per_job)
+        return _slurm(stage, tasks, study, submitted)
+    parallel = lc.parallel or max(1, len(_visible(os.environ)) // lc.gpus_per_job)
     if parallel == 1 and lc.gpus_per_job == 1:
         return _in_process(tasks, study)
     return _subprocesses(tasks, study, parallel)
-
-
-def _log_failure(study: StudyConfig, name: str, e: BaseException) -> None:
-    log = Path(study.folder) / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("".join(traceback.format_exception(e)))
-    if is_main():
-        print(f"[synthtl] job {name} failed: {e} (log: {log})")
 
 
 def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
@@ -157,37 +127,42 @@ def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
         try:
             with exclusive(t.lock, "study job"):
                 JobRunner()(dataclasses.replace(t, lock=""))  # this process holds the lock
-        except KeyboardInterrupt:
-            raise
         except LockedError:  # a second `synthtl study` (or a lone command) is running this very job
             out.elsewhere.append(t.job)
         except Exception as e:  # one failed job must not stop the others
             out.failed.append(t.job)
-            _log_failure(study, t.name, e)
-    return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))
+            log = Path(study.folder) / "logs" / f"{t.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text("".join(traceback.format_exception(e)))
+            if is_main():
+                print(f"[synthtl] job {t.name} failed: {e} (log: {log})")
+    return out
+
+
+def _visible(env) -> list[str]:
+    """The GPUs this process may use: the entries (indices or UUIDs) of an inherited CUDA_VISIBLE_DEVICES mask, else
+    0..n-1."""
+    mask = env.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        return [d.strip() for d in mask.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES value of each of `parallel` job slots of `per_job` GPUs each, taken from the GPUs
-    this process may use.
-
-    An inherited CUDA_VISIBLE_DEVICES mask is respected (its entries, indices or UUIDs, are handed out in order);
-    without one, the visible GPUs are 0..n-1. With no GPU at all the slots run on the CPU (None: leave it unset).
+    """The CUDA_VISIBLE_DEVICES value of each of `parallel` job slots of `per_job` GPUs each, handed out in order from
+    the GPUs this process may use. With no GPU at all the slots run on the CPU (None: leave it unset).
 
     Raises:
         ConfigError: more slots than visible GPUs.
     """
     env = os.environ if env is None else env
-    mask = env.get("CUDA_VISIBLE_DEVICES")
-    if mask is not None:
-        visible = [d.strip() for d in mask.split(",") if d.strip()]
-    else:
-        import torch
-
-        visible = [str(i) for i in range(torch.cuda.device_count())]
+    visible = _visible(env)
     if not visible:
         return [None] * parallel
     if parallel * per_job > len(visible):
+        mask = env.get("CUDA_VISIBLE_DEVICES")
         seen = f"CUDA_VISIBLE_DEVICES={mask}" if mask is not None else f"{len(visible)} GPU(s) on this machine"
         raise ConfigError(f"launcher.parallel={parallel} x launcher.gpus_per_job={per_job} needs "
                           f"{parallel * per_job} GPUs but this process may use {len(visible)} ({seen}); set "
@@ -198,17 +173,15 @@ def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1
 def process_argv(task: Task, gpus: int) -> list[str]:
     """The command of a task's process: `python -m synthtl ...`, or torchrun over `gpus` GPUs for a fine-tuning or
     generation job (data-parallel; style learning runs on one GPU)."""
+    argv = ["-m", "synthtl", KINDS[task.kind].command, "-c", str(task.file), *task.overrides]
     if gpus > 1 and task.kind in ("finetune", "generate"):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-                "-m", "synthtl", *task.argv]
-    return [sys.executable, "-m", "synthtl", *task.argv]
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *argv]
+    return [sys.executable, *argv]
 
 
 def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dict[str, str] | None = None) -> Outcome:
-    """One job per GPU slot at a time (CUDA_VISIBLE_DEVICES from the visible GPUs), logs under <study>/logs/.
-
-    This process holds each task's lock while its subprocess runs.
-    """
+    """One job per GPU slot at a time, logs under <study>/logs/; this process holds each task's lock while its
+    subprocess runs."""
     env = dict(os.environ if env is None else env)
     per_job = study.launcher.gpus_per_job
     devices = gpu_slots(parallel, env, per_job)
@@ -221,29 +194,26 @@ def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dic
         for slot in range(parallel):
             while slot not in running and queue:
                 t = queue.pop(0)
-                held = contextlib.ExitStack()
+                held = contextlib.ExitStack()  # the lock and the log, released when the process ends
                 try:
                     held.enter_context(exclusive(t.lock, "study job"))
                 except LockedError:
                     out.elsewhere.append(t.job)
                     continue
-                child_env = dict(env)
-                if devices[slot] is not None:
-                    child_env["CUDA_VISIBLE_DEVICES"] = devices[slot]
-                fh = open(logs / f"{t.name}.{slot}.log", "a")  # noqa: SIM115 - closed when the process ends
+                child_env = {**env, "CUDA_VISIBLE_DEVICES": devices[slot]} if devices[slot] is not None else env
+                fh = held.enter_context(open(logs / f"{t.name}.{slot}.log", "a"))  # noqa: SIM115 - held
                 gpus = per_job if devices[slot] is not None else 1
                 proc = subprocess.Popen(process_argv(t, gpus), env=child_env, stdout=fh, stderr=subprocess.STDOUT)
                 running[slot] = (proc, t, fh, held)
         for slot, (proc, t, fh, held) in list(running.items()):
             if proc.poll() is not None:
-                fh.close()
                 held.close()
                 if proc.returncode != 0:
                     out.failed.append(t.job)
                     print(f"[synthtl] job {t.name} failed (exit {proc.returncode}); log: {fh.name}")
                 del running[slot]
         time.sleep(0.5)
-    return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- Slurm
@@ -284,19 +254,8 @@ def state_of(states: dict[str, str], slurm_id: str) -> str:
     if slurm_id in states:
         return states[slurm_id]
     base = slurm_id.split("_")[0]
-    for jid, state in states.items():
-        if jid.startswith(f"{base}_[") or jid == base:
-            return state
-    return ""  # unknown: never submitted from here, or purged from the accounting database
-
-
-def _record_submitted(study: StudyConfig, stage: str, tasks: list[Task], jobs: list) -> None:
-    names = {t.name for t in tasks}
-    rows = [r for r in read_submitted(study) if r["task"] not in names]  # a resubmission supersedes the old row
-    for t, j in zip(tasks, jobs, strict=True):
-        rows.append({"job": t.job, "task": t.name, "stage": stage, "slurm_id": str(j.job_id),
-                     "log": str(j.paths.stderr), "reported": False})
-    write_json(submitted_file(study), rows)
+    rows = (state for jid, state in states.items() if jid.startswith(f"{base}_[") or jid == base)
+    return next(rows, "")  # "": never submitted from here, or purged from the accounting database
 
 
 def check_submitted(study: StudyConfig, unfinished: set[str]) -> tuple[list[dict], list[dict]]:
@@ -304,23 +263,14 @@ def check_submitted(study: StudyConfig, unfinished: set[str]) -> tuple[list[dict
     still queued or running). Each row names the job, its Slurm id, state and log."""
     rows = [r for r in read_submitted(study) if r["job"] in unfinished and not r.get("reported")]
     states = slurm_states([r["slurm_id"] for r in rows])
-    failed, active = [], []
-    for r in rows:
-        state = state_of(states, r["slurm_id"])
-        if state in ENDED_BADLY:
-            failed.append({**r, "state": state})
-        elif state in ACTIVE:
-            active.append({**r, "state": state})
-    return failed, active
+    rows = [{**r, "state": state_of(states, r["slurm_id"])} for r in rows]
+    return [r for r in rows if r["state"] in ENDED_BADLY], [r for r in rows if r["state"] in ACTIVE]
 
 
 def mark_reported(study: StudyConfig, tasks: set[str]) -> None:
     """A failure is reported once; the next `synthtl study` submits the job again (it resumes)."""
-    rows = read_submitted(study)
-    for r in rows:
-        if r["task"] in tasks:
-            r["reported"] = True
-    write_json(submitted_file(study), rows)
+    write_json(submitted_file(study), [{**r, "reported": r["task"] in tasks or r["reported"]}
+                                       for r in read_submitted(study)])
 
 
 def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]) -> Outcome:
@@ -329,24 +279,18 @@ def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]
     except ImportError as e:
         raise RuntimeError("launcher.kind=slurm needs submitit: pip install 'synthtl[slurm]'") from e
     lc = study.launcher
-    out = Outcome()
-    free = []
-    for t in tasks:  # a task another process is running now is not submitted twice
-        if is_locked(t.lock):
-            out.elsewhere.append(t.job)
-        else:
-            free.append(t)
-    tasks = free
+    busy = [is_locked(t.lock) for t in tasks]  # a task another process is running now is not submitted twice
+    out = Outcome(elsewhere=[t.job for t, b in zip(tasks, busy, strict=True) if b])
+    tasks = [t for t, b in zip(tasks, busy, strict=True) if not b]
     if not tasks:
-        return Outcome(elsewhere=sorted(set(out.elsewhere)))
-    folder = Path(lc.folder or Path(study.folder) / "slurm") / "%j"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=lc.cluster or None)
+        return out
+    executor = submitit.AutoExecutor(folder=str(Path(lc.folder or Path(study.folder) / "slurm") / "%j"),
+                                     cluster=lc.cluster or None)
     params = {"timeout_min": lc.time_min, "gpus_per_node": lc.gpus_per_task, "cpus_per_task": lc.cpus_per_task,
               "mem_gb": lc.mem_gb, "name": f"synthtl-{study.name}-{stage}",
               "slurm_array_parallelism": lc.array_parallelism}
-    for key, value in (("slurm_partition", lc.partition), ("slurm_account", lc.account), ("slurm_qos", lc.qos)):
-        if value:
-            params[key] = value
+    params.update({k: v for k, v in (("slurm_partition", lc.partition), ("slurm_account", lc.account),
+                                     ("slurm_qos", lc.qos)) if v})
     if not lc.wait and executor.cluster == "slurm":
         params.update(slurm_dependency(earlier))
     ranks = lc.gpus_per_task if stage in ("finetune", "generate") else 1  # style learning: one process
@@ -355,15 +299,19 @@ def _slurm(stage: str, tasks: list[Task], study: StudyConfig, earlier: list[str]
     executor.update_parameters(**params)
     jobs = executor.map_array(JobRunner(), tasks, [ranks > 1] * len(tasks))
     if is_main():
-        print(f"[synthtl] submitted {len(jobs)} {stage} task(s): {jobs[0].job_id.split('_')[0] if jobs else ''}")
-    if not lc.wait:
-        _record_submitted(study, stage, tasks, jobs)
+        print(f"[synthtl] submitted {len(jobs)} {stage} task(s): {jobs[0].job_id.split('_')[0]}")
+    if not lc.wait:  # recorded for the next call; a resubmission supersedes the old row
+        names = {t.name for t in tasks}
+        rows = [r for r in read_submitted(study) if r["task"] not in names]
+        write_json(submitted_file(study), rows + [
+            {"job": t.job, "task": t.name, "stage": stage, "slurm_id": str(j.job_id), "log": str(j.paths.stderr),
+             "reported": False} for t, j in zip(tasks, jobs, strict=True)])
         earlier += sorted({j.job_id.split("_")[0] for j in jobs})  # array ids: the next stage waits for them
-        return Outcome(elsewhere=sorted(set(out.elsewhere)))
+        return out
     for t, job in zip(tasks, jobs, strict=True):
         try:
             job.results()  # every process of the task (one per GPU with gpus_per_task > 1)
         except Exception as e:  # submitit raises UncompletedJobError / FailedJobError with the remote traceback
             out.failed.append(t.job)
             print(f"[synthtl] job {t.name} failed: {str(e).splitlines()[0]} (logs: {job.paths.stderr})")
-    return Outcome(sorted(set(out.failed)), sorted(set(out.elsewhere)))
+    return out

@@ -34,8 +34,7 @@ def job_file(study: StudyConfig, job: Job) -> Path:
 
 
 def is_done(job: Job) -> bool:
-    """Finished jobs are skipped: style.json / every planned image of the needed volume / a kept list for every
-    volume its runs train on / result.json (`jobs.is_finished`).
+    """Whether a job is finished (`jobs.is_finished`), so skipped.
 
     Raises:
         ConfigError: the job's folder holds another job (`identity.check`: never by path, so a moved study is the same).
@@ -63,8 +62,7 @@ def progress_of(job: Job) -> str:
 
 def write_plan(plan: Plan) -> dict[str, bool]:
     """Writes study.yaml, the job files and plan.json; returns job id -> done."""
-    study = plan.study
-    root = Path(study.folder)
+    study, root = plan.study, Path(plan.study.folder)
     write_text(root / "study.yaml", to_yaml(study))
     # What a killed `synthtl study` left half-written (two studies may write here at once: only old leftovers go).
     remove_temps(root / "jobs", min_age_s=60)
@@ -103,16 +101,13 @@ def measured_rates(root: Path) -> dict[str, float]:
         n = sum(s["steps"] * s["batch_size"] for s in d["stages"].values())
         if n:
             per_model.setdefault(d["model"], []).append(d["wall_s"] / n)
-    for m, v in per_model.items():
-        rates[m] = sum(v) / len(v)
-    return rates
+    return rates | {m: sum(v) / len(v) for m, v in per_model.items()}
 
 
 def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
     c = job.config
     if job.kind == "style":
-        steps, per_class = style_steps(job)
-        steps = steps if steps is not None else c.steps_per_class * 10  # classes unknown until the data is there
+        steps = style_steps(job)[0] or c.steps_per_class * 10  # classes unknown until the data is there
         return steps * rates.get("style", DEFAULT_RATES["style"])
     if job.kind == "generate":
         return c.per_class * (num_classes(c.data.name) or 10) * rates.get("generate", DEFAULT_RATES["generate"])
@@ -143,18 +138,15 @@ def describe_style_job(job: Job) -> str:
     return f"    {job.id}: {total} (one {what} for the dataset)"
 
 
-PROGRESS_LABELS = {"stopped": "stopped part-way", "extend": "to extend"}
-
-
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
     """The plan: jobs per stage, finished, running elsewhere, to run (of them: stopped part-way, i.e. started by an
     earlier call that failed or was killed; finished sets and filters to extend), the GPU-hour estimate and each style
     job's steps."""
-    rates = {**measured_rates(Path(plan.study.folder))}
-    elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if _locked(plan.study, j)}
-    lines = [f"study {plan.study.name!r} -> {plan.study.folder}"]
-    for why in plan.missing.values():
-        lines.append(f"  {why} (its job ids are provisional until it is there)")
+    study, rates = plan.study, measured_rates(Path(plan.study.folder))
+    elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if any(  # locked by another process
+        launcher.is_locked(launcher.lock_folder(study, n)) for n in launcher.task_names(study, j))}
+    lines = [f"study {study.name!r} -> {study.folder}"]
+    lines += [f"  {why} (its job ids are provisional until it is there)" for why in plan.missing.values()]
     total = 0.0
     for stage in STAGES:
         jobs = plan.of(stage)
@@ -162,9 +154,8 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
         busy = [j for j in todo if j.id in elsewhere]
         todo = [j for j in todo if j.id not in elsewhere]
         progress = [progress_of(j) for j in todo]
-        counts = {k: progress.count(k) for k in PROGRESS_LABELS}
-        shown = ", ".join([f"{counts['stopped']} stopped part-way"] +
-                          [f"{n} {PROGRESS_LABELS[k]}" for k, n in counts.items() if n and k != "stopped"])
+        extend = progress.count("extend")
+        shown = f"{progress.count('stopped')} stopped part-way" + (f", {extend} to extend" if extend else "")
         secs = sum(estimate_seconds(j, rates) for j in todo)
         total += secs
         lines.append(f"  {stage:<9} {len(jobs):>5} jobs, {len(jobs) - len(todo) - len(busy):>5} finished, "
@@ -175,13 +166,6 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
     source = "measured in this study" if rates else "default rates (nothing measured yet)"
     lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source}; see experiments/runner.py DEFAULT_RATES)")
     return "\n".join(lines)
-
-
-def _locked(study: StudyConfig, job: Job) -> bool:
-    names = [job.id]
-    if job.kind == "generate" and study.launcher.gen_shards > 1:
-        names = [f"{job.id}.{i}of{study.launcher.gen_shards}" for i in range(study.launcher.gen_shards)]
-    return any(launcher.is_locked(launcher.lock_folder(study, n)) for n in names)
 
 
 def _earlier_submissions(plan: Plan) -> set[str]:
@@ -271,7 +255,7 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
         t_stage = time.perf_counter()
         out = launcher.launch(stage, jobs, study, [job_file(study, j) for j in jobs], submitted,
                               {j.id: [by_id[n] for n in j.needs] for j in jobs})
-        failed += out.failed
+        failed += sorted(set(out.failed))
         elsewhere |= set(out.elsewhere)
         if study.launcher.kind == "slurm" and not study.launcher.wait:
             queued += [j.id for j in jobs if j.id not in out.elsewhere and j.id not in out.failed]
