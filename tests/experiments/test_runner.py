@@ -135,6 +135,11 @@ def test_failed_job_is_reported_others_finish_and_rerun_completes(tmp_path, fold
     assert len(list((tmp_path / "f" / "runs").glob("*/result.json"))) == 4
 
 
+def test_eta_of_the_kth_job():
+    assert launch_mod.eta(1, 4, 0.0) == "1/4 (elapsed 0:00:00)"
+    assert launch_mod.eta(3, 4, 600.0) == "3/4 (elapsed 0:10:00, ETA ~0:10:00)"  # 300 s per job, 2 to go
+
+
 def test_a_job_running_elsewhere_is_skipped_not_run_twice(tmp_path, folder_data, monkeypatch):
     cfg = tiny_study(tmp_path, folder_data, "two", "grid.strategies=[vanilla]", "grid.seeds=[0,1]")
     jobs = expand(cfg).of("finetune")
@@ -179,6 +184,10 @@ def test_study_command_says_unfinished_and_builds_no_report_while_jobs_run_elsew
     out = capsys.readouterr().out
     assert "study finished" not in out and "the study is not finished: 1 of 2 jobs are unfinished" in out
     assert "1 running in another process" in out and "no report built" in out
+    # progress: each job with k/N, elapsed and an ETA; the stage line says what ran and what was skipped, and why
+    assert "[synthtl] finetune job 1/2 (elapsed 0:00:00): " in out and "finetune job 2/2 (elapsed" in out
+    assert "ETA ~" in out and "[synthtl] finetune: 1 job(s) done in" in out
+    assert "1 skipped: another process runs them" in out
     assert not (tmp_path / "e" / "report").exists()
     assert run_cli("study", *args) == 0
     assert "study finished; build its report with" in capsys.readouterr().out

@@ -188,3 +188,11 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(base, capsy
     err = capsys.readouterr().err.strip()
     assert "pip install 'synthtl[tensorboard]'" in err and len(err.splitlines()) == 1
     assert not list(Path(out_of(base).split("=", 1)[1]).rglob("metrics.jsonl"))  # nothing trained
+
+
+def test_console_lines_name_the_run_and_each_epochs_validation(base, capsys):
+    assert run_cli("finetune", *base, "strategy=bridged", "synthetic.per_class=4", "data.val_fraction=0.25") == 0
+    out = capsys.readouterr().out
+    assert "[synthtl] synthetic epoch 1/1: train loss " in out and "[synthtl] real epoch 1/1: train loss " in out
+    assert "val top-1 " in out
+    assert "[synthtl] bridged on folder (test_resnet, full, seed 0, synthetic synthetic x4): test top-1 " in out

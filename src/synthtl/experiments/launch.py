@@ -121,9 +121,21 @@ def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path], submit
     return _subprocesses(tasks, study, parallel)
 
 
+def eta(k: int, n: int, elapsed: float) -> str:
+    """"job k/N (elapsed, ETA)" of the k-th of n tasks (1-based), the ETA from the mean time of the finished ones."""
+    left = f", ETA ~{_hms(elapsed / (k - 1) * (n - k + 1))}" if k > 1 else ""
+    return f"{k}/{n} (elapsed {_hms(elapsed)}{left})"
+
+
+def _hms(s: float) -> str:
+    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+
 def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
-    out = Outcome()
-    for t in tasks:
+    out, t0 = Outcome(), time.perf_counter()
+    for k, t in enumerate(tasks, 1):
+        if is_main():
+            print(f"[synthtl] {t.kind} job {eta(k, len(tasks), time.perf_counter() - t0)}: {t.name}", flush=True)
         try:
             with exclusive(t.lock, "study job"):
                 JobRunner()(dataclasses.replace(t, lock=""))  # this process holds the lock
@@ -187,7 +199,7 @@ def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dic
     devices = gpu_slots(parallel, env, per_job)
     queue = list(tasks)
     running: dict[int, tuple[subprocess.Popen, Task, object, contextlib.ExitStack]] = {}
-    out = Outcome()
+    out, t0, started = Outcome(), time.perf_counter(), 0
     logs = Path(study.folder) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     while queue or running:
@@ -204,7 +216,9 @@ def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dic
                 fh = held.enter_context(open(logs / f"{t.name}.{slot}.log", "a"))  # noqa: SIM115 - held
                 gpus = per_job if devices[slot] is not None else 1
                 proc = subprocess.Popen(process_argv(t, gpus), env=child_env, stdout=fh, stderr=subprocess.STDOUT)
-                running[slot] = (proc, t, fh, held)
+                running[slot], started = (proc, t, fh, held), started + 1
+                print(f"[synthtl] {t.kind} job {eta(started, len(tasks), time.perf_counter() - t0)}: {t.name} "
+                      f"(slot {slot}; log {fh.name})", flush=True)
         for slot, (proc, t, fh, held) in list(running.items()):
             if proc.poll() is not None:
                 held.close()

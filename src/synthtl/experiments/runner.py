@@ -163,8 +163,9 @@ def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
                      f"~{secs / 3600:.1f} GPU-hours")
         if stage == "style":
             lines += [describe_style_job(j) for j in jobs]
-    source = "measured in this study" if rates else "default rates (nothing measured yet)"
-    lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source}; see experiments/runner.py DEFAULT_RATES)")
+    source = ("measured in this study" if rates else "rough default rates of an H100-class GPU: nothing measured yet; "
+              "the estimate uses this study's own rates once jobs have run")
+    lines.append(f"  total ~{total / 3600:.1f} GPU-hours ({source})")
     return "\n".join(lines)
 
 
@@ -259,8 +260,11 @@ def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
         elsewhere |= set(out.elsewhere)
         if study.launcher.kind == "slurm" and not study.launcher.wait:
             queued += [j.id for j in jobs if j.id not in out.elsewhere and j.id not in out.failed]
+        ran = len(jobs) - len(set(out.elsewhere))
         if is_main():
-            print(f"[synthtl] {stage}: done in {time.perf_counter() - t_stage:.0f} s")
+            skipped = f"; {len(set(out.elsewhere))} skipped: another process runs them" if out.elsewhere else ""
+            print(f"[synthtl] {stage}: {ran} job(s) done in {time.perf_counter() - t_stage:.0f} s{skipped}"
+                  if ran else f"[synthtl] {stage}: nothing run{skipped}")
     summary = {stage: len(plan.of(stage)) for stage in STAGES}
     done = write_plan(plan)
     summary.update(jobs=len(plan.jobs), failed=failed, elsewhere=sorted(elsewhere), waiting=waiting, submitted=queued,

@@ -117,8 +117,18 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, iden
         result = {**_result(cfg, run, final, time.perf_counter() - t0), "identity": identity.digest(ident)}
         write_json(result_file, result)
         record.finish()
-        print(f"[synthtl] {cfg.strategy}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
+        print(f"[synthtl] {describe(cfg)}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")
     return distributed.broadcast(result)
+
+
+def describe(cfg: FinetuneConfig) -> str:
+    """What a run is, in one line: strategy, dataset, model, shots, seed and, when it reads one, the synthetic set
+    with its volume and filter (so that two result lines of a study never look alike)."""
+    shots = f"{cfg.data.shots}-shot" if cfg.data.shots else "full"
+    s = cfg.synthetic
+    syn = (f", synthetic {Path(s.path).name} x{s.per_class or 'all'}" + (f" filter {s.filter}" if s.filter else "")
+           if s.path and STRATEGIES.get(cfg.strategy).needs_synthetic else "")
+    return f"{cfg.strategy} on {cfg.data.name} ({cfg.model.name}, {shots}, seed {cfg.seed}{syn})"
 
 
 def finish(run: Run, model: nn.Module) -> dict:

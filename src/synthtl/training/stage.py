@@ -139,6 +139,8 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
         last = epoch == epochs - 1
         if is_main():
             _evaluate_epoch(run, t, stage, row, last, final)
+            val = f", val top-1 {row['val_top1']:.2f}%" if "val_top1" in row else ""
+            print(f"[synthtl] {name} epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}{val}", flush=True)
         t.seconds += time.perf_counter() - t0
         row["stage_seconds"] = t.seconds
         run.record.log(row)
