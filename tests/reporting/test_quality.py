@@ -107,14 +107,13 @@ def test_features_are_keyed_by_file_content_not_path(tmp_path):
     for p in paths:  # BMP: the file size depends on the image size only
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / p)
     images = ImageList(folder, paths, (0, 0, 0), ("c",), ("c",))
-    space = FeatureSpace(RANDOM_FEATURES, torch.device("cpu"))
     cache = tmp_path / "cache"
+    space = FeatureSpace(RANDOM_FEATURES, torch.device("cpu"), cache)
 
     def features(imgs):
-        s = Scanned.of(imgs)
-        s.all_features(space, cache)
-        assert s.feature_ok.all()
-        return s.features
+        f, readable = Scanned.of(imgs).features_of(space, np.arange(len(imgs)))
+        assert len(readable) == len(imgs)
+        return f
 
     before = features(images)
     target = folder / paths[1]
@@ -220,5 +219,5 @@ def test_features_use_clean_fid_resize_to_299_without_crop():
     ref = np.asarray(Image.fromarray(arr[:, :, 1].astype(np.float32)).resize((299, 299), Image.Resampling.BICUBIC))
     assert np.array_equal(out[1], ref) and not np.array_equal(out[1], np.round(out[1]))
     space = FeatureSpace(ReportConfig(features="timm:inception_v3.tv_in1k", features_pretrained=False),
-                         torch.device("cpu"))
+                         torch.device("cpu"), Path("unused"))
     assert (space.size, space.dim) == (299, 2048)

@@ -88,12 +88,12 @@ def test_kept_subset_row_is_measured_from_the_sets_features(study, tmp_path, mon
     assert everything["fid_random_same_n"] == pytest.approx(full["fid"]) and everything["fid_random_same_n_std"] == 0
     assert np.isfinite(sub["fid_random_same_n"]) and "FID, random same n ↓" in qr.quality.columns
     # the same FID computed directly from those images' features (a fresh cache: recomputed)
-    space = q.FeatureSpace(RANDOM_FEATURES, q.torch.device("cpu"))
+    space = q.FeatureSpace(RANDOM_FEATURES, q.torch.device("cpu"), tmp_path / "c2")
     syn = q.Scanned.of(q.synthetic_list(collect_gensets(root)[0], list(q.completed_rows(gen))))
     train = q.Scanned.of(q.real_splits(collect_runs(root), "folder")[0])
     idx = np.array(sorted(syn.images.paths.index(p) for p in kept))
-    f_kept, ok_k = space([syn.images.path(int(i)) for i in idx], [syn.digests[int(i)] for i in idx], tmp_path / "c2")
-    f_real, ok_r = space([train.images.path(i) for i in range(len(train.images))], train.digests, tmp_path / "c2")
+    f_kept, ok_k = space([syn.images.path(int(i)) for i in idx], [syn.digests[int(i)] for i in idx])
+    f_real, ok_r = space([train.images.path(i) for i in range(len(train.images))], train.digests)
     assert ok_k.all() and ok_r.sum() == sub["n_real"]
     assert sub["fid"] == pytest.approx(fid(f_real[ok_r], f_kept), rel=1e-9)
     assert "kept list of its largest volume (<set>/filters/<name>/kept/<V>.json" in qr.quality.note

@@ -5,8 +5,7 @@ import io
 import math
 
 from synthtl.reporting.render import Col, Table, dash, pivot, plain, to_csv, to_html, to_latex, to_markdown
-from synthtl.reporting.stats import fmt_delta, fmt_mean_std
-from synthtl.reporting.tables import top1_cell
+from synthtl.reporting.tables import fmt_delta, fmt_mean_std, top1_cell
 
 
 def table(**kw) -> Table:

@@ -17,7 +17,7 @@ from PIL import Image
 from synthtl.config import ReportConfig
 from synthtl.data.genset import read_rows
 from synthtl.reporting.report import build_report
-from synthtl.reporting.stats import mean_std, paired
+from synthtl.reporting.tables import mean_std, paired
 from tests.conftest import run_cli
 from tests.data.sets import fake_set
 
@@ -309,3 +309,20 @@ def test_leep_rows_are_per_method_never_pooled(tmp_path):
                    ("filter clip80", "bridged"): (-1.0, 2)}
     assert all(abs(r["leep_pretrained"] + 4.05) < 1e-9 and r["n_pretrained"] == 8 for r in t.raw)
     assert [r["paper_stage1"] for r in t.raw if "single" in r["setting"]] == [-3.41]  # the paper's setting only
+
+
+def test_leep_rows_of_a_setting_without_stage1_models(tmp_path):
+    """Pretrained LEEP of runs whose model and shots have no stage-1 (synthetic) model: one row, stage 1 empty."""
+    from synthtl.reporting.collect import Run
+    from synthtl.reporting.tables import leep_table
+
+    def run(rid, strategy, shots, stage1=None):
+        lab = {**labels("aircraft", strategy, 0), "shots": shots}
+        leep = {"pretrained": -4.0 - shots / 100, **({"stage1": stage1} if stage1 is not None else {})}
+        return Run(rid, tmp_path / rid, lab, {"test": {"top1": 80.0}, "leep": leep}, {})
+
+    t = leep_table([run("v", "vanilla", 0), run("b", "bridged++", 0, -3.0), run("v16", "vanilla", 16)])
+    few = [r for r in t.raw if r["shots"] == 16]
+    assert [(r["setting"], r["strategy"], r["n_pretrained"], r["n_stage1"]) for r in few] == [
+        ("resnet18, 16-shot", None, 1, 0)]
+    assert t.rows[-1][2:4] == ["–", "-4.16"] and t.rows[-1][4] == "–"

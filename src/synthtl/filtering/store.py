@@ -61,9 +61,10 @@ def read_scores(folder: Path) -> dict[str, dict]:
 def read_cost(folder: Path) -> dict:
     """Cost of every scoring session so far, summed from the score log: sessions, images scored, wall and GPU seconds.
     A killed session counts up to its last logged batch."""
-    rows = list(read_scores(folder).values())
-    return {"sessions": len({r["session"] for r in rows}), "scored": len(rows),
-            "seconds": sum(r["seconds"] for r in rows), "gpu_seconds": sum(r["gpu_seconds"] for r in rows)}
+    rows = list(read_scores(folder).values())  # rows of a filter scored before costs were per row count as 0 s
+    return {"sessions": len({r.get("session") for r in rows}), "scored": len(rows),
+            "seconds": sum(r.get("seconds", 0.0) for r in rows),
+            "gpu_seconds": sum(r.get("gpu_seconds", 0.0) for r in rows)}
 
 
 def volumes(set_dir: str | os.PathLike, asked: list[int]) -> list[int]:

@@ -1,8 +1,5 @@
-"""Reading a study folder: finished runs with their grid labels, metrics curves, generated sets, styles, costs.
-
-Everything comes from files (run folders, plan.json, generated sets' plan/progress files, style.json); nothing
-is imported from the training code.
-"""
+"""Reading a study folder from its files only (run folders, plan.json, generated sets' plan and progress files,
+style.json): finished runs with their grid labels and metrics curves, generated sets, styles, and their costs."""
 
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from synthtl.data.genset import set_stats
 from synthtl.files import read_json, read_jsonl
 from synthtl.strategies import takes_synthetic
 
@@ -52,32 +50,17 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
     return ident.get("guidance"), prompt
 
 
-def labels_from_config(cfg: dict, prompt_label=_prompt_label) -> dict:
-    """Grid coordinates of a run that was not launched by a study (read from its config and synthetic set)."""
-    syn = cfg.get("synthetic", {}) or {}
-    labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
-              "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": None, "guidance": None, "prompt": None,
-              "filter": ""}
-    if syn.get("path") and takes_synthetic(cfg["strategy"]):
-        guidance, prompt = prompt_label(Path(syn["path"]))
-        # a filtered set is its own setting, never pooled with the unfiltered one (as in a study's plan labels)
-        labels.update(volume=syn.get("per_class") or None, guidance=guidance, prompt=prompt,
-                      filter=syn.get("filter") or "")
-    return labels
-
-
 def plan_labels(root: Path, kind: str) -> dict[str, dict]:
     """job id -> grid labels from the study's plan.json ({} for a folder of runs made without a study)."""
-    if not (root / "plan.json").is_file():
-        return {}
-    return {j["id"]: j["labels"] for j in read_json(root / "plan.json")["jobs"] if j["kind"] == kind}
+    plan = root / "plan.json"
+    return {j["id"]: j["labels"] for j in read_json(plan)["jobs"] if j["kind"] == kind} if plan.is_file() else {}
 
 
 def find_runs(study_dir: str | Path) -> list[Run]:
     """Every finished run folder (with result.json) under <study>/runs, with labels, duplicates included."""
     root = Path(study_dir)
     plan = plan_labels(root, "finetune")
-    prompt_label = functools.cache(_prompt_label)  # one manifest read per generated set, for this collection only
+    prompt_label = functools.cache(_prompt_label)  # one plan read per generated set, for this collection only
     runs = []
     for res in sorted(root.glob("runs/**/result.json")):
         folder = res.parent
@@ -85,40 +68,37 @@ def find_runs(study_dir: str | Path) -> list[Run]:
         # A study puts its runs at runs/<job id>; a folder elsewhere (a copy?) is named by its own path
         rid = folder.name if folder.name in plan and folder.parent == root / "runs" else \
             str(folder.relative_to(root / "runs"))
-        labels = plan.get(rid) or labels_from_config(cfg, prompt_label)
+        labels = plan.get(rid)
+        if not labels:  # not launched by a study: its grid coordinates, from its config and synthetic set
+            syn = cfg.get("synthetic") or {}
+            syn = syn if syn.get("path") and takes_synthetic(cfg["strategy"]) else {}
+            guidance, prompt = prompt_label(Path(syn["path"])) if syn else (None, None)
+            # a filtered set is its own setting, never pooled with the unfiltered one (as in a study's plan labels)
+            labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
+                      "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": syn.get("per_class") or None,
+                      "guidance": guidance, "prompt": prompt, "filter": syn.get("filter") or ""}
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
         runs.append(Run(rid, folder, labels, read_json(res), cfg, metrics))
     return runs
 
 
-def run_identity(run: Run) -> tuple[str, object]:
-    """(identity hash, seed): what makes two run folders the same run, wherever they live (result.json's
-    "identity", `synthtl.identity`)."""
-    return str(run.result.get("identity") or f"folder:{run.folder}"), run.result.get("seed", run.labels.get("seed"))
-
-
 def unique_runs(runs: list[Run]) -> tuple[list[Run], list[dict]]:
-    """Counts each run once: of folders with the same identity (a copied or moved study), the first is kept.
-
-    Returns:
-        (kept runs, one record per dropped folder: run, kept (the run kept in its place), identity, both top-1s).
-    """
+    """Counts each run once: of folders with the same identity and seed (a copied or moved study), the first is kept.
+    Returns the kept runs, and a record of each dropped folder (run, kept: the run kept in its place, both top-1s)."""
     kept: dict[tuple, Run] = {}
     dropped = []
     for r in runs:
-        ident = run_identity(r)
-        if ident in kept:
-            k = kept[ident]
+        # what makes two run folders the same run, wherever they live (result.json's "identity", `synthtl.identity`)
+        ident = str(r.result.get("identity") or f"folder:{r.folder}"), r.result.get("seed", r.labels.get("seed"))
+        k = kept.setdefault(ident, r)
+        if k is not r:
             dropped.append({"run": r.id, "folder": str(r.folder), "kept": k.id, "kept_folder": str(k.folder),
                             "identity": ident[0], "seed": ident[1], "top1": r.result.get("test", {}).get("top1"),
                             "kept_top1": k.result.get("test", {}).get("top1")})
-        else:
-            kept[ident] = r
     return list(kept.values()), dropped
 
 
 def collect_runs(study_dir: str | Path) -> list[Run]:
-    """Every finished run under <study>/runs, each counted once (see `unique_runs`)."""
     return unique_runs(find_runs(study_dir))[0]
 
 
@@ -139,18 +119,11 @@ def collect_gensets(study_dir: str | Path) -> list[GenSet]:
     labels_of = plan_labels(root, "generate")
     out = []
     for plan_file in sorted(root.glob("gen/*/plan.json")):
-        folder = plan_file.parent
-        ident = read_json(plan_file).get("settings", {})
-        images = seconds = gpu = redraws = 0
-        for s in folder.glob("progress/*.summary.json"):
-            d = read_json(s)
-            images += d["images"]
-            seconds += d["seconds"]
-            gpu += d["seconds"] * d.get("gpus", 0)
-            redraws += d.get("redraws", 0)
+        folder, work = plan_file.parent, set_stats(plan_file.parent)  # every generation shard's work, added up
         guidance, prompt = _prompt_label(folder)
         labels = labels_of.get(folder.name) or {"dataset": None, "guidance": guidance, "prompt": prompt}
-        out.append(GenSet(folder.name, folder, ident, labels, images, seconds, gpu, redraws))
+        out.append(GenSet(folder.name, folder, read_json(plan_file).get("settings", {}), labels, work["images"],
+                          work["seconds"], work["gpu_seconds"], work["redraws"]))
     return out
 
 

@@ -1,7 +1,6 @@
-"""The report's filter section (ours, beyond the paper): for every filter under a study's gen/*/filters/*, its kept
-list of the largest volume: keep rates per class (table), score histograms of kept and dropped images (figure) and
-the lowest-scored dropped images of each class (contact sheet). Read from the filters' files only
-(`synthtl.filtering.store`)."""
+"""The report's filters (ours, beyond the paper), read from their files only (`synthtl.filtering.store`): for every
+filter under a study's gen/*/filters/*, its kept list of the largest volume, as keep rates per class (a table) and the
+lowest-scored dropped images of each class (a contact sheet)."""
 
 from __future__ import annotations
 
@@ -9,19 +8,14 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from PIL import Image, ImageDraw, ImageOps
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image, ImageDraw, ImageOps  # noqa: E402
-
-from synthtl.data.images import load_rgb  # noqa: E402
-from synthtl.errors import BadImageError, DataError, SynthTLError  # noqa: E402
-from synthtl.files import CorruptFileError, write_bytes  # noqa: E402
-from synthtl.filtering.store import filter_dir, find_kept, read_cost, read_kept, read_scores  # noqa: E402
-from synthtl.reporting.collect import GenSet  # noqa: E402
-from synthtl.reporting.plots import _save  # noqa: E402
-from synthtl.reporting.render import Col, Table  # noqa: E402
+from synthtl.data.images import load_rgb
+from synthtl.errors import BadImageError, DataError, SynthTLError
+from synthtl.files import CorruptFileError, write_bytes
+from synthtl.filtering.store import filter_dir, find_kept, read_cost, read_kept, read_scores
+from synthtl.reporting.collect import GenSet
+from synthtl.reporting.render import Col, Table
 
 THUMB = 96
 LABEL_W = 150
@@ -43,8 +37,7 @@ class FilterRun:
 
 
 def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
-    """Every filter of the study's generated sets (its kept list of the largest volume), and a note for each one that
-    cannot be read."""
+    """Every filter of the study's sets (its kept list of the largest volume), and why others cannot be read."""
     found, problems = [], []
     for g in gensets:
         for name, file in find_kept(g.folder).items():
@@ -59,13 +52,15 @@ def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
             lab = g.labels
             what = ", ".join(str(x) for x in (lab.get("dataset"), lab.get("prompt")) if x)
             what += f", guidance {lab['guidance']:g}" if isinstance(lab.get("guidance"), int | float) else ""
-            cost = read_cost(filter_dir(g.folder, name))
-            found.append(FilterRun(g.id, g.folder, name, summary, rows, cost, what))
+            found.append(FilterRun(g.id, g.folder, name, summary, rows, read_cost(filter_dir(g.folder, name)), what))
     return found, problems
 
 
 def keep_table(filters: list[FilterRun]) -> Table:
     """Per filter and class: images scored and kept, the keep rate, and how often the scorer's top-1 is the class."""
+    def pct(c: dict, k: str) -> float:
+        return 100.0 * c[k] / c["scored"] if c["scored"] else 0.0
+
     raw = []
     for f in filters:
         s = f.summary
@@ -73,8 +68,7 @@ def keep_table(filters: list[FilterRun]) -> Table:
             k: sum(c[k] for c in s["counts"].values()) for k in ("scored", "kept", "top1")})]
         raw += [{"set": f.set_id, "filter": f.name, "method": s["method"], "score": s["score"],
                  "rule": s["keep"]["rule"], "value": s["keep"]["value"], "class": cls, "scored": c["scored"],
-                 "kept": c["kept"], "keep_rate": 100.0 * c["kept"] / c["scored"] if c["scored"] else 0.0,
-                 "top1_rate": 100.0 * c["top1"] / c["scored"] if c["scored"] else 0.0, "identity": s["filter"],
+                 "kept": c["kept"], "keep_rate": pct(c, "kept"), "top1_rate": pct(c, "top1"), "identity": s["filter"],
                  "per_class": s["per_class"], "_label": f.label} for cls, c in lines]
     cols = [Col("set, filter", "_label"), Col("method", "method"), Col("rule", ("rule", "value"), "{}={}".format),
             Col("class", "class"), Col("scored", "scored"), Col("kept", "kept"),
@@ -82,24 +76,6 @@ def keep_table(filters: list[FilterRun]) -> Table:
     note = ("Ours, beyond the paper (as in He et al. ICLR'23, DISEF, ALIA, SaSPA): each filter's kept list of its "
             "largest volume. top-1 = images the scoring model puts in their own class.")
     return Table("filter_keep", "Synthetic-image filters: keep rate per class", cols, raw, note)
-
-
-def histogram(f: FilterRun, path: Path) -> Path | None:
-    """Scores of the kept and the dropped images of one filter (all classes together)."""
-    kept = [r["score"] for r in f.rows if r["kept"]]
-    dropped = [r["score"] for r in f.rows if not r["kept"]]
-    if not f.rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    lo, hi = min(kept + dropped), max(kept + dropped)
-    bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
-    ax.hist([kept, dropped], bins=bins, stacked=True, color=["tab:green", "tab:red"],
-            label=[f"kept ({len(kept)})", f"dropped ({len(dropped)})"])
-    ax.set_xlabel("own-class probability" if f.summary["score"] == "prob" else "own-class logit")
-    ax.set_ylabel("images")
-    ax.set_title(f"{f.label}: {f.summary['method']} scores", fontsize=9)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
 
 
 def _thumb(path: Path) -> Image.Image:
@@ -124,9 +100,8 @@ def dropped_sheet(f: FilterRun, path: Path, per_row: int = 8, max_classes: int =
     draw.text((4, 4), f"{f.label}: dropped images, lowest score first", fill="black")
     for i, name in enumerate(names):
         y = 20 + i * row_h
-        rows = sorted(by_class[name], key=lambda r: (r["score"], r["index"]))[:per_row]
         draw.text((4, y + THUMB // 2), f"{name[:22]} ({len(by_class[name])})", fill="black")
-        for j, r in enumerate(rows):
+        for j, r in enumerate(sorted(by_class[name], key=lambda r: (r["score"], r["index"]))[:per_row]):
             sheet.paste(_thumb(f.set_folder / r["image"]), (LABEL_W + j * THUMB, y))
             draw.text((LABEL_W + j * THUMB + 2, y + THUMB), f"{r['score']:.3g}", fill="black")
     buf = io.BytesIO()

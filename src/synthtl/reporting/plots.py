@@ -1,5 +1,5 @@
-"""Figures (PNG, matplotlib Agg): radar of strategies across datasets, stage-2 convergence, sweeps with error bars,
-LEEP before/after stage 1, cost per stage."""
+"""Figures (matplotlib Agg; `save` writes the PNG): radar of strategies across datasets, stage-2 convergence, sweeps
+with error bars, LEEP before/after stage 1, cost per stage, a filter's scores; None when there is nothing to draw."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ import numpy as np  # noqa: E402
 
 from synthtl.files import write_bytes  # noqa: E402
 from synthtl.reporting.collect import Run  # noqa: E402
+from synthtl.reporting.filters import FilterRun  # noqa: E402
 from synthtl.reporting.render import Table  # noqa: E402
 from synthtl.strategies import rank  # noqa: E402
 
 COLORS = plt.get_cmap("tab10")
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path | None:
+    if fig is None:
+        return None
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -30,13 +33,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def radar(table: Table, path: Path) -> Path | None:
-    """Strategies across datasets (radar with >= 3 datasets, grouped bars of mean ± std otherwise)."""
-    fig = radar_figure(table)
-    return _save(fig, path) if fig is not None else None
-
-
 def radar_figure(table: Table):
+    """Strategies across datasets (radar with >= 3 datasets, grouped bars of mean ± std otherwise)."""
     data: dict[str, dict[str, tuple[float, float]]] = {}
     for r in table.raw:
         if r["n"]:
@@ -48,14 +46,12 @@ def radar_figure(table: Table):
     nan = (np.nan, np.nan)
     if len(datasets) >= 3:
         angles = np.linspace(0, 2 * math.pi, len(datasets), endpoint=False).tolist()
-        fig = plt.figure(figsize=(6, 6))
-        ax = fig.add_subplot(polar=True)
+        fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"polar": True})
         for i, s in enumerate(strategies):
             vals = [data[s].get(d, nan)[0] for d in datasets]
             ax.plot(angles + angles[:1], vals + vals[:1], color=COLORS(i), label=s)
             ax.fill(angles + angles[:1], vals + vals[:1], color=COLORS(i), alpha=0.05)
-        ax.set_xticks(angles)
-        ax.set_xticklabels(datasets)
+        ax.set_xticks(angles, datasets)
         vals = [v for d in data.values() for v, _ in d.values() if not math.isnan(v)]
         ax.set_ylim(max(0.0, min(vals) - 5), max(vals) + 2)  # zoom on the differences, not on 0-100
         ax.set_title(table.title, fontsize=9)
@@ -68,8 +64,7 @@ def radar_figure(table: Table):
         cells = [data[s].get(d, nan) for s in strategies]
         ax.bar(np.arange(len(strategies)) + j * width, [m for m, _ in cells], width, yerr=[sd for _, sd in cells],
                capsize=3, color=[COLORS(i) for i in range(len(strategies))], alpha=1.0 - 0.35 * j, label=d)
-    ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2)
-    ax.set_xticklabels(strategies, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2, strategies, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test top-1 (%), mean ± std over seeds")
     ax.set_title(table.title, fontsize=9)
     if len(datasets) > 1:
@@ -77,7 +72,7 @@ def radar_figure(table: Table):
     return fig
 
 
-def convergence(runs: list[Run], dataset: str, path: Path) -> Path | None:
+def convergence_figure(runs: list[Run], dataset: str):
     """Test (solid) and train (dashed) top-1 per epoch of the real-data stage, mean over seeds, per strategy."""
     by_strategy: dict[str, list[list[dict]]] = {}
     for r in runs:
@@ -95,14 +90,13 @@ def convergence(runs: list[Run], dataset: str, path: Path) -> Path | None:
         ax.plot(epochs, test, color=COLORS(i), marker="o", ms=3, label=f"{s} (test)")
         ax.plot(epochs, train, color=COLORS(i), ls="--", alpha=0.6)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch of the real-data stage")
-    ax.set_ylabel("top-1 (%)")
+    ax.set(xlabel="epoch of the real-data stage", ylabel="top-1 (%)")
     ax.set_title(f"{dataset}: convergence on real images (dashed: train)", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
-def sweep(table: Table, axis: str, path: Path, log2: bool = False) -> Path | None:
+def sweep_figure(table: Table, axis: str, log2: bool = False):
     series: dict[tuple, dict] = {}
     for r in table.raw:
         if r["n"]:
@@ -116,43 +110,51 @@ def sweep(table: Table, axis: str, path: Path, log2: bool = False) -> Path | Non
                     color=COLORS(i % 10), label=f"{ds} / {model} / {s}")
     if log2:
         ax.set_xscale("log", base=2)
-    ax.set_xlabel(axis)
-    ax.set_ylabel("test top-1 (%)")
+    ax.set(xlabel=axis, ylabel="test top-1 (%)")
     ax.set_title(table.title, fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def leep_bars(table: Table, path: Path) -> Path | None:
-    """LEEP of the pretrained and the stage-1 model: bars of the mean with ± std over runs."""
-    fig = leep_figure(table)
-    return _save(fig, path) if fig is not None else None
+    return fig
 
 
 def leep_figure(table: Table):
+    """LEEP of the pretrained and the stage-1 model: bars of the mean with ± std over runs."""
     rows = [r for r in table.raw if not math.isnan(r["leep_pretrained"]) or not math.isnan(r["leep_stage1"])]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 4))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["leep_pretrained"] for r in rows], 0.4, yerr=[r["leep_pretrained_std"] for r in rows],
-           capsize=3, label="pretrained")
-    ax.bar(x + 0.2, [r["leep_stage1"] for r in rows], 0.4, yerr=[r["leep_stage1_std"] for r in rows], capsize=3,
-           label="after stage 1 (synthetic)")
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"{r['dataset']}\n{r['setting']}\n{r['strategy'] or ''}".replace(", ", "\n", 2)
-                        for r in rows], fontsize=6)
+    for dx, key, label in ((-0.2, "leep_pretrained", "pretrained"), (0.2, "leep_stage1", "after stage 1 (synthetic)")):
+        ax.bar(x + dx, [r[key] for r in rows], 0.4, yerr=[r[f"{key}_std"] for r in rows], capsize=3, label=label)
+    ax.set_xticks(x, [f"{r['dataset']}\n{r['setting']}\n{r['strategy'] or ''}".replace(", ", "\n", 2) for r in rows],
+                  fontsize=6)
     ax.set_ylabel("LEEP (higher = more transferable), mean ± std")
     ax.legend(fontsize=7)
     return fig
 
 
-def cost_bars(table: Table, path: Path) -> Path | None:
+def cost_figure(table: Table):
     if not table.raw:
         return None
     fig, ax = plt.subplots(figsize=(6, 3))
     use_gpu = any(r["gpu_hours"] for r in table.raw)
-    vals = [r["gpu_hours" if use_gpu else "wall_hours"] for r in table.raw]
-    ax.barh([r["stage"] for r in table.raw], vals, color=COLORS(0))
+    ax.barh([r["stage"] for r in table.raw], [r["gpu_hours" if use_gpu else "wall_hours"] for r in table.raw],
+            color=COLORS(0))
     ax.set_xlabel("GPU hours" if use_gpu else "wall hours (CPU)")
-    return _save(fig, path)
+    return fig
+
+
+def filter_scores_figure(f: FilterRun):
+    """Scores of the kept and the dropped images of one filter (all classes together)."""
+    if not f.rows:
+        return None
+    kept = [r["score"] for r in f.rows if r["kept"]]
+    dropped = [r["score"] for r in f.rows if not r["kept"]]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    lo, hi = min(kept + dropped), max(kept + dropped)
+    bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
+    ax.hist([kept, dropped], bins=bins, stacked=True, color=["tab:green", "tab:red"],
+            label=[f"kept ({len(kept)})", f"dropped ({len(dropped)})"])
+    ax.set(xlabel="own-class probability" if f.summary["score"] == "prob" else "own-class logit", ylabel="images")
+    ax.set_title(f"{f.label}: {f.summary['method']} scores", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig

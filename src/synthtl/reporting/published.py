@@ -1,21 +1,12 @@
-"""Peers' published numbers beside ours (ours, beyond the paper).
-
-The numbers come from the peers' papers, under their own protocols; nothing here re-runs them. They live in a YAML
-file shipped with the package (`published.yaml`), one entry per (paper, table, dataset, method), each with the source
-it was read from, so a reader can check every figure. `report.published_file` adds a user's own entries (the same
-schema), e.g. numbers from a paper we do not ship.
-
-The report shows, for every dataset of the study, our settings (mean over seeds and the seed-paired difference to our
-vanilla) above the peers' rows (their real-only baseline, their number with synthetic images, the difference, their
-protocol and the source). Only differences to a baseline trained the same way compare across protocols, and even
-they depend on the backbone, the resolution and the amount of real data: the table says so.
-"""
+"""Peers' published numbers beside ours (ours, beyond the paper), copied from their papers, never re-run: the shipped
+`published.yaml` (plus `report.published_file`) holds one entry per (paper, table, dataset, method) with its source.
+Only differences to a same-protocol baseline compare, and even they depend on backbone, resolution and real data."""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -24,8 +15,7 @@ import yaml
 from synthtl.errors import ConfigError
 from synthtl.reporting.collect import Run
 from synthtl.reporting.render import Col, Table, dash
-from synthtl.reporting.stats import fmt_delta, fmt_mean_std, mean_std, paired
-from synthtl.reporting.tables import settings
+from synthtl.reporting.tables import by_seed, fmt_delta, fmt_mean_std, mean_std, paired, settings
 from synthtl.strategies import rank, takes_synthetic
 
 # Our prompt styles and the families of methods the peers' rows name (their `family` field).
@@ -35,9 +25,6 @@ FAMILIES = {"text-to-image": "text prompts only", "textual-inversion": "learned 
 PROMPT_FAMILY = {"single": "text-to-image", "imagenet80": "text-to-image", "custom": "text-to-image",
                  "dsi": "textual-inversion", "per_class": "textual-inversion", "lora": "lora",
                  "lora_per_class": "lora", "img2img": "img2img"}
-REQUIRED = {"peer": str, "title": str, "venue": str, "source": str, "table": str, "dataset": str, "method": str,
-            "family": str, "value": float, "protocol": str, "real": str}
-OPTIONAL = {"arxiv": str, "baseline": float, "baseline_method": str, "excerpt": str, "note": str}
 
 
 @dataclass(frozen=True)
@@ -61,6 +48,10 @@ class Published:
     note: str = ""
 
 
+KINDS = {f.name: float if "float" in f.type else str for f in fields(Published)}  # each key of an entry
+REQUIRED = [f.name for f in fields(Published) if f.default is MISSING]
+
+
 def _real_order(real: str) -> tuple:  # full train split first, then k-shot by k, then zero-shot
     return (0, 0) if real == "full" else (2, 0) if real == "none" else (1, int(real.split("-")[0]))
 
@@ -74,44 +65,35 @@ def _entry(raw, where: str) -> Published:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: each entry must be a mapping of {sorted(REQUIRED)}; fix the file")
-    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL), key=str)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; the keys are {sorted({**REQUIRED, **OPTIONAL})}")
-    missing = sorted(k for k in REQUIRED if raw.get(k) in (None, ""))
-    if missing:
+    if unknown := sorted(set(raw) - set(KINDS), key=str):
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; the keys are {sorted(KINDS)}")
+    if missing := sorted(k for k in REQUIRED if raw.get(k) in (None, "")):
         raise ConfigError(f"{where}: missing {missing}; every published number needs its source, table and protocol")
     values = {}
-    for key, kind in {**REQUIRED, **OPTIONAL}.items():
+    for key, kind in KINDS.items():
         v = raw.get(key)
         if v is None:
             continue
-        if kind is float:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100 or math.isnan(v):
-                raise ConfigError(f"{where}: {key}={v!r} must be a top-1 accuracy in percent (0-100)")
-            v = float(v)
-        else:
-            if not isinstance(v, str | int | float) or isinstance(v, bool):
-                raise ConfigError(f"{where}: {key} must be text, not {type(v).__name__}; fix the entry")
-            v = str(v).strip()
-        values[key] = v
-    if values["dataset"] not in DATASETS.names():
-        raise ConfigError(f"{where}: dataset={values['dataset']!r} is not one of {DATASETS.names()}")
-    if not re.fullmatch(r"full|none|[1-9][0-9]*-shot", values["real"]):
-        raise ConfigError(f"{where}: real={values['real']!r} must be 'full', 'none' (zero-shot) or '<k>-shot'")
-    if values["family"] not in FAMILIES:
-        raise ConfigError(f"{where}: family={values['family']!r} is not one of {sorted(FAMILIES)}")
-    if not re.fullmatch(r"https?://[^/\s]+\.[^/\s]+(/\S*)?", values["source"]):
-        raise ConfigError(f"{where}: source={values['source']!r} must be the address the number was read from")
+        if kind is float and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100):  # NaN too
+            raise ConfigError(f"{where}: {key}={v!r} must be a top-1 accuracy in percent (0-100)")
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise ConfigError(f"{where}: {key} must be text, not {type(v).__name__}; fix the entry")
+        values[key] = float(v) if kind is float else str(v).strip()
+    for key, ok, fix in (
+            ("dataset", values["dataset"] in DATASETS.names(), f"is not one of {DATASETS.names()}"),
+            ("real", re.fullmatch(r"full|none|[1-9][0-9]*-shot", values["real"]),
+             "must be 'full', 'none' (zero-shot) or '<k>-shot'"),
+            ("family", values["family"] in FAMILIES, f"is not one of {sorted(FAMILIES)}"),
+            ("source", re.fullmatch(r"https?://[^/\s]+\.[^/\s]+(/\S*)?", values["source"]),
+             "must be the address the number was read from")):
+        if not ok:
+            raise ConfigError(f"{where}: {key}={values[key]!r} {fix}")
     return Published(**values)
 
 
 def load_published(path: str | Path | None = None) -> list[Published]:
-    """The entries of one published-numbers file (the shipped one when `path` is None), checked.
-
-    Raises:
-        ConfigError: a missing or unreadable file, or an entry with a missing, unknown or out-of-range field (one
-            line naming the file, the entry and the fix).
-    """
+    """The entries of one published-numbers file (the shipped one when `path` is None), checked: a missing or
+    unreadable file, or an entry with a missing, unknown or out-of-range field, raises ConfigError in one line."""
     path = Path(path) if path else builtin_file()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -120,7 +102,7 @@ def load_published(path: str | Path | None = None) -> list[Published]:
                           "numbers, or published_file=''") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read it as YAML ({type(e).__name__}); fix the file") from None
-    entries = (data or {}).get("entries") if isinstance(data, dict) else None
+    entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a mapping with a list under 'entries'; fix the file")
     out, seen = [], {}
@@ -135,20 +117,11 @@ def load_published(path: str | Path | None = None) -> list[Published]:
     return out
 
 
-def _real_text(real: str) -> str:
-    return {"full": "full train split", "none": "none (zero-shot)"}.get(real, real)
-
-
 def _our_records(runs: list[Run], dataset: str, n_boot: int) -> list[dict]:
     """Our number for every synthetic-data setting and strategy of the study on `dataset`."""
     out = []
     for (model, shots, volume, guidance, prompt), members in settings(runs):
         members = [r for r in members if r.labels["dataset"] == dataset]
-        vanilla = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == "vanilla"}
-        strategies = sorted({r.labels["strategy"] for r in members if takes_synthetic(r.labels["strategy"])},
-                            key=rank)
-        if not strategies:
-            continue
         base = prompt.split(", filter ")[0] if prompt else ""
         family = (PROMPT_FAMILY.get(base, "other") if base else "–") + (
             " + filter" if prompt and ", filter " in prompt else "")
@@ -156,17 +129,17 @@ def _our_records(runs: list[Run], dataset: str, n_boot: int) -> list[dict]:
             else "random init"
         protocol = f"{model} ({weights}), fully fine-tuned" + (
             f", {volume}/class synthetic, guidance {guidance:g}" if volume is not None else "")
+        vanilla = by_seed(members, "vanilla")
         vm, vsd, vn = mean_std(list(vanilla.values()))
-        for s in strategies:
-            ours = {r.labels["seed"]: r.top1 for r in members if r.labels["strategy"] == s}
+        for s in sorted({r.labels["strategy"] for r in members if takes_synthetic(r.labels["strategy"])}, key=rank):
+            ours = by_seed(members, s)
             m, sd, n = mean_std(list(ours.values()))
-            p = paired(ours, vanilla, n_boot) if vanilla else None
-            method = f"{s}, {prompt}" if prompt else s  # no prompt label: a set that is not there any more
-            out.append({"dataset": dataset, "who": "ours", "method": method, "family": family,
-                        "real": f"{shots}-shot" if shots else "full", "protocol": protocol,
+            p = paired(ours, vanilla, n_boot) if vanilla else {}
+            out.append({"dataset": dataset, "who": "ours", "method": f"{s}, {prompt}" if prompt else s,
+                        "family": family, "real": f"{shots}-shot" if shots else "full", "protocol": protocol,
                         "baseline_method": "vanilla", "baseline": vm, "value": m, "std": sd, "n": n,
-                        "delta": p["mean_diff"] if p else None, "source": "this study", "_baseline_std": vsd,
-                        "_baseline_n": vn, "_p": p["p"] if p else None})
+                        "delta": p.get("mean_diff"), "source": "this study", "_baseline_std": vsd,
+                        "_baseline_n": vn, "_p": p.get("p")})
     return out
 
 
@@ -190,7 +163,8 @@ def _top1(value: float | None, std: float | None, n: int | None) -> str:
 
 COLUMNS = [
     Col("dataset", "dataset"), Col("who", ("who", "venue"), lambda w, v: w if v is None else f"{w} ({v})"),
-    Col("method", "method"), Col("family", "family"), Col("real images", "real", _real_text),
+    Col("method", "method"), Col("family", "family"),
+    Col("real images", "real", lambda real: {"full": "full train split", "none": "none (zero-shot)"}.get(real, real)),
     Col("protocol", "protocol"), Col("baseline", ("who", "baseline_method", "baseline"), _baseline_name),
     Col("baseline top-1", ("baseline", "_baseline_std", "_baseline_n"), _top1),
     Col("with synthetic", ("value", "std", "n"), _top1), Col("difference", ("delta", "_p"), fmt_delta),
@@ -199,18 +173,16 @@ COLUMNS = [
 
 
 def published_table(runs: list[Run], entries: list[Published], n_boot: int = 10000) -> Table | None:
-    """Ours and the peers' published numbers, per dataset of the study (None when no peer reports one of them).
-
-    Within a dataset, rows are grouped by how many real images train the classifier (full split, k-shot, none),
-    ours first in each group: only rows of one group are near each other's protocol."""
+    """Ours and the peers' published numbers, per dataset of the study (None when no peer reports one of them). Within
+    a dataset, rows are grouped by how many real images train the classifier (full split, k-shot, none), ours first
+    in each group: only rows of one group are near each other's protocol."""
     raw = []
     for ds in sorted({r.labels["dataset"] for r in runs}):
         theirs = [e for e in entries if e.dataset == ds]
-        if not theirs:
-            continue
-        found = [(_real_order(r["real"]), 0, i, r) for i, r in enumerate(_our_records(runs, ds, n_boot))]
-        found += [(_real_order(e.real), 1, (e.peer, e.method, i), _peer_record(e)) for i, e in enumerate(theirs)]
-        raw += [r for *_, r in sorted(found, key=lambda f: (f[0], f[1], str(f[2])))]
+        if theirs:
+            found = [(0, i, r) for i, r in enumerate(_our_records(runs, ds, n_boot))]
+            found += [(1, (e.peer, e.method, i), _peer_record(e)) for i, e in enumerate(theirs)]
+            raw += [r for *_, r in sorted(found, key=lambda f: (_real_order(f[2]["real"]), f[0], str(f[1])))]
     if not raw:
         return None
     return Table("published", "Peers' published numbers beside ours (top-1 %)", COLUMNS, raw,

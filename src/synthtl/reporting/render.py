@@ -1,14 +1,21 @@
 """A table is records of raw values and a column spec; Markdown, LaTeX and HTML render the spec's cells, the CSV writes
-the records."""
+the records. The report's page (`Page`) is one self-contained HTML file: inline CSS, figures embedded as data URIs,
+and a load-time self-check that the browser test reads (every image decoded, every table present)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
 import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from synthtl.data.images import load_rgb
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,7 @@ def pivot(records: list[dict], row_keys: tuple[str, ...], col_key: str) -> list[
 def to_markdown(t: Table) -> str:
     out = [f"### {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.cols)]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in t.rows]
-    if t.note:
-        out += ["", f"*{t.note}*"]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + (["", f"*{t.note}*"] if t.note else [])) + "\n"
 
 
 def to_csv(t: Table) -> str:
@@ -103,3 +108,90 @@ def to_html(t: Table) -> str:
     note = f"<p class='note'>{html.escape(t.note)}</p>" if t.note else ""
     return (f"<h3>{html.escape(t.title)}</h3><table class='results' data-table='{t.key}'><thead><tr>{head}</tr>"
             f"</thead><tbody>{body}</tbody></table>{note}")
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:24px auto;padding:0 16px;
+color:#222;line-height:1.45}
+h1{margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}h3{margin:20px 0 6px}
+table.results{border-collapse:collapse;font-size:13px;margin:6px 0}
+table.results th,table.results td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+table.results th:first-child,table.results td:first-child{text-align:left}
+table.results thead{background:#f3f3f3}.note{font-size:12px;color:#666;margin:2px 0 12px}
+.banner{background:#fff4ce;border:1px solid #e0c060;padding:10px 14px;border-radius:4px}
+figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figure img{max-width:560px;border:1px solid #eee}
+figcaption{font-size:12px;color:#555}.pair{display:inline-block;width:300px;margin:4px 8px 8px 0;vertical-align:top}
+.pair figure{margin:0 4px 0 0;width:140px}.pair img{width:128px;height:128px;object-fit:cover}
+.pair figcaption{word-break:break-all}.pair .note{display:block}
+.meta{color:#666;font-size:13px}nav a{margin-right:12px;font-size:13px}
+"""
+
+CHECK = """
+<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
+  var tables = document.querySelectorAll('table.results').length;
+  var empty = Array.prototype.slice.call(document.querySelectorAll('table.results'))
+      .filter(function (t) { return t.querySelectorAll('tbody tr').length === 0; }).length;
+  document.body.setAttribute('data-check', JSON.stringify({images: imgs.length, broken: broken, tables: tables,
+                                                           empty_tables: empty}));
+});
+</script>
+"""
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def thumb_uri(path: Path, size: int = 128) -> str:
+    """A small PNG of any image file (for the leakage pairs)."""
+    buf = io.BytesIO()
+    ImageOps.fit(load_rgb(path), (size, size), Image.Resampling.BICUBIC).save(buf, format="PNG")
+    return data_uri(buf.getvalue())
+
+
+def _figure(uri: str, caption: str) -> str:
+    caption = html.escape(caption)
+    return f"<figure><img src='{uri}' alt='{caption}'><figcaption>{caption}</figcaption></figure>"
+
+
+@dataclass
+class Page:
+    """Sections appended in order, rendered into one HTML string; `tables`: every table shown, in order."""
+
+    title: str
+    parts: list[str] = field(default_factory=list)
+    toc: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+
+    def section(self, title: str, anchor: str, *tables: Table) -> None:
+        self.toc.append((anchor, title))
+        self.parts.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2>")
+        for t in tables:
+            self.table(t)
+
+    def text(self, text: str, cls: str = "") -> None:
+        self.parts.append(f"<p class='{cls}'>{html.escape(text)}</p>")
+
+    def table(self, t: Table | None) -> None:
+        if t is not None:
+            self.tables.append(t)
+            self.parts.append(to_html(t))
+
+    def figure(self, path: Path | None, caption: str = "") -> None:
+        if path is not None:
+            self.parts.append(_figure(data_uri(Path(path).read_bytes()), caption))
+
+    def pairs(self, examples: list[dict]) -> None:
+        """Near-duplicate pairs side by side, each thumbnail captioned with its split, class and file."""
+        for e in examples:
+            thumbs = "".join(_figure(thumb_uri(e[side]), e[side + "_caption"]) for side in ("left", "right"))
+            self.parts.append(f"<div class='pair'>{thumbs}<span class='note'>{html.escape(e['caption'])}</span></div>")
+
+    def render(self) -> str:
+        nav = "".join(f"<a href='#{a}'>{html.escape(t)}</a>" for a, t in self.toc)
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1><nav>{nav}</nav>"
+                + "".join(self.parts) + CHECK + "</body></html>")
