@@ -236,9 +236,10 @@ def test_study_with_a_style_lora_and_img2img_from_each_runs_own_shots(tmp_path, 
 
 # --------------------------------------------------------------------------------------------------- launchers
 def test_submitit_local_executor(tmp_path, folder_data):
-    """Through submitit (its local cluster), with 2 processes per fine-tuning/generation task: data-parallel."""
+    """Through submitit (its local cluster), with 2 processes per fine-tuning task: data-parallel (a vanilla run:
+    the 2-process generation shards are tested with torchrun in tests/generation)."""
     pytest.importorskip("submitit")
-    cfg = tiny_study(tmp_path, folder_data, "slurm", "grid.strategies=[bridged]", "grid.seeds=[0]",
+    cfg = tiny_study(tmp_path, folder_data, "slurm", "grid.strategies=[vanilla]", "grid.seeds=[0]",
                      "launcher.kind=slurm", "launcher.cluster=local", "launcher.time_min=10",
                      "launcher.gpus_per_task=2")
     run_study(cfg)
