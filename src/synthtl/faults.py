@@ -1,14 +1,11 @@
-"""Named points where a test injects a fault (a kill, a crash, a full disk) without patching private functions.
-
-Production code calls `point("name", **facts)` at the moments a fault matters; it does nothing unless a test has
-installed a hook for that name with `inject`. The points:
+"""Named points where a test injects a fault (a kill, a crash, a full disk) without patching private functions:
+`point("name", **facts)` does nothing unless a test installed a hook with `inject`. The points:
 
 - "job": a study job is about to run in this process (task: `experiments.launch.Task`).
 - "run.claimed": a fine-tuning run has claimed its folder and is about to train (run_dir).
 - "style.checkpoint": a style's checkpoint is on disk (step, unit: -1 or the class of a per-class LoRA).
 - "generate.write": generation is about to write one image (row: its manifest row; on a writer thread).
-- "write": `files.atomic_open` has written a file's bytes to its temp file, not yet renamed (path; any thread).
-"""
+- "write": `files.atomic_open` has written a file's bytes to its temp file, not yet renamed (path; any thread)."""
 
 from __future__ import annotations
 

@@ -32,12 +32,8 @@ class DiskFullError(SynthTLError):
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[Any]:
-    """Writes to a temp file in the same folder, then `os.replace`s it over `path`.
-
-    A killed process leaves either the old file or the new one, never half of one. A full disk raises
-    `DiskFullError` and leaves the old file untouched. `fsync=False` skips the flush to disk (for files that are
-    rewritten from their source on every run, such as a study's job files): the rename stays atomic.
-    """
+    """Writes a temp file in the same folder, then `os.replace`s it over `path`: a kill leaves the old or the new file;
+    a full disk raises `DiskFullError`. `fsync=False` (files rebuilt each run) skips the flush (still atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -105,11 +101,7 @@ class CorruptFileError(SynthTLError):
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Streams the rows of a JSONL file written by `write_jsonl` or `append_jsonl`.
-
-    A torn last line (no final newline: an appender was killed or hit a full disk) is ignored. Any other damage
-    raises `CorruptFileError` naming the file and the line number.
-    """
+    """Streams a JSONL file's rows; a torn last line is ignored, other damage is a `CorruptFileError` (file, line)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             if not raw.endswith(b"\n"):
@@ -158,10 +150,8 @@ def repair_jsonl(path: str | os.PathLike) -> int:
 
 
 def drop_damaged_lines(path: str | os.PathLike) -> list[int]:
-    """Rewrites an append-only JSONL file without its damaged lines (not JSON rows, e.g. bytes a failing disk or a
-    stray editor left mid-file) and without a torn last line; returns the numbers of the dropped lines ([] and no
-    rewrite when every line is a row). The rewrite is atomic: a kill leaves the old file or the new one.
-    """
+    """Atomically rewrites an append-only JSONL file without its damaged lines (not JSON rows) and torn last line;
+    returns the dropped line numbers ([] and no rewrite when every line is a row)."""
     bad: list[int] = []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
@@ -182,11 +172,8 @@ def drop_damaged_lines(path: str | os.PathLike) -> list[int]:
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict], fsync: bool = True) -> None:
-    """Appends complete rows, then fsyncs.
-
-    Never appends after a torn fragment: a torn last line left by an earlier kill or full disk is cut first. If this
-    append fails (e.g. the disk fills), the file is cut back to what it was, so it never ends mid-row.
-    """
+    """Appends complete rows, then fsyncs. A torn last line from an earlier kill is cut first; a failed append (e.g.
+    a full disk) is cut back, so the file never ends mid-row."""
     data = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows).encode()
     repair_jsonl(path)
     start = os.path.getsize(path) if os.path.exists(path) else 0
@@ -209,12 +196,8 @@ TEMP_GLOB = ".*.tmp"  # what `atomic_open` leaves behind when its process is kil
 
 
 def remove_temps(folder: str | os.PathLike, recursive: bool = False, min_age_s: float = 0.0) -> int:
-    """Deletes the temp files `atomic_open` left in `folder` after a kill; returns how many.
-
-    Call it only while holding the folder's lock (`exclusive`), so that no live writer's temp file is taken; where
-    several processes may write a folder without a lock, `min_age_s` spares temp files younger than that (a live
-    writer's exists for milliseconds).
-    """
+    """Deletes (and counts) the temp files a kill left in `folder`. Call it under the folder's lock; without one,
+    `min_age_s` spares younger files (a live writer's exists for milliseconds)."""
     import time
 
     folder = Path(folder)
@@ -241,11 +224,8 @@ LOCK_NAME = ".synthtl.lock"
 
 @contextlib.contextmanager
 def exclusive(folder: str | os.PathLike, what: str, wait: float = 0.0) -> Iterator[None]:
-    """Holds `folder`'s writer lock (filelock) for the duration; a second writer waits `wait` seconds, then fails.
-
-    The lock is an OS file lock, so a killed holder releases it by dying: there is no stale lock to clean up. The
-    holder's host, pid and command are written beside it so that the error can name them.
-    """
+    """Holds `folder`'s writer lock (an OS file lock: a killed holder releases it); a second writer waits `wait` s, then
+    fails with the holder's host, pid and command (written beside the lock)."""
     import socket
     import sys
 
@@ -303,10 +283,8 @@ _DIGESTS: dict[str, str] = {}  # the on-disk cache's rows this process has read 
 
 
 def content_sha256(path: str | os.PathLike, algo: str = "sha256") -> str:
-    """A file's digest (sha256, or `algo`), cached by (absolute path, size, mtime_ns, inode) in this process and on
-    disk (`cache_home()/file-digests.json`): a 4 GB checkpoint is read once, not at every run, study expansion or
-    identity check. A file changed in place changes its size, mtime or inode, so a stale digest is never returned.
-    A damaged, read-only or full cache only costs a re-hash."""
+    """A file's digest, cached by (absolute path, size, mtime_ns, inode) here and in `cache_home()/file-digests.json`: a
+    4 GB checkpoint is read once, an in-place change is never missed, and a broken cache only costs a re-hash."""
     p = Path(path)
     st = p.stat()
     key = f"{algo}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
@@ -330,16 +308,8 @@ class UnsafeFileError(SynthTLError):
 
 
 def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
-    """`torch.load` with `weights_only=True`: tensors and plain data only, never code.
-
-    A damaged file, or one holding other objects, is one `UnsafeFileError` line that names the file and `fix`;
-    PyTorch's own explanation is kept as its cause (`synthtl --verbose` prints it).
-
-    Args:
-        path: The file.
-        what: What it should be, e.g. "synthtl checkpoint" (the message says the file is not one).
-        fix: What the user can do, e.g. "delete it to start the stage over".
-    """
+    """`torch.load(weights_only=True)`: tensors and plain data, never code. A damaged or unsafe file is one
+    `UnsafeFileError` naming the file, `what` it should be and the `fix` (PyTorch's reason: its cause, `--verbose`)."""
     import pickle
 
     import torch
@@ -356,11 +326,8 @@ def load_torch(path: str | os.PathLike, what: str, fix: str) -> Any:
 
 
 def git_sha(here: Path | None = None) -> str:
-    """The git commit of the synthtl source tree, with "-dirty" if it has changes; "unknown" outside git.
-
-    Read without taking git's locks (`--no-optional-locks`): a run never writes into the code's folder, not even
-    `.git/index.lock`.
-    """
+    """synthtl's git commit, "-dirty" with changes, "unknown" outside git. `--no-optional-locks`: a run never writes
+    into the code's folder, not even `.git/index.lock`."""
     here = here or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)

@@ -1,17 +1,14 @@
 """What an output *is*, declared once: the identity of any stage's config, and the folder that holds it.
 
-Each config field says in its metadata (`config.fields.key`: ignored= / content= / producer=) how it enters the
-identity of what its stage produces: as its value (the default); not at all (ignored: where files live, how fast, how
-shown); by what it holds (content: a file, the dataset, the generator's or a scorer's weights; a section may swap what
-one of its content kinds means: a generated set depends on the dataset's class names only); or by the identity of
-another stage's output (producer: a set, a style, a filter), the hash in its folder's identity.json or, while a study
-plans it before it exists, the hash the study computed for the job that makes it. Both are the same number, so a job
-file run by hand is the same job.
+Each config field's metadata (`config.fields.key`) says how it enters its stage's identity: by value (default); not
+at all (ignored: where files live, how fast, how shown); by what it holds (content: a file, the dataset, generator or
+scorer weights; a section may swap a content kind: a generated set depends on the class names only); or by another
+stage's output (producer: set, style, filter), i.e. the hash in its identity.json or, before it exists, the hash the
+study computed for its job. Both are the same number, so a job file run by hand is the same job.
 
-Every output folder holds one identity.json: {"kind", "hash", "identity"}. `check` refuses a folder of another
-identity with one message that names the keys that differ; `claim` writes the file. A study's job id ends with the
-hash. Nothing here depends on where files live, so a moved study, dataset or run is the same.
-"""
+Every output folder holds one identity.json: {"kind", "hash", "identity"}. `check` refuses another identity, naming
+the keys that differ; `claim` writes the file. A study's job id ends with the hash. Nothing depends on where files
+live, so a moved study, dataset or run is the same."""
 
 from __future__ import annotations
 
@@ -30,14 +27,10 @@ KIND_NAMES = {"finetune": "a fine-tuning run", "style": "a style", "generate": "
 
 
 class Resolver:
-    """Turns content and producer fields into what they hold. One per study expansion or stage run: it remembers
-    dataset fingerprints and weight identities for its own lifetime only.
+    """Turns content and producer fields into what they hold; one per study expansion or stage run (it memoizes).
 
-    Args:
-        missing: When given, a dataset that is not present is recorded here (name -> why) and identified as
-            "not-present" instead of raising (a dry run plans before the data is fetched; generation needs only the
-            shipped class names).
-    """
+    `missing`, when given, records an absent dataset (name -> why) identified as "not-present" instead of raising (a
+    dry run plans before the data is fetched; generation needs only the shipped class names)."""
 
     def __init__(self, missing: dict[str, str] | None = None):
         self.missing = missing
@@ -75,8 +68,7 @@ class Resolver:
         return self._seen[key]
 
     def _data(self, of: str, data: Any) -> Any:
-        """The dataset's fingerprint, or the class names it lists (the shipped ones of a registered dataset, present
-        or not)."""
+        """The dataset's fingerprint, or its class names (a registered dataset's shipped ones, present or not)."""
         from synthtl.data.datasets import DATASETS, classnames, dataset_fingerprint, load_data
 
         if of == "classes" and data.name in DATASETS:
@@ -93,13 +85,8 @@ class Resolver:
 
 
 def identity(cfg: Any, resolver: Resolver | None = None, produced: dict[str, str] | None = None) -> dict:
-    """The identity of a stage's config: nested like the config, by each field's declaration (module doc).
-
-    Args:
-        cfg: A stage's resolved config.
-        resolver: Shares what it has looked up between the configs of one study (a fresh one by default).
-        produced: Dotted key -> identity hash of the study job that makes that input (it may not exist yet).
-    """
+    """A stage config's identity, nested like the config, by each field's declaration (module doc). `resolver` is
+    shared across one study; `produced`: dotted key -> hash of the study job making that input (may not exist yet)."""
     resolver, produced = resolver or Resolver(), produced or {}
 
     def walk(section: Any, prefix: str, swap: dict) -> dict:
@@ -171,11 +158,7 @@ def held(folder: Path) -> dict | None:
 
 
 def check(folder: Path, kind: str, ident: dict) -> bool:
-    """Whether the folder holds this output (True) or none yet (False).
-
-    Raises:
-        ConfigError: it holds another output; the message names the keys that differ (`refusal`).
-    """
+    """Whether the folder holds this output (True) or none yet (False); ConfigError (`refusal`) if another."""
     record = held(folder)
     if record is None:
         return False

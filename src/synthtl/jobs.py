@@ -1,8 +1,5 @@
 """The kinds of job, one table shared by the CLI and the study launchers: config class, run function, command.
-
-A study writes each job as a resolved YAML file; `run_job(kind, file)` runs it in this process exactly as
-`synthtl <command> -c file` would, without going through the CLI.
-"""
+`run_job(kind, file)` runs a study's resolved job YAML in this process exactly as `synthtl <command> -c file` would."""
 
 from __future__ import annotations
 
@@ -41,7 +38,6 @@ KINDS: dict[str, JobKind] = {  # in the order a study runs them
 
 
 def output_of(kind: str, cfg: Any) -> Path:
-    """The folder a job writes."""
     if kind == "finetune":
         from synthtl.training.run import run_dir_of
 

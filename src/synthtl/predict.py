@@ -5,9 +5,7 @@
     predict(trained, ["cat.jpg"], top_k=3)   # [{"path": ..., "top": [(class name, probability), ...]}]
 
 The weights are those `result.json` reports: the final stage's last epoch, or the best validation epoch with
-select=val (`weights="ema"` takes the EMA copy when the run kept one). Images go through the run's evaluation
-transform (resize, centre crop, normalise with its model's statistics).
-"""
+select=val (`weights="ema"`: the EMA copy, if kept). Images go through the run's evaluation transform."""
 
 from __future__ import annotations
 

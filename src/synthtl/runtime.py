@@ -40,8 +40,6 @@ def derive_seed(*parts: object) -> int:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and in which precision the work runs."""
-
     device: torch.device
     dtype: torch.dtype  # autocast dtype; float32 means no autocast
 
@@ -66,11 +64,9 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def resolve_runtime(device: str = "auto", precision: str = "auto", auto_gpu: str = "bf16") -> Runtime:
     """Resolves `device` ("auto", "cpu", "cuda", "cuda:1") and `precision` ("auto", "fp32", "bf16", "fp16").
 
-    The one precision policy: "auto" is fp32 on CPU and, on CUDA, `auto_gpu` ("bf16": training and the frozen models
-    of inversion, fp16 where the GPU has no bf16; "fp16": Stable Diffusion inference, its usual dtype). Under torchrun
-    "cuda"/"auto" mean this rank's GPU (LOCAL_RANK), made the current device. Never downgrades silently: asking for
-    CUDA without CUDA, or fp16 on CPU, is an error.
-    """
+    The one precision policy: "auto" is fp32 on CPU, `auto_gpu` on CUDA ("bf16", fp16 without bf16: training and
+    inversion's frozen models; "fp16": SD inference). Under torchrun "cuda"/"auto" is this rank's GPU (LOCAL_RANK).
+    Never downgrades silently: CUDA without CUDA, or fp16 on CPU, is an error."""
     try:
         dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     except (RuntimeError, TypeError):

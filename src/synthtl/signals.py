@@ -41,9 +41,8 @@ def stop_signals() -> Iterator[None]:
 
 
 def requeue_slurm(signum: int, env: dict | None = None) -> str:
-    """Under Slurm, SIGUSR2 (the script's `--signal`, sent before the time limit) requeues the job so that it resumes
-    by itself; returns what was done ("" when nothing). SIGTERM is never requeued here: it is also what `scancel`
-    sends (a preempted job is requeued by Slurm itself when the partition says so)."""
+    """Under Slurm, SIGUSR2 (sent before the time limit) requeues the job so it resumes; returns what was done ("" if
+    nothing). Never SIGTERM: `scancel` sends it too (Slurm requeues preempted jobs itself where configured)."""
     env = os.environ if env is None else env
     job = env.get("SLURM_JOB_ID")
     if signum != getattr(signal, "SIGUSR2", None) or not job or shutil.which("scontrol") is None:

@@ -1,8 +1,5 @@
-"""The data-utilisation strategies, declared once: what each is, where it comes from, the stages it runs in order and
-the settings it implies. Grid expansion, the GPU-hour estimate, the report and `synthtl strategies` read this table;
-`training/strategies.py` maps each name to the short function that trains it. Torch-free, so planning a study or
-building a report never loads the training code. Paper: Li et al. 2024.
-"""
+"""The data-utilisation strategies (paper: Li et al. 2024), declared once: origin, stages in order, implied settings.
+Planning, estimates and the report read it without torch or training code; `training/strategies.py` trains each."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Typed configs: defaults < YAML preset < `a.b=value` overrides.
-
-Every stage receives a frozen dataclass; OmegaConf stays inside this package. Each key is declared once with its help,
-its allowed values and how it enters an output's identity (`config.fields.key`). Unknown keys, values of the wrong type
-and values outside their range fail at load time with the full key named; rules between keys live in `__post_init__`.
-"""
+"""Typed configs: defaults < YAML preset < `a.b=value` overrides. Every stage receives a frozen dataclass;
+OmegaConf stays inside this package. Each key is declared once with its help, allowed values and identity role
+(`config.fields.key`); unknown keys and bad values fail at load time with the full key named; rules between keys live
+in `__post_init__`."""
 
 from __future__ import annotations
 
@@ -101,12 +99,7 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> Any:
 
 def load_config(schema: type[T], preset: str | os.PathLike | list | None = None,
                 overrides: list[str] | None = None) -> T:
-    """Builds a `schema` instance from its defaults, optional YAML preset(s) (merged in order) and overrides.
-
-    Raises:
-        ConfigError: an unknown key, a value of the wrong type or a value that fails its check; the message
-            names the full key.
-    """
+    """`schema`'s defaults < YAML preset(s) in order < overrides; ConfigError names the full key of a bad key/value."""
     overrides = list(overrides or [])
     for o in overrides:
         if "=" not in o:
@@ -133,12 +126,8 @@ def _build(node: Any) -> Any:
 
 
 def _apply_overrides(node: Any, overrides: list[str]) -> Any:
-    """Merges `a.b=value` overrides into `node`.
-
-    A text key takes its value literally (", a type of aircraft." needs no quoting; one pair of surrounding quotes is
-    dropped). Other keys parse the value as YAML (numbers, true/false, [lists]); a value that does not parse is one
-    error line that shows the quoting.
-    """
+    """Merges `a.b=value` overrides into `node`. A text key takes its value literally (one pair of surrounding quotes
+    dropped); others parse it as YAML, and a value that does not parse is one error line showing the quoting."""
     for o in overrides:
         key, value = o.split("=", 1)
         key = key.strip()
@@ -173,11 +162,8 @@ def with_overrides(cfg: T, overrides: list[str]) -> T:
 
 
 def to_yaml(cfg: Any) -> str:
-    """The resolved config as YAML (what every run folder saves as config.yaml), in field order.
-
-    Written from the dataclass directly: OmegaConf's structured round trip costs ~40 ms per config, which a study of
-    thousands of jobs pays for every job file.
-    """
+    """The resolved config as YAML (a run folder's config.yaml), in field order; from the dataclass directly, as
+    OmegaConf's round trip costs ~40 ms per config, paid for each of a study's thousands of job files."""
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, width=120)
 
 

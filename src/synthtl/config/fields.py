@@ -1,10 +1,8 @@
-"""How a config key is declared: its default, its help, how it enters an output's identity, and its allowed values.
+"""How a config key is declared: default, help, identity and allowed values.
 
-Identity (`synthtl.identity` reads it; docs/method.md): a key counts by its value unless declared `ignored=True`
-(where files live, how fast, how shown), `content="<kind>"` (a file the user gives, by what it holds) or
-`producer="<kind>"` (another stage's output, by that output's own identity). Allowed values: `ge`, `gt`, `le`, `lt`
-bounds and `one_of` choices, checked at load time by `check_values`, which names the full key and its help.
-"""
+Identity (`synthtl.identity`; docs/method.md): by value unless `ignored=True` (where files live, how fast, how shown),
+`content="<kind>"` (a given file, by what it holds) or `producer="<kind>"` (another stage's output, by its identity).
+Allowed values (`ge`/`gt`/`le`/`lt` bounds, `one_of`) are checked at load time, naming the full key and its help."""
 
 from __future__ import annotations
 
@@ -43,9 +41,8 @@ def rule_of(allowed: dict) -> str:
 
 
 def check_values(schema: type, data: dict, prefix: str = "") -> None:
-    """Checks the values of a config tree (every item of a list key) against each key's declared allowed values before
-    any rule between keys runs, naming the full key and its help. Numbers must be finite: NaN passes no bound, is not
-    JSON and means nothing as a setting."""
+    """Checks a config tree's values (every item of a list key) against their declared allowed values before any rule
+    between keys, naming the full key and its help. Numbers must be finite: NaN passes no bound and is not JSON."""
     for f in fields(schema):
         value, name, help_ = data.get(f.name), prefix + f.name, f.metadata.get("help", "")
         if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):  # a nested section
@@ -62,7 +59,6 @@ def check_values(schema: type, data: dict, prefix: str = "") -> None:
 
 
 def check_filter_name(name: str, key: str) -> None:
-    """A filter's name is one folder under <set>/filters/: the filter's `name` and `synthetic.filter` share this rule,
-    so a name one accepts is never refused by the other (and '..' or 'a/b' never leave filters/)."""
+    """One folder under <set>/filters/ (no '..' or 'a/b'); the rule `name` and `synthetic.filter` share."""
     check(all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) and bool(name.strip(".")),
           f"{key}={name!r}: use letters, digits, '-', '_' or '.' (it names the folder filters/<name>)")

@@ -50,10 +50,7 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class Img2ImgConfig:
-    """mode=img2img (ours, beyond the paper; "real guidance": He et al. ICLR'23, DA-Fusion ICLR'24, DISEF, Diff-Mix):
-    each image starts from a real training image of its class, noised to `strength`. The sources are the train split,
-    or its few-shot subset (data.shots / data.split_seed / data.split_file, the one selection fine-tuning uses); a
-    source byte-identical to a test image is always refused."""
+    """mode=img2img (ours, beyond the paper): start from a noised real training image (`generation.img2img`)."""
 
     strength: float = key(0.5, "how far the source is noised: near 0 keeps it, 1 starts from (almost) pure noise",
                           gt=0, le=1)
@@ -66,8 +63,7 @@ class GenerateConfig:
                          ge=1)
     seed: int = key(0, "base seed: image seed = f(seed, class index, image index)", ge=0)
     classes: list[str] = key(factory=list, help="generate only these class names (default: all)")
-    # the dataset whose class names are drawn: its class names enter the identity, not its images (an img2img set's
-    # sources are checked by content in plan.json)
+    # its class names enter the identity, not its images (img2img sources are checked by content in plan.json)
     data: DataConfig = key(factory=DataConfig, swap={"dataset": "classes"})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)

@@ -1,8 +1,5 @@
-"""Every config key with its value, allowed values and help, from the keys' declarations (`config.fields.key`).
-
-`commented_yaml` is what `--show-config` and `synthtl presets --show` print (valid YAML: save it as a preset);
-`markdown` is docs/config.md (`python -m synthtl.config.reference` rewrites it; a test keeps it current).
-"""
+"""Every config key with its value, allowed values and help: `commented_yaml` is what `--show-config` prints (valid
+YAML, a preset); `markdown` is docs/config.md (`python -m synthtl.config.reference` rewrites it; a test checks)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 from synthtl.config.fields import check, key
 
-# How a study's synthetic images are prompted and styled: the paper's (single template, DSI), the reviewers'
-# per-class inversion, and ours (CLIP's 80 templates; a style LoRA per dataset or per class; img2img from noised real
-# train images, beyond the paper).
+# Prompt styles: the paper's (single template, DSI), the reviewers' per-class inversion, and ours beyond the paper
+# (CLIP's 80 templates; a style LoRA per dataset or per class; img2img from noised real train images).
 PROMPT_STYLES = ("single", "imagenet80", "dsi", "per_class", "lora", "lora_per_class", "img2img")
 STYLE_PROMPTS = {"dsi": ("inversion", "dataset"), "per_class": ("inversion", "class"), "lora": ("lora", "dataset"),
                  "lora_per_class": ("lora", "class")}  # prompt style -> (style method, mode) of its style job

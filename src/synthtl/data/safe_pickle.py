@@ -1,10 +1,8 @@
 """Reading pickled dataset files without running code.
 
-CIFAR's "python version" files are pickles, and a pickle can name any function for the reader to call: a file with a
-`__reduce__` payload runs it as it is read. The official files hold only dicts, lists, text, bytes, numbers and numpy
-arrays, so they are read here by an unpickler that can build those and nothing else: a numpy array through numpy's own
-reconstruction (`_reconstruct`, `ndarray`, `dtype`), anything else is refused before it is called.
-"""
+CIFAR's "python version" files are pickles, and a pickle can name any function for the reader to call (a `__reduce__`
+payload runs as the file is read). The official files hold only dicts, lists, text, bytes, numbers and numpy arrays,
+so an unpickler that can build those and nothing else reads them; anything else is refused before it is called."""
 
 from __future__ import annotations
 
@@ -49,11 +47,8 @@ def _check(value: Any, depth: int = 0) -> None:
 
 
 def load(path: str | os.PathLike) -> Any:
-    """The content of a pickled dataset file, read without running any code it names.
-
-    Raises:
-        DataError: one line naming the file: it asks for something an official file never holds, or it is damaged.
-    """
+    """The content of a pickled dataset file, read without running any code it names; a file that asks for something
+    an official file never holds, or is damaged, is refused in one line naming it."""
     try:
         with open(path, "rb") as f:
             value = _Restricted(f, encoding="latin1").load()

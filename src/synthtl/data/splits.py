@@ -29,12 +29,9 @@ def fewshot_indices(images: ImageList, shots: int, seed: int) -> tuple[list[int]
 
 
 def train_indices(images: ImageList, data: DataConfig, seed: int) -> tuple[list[int], list[str]]:
-    """The training images of a run, as indices into the dataset's listing: the one few-shot selection.
-
-    Fine-tuning, style learning and `synthtl split` all call this on the listing (before any image is decoded), so
-    that the same (data config, seed) gives them the same k shots even when some images later prove unreadable
-    (those are then skipped and counted by each stage). Returns (sorted indices, classes with fewer than k images).
-    """
+    """The one few-shot selection: (sorted indices into the listing, classes with fewer than k images). Fine-tuning,
+    style learning and `synthtl split` all call it on the listing (before any image is decoded), so that the same
+    (data config, seed) gives them the same k shots even when some images later prove unreadable."""
     if data.split_file:
         return read_split(data.split_file, images), []
     if data.shots:

@@ -1,11 +1,7 @@
-"""Expanding a study grid into jobs: shared style and generation jobs, then fine-tuning runs with stable ids.
-
-Datasets x models x strategies x seeds x shots x volumes x guidance x prompts become fine-tuning runs whose id is
-a hash of their resolved config; identical runs collapse (a vanilla run does not depend on the synthetic volume).
-One generated set per (dataset, generator settings, prompts, style) is made once with the largest volume any run
-needs and serves every volume by prefix; one style embedding per dataset (per few-shot split when learned from
-the k shots) serves every generated set that uses it.
-"""
+"""Expanding a study grid into jobs: shared style, generation and filter jobs, then fine-tuning runs whose id hashes
+their identity (identical runs collapse: vanilla ignores the volume). One set per (dataset, generator settings,
+prompts, style) is made with the largest volume any run needs and serves every volume by prefix; one style per dataset
+(per few-shot split if learned from the shots) serves all its sets."""
 
 from __future__ import annotations
 
@@ -127,14 +123,8 @@ def _filter_job(study: StudyConfig, gen: Job, name: str, res: Resolver) -> Job:
 
 
 def check_stage_overrides(study: StudyConfig) -> None:
-    """Refuses a stage override that the study would silently replace: a key the grid (or the study) sets per job.
-
-    A key set to the one value the grid gives every job changes nothing and is let through (e.g. `data.shots=20`
-    beside `grid.shots=[20]`).
-
-    Raises:
-        ConfigError: one line naming the override and the grid (or study) key to use instead.
-    """
+    """Refuses a stage override the study would silently replace (a key it sets per job), naming the key to use; the
+    one value the grid gives every job is let through (`data.shots=20` beside `grid.shots=[20]`)."""
     import yaml
 
     g = study.grid
@@ -143,8 +133,7 @@ def check_stage_overrides(study: StudyConfig) -> None:
                                                 ("data.cache_dir", "cache_dir", study.cache_dir)) if v}
     data = {"data.name": ("grid.datasets", g.datasets), **common, "out_dir": where}
     split = {"data.shots": ("grid.shots", g.shots), "data.split_seed": ("grid.seeds (the few-shot draw)", None)}
-    # stage -> key -> (what sets it, the values it takes or None), for every key a study sets in each job's config
-    # after the stage's own overrides (`finetune=[...]`, `generate=[...]`, `style=[...]`, `filter=[...]`)
+    # stage -> key the study sets per job after the stage's own overrides -> (what sets it, its values or None)
     set_per_job = {
         "finetune": {**data, "data.shots": ("grid.shots", g.shots), "seed": ("grid.seeds", g.seeds),
                      "model.name": ("grid.models", g.models), "strategy": ("grid.strategies", g.strategies),
@@ -178,11 +167,7 @@ def check_stage_overrides(study: StudyConfig) -> None:
 
 
 def expand(study: StudyConfig) -> Plan:
-    """All jobs of a study, shared inputs first, deduplicated by identity.
-
-    Raises:
-        ConfigError: a stage override sets a key the grid sets per job (`check_stage_overrides`), or a bad preset.
-    """
+    """All jobs of a study, shared inputs first, deduplicated by identity."""
     check_stage_overrides(study)
     g = study.grid
     takes_synthetic = {s: STRATEGIES.get(s).takes_synthetic for s in g.strategies}  # unknown names fail first
@@ -240,8 +225,7 @@ def expand(study: StudyConfig) -> Plan:
 
 
 def num_classes_of(data) -> int | None:
-    """Classes of a job's dataset: shipped class names, else the class folders of a folder dataset that is present;
-    None when they cannot be known without the data."""
+    """Classes of a job's dataset (shipped names, or a present folder dataset's class folders), else None."""
     if data.name in DATASETS:
         return len(classnames(data.name))
     if data.name == "folder":
@@ -255,7 +239,7 @@ def num_classes_of(data) -> int | None:
 
 def style_steps(job: Job) -> tuple[int | None, int | None]:
     """(total steps, steps per class) a style job will train; per class is None for DSI, total None when the
-    number of classes is unknown until the data is present. Mirrors style/train.py's total_steps."""
+    number of classes is unknown until the data is present. Mirrors `StyleRecipe.total_steps`."""
     c = job.config
     classes = num_classes_of(c.data)
     if c.steps_per_class:

@@ -1,9 +1,5 @@
-"""Launchers: local (in this process, or one subprocess per GPU) and Slurm through submitit (job arrays, requeue).
-
-A job is a resolved YAML file, run in this process by `jobs.run_job` or in a subprocess by the ordinary CLI
-(`synthtl <command> -c job.yaml`); every job resumes from its own checkpoints, so a requeued or re-launched job
-continues where it stopped.
-"""
+"""Launchers: local (in this process, or one subprocess per GPU) and Slurm through submitit (job arrays, requeue). A
+job is a resolved YAML (`jobs.run_job`) that resumes from its own checkpoints, so a requeued job continues."""
 
 from __future__ import annotations
 
@@ -92,8 +88,7 @@ class JobRunner:
         return 0
 
     def checkpoint(self, *args, **kwargs):
-        """submitit calls this on preemption/timeout with the call's arguments: resubmit the same job (it resumes
-        from its checkpoints)."""
+        """submitit calls this on preemption/timeout: resubmit the same call (it resumes from its checkpoints)."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
@@ -101,11 +96,8 @@ class JobRunner:
 
 def launch(stage: str, jobs: list, study: StudyConfig, files: list[Path], submitted: list[str],
            needs: dict[str, list]) -> Outcome:
-    """Runs a stage's jobs with the configured launcher.
-
-    `submitted` collects the Slurm job ids of earlier stages: with launcher.wait=false a stage depends on them.
-    `needs` maps a job id to the Jobs it reads (checked by a Slurm task before it runs).
-    """
+    """Runs a stage's jobs with the configured launcher. `submitted`: earlier stages' Slurm ids (with
+    launcher.wait=false a stage depends on them); `needs`: job id -> the Jobs it reads (a Slurm task checks them)."""
     lc = study.launcher
     tasks = []
     for job, f in zip(jobs, files, strict=True):
@@ -152,8 +144,7 @@ def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
 
 
 def _visible(env) -> list[str]:
-    """The GPUs this process may use: the entries (indices or UUIDs) of an inherited CUDA_VISIBLE_DEVICES mask, else
-    0..n-1."""
+    """GPUs this process may use: an inherited CUDA_VISIBLE_DEVICES's entries (indices or UUIDs), else 0..n-1."""
     mask = env.get("CUDA_VISIBLE_DEVICES")
     if mask is not None:
         return [d.strip() for d in mask.split(",") if d.strip()]
@@ -163,12 +154,7 @@ def _visible(env) -> list[str]:
 
 
 def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1) -> list[str | None]:
-    """The CUDA_VISIBLE_DEVICES value of each of `parallel` job slots of `per_job` GPUs each, handed out in order from
-    the GPUs this process may use. With no GPU at all the slots run on the CPU (None: leave it unset).
-
-    Raises:
-        ConfigError: more slots than visible GPUs.
-    """
+    """CUDA_VISIBLE_DEVICES of `parallel` slots of `per_job` visible GPUs (None: CPU); ConfigError if too few."""
     env = os.environ if env is None else env
     visible = _visible(env)
     if not visible:
@@ -183,8 +169,7 @@ def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1
 
 
 def process_argv(task: Task, gpus: int) -> list[str]:
-    """The command of a task's process: `python -m synthtl ...`, or torchrun over `gpus` GPUs for a fine-tuning or
-    generation job (data-parallel; style learning runs on one GPU)."""
+    """`python -m synthtl ...`, or torchrun over `gpus` GPUs for fine-tuning and generation (style: one GPU)."""
     argv = ["-m", "synthtl", KINDS[task.kind].command, "-c", str(task.file), *task.overrides]
     if gpus > 1 and task.kind in ("finetune", "generate"):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *argv]
@@ -192,8 +177,7 @@ def process_argv(task: Task, gpus: int) -> list[str]:
 
 
 def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dict[str, str] | None = None) -> Outcome:
-    """One job per GPU slot at a time, logs under <study>/logs/; this process holds each task's lock while its
-    subprocess runs."""
+    """One job per GPU slot at a time (logs under <study>/logs/); this process holds each task's lock meanwhile."""
     env = dict(os.environ if env is None else env)
     per_job = study.launcher.gpus_per_job
     devices = gpu_slots(parallel, env, per_job)
@@ -273,8 +257,7 @@ def state_of(states: dict[str, str], slurm_id: str) -> str:
 
 
 def check_submitted(study: StudyConfig, unfinished: set[str]) -> tuple[list[dict], list[dict]]:
-    """Tasks submitted earlier without waiting, for jobs still unfinished: (ended badly and not yet reported,
-    still queued or running). Each row names the job, its Slurm id, state and log."""
+    """Earlier no-wait tasks of unfinished jobs: (ended badly and unreported, still queued or running)."""
     rows = [r for r in read_submitted(study) if r["job"] in unfinished and not r.get("reported")]
     states = slurm_states([r["slurm_id"] for r in rows])
     rows = [{**r, "state": state_of(states, r["slurm_id"])} for r in rows]

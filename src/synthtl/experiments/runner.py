@@ -1,8 +1,5 @@
 """`synthtl study`: expand the grid, skip what is finished, run what is left stage by stage, resume after a crash.
-
-Every job is written as a resolved YAML under <study>/jobs/ and executed by the same code as the single-stage
-commands (`synthtl learn-style|generate|finetune -c <job>.yaml`), so a job can also be re-run or inspected alone.
-"""
+Each job is a resolved YAML under <study>/jobs/, run exactly as `synthtl <cmd> -c job.yaml` would."""
 
 from __future__ import annotations
 
@@ -34,11 +31,7 @@ def job_file(study: StudyConfig, job: Job) -> Path:
 
 
 def is_done(job: Job) -> bool:
-    """Whether a job is finished (`jobs.is_finished`), so skipped.
-
-    Raises:
-        ConfigError: the job's folder holds another job (`identity.check`: never by path, so a moved study is the same).
-    """
+    """Whether a job is finished (so skipped); ConfigError if its folder holds another job (`identity.check`)."""
     identity.check(job.out, job.kind, job.identity)
     return is_finished(job.kind, job.config)
 
@@ -139,9 +132,7 @@ def describe_style_job(job: Job) -> str:
 
 
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:
-    """The plan: jobs per stage, finished, running elsewhere, to run (of them: stopped part-way, i.e. started by an
-    earlier call that failed or was killed; finished sets and filters to extend), the GPU-hour estimate and each style
-    job's steps."""
+    """The plan: per stage finished, elsewhere and to-run jobs, the GPU-hour estimate and style steps."""
     study, rates = plan.study, measured_rates(Path(plan.study.folder))
     elsewhere = set(elsewhere or ()) | {j.id for j in plan.jobs if any(  # locked by another process
         launcher.is_locked(launcher.lock_folder(study, n)) for n in launcher.task_names(study, j))}
@@ -187,11 +178,7 @@ def _earlier_submissions(plan: Plan) -> set[str]:
 
 
 def fetch_missing(plan: Plan) -> Plan:
-    """Downloads the missing datasets whose jobs allow it (data.download=true), then expands the study again.
-
-    Raises:
-        DataError: a dataset is missing and may not be downloaded (the message says where it was looked for).
-    """
+    """Downloads missing datasets whose jobs allow it (data.download=true), then expands again; DataError otherwise."""
     fetched = set()
     for job in plan.jobs:
         d = job.config.data
@@ -211,21 +198,15 @@ def fetch_missing(plan: Plan) -> Plan:
 
 
 def study_status(study: StudyConfig) -> str:
-    """What `--status` prints: the plan with finished / running elsewhere / to-run counts.
-
-    Raises:
-        StudyError: Slurm tasks submitted earlier (launcher.wait=false) failed; names each job and its log.
-    """
+    """What `--status` prints (`describe_plan`); StudyError if Slurm tasks submitted earlier failed."""
     plan = expand(study)
     return describe_plan(plan, _earlier_submissions(plan))
 
 
 # ------------------------------------------------------------------------------------------------------------ run
 def run_study(study: StudyConfig, dry_run: bool = False) -> dict:
-    """Runs (or resumes) every unfinished job; returns counts per stage, the failed job ids, the ids of jobs skipped
-    because another process runs them (`elsewhere`), of jobs waiting for inputs another process makes (`waiting`),
-    of jobs submitted to Slurm without waiting (`submitted`) and of every job not finished when it returns
-    (`unfinished`: the study is finished when it is empty). `dry_run`: prints the plan and writes nothing."""
+    """Runs or resumes every unfinished job; returns counts per stage and job ids: `failed`, `elsewhere`, `waiting` (for
+    inputs), `submitted` (Slurm, not waited for), `unfinished` (empty: the study is done). `dry_run` writes nothing."""
     plan = expand(study)
     elsewhere = _earlier_submissions(plan)
     if is_main():

@@ -8,12 +8,8 @@ from synthtl.config import KeepConfig
 
 
 def decide(scores: list[dict], keep: KeepConfig) -> dict[str, dict]:
-    """id -> {"rank", "kept"} for every score row ("id", "class_index", "index", "score"), under `keep.rule`.
-
-    Rows are ranked inside their class by score, highest first; equal scores are broken by the image index in the
-    class (the lower index ranks first), so decisions never depend on the order rows were scored in. top_k and
-    fraction keep ceil-rounded quotas, so no class is emptied by rounding.
-    """
+    """id -> {"rank", "kept"} per score row under `keep.rule`. Rows rank in their class by score, ties by lower
+    index (never by scoring order); top_k and fraction quotas are ceil-rounded, so rounding never empties a class."""
     by_class: dict[int, list[dict]] = {}
     for r in scores:
         by_class.setdefault(r["class_index"], []).append(r)

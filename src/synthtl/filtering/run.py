@@ -1,8 +1,5 @@
-"""`synthtl filter <set>`: score the images not scored yet, then write an immutable kept list for each volume asked
-for (the files: `store`). Resumable: a re-run scores only the rows the score log lacks, never one twice; the cost log
-counts every session, a killed one included. One writer per filter (a lock); a name already used with another config
-is refused (`synthtl.identity`).
-"""
+"""`synthtl filter <set>`: score the images not scored yet (every session's cost counted), then write an immutable kept
+list per volume (`store`). One writer per filter (a lock); a name used with another config is refused."""
 
 from __future__ import annotations
 
@@ -29,8 +26,7 @@ from synthtl.runtime import is_main, resolve_runtime
 
 
 def run_filter(cfg: FilterConfig) -> dict:
-    """Scores (or resumes scoring) a generated set's images and writes the kept lists asked for; returns the kept list
-    of the largest volume."""
+    """Scores (or resumes) a set's images, writes the kept lists asked for; returns the largest volume's."""
     if not cfg.set_dir:
         raise ConfigError("which set? `synthtl filter <generated set> keep.top_k=... [key=value ...]`")
     if not cfg.keep.rule:
@@ -43,8 +39,7 @@ def run_filter(cfg: FilterConfig) -> dict:
     name = cfg.name or cfg.method
     out = store.filter_dir(folder, name)
     if not out.is_dir():
-        # A new filter: what is refused without loading the model (its source, the device) is refused before the
-        # filter's folder (and its lock) exists, so nothing is left behind.
+        # A new filter: cheap refusals (source, device) come before its folder and lock exist: nothing left behind.
         check_source(cfg)
         resolve_runtime(cfg.device, "fp32")
     ident = identity.identity(cfg)
@@ -141,10 +136,8 @@ def score_batch(scorer: Scorer, images: list, rows: list[dict], score: str) -> l
 
 
 def _score(cfg: FilterConfig, scorer: Scorer, folder: Path, out: Path, todo: list[dict], rt, t0: float) -> None:
-    """Scores `todo` in batches, decoding images one batch ahead. Each batch's rows are appended to the score log
-    once scored, each with its share of the seconds since the previous batch (a session's first batch also counts
-    loading the model, from `t0`): scores and their cost are one append, so a killed session has cost up to its last
-    batch and nothing is counted twice."""
+    """Scores `todo`, decoding one batch ahead; each batch is one append of scores with their share of the seconds since
+    the previous batch (the first also counts model loading, from `t0`): a killed session's cost counts, never twice."""
     session = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}-{uuid.uuid4().hex[:8]}"
     batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     bar = tqdm(total=len(todo), desc=f"filter {out.name}", unit="img", disable=not (cfg.progress and is_main()))

@@ -1,6 +1,5 @@
 """Scoring models of a filter: zero-shot CLIP on the class names, or a classifier fine-tuned on the real train split.
-A filter's identity counts its scorer's weights by content, never where they live (`synthtl.identity`).
-"""
+A filter's identity counts its scorer's weights by content, never where they live (`synthtl.identity`)."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ class Scorer:
 
 
 def check_source(cfg: FilterConfig) -> None:
-    """The checks of the scoring model's source that need no loading: a missing local CLIP folder, a classifier run
-    that is unfinished or saw synthetic images. Run before the filter's folder is made."""
+    """Refusals needing no model (missing CLIP folder; unfinished or synthetic classifier run), before any folder."""
     if cfg.method == "classifier":
         classifier_run(cfg)
     elif not cfg.clip.model.startswith(OPEN_CLIP):
@@ -51,8 +49,7 @@ def _local_clip(model_id: str) -> str:
 
 
 def load_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: torch.device) -> Scorer:
-    """The scorer `cfg.method` names, for the set's classes [(class_index, class_id, class_name)]; a CLIP's labels
-    are the class names, its prompts `clip.template` filled with them."""
+    """The scorer of `cfg.method` for the set's classes [(index, id, name)]; CLIP prompts: `clip.template`."""
     if cfg.method == "classifier":
         return classifier_scorer(cfg, classes, device)
     prompts = [cfg.clip.template.format(name) for _, _, name in classes]
@@ -105,12 +102,8 @@ def clip_scorer(model_id: str, prompts: list[str], device: torch.device) -> tupl
 
 
 def open_clip_scorer(spec: str, prompts: list[str], device: torch.device) -> tuple[Callable, Callable]:
-    """(prepare, logits) of OpenCLIP: clip.model="open_clip:<arch>/<weights file or pretrained tag>".
-
-    The arch is a name OpenCLIP knows (`open_clip.list_models()`, or a config added with `open_clip.add_model_config`);
-    a tag's weights come from the hub (from its local cache only when offline). Preprocessing is the one OpenCLIP
-    attaches to the model (the tag's, else the arch config's); prompts go through the arch's own tokenizer.
-    """
+    """(prepare, logits) of OpenCLIP: clip.model="open_clip:<arch>/<weights file or tag>" (`open_clip.list_models()`;
+    a tag's weights from the hub, cache only offline), with the preprocessing and tokenizer OpenCLIP attaches."""
     try:
         import open_clip
     except ImportError:
@@ -167,8 +160,7 @@ def _open_clip_source(open_clip, spec: str) -> tuple[str, str, bool]:
 
 
 def final_weights(run: Path, result: dict) -> Path:
-    """The weights a finished run reports numbers for: its best validation epoch's with select=val, else its last
-    stage's (`checkpoints/stage-<name>.pt`; result.json lists the stages in the order they ran)."""
+    """A finished run's reported weights: best_val.pt with select=val, else its last stage's checkpoint."""
     if str(result.get("selected", "last")).startswith("val:") and (run / "checkpoints" / "best_val.pt").is_file():
         return run / "checkpoints" / "best_val.pt"
     stages = list(result.get("stages") or {})
@@ -184,11 +176,9 @@ def final_weights(run: Path, result: dict) -> Path:
 def classifier_run(cfg: FilterConfig) -> tuple[Path, dict, dict]:
     """(folder, config.yaml, result.json) of classifier.run, refused unless it is a finished run on real images only.
 
-    Only its train-split classes and its final weights are used later (the best validation epoch's with select=val,
-    validation being carved from the train split): never its test split or test scores. Any run with synthetic.path
-    is refused (mixed, bridged*, synthetic_only, and vanilla_matched paired by a set, which only counts its steps): a
-    classifier that learned the generator's look would rank synthetic images by how much they resemble those it saw
-    (the set being filtered, at worst) rather than by how much they look like the real class."""
+    Only its train-split classes and final weights are used (best val epoch with select=val: val is carved from
+    train), never its test split or scores. Any run with synthetic.path is refused (even vanilla_matched): a classifier
+    that learned the generator's look would rank synthetic images by resemblance to those it saw, not to the class."""
     if not cfg.classifier.run:
         raise ConfigError("method=classifier needs classifier.run=<a run folder of `synthtl finetune`> (a classifier "
                           "fine-tuned on the real train split)")

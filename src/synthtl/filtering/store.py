@@ -1,17 +1,15 @@
-"""The files of a filter, and reading them: what `synthtl filter` writes beside a generated set.
+"""What `synthtl filter` writes beside a generated set, and reading it (no model, no torch).
 
     <set>/filters/<name>/
         identity.json    what the filter is (`synthtl.identity`): its config, the set's identity and the scoring
                          model's weights; written before the first score
-        scores.jsonl     append-only, one row per image scored (keyed by the manifest's "id"): score, own-class
-                         probability and logit, top-1 prediction, and its cost: the scoring session and its share of
-                         that batch's wall and GPU seconds. A kill leaves at most a torn last line (ignored)
-        kept/<V>.json    immutable, one per volume asked for: the filter's rule applied to the first V images of each
-                         class (top_k keeps the k best of them, fraction that fraction, threshold those above it),
-                         the manifest paths kept and their digest, counts per class, the scoring model
+        scores.jsonl     append-only, one row per image scored (by the manifest's "id"): score, own-class probability
+                         and logit, top-1 prediction, the scoring session and its share of that batch's wall and GPU
+                         seconds. A kill leaves at most a torn last line (ignored)
+        kept/<V>.json    immutable, one per volume: the rule applied to the first V images of each class, the
+                         manifest paths kept and their digest, counts per class, the scoring model
 
-A kept list never changes once written: growing the set adds scores and new kept lists, and leaves the old ones as
-they are, so a run that trained on one keeps its images. Reading needs no model (no torch).
+Growing the set adds scores and new kept lists, never changing old ones, so a run that trained on one keeps its images.
 """
 
 from __future__ import annotations
@@ -59,8 +57,7 @@ def read_scores(folder: Path) -> dict[str, dict]:
 
 
 def read_cost(folder: Path) -> dict:
-    """Cost of every scoring session so far, summed from the score log: sessions, images scored, wall and GPU seconds.
-    A killed session counts up to its last logged batch."""
+    """Sessions, images scored, wall and GPU seconds of all scoring so far (a killed session up to its last batch)."""
     rows = list(read_scores(folder).values())  # rows of a filter scored before costs were per row count as 0 s
     return {"sessions": len({r.get("session") for r in rows}), "scored": len(rows),
             "seconds": sum(r.get("seconds", 0.0) for r in rows),
@@ -83,8 +80,7 @@ def is_finished(cfg: Any) -> bool:
 
 
 def find_kept(set_dir: str | os.PathLike) -> dict[str, Path]:
-    """Filter name -> its kept list of the largest volume (what the report shows of a filter), for every filter of
-    the set with at least one kept list."""
+    """Filter name -> its largest volume's kept list (what the report shows), for every filter with one."""
     out = {}
     for folder in sorted((Path(set_dir) / FILTERS).glob("*")):
         lists = sorted(folder.glob(f"{KEPT}/*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
@@ -94,12 +90,8 @@ def find_kept(set_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def read_kept(set_dir: str | os.PathLike, name: str, per_class: int) -> dict:
-    """The kept list of filter `name` for `per_class` images per class (0: the set's planned per_class), checked
-    against its digest.
-
-    Raises:
-        DataError: no such list (the message gives the command that writes it), or a list that was edited.
-    """
+    """Filter `name`'s kept list for `per_class` (0: the set's planned per_class), checked against its digest;
+    DataError for a missing (naming the command that writes it) or edited list."""
     set_dir = Path(set_dir)
     if not per_class and (set_dir / PLAN).is_file():
         per_class = volumes(set_dir, [])[0]

@@ -23,12 +23,10 @@ def export_imagefolder(folder: str | os.PathLike, out: str | os.PathLike, link: 
                        allow_partial: bool = False) -> dict:
     """Writes `out/train/<class folder>/<image>`, `out/train/metadata.jsonl` and `out/README.md`.
 
-    `datasets.load_dataset(out)` reads it with `label` as a `ClassLabel` carrying the class names (declared in
-    the card's YAML: with a metadata file, `datasets` would otherwise type it as a bare int) and one column per
-    generator setting. Images are hard-linked when `link` and possible, else copied. `out` is new or an earlier
-    export of the same set. An unfinished set is refused unless `allow_partial`, which exports its finished images
-    and says so in the card. Returns {"images", "done", "total", "partial"}: what was exported, how far the set was.
-    """
+    `datasets.load_dataset(out)` reads `label` as a `ClassLabel` with the class names (declared in the card's YAML,
+    else a metadata file makes it a bare int) and one column per generator setting. Images are hard-linked (`link`)
+    where possible, else copied; `out` is new or an earlier export of the set. `allow_partial` exports an unfinished
+    set's finished images (the card says so). Returns {"images", "done", "total", "partial"}."""
     folder, out = Path(folder), Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is an existing file; give a folder for the exported dataset")

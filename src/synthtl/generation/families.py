@@ -1,13 +1,9 @@
 """Generator families: which diffusers pipeline a model needs, and which text encoders condition its UNet.
 
-Ours, beyond the paper (which uses SD v1.5 only; docs/method.md "Beyond the paper"): every Stable Diffusion 1.x/2.x
-checkpoint (StableDiffusionPipeline; SD 2.1 at 768 px predicts velocity, which its scheduler config says) and SDXL
-(StableDiffusionXLPipeline: two CLIP text encoders, pooled text embeddings and size/crop "time ids").
-
-The family is read from the weights, never guessed: a diffusers folder's `model_index.json` (`_class_name`), the
-same file of a hub snapshot, `generator.single_file_config`'s, or a single .safetensors file's key names. Anything
-else is refused with the supported families named.
-"""
+Ours, beyond the paper (SD v1.5 only; docs/method.md "Beyond the paper"): SD 1.x/2.x (2.1 at 768 px predicts
+velocity, as its scheduler config says) and SDXL (two CLIP text encoders, pooled embeddings, size/crop "time ids").
+The family is read from the weights, never guessed: `model_index.json`'s `_class_name` (folder, hub snapshot or
+`generator.single_file_config`) or a .safetensors file's key names; anything else is refused."""
 
 from __future__ import annotations
 
@@ -25,8 +21,6 @@ from synthtl.registry import Registry
 
 @dataclass(frozen=True)
 class Family:
-    """What differs between generator families, as data."""
-
     name: str
     pipeline: str  # the diffusers pipeline class
     load_kwargs: tuple[tuple[str, object], ...]  # for the pipeline's constructor / from_pretrained
@@ -56,7 +50,6 @@ _BY_CLASS = {f.pipeline: f for _, f in FAMILIES.items()}
 
 
 def supported() -> str:
-    """One line naming every supported family."""
     return "; ".join(f"{name}: {f.about}" for name, f in FAMILIES.items())
 
 
@@ -92,8 +85,7 @@ def _family_of_single_file(path: Path) -> Family:
 
 
 def family_of(gen: GeneratorConfig) -> Family:
-    """The family of the configured generator, from its files (see the module docstring); ConfigError for another
-    family, OSError for a hub model whose model_index.json is neither cached nor downloadable (the caller words it)."""
+    """The generator's family from its files (module doc); OSError for an uncached, unreachable hub model."""
     model = gen.model
     if model == "tiny":
         return FAMILIES.get("sd")
@@ -115,7 +107,6 @@ def family_of(gen: GeneratorConfig) -> Family:
 
 
 def family_of_pipeline(pipe) -> Family:
-    """The family of a loaded pipeline (by its class)."""
     name = type(pipe).__name__
     if name not in _BY_CLASS:
         raise ConfigError(f"a {name} is not a supported generator; supported generator families: {supported()}")
@@ -138,7 +129,6 @@ def is_sdxl(pipe) -> bool:
 
 # ------------------------------------------------------------------------------------ tiny random components (tests)
 def tiny_tokenizer():
-    """The tiny CLIP tokenizer shipped with synthtl."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
@@ -156,8 +146,7 @@ def _clip(tokenizer, width: int, projection: bool = False, **extra):
 
 
 def _tiny(seed: int, encoders: dict, scaling_factor: float = 0.18215, **unet) -> dict:
-    """A UNet with block_out_channels (4, 8), a two-block VAE, then the text encoders (`encoders`: name ->
-    (tokenizer, width, extra CLIP config)), drawn from `seed` in that order (32x32 images)."""
+    """A UNet (block_out_channels (4, 8)), two-block VAE and `encoders` {name: (tokenizer, width, extra)}, seeded."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
@@ -185,16 +174,14 @@ def _scheduler(cls: str = "DPMSolverMultistepScheduler", **extra):
 
 
 def tiny_components(seed: int = 0) -> dict:
-    """Random-weight components of a tiny Stable Diffusion 1.x (32x32 images) built from configs: no download. The
-    text encoder is a 2-layer CLIP of width 16 with the tiny tokenizer. Same seed -> same weights."""
+    """A tiny random-weight SD 1.x (32x32, 2-layer CLIP of width 16) built from configs; same seed, same weights."""
     tokenizer = tiny_tokenizer()
     parts = _tiny(seed, {"text_encoder": (tokenizer, 16, {})}, cross_attention_dim=16, attention_head_dim=2)
     return {**parts, "tokenizer": tokenizer, "scheduler": _scheduler()}
 
 
 def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") -> dict:
-    """A tiny random-weight SD 2.x (32x32 images): SD 2's linear attention projections and GELU text encoder, and
-    a scheduler predicting `prediction_type` (SD 2.1 at 768 px: "v_prediction"; 2.1-base: "epsilon")."""
+    """A tiny random-weight SD 2.x (linear attention projections, GELU text encoder, `prediction_type`)."""
     tokenizer = tiny_tokenizer()
     parts = _tiny(seed, {"text_encoder": (tokenizer, 24, {"hidden_act": "gelu"})}, cross_attention_dim=24,
                   attention_head_dim=(2, 4), use_linear_projection=True)
@@ -202,9 +189,8 @@ def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") ->
 
 
 def tiny_sdxl_components(seed: int = 0) -> dict:
-    """A tiny random-weight SDXL (32x32 images): two text encoders of different widths (16 and 24; CLIPTextModel and
-    CLIPTextModelWithProjection), a UNet conditioned on both (cross_attention_dim 40) and on the pooled projection
-    plus six size/crop time ids (addition_embed_type "text_time")."""
+    """A tiny random-weight SDXL (32x32 images): text encoders of widths 16 and 24 (the second with projection), a
+    UNet conditioned on both, the pooled projection and six size/crop time ids ("text_time")."""
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
     time_dim, proj_dim = 8, 8
     encoders = {"text_encoder": (tokenizer, 16, {}), "text_encoder_2": (

@@ -1,18 +1,11 @@
-"""mode=img2img (ours, beyond the paper): every image starts from a real training image of its class, noised to
-`img2img.strength`, then denoised with the same prompt and per-image seed as text-to-image generation ("real
-guidance": He et al. ICLR'23, DA-Fusion ICLR'24, DISEF, Diff-Mix CVPR'24).
+"""mode=img2img (ours, beyond the paper; "real guidance": He et al. ICLR'23, DA-Fusion ICLR'24, DISEF, Diff-Mix
+CVPR'24): each image starts from a real training image of its class noised to `img2img.strength`, then is denoised
+with text-to-image's prompt and per-image seed.
 
-The sources of a class are its training images: the train split, or its few-shot subset drawn by
-`data.splits.train_indices` (data.shots / data.split_seed / data.split_file: the same k shots fine-tuning and style
-learning use), less a validation split when data.val_fraction carves one. Image i of class c uses source i mod n_c of
-the class's sources sorted by id (the id is the image's path in the train listing, as in split files), so every shot
-feeds many outputs and rows stay a function of (class, index, plan). The plan records each class's source ids and
-content hashes; the set's identity hashes them, so other sources (or changed bytes) are another set.
-
-A test image is never a source: sources are only drawn from the train listing, and a source whose bytes equal a
-test image's bytes (the data cache's SHA-256, as in its train/test overlap check), or whose perceptual hash lies
-within the report's near-duplicate distance of a test image's (a re-encoded or resized copy), is refused, whatever
-data.allow_overlap says.
+Sources: the class's training images (fine-tuning's few-shot selection, `data.splits.train_indices`, less any
+val_fraction carve); image i uses source i mod n_c sorted by id (its train-listing path), so rows stay a function of
+(class, index, plan). Each source's id and content hash are in the plan and the identity. A test image is never a
+source, whatever data.allow_overlap says: byte-identical (SHA-256) or near-duplicate (perceptual hash) ones are refused.
 """
 
 from __future__ import annotations
@@ -58,8 +51,7 @@ def _split_seed(cfg: GenerateConfig) -> int:
     if not ((d.shots and not d.split_file) or d.val_fraction):
         return 0  # nothing is drawn: the seed is not used
     if d.split_seed < 0:
-        # Fine-tuning falls back to its run seed; a generated set has no run seed to share, so guessing one would
-        # pick other shots than the runs that train on the set.
+        # Fine-tuning falls back to its run seed; a set has none, and a guess could pick other shots than its runs.
         raise ConfigError(f"mode=img2img with data.shots={d.shots} / data.val_fraction={d.val_fraction} needs "
                           "data.split_seed: set it to the fine-tuning runs' data.split_seed (or their seed when that "
                           "is -1), or give their data.split_file")
@@ -84,8 +76,7 @@ def refuse_near_test_copies(sources, test, name: str) -> None:
 
 
 def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sources:
-    """The sources of each class in `classes` ((id, name) in generation order), checked against the test split;
-    DataError for a class without training images, or a source byte-identical to a test image."""
+    """Each class's sources (`classes`: (id, name) in generation order), checked against the test split."""
     d = cfg.data
     seed = _split_seed(cfg)
     train_list, test_list = load_data(d, "train", download=False), load_data(d, "test", download=False)
@@ -129,8 +120,7 @@ def identity(cfg: GenerateConfig, sources: Sources) -> dict:
 
 
 def refuse_other_sources(folder: Path, settings: dict, sources: Sources) -> None:
-    """Refuses a set planned from other sources with a line naming the first source that differs (the plain
-    settings check would only show two hashes)."""
+    """Refuses a set planned from other sources, naming the first that differs (the settings check shows hashes)."""
     plan = read_json(folder / PLAN) if (folder / PLAN).is_file() else None
     if plan is None or plan["settings"].get("sources") in (None, settings["sources"]):
         return
@@ -151,8 +141,7 @@ def refuse_other_sources(folder: Path, settings: dict, sources: Sources) -> None
 
 
 def pipeline(pipe):
-    """The image-to-image pipeline of a loaded text-to-image pipeline, sharing its weights, tokenizer (with any style
-    token) and scheduler: `StableDiffusionImg2ImgPipeline` for SD 1.x/2.x, the XL one for SDXL."""
+    """The image-to-image pipeline sharing a loaded one's weights, tokenizer (with style token) and scheduler."""
     from diffusers import AutoPipelineForImage2Image
 
     try:
@@ -168,8 +157,7 @@ def pipeline(pipe):
 
 
 def load_sources(root: Path, rows: list[dict], width: int, height: int) -> list[Image.Image]:
-    """The sources of a batch of rows at the generator's size (SOURCE_FIT): each scaled (bicubic) until it covers
-    width x height, then centre-cropped."""
+    """A batch's sources at the generator's size (SOURCE_FIT: bicubic scale to cover, then centre crop)."""
     def fit(row: dict) -> Image.Image:
         return ImageOps.fit(load_rgb(root / row["source"]), (width, height), Image.Resampling.BICUBIC)
 

@@ -1,7 +1,4 @@
-"""Building the Stable Diffusion pipeline: hub id, local folder, single-file checkpoint, or a tiny random one.
-
-Explicit components, concise errors: an offline machine without the weights gets a message naming the fix.
-"""
+"""Building the SD pipeline (hub id, local folder, single file, or tiny); offline failures name the fix."""
 
 from __future__ import annotations
 
@@ -39,8 +36,7 @@ def generator_runtime(gen: GeneratorConfig) -> Runtime:
 
 
 def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
-    """Stable Diffusion v1.5's UNet, VAE and CLIP ViT-L/14 text encoder built from their published configs, with
-    random weights (for benchmarks: same architecture and FLOPs, no download)."""
+    """SD v1.5's UNet, VAE and CLIP ViT-L/14 from their published configs, random weights (benchmarks; no download)."""
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -67,8 +63,7 @@ def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
 
 
 def _checkpoint_problem(path: str) -> str:
-    """Why a single-file checkpoint holds no readable tensors ("" when it does): a damaged safetensors header, or a
-    .ckpt that is damaged or holds more than tensors (never unpickled beyond weights_only)."""
+    """Why a single-file checkpoint holds no readable tensors ("" if it does); a .ckpt is loaded weights_only."""
     try:
         if path.endswith(".safetensors"):
             from safetensors import safe_open
@@ -92,9 +87,8 @@ def _offline(what: str, err: Exception) -> PipelineError:
 
 
 def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: str = ""):
-    """A ready pipeline of the model's family (`families.family_of`) on the resolved device/dtype with the configured
-    scheduler; `style_lora` (a folder from `learn-style method=lora`) is added into its weights, fused, before
-    `optimize`, so that fused projections and compile see the styled weights."""
+    """A ready pipeline of the model's family on the resolved device/dtype with its scheduler; `style_lora` is
+    fused into its weights before `optimize`, so that fused projections and compile see the styled weights."""
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
     rt = rt or generator_runtime(gen)
     model, dtype = gen.model, rt.dtype
@@ -154,10 +148,7 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
 
 
 def optimize(pipe, gen: GeneratorConfig, rt: Runtime):
-    """Speed settings that do not change what is generated: fused q/k/v, channels_last, optional compile (CUDA).
-
-    Attention already runs through PyTorch's fused scaled_dot_product_attention (diffusers' default processor).
-    """
+    """Speed settings that never change the images: fused q/k/v, channels_last, compile (CUDA); SDPA is default."""
     pipe.set_progress_bar_config(disable=True)
     if rt.is_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True

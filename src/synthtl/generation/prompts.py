@@ -1,8 +1,5 @@
-"""Prompts from class names: named template sets, a per-dataset suffix, an optional style token.
-
-Paper (docs/method.md): without DSI a single CLIP ImageNet template, "a good photo of the {class}"; with DSI
-"a {class} photo in the style of S*". `imagenet80` cycles CLIP's 80 ImageNet templates over a class's images.
-"""
+"""Prompts from class names: named template sets, a suffix, an optional style token. Paper (docs/method.md): without
+DSI "a good photo of the {class}"; with DSI "a {class} photo in the style of S*". `imagenet80`: CLIP's 80 templates."""
 
 from __future__ import annotations
 
@@ -54,14 +51,11 @@ def prompt_for(templates: list[str], class_name: str, index: int, suffix: str = 
 
 def fit_prompt(templates: list[str], class_name: str, index: int, count_tokens: Callable[[str], int],
                max_tokens: int, suffix: str = "", token: str = "") -> dict:
-    """`prompt_for`'s prompt as {"prompt", "template", "truncated", "requested_prompt"}, shortened so that the text
-    encoder reads all of it.
+    """`prompt_for`'s prompt as {"prompt", "template", "truncated", "requested_prompt"}, shortened to fit.
 
-    CLIP's text encoder reads `max_tokens` tokens (the tokenizer's model_max_length: 77 for Stable Diffusion, as
-    `count_tokens` counts them, start and end included) and the pipeline silently drops the rest, which would drop a
-    style token placed after a long class name while the manifest still claims the style. So only the class name is
-    cut, at the longest prefix that fits, preferring a word boundary; the template, suffix and style token always
-    survive (ConfigError when they alone are too long).
+    The pipeline silently drops tokens past `max_tokens` (77 for SD, start and end included, as `count_tokens` counts),
+    which would drop a style token after a long class name while the manifest claims the style. So only the class name
+    is cut (longest fitting prefix, at a word boundary); template, suffix and token always survive (else ConfigError).
     """
     requested, t = prompt_for(templates, class_name, index, suffix, token)
 

@@ -1,11 +1,9 @@
 """`synthtl generate`: plan -> this shard's unfinished rows -> batched denoising -> overlapped writes -> log.
 
-A killed worker loses at most the batch in flight: an image is written atomically, then logged in this shard's
-append-only progress file (a torn last line is cut before the next append); a restart skips every logged image whose
-file exists and removes this shard's leftover temp files. One writer per shard (a lock); plan and finalize run under
-the set's lock. Outputs that are black or hold NaN/Inf are redrawn with a new seed (recorded). CUDA out-of-memory
-halves the batch and goes on. A full disk stops cleanly with nothing half-written counted.
-"""
+A killed worker loses at most the batch in flight: an image is written atomically, then logged in the shard's
+append-only progress file (a torn last line is cut); a restart skips logged images whose file exists and removes the
+shard's temp files. One writer per shard (a lock); plan and finalize run under the set's lock. Black or NaN/Inf
+outputs are redrawn with a new seed (recorded); CUDA OOM halves the batch; a full disk stops cleanly."""
 
 from __future__ import annotations
 
@@ -65,16 +63,14 @@ def class_list(cfg: GenerateConfig) -> list[tuple[str, str]]:
         if unknown:
             raise ConfigError(f"classes={sorted(unknown)[:5]} are not classes of {d.name}")
         classes = [(c, n) for c, n in classes if c in wanted or n in wanted]
-    # A folder name that is not UTF-8 (kept as lone surrogates) cannot go into a prompt: its bytes are read as UTF-8
-    # with replacement characters there, while the id (and so the training match) keeps the exact name.
+    # A non-UTF-8 folder name (lone surrogates) is prompted with replacement characters; the id keeps the exact name.
     return [(c, n.encode("utf-8", "surrogateescape").decode("utf-8", "replace")) for c, n in classes]
 
 
 def settings(cfg: GenerateConfig, classes: list[tuple[str, str]], dtype: str, templates: list[str], style_hash: str,
              extra: dict | None = None) -> dict:
-    """What the set's images depend on, as resolved on this machine (the generator's weights, the dtype "auto" became,
-    the templates, the style's content hash, the class names), recorded in plan.json and in every manifest row;
-    `extra`: the keys of mode=img2img (`img2img.identity`)."""
+    """What the images depend on as resolved here (weights, the dtype "auto" became, templates, style hash, class
+    names), recorded in plan.json and every manifest row; `extra`: img2img's keys (`img2img.identity`)."""
     g, p = cfg.generator, cfg.prompts
     weights = identity.generator_weights(g)  # from the weights, so a style embedding cannot change it
     return {**(extra or {}), "format": SETTINGS_FORMAT, "model": weights["model"], "revision": weights["revision"],
@@ -86,8 +82,7 @@ def settings(cfg: GenerateConfig, classes: list[tuple[str, str]], dtype: str, te
 
 def _prompts_and_tokens(pipe, cfg: GenerateConfig, classes: list[tuple[str, str]], templates: list[str],
                         token_map: dict[str, str], default_token: str) -> tuple[list, list[str]]:
-    """Each class's prompt record per template (`fit_prompt`: fits the text encoder, style token kept; image i of a
-    class uses template i mod len(templates)) and each class's token."""
+    """Each class's prompt record per template (`fit_prompt`; image i uses template i mod n) and its token."""
     tokenizer = pipe.tokenizer
     convert = getattr(pipe, "maybe_convert_prompt", lambda text, tok: text)  # multi-vector tokens expand to several
 
@@ -117,13 +112,10 @@ def resume_todo(folder: Path, rows: SetRows, per_class: int, shard: int, num_sha
 
 
 def _setup(cfg: GenerateConfig, folder: Path):
-    """(pipeline, runtime, planned rows, img2img sources or None); the pipeline is None when the wanted images
-    are already finished.
+    """(pipeline or None if already finished, runtime, planned rows, img2img sources or None).
 
-    The plan is written under the set's lock by whichever shard (torchrun rank) gets it first; every other shard
-    finds it there and only checks it. With mode=img2img the sources are selected (and checked against the test
-    split) first: they are part of the identity.
-    """
+    The first shard to take the set's lock writes the plan; the others only check it. img2img sources are selected
+    (and checked against the test split) first: they are part of the identity."""
     p = cfg.prompts
     templates = template_set(p.templates, p.custom)
     if needs_token(templates) and not p.style_embedding:
@@ -181,8 +173,7 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
     stats_file = genset.stats_file(folder, shard, num_shards)
     prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
 
-    # Each shard keeps its own cost file, so that the set's cost is the sum over shards; it is rewritten every
-    # STATS_EVERY_S while generating, so that a killed run's work still counts.
+    # One cost file per shard (the set's cost is their sum), rewritten every STATS_EVERY_S: a killed run's work counts.
     def save_stats(now: dict, elapsed: float | None = None) -> None:
         nonlocal saved
         t = time.perf_counter()
@@ -218,11 +209,8 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
 @torch.inference_mode()
 def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig,
             sources: list[Image.Image] | None = None) -> tuple[np.ndarray, list[bool]]:
-    """Generates one batch: (uint8 images B x H x W x 3, per-image flag "black or non-finite").
-
-    With `sources` (mode=img2img: `pipe` is the image-to-image pipeline), each image starts from its source noised
-    to img2img.strength; the seed draws both the VAE posterior sample and the noise.
-    """
+    """One batch: (uint8 images B x H x W x 3, per-image "black or non-finite"). With img2img `sources` each image
+    starts from its source noised to img2img.strength; the seed draws both the VAE posterior sample and the noise."""
     g = cfg.generator
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # CPU noise: same image on any device
     negative = [r["negative_prompt"] for r in rows] if any(r["negative_prompt"] for r in rows) else None
@@ -243,12 +231,10 @@ def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig,
 
 def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig,
               sources: img2img.Sources | None = None, on_progress=None) -> dict:
-    """Denoises `todo` (row positions) batch by batch while writer threads write and log each batch behind it.
+    """Denoises `todo` (row positions) batch by batch while writer threads write and log behind it.
 
-    A black or non-finite image goes back to the queue with its next seed. With img2img `sources`, each batch's
-    sources are loaded first (a redraw starts from the same source). With a per-class style LoRA every batch holds
-    one class, whose adapter is written into the weights first.
-    """
+    A black or non-finite image is requeued with its next seed (an img2img redraw starts from the same source). With a
+    per-class style LoRA each batch holds one class, whose adapter is written into the weights first."""
     per_class = getattr(getattr(pipe, "synthtl_style_lora", None), "per_class", False)
     if per_class:
         todo = sorted(todo, key=lambda p: (rows.cls[p], rows.idx[p]))  # class by class: one switch per class

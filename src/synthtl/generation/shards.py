@@ -1,9 +1,5 @@
-"""Shards of a generated set and their upkeep: locks, who writes which rows, the last shard's completion record,
-`generate --status`, and `generate --validate [--repair]`. The files themselves are `data.genset`'s.
-
-One writer per shard (a lock held for its whole run); the short steps that touch shared files (planning, finalizing,
-repairing) run under the set's lock. A killed worker's temp files are removed by the next run of the same shard.
-"""
+"""Shards of a generated set (files: `data.genset`): locks, row assignment, completion, `generate --status/--validate`.
+One writer per shard (a lock); steps touching shared files run under the set's lock; a rerun removes temp files."""
 
 from __future__ import annotations
 
@@ -31,7 +27,6 @@ def shard_of(rid: str, num_shards: int) -> int:
 
 
 def shard_mask(rows: SetRows, shard: int, num_shards: int) -> np.ndarray:
-    """Which planned rows belong to this shard."""
     if num_shards == 1:
         return np.ones(len(rows), dtype=bool)
     return np.fromiter((shard_of(genset.row_id(c, i), num_shards) == shard for c, i in zip(rows.cls.tolist(),
@@ -61,9 +56,7 @@ def finished_file(folder: Path, shard: int, num_shards: int) -> Path:
 
 
 def remove_shard_temps(folder: Path, rows: SetRows, mine: np.ndarray, shard: int, num_shards: int) -> int:
-    """Deletes the temp files a killed writer of this shard left (`atomic_open`'s `.<name>.<random>.tmp`) and
-    returns how many: only this shard's files (its images, training copies and stats), so shards running beside it
-    lose nothing. Call it holding `shard_lock`."""
+    """Deletes this shard's temp files from a kill (only its own: shards beside it lose nothing); hold `shard_lock`."""
     stats = genset.stats_file(folder, shard, num_shards)
     temps = list(stats.parent.glob(f".{stats.name}.*.tmp")) if stats.parent.is_dir() else []
     for c, k in enumerate(rows.classes):
@@ -88,10 +81,8 @@ def status(folder: str | os.PathLike) -> dict:
 
 
 def mend(folder: Path) -> dict:
-    """Mends what kills, full disks and failing disks leave: torn progress-log lines, damaged lines in the middle of a
-    progress log (dropped: their images count as not done, and the next run redraws them) and `atomic_open` temp
-    files. Holds the set's lock and every shard's lock, so it refuses (LockedError naming the holder) while a
-    generation writes the set."""
+    """Mends what kills and full or failing disks leave: torn or damaged progress-log lines (dropped: the next run
+    redraws their images) and temp files. Takes the set's and every shard's lock: LockedError while a run writes."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(set_lock(folder, wait=0.0))
         for d in sorted((folder / LOCKS).glob("shard-*")):
@@ -114,8 +105,7 @@ def _check_file(path: Path) -> str:
     from synthtl.data.images import load_rgb
 
     try:
-        # A JPEG decoded at 1/8 scale still reads every byte of its entropy-coded data (a truncated or damaged
-        # file fails the same way) but skips the full-size inverse DCT: several times faster.
+        # A JPEG at 1/8 scale still reads all its entropy-coded data (damage fails alike) but skips the full IDCT.
         load_rgb(path, min_short_side=VALIDATE_SIDE)
     except BadImageError as e:
         return "missing" if e.reason == "file not found" else "corrupt"
@@ -123,10 +113,8 @@ def _check_file(path: Path) -> str:
 
 
 def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) -> dict:
-    """Decodes every finished image (and its training copy) on `workers` threads (0: one per core; decoding releases
-    the GIL); lists missing or corrupt ones. With `repair`, torn log lines and leftover temp files are removed first
-    (`mend`), and corrupt files are deleted so that the next `synthtl generate` run redraws them (the set's completion
-    record goes with them)."""
+    """Decodes every finished image and training copy (`workers` threads, 0: one per core); lists missing or corrupt
+    ones. `repair`: `mend` first, then delete corrupt files (and the completion record) so the next run redraws them."""
     folder = Path(folder)
     mended = mend(folder) if repair else {"torn": {}, "damaged": {}, "temps": 0}
     state = read_state(folder)
@@ -147,11 +135,9 @@ def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) 
 
 
 def finalize(folder: Path, rows: SetRows, shard: int, num_shards: int, per_class: int) -> bool:
-    """Records that this shard wrote all its rows among the first `per_class` of each class; the last of the N
-    shards to do so checks the whole set once and writes its completion record (complete.json: the finished prefix
-    of each class) and, when every planned row is finished, the manifest with status done and the seeds actually
-    used. Returns whether the whole plan is finished. Call it holding `set_lock`.
-    """
+    """Records that this shard wrote its rows among the first `per_class` of each class; the last of the N shards
+    checks the set once and writes complete.json (each class's finished prefix) and, when every planned row is done,
+    the manifest (status done, seeds used). Returns whether the plan is finished. Call it holding `set_lock`."""
     remove_temps(folder)  # a killed plan or finalize write's temp file (those files are written under this lock only)
     write_json(finished_file(folder, shard, num_shards), {"per_class": per_class})
     if not all(finished_file(folder, s, num_shards).is_file() for s in range(num_shards)):

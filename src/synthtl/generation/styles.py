@@ -1,4 +1,4 @@
-"""Applying a learned style to a pipeline: generation's side of the files `synthtl learn-style` writes.
+"""Applying a learned style to a pipeline (learning it is `synthtl.style`'s business; nothing here imports it).
 
 - A token embedding (`learned_embeds.safetensors`): one key per pseudo-token, a (vectors, dim) tensor; a file with one
   token is exactly what diffusers' `load_textual_inversion` reads, per-class files hold one key per class and are
@@ -7,10 +7,7 @@
 - A style LoRA (`pytorch_lora_weights.safetensors`, or `adapters/<class index>/` per class): added into the weights
   (fused: no extra cost per image). A per-class LoRA keeps the base weights and `set_style_lora_class(pipe, name)`
   writes W + B_c A_c before each batch; until a class is chosen the UNet refuses to run, so a caller that forgets
-  cannot generate unstyled images. lora_B is stored multiplied by alpha / rank, so the file means W + B A.
-
-Learning a style is `synthtl.style`'s business; nothing here imports it.
-"""
+  cannot generate unstyled images. lora_B is stored multiplied by alpha / rank, so the file means W + B A."""
 
 from __future__ import annotations
 
@@ -99,13 +96,7 @@ def _check_fits(path, token: str, emb: torch.Tensor, encoder, tokenizer, what: t
 
 
 def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
-    """Adds the file's tokens to the pipeline's tokenizers and text encoders; returns the tokens. An SDXL file holds
-    one key per text encoder (SDXL_KEYS, one diffusers call each); its token's name comes from style.json beside it.
-
-    Raises:
-        ConfigError: a token already in a tokenizer, vectors of another width than their text encoder's, or (SDXL) a
-            file of the SD 1.x/2.x layout or without style.json.
-    """
+    """Adds the file's tokens to the pipeline; returns them. SDXL: a key per encoder, the token named in style.json."""
     file = resolve_path(path)
     state = read_embeddings(file)
     if not is_sdxl(pipe):
@@ -171,8 +162,7 @@ def generation_style_hash(prompts: PromptConfig) -> str:
 
 
 def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
-    """{(component, module): (B, A)} of one LoRA file; ConfigError for a key that is not a LoRA weight, or a module
-    missing or of another shape (a LoRA of another base model)."""
+    """{(component, module): (B, A)} of one LoRA file; ConfigError if a key or shape does not fit this model."""
     fix = "point prompts.style_lora at a folder written by `synthtl learn-style method=lora`"
     state = _load_file(file, "style LoRA", fix)
     out = {}
@@ -239,10 +229,7 @@ class StyleLora:
 
 
 def load_style_lora(pipe, path: str | Path) -> StyleLora:
-    """Adds a style LoRA (file or folder from `learn-style method=lora`) into the pipeline's weights, fused.
-
-    A per-class LoRA is written per class by `set_style_lora_class`; until then the UNet refuses to run.
-    """
+    """Fuses a style LoRA into the weights; a per-class one: the UNet refuses to run until `set_style_lora_class`."""
     lora = StyleLora(pipe, path)
     pipe.synthtl_style_lora = lora
     if lora.per_class:
@@ -256,10 +243,7 @@ def load_style_lora(pipe, path: str | Path) -> StyleLora:
 
 
 def set_style_lora_class(pipe, class_name: str) -> None:
-    """Makes the pipeline's weights those of `class_name`'s adapter (a per-class LoRA); otherwise does nothing.
-
-    Generate batches of one class with it: the weights are the class's for every image of the batch.
-    """
+    """Writes `class_name`'s adapter into the weights (a per-class LoRA; else a no-op): batches must hold one class."""
     lora = getattr(pipe, "synthtl_style_lora", None)
     if lora is not None:
         lora.use(class_name)

@@ -6,7 +6,6 @@ import torch
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean per sample: is the label among the k highest logits."""
     k = min(k, logits.shape[1])
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 

@@ -2,9 +2,7 @@
 
 FID (Heusel et al. 2017): ||mu_r - mu_s||^2 + Tr(C_r + C_s - 2 (C_r C_s)^(1/2)).
 KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over subsets.
-Precision/recall (Kynkaanniemi et al. 2019): a sample counts as covered when it lies inside the k-NN ball of some
-sample of the other set.
-"""
+Precision/recall (Kynkaanniemi et al. 2019): a sample is covered when inside the k-NN ball of one of the other set."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Near-duplicates between two image sets (synthetic or train vs the real test split): every image against every
-image, by perceptual hash and, when the features mean something, by feature cosine.
-
-Nothing is sampled: the hash comparison is a tiled all-pairs XOR + popcount over uint64 hashes (about 1e9 pairs in
-seconds on one core) and the cosine comparison a tiled matrix product, so memory stays bounded by the tile size.
-"""
+"""Near-duplicates between two image sets (synthetic or train vs the real test split), all pairs, by perceptual hash
+and, when the features mean something, by feature cosine. Nothing is sampled: tiled all-pairs XOR + popcount over
+uint64 hashes (~1e9 pairs in seconds on one core) and tiled matrix products, so memory is bounded by the tile size."""
 
 from __future__ import annotations
 
@@ -34,9 +31,8 @@ _DCT[0] /= np.sqrt(2.0)
 
 
 def phash_batch(gray: np.ndarray) -> np.ndarray:
-    """(n,) uint64 DCT perceptual hashes of (n, 32, 32) 8-bit luminance thumbnails. Bit 63 (the first) says the DC
-    term is positive; the other 63 say whether each low-frequency AC term lies above the median of the AC terms (the DC
-    term carries brightness only)."""
+    """(n,) uint64 DCT perceptual hashes of (n, 32, 32) 8-bit luminance thumbnails: bit 63 says DC > 0; the other 63,
+    whether each low-frequency AC term lies above the AC terms' median (the DC term carries brightness only)."""
     low = np.einsum("ij,njk,lk->nil", _DCT, gray.astype(np.float64), _DCT).reshape(len(gray), -1)
     bits = np.empty(low.shape, dtype=bool)
     bits[:, 0] = low[:, 0] > 0
@@ -73,18 +69,16 @@ def _scan_one(path: Path) -> tuple[bytes, np.ndarray | None]:
 
 @contextlib.contextmanager
 def quiet_pil() -> Iterator[None]:
-    """Silences PIL's warnings (EXIF, palette, large images) around a thread pool of decoders. `catch_warnings` swaps
-    process-wide state and is not thread-safe (entered in several threads it can leave every warning ignored), so
-    decoders in threads never touch the filters: the caller sets this one filter once, on its own thread."""
+    """Silences PIL's warnings around a decoder thread pool. `catch_warnings` swaps process-wide state unsafely across
+    threads (it can leave every warning ignored), so the caller sets this one filter once, on its own thread."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"PIL\.")
         yield
 
 
 def hash_files(paths: Sequence[Path], workers: int = 0) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    """(perceptual hashes (n,) uint64, readable (n,) bool, 16-byte BLAKE2b digests of the files' bytes or b"" when
-    missing), every file read once, in `workers` threads (0 = one per CPU core: decoding and hashing release the GIL).
-    """
+    """(phashes (n,) uint64, readable (n,) bool, 16-byte BLAKE2b digests of the bytes or b"" if missing), each file
+    read once in `workers` threads (0 = one per core: decoding and hashing release the GIL)."""
     workers = workers or os.cpu_count() or 1
     hashes, ok, digests, block = np.zeros(len(paths), dtype=np.uint64), np.zeros(len(paths), dtype=bool), [], 1024
     with quiet_pil(), ThreadPoolExecutor(workers) as pool:
@@ -105,8 +99,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
                workers: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, bits) as int64, int64, uint8 arrays: every pair of hashes with Hamming(a[i], b[j]) <= max_bits, in tiles
-    of at most `chunk` x `chunk`, blocks of rows spread over `workers` threads (0 = one per CPU core)."""
+    """(i, j, bits) of every pair with Hamming(a[i], b[j]) <= max_bits, in tiles, row blocks over `workers`."""
     workers = workers or os.cpu_count() or 1
     a, b = np.ascontiguousarray(a, dtype=np.uint64), np.ascontiguousarray(b, dtype=np.uint64)
     cols = max(1, min(chunk, len(b)))
@@ -140,8 +133,7 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray, min_cosine: float,
                  chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, cosine) as int64, int64, float32 arrays: every pair of feature rows with cosine >= min_cosine, over
-    `chunk` x `chunk` tiles."""
+    """(i, j, cosine) as int64, int64, float32: every pair of feature rows with cosine >= min_cosine, tiled."""
     def unit(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
@@ -157,7 +149,6 @@ def cosine_pairs(a: np.ndarray, b: np.ndarray, min_cosine: float,
 
 
 def _cat(found: list[tuple], value_dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, value) triples concatenated into three arrays."""
     return tuple(np.concatenate([f[k] for f in found]).astype(t) if found else np.zeros(0, dtype=t)
                  for k, t in enumerate((np.int64, np.int64, value_dtype)))
 
@@ -175,19 +166,12 @@ class Search:
 def near_duplicates(a_hashes: np.ndarray, b_hashes: np.ndarray, a_feats: np.ndarray | None = None,
                     b_feats: np.ndarray | None = None, search: Search = Search(), a_ok: np.ndarray | None = None,
                     b_ok: np.ndarray | None = None, expected: np.ndarray | None = None) -> tuple[int, int, list[dict]]:
-    """Near-duplicate pairs between set A (synthetic or train) and set B (test), every image against every image.
+    """Near-duplicate pairs between set A (synthetic or train) and B (test), all pairs; feats None: hashes only;
+    unreadable rows (`*_ok` False) never match. `expected`: per row of A, the row of B it should match (an img2img
+    output's source) or -1; those pairs are left out (see `expected_matches`).
 
-    Args:
-        a_hashes: Perceptual hashes of A (uint64); b_hashes likewise for B.
-        a_feats: Feature rows of A (None: hashes only); b_feats likewise for B.
-        a_ok: Which rows of A were readable (unreadable rows are never matched); b_ok likewise.
-        expected: Per row of A, the row of B it is expected to match (an img2img output's own source), or -1: such
-            pairs are left out (count them with `expected_matches`).
-
-    Returns:
-        (number of distinct pairs, number of distinct A images in them, `search.limit` pairs closest first as dicts
-        with "image" (index in A), "test" (index in B), and "hash_bits" and/or "cosine").
-    """
+    Returns (distinct pairs, distinct A images in them, `search.limit` pairs closest first as {"image" (index in A),
+    "test" (index in B), "hash_bits" and/or "cosine"})."""
     a_hashes, b_hashes = np.asarray(a_hashes, dtype=np.uint64), np.asarray(b_hashes, dtype=np.uint64)
     a_idx = np.flatnonzero(a_ok) if a_ok is not None else np.arange(len(a_hashes))
     b_idx = np.flatnonzero(b_ok) if b_ok is not None else np.arange(len(b_hashes))

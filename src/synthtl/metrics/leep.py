@@ -3,8 +3,7 @@
 Given the source model's softmax theta_i over its own label space Z for every target example (x_i, y_i):
     P(y, z) = 1/n sum_i theta_i(z) [y_i = y],   P(y | z) = P(y, z) / sum_y' P(y', z),
     LEEP = 1/n sum_i log( sum_z P(y_i | z) theta_i(z) ).
-Higher (closer to 0) means the source model transfers better to the target labels.
-"""
+Higher (closer to 0) means the source model transfers better to the target labels."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ import torch
 
 
 def leep(probs: torch.Tensor, labels: torch.Tensor, num_target_classes: int) -> float:
-    """LEEP from the source model's (n, |Z|) softmax outputs `probs` on the target examples, whose (n,) `labels` lie
-    in [0, num_target_classes = |Y|)."""
+    """LEEP of source softmax `probs` (n, |Z|) for target `labels` (n,) in [0, num_target_classes)."""
     probs = probs.double()
     n = probs.shape[0]
     onehot = torch.zeros(n, num_target_classes, dtype=torch.float64)

@@ -165,14 +165,8 @@ def _tv(arch: str, num_classes: int | None, pretrained: bool, weights: str) -> t
 
 def create_classifier(name: str, num_classes: int | None, pretrained: bool = True, weights: str = "",
                       img_size: int = 0) -> tuple[nn.Module, dict]:
-    """(model, data_config: input_size, mean, std, interpolation, crop_pct of its weights).
-
-    Args:
-        name: A short name (`list_models()`), "timm:<arch>[.<tag>]" or "tv:<arch>".
-        num_classes: Output classes; None keeps the pretrained head (its own label space, used by LEEP).
-        pretrained: Load pretrained weights (hub cache) unless `weights` names a local file (.safetensors, .pth, .bin).
-        img_size: Input resolution; 0 = the weights' native one.
-    """
+    """(model, its weights' data_config) for a short name, "timm:<arch>[.<tag>]" or "tv:<arch>". `num_classes` None:
+    the pretrained head (LEEP); `weights`: a local .safetensors/.pth/.bin file; `img_size` 0: the native one."""
     lib, arch = resolve(name)
     weights = os.fspath(weights) if weights else ""
     model, data_config = (_timm(arch, num_classes, pretrained, weights, img_size) if lib == "timm" else
@@ -183,7 +177,6 @@ def create_classifier(name: str, num_classes: int | None, pretrained: bool = Tru
 
 
 def classifier(model: nn.Module) -> nn.Linear:
-    """The classification layer."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     return head if isinstance(head, nn.Linear) else _last_linear(model)[2]
 

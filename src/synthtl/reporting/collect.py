@@ -1,5 +1,4 @@
-"""Reading a study folder from its files only (run folders, plan.json, generated sets' plan and progress files,
-style.json): finished runs with their grid labels and metrics curves, generated sets, styles, and their costs."""
+"""Reading a study folder from its files only: finished runs (labels, metrics), generated sets, styles, costs."""
 
 from __future__ import annotations
 

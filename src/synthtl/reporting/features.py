@@ -31,18 +31,16 @@ FEATURE_PROTOCOL = "clean-resize-1"
 
 
 def clean_resize(img: Image.Image, size: int) -> np.ndarray:
-    """clean-fid's "clean" resize (Parmar, Zhang, Zhu, CVPR 2022; cleanfid/resize.py: build_resizer("clean") =
-    make_resizer("PIL", quantize_after=False, "bicubic", (299, 299))): each channel of the 8-bit RGB image as a float32
-    PIL image, bicubic straight to size x size (no crop, aspect not kept), unquantised: (3, size, size) float32."""
+    """clean-fid's "clean" resize (Parmar, Zhang, Zhu, CVPR 2022; cleanfid/resize.py): each 8-bit RGB channel as a
+    float32 PIL image, bicubic to size x size (no crop, aspect not kept), unquantised: (3, size, size) float32."""
     arr = np.asarray(img, dtype=np.float32)
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(arr[:, :, c])).resize(
         (size, size), Image.Resampling.BICUBIC)) for c in range(3)])
 
 
 class FeatureSpace:
-    """A frozen backbone producing pooled features (timm, num_classes=0), with the normalisation of its weights. Images
-    are resized the clean-fid way (`clean_resize`) to the model's input size (299 for Inception-v3), for every feature
-    model, so the whole image is always seen. Random weights are drawn from `report.features_seed`."""
+    """A frozen timm backbone's pooled features, with its weights' normalisation. Every model sees the whole image,
+    resized the clean-fid way to its input size (299 for Inception-v3). Random weights come from `features_seed`."""
 
     def __init__(self, cfg: ReportConfig, device: torch.device, cache: Path):
         import timm
@@ -93,8 +91,7 @@ class FeatureSpace:
 
     @torch.no_grad()
     def __call__(self, paths: list[Path], digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Features of images ((n, dim) float32, NaN rows where unreadable) and which are readable ((n,) bool), cached
-        under the digests of their bytes (not their paths)."""
+        """(features (n, dim) float32, NaN if unreadable; readable (n,) bool), cached by byte digests."""
         h = hashlib.sha256(self.key.encode() + b"".join(d or b"missing" for d in digests)).hexdigest()
         file = self.cache / f"features-{h[:24]}.npz"
         if file.is_file():
@@ -130,8 +127,7 @@ class Scanned:
     hashes: np.ndarray
     ok: np.ndarray
     digests: list[bytes]
-    # The features of the images asked for so far (rows of `_asked`; all of them when pretrained), kept so that
-    # a subset of a set (a filter's kept images) or a second set of the same dataset never decodes an image again.
+    # Features of the images asked for so far (`_asked`): a subset (a filter's kept images) never decodes again.
     features: np.ndarray | None = None
     feature_ok: np.ndarray | None = None
     _asked: np.ndarray | None = None
@@ -145,8 +141,7 @@ class Scanned:
         return scanned
 
     def features_of(self, space: FeatureSpace, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The features of the readable images among `idx`, and those images; only the images not asked for before
-        are extracted (one cached call for them)."""
+        """(features, indices) of the readable images among `idx`; only those not asked for before are extracted."""
         if self._asked is None:
             n = len(self.images)
             self.features = np.full((n, space.dim), np.nan, dtype=np.float32)
@@ -159,7 +154,6 @@ class Scanned:
         return self.features[idx][ok], idx[ok]
 
     def describe(self, i: int, role: str) -> str:
-        """Caption of a thumbnail: role, class name and file."""
         return f"{role} · {self.images.names[self.images.labels[i]]} · {self.images.paths[i]}"
 
 

@@ -1,6 +1,5 @@
-"""The report's filters (ours, beyond the paper), read from their files only (`synthtl.filtering.store`): for every
-filter under a study's gen/*/filters/*, its kept list of the largest volume, as keep rates per class (a table) and the
-lowest-scored dropped images of each class (a contact sheet)."""
+"""The report's filters (ours), from their files only (`filtering.store`): each filter's largest-volume kept list as
+keep rates per class (a table) and each class's lowest-scored dropped images (a contact sheet)."""
 
 from __future__ import annotations
 

@@ -92,8 +92,7 @@ def _entry(raw, where: str) -> Published:
 
 
 def load_published(path: str | Path | None = None) -> list[Published]:
-    """The entries of one published-numbers file (the shipped one when `path` is None), checked: a missing or
-    unreadable file, or an entry with a missing, unknown or out-of-range field, raises ConfigError in one line."""
+    """A published-numbers file's entries (None: the shipped one), checked: any problem is one ConfigError line."""
     path = Path(path) if path else builtin_file()
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -173,9 +172,8 @@ COLUMNS = [
 
 
 def published_table(runs: list[Run], entries: list[Published], n_boot: int = 10000) -> Table | None:
-    """Ours and the peers' published numbers, per dataset of the study (None when no peer reports one of them). Within
-    a dataset, rows are grouped by how many real images train the classifier (full split, k-shot, none), ours first
-    in each group: only rows of one group are near each other's protocol."""
+    """Ours and the peers' numbers per dataset (None if no peer reports one), grouped by the real images the classifier
+    trains on (full split, k-shot, none), ours first: only rows of one group share a protocol."""
     raw = []
     for ds in sorted({r.labels["dataset"] for r in runs}):
         theirs = [e for e in entries if e.dataset == ds]

@@ -55,8 +55,7 @@ def _mean_clip(scores: dict[int, float] | None, used: np.ndarray) -> float | Non
 
 
 def distances(space: FeatureSpace, f_real: np.ndarray, syn: Scanned, among: np.ndarray | None = None) -> dict:
-    """FID, KID, precision/recall of a synthetic set (capped at max_images) against the real train images' features.
-    `among`: the synthetic images to measure (a filter's kept images); None = all of them."""
+    """FID, KID, precision/recall of a set (capped at max_images; `among`: a subset) against real train features."""
     cfg = space.cfg
     ok = syn.ok if among is None else syn.ok & np.isin(np.arange(len(syn.ok)), among)
     f_syn, used = syn.features_of(space, capped(ok, cfg.max_images, cfg.features_seed))
@@ -161,9 +160,8 @@ def leakage_row(a: Scanned, role: str, test: Scanned, label: str, space: Feature
 
 
 def source_row(syn: Scanned, train: Scanned, sources: list[str | None], space: FeatureSpace) -> dict:
-    """An img2img set's outputs against every real train image (for a text-to-image set: img2img=False only). Each
-    output starts from its own source, a real train image: that expected pair is counted apart ("own_source_pairs"),
-    not as a near-duplicate. Against the test split (`leakage_row`) an img2img output is checked like any other."""
+    """An img2img set's outputs against every real train image (text-to-image: img2img=False only). Each output's own
+    source is an expected pair, counted apart ("own_source_pairs"); the test check (`leakage_row`) is unchanged."""
     if not any(sources):
         return {"img2img": False}
     where = {p: j for j, p in enumerate(train.images.paths)}
@@ -204,8 +202,7 @@ def leakage_tables(synthetic: list[dict], train: list[dict], space: FeatureSpace
 
 def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Path,
             found_filters: tuple[list[FilterRun], list[str]] | None = None) -> QualityReport:
-    """Quality and leakage of every generated set (and quality of each filter's kept subset), and the leakage of every
-    real train split. `found_filters`: `collect_filters(gensets)` when the caller has it already."""
+    """Quality and leakage of every set (and filter's kept subset) and the leakage of every real train split."""
     space = FeatureSpace(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"), cache)
     found, problems = found_filters if found_filters is not None else collect_filters(gensets)
     filters: dict[Path, list[FilterRun]] = {}

@@ -36,8 +36,7 @@ class Table:
     key: str  # file stem
     title: str
     cols: list[Col]
-    # One record of raw values per row. Keys starting with "_" are shown but never written to the CSV, and a record
-    # with "_shown_only" (e.g. a set that could not be measured) is not a line of the CSV.
+    # One record of raw values per row; "_" keys are shown, never in the CSV; a "_shown_only" record is no CSV line.
     raw: list[dict]
     note: str = ""
     shown: list[dict] | None = None  # one record per row when the rows are not the records (a pivot, groups of them)
@@ -52,7 +51,6 @@ class Table:
 
 
 def plain(*keys: str) -> list[Col]:
-    """Columns showing record keys as they are, each under its own name."""
     return [Col(k, k) for k in keys]
 
 

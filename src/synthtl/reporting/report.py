@@ -1,5 +1,4 @@
-"""`synthtl report <study dir>`: tables (Markdown, CSV, LaTeX), figures (PNG) and one self-contained HTML page,
-built only from the files in the study folder. Each section adds to the page; the page's tables are also files."""
+"""`synthtl report <study>`: tables (md, csv, tex), figures and one self-contained HTML page, from files only."""
 
 from __future__ import annotations
 

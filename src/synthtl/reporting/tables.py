@@ -1,6 +1,5 @@
-"""Result tables as records (mean ± std per study setting, deltas and paired tests vs vanilla, the paper's numbers
-beside ours, LEEP, sweeps, cost, every run), each with the column spec that renders it (`reporting.render`); the
-statistics over seeds (mean ± std, paired t-test and bootstrap interval over seed-paired differences)."""
+"""Result tables as records with the column specs that render them (`reporting.render`): mean ± std per setting,
+seed-paired deltas vs vanilla (t-test, bootstrap interval), the paper's numbers, LEEP, sweeps, cost, every run."""
 
 from __future__ import annotations
 
@@ -94,8 +93,7 @@ def setting_of(lab: dict) -> tuple:
 
 
 def settings(runs: list[Run]) -> list[tuple[tuple, list[Run]]]:
-    """Each setting of the study and the runs compared in it: its synthetic-data runs plus the real-only runs
-    (vanilla, ...) of the same model and shots."""
+    """Each setting with the runs compared in it: its synthetic runs plus real-only runs of its model/shots."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault(setting_of(r.labels), []).append(r)

@@ -95,8 +95,7 @@ def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime, sizes: 
 
 def sample_picks(data: Latents, pool: dict[int, list[int]], count: int, size: int,
                  g: torch.Generator) -> list[tuple[int, int, int, int, int]]:
-    """A class-balanced draw: per item a class uniformly at random, then one of its images, a variant (flip) and a
-    crop of `size` latent cells: (class, latent index, variant, crop top, crop left)."""
+    """A class-balanced draw of (class, latent index, variant, crop top, crop left), crops of `size` cells."""
     present = sorted(pool)
     picks = []
     for _ in range(count):
@@ -111,10 +110,7 @@ def sample_picks(data: Latents, pool: dict[int, list[int]], count: int, size: in
 
 
 def class_of_step(seed: int, classes: list[int], step: int) -> int:
-    """Per-class mode: the class whose images fill step `step`'s batch.
-
-    Classes take turns, in a fresh seeded order every round of len(classes) steps, so after k rounds every token has
-    had exactly k updates, each on a batch of its own class: what a separate run with this batch size does.
-    """
+    """Per-class mode: the class filling step `step`'s batch. Classes take turns in a fresh seeded order each round,
+    so after k rounds every token had exactly k updates on its own class, as a separate run would."""
     g = torch.Generator().manual_seed(derive_seed(seed, "style-class-order", step // len(classes)))
     return classes[int(torch.randperm(len(classes), generator=g)[step % len(classes)])]

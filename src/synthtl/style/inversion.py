@@ -1,14 +1,11 @@
 """Textual inversion: Dataset Style Inversion (one token S* for a dataset) or one token per class.
 
-Paper (docs/method.md, section 4): one pseudo-token for the whole dataset, learned from its real training images with
-prompts that name each image's class ("a {class} photo in the style of S*"), ~20k steps. Ours: per-class mode (one
-token per class, same prompts: a clean comparison), the learned vectors as separate fp32 parameters (one per token)
-written into the text encoder's embedding output by a hook, so no other embedding row can change.
-
-Per-class mode trains N tokens in one process as if they were N separate runs: every step's batch holds one class,
-classes take turns (`data.class_of_step`), and a token that is not in a batch gets no gradient, so AdamW leaves it
-alone (no weight decay, no moment update, no step count); its warmup follows its own update count.
-"""
+Paper (docs/method.md, section 4): one pseudo-token learned from the real training images with prompts naming each
+image's class ("a {class} photo in the style of S*"), ~20k steps. Ours: per-class mode (same prompts: a clean
+comparison), trained as N separate runs in one process: each batch holds one class, classes take turns
+(`data.class_of_step`), and a token absent from a batch gets no gradient, so AdamW leaves it alone (no decay, moments
+or step count); its warmup follows its own updates. The vectors are separate fp32 parameters that a hook writes into
+the text encoder's embedding output, so no other embedding row can change."""
 
 from __future__ import annotations
 
@@ -56,9 +53,8 @@ class Inversion:
         return " ".join(self.sub_tokens[t])
 
     def state(self) -> dict[str, torch.Tensor]:
-        """{token: (vectors, dim)}: the learned_embeds.safetensors layout. With two text encoders (SDXL, one token)
-        diffusers' SDXL layout instead: {"clip_l": (vectors, 768), "clip_g": (vectors, 1280)} in SDXL base, loaded by
-        one `load_textual_inversion` call per encoder."""
+        """{token: (vectors, dim)}: learned_embeds.safetensors; two encoders (SDXL, one token): diffusers' SDXL layout
+        {"clip_l": (vectors, 768), "clip_g": (vectors, 1280)}, one `load_textual_inversion` call per encoder."""
         state = {tok: p.detach().float().cpu().clone() for tok, p in zip(self.tokens, self.learned, strict=True)}
         if len(self.widths) == 1:
             return state
@@ -67,12 +63,8 @@ class Inversion:
 
 
 def add_tokens(pipe, cfg: StyleConfig, num_classes: int, device: torch.device) -> Inversion:
-    """Adds the new tokens to every tokenizer and embedding table of the pipeline; each token's parameter holds one
-    vector per text encoder side by side, each starting from the initializer's vector in that encoder.
-
-    Raises:
-        ConfigError: a token already in a tokenizer, or an initializer that is not exactly one token.
-    """
+    """Adds the new tokens to every tokenizer and embedding table; a token's parameter holds one vector per text encoder
+    side by side, each from the initializer's. ConfigError: a token already there, or a multi-token initializer."""
     tokens = [cfg.token] if cfg.mode == "dataset" else [  # <synthtl-style> -> <synthtl-style-0>, ...
         f"{cfg.token[:-1]}-{c}>" if cfg.token.endswith(">") else f"{cfg.token}-{c}" for c in range(num_classes)]
     sub_tokens = [[t] + [f"{t}_{i}" for i in range(1, cfg.vectors)] for t in tokens]
@@ -112,11 +104,8 @@ def _add_to_vocab(tokenizer, text_encoder, initializer: str, flat: list[str]) ->
 
 
 def install_hook(text_encoder, inv: Inversion, encoder: int = 0):
-    """Makes the embedding layer output the fp32 learned vectors (cast) at the new tokens' positions.
-
-    Only the tokens that occur in the prompts enter the graph, so the others get no gradient (and do not step).
-    `encoder` is the text encoder's place in the pipeline's list: its ids and its columns of the learned vectors.
-    """
+    """Makes the embedding layer output the learned vectors (cast) at the new tokens' positions; only tokens in the
+    prompts enter the graph, so the others get no gradient. `encoder`: which text encoder (its ids, columns)."""
     size = len(text_encoder.get_input_embeddings().weight)
     token_of = torch.full((size,), -1, dtype=torch.long)
     vector_of = torch.zeros(size, dtype=torch.long)
@@ -157,8 +146,7 @@ class InversionRecipe(StyleRecipe):
                               "one token); use mode=dataset, or an SD 1.x/2.x generator for per-class tokens")
         self.inv = add_tokens(self.pipe, self.cfg, self.images.num_classes, self.rt.device)
         self.hooks = [install_hook(e, self.inv, k) for k, e in enumerate(text_encoders(self.pipe))]
-        # AdamW skips a parameter whose grad is None (no decay, no moments, no step), and a token absent from a batch
-        # has none: with one param group per token, no token moves another.
+        # One param group per token: AdamW skips a grad of None, so no token moves another (module doc).
         self.opt = torch.optim.AdamW([{"params": [p]} for p in self.inv.learned], lr=self.base_lr,
                                      weight_decay=self.cfg.weight_decay)
 

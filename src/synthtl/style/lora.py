@@ -1,16 +1,11 @@
-"""`synthtl learn-style method=lora` (ours, beyond the paper): a LoRA on the generator, learned from the real images.
+"""`synthtl learn-style method=lora` (ours, beyond the paper; as in DataDream ECCV'24, Diff-Mix CVPR'24, Real-Fake
+ICLR'24): low-rank updates of the UNet's attention (and the text encoders' with `lora.train_text_encoder`, as diffusers'
+SDXL DreamBooth LoRA example), learned from the real images with the inversion's data and class-naming prompts.
 
-As in DataDream (ECCV'24), Diff-Mix (CVPR'24) and Real-Fake (ICLR'24): low-rank updates of the UNet's attention
-projections (and of every text encoder's with `lora.train_text_encoder`, keys `text_encoder.`, `text_encoder_2.`, as
-diffusers' SDXL DreamBooth LoRA example) trained with the denoising loss on the inversion's data (`recipe`), prompts
-naming each image's class. mode=dataset: one LoRA, `<out>/pytorch_lora_weights.safetensors`; mode=class: one per
-class, each trained only on its class's images, one after the other exactly as N separate runs (own initialisation,
-own optimizer): `<out>/adapters/<class index>/pytorch_lora_weights.safetensors`.
-
-Each file is what diffusers' `pipe.load_lora_weights(folder)` reads. lora_B is stored multiplied by alpha / rank, so
-the file means W + B A with no scale metadata (diffusers' default when none is given), in every diffusers version.
-SDXL never reads the first encoder's last layer, so that layer's LoRA stays zero, as in diffusers' example.
-"""
+mode=dataset: one `<out>/pytorch_lora_weights.safetensors`; mode=class: `<out>/adapters/<class index>/...`, trained one
+after the other exactly as N separate runs. Each file is what diffusers' `load_lora_weights(folder)` reads; lora_B is
+stored times alpha / rank, so the file means W + B A without scale metadata in every diffusers version. SDXL never
+reads the first encoder's last layer, so that layer's LoRA stays zero, as in diffusers' example."""
 
 from __future__ import annotations
 
@@ -48,13 +43,7 @@ def templates(cfg: StyleConfig) -> list[str]:
 
 
 def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
-    """Adds one LoRA adapter (peft) to the UNet (and text encoders); returns its parameters by file key.
-
-    The base weights stay frozen; the LoRA parameters are fp32 even when the frozen model is bf16/fp16.
-
-    Raises:
-        ConfigError: `lora.targets` names no module of the UNet.
-    """
+    """Adds one peft LoRA (fp32, base frozen) to the UNet (and text encoders); returns its parameters by file key."""
     from peft import LoraConfig, inject_adapter_in_model
 
     models = {"unet": (pipe.unet, list(cfg.lora.targets))}
@@ -79,8 +68,7 @@ def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
 
 
 def init_lora(params: dict[str, torch.nn.Parameter], seed: int) -> None:
-    """peft's default initialisation (A ~ kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)), B = 0),
-    drawn from a seeded generator so that every adapter of a run starts from a reproducible point."""
+    """peft's default init (A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), B = 0) from a seeded generator: reproducible."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for key, p in sorted(params.items()):
@@ -99,9 +87,7 @@ def lora_state(params: dict[str, torch.nn.Parameter], cfg: StyleConfig) -> dict[
 
 class LoraRecipe(StyleRecipe):
     def __init__(self, cfg: StyleConfig, out: str | Path, identity: str = ""):
-        # A LoRA is injected into the attention's to_q/to_k/to_v after loading: fused q/k/v projections (on CUDA)
-        # would bypass those layers, so most LoRA matrices would never get a gradient. A compiled UNet would not see
-        # the injected layers either.
+        # Fused q/k/v (CUDA) would bypass the injected to_q/to_k/to_v LoRAs (no gradient); compiling would hide them.
         gen = dataclasses.replace(cfg.generator, fuse_qkv=False, compile=False)
         super().__init__(dataclasses.replace(cfg, generator=gen), out, identity)
 
@@ -127,8 +113,7 @@ class LoraRecipe(StyleRecipe):
         return self.out if u.index < 0 else self.out / ADAPTERS / str(u.index)
 
     def start_unit(self, u: Unit) -> dict | None:
-        """A finished adapter (its adapter.json, written after its weights, names this config) is read, not
-        retrained; else the LoRA starts from its own seeded initialisation with its own optimizer."""
+        """A finished adapter (adapter.json names this config) is read, not retrained; else a seeded init."""
         marker = self.folder(u) / ADAPTER_JSON
         if u.index >= 0 and marker.is_file() and read_json(marker).get("config_hash") == self.identity:
             return read_json(marker)

@@ -1,11 +1,8 @@
-"""Learning a style as a recipe (torchtune's shape): `setup()` builds the frozen pipeline, its noise scheduler, the
-cached latents and the trainable parameters once; `train()` runs each unit's step loop, checkpointed; `save()` writes
-the files and style.json. Textual inversion (`inversion.py`) and LoRA (`lora.py`) override only their trainable
-parameters, prompts, checkpoint state, validation images and files.
-
-A unit is one step loop: the whole style (index -1), or one class's adapter of a per-class LoRA. Every step draws its
-batches from a generator seeded from (seed, unit, step), so a resumed run draws what an uninterrupted one draws.
-"""
+"""Learning a style as a recipe (torchtune's shape): `setup()` builds the frozen pipeline, noise scheduler, cached
+latents and trainable parameters once; `train()` runs each unit's checkpointed step loop; `save()` writes the files and
+style.json. Textual inversion and LoRA differ only in parameters, prompts, checkpoint state, validation and files. A
+unit is one step loop: the whole style (index -1) or one class's adapter of a per-class LoRA. Each step draws from a
+generator seeded from (seed, unit, step), so a resumed run draws what an uninterrupted one draws."""
 
 from __future__ import annotations
 
@@ -63,12 +60,11 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def conditioning(pipe, ids: list[torch.Tensor], time_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-    """SDXL's (encoder hidden states, added conditions) of prompt ids, one (batch, length) id tensor per text encoder.
+    """SDXL's (encoder hidden states, added conditions) of prompt ids, one (batch, length) tensor per text encoder.
 
-    SDXL (Podell et al. 2023, section 2.2) reads the penultimate hidden states of both text encoders side by side
-    (CLIP ViT-L, then OpenCLIP ViT-bigG), the second's pooled projection and six "time ids" per image: original size,
-    crop top-left after resizing and target size, each (h, w). Training feeds the images' true values (`draw_one`);
-    `time_ids=None` leaves them to a pipeline, which adds diffusers' defaults (original = target, no crop).
+    SDXL (Podell et al. 2023, sec. 2.2) concatenates both encoders' penultimate hidden states (CLIP ViT-L, OpenCLIP
+    ViT-bigG), with the second's pooled projection and six "time ids" per image: original size, crop top-left, target
+    size, each (h, w). Training feeds true values (`draw_one`); None: diffusers' defaults (original = target, no crop).
     """
     first = pipe.text_encoder(ids[0], output_hidden_states=True)
     second = pipe.text_encoder_2(ids[1], output_hidden_states=True)
@@ -134,8 +130,7 @@ class StyleRecipe:
         return pipe, DDPMScheduler.from_config(pipe.scheduler.config)
 
     def draw(self, unit: Unit, step: int) -> list[MicroBatch]:
-        """A step's micro-batches: images of the unit's pool, a flip, a crop, noise, timesteps and prompts, all drawn
-        from one generator seeded from the step."""
+        """A step's micro-batches (images, flip, crop, noise, timesteps, prompts), from one generator per step."""
         g = torch.Generator().manual_seed(self.step_seed(unit, step))
         pool = unit.pool(step)
         return [self.draw_one(pool, g) for _ in range(self.cfg.grad_accum)]
@@ -210,7 +205,6 @@ class StyleRecipe:
 
     @property
     def grid_classes(self) -> range:
-        """The classes of a validation grid: the first `validation_classes`."""
         return range(min(self.cfg.validation_classes, len(self.images.names)))
 
     def require_every_class(self, what: str) -> None:
@@ -260,8 +254,7 @@ class StyleRecipe:
                                  "train_seconds": seconds + time.perf_counter() - t0})
 
     def resume(self, u: Unit) -> tuple[int, list[float], float]:
-        """Loads a unit's checkpoint; returns (step, losses, seconds). A checkpoint of another unit (per-class: the
-        previous class, finished since) starts this one afresh."""
+        """A unit's checkpoint as (step, losses, seconds); another unit's (a finished class) starts afresh."""
         state = load_torch(u.checkpoint, "synthtl style checkpoint", "delete it to start the style over")
         if state.get("config_hash") != self.identity or state.get("format") != self.checkpoint_format:
             raise ConfigError(f"{u.checkpoint} belongs to another config or version of synthtl; delete it to start "
@@ -273,7 +266,6 @@ class StyleRecipe:
         return state["step"], list(state["losses"]), state["seconds"]
 
     def save(self, records: list[dict]) -> dict:
-        """Writes the style's files and style.json; returns style.json's content."""
         cfg, rt, seconds = self.cfg, self.rt, sum(r["train_seconds"] for r in records)
         info = {**self.files(records), "train_images": len(self.images), "skipped_images": self.data.skipped,
                 "split_file": "splits/train.json", "dataset": cfg.data.name, "model": cfg.generator.model,
@@ -309,7 +301,6 @@ class StyleRecipe:
         write_sheet(rows, path)
 
     def run(self) -> dict:
-        """setup -> train -> save."""
         self.setup()
         return self.save(self.train())
 

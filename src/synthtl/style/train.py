@@ -1,5 +1,4 @@
-"""`synthtl learn-style`: the folder's side of every style method (one writer, identity, resume), then its recipe:
-textual inversion (`inversion.InversionRecipe`: DSI or per-class tokens) or a LoRA (`lora.LoraRecipe`, ours)."""
+"""`synthtl learn-style`: one writer, identity and resume, then the recipe (inversion, or LoRA: ours)."""
 
 from __future__ import annotations
 
@@ -19,16 +18,7 @@ RECIPES = {"inversion": InversionRecipe, "lora": LoraRecipe}  # lora: ours, beyo
 
 
 def run_learn_style(cfg: StyleConfig, recipe: type[StyleRecipe] | None = None) -> dict:
-    """Learns (or resumes, or skips if finished) a style; returns style.json's content.
-
-    The folder's lock is held throughout; a killed run's temp files are removed; a folder holding another config's
-    style (finished or not) is refused (`synthtl.identity`). `recipe`: the recipe class (default: the method's; tests
-    pass a subclass).
-
-    Raises:
-        ConfigError: started as several processes, or the folder holds another config's style.
-        LockedError: another process is writing the same out_dir.
-    """
+    """Learns, resumes or skips a style under the folder's lock; returns style.json (`recipe`: tests pass one)."""
     if world_size() > 1:  # checked before anything loads: N ranks would each learn, and race on the same files
         raise ConfigError(f"learn-style was started as {world_size()} processes (WORLD_SIZE): run learn-style as a "
                           "single process; style learning has no multi-GPU mode yet (start it without torchrun)")

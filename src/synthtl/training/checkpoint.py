@@ -1,11 +1,9 @@
-"""The resume record, which owns a run's checkpoints and its `metrics.jsonl`, every file written atomically.
+"""The resume record: a run's checkpoints and `metrics.jsonl`, every file written atomically.
 
-A run folder's `checkpoints/` holds `stage-<name>.pt` for every finished stage (its final weights *and* the stage's
-record) and `last.pt` for the stage in progress (weights, optimizer, metric rows so far, the run's records). A stage's
-record travels inside its `stage-<name>.pt`: a run killed between writing that file and updating `last.pt` still
-resumes with the stage counted. `metrics.jsonl` is rewritten whole from the rows, which a resumed run restores from
-`last.pt`: rows of epochs after the last checkpoint, which the resumed run redoes, never appear twice.
-"""
+`checkpoints/` holds `stage-<name>.pt` per finished stage (final weights *and* the stage's record, so a kill before
+`last.pt` is updated still counts the stage) and `last.pt` for the stage in progress (weights, optimizer, metric rows,
+the run's records). `metrics.jsonl` is rewritten whole from the rows restored from `last.pt`, so redone epochs never
+appear twice."""
 
 from __future__ import annotations
 
@@ -36,7 +34,6 @@ class ResumeRecord:
         self.info: dict = self.last["info"] if self.last else {"stages": {}, "leep": {}}  # -> result.json
 
     def log(self, row: dict) -> None:
-        """One row per epoch and stage."""
         self.metrics.append(row)
         if not is_main():
             return
@@ -72,8 +69,7 @@ class ResumeRecord:
             save_torch(self.folder / LAST, {**state, "metrics": self.metrics, "info": self.info})
 
     def finish_stage(self, name: str, record: dict, state: dict) -> None:
-        """Records a finished stage: `stage-<name>.pt` first (final weights, record, EMA and final numbers), then
-        `last.pt`."""
+        """Writes `stage-<name>.pt` (final weights, record, EMA and final numbers), then `last.pt`."""
         self.info["stages"][name] = record
         if is_main():
             keep = ("model", "ema", "best_val", "final_test", "final_test_ema")

@@ -1,12 +1,9 @@
 """Data-parallel training inside one run (`torchrun --nproc-per-node N -m synthtl finetune ...`).
 
-Every rank builds the same model from the same seed, loads its contiguous share of every global batch (the
-configured batch size stays the global batch, every sample keeps its augmentation seed), and gradients are averaged
-by DistributedDataParallel. Losses are scaled so that the averaged gradient equals the gradient of the global batch's
-mean loss, whatever the shares' sizes. On CUDA, BatchNorm layers become SyncBatchNorm (statistics over the global
-batch); on CPU (gloo) BatchNorm statistics stay per rank, and Mixup mixes within each rank's share, as timm does.
-Only rank 0 evaluates and writes.
-"""
+Every rank builds the same model from the same seed and loads its contiguous share of each global batch (the
+configured batch size; each sample keeps its augmentation seed). Losses are scaled so DDP's averaged gradient is that
+of the global batch's mean loss, whatever the shares' sizes. On CUDA BatchNorm becomes SyncBatchNorm; on CPU (gloo)
+its statistics stay per rank. Mixup mixes within each rank's share, as timm does. Only rank 0 evaluates and writes."""
 
 from __future__ import annotations
 

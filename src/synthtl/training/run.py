@@ -28,9 +28,8 @@ from synthtl.training.strategies import STRATEGIES, effective_config
 
 
 def run_dir_of(cfg: FinetuneConfig, fingerprint: str = "") -> Path:
-    """out_dir/run_name, by default out_dir/<dataset>/<model>/<strategy>/<shots>/seed<seed>. An own dataset
-    (data.name=folder or csv) is named by its content fingerprint, `folder-<8 hex>` (`dataset_fingerprint`, computed
-    when not given): two image folders never share a run folder, and a moved one keeps its runs."""
+    """out_dir/run_name, by default out_dir/<dataset>/<model>/<strategy>/<shots>/seed<seed>; a folder or csv dataset
+    is named by its content fingerprint (`folder-<8 hex>`), so two never share one and a moved one keeps its runs."""
     if cfg.run_name:
         return Path(cfg.out_dir) / cfg.run_name
     data = cfg.data.name
@@ -52,11 +51,8 @@ def _claim(run_dir: Path, cfg: FinetuneConfig, ident: dict) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
-    """Runs (or resumes, or skips if finished) one fine-tuning run; returns its result.json content.
-
-    Under `torchrun --nproc-per-node N` the N processes train one model data-parallel (`training.distributed`);
-    only rank 0 takes the folder's lock, evaluates and writes.
-    """
+    """Runs, resumes or skips one fine-tuning run; returns its result.json. Under torchrun the processes train one
+    model data-parallel; only rank 0 takes the folder's lock, evaluates and writes."""
     spec = STRATEGIES.get(cfg.strategy)
     cfg = effective_config(cfg)  # what actually runs, e.g. bridged++ -> synth_stage.mixup: true
     resolve(cfg.model.name)  # unknown model names fail before any data work
@@ -122,8 +118,7 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, iden
 
 
 def describe(cfg: FinetuneConfig) -> str:
-    """What a run is, in one line: strategy, dataset, model, shots, seed and, when it reads one, the synthetic set
-    with its volume and filter (so that two result lines of a study never look alike)."""
+    """One line: strategy, dataset, model, shots, seed and any synthetic set (no two result lines look alike)."""
     shots = f"{cfg.data.shots}-shot" if cfg.data.shots else "full"
     s = cfg.synthetic
     syn = (f", synthetic {Path(s.path).name} x{s.per_class or 'all'}" + (f" filter {s.filter}" if s.filter else "")

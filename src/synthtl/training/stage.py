@@ -1,8 +1,5 @@
-"""One training stage as a plain function: `run_stage` trains a model on some images, resumably.
-
-A strategy is re-executed from its first line when a run resumes: `run_stage` of a stage that already finished just
-loads its final weights (and its record), and the unfinished stage continues from `last.pt`.
-"""
+"""One training stage as a plain function: `run_stage` trains a model, resumably. A resumed run re-executes its
+strategy: a finished stage loads its final weights and record, the unfinished one continues from `last.pt`."""
 
 from __future__ import annotations
 
@@ -98,15 +95,11 @@ class Training:
 def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
               total_steps: int | None = None, fraction: float | None = None, final: bool = False,
               head: dict | None = None) -> StageResult:
-    """Trains `model` in place on `parts` ([real, synthetic] for mixed) for the stage `name`; resumes it, or skips it
-    if it is finished.
+    """Trains `model` in place on `parts` ([real, synthetic] for mixed) as stage `name`; resumes or skips it.
 
-    Args:
-        total_steps: Exact optimizer steps (compute-matched control); default epochs x steps per epoch.
-        fraction: Mixed strategy's synthetic share per epoch (None = all of both).
-        final: The run's last stage: its last epoch's test numbers (or best validation epoch) are reported.
-        head: How the head was changed before this stage (re-initialised, with its seed): kept in its record.
-    """
+    `total_steps`: exact optimizer steps (compute-matched control; default epochs x steps per epoch); `fraction`: the
+    mixed synthetic share per epoch (None: all of both); `final`: the run's last stage, whose numbers are reported;
+    `head`: how the head was changed before this stage (kept in its record)."""
     done = run.record.finished_stage(name)
     if done is not None:
         model.load_state_dict(done["model"])
