@@ -45,7 +45,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from synthtl.config import FilterConfig, GenerateConfig, StyleConfig, load_config  # noqa: E402
-from synthtl.files import read_jsonl  # noqa: E402
 from synthtl.generation.pipeline import generator_runtime, sd15_components  # noqa: E402
 from synthtl.generation.run import run_generate  # noqa: E402
 from synthtl.style.recipe import style_runtime  # noqa: E402
@@ -163,13 +162,14 @@ def bench_filter(args, work: Path, data: Path, device: torch.device) -> dict:
     t0 = time.perf_counter()
     summary = run_filter(cfg)
     wall = time.perf_counter() - t0
-    cost = read_jsonl(store.filter_dir(set_dir, summary["name"]) / store.COST)
-    later = cost[1:]  # the first row also counts loading the model and hashing its weights
-    steady = sum(c["scored"] for c in later) / sum(c["seconds"] for c in later) if later else float("nan")
+    rows = list(store.read_scores(store.filter_dir(set_dir, summary["name"])).values())  # in scoring order
+    later = rows[cfg.batch_size:]  # the first batch also loads the model and hashes its weights
+    seconds = sum(r["seconds"] for r in later)
+    steady = len(later) / seconds if seconds else float("nan")
     out = {"images": summary["scored"], "jpeg_kb": kb, "batch": cfg.batch_size, "steady": steady, "wall_s": wall,
-           "with_load": sum(c["scored"] for c in cost) / sum(c["seconds"] for c in cost), "device": cost[0]["device"]}
+           "with_load": len(rows) / sum(r["seconds"] for r in rows), "device": str(device)}
     print(f"  filter: {out['with_load']:.1f} img/s with model load ({wall:.1f} s wall), {steady:.1f} img/s steady "
-          f"(batches 2-{len(cost)} of {cfg.batch_size}), on {out['device']}")
+          f"(after the first batch of {cfg.batch_size}), on {out['device']}")
     return out
 
 

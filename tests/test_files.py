@@ -119,9 +119,10 @@ def _refused(capsys, *argv) -> str:
 @pytest.mark.integration
 @pytest.mark.parametrize("where", ["checkpoints/last.pt", "checkpoints/stage-real.pt"])
 def test_a_hostile_run_checkpoint_never_runs(tiny_overrides, tmp_path, capsys, where):
-    from tests.training.test_strategies import out_of, run_dir
+    from synthtl.config import FinetuneConfig, load_config
+    from synthtl.training.run import run_dir_of
 
-    folder = run_dir(out_of(tiny_overrides), "vanilla")
+    folder = run_dir_of(load_config(FinetuneConfig, None, tiny_overrides))
     marker = tmp_path / "pwned"
     _hostile(folder / where, marker)
     err = _refused(capsys, "finetune", *tiny_overrides)
