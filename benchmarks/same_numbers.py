@@ -30,6 +30,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# Since f7bbffd img2img refuses sources that are perceptual near-copies of test images, which digits has: a tree
+# that refuses the scenario's img2img set is compared without it (and without the run on it).
+NEAR_COPY = "is a near-copy of the test image"
 TIMING = ("seconds", "images_per_s", "wall_s", "gpu_s", "train_s", "finished_at", "session")
 
 
@@ -61,10 +64,16 @@ def scenario(out: Path) -> list[list[str]]:
 def run_tree(tree: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1", "SYNTHTL_CACHE": str(out / "cache")}
     steps = [["demo", "--out", str(out / "demo")], *scenario(out / "stages")]
+    refused = ""
     for argv in steps:
+        if refused and any(refused in a for a in argv):
+            continue  # a run on the refused set
         proc = subprocess.run([sys.executable, "-m", "synthtl", *argv], cwd=tree, env=env, capture_output=True,
                               text=True)
-        if proc.returncode != 0:
+        if proc.returncode != 0 and NEAR_COPY in proc.stderr:
+            refused = argv[-1].split("=", 1)[1]
+            print(f"{tree}: synthtl {argv[0]} refused {Path(refused).name} by design: {proc.stderr.strip()[:160]}...")
+        elif proc.returncode != 0:
             raise SystemExit(f"{tree}: synthtl {' '.join(argv[:3])} failed:\n{proc.stdout[-2000:]}"
                              f"{proc.stderr[-2000:]}")
 
@@ -147,6 +156,9 @@ def main() -> None:
     finally:
         if not args.keep:
             subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, capture_output=True)
+    if "i2i_set" not in "".join(b):
+        print("img2img set refused by this tree (near-copies of test images): compared without it")
+        a = {k: v for k, v in a.items() if "i2i_set" not in k}
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     kinds = {k.split(":")[1] for k in a}
     print(f"compared {len(a)} outputs ({', '.join(sorted(kinds))}) of {args.base[:10]} and this tree")

@@ -1,7 +1,8 @@
+import json
+
 import pytest
 from PIL import Image
 
-from synthtl.data import cache as cache_mod
 from synthtl.data.cache import check_overlap, find_overlap, scan_images
 from synthtl.data.datasets import load_split
 from synthtl.errors import BadImageError, DataError
@@ -21,17 +22,20 @@ def test_scan_writes_resized_copies_and_hashes(tmp_path, folder_data):
         assert im.size == (48, 40)  # never enlarged
 
 
-def test_scan_resumes_and_rescans_changed_files(tmp_path, folder_data, monkeypatch):
+def _decoded(cache_root, images, short_side):
+    """Scans `images`; returns the result and the files it decoded (each decode appends one row to the scan log)."""
+    log = _log(cache_root)
+    before = len(log.read_text().splitlines())
+    result = scan_images(images, cache_root, short_side=short_side, progress=False)
+    return result, [json.loads(line)["path"] for line in log.read_text().splitlines()[before:]]
+
+
+def test_scan_resumes_and_rescans_changed_files(tmp_path, folder_data):
     train = load_split("folder", "train", folder_data)
     scan_images(train, tmp_path / "c", short_side=32, progress=False)
-    calls = []
-    real = cache_mod.load_rgb
-    monkeypatch.setattr(cache_mod, "load_rgb", lambda p, d=None, **k: calls.append(p) or real(p, d, **k))
-    scan_images(train, tmp_path / "c", short_side=32, progress=False)
-    assert calls == []  # nothing re-decoded
+    assert _decoded(tmp_path / "c", train, 32)[1] == []  # nothing re-decoded
     Image.new("RGB", (50, 50), (0, 0, 0)).save(folder_data / "train" / "blue_jay" / "img_002.jpg")
-    scan_images(train, tmp_path / "c", short_side=32, progress=False)
-    assert [p.name for p in calls] == ["img_002.jpg"]
+    assert _decoded(tmp_path / "c", train, 32)[1] == ["blue_jay/img_002.jpg"]
 
 
 def test_bad_image_error_or_skip(tmp_path, folder_data):
@@ -220,15 +224,21 @@ def test_scan_cleans_temp_files_a_killed_scan_left(tmp_path, folder_data):
     assert not leftover.exists()
 
 
-def test_subsets_of_one_folder_share_one_cache_and_small_jpegs_are_linked(tmp_path, folder_data, monkeypatch):
+def test_subsets_of_one_folder_share_one_cache_and_small_jpegs_are_linked(tmp_path, folder_data):
     train = load_split("folder", "train", folder_data)
     first = scan_images(train.subset(range(8)), tmp_path / "c", short_side=64, progress=False)
-    calls = []
-    real = cache_mod.load_rgb
-    monkeypatch.setattr(cache_mod, "load_rgb", lambda p, d=None, **k: calls.append(p) or real(p, d, **k))
-    both = scan_images(train, tmp_path / "c", short_side=64, progress=False)  # e.g. a larger synthetic.per_class
+    both, decoded = _decoded(tmp_path / "c", train, 64)  # e.g. a larger synthetic.per_class
     assert len(list((tmp_path / "c" / "scans").iterdir())) == 1  # one cache for the folder, not one per list
-    assert len(calls) == len(train) - 8  # only the new files were decoded
+    assert sorted(decoded) == sorted(train.paths[8:])  # only the new files were decoded
     assert both.images.paths[:8] == first.images.paths
     for i in range(len(both.images)):  # the small JPEGs are the source files themselves, not re-encoded copies
         assert both.images.path(i).stat().st_ino == both.source.path(i).stat().st_ino
+
+
+def test_a_copy_a_crash_left_short_is_redone(tmp_path, folder_data):
+    train = load_split("folder", "train", folder_data)
+    first = scan_images(train, tmp_path / "c", short_side=32, progress=False)  # copies are not fsynced one by one
+    want = first.images.path(5).read_bytes()
+    first.images.path(5).write_bytes(b"")  # what a power cut may leave of a copy whose scan row is on disk
+    again, decoded = _decoded(tmp_path / "c", train, 32)
+    assert decoded == [train.paths[5]] and again.images.path(5).read_bytes() == want

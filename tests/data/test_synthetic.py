@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 
 from synthtl.data.datasets import load_split
-from synthtl.data.genset import completed_rows, read_rows, safe_folder
+from synthtl.data.genset import completed_rows, present, read_rows, safe_folder
 from synthtl.data.synthetic import load_synthetic_set
 from synthtl.errors import DataError
 from tests.data.sets import fake_set
@@ -66,3 +67,15 @@ def test_safe_folder_names(name):
     assert s == safe_folder(name)
     assert safe_folder("A320") == "A320"
     assert safe_folder("a/b") != safe_folder("a_b")
+
+
+def test_finished_files_are_found_by_their_exact_names(tmp_path):
+    gen = fake_set(tmp_path / "gen", CLASSES, 3, {(0, 0)})
+    rows = read_rows(gen)
+    folder = gen / "images" / rows.classes[0]["folder"]
+    for name in (".000001.jpg.x1y2.tmp", "000001.jpg.tmp", "x000002.jpg", "0000002.jpg", "000002.png", "000003.jpg",
+                 "a\n000002.jpg", "٠٠٠٠٠٢.jpg"):  # temp files, strays, past the plan, a newline, non-ASCII digits
+        (folder / name).write_bytes(b"x")
+    assert np.flatnonzero(present(rows)).tolist() == [0]
+    assert rows.rel_paths(2, [0, 2], "train_path") == [None, None]  # no training copies in this set
+    assert rows.rel_paths(1, [0, 2]) == [rows.rel_path(rows.position(1, 0)), rows.rel_path(rows.position(1, 2))]

@@ -1,21 +1,15 @@
-"""First-use scan of an image list: content hashes, bad-image detection and a pre-resized JPEG copy.
+"""First-use scan of an image list: content hashes (for the train/test overlap check), bad-image detection and a
+pre-resized JPEG q95 copy, which training reads so that the loader keeps up with the GPU.
 
-The scan decodes every image once, records the SHA-256 of its bytes (for the train/test overlap check) and,
-when asked, writes a copy whose short side is `short_side` as JPEG q95 (an RGB JPEG already that small, such as a
-generated set's training copy, is hard-linked instead of re-encoded). One cache per image folder: every list drawn
-from a folder (each volume of a generated set, each few-shot draw) shares its rows and copies, which are per file.
-Training then reads the small copies, which is what makes the data loader keep up with the GPU. Scans are
-resumable (an append-only log) and invalidated per file when a source file's size or mtime changes.
-
-One writer per dataset: the scan holds the cache folder's lock (`synthtl.files.exclusive`) while it decodes and
-appends, so parallel jobs of a study that share a dataset never both write. A job that finds the cache being built
-prints a line naming the builder and waits for it (up to `SCAN_LOCK_WAIT_S`), then reuses what it built. Jobs that
-find the scan complete take no lock at all.
+One cache per image folder, with rows and copies per file, so every list drawn from a folder (each volume of a
+generated set, each few-shot draw) shares them. Scans resume from an append-only log and redo a changed file; one
+job at a time writes (under the cache folder's lock), and jobs that find the scan complete take no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -27,32 +21,17 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from synthtl import files
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb, printable
 from synthtl.errors import BadImageError, DataError
-from synthtl.files import (
-    LOCK_NAME,
-    CorruptFileError,
-    DiskFullError,
-    LockedError,
-    append_jsonl,
-    cache_home,
-    exclusive,
-    iter_jsonl,
-    remove_temps,
-    sha256_bytes,
-    write_bytes,
-)
 from synthtl.runtime import is_main
 
 CACHE_FORMAT = 2  # 2: hashed copy names, EXIF orientation applied; a new format never reuses an old scan
-SCAN_LOCK_WAIT_S = 2 * 3600  # how long a job waits for another job building the same cache: a scan of ~100k
-# images takes minutes (an hour on a slow network disk); a dead builder releases the lock at once, so only a hung
-# one makes the wait run out, and then the error names it.
-
-
-def default_cache_dir() -> Path:
-    return cache_home()
+# How long a job waits for another one building the same cache: a scan of ~100k images takes minutes (an hour on a
+# slow network disk); a dead builder releases the lock at once, so only a hung one makes the wait run out.
+SCAN_LOCK_WAIT_S = 2 * 3600
+default_cache_dir = files.cache_home  # $SYNTHTL_CACHE or ~/.cache/synthtl
 
 
 @dataclass(frozen=True)
@@ -60,19 +39,13 @@ class ScanResult:
     """The usable images (pointing at the resized copies when cached), their content hashes, the skipped files."""
 
     images: ImageList
-    hashes: tuple[str, ...]
+    hashes: tuple[str, ...]  # empty for a generated set read without a scan (`synthetic.needs_scan`)
     skipped: tuple[tuple[str, str], ...]  # (relative path, reason)
     source: ImageList  # the same usable images at their original location
 
 
-def _fs_bytes(name: str) -> bytes:
-    """A path as the bytes the file system holds: names that are not UTF-8 arrive as lone surrogates."""
-    return name.encode("utf-8", "surrogateescape")
-
-
 def _key(images: ImageList) -> str:
-    """One cache per folder of images, not per list: every subset of a folder (each `synthetic.per_class` of a volume
-    study, each few-shot draw) shares one scan log and one copy of each file (rows and copies are per file)."""
+    """The cache folder of the list's root folder (not of the list: subsets share it)."""
     h = hashlib.sha1(f"format {CACHE_FORMAT}\n".encode())
     h.update(os.fsencode(images.root.resolve()))
     # The readable part is only a hint for people browsing the cache: kept short and plain for any file system.
@@ -103,6 +76,14 @@ def _small_plain_jpeg(data: bytes, short_side: int) -> bool:
         return False
 
 
+def _write_copy(dst: Path, data: bytes) -> None:
+    """Writes a cached copy atomically but without an fsync of its own, which made a scan wait for the disk once per
+    image: the scan log, fsynced per batch, records the copy's size, and a copy that a crash left empty or short
+    does not match it, so the next scan redoes it (`scan_images`)."""
+    with files.atomic_open(dst, "wb", fsync=False) as f:
+        f.write(data)
+
+
 def _link_or_copy(src: Path, data: bytes, dst: Path) -> None:
     """`dst` as a hard link to `src` (no bytes copied), else a copy of `data`; atomic either way."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -113,25 +94,29 @@ def _link_or_copy(src: Path, data: bytes, dst: Path) -> None:
         os.replace(tmp, dst)
     except OSError:
         tmp.unlink(missing_ok=True)
-        write_bytes(dst, data)
+        _write_copy(dst, data)
 
 
 def _cached_name(rel: str) -> str:
     """The resized copy's name: a hash of the source path, so that any legal source name (non-UTF-8 bytes, 255 bytes
     long) gives a short legal one; two-letter sub-folders keep folders small."""
-    h = hashlib.sha1(_fs_bytes(rel)).hexdigest()
+    h = hashlib.sha1(rel.encode("utf-8", "surrogateescape")).hexdigest()  # the bytes the file system holds
     return f"{h[:2]}/{h}.jpg"
 
 
-def _line_number(path: Path, row: int) -> int:
-    """The line of the `row`-th (0-based) row of a JSONL file (`iter_jsonl` skips blank lines)."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if raw.strip():
-                if row == 0:
-                    return n
-                row -= 1
-    return 0
+def _signature(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _read_log(log: Path) -> dict[str, dict]:
@@ -139,11 +124,13 @@ def _read_log(log: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if not log.is_file():
         return done
-    for i, row in enumerate(iter_jsonl(log)):
+    for i, row in enumerate(files.iter_jsonl(log)):
         if not (isinstance(row, dict) and isinstance(row.get("path"), str) and isinstance(row.get("ok"), bool)
                 and isinstance(row.get("sha256"), str) and isinstance(row.get("reason", ""), str)):
-            raise CorruptFileError(f"{log}, line {_line_number(log, i)}: not a scan row (the file is damaged); delete "
-                                   "the file to rescan the dataset")
+            with open(log, "rb") as f:  # row i is on the i-th line that is not blank (`iter_jsonl` skips those)
+                lines = [n for n, raw in enumerate(f, 1) if raw.strip()]
+            raise files.CorruptFileError(f"{log}, line {lines[i]}: not a scan row (the file is damaged); delete the "
+                                         "file to rescan the dataset")
         done[row["path"]] = row
     return done
 
@@ -153,18 +140,43 @@ def _writer_lock(base: Path) -> Iterator[None]:
     """Holds the cache folder's writer lock; says whom it waits for when another job holds it."""
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(exclusive(base, "data cache", wait=0))
-        except LockedError:
+            stack.enter_context(files.exclusive(base, "data cache", wait=0))
+        except files.LockedError:
             if is_main():
                 try:
-                    holder = (base / f"{LOCK_NAME}.holder").read_text().strip() or "another process"
+                    holder = (base / f"{files.LOCK_NAME}.holder").read_text().strip() or "another process"
                 except OSError:
                     holder = "another process"
                 print(f"[synthtl] data cache {base} is being built by {holder}; waiting for it to finish "
                       f"(up to {SCAN_LOCK_WAIT_S // 3600} h)", flush=True)
-            stack.enter_context(exclusive(base, "data cache", wait=SCAN_LOCK_WAIT_S))
-        remove_temps(base, recursive=True)  # copies a killed scan left half-written; no live writer now
+            stack.enter_context(files.exclusive(base, "data cache", wait=SCAN_LOCK_WAIT_S))
+        files.remove_temps(base, recursive=True)  # copies a killed scan left half-written; no live writer now
         yield
+
+
+def _scan_one(root: Path, resized_dir: Path | None, short_side: int | None, rel: str) -> dict:
+    """The scan-log row of one file (after writing its resized copy when `resized_dir` is given)."""
+    path = root / rel
+    row = {"path": rel, "sig": _signature(path), "ok": False, "reason": "", "sha256": ""}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {**row, "reason": "file not found"}
+    except OSError as e:  # e.g. permission denied: skippable like an unreadable image, never a traceback
+        return {**row, "reason": f"cannot be read ({e.strerror})"}
+    row["sha256"] = files.sha256_bytes(data)
+    try:
+        img = load_rgb(path, data, min_short_side=short_side or 0)
+    except BadImageError as e:
+        return {**row, "reason": e.reason}
+    if resized_dir is None:
+        return {**row, "ok": True, "size": list(img.size)}
+    if _small_plain_jpeg(data, short_side):  # e.g. a generated set's 256-px training copy: link, no re-encode
+        _link_or_copy(path, data, resized_dir / _cached_name(rel))
+    else:
+        data = resized_jpeg(img, short_side)
+        _write_copy(resized_dir / _cached_name(rel), data)
+    return {**row, "ok": True, "size": list(img.size), "copy": len(data)}
 
 
 def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side: int | None = 256,
@@ -172,78 +184,44 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
     """Scans `images` once (resuming an earlier partial scan) and returns the usable ones.
 
     Args:
-        images: The list to scan.
         cache_dir: Cache root ("" = $SYNTHTL_CACHE or ~/.cache/synthtl).
         short_side: Write resized copies with this short side; None = hashes and checks only.
-        on_bad: "error" raises `BadImageError` naming the first unreadable file; "skip" drops it.
-        workers: Decoding threads.
-        progress: Show a progress bar (rank 0 only).
-    """
+        on_bad: "error" raises `BadImageError` naming the first unreadable file; "skip" drops it."""
     base = (Path(cache_dir) if cache_dir else default_cache_dir()) / "scans" / _key(images)
     base.mkdir(parents=True, exist_ok=True)
     log = base / "scan.jsonl"
     resized_dir = base / f"s{short_side}" if short_side else None
 
-    def stat_sig(rel: str) -> list[int] | None:
-        try:
-            st = (images.root / rel).stat()
-            return [st.st_size, st.st_mtime_ns]
-        except FileNotFoundError:
-            return None
-
-    def fresh(rel: str, done: dict[str, dict]) -> bool:
+    def stale(rel: str, done: dict[str, dict]) -> bool:  # no row for the file as it is now, or its copy is not there
         row = done.get(rel)
-        if row is None or row.get("sig") != stat_sig(rel):
+        if row is None or row.get("sig") != _signature(images.root / rel):
+            return True
+        if not row["ok"] or resized_dir is None:
             return False
-        return not (row["ok"] and resized_dir is not None and not (resized_dir / _cached_name(rel)).is_file())
-
-    def work(rel: str) -> dict:
-        path = images.root / rel
-        sig = stat_sig(rel)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return {"path": rel, "sig": sig, "ok": False, "reason": "file not found", "sha256": ""}
-        except OSError as e:  # e.g. permission denied: skippable like an unreadable image, never a traceback
-            return {"path": rel, "sig": sig, "ok": False, "reason": f"cannot be read ({e.strerror})", "sha256": ""}
-        digest = sha256_bytes(data)
-        try:
-            img = load_rgb(path, data, min_short_side=short_side or 0)
-        except BadImageError as e:
-            return {"path": rel, "sig": sig, "ok": False, "reason": e.reason, "sha256": digest}
-        if resized_dir is not None:
-            if _small_plain_jpeg(data, short_side):  # e.g. a generated set's 256-px training copy: link, no re-encode
-                _link_or_copy(path, data, resized_dir / _cached_name(rel))
-            else:
-                write_bytes(resized_dir / _cached_name(rel), resized_jpeg(img, short_side))
-        return {"path": rel, "sig": sig, "ok": True, "reason": "", "sha256": digest, "size": list(img.size)}
+        size = _size(resized_dir / _cached_name(rel))  # a copy a crash left short (rows of old scans have no size)
+        return size is None or size != row.get("copy", size)
 
     unique = list(dict.fromkeys(images.paths))
     done = _read_log(log)
-    if any(not fresh(rel, done) for rel in unique):
+    if any(stale(rel, done) for rel in unique):
         with _writer_lock(base):
             done = _read_log(log)  # another job may have scanned while this one waited
-            todo = [rel for rel in unique if not fresh(rel, done)]
+            todo = [rel for rel in unique if stale(rel, done)]
             if todo:
+                work = functools.partial(_scan_one, images.root, resized_dir, short_side)
                 _scan_todo(todo, work, log, done, images, on_bad, workers, progress)
-    keep, skipped = [], []
-    for i, rel in enumerate(images.paths):
-        row = done[rel]
-        if row["ok"]:
-            keep.append(i)
-        elif on_bad == "error":
-            raise BadImageError(printable(images.root / rel), row["reason"])
-        else:
-            skipped.append((rel, row["reason"]))
+    keep = [i for i, rel in enumerate(images.paths) if done[rel]["ok"]]
+    bad = [(rel, done[rel]["reason"]) for rel in images.paths if not done[rel]["ok"]]
+    if bad and on_bad == "error":
+        raise BadImageError(printable(images.root / bad[0][0]), bad[0][1])
     if not keep:
         raise DataError(f"{images.name}: none of the {len(images)} images under {printable(images.root)} could be "
                         "read")
     source = images.subset(keep)
-    used = source
-    if resized_dir is not None:
-        used = replace(source, root=resized_dir, paths=tuple(_cached_name(p) for p in source.paths))
+    used = source if resized_dir is None else replace(source, root=resized_dir,
+                                                      paths=tuple(_cached_name(p) for p in source.paths))
     hashes = tuple(done[images.paths[i]]["sha256"] for i in keep)
-    return ScanResult(images=used, hashes=hashes, skipped=tuple(skipped), source=source)
+    return ScanResult(images=used, hashes=hashes, skipped=tuple(bad), source=source)
 
 
 def _scan_todo(todo: list[str], work: Callable[[str], dict], log: Path, done: dict[str, dict], images: ImageList,
@@ -259,19 +237,19 @@ def _scan_todo(todo: list[str], work: Callable[[str], dict], log: Path, done: di
             bar.update()
             if len(batch) >= 256 or (not row["ok"] and on_bad == "error"):
                 rows, batch = batch, []  # an append that fails is not retried below: its rows are redone next time
-                append_jsonl(log, rows)
+                files.append_jsonl(log, rows)
             if not row["ok"] and on_bad == "error":
                 raise BadImageError(printable(images.root / row["path"]), row["reason"])
         rows, batch = batch, []
-        append_jsonl(log, rows)
+        files.append_jsonl(log, rows)
     finally:
         # On an error (a full disk, an interrupt) stop decoding at once instead of finishing every queued image,
         # and keep the rows finished since the last append; a full disk may refuse them too (the next scan redoes
         # whatever the log lacks).
         pool.shutdown(wait=True, cancel_futures=True)
         if batch:
-            with contextlib.suppress(OSError, DiskFullError):
-                append_jsonl(log, batch)
+            with contextlib.suppress(OSError, files.DiskFullError):
+                files.append_jsonl(log, batch)
         bar.close()
 
 

@@ -22,7 +22,8 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +41,9 @@ EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 def safe_folder(name: str, max_len: int = 64) -> str:
-    """A folder name safe on every file system for a class name (slashes, '..', unicode, very long).
-
-    ASCII letters, digits, '-', '_' and '.' are kept; anything else becomes '_'. A name that had to change gets a
-    short hash of the original appended, so two different names never collide.
-    """
+    """A folder name safe on every file system for a class name (slashes, '..', unicode, very long): ASCII letters,
+    digits, '-', '_' and '.' are kept, anything else becomes '_', and a changed name gets a short hash of the original
+    appended, so two different names never collide."""
     ascii_ = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_).strip("._") or "class"
     if safe != name or len(safe) > max_len:
@@ -54,15 +53,11 @@ def safe_folder(name: str, max_len: int = 64) -> str:
 
 
 def class_folders(names: list[str]) -> list[str]:
-    """Unique, file-system-safe folder names, also on case-insensitive file systems (prompts keep the real names).
-
-    Names whose safe folders differ only in case ("Cat" and "cat") all get a short hash of the exact name, so the
-    folder of a class does not depend on which other classes come first.
-    """
+    """Unique, file-system-safe folder names, also on case-insensitive file systems (prompts keep the real names):
+    names whose safe folders differ only in case ("Cat", "cat") all get a short hash of the exact name, so the folder
+    of a class does not depend on which other classes come first."""
     folders = [safe_folder(n) for n in names]
-    groups: dict[str, int] = {}
-    for f in folders:
-        groups[f.lower()] = groups.get(f.lower(), 0) + 1
+    groups = Counter(f.lower() for f in folders)
     out = [f"{f[:55]}-{hashlib.sha1(n.encode()).hexdigest()[:8]}" if groups[f.lower()] > 1 else f
            for n, f in zip(names, folders, strict=True)]
     if len({f.lower() for f in out}) != len(out):  # a hash collision between distinct names: never in practice
@@ -89,9 +84,7 @@ def plan_hash(settings: dict) -> str:
 @dataclass(frozen=True)
 class SetRows:
     """The planned rows of a generated set: row p is image p % per_class of class p // per_class (class-major).
-
-    Every field of a row derives from (class index, image index) and plan.json, so no row is held in memory.
-    """
+    Every field of a row derives from (class index, image index) and plan.json, so no row is held in memory."""
 
     folder: Path
     settings: dict  # what the images were made with (plan.json "settings")
@@ -115,9 +108,18 @@ class SetRows:
     def rel_path(self, p: int, key: str = "path") -> str | None:
         """The image (`path`) or training copy (`train_path`) of row p, relative to the set."""
         c, i = divmod(p, self.per_class)
+        return self.rel_paths(c, (i,), key)[0]
+
+    def rel_paths(self, c: int, indices: Iterable[int], key: str = "path") -> list[str | None]:
+        """`rel_path` of images `indices` of class c: a million paths in about a second."""
+        folder = self.classes[c]["folder"]
         if key == "path":
-            return f"images/{self.classes[c]['folder']}/{i:06d}.{EXT[self.settings['image_format']]}"
-        return f"train/{self.classes[c]['folder']}/{i:06d}.jpg" if self.settings["train_copy"] else None
+            head, tail = f"images/{folder}/", f".{EXT[self.settings['image_format']]}"
+        elif self.settings["train_copy"]:
+            head, tail = f"train/{folder}/", ".jpg"
+        else:
+            return [None for _ in indices]
+        return [f"{head}{i:06d}{tail}" for i in indices]
 
     def row(self, p: int) -> dict:
         """The planned manifest row at position p: what manifest.jsonl holds, in its key order."""
@@ -141,11 +143,7 @@ def rows_of(folder: Path, plan: dict) -> SetRows:
 
 
 def read_plan(folder: str | os.PathLike) -> dict:
-    """plan.json of a generated set.
-
-    Raises:
-        DataError: not a generated set, or one written in another layout (re-run generate to make it again).
-    """
+    """plan.json of a generated set; a folder that is not one, or is one in another layout, is refused."""
     folder = Path(folder)
     if not (folder / PLAN).is_file():
         raise DataError(f"{folder} has no {PLAN}: not a generated set (point at the out_dir of `synthtl generate`)")
@@ -168,11 +166,8 @@ _CHUNK = 1 << 24  # bytes of a log parsed at a time: bounds memory whatever the 
 
 def read_logged(rows: SetRows) -> tuple[np.ndarray, dict[int, dict]]:
     """Which planned rows some shard logged as written (files are written before logging), and the log rows of
-    redrawn images (their seed and redraw count).
-
-    A torn last line (a killed appender, a full disk) is not a finished image; other damage is a CorruptFileError
-    naming the file and line.
-    """
+    redrawn images (their seed and redraw count). A torn last line (a killed appender, a full disk) is not a finished
+    image; other damage is a CorruptFileError naming the file and line."""
     logged = np.zeros(len(rows), dtype=bool)
     redrawn: dict[int, dict] = {}
     for log in sorted((rows.folder / PROGRESS_DIR).glob("shard-*.jsonl")):
@@ -197,40 +192,46 @@ def _parse_log(data: bytes, log: Path, line: int, rows: SetRows, logged: np.ndar
                 raise CorruptFileError(f"{log}, line {n}: not a progress row (the file is damaged); run synthtl "
                                        f"generate --validate {log.parent.parent} --repair to drop the line (its image "
                                        "is redrawn by the next run), or restore the file")
-        found = [m.groups() for m in _LOG_LINE.finditer(data)]
     if not found:
         return
-    a = np.array(found, dtype="S19").astype(np.int64)
-    ok = (a[:, 0] < len(rows.classes)) & (a[:, 1] < rows.per_class)  # ids outside the plan are not ours
-    pos = a[ok, 0] * rows.per_class + a[ok, 1]
-    logged[pos] = True
-    for p in set(redrawn).intersection(pos.tolist()):  # a later log row of the same image wins
+    c, i = _digits(b"".join([f[0] for f in found]), 5), _digits(b"".join([f[1] for f in found]), 6)
+    ok = (c < len(rows.classes)) & (i < rows.per_class)  # ids outside the plan are not ours
+    pos = c * rows.per_class + i
+    logged[pos[ok]] = True
+    for p in set(redrawn).intersection(pos[ok].tolist()):  # a later log row of the same image wins
         del redrawn[p]
-    for p, seed, redraws in zip(pos.tolist(), a[ok, 2].tolist(), a[ok, 3].tolist(), strict=True):
-        if redraws:
-            redrawn[p] = {"seed": seed, "redraws": redraws}
+    for k in [k for k, f in enumerate(found) if f[3] != b"0"]:  # the seeds of redrawn images only
+        _, _, seed, redraws = found[k]
+        if ok[k] and int(redraws):
+            redrawn[int(pos[k])] = {"seed": int(seed), "redraws": int(redraws)}
+
+
+def _digits(text: bytes, width: int) -> np.ndarray:
+    """The numbers written in `text`, `width` ASCII digits each, with no separator (what a regex found)."""
+    d = np.frombuffer(text, dtype=np.uint8).reshape(-1, width).astype(np.int64) - ord("0")
+    return d @ 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
 
 
 def present(rows: SetRows) -> np.ndarray:
     """Whether each planned row's image file exists: one directory listing per class, not one stat per image."""
     out = np.zeros(len(rows), dtype=bool)
-    suffix = f".{EXT[rows.settings['image_format']]}"
-    width = 6 + len(suffix)
+    # An image's whole name among the listing's names joined by NUL (which no file name holds); temp files
+    # (".000001.jpg.x1y2.tmp") and strays have other shapes.
+    name = re.compile(rf"(?<![^\0])([0-9]{{6}}){re.escape('.' + EXT[rows.settings['image_format']])}(?![^\0])")
     for c, k in enumerate(rows.classes):
         try:
-            names = os.listdir(rows.folder / "images" / k["folder"])
+            found = name.findall("\0".join(os.listdir(rows.folder / "images" / k["folder"])))
         except FileNotFoundError:
             continue
-        for name in names:  # temp files (".000001.jpg.x1y2.tmp") and strays have other shapes
-            if len(name) == width and name.endswith(suffix) and name[:6].isdigit() and int(name[:6]) < rows.per_class:
-                out[c * rows.per_class + int(name[:6])] = True
+        if found:
+            i = _digits("".join(found).encode("ascii"), 6)
+            out[c * rows.per_class + i[i < rows.per_class]] = True
     return out
 
 
 @dataclass(frozen=True)
 class SetState:
-    """A generated set's rows and which are finished (logged as written, and the file exists): the one test of
-    "this image is finished"."""
+    """A set's rows and which are finished (logged as written, and the file exists): the one test of "finished"."""
 
     rows: SetRows
     done: np.ndarray
@@ -256,10 +257,7 @@ def completion(state: SetState, per_class: int = 0) -> dict:
     keep = rows.idx < per_class if per_class else np.ones(len(rows), dtype=bool)
     done = np.bincount(rows.cls[keep & state.done], minlength=len(rows.classes))
     total = np.bincount(rows.cls[keep], minlength=len(rows.classes))
-    classes = {}
-    for k, d, t in zip(rows.classes, done.tolist(), total.tolist(), strict=True):
-        if t:
-            classes[k["name"]] = [d, t]
+    classes = {k["name"]: [d, t] for k, d, t in zip(rows.classes, done.tolist(), total.tolist(), strict=True) if t}
     return {"done": int(done.sum()), "total": int(total.sum()), "complete": bool(done.sum() == total.sum()),
             "classes": classes}
 
@@ -281,10 +279,8 @@ def completion_record(state: SetState) -> dict:
 
 
 def is_complete(folder: str | os.PathLike, per_class: int = 0) -> bool:
-    """Whether the first `per_class` images of every class (0 = every planned image) are finished.
-
-    Cheap: reads only the completion record that the last shard to finish writes (complete.json), never a log.
-    """
+    """Whether the first `per_class` images of every class (0 = every planned image) are finished. Cheap: reads only
+    the completion record that the last shard to finish writes (complete.json), never a log."""
     f = Path(folder) / COMPLETE
     if not f.is_file():
         return False
@@ -308,17 +304,10 @@ def class_table(classes: list[tuple[str, str]], prompts: list[list[dict]], token
 
 
 def write_manifest(folder: Path, rows: SetRows, state: SetState | None = None) -> None:
-    """manifest.jsonl, atomically and streaming: `rows.row(p)` for every p (`state.completed_row` for finished rows
-    when `state` is given)."""
+    """manifest.jsonl, atomically and streaming: every planned row, or finished as `state` says when given."""
     with atomic_open(folder / MANIFEST, "w") as f:
-        chunk: list[str] = []
-        for p in range(len(rows)):
-            row = state.completed_row(p) if state is not None and state.done[p] else rows.row(p)
-            chunk.append(json.dumps(row) + "\n")
-            if len(chunk) >= 8192:
-                f.write("".join(chunk))
-                chunk.clear()
-        f.write("".join(chunk))
+        f.writelines(json.dumps(state.completed_row(p) if state is not None and state.done[p] else rows.row(p)) + "\n"
+                     for p in range(len(rows)))
 
 
 def check_settings(folder: Path, settings: dict) -> dict | None:
@@ -372,11 +361,8 @@ def stats_file(folder: Path, shard: int, num_shards: int) -> Path:
 def set_stats(folder: Path) -> dict:
     """The work of every shard that ever ran on the set, added up (a torchrun run is N shards)."""
     total = {"shards": 0, "images": 0, "seconds": 0.0, "gpu_seconds": 0.0, "redraws": 0}
-    for f in sorted((folder / PROGRESS_DIR).glob("shard-*.summary.json")):
-        d = read_json(f)
-        total["shards"] += 1
-        total["images"] += d["images"]
-        total["seconds"] += d["seconds"]
-        total["gpu_seconds"] += d["seconds"] * d.get("gpus", 0)
-        total["redraws"] += d.get("redraws", 0)
+    for d in map(read_json, sorted((folder / PROGRESS_DIR).glob("shard-*.summary.json"))):
+        for k, v in (("shards", 1), ("images", d["images"]), ("seconds", d["seconds"]),
+                     ("gpu_seconds", d["seconds"] * d.get("gpus", 0)), ("redraws", d.get("redraws", 0))):
+            total[k] += v
     return total

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,34 +11,31 @@ from synthtl.errors import DataError
 
 @dataclass(frozen=True)
 class ImageList:
-    """Images under `root` with integer labels into `classes`.
+    """Images under `root` with integer labels into `classes`."""
 
-    Attributes:
-        root: Folder the relative `paths` start from.
-        paths: POSIX paths relative to root; also the images' ids in split files.
-        labels: Class index of every image.
-        classes: Class ids as the dataset names them on disk (folder names, wnids, variant names).
-        names: Human-readable class names (what prompts use), aligned with `classes`.
-        name: A short description such as "aircraft/train".
-        ignored: Entries the listing skipped, each "relative path (why)": hidden names, files that are not images.
-    """
-
-    root: Path
-    paths: tuple[str, ...]
-    labels: tuple[int, ...]
-    classes: tuple[str, ...]
-    names: tuple[str, ...]
-    name: str = ""
-    ignored: tuple[str, ...] = ()
+    root: Path  # the folder the relative `paths` start from
+    paths: tuple[str, ...]  # POSIX paths relative to root; also the images' ids in split files
+    labels: tuple[int, ...]  # the class index of every image
+    classes: tuple[str, ...]  # class ids as the dataset names them on disk (folder names, wnids, variant names)
+    names: tuple[str, ...]  # human-readable class names (what prompts use), aligned with `classes`
+    name: str = ""  # a short description such as "aircraft/train"
+    ignored: tuple[str, ...] = ()  # entries the listing skipped, each "relative path (why)": hidden, not images
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
             raise ValueError("paths and labels differ in length")
         if len(self.classes) != len(self.names):
             raise ValueError(f"{self.name}: {len(self.classes)} classes but {len(self.names)} names")
-        bad = [y for y in self.labels if not 0 <= y < len(self.classes)]
-        if bad:
+        if self.labels and not (min(self.labels) >= 0 and max(self.labels) < len(self.classes)):  # C-speed first
+            bad = [y for y in self.labels if not 0 <= y < len(self.classes)]
             raise DataError(f"{self.name}: labels {sorted(set(bad))[:5]} out of range for {len(self.classes)} classes")
+
+    @classmethod
+    def of(cls, root: Path, items: Sequence[tuple[str, int]], classes: Iterable[str], names: Iterable[str],
+           name: str = "", ignored: Iterable[str] = ()) -> ImageList:
+        """The list of (path, label) `items`."""
+        return cls(root=root, paths=tuple(p for p, _ in items), labels=tuple(y for _, y in items),
+                   classes=tuple(classes), names=tuple(names), name=name, ignored=tuple(ignored))
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -25,19 +25,16 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def hidden(name: str) -> bool:
+    """Whether a listing skips (and reports) a name: it starts with "." (.git, .DS_Store, macOS "._x.jpg") or is
+    __MACOSX (what unzipping a macOS archive adds), the rule `ls`, git and Hugging Face's imagefolder follow."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def printable(name: str | os.PathLike) -> str:
     """`name` safe to print and to put in JSON: bytes that are not UTF-8 (a file name such as b"\\xff.jpg", which
     Python holds as a lone surrogate) are shown as `\\xff` instead of crashing the print."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def _upright(img: Image.Image) -> None:
-    """Applies the EXIF orientation tag in place (`ImageOps.exif_transpose`), so that a phone photo stored sideways
-    is seen upright, as every image viewer and torchvision's `decode_image(apply_exif_orientation=True)` show it."""
-    # EXIF that cannot be parsed leaves the pixels as stored, as a loader that ignores EXIF would show them: the
-    # pixels themselves are fine, so this is not a bad image.
-    with contextlib.suppress(OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
-        ImageOps.exif_transpose(img, in_place=True)
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
@@ -73,14 +70,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike, data: bytes | None = None, min_short_side: int = 0) -> Image.Image:
-    """Opens and fully decodes an image (from `data` if given) as upright RGB (EXIF orientation applied).
-
-    With `min_short_side`, a large JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8) that keeps
-    its short side at least that long: much faster when the caller downsizes anyway.
-
-    Raises:
-        BadImageError: the file is missing, truncated, corrupt or not an image; the message names it.
-    """
+    """Opens and fully decodes an image (from `data` if given) as upright RGB, or raises a `BadImageError` naming it.
+    With `min_short_side`, a large JPEG is decoded at a reduced DCT scale (libjpeg's 1/2, 1/4, 1/8) that keeps its
+    short side at least that long: much faster when the caller downsizes anyway."""
     try:
         src = io.BytesIO(data) if data is not None else open(path, "rb")  # noqa: SIM115
         with src, Image.open(src) as img:
@@ -90,7 +82,10 @@ def load_rgb(path: str | os.PathLike, data: bytes | None = None, min_short_side:
                 if k < 0.5:
                     img.draft("RGB", (int(w * k) + 1, int(h * k) + 1))
             img.load()
-            _upright(img)
+            # Upright as image viewers and torchvision's `decode_image(apply_exif_orientation=True)` show it. EXIF
+            # that cannot be parsed leaves the pixels as stored (they are fine, so this is not a bad image).
+            with contextlib.suppress(OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error):
+                ImageOps.exif_transpose(img, in_place=True)
             return to_rgb(img)
     except FileNotFoundError:
         raise BadImageError(printable(path), "file not found") from None

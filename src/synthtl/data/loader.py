@@ -1,14 +1,14 @@
 """Torch datasets and loaders whose order and augmentation depend only on (seed, stage, epoch).
 
-The batch sampler hands every sample its own seed (from the seed, the epoch and its position in the epoch), and
-the dataset seeds the augmentation with it: a resumed run sees exactly the batches an uninterrupted one would have
-seen, the result does not depend on the number of loader workers, and workers can persist across epochs.
-"""
+The batch sampler gives every sample its own seed (from the seed, the epoch and its position in it) for its
+augmentation: a resumed run sees exactly the batches an uninterrupted one would have seen, whatever the number of
+loader workers, and workers can persist across epochs."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,22 +20,14 @@ from synthtl.errors import BadImageError, DataError
 from synthtl.runtime import derive_seed
 
 
+@dataclass(eq=False, repr=False)
 class ImageDataset(Dataset):
-    """Images of an ImageList through a transform.
+    """Images of an ImageList through a transform."""
 
-    Args:
-        images: What to read.
-        transform: PIL image -> tensor; ignored when `raw`.
-        on_bad: "error" raises on an unreadable file; "skip" yields None, which `collate` drops and counts.
-        raw: Yield the file's bytes as a uint8 tensor (decoded later on the device by `DeviceAugment`).
-    """
-
-    def __init__(self, images: ImageList, transform: Callable | None = None, on_bad: str = "error",
-                 raw: bool = False):
-        self.images = images
-        self.transform = transform
-        self.on_bad = on_bad
-        self.raw = raw
+    images: ImageList
+    transform: Callable | None = None  # PIL image -> tensor; ignored when `raw`
+    on_bad: str = "error"  # "error" raises on an unreadable file; "skip" yields None, which `collate` drops and counts
+    raw: bool = False  # yield the file's bytes as a uint8 tensor (decoded on the device by `DeviceAugment`)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -87,11 +79,9 @@ def collate(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tenso
     skipped = len(batch) - len(kept)
     if not kept:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
-    labels = torch.tensor([y for _, y in kept], dtype=torch.long)
-    first = kept[0][0]
-    if first.dtype == torch.uint8 and first.dim() == 1:  # raw JPEG bytes: decoded on the device
-        return [x for x, _ in kept], labels, skipped
-    return torch.stack([x for x, _ in kept]), labels, skipped
+    images, labels = [x for x, _ in kept], torch.tensor([y for _, y in kept], dtype=torch.long)
+    raw = images[0].dtype == torch.uint8 and images[0].dim() == 1  # JPEG bytes, decoded on the device
+    return (images if raw else torch.stack(images)), labels, skipped
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -101,29 +91,19 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 else 0)
 
 
+@dataclass(eq=False, repr=False)
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches over one or two concatenated parts, reshuffled per epoch from (seed, epoch) alone.
+    """Batches over one or two concatenated parts, reshuffled per epoch from (seed, epoch) alone."""
 
-    Args:
-        sizes: Sizes of the concatenated parts: [n] or [n_real, n_synthetic].
-        batch_size: Images per batch.
-        seed: Base seed of the run stage.
-        fraction: With two parts, the share of the second part in each epoch: an epoch is every image of the
-            first part plus round(n_real * f / (1 - f)) images of the second. None = every image of both.
-        rank: This process's rank under data-parallel training: it yields its contiguous share of every global
-            batch (the configured batch size stays the global batch; every sample keeps its seed).
-        world: Number of data-parallel processes.
-    """
-
-    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int, fraction: float | None = None,
-                 rank: int = 0, world: int = 1):
-        self.sizes = list(sizes)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.fraction = fraction
-        self.rank = rank
-        self.world = world
-        self.epoch = 0
+    sizes: Sequence[int]  # sizes of the concatenated parts: [n] or [n_real, n_synthetic]
+    batch_size: int  # the global batch under data-parallel training
+    seed: int  # base seed of the run stage
+    # With two parts, the second part's share of each epoch: every image of the first part plus
+    # round(n_real * f / (1 - f)) images of the second. None = every image of both.
+    fraction: float | None = None
+    rank: int = 0  # under data-parallel training, yield this rank's contiguous share of every global batch
+    world: int = 1  # data-parallel processes
+    epoch: int = field(default=0, init=False)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -175,10 +155,7 @@ def _worker_init(worker_id: int) -> None:
 def train_loader(parts: Sequence[ImageDataset], batch_size: int, seed: int, num_workers: int,
                  fraction: float | None = None, pin_memory: bool = False, rank: int = 0,
                  world: int = 1) -> DataLoader:
-    """A training loader over one or two datasets (real, or real + synthetic for the mixed strategy).
-
-    Under data-parallel training (`world` > 1) each rank loads its share of every global batch of `batch_size`.
-    """
+    """A training loader over one or two datasets (real, or real + synthetic for the mixed strategy)."""
     n = sum(len(p) for p in parts)
     if n < 2:
         raise DataError(f"the training set has {n} image(s); at least 2 are needed")

@@ -11,9 +11,8 @@ from synthtl.data.datasets import load_data
 from synthtl.data.genset import PLAN
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import printable
-from synthtl.data.splits import stratified_val, train_indices
-from synthtl.data.splits import write_split as _write_split
-from synthtl.data.synthetic import check_sources, load_synthetic_set
+from synthtl.data.splits import stratified_val, train_indices, write_split
+from synthtl.data.synthetic import check_sources, load_synthetic_set, needs_scan
 from synthtl.errors import ConfigError
 from synthtl.runtime import is_main
 
@@ -34,25 +33,8 @@ class RunData:
     synthetic_record: dict | None = None  # the generated set used: path, done/total, partial, allow_partial
 
     @property
-    def classes(self) -> tuple[str, ...]:
-        return self.train.classes
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.train.names
-
-    @property
     def num_classes(self) -> int:
         return self.train.num_classes
-
-
-def write_split(path: Path, *args, **kwargs) -> None:
-    if is_main():  # under torchrun every rank draws the same split; one writes it
-        _write_split(path, *args, **kwargs)
-
-
-def cache_root(cfg: FinetuneConfig) -> Path:
-    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
 
 
 def split_seed(cfg: FinetuneConfig) -> int:
@@ -61,12 +43,9 @@ def split_seed(cfg: FinetuneConfig) -> int:
 
 def _scan(images: ImageList, cfg: FinetuneConfig) -> ScanResult:
     d = cfg.data
-    return scan_images(images, cache_root(cfg), short_side=d.cache_short_side if d.cache else None,
-                       on_bad=d.on_bad_image, workers=max(1, d.num_workers), progress=cfg.progress)
-
-
-def _pick(scan: ScanResult, idx: list[int], name: str) -> tuple[ImageList, ImageList]:
-    return scan.images.subset(idx, name), scan.source.subset(idx, name)
+    return scan_images(images, Path(d.cache_dir) if d.cache_dir else default_cache_dir(),
+                       short_side=d.cache_short_side if d.cache else None, on_bad=d.on_bad_image,
+                       workers=max(1, d.num_workers), progress=cfg.progress)
 
 
 def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> RunData:
@@ -84,45 +63,54 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     source = train_scan.source  # the readable images, in listing order
     where = {p: j for j, p in enumerate(source.paths)}
     idx = [where[train_list.paths[i]] for i in listed if train_list.paths[i] in where]  # unreadable shots: skipped
-    train, train_src = _pick(train_scan, idx, f"{source.name}" + (f"/{d.shots}-shot" if d.shots else ""))
-    write_split(run_dir / "splits" / "train.json", train_src, list(range(len(train_src))), kind="train",
-                shots=d.shots, seed=seed, short_classes=short)
+    name = f"{source.name}" + (f"/{d.shots}-shot" if d.shots else "")
+    train, train_src = train_scan.images.subset(idx, name), source.subset(idx, name)
+    splits = run_dir / "splits"
+    write = is_main()  # under torchrun every rank draws the same split; one writes it
+    if write:
+        write_split(splits / "train.json", train_src, list(range(len(train_src))), kind="train", shots=d.shots,
+                    seed=seed, short_classes=short)
     val, trained_on = None, train_src
     if d.val_fraction > 0:
         tr, va = stratified_val(train_src, d.val_fraction, seed)
-        write_split(run_dir / "splits" / "val.json", train_src, va, kind="val", fraction=d.val_fraction, seed=seed)
-        write_split(run_dir / "splits" / "train.json", train_src, tr, kind="train", shots=d.shots, seed=seed,
-                    short_classes=short, val_removed=len(va))
-        val = train.subset(va, f"{train.name}/val")
-        train = train.subset(tr)
-        trained_on = train_src.subset(tr)
+        if write:
+            write_split(splits / "val.json", train_src, va, kind="val", fraction=d.val_fraction, seed=seed)
+            write_split(splits / "train.json", train_src, tr, kind="train", shots=d.shots, seed=seed,
+                        short_classes=short, val_removed=len(va))
+        val, train, trained_on = train.subset(va, f"{train.name}/val"), train.subset(tr), train_src.subset(tr)
     used = ScanResult(images=train, hashes=tuple(train_scan.hashes[i] for i in idx), skipped=(), source=train_src)
     overlap = check_overlap(used, test_scan, d.allow_overlap)
-    skipped = {"train": len(train_scan.skipped), "test": len(test_scan.skipped)}
-    files = {split: [printable(p) for p, _ in scan.skipped] for split, scan in (("train", train_scan),
-                                                                               ("test", test_scan))}
+    scans = {"train": train_scan, "test": test_scan}
     synthetic, syn_record = None, None
     if needs_synthetic or cfg.synthetic.path:
-        if not cfg.synthetic.path:
-            raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
-                              "generated set (`synthtl generate`) or a class-per-folder image folder")
-        if (Path(cfg.synthetic.path) / PLAN).is_file():  # an img2img set carries its real sources in
-            check_sources(cfg.synthetic.path, trained_on, cfg.synthetic.per_class)
-        kept = None
-        if cfg.synthetic.filter:  # the filter's immutable kept list of this volume (`synthtl filter`)
-            from synthtl.filtering.store import read_kept
-
-            kept = read_kept(cfg.synthetic.path, cfg.synthetic.filter, cfg.synthetic.per_class)
-        syn_images, syn_record = load_synthetic_set(cfg.synthetic.path, source, cfg.synthetic.per_class,
-                                                    cfg.synthetic.allow_partial, set(kept["paths"]) if kept else None)
-        if kept:
-            syn_record["filter"] = {"name": cfg.synthetic.filter, "filter": kept["filter"], "kept_list": kept["digest"],
-                                    "per_class": kept["per_class"], "kept": kept["kept"]}
-        syn_scan = _scan(syn_images, cfg)
-        synthetic = syn_scan.images
-        skipped["synthetic"] = len(syn_scan.skipped)
-        files["synthetic"] = [printable(p) for p, _ in syn_scan.skipped]
-    return RunData(train=train, test=test_scan.images, val=val, synthetic=synthetic, skipped=skipped,
-                   skipped_files=files, overlap=overlap, short_classes=short,
-                   ignored={"train": list(train_list.ignored), "test": list(test_list.ignored)},
+        scans["synthetic"], syn_record = _synthetic(cfg, source, trained_on)
+        synthetic = scans["synthetic"].images
+    return RunData(train=train, test=test_scan.images, val=val, synthetic=synthetic,
+                   skipped={k: len(s.skipped) for k, s in scans.items()},
+                   skipped_files={k: [printable(p) for p, _ in s.skipped] for k, s in scans.items()}, overlap=overlap,
+                   short_classes=short, ignored={"train": list(train_list.ignored), "test": list(test_list.ignored)},
                    synthetic_record=syn_record)
+
+
+def _synthetic(cfg: FinetuneConfig, source: ImageList, trained_on: ImageList) -> tuple[ScanResult, dict]:
+    """The scanned synthetic set labelled like `source` (the readable real train listing), and its record."""
+    s = cfg.synthetic
+    if not s.path:
+        raise ConfigError(f"strategy {cfg.strategy!r} trains on synthetic images: set synthetic.path to a "
+                          "generated set (`synthtl generate`) or a class-per-folder image folder")
+    if (Path(s.path) / PLAN).is_file():  # an img2img set carries its real sources in
+        check_sources(s.path, trained_on, s.per_class)
+    kept = None
+    if s.filter:  # the filter's immutable kept list of this volume (`synthtl filter`)
+        from synthtl.filtering.store import read_kept
+
+        kept = read_kept(s.path, s.filter, s.per_class)
+    images, record = load_synthetic_set(s.path, source, s.per_class, s.allow_partial,
+                                        set(kept["paths"]) if kept else None)
+    if kept:
+        record["filter"] = {"name": s.filter, "filter": kept["filter"], "kept_list": kept["digest"],
+                            "per_class": kept["per_class"], "kept": kept["kept"]}
+    if needs_scan(s.path, cfg.data.cache_short_side if cfg.data.cache else None):
+        return _scan(images, cfg), record
+    # The training copies are read where they are: the bytes the cache would hard-link. No hashes (none are used).
+    return ScanResult(images=images, hashes=(), skipped=(), source=images), record

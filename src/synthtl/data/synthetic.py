@@ -1,7 +1,5 @@
 """The training side of a synthetic set: a generated set (`data.genset`) or a class-per-folder image folder, labelled
-in the real dataset's label space. An image counts only once its set marks it finished, so a reader never sees a
-planned-but-unwritten or half-written image.
-"""
+in the real dataset's label space. Only finished images count, never a planned-but-unwritten or half-written one."""
 
 from __future__ import annotations
 
@@ -17,17 +15,9 @@ from synthtl.errors import DataError
 
 
 def check_sources(folder: str | os.PathLike, train: ImageList, per_class: int = 0) -> None:
-    """Refuses a generated set made by img2img from real images that a run does not train on.
-
-    Its outputs carry their sources into training, so a k-shot run on a set made from other shots (or from the full
-    split) would see more real images than its k. `train`: the run's training images (after any few-shot draw and
-    validation carve), with the ids the set's plan records (paths in the train listing). `per_class`: the images of
-    each class the run reads (0 = all); image i of a class starts from source i mod (its sources), so only the first
-    `per_class` sources reach the run.
-
-    Raises:
-        DataError: naming how many of the sources the run reads are outside `train`, and a few of them.
-    """
+    """Refuses a generated set made by img2img from real images that the run's `train` images (after any few-shot
+    draw and validation carve) lack: its outputs carry their sources into training. Image i of a class starts from
+    source i mod (its sources), so with `per_class` images per class read (0 = all) only that many sources count."""
     plan = read_plan(folder)
     allowed = set(train.paths)
     outside = [s for k in plan.get("classes", []) for s in k.get("sources", [])[:per_class or None]
@@ -39,13 +29,24 @@ def check_sources(folder: str | os.PathLike, train: ImageList, per_class: int = 
                         "and data.val_fraction), or train on the split it was made from")
 
 
-def _match_classes(syn_classes: list[tuple[str, str]], real: ImageList, where: str) -> dict[int, int]:
-    """Maps each synthetic class (id, name) to a real class index, one to one.
+def needs_scan(path: str | os.PathLike, short_side: int | None) -> bool:
+    """Whether a synthetic set's training files need the data cache's first-use scan (`cache.scan_images`).
 
-    Names are compared exactly (case-sensitive: "Cat" and "cat" are two classes, as they are when generating): a
-    real class is found by its id, then its readable name, then the safe folder names and readable form derived
-    from them (what a class-per-folder synthetic set is named after). Earlier keys win over derived ones.
-    """
+    A generated set needs none when its training copies are already what the cache would hold: synthtl wrote every
+    finished file itself (`synthtl generate --validate` checks them; the loader names or skips a damaged one like any
+    other), and a training copy (an upright RGB JPEG, short side at most `train_copy`) no longer than the cache's
+    `short_side` is what the scan would hard-link unchanged. With no cache (`short_side` None) the scan would only
+    check and hash, and the hashes of synthetic images feed nothing. Class-per-folder sets are always scanned."""
+    if not (Path(path) / PLAN).is_file():
+        return True
+    side = read_plan(path)["settings"]["train_copy"]
+    return short_side is not None and not 0 < side <= short_side
+
+
+def _match_classes(syn_classes: list[tuple[str, str]], real: ImageList, where: str) -> dict[int, int]:
+    """Maps each synthetic class (id, name) to a real class index, one to one. Names are compared exactly ("Cat" and
+    "cat" are two classes): a real class is found by its id, its readable name, then the safe folder names and readable
+    form derived from them (what a class-per-folder set is named after); earlier keys win over derived ones."""
     lookup: dict[str, int] = {}
     derived = (lambda c, n: c, lambda c, n: n, lambda c, n: safe_folder(c), lambda c, n: safe_folder(n),
                lambda c, n: readable(c))
@@ -75,9 +76,9 @@ def _match_classes(syn_classes: list[tuple[str, str]], real: ImageList, where: s
 
 
 def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partial: bool, record: dict,
-                     kept: set[str] | None = None) -> list[tuple[str, int]]:
-    """(file training reads, real label) of the first `per_class` finished images of each class (only those in
-    `kept`, a filter's kept list, when given), class-major."""
+                     kept: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(files training reads, their real labels) of the first `per_class` finished images of each class (only those
+    in `kept`, a filter's kept list, when given), class-major."""
     state = read_state(folder)
     progress = completion(state, per_class)
     record.update(done=progress["done"], total=progress["total"], partial=not progress["complete"])
@@ -93,32 +94,29 @@ def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partia
                               for c in order], real, str(folder))
     done = np.flatnonzero(state.done)  # class-major, then image index: "first k"
     starts = np.searchsorted(rows.cls[done], order + [np.iinfo(np.int32).max])
-    items = []
-    for j in range(len(order)):
-        mine = done[starts[j]:starts[j + 1]].tolist()[:per_class or None]
-        paths = [(rows.rel_path(p), rows.rel_path(p, "train_path") or rows.rel_path(p)) for p in mine]
-        items += [(train, mapping[j]) for path, train in paths if kept is None or path in kept]
-    return items
+    key = "train_path" if rows.settings["train_copy"] else "path"
+    paths: list[str] = []
+    labels = np.zeros(len(done), dtype=np.int64)
+    for j, c in enumerate(order):
+        mine = (done[starts[j]:starts[j + 1]][:per_class or None] - c * rows.per_class).tolist()  # image indices
+        train = rows.rel_paths(c, mine, key)
+        if kept is not None:
+            train = [t for t, p in zip(train, rows.rel_paths(c, mine), strict=True) if p in kept]
+        labels[len(paths):len(paths) + len(train)] = mapping[j]
+        paths += train
+    return paths, labels[:len(paths)]
 
 
 def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int = 0, allow_partial: bool = False,
                        kept: set[str] | None = None) -> tuple[ImageList, dict]:
-    """A synthetic training set labelled in the real dataset's label space, and what was used.
+    """A synthetic training set labelled like `real` (classes matched one to one), and its record for result.json.
 
     Args:
         path: A generated set (`synthtl generate`) or a class-per-folder image folder.
-        real: The real training list; synthetic classes must match its classes one to one.
-        per_class: Keep the first k images of each class; 0 = all.
+        per_class: Keep the first k images of each class; 0 = all (the record's done/total count those).
         allow_partial: Use an unfinished generated set (the finished images only) instead of refusing it.
         kept: A filter's kept list for this volume (manifest paths, `filtering.store.read_kept`): only those of the
             first `per_class` images are used, so a filtered run trains on fewer images than the volume.
-
-    Returns:
-        (images, record) where record = {"path", "generated", "done", "total", "partial", "allow_partial"}: done/total
-        count the planned images this use needs (the first `per_class` of each class); put it in result.json.
-
-    Raises:
-        DataError: an unfinished generated set without `allow_partial`, classes that do not match, or too few images.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -127,17 +125,13 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
     record = {"path": str(folder), "generated": (folder / PLAN).is_file(), "done": None, "total": None,
               "partial": False, "allow_partial": allow_partial}
     if record["generated"]:
-        items = _generated_items(folder, real, per_class, allow_partial, record, kept)
+        paths, labels = _generated_items(folder, real, per_class, allow_partial, record, kept)
     else:
         raw = image_folder(folder, tag=f"synthetic:{folder.name}")
         mapping = _match_classes(list(zip(raw.classes, raw.names, strict=True)), real, str(folder))
-        items, taken = [], {}
-        for p, y in zip(raw.paths, raw.labels, strict=True):  # sorted by path: "first k" = first k file names
-            if per_class and taken.get(y, 0) >= per_class:
-                continue
-            taken[y] = taken.get(y, 0) + 1
-            items.append((p, mapping[y]))
-    counts = np.bincount(np.array([y for _, y in items], dtype=np.int64), minlength=real.num_classes)  # one pass
+        keep = sorted(i for idx in raw.by_class() for i in idx[:per_class or None])  # the first k file names
+        paths, labels = [raw.paths[i] for i in keep], np.array([mapping[raw.labels[i]] for i in keep], dtype=np.int64)
+    counts = np.bincount(labels, minlength=real.num_classes)
     short = [real.names[c] for c in range(real.num_classes) if per_class and kept is None and counts[c] < per_class]
     if short:
         raise DataError(f"synthetic.per_class={per_class} but {len(short)} classes have fewer finished images in "
@@ -146,6 +140,5 @@ def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int 
     if empty and kept is not None:
         raise DataError(f"the filter's kept list of {folder} keeps no image of {len(empty)} classes (e.g. "
                         f"{empty[:5]}); loosen its keep.* rule or train without synthetic.filter")
-    images = ImageList(root=folder, paths=tuple(p for p, _ in items), labels=tuple(y for _, y in items),
-                       classes=real.classes, names=real.names, name=f"synthetic/{folder.name}")
-    return images, record
+    return ImageList(root=folder, paths=tuple(paths), labels=tuple(labels.tolist()), classes=real.classes,
+                     names=real.names, name=f"synthetic/{folder.name}"), record

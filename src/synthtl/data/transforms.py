@@ -1,9 +1,6 @@
-"""Train/eval transforms built from the model's own data config (mean, std, size, interpolation, crop_pct).
-
-Two paths: PIL transforms in loader workers (default), or `DeviceAugment`: a batch of JPEG byte strings is
-decoded on the device (nvJPEG on CUDA) and cropped/resized/flipped/normalised there with one `roi_align` call.
-Both draw crop boxes from the same RandomResizedCrop rule.
-"""
+"""Train/eval transforms built from the model's own data config (mean, std, size, interpolation, crop_pct): PIL
+transforms in loader workers (default), or `DeviceAugment`, which decodes a batch of JPEGs on the device and crops,
+resizes, flips and normalises it there with one `roi_align` call. Both draw crop boxes by the same rule."""
 
 from __future__ import annotations
 
@@ -19,31 +16,25 @@ _INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.
            "nearest": InterpolationMode.NEAREST, "lanczos": InterpolationMode.LANCZOS}
 
 
-def _size(data_config: dict) -> int:
-    return int(data_config["input_size"][-1])
-
-
-def _interp(data_config: dict) -> InterpolationMode:
-    return _INTERP.get(str(data_config.get("interpolation", "bilinear")), InterpolationMode.BILINEAR)
+def _size_interp(data_config: dict) -> tuple[int, InterpolationMode]:
+    interp = _INTERP.get(str(data_config.get("interpolation", "bilinear")), InterpolationMode.BILINEAR)
+    return int(data_config["input_size"][-1]), interp
 
 
 def train_transform(data_config: dict, crop_scale_min: float = 0.08, hflip: bool = True) -> T.Compose:
     """RandomResizedCrop + optional flip + normalise (docs/method.md's augmentation; nothing else)."""
-    ops: list = [T.PILToTensor(), T.RandomResizedCrop(_size(data_config), scale=(crop_scale_min, 1.0),
-                                                      interpolation=_interp(data_config), antialias=True)]
-    if hflip:
-        ops.append(T.RandomHorizontalFlip())
-    ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])]
-    return T.Compose(ops)
+    size, interp = _size_interp(data_config)
+    crop = T.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), interpolation=interp, antialias=True)
+    return T.Compose([T.PILToTensor(), crop, *([T.RandomHorizontalFlip()] if hflip else []),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])])
 
 
 def eval_transform(data_config: dict) -> T.Compose:
     """Resize to size / crop_pct, centre crop, normalise."""
-    size = _size(data_config)
+    size, interp = _size_interp(data_config)
     resize = int(math.floor(size / float(data_config.get("crop_pct", 0.875))))
-    return T.Compose([T.PILToTensor(), T.Resize(resize, interpolation=_interp(data_config), antialias=True),
-                      T.CenterCrop(size), T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(data_config["mean"], data_config["std"])])
+    return T.Compose([T.PILToTensor(), T.Resize(resize, interpolation=interp, antialias=True), T.CenterCrop(size),
+                      T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])])
 
 
 def random_resized_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -54,8 +45,7 @@ def random_resized_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[
     for _ in range(10):
         target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=gen).item()
         aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=gen).item())
-        cw = int(round(math.sqrt(target * aspect)))
-        ch = int(round(math.sqrt(target / aspect)))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
             y0 = torch.randint(0, h - ch + 1, (1,), generator=gen).item()
             x0 = torch.randint(0, w - cw + 1, (1,), generator=gen).item()
@@ -79,17 +69,12 @@ def center_box(h: int, w: int, crop_pct: float) -> tuple[float, float, float, fl
 
 
 class DeviceAugment:
-    """Decodes a batch of JPEG byte tensors on `device` and applies the train or eval transform there.
-
-    Args:
-        data_config: The model's data config.
-        device: Where to decode and augment (CUDA uses nvJPEG; CPU runs the same code, which the tests use).
-        train: RandomResizedCrop + flip if true, else the eval centre crop.
-    """
+    """Decodes a batch of JPEG byte tensors on `device` (CUDA uses nvJPEG; the CPU runs the same code) and applies
+    there the train (RandomResizedCrop + flip) or the eval (centre crop) transform."""
 
     def __init__(self, data_config: dict, device: torch.device, train: bool, crop_scale_min: float = 0.08,
                  hflip: bool = True):
-        self.size = _size(data_config)
+        self.size = _size_interp(data_config)[0]
         self.device = device
         self.train = train
         self.scale = (crop_scale_min, 1.0)
@@ -100,17 +85,14 @@ class DeviceAugment:
 
     def __call__(self, jpegs: list[torch.Tensor]) -> torch.Tensor:
         images = decode_on(jpegs, self.device)
-        hmax = max(im.shape[1] for im in images)
-        wmax = max(im.shape[2] for im in images)
+        hmax, wmax = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
         batch = torch.empty(len(images), 3, hmax, wmax, device=self.device, dtype=torch.float32)
         boxes = torch.empty(len(images), 5, dtype=torch.float32)
         for i, im in enumerate(images):
             h, w = im.shape[1:]
             place(batch[i], im.to(self.device))
-            if self.train:
-                box = random_resized_box(h, w, self.scale, (3 / 4, 4 / 3))
-            else:
-                box = center_box(h, w, self.crop_pct)
+            box = (random_resized_box(h, w, self.scale, (3 / 4, 4 / 3)) if self.train
+                   else center_box(h, w, self.crop_pct))
             boxes[i] = torch.tensor([i, *box])
         # roi_align averages sampling_ratio^2 bilinear samples per output pixel: an antialiased crop+resize.
         out = roi_align(batch, boxes.to(self.device), output_size=self.size, spatial_scale=1.0,
@@ -124,12 +106,10 @@ class DeviceAugment:
 def place(slot: torch.Tensor, im: torch.Tensor) -> None:
     """Copies a (3, h, w) image into the top-left of a larger (3, H, W) batch slot, edge pixels repeated beyond it.
 
-    With aligned=True, roi_align's samples for a box that reaches the image's right (bottom) edge fall up to half
-    a pixel past the last pixel centre, so bilinear interpolation also reads column w (row h). On its own image
-    roi_align clamps there (the edge value, as torch's interpolate does); in a padded batch that column is the
-    padding, so zeros would bleed into the last output row and column. Repeating the edge makes the padded
-    image read exactly like the image alone; nothing further than one pixel past the edge is ever read.
-    """
+    With aligned=True, roi_align's samples for a box that reaches the image's right (bottom) edge fall up to half a
+    pixel past the last pixel centre, so bilinear interpolation also reads column w (row h): roi_align clamps there on
+    a lone image, but in a padded batch zeros would bleed into the last output row and column. Repeating the edge
+    makes the padded image read exactly like the image alone."""
     _, h, w = im.shape
     slot[:, :h, :w] = im
     if w < slot.shape[2]:
@@ -139,15 +119,12 @@ def place(slot: torch.Tensor, im: torch.Tensor) -> None:
 
 
 def decode_on(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Decodes JPEG byte tensors to uint8 (3, h, w) images on `device` (nvJPEG on CUDA), safely.
-
-    nvJPEG's hardware decoder does not wait for work already queued on the stream it is given (pytorch/vision
-    PR #9606, seen corrupting results on H100s): torchvision hands it output blocks from PyTorch's caching
-    allocator, which may be memory that kernels still queued on the current stream (the last training step) are
-    about to read, and the decoder overwrites it first. Draining the current stream before the decode closes that
-    window; waiting for the decoder after it makes its outputs complete before any consumer kernel reads them,
-    and record_stream keeps each output's memory from being reused until the consumer stream is done with it.
-    """
+    """Decodes JPEG byte tensors to uint8 (3, h, w) images on `device` (nvJPEG on CUDA), safely: nvJPEG's hardware
+    decoder does not wait for work queued on its stream (pytorch/vision PR #9606, seen corrupting results on H100s),
+    so it may overwrite memory from PyTorch's caching allocator that kernels still queued on the current stream (the
+    last training step) are about to read. Draining the current stream before the decode closes that window; waiting
+    for the decoder after it completes its outputs before any consumer kernel reads them, and record_stream keeps each
+    output's memory from being reused until the consumer stream is done with it."""
     if device.type != "cuda":
         return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device="cpu")
     consumer = torch.cuda.current_stream(device)
