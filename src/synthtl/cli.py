@@ -258,6 +258,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from synthtl.forecast import ForecastConfig, console_text, run_forecast
+
+    cfg = _load(ForecastConfig, args)
+    if cfg is None:
+        return 0
+    res = run_forecast(args.study, cfg)
+    print(console_text(res["records"]))
+    print(f"[synthtl] wrote {res['json']} and {len(res['figures'])} figure(s) beside it")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
@@ -303,6 +315,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
     "study": (cmd_study, "run (or resume) a grid of style, generation and fine-tuning jobs from a preset"),
     "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
+    "forecast": (cmd_forecast, "predict accuracy and GPU-hours at larger synthetic volumes from a finished study"),
     "predict": (cmd_predict, "classify images with a finished fine-tuning run's model"),
     "export-model": (cmd_export_model, "export a finished run's classifier as a timm folder (safetensors + config)"),
     "demo": (cmd_demo, "run the whole pipeline offline on the embedded default"),
@@ -323,6 +336,8 @@ EXAMPLES = {  # shown under each command's --help
     "export": ["synthtl export gen/pets --out hf/pets"],
     "study": ["synthtl study paper/utilization --dry-run", "synthtl study demo grid.seeds=[0] --report"],
     "report": ["synthtl report studies/utilization"], "demo": ["synthtl demo --out demo_out"],
+    "forecast": ["synthtl forecast studies/pilot at=[2000,3000,5000]",
+                 "synthtl forecast studies/pilot strategies=[bridged++] plateau_tol=0.25"],
     "predict": ["synthtl predict runs/pets/resnet18/bridged++/full/seed0 cat.jpg dog.jpg --top-k 3"],
     "export-model": ["synthtl export-model runs/pets/resnet18/bridged++/full/seed0 --out models/pets"],
 }
@@ -348,6 +363,9 @@ OPTIONS: dict[str, list[tuple[tuple, dict]]] = {  # each command's own arguments
               *CONFIG[:2], (("overrides",), {"nargs": "*", "help": "key=value overrides, e.g. grid.seeds=[0]"})],
     "report": [(("study",), {"help": "a study folder (with runs/ and, for synthetic sets, gen/)"}),
                (("overrides",), {"nargs": "*", "help": "report key=value overrides, e.g. features=resnet50"})],
+    "forecast": [(("study",), {"help": "a finished study folder with a volume grid (e.g. `synthtl study pilot`)"}),
+                 *CONFIG[:2], (("overrides",), {"nargs": "*", "help": "forecast key=value overrides, e.g. "
+                                                "at=[2000,3000] (--show-config lists them)"})],
     "grid-images": [(("sets",), {"nargs": "+", "help": "generated-set folders"}),
                     (("--labels",), {"default": "", "help": "comma-separated row labels, one per set"}),
                     (("--out",), {"required": True, "help": "folder for the PNG contact sheets"}),

@@ -29,14 +29,23 @@ from synthtl.config.finetune import (
     SyntheticConfig,
 )
 from synthtl.config.generate import GenerateConfig, GeneratorConfig, Img2ImgConfig, PromptConfig
-from synthtl.config.study import PROMPT_STYLES, STYLE_PROMPTS, GridConfig, LauncherConfig, ReportConfig, StudyConfig
+from synthtl.config.study import (
+    PROMPT_STYLES,
+    STYLE_PROMPTS,
+    ForecastConfig,
+    GridConfig,
+    LauncherConfig,
+    ReportConfig,
+    StudyConfig,
+)
 from synthtl.config.style import LoraStyleConfig, StyleConfig
 from synthtl.errors import ConfigError
 
 __all__ = ["PROMPT_STYLES", "STYLE_PROMPTS", "ClassifierFilterConfig", "ClipFilterConfig", "DataConfig", "EmaConfig",
            "FilterConfig", "FinetuneConfig", "GenerateConfig", "GeneratorConfig", "GridConfig", "Img2ImgConfig",
            "KeepConfig", "LauncherConfig", "LeepConfig", "LoraStyleConfig", "MatchedConfig", "MixedConfig",
-           "MixupConfig", "ModelConfig", "PromptConfig", "ReportConfig", "StageConfig", "StudyConfig", "StyleConfig",
+           "ForecastConfig", "MixupConfig", "ModelConfig", "PromptConfig", "ReportConfig", "StageConfig", "StudyConfig",
+           "StyleConfig",
            "SyntheticConfig", "configs_dir", "find_preset", "from_dict", "key", "load_config", "to_yaml",
            "with_overrides"]
 

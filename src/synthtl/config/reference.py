@@ -15,11 +15,12 @@ from synthtl.config.fields import rule_of
 from synthtl.config.filtering import FilterConfig
 from synthtl.config.finetune import FinetuneConfig
 from synthtl.config.generate import GenerateConfig
-from synthtl.config.study import StudyConfig
+from synthtl.config.study import ForecastConfig, StudyConfig
 from synthtl.config.style import StyleConfig
 
 COMMANDS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "learn-style": StyleConfig,
-            "filter": FilterConfig, "study": StudyConfig}  # a command and its config; presets live in its folder
+            "filter": FilterConfig, "study": StudyConfig,
+            "forecast": ForecastConfig}  # a command and its config; presets live in its folder
 PRESET_FOLDERS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "style": StyleConfig,
                   "filter": FilterConfig, "studies": StudyConfig}
 

@@ -58,6 +58,17 @@ class LauncherConfig:
 
 
 @dataclass(frozen=True)
+class ForecastConfig:
+    at: list[int] = key(factory=lambda: [2000, 3000, 5000], help="synthetic images per class to predict", ge=1)
+    strategies: list[str] = key(factory=list, help="strategies to forecast ([] = every strategy of the study that "
+                                "trains on synthetic images)")
+    plateau_tol: float = key(0.5, "pts: the smallest volume whose predicted gain over vanilla is this close to the "
+                             "fitted plateau is reported", gt=0)
+    bootstrap: int = key(2000, "bootstrap refits over seeds per setting (the 95% band)", ge=100)
+    seed: int = key(0, "seed of the bootstrap draws: the same seed gives the same forecast", ge=0)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     features: str = key("timm:inception_v3.tv_in1k", "feature space for FID/KID/precision/recall and leakage")
     features_fallback: str = key("resnet50", "used when the Inception weights are not available")

@@ -141,6 +141,31 @@ def cost(s: Study, page: Page) -> None:
     page.table(tables.accuracy_per_gpu_hour(s.runs, s.gensets, s.styles, s.filters[0]))
 
 
+def forecast(s: Study, page: Page) -> None:
+    """How much to generate (`synthtl forecast`, ours): its tables and figures, or the one line that says why not.
+    A study without a volume grid gets no section."""
+    from synthtl.errors import SynthTLError
+    from synthtl.forecast import ForecastConfig, forecast_records
+    from synthtl.forecast.show import answers_table, forecast_figure, predictions_table
+    from synthtl.forecast.study import volume_of
+
+    if not any(volume_of(r) for r in s.runs):
+        return
+    page.section("Forecast: how much to generate (ours)", "forecast")
+    try:
+        records = forecast_records(s.folder, ForecastConfig(), s.runs)
+    except SynthTLError as e:
+        page.text(f"No forecast: {e}", "banner")
+        return
+    if any(r["plumbing_only"] for r in records):
+        page.text("This study's classifiers have random weights: the forecast's numbers prove the plumbing only.",
+                  "banner")
+    page.table(predictions_table(records))
+    page.table(answers_table(records))
+    for r in records:
+        page.figure(forecast_figure(r, s.figs / "forecast"), f"{r['label']}: measured, fitted law and 95% band")
+
+
 def image_grids(s: Study, page: Page) -> None:
     """Per dataset: real train images above one row per generated set (single template, DSI, ...)."""
     if not s.gensets:
@@ -186,7 +211,8 @@ def every_run(s: Study, page: Page) -> None:
         page.section("Duplicate run folders", "duplicates", tables.duplicates_table(s.duplicates))
 
 
-SECTIONS = (header, strategies, convergence, sweeps, leep, quality, published, cost, image_grids, filters, every_run)
+SECTIONS = (header, strategies, convergence, sweeps, leep, quality, published, cost, forecast, image_grids, filters,
+            every_run)
 
 
 def build_report(study_dir: str | Path, cfg: ReportConfig | None = None) -> dict[str, Path]:
