@@ -4,6 +4,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Each test process gets its share of the cores (`make test` runs 2 processes): more threads than cores makes torch's
+# OpenMP threads spin against each other, ten times slower. Set before torch is imported; subprocesses inherit it.
+THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 from pathlib import Path  # noqa: E402
 
@@ -12,7 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(THREADS)
 
 CLASSES = ("red_fox", "blue_jay", "green_frog")
 COLORS = {"red_fox": (200, 40, 40), "blue_jay": (40, 40, 200), "green_frog": (40, 190, 40)}
