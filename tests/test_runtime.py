@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from synthtl import runtime
 from synthtl.errors import ConfigError
 from synthtl.runtime import derive_seed, is_main, resolve_runtime, seed_everything
 
@@ -74,3 +75,19 @@ def test_one_precision_policy_for_training_inversion_and_generation(monkeypatch)
     for rt in (resolve_runtime("cpu"), generator_runtime(GeneratorConfig(device="cpu")),
                style_runtime(StyleConfig(generator=GeneratorConfig(device="cpu")))):
         assert rt.dtype == torch.float32
+
+
+def test_cpu_threads_follow_the_cores_this_process_may_use(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # e.g. a Slurm or container limit
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert runtime.cpu_threads() == 3 and runtime.cpu_threads(2) == 1 and runtime.cpu_threads(5) == 1
+        resolve_runtime("cpu")
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        resolve_runtime("cpu")
+        assert torch.get_num_threads() == 2  # the user's OMP_NUM_THREADS wins
+    finally:
+        torch.set_num_threads(before)

@@ -58,6 +58,13 @@ class Runtime:
         return 1 if self.is_cuda else 0
 
 
+def cpu_threads(share: int = 1) -> int:
+    """The CPU threads of one of `share` processes that run side by side: the cores this process may run on
+    (`os.sched_getaffinity`, a Slurm or container limit, not the machine's count) divided among them, at least 1. More
+    threads than cores make OpenMP threads spin against each other (benchmarks/threads.py: 6-10x slower)."""
+    return max(1, len(os.sched_getaffinity(0)) // share)
+
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -88,6 +95,8 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", auto_gpu: str
         precision = "fp32" if dev.type != "cuda" else "bf16" if bf16 else "fp16"
     if dev.type == "cpu" and precision == "fp16":
         raise ConfigError("precision=fp16 is not supported on CPU; use precision=fp32 or bf16")
+    if dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # the user's OMP_NUM_THREADS wins
+        torch.set_num_threads(cpu_threads())
     return Runtime(device=dev, dtype=_DTYPES[precision])
 
 

@@ -289,6 +289,14 @@ def test_local_launcher_takes_gpus_from_the_inherited_mask(tmp_path, monkeypatch
                              launch_mod.lock_folder(cfg, f"j{i}")) for i in range(4)]
     out = launch_mod._subprocesses(tasks, cfg, 2, env={"CUDA_VISIBLE_DEVICES": "3,5", "PATH": os.environ["PATH"]})
     assert out.failed == [] and len(seen) == 4 and set(seen) == {"3", "5"}  # never 0 or 1: not given to us
+    seen.clear()
+    monkeypatch.setattr(FakeProc, "__init__", lambda self, argv, env, stdout, stderr: seen.append(env) or
+                        setattr(self, "returncode", 0))
+    monkeypatch.setattr(launch_mod.os, "sched_getaffinity", lambda pid: set(range(6)))
+    launch_mod._subprocesses(tasks, cfg, 2, env={"CUDA_VISIBLE_DEVICES": "", "PATH": os.environ["PATH"]})
+    assert [e["OMP_NUM_THREADS"] for e in seen] == ["3"] * 4  # CPU slots share the 6 cores out
+    launch_mod._subprocesses(tasks, cfg, 2, env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "5", "PATH": "."})
+    assert [e["OMP_NUM_THREADS"] for e in seen[4:]] == ["5"] * 4  # the user's setting wins
 
 
 def test_requeue_resubmits_the_same_job(tmp_path):

@@ -19,7 +19,7 @@ from synthtl.config import StudyConfig
 from synthtl.errors import ConfigError
 from synthtl.files import LockedError, exclusive, read_json, write_json
 from synthtl.jobs import KINDS, is_finished, run_job
-from synthtl.runtime import is_main
+from synthtl.runtime import cpu_threads, is_main
 
 SUBMITTED = "submitted.json"  # <study>/slurm/: one row per Slurm task submitted without waiting
 # Slurm states (sacct) of a task that will still run, and of one that ended without finishing its work.
@@ -196,7 +196,8 @@ def _subprocesses(tasks: list[Task], study: StudyConfig, parallel: int, env: dic
                 except LockedError:
                     out.elsewhere.append(t.job)
                     continue
-                child_env = {**env, "CUDA_VISIBLE_DEVICES": devices[slot]} if devices[slot] is not None else env
+                child_env = ({**env, "CUDA_VISIBLE_DEVICES": devices[slot]} if devices[slot] is not None else
+                             {"OMP_NUM_THREADS": str(cpu_threads(parallel)), **env})  # CPU: the cores shared out
                 fh = held.enter_context(open(logs / f"{t.name}.{slot}.log", "a"))  # noqa: SIM115 - held
                 gpus = per_job if devices[slot] is not None else 1
                 proc = subprocess.Popen(process_argv(t, gpus), env=child_env, stdout=fh, stderr=subprocess.STDOUT)
