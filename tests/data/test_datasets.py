@@ -343,3 +343,26 @@ def test_dataset_fingerprint_follows_content_not_location(tmp_path, folder_data,
     resolver = Resolver()  # a study's expansion: each dataset listed once for all its jobs
     assert [resolver.content("dataset", "data.root", cfg.root, cfg) for _ in range(3)] == [here] * 3
     assert len(calls) == 2  # listed once (train + test), then remembered by the resolver
+
+
+def test_a_folder_link_that_leaves_its_class_is_skipped_and_listed(folder_data):
+    (folder_data / "train" / "red_fox" / "up").symlink_to("..")  # would train blue_jay and green_frog as red_fox
+    (folder_data / "train" / "red_fox" / "more").symlink_to(folder_data / "train" / "red_fox")  # a loop, inside
+    images = load_split("folder", "train", folder_data)
+    assert len(images) == 24 and not any("/up/" in p or "/more/" in p for p in images.paths)
+    assert "red_fox/up/ (link to a folder outside the class folder)" in images.ignored
+    assert "red_fox/more/ (link to a folder already listed)" in images.ignored
+
+
+def test_a_csv_path_listed_twice(tmp_path, folder_data, capsys):
+    rows = "path,label\nred_fox/img_000.jpg,red_fox\nblue_jay/img_000.jpg,blue_jay\nred_fox/img_000.jpg,{}\n"
+    (tmp_path / "same.csv").write_text(rows.format("red_fox"))
+    images = load_split("csv", "train", folder_data / "train", train_csv=str(tmp_path / "same.csv"),
+                        test_csv=str(tmp_path / "same.csv"))
+    assert sorted(images.paths) == ["blue_jay/img_000.jpg", "red_fox/img_000.jpg"]
+    assert "lists 1 path(s) again with the same label" in capsys.readouterr().out  # counted once, with a warning
+    (tmp_path / "two.csv").write_text(rows.format("blue_jay"))
+    with pytest.raises(DataError, match=r"'red_fox/img_000.jpg' is listed with two labels, 'red_fox' \(line 2\) and "
+                                        r"'blue_jay' \(line 4\)"):
+        load_split("csv", "train", folder_data / "train", train_csv=str(tmp_path / "two.csv"),
+                   test_csv=str(tmp_path / "two.csv"))

@@ -84,3 +84,50 @@ def _size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as im:
         return im.size
+
+
+def _one_line(capsys, *argv) -> str:
+    from tests.conftest import run_cli
+
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_class_with_no_readable_image_is_refused_even_with_skip(tiny_overrides, folder_data, capsys):
+    for f in (folder_data / "train" / "blue_jay").iterdir():
+        f.write_bytes(b"not an image")
+    err = _one_line(capsys, "finetune", *tiny_overrides, "data.on_bad_image=skip")
+    assert "no readable training image in 1 class(es)" in err and "blue_jay" in err
+
+
+def test_one_class_is_refused(tiny_overrides, folder_data, capsys):
+    import shutil
+
+    for split in ("train", "test"):
+        for c in ("blue_jay", "green_frog"):
+            shutil.rmtree(folder_data / split / c)
+    assert "a classifier needs at least 2" in _one_line(capsys, "finetune", *tiny_overrides)
+
+
+def test_a_file_link_loop_is_a_counted_skip_or_one_line(tiny_overrides, folder_data, capsys):
+    from tests.conftest import run_cli
+
+    (folder_data / "train" / "red_fox" / "loop.jpg").symlink_to("loop.jpg")  # points at itself
+    err = _one_line(capsys, "finetune", *tiny_overrides)
+    assert "loop.jpg" in err and "on_bad_image=skip" in err
+    assert run_cli("finetune", *tiny_overrides, "data.on_bad_image=skip", "real_stage.epochs=1") == 0
+    from synthtl.files import read_json
+
+    (res,) = Path(tiny_overrides[-3].split("=", 1)[1]).rglob("result.json")
+    assert read_json(res)["skipped_images"]["train"] == 1
+
+
+def test_split_warns_about_classes_smaller_than_the_shots(tmp_path, folder_data, capsys):
+    from tests.conftest import run_cli
+
+    assert run_cli("split", "data.name=folder", f"data.root={folder_data}", "data.shots=1000",
+                   f"data.cache_dir={tmp_path / 'c'}", "--out", str(tmp_path / "s.json")) == 0
+    assert "warning: data.shots=1000 but 3 of 3 classes have fewer training images (smallest: 8)" in \
+        capsys.readouterr().out

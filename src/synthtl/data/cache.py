@@ -107,7 +107,7 @@ def _cached_name(rel: str) -> str:
 def _signature(path: Path) -> list[int] | None:
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except OSError:  # missing, or a link loop: read_bytes says which
         return None
     return [st.st_size, st.st_mtime_ns]
 

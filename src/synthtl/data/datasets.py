@@ -51,14 +51,16 @@ def _print_once(line: str) -> None:
 
 def _list_class(folder: Path, c: str, ignored: list[str]) -> list[str]:
     """Image files under folder/c at any depth (relative to `folder`, sorted); what it skips goes to `ignored`.
-    Links to folders are followed (each real folder once, so a link loop ends); an unreadable one is reported."""
-    found, seen = [], set()
+    Links to folders inside the class folder are followed (each real folder once, so a link loop ends); a link that
+    leaves it (`cat/up -> ..`) is skipped, and an unreadable folder is reported."""
+    found, seen, top = [], set(), os.path.realpath(folder / c)
     errors: list[OSError] = []
     for dirpath, dirnames, files in os.walk(folder / c, followlinks=True, onerror=errors.append):
         rel_dir = Path(dirpath).relative_to(folder).as_posix()
         real = os.path.realpath(dirpath)
-        if real in seen:
-            ignored.append(f"{printable(rel_dir)}/ (link to a folder already listed)")
+        if real in seen or os.path.commonpath([top, real]) != top:  # never another class's images under this label
+            why = "already listed" if real in seen else "outside the class folder"
+            ignored.append(f"{printable(rel_dir)}/ (link to a folder {why})")
             dirnames[:] = []
             continue
         seen.add(real)
@@ -141,9 +143,20 @@ def csv_list(path: Path, root: Path, classes: list[str] | None = None, tag: str 
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise DataError(f"{path} must have a header with columns 'path' and 'label' (got {reader.fieldnames})")
-        rows = [(r["path"].strip(), r["label"].strip()) for r in reader]
-    if not rows:
+        lines = [(r["path"].strip(), r["label"].strip(), reader.line_num) for r in reader]
+    if not lines:
         raise DataError(f"{path} has no rows")
+    first: dict[str, tuple[str, str, int]] = {}
+    for p, lab, n in lines:
+        _, was, m = first.setdefault(p, (p, lab, n))
+        if was != lab:
+            raise DataError(f"{path}: {p!r} is listed with two labels, {was!r} (line {m}) and {lab!r} (line {n}); "
+                            "keep the right one")
+    if len(first) < len(lines):
+        twice = next(p for p, _, n in lines if first[p][2] != n)
+        print(f"[synthtl] warning: {path} lists {len(lines) - len(first)} path(s) again with the same label (e.g. "
+              f"{twice!r}); each counts once")
+    rows = [(p, lab) for p, lab, _ in first.values()]
     classes = sorted({lab for _, lab in rows}) if classes is None else classes
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({lab for _, lab in rows} - set(index))

@@ -13,7 +13,7 @@ from synthtl.data.imagelist import ImageList
 from synthtl.data.images import printable
 from synthtl.data.splits import stratified_val, train_indices, write_split
 from synthtl.data.synthetic import check_sources, load_synthetic_set, needs_scan
-from synthtl.errors import ConfigError
+from synthtl.errors import ConfigError, DataError
 from synthtl.runtime import is_main
 
 
@@ -53,14 +53,17 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     d = cfg.data
     train_list, test_list = load_data(d, "train"), load_data(d, "test")
     seed = split_seed(cfg)
+    if train_list.num_classes < 2:
+        raise DataError(f"{train_list.name} has {train_list.num_classes} class(es) ({list(train_list.names)}): a "
+                        "classifier needs at least 2; add a folder of images per class")
     listed, short = train_indices(train_list, d, seed)  # on the listing: the same shots as style learning
-    if short:
-        counts = [c for n, c in zip(train_list.classes, train_list.class_counts(), strict=True) if n in set(short)]
-        print(f"[synthtl] warning: data.shots={d.shots} but {len(short)} of {train_list.num_classes} classes have "
-              f"fewer training images (smallest: {min(counts)}); those classes use all their images "
-              "(listed in result.json as few_shot_short_classes)")
     train_scan, test_scan = _scan(train_list, cfg), _scan(test_list, cfg)
     source = train_scan.source  # the readable images, in listing order
+    unreadable = [printable(c) for c, k in zip(source.classes, source.class_counts(), strict=True) if k == 0]
+    if unreadable:  # data.on_bad_image=skip skipped every image of these classes
+        raise DataError(f"no readable training image in {len(unreadable)} class(es) (e.g. {unreadable[:5]}): every "
+                        "image of theirs was skipped as unreadable (listed in the scan); replace them or remove the "
+                        "class folder")
     where = {p: j for j, p in enumerate(source.paths)}
     idx = [where[train_list.paths[i]] for i in listed if train_list.paths[i] in where]  # unreadable shots: skipped
     name = f"{source.name}" + (f"/{d.shots}-shot" if d.shots else "")

@@ -12,6 +12,7 @@ from synthtl.config import DataConfig
 from synthtl.data.imagelist import ImageList
 from synthtl.errors import DataError
 from synthtl.files import read_json, write_json
+from synthtl.runtime import is_main
 
 SPLIT_FORMAT = 1
 
@@ -34,9 +35,15 @@ def train_indices(images: ImageList, data: DataConfig, seed: int) -> tuple[list[
     (data config, seed) gives them the same k shots even when some images later prove unreadable."""
     if data.split_file:
         return read_split(data.split_file, images), []
-    if data.shots:
-        return fewshot_indices(images, data.shots, seed)
-    return list(range(len(images))), []
+    if not data.shots:
+        return list(range(len(images))), []
+    chosen, short = fewshot_indices(images, data.shots, seed)
+    if short and is_main():
+        counts = [c for n, c in zip(images.classes, images.class_counts(), strict=True) if n in set(short)]
+        print(f"[synthtl] warning: data.shots={data.shots} but {len(short)} of {images.num_classes} classes have "
+              f"fewer training images (smallest: {min(counts)}); those classes use all their images (listed as "
+              "few_shot_short_classes in the split file and result.json)")
+    return chosen, short
 
 
 def stratified_val(images: ImageList, fraction: float, seed: int) -> tuple[list[int], list[int]]:
