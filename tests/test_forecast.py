@@ -163,7 +163,8 @@ def one_error_line(capsys, *argv) -> str:
 
 
 def test_bad_input_is_one_line(tmp_path, study, capsys):
-    assert "is not a study folder: it has no finished runs" in one_error_line(capsys, str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    assert "is not a study folder: it has no finished runs" in one_error_line(capsys, str(tmp_path / "empty"))
     assert "is not a folder" in one_error_line(capsys, str(tmp_path / "nowhere"))
     assert "unknown strategy 'bridged+++'. Did you mean bridged++" in one_error_line(
         capsys, str(study), "strategies=[bridged+++]")

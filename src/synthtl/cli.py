@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from synthtl.errors import ConfigError, SynthTLError
+from synthtl.errors import ConfigError, DataError, SynthTLError
 from synthtl.signals import Stopped, requeue_slurm, stop_signals
 
 
@@ -258,6 +258,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from synthtl.reporting.collect import find_runs, runs_root
+    from synthtl.reporting.render import to_text
+    from synthtl.reporting.tables import runs_table
+
+    runs = find_runs(args.folder)
+    if not runs:
+        raise DataError(f"{args.folder} holds no finished runs (no result.json under {runs_root(Path(args.folder))}):"
+                        " give a study folder or a folder of `synthtl finetune` runs")
+    print(to_text(runs_table(runs)))
+    print(f"[synthtl] {len(runs)} finished run(s) under {runs_root(Path(args.folder))}; `synthtl report "
+          f"{args.folder}` compares them")
+    return 0
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     from synthtl.forecast import ForecastConfig, console_text, run_forecast
 
@@ -315,6 +330,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
     "study": (cmd_study, "run (or resume) a grid of style, generation and fine-tuning jobs from a preset"),
     "report": (cmd_report, "build tables, plots and an HTML report from a study folder"),
+    "runs": (cmd_runs, "list the finished runs under a folder (a study, or any out_dir) with settings and results"),
     "forecast": (cmd_forecast, "predict accuracy and GPU-hours at larger synthetic volumes from a finished study"),
     "predict": (cmd_predict, "classify images with a finished fine-tuning run's model"),
     "export-model": (cmd_export_model, "export a finished run's classifier as a timm folder (safetensors + config)"),
@@ -335,7 +351,8 @@ EXAMPLES = {  # shown under each command's --help
     "grid-images": ["synthtl grid-images gen/pets gen/pets_dsi --labels single,dsi --out sheets --real data.name=pets"],
     "export": ["synthtl export gen/pets --out hf/pets"],
     "study": ["synthtl study paper/utilization --dry-run", "synthtl study demo grid.seeds=[0] --report"],
-    "report": ["synthtl report studies/utilization"], "demo": ["synthtl demo --out demo_out"],
+    "report": ["synthtl report studies/utilization", "synthtl report runs   # any folder of finetune runs"],
+    "runs": ["synthtl runs runs", "synthtl runs studies/utilization"], "demo": ["synthtl demo --out demo_out"],
     "forecast": ["synthtl forecast studies/pilot at=[2000,3000,5000]",
                  "synthtl forecast studies/pilot strategies=[bridged++] plateau_tol=0.25"],
     "predict": ["synthtl predict runs/pets/resnet18/bridged++/full/seed0 cat.jpg dog.jpg --top-k 3"],
@@ -361,8 +378,9 @@ OPTIONS: dict[str, list[tuple[tuple, dict]]] = {  # each command's own arguments
                                "stage; runs nothing"}),
               (("--report",), {"action": "store_true", "help": "build the report when the study has finished"}),
               *CONFIG[:2], (("overrides",), {"nargs": "*", "help": "key=value overrides, e.g. grid.seeds=[0]"})],
-    "report": [(("study",), {"help": "a study folder (with runs/ and, for synthetic sets, gen/)"}),
+    "report": [(("study",), {"help": "a study folder (runs/, gen/ ...) or any folder of finetune runs"}),
                (("overrides",), {"nargs": "*", "help": "report key=value overrides, e.g. features=resnet50"})],
+    "runs": [(("folder",), {"help": "a study folder, or any folder holding run folders (e.g. finetune's out_dir)"})],
     "forecast": [(("study",), {"help": "a finished study folder with a volume grid (e.g. `synthtl study pilot`)"}),
                  *CONFIG[:2], (("overrides",), {"nargs": "*", "help": "forecast key=value overrides, e.g. "
                                                 "at=[2000,3000] (--show-config lists them)"})],

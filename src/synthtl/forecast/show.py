@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from synthtl.reporting.plots import plt, save
-from synthtl.reporting.render import Col, Table, dash
+from synthtl.reporting.render import Col, Table, dash, to_text
 
 
 def _interval(v, lo, hi) -> str:
@@ -68,10 +68,7 @@ def answers_table(records: list[dict]) -> Table:
 def console_text(records: list[dict]) -> str:
     """The forecast for the console: the predictions as a table, then each setting's answers."""
     t = predictions_table(records)
-    cells = [t.columns, *t.rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(t.columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines = [t.title, t.note, "", lines[0], "  ".join("-" * w for w in widths), *lines[1:], ""]
+    lines = [t.title, t.note, "", to_text(t), ""]
     answers = answers_table(records)
     for row in answers.rows:
         shown = zip(answers.columns[1:], row[1:], strict=True)

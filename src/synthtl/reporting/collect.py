@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,32 +53,66 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
 def plan_labels(root: Path, kind: str) -> dict[str, dict]:
     """job id -> grid labels from the study's plan.json ({} for a folder of runs made without a study)."""
     plan = root / "plan.json"
-    return {j["id"]: j["labels"] for j in read_json(plan)["jobs"] if j["kind"] == kind} if plan.is_file() else {}
+    jobs = read_json(plan).get("jobs", []) if plan.is_file() else []  # a generated set's plan.json has none
+    return {j["id"]: j["labels"] for j in jobs if j["kind"] == kind}
+
+
+def _result(path: Path) -> dict | None:
+    """A run's result.json, or None with a warning naming it when it is damaged or not a finished run's."""
+    try:
+        r = read_json(path)
+        ok = isinstance(r, dict) and isinstance(r.get("test"), dict) and isinstance(r["test"].get("top1"), (int, float))
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        warnings.warn(f"{path} is damaged or not a finished run's result: that run is left out (re-run it to "
+                      "rebuild the file)", stacklevel=3)
+    return r if ok else None
+
+
+def runs_root(folder: Path) -> Path:
+    """Where a folder's runs are: a study's runs/, else the folder itself (the out_dir of one-off `synthtl finetune`
+    runs, or any folder holding run folders)."""
+    return folder / "runs" if (folder / "runs").is_dir() else folder
+
+
+def _labels(cfg: dict | None, prompt_label) -> dict | None:
+    """The grid coordinates of a run not launched by a study, from its config and synthetic set (None: no config)."""
+    try:
+        syn = cfg.get("synthetic") or {}
+        syn = syn if syn.get("path") and takes_synthetic(cfg["strategy"]) else {}
+        guidance, prompt = prompt_label(Path(syn["path"])) if syn else (None, None)
+        # a filtered set is its own setting, never pooled with the unfiltered one (as in a study's plan labels)
+        return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
+                "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": syn.get("per_class") or None,
+                "guidance": guidance, "prompt": prompt, "filter": syn.get("filter") or ""}
+    except (AttributeError, TypeError, KeyError):
+        return None
 
 
 def find_runs(study_dir: str | Path) -> list[Run]:
-    """Every finished run folder (with result.json) under <study>/runs, with labels, duplicates included."""
+    """Every finished run folder (with a sound result.json) under `runs_root`, with labels, duplicates included."""
     root = Path(study_dir)
-    plan = plan_labels(root, "finetune")
+    base, plan = runs_root(root), plan_labels(root, "finetune")
     prompt_label = functools.cache(_prompt_label)  # one plan read per generated set, for this collection only
     runs = []
-    for res in sorted(root.glob("runs/**/result.json")):
-        folder = res.parent
-        cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+    for res in sorted(base.glob("**/result.json")):
+        folder, result = res.parent, _result(res)
+        if result is None:
+            continue
+        try:
+            cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
+        except yaml.YAMLError:
+            cfg = None
         # A study puts its runs at runs/<job id>; a folder elsewhere (a copy?) is named by its own path
-        rid = folder.name if folder.name in plan and folder.parent == root / "runs" else \
-            str(folder.relative_to(root / "runs"))
-        labels = plan.get(rid)
-        if not labels:  # not launched by a study: its grid coordinates, from its config and synthetic set
-            syn = cfg.get("synthetic") or {}
-            syn = syn if syn.get("path") and takes_synthetic(cfg["strategy"]) else {}
-            guidance, prompt = prompt_label(Path(syn["path"])) if syn else (None, None)
-            # a filtered set is its own setting, never pooled with the unfiltered one (as in a study's plan labels)
-            labels = {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "strategy": cfg["strategy"],
-                      "seed": cfg["seed"], "shots": cfg["data"]["shots"], "volume": syn.get("per_class") or None,
-                      "guidance": guidance, "prompt": prompt, "filter": syn.get("filter") or ""}
+        rid = folder.name if folder.name in plan and folder.parent == root / "runs" else str(folder.relative_to(base))
+        labels = plan.get(rid) or _labels(cfg, prompt_label)
+        if labels is None:
+            warnings.warn(f"{folder / 'config.yaml'} is missing or damaged: that run is left out (re-run it to "
+                          "rebuild the file)", stacklevel=2)
+            continue
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
-        runs.append(Run(rid, folder, labels, read_json(res), cfg, metrics))
+        runs.append(Run(rid, folder, labels, result, cfg, metrics))
     return runs
 
 

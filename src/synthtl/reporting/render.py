@@ -73,6 +73,14 @@ def to_markdown(t: Table) -> str:
     return "\n".join(out + (["", f"*{t.note}*"] if t.note else [])) + "\n"
 
 
+def to_text(t: Table) -> str:
+    """The table for a console: aligned columns under a ruled header."""
+    cells = [t.columns, *t.rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(t.columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
 def to_csv(t: Table) -> str:
     """The records without their shown-only keys (the rendered rows when there are none)."""
     records = [{k: v for k, v in r.items() if not k.startswith("_")} for r in t.raw if not r.get("_shown_only")]

@@ -295,17 +295,18 @@ def accuracy_per_gpu_hour(runs: list[Run], gensets: list, styles: list[dict] | N
 
 
 def runs_table(runs: list[Run]) -> Table:
-    raw = [{"run": r.id, **r.labels, **{k: r.result["test"][k] for k in ("top1", "top5", "mean_class_acc")},
-            "steps": r.result["total_steps"], "wall_s": r.result["wall_s"], "gpu_s": r.result["gpu_s"],
-            "leep_pretrained": r.result["leep"].get("pretrained"), "leep_stage1": r.result["leep"].get("stage1"),
-            "selected": r.result["selected"]}
+    raw = [{"run": r.id, **r.labels, **{k: r.result["test"].get(k) for k in ("top1", "top5", "mean_class_acc")},
+            "steps": r.result.get("total_steps"), "wall_s": r.result.get("wall_s"), "gpu_s": r.result.get("gpu_s"),
+            "leep_pretrained": (r.result.get("leep") or {}).get("pretrained"),
+            "leep_stage1": (r.result.get("leep") or {}).get("stage1"), "selected": r.result.get("selected")}
            for r in sorted(runs, key=lambda r: (r.labels["dataset"], rank(r.labels["strategy"]), r.id))]
     two = "{:.2f}".format
     cols = [*plain("run", "dataset", "model", "strategy", "seed", "shots"),
             Col("volume", "volume", lambda v: str(v or "–")),
             Col("prompts", ("prompt", "filter"), lambda p, f: str(p or "–") + (f", filter {f}" if f else "")),
-            Col("top-1", "top1", two), Col("top-5", "top5", two), Col("mean class acc", "mean_class_acc", two),
-            *plain("steps"), Col("wall s", "wall_s", "{:.0f}".format)]
+            Col("top-1", "top1", two), Col("top-5", "top5", dash("{:.2f}")),
+            Col("mean class acc", "mean_class_acc", dash("{:.2f}")), Col("steps", "steps", dash()),
+            Col("wall s", "wall_s", dash("{:.0f}"))]
     return Table("runs", "Every run", cols, raw)
 
 
