@@ -171,7 +171,7 @@ def test_bad_input_is_one_line(tmp_path, study, capsys):
     assert "vanilla_mixup trains on no synthetic images" in one_error_line(capsys, str(study),
                                                                            "strategies=[vanilla_mixup]")
     assert "has no bridged runs; it has mixed, bridged++" in one_error_line(capsys, str(study), "strategies=[bridged]")
-    for summary in (study / "gen").glob("*/progress/*.summary.json"):
+    for summary in (study / "gen").glob("*/progress/cost-shard-*.jsonl"):
         summary.unlink()
     assert "missing cost record: " in one_error_line(capsys, str(study))
     vanilla_only = fabricate_study(tmp_path / "v", {"bridged++": power(84, 4, 0.8, 600)})

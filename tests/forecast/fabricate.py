@@ -1,5 +1,5 @@
 """A finished study written the way `synthtl study` writes one (plan.json, runs/<id>/{config.yaml,result.json},
-gen/<id>/{plan.json,progress/*.summary.json}), with accuracies drawn from known curves: no training, milliseconds."""
+gen/<id>/{plan.json,progress/cost-shard-*.jsonl}), with accuracies drawn from known curves: no training."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from synthtl.files import write_json
+from synthtl.files import write_json, write_jsonl
 
 REAL = 3680  # real train images (Oxford-IIIT Pets' trainval split)
 CLASSES = 37
@@ -53,8 +53,8 @@ def fabricate_study(root: Path, curves: dict[str, Callable], volumes=(250, 500, 
     gen = root / "gen" / "gen-pets-single-g2-0123456789ab"
     write_json(gen / "plan.json", {"per_class": max(volumes), "settings": {"guidance": 2.0,
                                                                             "templates": ["a good photo of the {}."]}})
-    write_json(gen / "progress" / "shard-0000-of-0001.summary.json", {
-        "images": max(volumes) * CLASSES, "seconds": max(volumes) * CLASSES * GEN_S, "redraws": 0, "gpus": 1})
+    write_jsonl(gen / "progress" / "cost-shard-0000-of-0001.jsonl", [{
+        "images": max(volumes) * CLASSES, "seconds": max(volumes) * CLASSES * GEN_S, "redraws": 0, "gpus": 1}])
     jobs = []
     for strategy, curve in {"vanilla": next(iter(curves.values())), **curves}.items():
         for v in [0] if strategy == "vanilla" else volumes:

@@ -56,7 +56,7 @@ def _fail_append(monkeypatch, nth: int, error: BaseException) -> None:
 
     def fake_open(path, mode="r", *a, **k):
         f = open(path, mode, *a, **k)  # noqa: SIM115 (handed to the caller, who closes it)
-        if mode == "ab" and "progress" in Path(path).parts:
+        if mode == "ab" and "progress" in Path(path).parts and Path(path).name.startswith("shard-"):
             count[0] += 1
             if count[0] == nth:
                 return _Failing(f, error)
@@ -210,7 +210,8 @@ def test_stats_of_every_shard_are_summed(folder_data, tmp_path, monkeypatch, cap
     monkeypatch.setenv("RANK", "1")  # a torchrun rank other than 0 keeps its own stats too
     monkeypatch.setenv("WORLD_SIZE", "3")
     s = run_generate(cfg_for(folder_data, tmp_path / "tr", "per_class=1"))
-    assert read_json(genset.stats_file(tmp_path / "tr", 1, 3))["images"] == s["generated"] > 0
+    assert genset.set_stats(tmp_path / "tr")["images"] == s["generated"] > 0
+    assert genset.cost_file(tmp_path / "tr", 1, 3).is_file()
 
 
 def test_torchrun_rank_uses_its_own_gpu(monkeypatch):
@@ -404,12 +405,11 @@ def test_unfinished_set_is_refused_unless_allowed(folder_data, tmp_path):
 
 
 def test_a_killed_shard_keeps_the_cost_of_the_work_it_did(tmp_path, folder_data, monkeypatch, one_pipeline):
-    monkeypatch.setattr(gen_run, "STATS_EVERY_S", 0.0)
     out = tmp_path / "gen"
     cfg = cfg_for(folder_data, out, "per_class=4", "generator.batch_size=2", "writers=1")
     generate_until_write(cfg, 5)  # killed as it starts writing the third batch (two images per batch)
     logged = sum(len(read_jsonl(f)) for f in (out / "progress").glob("shard-*.jsonl"))
-    stats = read_json(genset.stats_file(out, 0, 1))
+    stats = genset.set_stats(out)
     assert stats["images"] == logged == 4 and stats["seconds"] > 0  # the two finished batches are counted
     run_generate(cfg)
-    assert read_json(genset.stats_file(out, 0, 1))["images"] == 12  # the whole set, counted once
+    assert genset.set_stats(out)["images"] == 12  # the whole set, counted once

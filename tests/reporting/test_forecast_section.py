@@ -49,7 +49,7 @@ def test_random_weights_and_two_volumes_get_the_note_and_the_refusal(tmp_path):
 
 def test_no_volume_grid_no_section_and_a_missing_cost_record_is_one_line(tmp_path):
     root = fabricate_study(tmp_path / "s", {"bridged++": saturating})
-    (root / "gen" / "gen-pets-single-g2-0123456789ab" / "progress" / "shard-0000-of-0001.summary.json").unlink()
+    (root / "gen" / "gen-pets-single-g2-0123456789ab" / "progress" / "cost-shard-0000-of-0001.jsonl").unlink()
     page = section(root)
     assert page.tables == [] and len(page.parts) == 2 and "No forecast: missing cost record: " in page.parts[1]
     for res in (root / "runs").glob("*bridged*/result.json"):

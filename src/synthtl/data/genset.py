@@ -6,7 +6,8 @@
                              prompts, img2img sources); every row derives from it and (class index, image index)
       manifest.jsonl         one row per planned image for people and tools, written by `SetRows.row` (never read)
       progress/shard-i-of-N.jsonl   append-only: {"id", "seed", "redraws"} of every image written (file first)
-      progress/shard-i-of-N.summary.json   that shard's cumulative work; .finished.json when it wrote all its rows
+      progress/cost-shard-i-of-N.jsonl   append-only: that shard's work per batch; shard-i-of-N.finished.json when
+                                         it wrote all its rows
       complete.json          the completion record (finished prefix per class), written by the last shard to finish
       images/<class folder>/000000.jpg, train/<class folder>/000000.jpg (the training copy)
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from synthtl.errors import ConfigError, DataError
-from synthtl.files import CorruptFileError, atomic_open, read_json, write_json
+from synthtl.files import CorruptFileError, atomic_open, iter_jsonl, read_json, write_json
 
 MANIFEST = "manifest.jsonl"
 PROGRESS_DIR = "progress"
@@ -353,16 +354,19 @@ def shard_name(shard: int, num_shards: int) -> str:
     return f"shard-{shard:04d}-of-{num_shards:04d}"
 
 
-def stats_file(folder: Path, shard: int, num_shards: int) -> Path:
-    """This shard's cumulative work (images, seconds, gpus, redraws): every shard writes its own."""
-    return folder / PROGRESS_DIR / f"{shard_name(shard, num_shards)}.summary.json"
+def cost_file(folder: Path, shard: int, num_shards: int) -> Path:
+    """A shard's cost log: one row per batch it wrote (images, seconds since the row before, redraws, gpus), appended
+    right after the batch's progress rows, so that a kill loses the cost of the batch in flight only."""
+    return folder / PROGRESS_DIR / f"cost-{shard_name(shard, num_shards)}.jsonl"
 
 
 def set_stats(folder: Path) -> dict:
     """The work of every shard that ever ran on the set, added up (a torchrun run is N shards)."""
     total = {"shards": 0, "images": 0, "seconds": 0.0, "gpu_seconds": 0.0, "redraws": 0}
-    for d in map(read_json, sorted((folder / PROGRESS_DIR).glob("shard-*.summary.json"))):
-        for k, v in (("shards", 1), ("images", d["images"]), ("seconds", d["seconds"]),
-                     ("gpu_seconds", d["seconds"] * d.get("gpus", 0)), ("redraws", d.get("redraws", 0))):
-            total[k] += v
+    for f in sorted((folder / PROGRESS_DIR).glob("cost-shard-*.jsonl")):
+        total["shards"] += 1
+        for r in iter_jsonl(f):  # a torn last line (a kill mid-append) is ignored
+            for k, v in (("images", r["images"]), ("seconds", r["seconds"]),
+                         ("gpu_seconds", r["seconds"] * r["gpus"]), ("redraws", r["redraws"])):
+                total[k] += v
     return total

@@ -13,7 +13,7 @@ from synthtl.data.genset import COMPLETE, PROGRESS_DIR
 from synthtl.errors import DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
-from synthtl.files import read_json, remove_temps, write_json, write_text
+from synthtl.files import iter_jsonl, read_json, remove_temps, write_json, write_text
 from synthtl.identity import IDENTITY
 from synthtl.jobs import is_finished
 from synthtl.runtime import is_main
@@ -83,9 +83,9 @@ DEFAULT_RATES = {  # seconds per unit on one H100-class GPU when nothing was mea
 def measured_rates(root: Path) -> dict[str, float]:
     """Seconds per unit measured by the study's finished jobs (they override the defaults)."""
     rates: dict[str, float] = {}
-    for kind, pattern, units, seconds in (("generate", "gen/*/progress/*.summary.json", "images", "seconds"),
+    for kind, pattern, units, seconds in (("generate", "gen/*/progress/cost-shard-*.jsonl", "images", "seconds"),
                                           ("style", "styles/*/style.json", "steps", "train_seconds")):
-        rows = [read_json(s) for s in root.glob(pattern)]
+        rows = [r for f in root.glob(pattern) for r in (iter_jsonl(f) if f.suffix == ".jsonl" else [read_json(f)])]
         if sum(r[units] for r in rows):
             rates[kind] = sum(r[seconds] for r in rows) / sum(r[units] for r in rows)
     per_model: dict[str, list[float]] = {}

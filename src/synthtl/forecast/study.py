@@ -118,7 +118,7 @@ def measured_cost(study: Path, setting: Setting) -> Cost:
         folder = _set_folder(study, r)
         sets[folder.resolve()] = stats = set_stats(folder)
         if not stats["images"]:
-            raise DataError(f"missing cost record: {folder}/progress has no shard-*.summary.json (the generation cost "
+            raise DataError(f"missing cost record: {folder}/progress has no cost-shard-*.jsonl (the generation cost "
                             "per image); copy the set's progress/ folder with it")
     runs = [*setting.runs, *setting.vanilla]
     if any("gpu_s" not in r.result or "wall_s" not in r.result for r in runs):

@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl import faults, identity
+from synthtl import faults, files, identity
 from synthtl.config import GenerateConfig
 from synthtl.data import genset
 from synthtl.data.cache import resized_jpeg
 from synthtl.data.datasets import DATASETS, classnames, load_data
 from synthtl.data.genset import PROGRESS_DIR, SetRows, present, read_state
 from synthtl.errors import ConfigError, SynthTLError
-from synthtl.files import append_jsonl, read_json, remove_temps, write_bytes, write_json
+from synthtl.files import append_jsonl, remove_temps, write_bytes
 from synthtl.generation import img2img, shards, styles
 from synthtl.generation.families import is_sdxl
 from synthtl.generation.pipeline import generator_runtime, load_pipeline
@@ -36,7 +36,6 @@ from synthtl.generation.prompts import STYLE_TOKEN, fit_prompt, needs_token, tem
 from synthtl.runtime import dtype_name, is_main
 
 SETTINGS_FORMAT = 1  # of plan.json's settings: what the images depend on
-STATS_EVERY_S = 10.0  # how often a generating shard rewrites its cost record (progress/shard-*.summary.json)
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -169,24 +168,21 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
         mine, todo = shards.shard_mask(rows, shard, num_shards) & (rows.idx < cfg.per_class), []
     else:
         mine, todo = resume_todo(folder, rows, cfg.per_class, shard, num_shards)
-    t0 = saved = time.perf_counter()
-    stats_file = genset.stats_file(folder, shard, num_shards)
-    prev = read_json(stats_file) if stats_file.is_file() else {"images": 0, "seconds": 0.0, "redraws": 0}
+    t0 = time.perf_counter()
+    clock, lock = {"t": t0, "redraws": 0}, threading.Lock()
 
-    # One cost file per shard (the set's cost is their sum), rewritten every STATS_EVERY_S: a killed run's work counts.
-    def save_stats(now: dict, elapsed: float | None = None) -> None:
-        nonlocal saved
-        t = time.perf_counter()
-        if elapsed is not None or t - saved >= STATS_EVERY_S:  # `elapsed` given: the final record
-            saved, spent = t, t - t0 if elapsed is None else elapsed
-            write_json(stats_file, {"images": prev["images"] + now["images"], "seconds": prev["seconds"] + spent,
-                                    "redraws": prev["redraws"] + now["redraws"], "device": str(rt.device),
-                                    "gpus": rt.gpus})
+    def charge(images: int, redraws: int) -> None:  # this shard's cost since its last row, appended (a kill loses
+        with lock:                                    # the batch in flight only); called after each logged batch
+            t = time.perf_counter()
+            files.append_jsonl(genset.cost_file(folder, shard, num_shards), [{
+                "images": images, "seconds": t - clock["t"], "redraws": redraws - clock["redraws"], "gpus": rt.gpus,
+                "device": str(rt.device)}])
+            clock.update(t=t, redraws=redraws)
 
     log = folder / PROGRESS_DIR / f"{genset.shard_name(shard, num_shards)}.jsonl"
-    stats = _generate(pipe, rows, todo, folder, log, cfg, sources, save_stats) if todo else {"images": 0, "redraws": 0}
-    seconds = time.perf_counter() - t0
-    save_stats(stats, elapsed=seconds)
+    stats = _generate(pipe, rows, todo, folder, log, cfg, sources, charge) if todo else {"images": 0, "redraws": 0}
+    charge(0, stats["redraws"])  # the time since the last batch
+    seconds = clock["t"] - t0  # what the cost log holds
     if pipe is None:
         complete = genset.is_complete(folder)
     else:
@@ -230,7 +226,7 @@ def denoise(pipe, rows: list[dict], seeds: list[int], cfg: GenerateConfig,
 
 
 def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg: GenerateConfig,
-              sources: img2img.Sources | None = None, on_progress=None) -> dict:
+              sources: img2img.Sources | None = None, charge=None) -> dict:
     """Denoises `todo` (row positions) batch by batch while writer threads write and log behind it.
 
     A black or non-finite image is requeued with its next seed (an img2img redraw starts from the same source). With a
@@ -241,7 +237,7 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
     queue = deque((p, 0) for p in todo)  # (row position, redraw attempt)
     g, stats = cfg.generator, {"images": 0, "redraws": 0}
     batch_size = g.batch_size
-    with _writing(folder, log, cfg, stats, len(todo), on_progress) as submit:
+    with _writing(folder, log, cfg, stats, len(todo), charge) as submit:
         while queue:
             n = min(batch_size, len(queue))
             if per_class:  # cut the batch where the class changes
@@ -278,7 +274,7 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
 
 
 @contextlib.contextmanager
-def _writing(folder: Path, log: Path, cfg: GenerateConfig, stats: dict, total: int, on_progress=None):
+def _writing(folder: Path, log: Path, cfg: GenerateConfig, stats: dict, total: int, charge=None):
     """Yields submit(batch of (row, image, seed, redraws)) to writer threads, so the GPU never waits for a disk. A
     batch's images are written, then logged with one append: a logged image is on disk, even if a later write fails."""
     writers, pending, lock = max(1, cfg.writers), deque(), threading.Lock()
@@ -302,6 +298,8 @@ def _writing(folder: Path, log: Path, cfg: GenerateConfig, stats: dict, total: i
         if entries:
             with lock:  # writer threads share this shard's log: one append at a time
                 append_jsonl(log, entries)
+                if charge is not None:
+                    charge(len(entries), stats["redraws"])
         if error is not None:
             raise error
         return len(entries)
@@ -316,8 +314,6 @@ def _writing(folder: Path, log: Path, cfg: GenerateConfig, stats: dict, total: i
                 continue
             stats["images"] += n
             bar.update(n)
-            if on_progress is not None:
-                on_progress(stats)  # the shard's cost so far, so that a killed run's work is still counted
         if error is not None:
             raise error
 

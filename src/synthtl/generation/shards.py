@@ -57,8 +57,7 @@ def finished_file(folder: Path, shard: int, num_shards: int) -> Path:
 
 def remove_shard_temps(folder: Path, rows: SetRows, mine: np.ndarray, shard: int, num_shards: int) -> int:
     """Deletes this shard's temp files from a kill (only its own: shards beside it lose nothing); hold `shard_lock`."""
-    stats = genset.stats_file(folder, shard, num_shards)
-    temps = list(stats.parent.glob(f".{stats.name}.*.tmp")) if stats.parent.is_dir() else []
+    temps = []
     for c, k in enumerate(rows.classes):
         for parent in (folder / "images" / k["folder"], folder / "train" / k["folder"]):
             for tmp in parent.glob(TEMP_GLOB) if parent.is_dir() else []:
