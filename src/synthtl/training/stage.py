@@ -42,6 +42,7 @@ class Run:
     data_config: dict = field(default_factory=dict)  # preprocessing of the model's weights (set by new_model)
     eval_loaders: dict = field(default_factory=dict)  # `evaluate_on`'s loaders, by (images, batch size)
     final: StageResult | None = None  # the last stage's result (what the run reports)
+    head: dict | None = None  # how the head was changed before the next stage (kept in that stage's record)
 
     @property
     def channels_last(self) -> bool:
@@ -93,13 +94,12 @@ class Training:
 
 
 def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
-              total_steps: int | None = None, fraction: float | None = None, final: bool = False,
-              head: dict | None = None) -> StageResult:
+              total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> StageResult:
     """Trains `model` in place on `parts` ([real, synthetic] for mixed) as stage `name`; resumes or skips it.
 
     `total_steps`: exact optimizer steps (compute-matched control; default epochs x steps per epoch); `fraction`: the
-    mixed synthetic share per epoch (None: all of both); `final`: the run's last stage, whose numbers are reported;
-    `head`: how the head was changed before this stage (kept in its record)."""
+    mixed synthetic share per epoch (None: all of both); `final`: the run's last stage, whose numbers are reported.
+    `run.head` (how the head was changed before this stage) goes into its record."""
     done = run.record.finished_stage(name)
     if done is not None:
         model.load_state_dict(done["model"])
@@ -139,7 +139,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
         run.record.log(row)
         if last or (epoch + 1) % run.cfg.checkpoint_every == 0:
             run.record.save_progress(t.state(epoch))
-    t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate)) | ({"head": head} if head else {})
+    t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate)) | ({"head": run.head} if run.head else {})
     run.record.finish_stage(name, t.out.record, t.state(epochs - 1))
     run.final = t.out if final else run.final
     return t.out

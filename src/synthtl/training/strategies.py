@@ -125,11 +125,10 @@ def bridged(run: Run) -> nn.Module:
     model = new_model(run)
     run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage)
     record_leep(run, "stage1", model)
-    head = None
     if DECLARED.get(run.cfg.strategy).reinit_head:
-        head = {"reinitialised": True, "seed": derive_seed(run.cfg.seed, "reinit")}
-        reset_head(model, head["seed"])
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True, head=head)
+        run.head = {"reinitialised": True, "seed": derive_seed(run.cfg.seed, "reinit")}
+        reset_head(model, run.head["seed"])
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 
