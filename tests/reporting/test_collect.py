@@ -41,3 +41,11 @@ def test_a_folder_without_runs_is_one_line(tmp_path, capsys):
         assert run_cli(command, str(gen)) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "no finished runs (no result.json under" in err, err
+
+
+def test_the_report_explains_its_strategies_and_the_few_seeds(runs_folder):
+    assert run_cli("report", str(runs_folder), "quality=false") == 0
+    html = (runs_folder / "report" / "index.html").read_text()
+    glossary = (runs_folder / "report" / "tables" / "glossary.csv").read_text()
+    assert "vanilla_mixup" in glossary and "real" in glossary  # each strategy of the study, with its stages
+    assert "With 1 seed(s) per cell a paired t-test has 0 degree(s) of freedom" in html

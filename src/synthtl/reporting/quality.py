@@ -197,7 +197,10 @@ def leakage_tables(synthetic: list[dict], train: list[dict], space: FeatureSpace
     return (Table("leakage", "Leakage: near-duplicates between synthetic images and the real test split", s_cols,
                   synthetic, s_how),
             Table("leakage_train", "Leakage: near-duplicates between the real train and test splits",
-                  _counts(Col("dataset", "dataset"), "train"), train, how))
+                  _counts(Col("dataset", "dataset"), "train"), train, how + "; how to read it: these pairs are in the "
+                  "official splits themselves (the same photo twice, a burst, a crop), so they affect every strategy "
+                  "alike and are no fault of synthetic data; a large count inflates every test number a little, and "
+                  "img2img refuses such train images as sources"))
 
 
 def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +79,12 @@ def header(s: Study, page: Page) -> None:
 
 
 def strategies(s: Study, page: Page) -> None:
-    page.section("Results by strategy", "strategies")
+    page.section("Results by strategy", "strategies", tables.glossary_table(s.runs))
+    seeds = min(Counter((r.labels["dataset"], r.labels["strategy"]) for r in s.runs).values())
+    if seeds < 5:
+        page.text(f"With {seeds} seed(s) per cell a paired t-test has {max(seeds - 1, 0)} degree(s) of freedom: read "
+                  "its p as a rough guide only, and the per-seed differences and the bootstrap interval (CSV) as the "
+                  "evidence; more seeds (grid.seeds) tighten both.", "note")
     for t in tables.strategy_tables(s.runs, s.cfg.bootstrap):
         page.table(t)
         _figure(s, page, plots.radar_figure(t), f"radar_{t.key}", "strategies across datasets")

@@ -10,7 +10,7 @@ import numpy as np
 
 from synthtl.reporting.collect import Run
 from synthtl.reporting.render import Col, Table, dash, pivot, plain
-from synthtl.strategies import rank, takes_synthetic
+from synthtl.strategies import STRATEGIES, rank, takes_synthetic
 
 # The paper's numbers (docs/method.md; ResNet-18, full data, 1k synthetic images per class).
 PAPER_TOP1 = {("aircraft", "vanilla", None): 79.7, ("cars", "vanilla", None): 83.8,
@@ -292,6 +292,14 @@ def accuracy_per_gpu_hour(runs: list[Run], gensets: list, styles: list[dict] | N
                  "per seed, paired with that seed's vanilla run, then averaged; a generated set (and its style and "
                  "filter) counts in full for every run that uses it, since each setting would need it on its own",
                  shown=shown)
+
+
+def glossary_table(runs: list[Run]) -> Table:
+    """What each strategy of the study does (`synthtl strategies` lists them all)."""
+    names = sorted({r.labels["strategy"] for r in runs} & set(STRATEGIES.names()), key=rank)
+    raw = [{"strategy": n, "origin": s.origin, "stages": " → ".join(s.stages), "what": s.summary}
+           for n, s in zip(names, map(STRATEGIES.get, names), strict=True)]
+    return Table("glossary", "Strategies in this study", plain("strategy", "origin", "stages", "what"), raw)
 
 
 def runs_table(runs: list[Run]) -> Table:
