@@ -87,3 +87,23 @@ def test_a_read_only_file_system_is_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err == ("synthtl models: error: /mnt/ro/runs: Read-only file system; check the paths you gave (out_dir, "
                    "--out, data.root, ...)")
+
+
+def test_the_readme_own_data_commands_take_their_keys(capsys):
+    """README "Your own images, offline": every command's keys and presets load (--show-config runs nothing)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Your own images, offline", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [x.split("  #")[0] for x in block.replace("\\\n", " ").splitlines() if x.startswith("synthtl ")]
+    assert len(lines) == 9
+    for line in lines:
+        for cmd in line.split(" && "):
+            argv = shlex.split(cmd)[1:]
+            if argv[0] in ("runs", "report"):
+                continue
+            argv += ["--show-config"]
+            assert run_cli(*argv) == 0, (cmd, capsys.readouterr().err)
+            assert re.search(r"data:|set_dir:", capsys.readouterr().out)
