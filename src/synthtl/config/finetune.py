@@ -144,6 +144,10 @@ class FinetuneConfig:
     checkpoint_every: int = key(1, "write the resumable checkpoint every n epochs (and always at stage end)",
                                 ignored=True, ge=1)
     tensorboard: bool = key(False, "also log to TensorBoard under the run folder (rank 0)", ignored=True)
+    tracker: str = key("", 'also log the config, per-epoch metrics and test numbers to an experiment tracker (rank 0): '
+                       '"mlflow" (MLFLOW_TRACKING_URI, `pip install mlflow`) or "wandb" (WANDB_PROJECT, WANDB_MODE='
+                       'offline without a network, `pip install wandb`); "" = none', ignored=True,
+                       one_of=("", "mlflow", "wandb"))
     progress: bool = key(True, "progress bars", ignored=True)
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -24,10 +24,11 @@ def load(path: str | os.PathLike) -> dict:
 
 class ResumeRecord:
     """What a killed run resumes from: the finished stages' files, the in-progress state (`last.pt`) and the metric
-    rows so far, mirrored to `metrics.jsonl` (and to `tb/` with `tensorboard`). Only rank 0 writes."""
+    rows so far, mirrored to `metrics.jsonl` (and to `tb/` with `tensorboard`, to a tracker). Only rank 0 writes."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, tensorboard: bool = False, tracker=None):
         self.folder, self.run_dir, self.tensorboard, self._tb = run_dir / "checkpoints", run_dir, tensorboard, None
+        self.tracker = tracker  # `tracker.Tracker` of `tracker=mlflow|wandb`, or None
         self.last: dict | None = load(self.folder / LAST) if (self.folder / LAST).is_file() else None
         self.resumed = self.last is not None  # this session continues a killed one
         self.metrics: list[dict] = list(self.last["metrics"]) if self.last else []
@@ -38,6 +39,8 @@ class ResumeRecord:
         if not is_main():
             return
         write_jsonl(self.run_dir / "metrics.jsonl", self.metrics)
+        if self.tracker is not None:
+            self.tracker.log(row)
         if self.tensorboard:
             if self._tb is None:
                 try:
@@ -82,6 +85,9 @@ class ResumeRecord:
         if is_main():
             (self.folder / LAST).unlink(missing_ok=True)
 
-    def close(self) -> None:
+    def close(self, result: dict | None = None) -> None:
+        """Closes the TensorBoard writer and the tracker run (finished with `result`, else failed)."""
         if self._tb is not None:
             self._tb.close()
+        if self.tracker is not None:
+            self.tracker.finish(result)

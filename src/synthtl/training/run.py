@@ -21,10 +21,11 @@ from synthtl.files import LockedError, exclusive, git_sha, read_json, remove_tem
 from synthtl.models import resolve
 from synthtl.runtime import Runtime, dtype_name, is_main, resolve_runtime, seed_everything
 from synthtl.strategies import what_runs
-from synthtl.training import checkpoint, distributed
+from synthtl.training import checkpoint, distributed, tracker
 from synthtl.training.checkpoint import ResumeRecord
 from synthtl.training.stage import Run, evaluate_on
 from synthtl.training.strategies import STRATEGIES, effective_config
+from synthtl.training.tracker import Tracker
 
 
 def run_dir_of(cfg: FinetuneConfig, fingerprint: str = "") -> Path:
@@ -56,7 +57,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     spec = STRATEGIES.get(cfg.strategy)
     cfg = effective_config(cfg)  # what actually runs, e.g. bridged++ -> synth_stage.mixup: true
     resolve(cfg.model.name)  # unknown model names fail before any data work
-    if cfg.tensorboard:  # before any data work, not after an epoch
+    tracker.check(cfg.tracker)  # before any data work, not after an epoch
+    if cfg.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
@@ -101,16 +103,18 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, iden
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     data = prepare_data(cfg, run_dir, spec.needs_synthetic)
-    record = ResumeRecord(run_dir, cfg.tensorboard)
+    record = ResumeRecord(run_dir, cfg.tensorboard, Tracker(cfg.tracker, describe(cfg), cfg)
+                          if cfg.tracker and is_main() else None)
     run = Run(cfg, rt, run_dir, data, record, claim=lambda: _claim(run_dir, cfg, ident), world=world)
+    result = None
     try:
         model = spec.fn(run)
-        final = finish(run, model) if is_main() else None
+        if is_main():
+            result = {**_result(cfg, run, finish(run, model), time.perf_counter() - t0),
+                      "identity": identity.digest(ident)}
     finally:
-        record.close()
-    result = None
+        record.close(result)
     if is_main():
-        result = {**_result(cfg, run, final, time.perf_counter() - t0), "identity": identity.digest(ident)}
         write_json(result_file, result)
         record.finish()
         print(f"[synthtl] {describe(cfg)}: test top-1 {result['test']['top1']:.2f}%  ->  {result_file}")

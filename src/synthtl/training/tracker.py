@@ -1,0 +1,60 @@
+"""Optional experiment trackers (`tracker=mlflow|wandb`, off by default): a run's effective config, its per-epoch
+metric rows and its test numbers, mirrored for the tools labs already use. Rank 0 only; the run folder stays the
+record (a resumed run opens a new tracker run under the same name)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from synthtl.errors import ConfigError
+
+PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check(kind: str) -> None:
+    """Refuses a tracker whose package is missing, before any data work."""
+    if kind:
+        try:
+            importlib.import_module(PACKAGES[kind])
+        except ImportError:
+            raise ConfigError(f"tracker={kind} needs the {kind} package: pip install {kind}, or set "
+                              "tracker=''") from None
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+
+
+class Tracker:
+    """One tracker run: `log(row)` per metric row (its numbers, as <stage>/<key> at the row's step), then `finish`."""
+
+    def __init__(self, kind: str, name: str, cfg: Any):
+        self.kind, self.lib = kind, importlib.import_module(PACKAGES[kind])
+        params = _flat(dataclasses.asdict(cfg))
+        if kind == "mlflow":
+            self.lib.set_experiment("synthtl")
+            self.lib.start_run(run_name=name)
+            self.lib.log_params({k: str(v)[:500] for k, v in params.items()})
+        else:
+            self.run = self.lib.init(project="synthtl", name=name, config=params, reinit=True)
+
+    def log(self, row: dict) -> None:
+        values = {f"{row['stage']}/{k}": float(v) for k, v in row.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step")}
+        if self.kind == "mlflow":
+            self.lib.log_metrics(values, step=row["step"])
+        else:
+            self.run.log(values, step=row["step"])
+
+    def finish(self, result: dict | None) -> None:
+        test = {f"test/{k}": float(v) for k, v in ((result or {}).get("test") or {}).items() if isinstance(v, float)}
+        if self.kind == "mlflow":
+            self.lib.log_metrics(test)
+            self.lib.end_run("FINISHED" if result else "KILLED")
+        else:
+            self.run.summary.update(test)
+            self.run.finish(exit_code=0 if result else 1)
