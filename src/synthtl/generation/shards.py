@@ -111,19 +111,24 @@ def _check_file(path: Path) -> str:
     return ""
 
 
+VALIDATE_CHUNK = 4096  # images checked per batch of thread-pool tasks
+
+
 def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) -> dict:
     """Decodes every finished image and training copy (`workers` threads, 0: one per core); lists missing or corrupt
     ones. `repair`: `mend` first, then delete corrupt files (and the completion record) so the next run redraws them."""
     folder = Path(folder)
     mended = mend(folder) if repair else {"torn": {}, "damaged": {}, "temps": 0}
     state = read_state(folder)
-    logged = np.flatnonzero(state.logged)
-    rels = [rel for p in logged.tolist() for rel in (state.rows.rel_path(p), state.rows.rel_path(p, "train_path"))
-            if rel]
+    logged, found = np.flatnonzero(state.logged), {"missing": [], "corrupt": []}
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        verdicts = list(pool.map(_check_file, (folder / r for r in rels), chunksize=64))
-    missing = [rel for rel, v in zip(rels, verdicts, strict=True) if v == "missing"]
-    corrupt = [rel for rel, v in zip(rels, verdicts, strict=True) if v == "corrupt"]
+        for start in range(0, len(logged), VALIDATE_CHUNK):  # a chunk's futures at a time: memory stays flat
+            rels = [rel for p in logged[start:start + VALIDATE_CHUNK].tolist()
+                    for rel in (state.rows.rel_path(p), state.rows.rel_path(p, "train_path")) if rel]
+            for rel, verdict in zip(rels, pool.map(_check_file, (folder / r for r in rels)), strict=True):
+                if verdict:
+                    found[verdict].append(rel)
+    missing, corrupt = found["missing"], found["corrupt"]
     if repair:
         for rel in corrupt:
             (folder / rel).unlink()
