@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from synthtl.errors import ConfigError, DataError, SynthTLError
+from synthtl.errors import ConfigError, SynthTLError
 from synthtl.signals import Stopped, requeue_slurm, stop_signals
 
 
@@ -259,17 +259,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from synthtl.reporting.collect import find_runs, runs_root
+    from synthtl.reporting.collect import some_runs
     from synthtl.reporting.render import to_text
     from synthtl.reporting.tables import runs_table
 
-    runs = find_runs(args.folder)
-    if not runs:
-        raise DataError(f"{args.folder} holds no finished runs (no result.json under {runs_root(Path(args.folder))}):"
-                        " give a study folder or a folder of `synthtl finetune` runs")
-    print(to_text(runs_table(runs)))
-    print(f"[synthtl] {len(runs)} finished run(s) under {runs_root(Path(args.folder))}; `synthtl report "
-          f"{args.folder}` compares them")
+    runs = some_runs(Path(args.folder))
+    print(to_text(runs_table(runs)) + f"\n[synthtl] {len(runs)} finished run(s); `synthtl report {args.folder}` "
+          "compares them")
     return 0
 
 

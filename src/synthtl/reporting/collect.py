@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from synthtl.data.genset import set_stats
+from synthtl.errors import DataError
 from synthtl.files import read_json, read_jsonl
 from synthtl.strategies import takes_synthetic
 
@@ -113,6 +114,15 @@ def find_runs(study_dir: str | Path) -> list[Run]:
             continue
         metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
         runs.append(Run(rid, folder, labels, result, cfg, metrics))
+    return runs
+
+
+def some_runs(folder: Path) -> list[Run]:
+    """`find_runs`, refusing a folder without any."""
+    runs = find_runs(folder)
+    if not runs:
+        raise DataError(f"{folder} has no finished runs (no result.json under {runs_root(folder)}): give a study "
+                        "folder or a folder of `synthtl finetune` runs")
     return runs
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import yaml
 
 from synthtl.config import ReportConfig, StudyConfig, from_dict
-from synthtl.errors import DataError
 from synthtl.files import git_sha, read_json, write_text
 from synthtl.reporting import plots, tables
-from synthtl.reporting.collect import GenSet, Run, collect_gensets, collect_styles, find_runs, runs_root, unique_runs
+from synthtl.reporting.collect import GenSet, Run, collect_gensets, collect_styles, some_runs, unique_runs
 from synthtl.reporting.filters import FilterRun, collect_filters, dropped_sheet, keep_table
 from synthtl.reporting.published import Published, load_published, published_table
 from synthtl.reporting.render import Page, to_csv, to_latex, to_markdown
@@ -46,10 +45,7 @@ def study_report_config(study_dir: Path) -> ReportConfig:
 
 
 def read_study(folder: Path, cfg: ReportConfig) -> Study:
-    runs, duplicates = unique_runs(find_runs(folder))
-    if not runs:
-        raise DataError(f"{folder} has no finished runs (no result.json under {runs_root(folder)}): give a study "
-                        "folder or a folder of `synthtl finetune` runs")
+    runs, duplicates = unique_runs(some_runs(folder))
     # the peers' numbers before any slow work: a bad file fails at once
     peers = (load_published() if cfg.published else []) + (load_published(cfg.published_file)
                                                            if cfg.published_file else [])
