@@ -24,3 +24,6 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert all(json.loads(r.read_text())["test"]["top1"] >= 0 for r in results)
     assert (tmp_path / "demo" / "styles").is_dir() and len(list((tmp_path / "demo" / "gen").iterdir())) == 1
     assert (report / "tables" / "quality.csv").is_file() and (report / "tables" / "leakage.csv").is_file()
+    forecast = html.split("<h2 id='forecast'>", 1)[1].split("<h2", 1)[0]
+    assert "numbers prove the plumbing only" in forecast  # random-weight classifiers
+    assert "next pilot volume" in forecast  # vanilla + one volume: too few to fit, and what to run next

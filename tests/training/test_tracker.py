@@ -1,4 +1,4 @@
-"""tracker=mlflow: the config, every metric row and the test numbers reach the tracker; a missing package is one line."""
+"""tracker=mlflow: the config, every metric row and the test numbers reach the tracker; a missing package: one line."""
 
 import pytest
 

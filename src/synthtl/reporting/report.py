@@ -155,14 +155,14 @@ def forecast(s: Study, page: Page) -> None:
     if not any(volume_of(r) for r in s.runs):
         return
     page.section("Forecast: how much to generate (ours)", "forecast")
+    if any(not r.config.get("model", {}).get("pretrained", True) for r in s.runs):
+        page.text("This study's classifiers have random weights: the forecast's numbers prove the plumbing only.",
+                  "banner")
     try:
         records = forecast_records(s.folder, ForecastConfig(), s.runs)
     except SynthTLError as e:
         page.text(f"No forecast: {e}", "banner")
         return
-    if any(r["plumbing_only"] for r in records):
-        page.text("This study's classifiers have random weights: the forecast's numbers prove the plumbing only.",
-                  "banner")
     page.table(predictions_table(records))
     page.table(answers_table(records))
     for r in records:
