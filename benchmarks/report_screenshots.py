@@ -3,18 +3,20 @@
     python benchmarks/report_screenshots.py demo_out            # a finished study (e.g. `synthtl demo`'s out)
     python benchmarks/report_screenshots.py demo_out --out benchmarks/screenshots
 
-Builds nothing: it renders <study>/report/index.html once per section (the page scrolled to the section's anchor)
-at 1280 px wide and writes <out>/<section>.png. Needs Chromium (Debian's `chromium` package).
+Builds nothing: it renders <study>/report/index.html once, 1280 px wide and up to 16,000 px tall, and cuts the
+render into <out>/page-01.png, page-02.png ... of `--height` px each (blank ones dropped). Needs Chromium (Debian's
+`chromium` package).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from PIL import Image
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--hide-scrollbars",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -32,18 +34,19 @@ def main() -> None:
     page = Path(args.study).resolve() / "report" / "index.html"
     if not page.is_file():
         raise SystemExit(f"{page} does not exist: run `synthtl report {args.study}` first")
-    anchors = re.findall(r"<h2 id='([^']+)'", page.read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        for anchor in ["top", *anchors]:
-            shot = out / f"{anchor}.png"
-            url = page.as_uri() + ("" if anchor == "top" else f"#{anchor}")
-            subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", f"--window-size=1280,{args.height}",
-                            "--virtual-time-budget=5000", f"--screenshot={shot.resolve()}", url],
-                           capture_output=True, timeout=120, check=True)
-            print(f"{shot} ({shot.stat().st_size // 1024} KB)")
-
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = Path(tmp) / "page.png"
+        subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp}/profile", "--window-size=1280,16000",
+                        "--virtual-time-budget=10000", f"--screenshot={whole}", page.as_uri()],
+                       capture_output=True, timeout=300, check=True)
+        with Image.open(whole) as im:
+            tiles = [im.crop((0, y, 1280, min(y + args.height, im.height))) for y in range(0, im.height, args.height)]
+    kept = [t for t in tiles if t.convert("L").getextrema()[0] < 250]  # a tile with something drawn on it
+    for i, tile in enumerate(kept, 1):
+        tile.convert("RGB").quantize(256).save(out / f"page-{i:02d}.png", optimize=True)  # small enough to keep
+        print(f"{out / f'page-{i:02d}.png'} ({(out / f'page-{i:02d}.png').stat().st_size // 1024} KB)")
 
 if __name__ == "__main__":
     main()
