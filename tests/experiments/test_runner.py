@@ -407,3 +407,12 @@ def test_stage_override_of_a_key_the_grid_sets_is_refused_naming_the_grid_key(tm
             expand(tiny_study(tmp_path, folder_data, "o", override))
     # the one value the grid gives every job changes nothing (configs/studies/demo.yaml has data.shots=20 so)
     assert expand(tiny_study(tmp_path, folder_data, "o", "finetune=[data.shots=2]", "grid.shots=[2]")).jobs
+
+
+def test_the_finished_tiny_study_gets_a_forecast_section(finished_study):
+    """The report's forecast section on a real study (here, with the study fixture, which is built once)."""
+    html = (finished_study["folder"] / "report" / "index.html").read_text()
+    assert "<h2 id='forecast'>Forecast: how much to generate (ours)</h2>" in html
+    assert "the forecast&#x27;s numbers prove the plumbing only" in html
+    assert html.count("refused: fewer than 3 volumes (measured: 0/4; vanilla is volume 0 and counts); next pilot "
+                      "volume: 8/class") == 2 * 4  # both tables, 4 settings (2 prompt styles x 2 filters)

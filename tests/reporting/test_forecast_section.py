@@ -55,11 +55,3 @@ def test_no_volume_grid_no_section_and_a_missing_cost_record_is_one_line(tmp_pat
     for res in (root / "runs").glob("*bridged*/result.json"):
         res.unlink()
     assert section(root).parts == []
-
-
-def test_the_finished_tiny_study_gets_a_forecast_section(finished_study):
-    html = (finished_study["folder"] / "report" / "index.html").read_text()
-    assert "<h2 id='forecast'>Forecast: how much to generate (ours)</h2>" in html
-    assert "the forecast&#x27;s numbers prove the plumbing only" in html
-    assert html.count("refused: fewer than 3 volumes (measured: 0/4; vanilla is volume 0 and counts); next pilot "
-                      "volume: 8/class") == 2 * 4  # both tables, 4 settings (2 prompt styles x 2 filters)
