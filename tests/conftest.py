@@ -124,3 +124,13 @@ def finished_study(tmp_path_factory) -> dict:
     build_report(cfg.folder, cfg.report)
     return {"cfg": cfg, "folder": Path(cfg.folder), "real": real, "overrides": overrides, "calls": calls,
             "summary": summary}
+
+
+# The longest test files start first, so that `make test`'s two processes finish together (longest job first).
+LONGEST_FIRST = ("tests/test_demo.py", "tests/fullsize/test_sd15.py", "tests/experiments/test_runner.py",
+                 "tests/training/test_parallel.py", "tests/training/test_strategies.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

@@ -72,8 +72,9 @@ def radar_figure(table: Table):
     return fig
 
 
-def convergence_figure(runs: list[Run], dataset: str):
-    """Test (solid) and train (dashed) top-1 per epoch of the real-data stage, mean over seeds, per strategy."""
+def convergence_figure(runs: list[Run], dataset: str, setting: str = ""):
+    """Test (solid) and train (dashed) top-1 per epoch of the real-data stage, mean over seeds, per strategy; the
+    title names the dataset and the setting, so that two settings' plots never share one."""
     by_strategy: dict[str, list[list[dict]]] = {}
     for r in runs:
         rows = [m for m in r.metrics if m["stage"] in ("real", "mixed") and "test_top1" in m]
@@ -91,7 +92,8 @@ def convergence_figure(runs: list[Run], dataset: str):
         ax.plot(epochs, train, color=COLORS(i), ls="--", alpha=0.6)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set(xlabel="epoch of the real-data stage", ylabel="top-1 (%)")
-    ax.set_title(f"{dataset}: convergence on real images (dashed: train)", fontsize=9)
+    ax.set_title(f"{dataset}{', ' + setting if setting else ''}: convergence on real images (dashed: train)",
+                 fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
@@ -124,6 +126,8 @@ def leep_figure(table: Table):
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 4))
     x = np.arange(len(rows))
     for dx, key, label in ((-0.2, "leep_pretrained", "pretrained"), (0.2, "leep_stage1", "after stage 1 (synthetic)")):
+        if all(math.isnan(r[key]) for r in rows):
+            continue  # no bar of this kind: no legend entry either
         ax.bar(x + dx, [r[key] for r in rows], 0.4, yerr=[r[f"{key}_std"] for r in rows], capsize=3, label=label)
     ax.set_xticks(x, [f"{r['dataset']}\n{r['setting']}\n{r['strategy'] or ''}".replace(", ", "\n", 2) for r in rows],
                   fontsize=6)

@@ -90,7 +90,8 @@ def convergence(s: Study, page: Page) -> None:
     page.section("Convergence on the real images", "convergence")
     for i, (setting, members) in enumerate(tables.settings(s.runs)):
         for ds in sorted({r.labels["dataset"] for r in members}):
-            _figure(s, page, plots.convergence_figure(members, ds), f"convergence_{ds}" + (f"_{i + 1}" if i else ""),
+            _figure(s, page, plots.convergence_figure(members, ds, tables.setting_name(*setting)),
+                    f"convergence_{ds}" + (f"_{i + 1}" if i else ""),
                     f"{ds}, {tables.setting_name(*setting)}: stage-2 curves")
 
 
