@@ -49,3 +49,9 @@ def test_the_report_explains_its_strategies_and_the_few_seeds(runs_folder):
     glossary = (runs_folder / "report" / "tables" / "glossary.csv").read_text()
     assert "vanilla_mixup" in glossary and "real" in glossary  # each strategy of the study, with its stages
     assert "With 1 seed(s) per cell a paired t-test has 0 degree(s) of freedom" in html
+
+
+def test_the_report_names_an_own_dataset_by_its_folder(runs_folder):
+    assert run_cli("report", str(runs_folder), "quality=false") == 0
+    runs_csv = (runs_folder / "report" / "runs.csv").read_text()
+    assert "folder:real" in runs_csv and ",folder," not in runs_csv  # data.root=.../real

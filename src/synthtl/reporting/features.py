@@ -167,7 +167,7 @@ def capped(ok: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 def real_splits(runs: list[Run], dataset: str) -> tuple[ImageList, ImageList] | None:
     """The real train and test lists of a dataset, located through any finished run's config."""
-    data = next((r.config["data"] for r in runs if r.config.get("data", {}).get("name") == dataset), None)
+    data = next((r.config["data"] for r in runs if r.labels.get("dataset") == dataset and r.config.get("data")), None)
     if data is None:
         return None
     try:

@@ -50,8 +50,27 @@ def read_study(folder: Path, cfg: ReportConfig) -> Study:
     peers = (load_published() if cfg.published else []) + (load_published(cfg.published_file)
                                                            if cfg.published_file else [])
     gensets = collect_gensets(folder)
+    _name_own_datasets(runs, gensets)
     meta = read_json(folder / "plan.json") if (folder / "plan.json").is_file() else {}
     return Study(folder, cfg, meta, runs, duplicates, gensets, collect_styles(folder), collect_filters(gensets), peers)
+
+
+def _name_own_datasets(runs: list[Run], gensets: list[GenSet]) -> None:
+    """An own dataset ("folder" or "csv") is shown by its folder's name ("folder:pets_photos"), in runs and generated
+    sets alike (they are matched by that label). Runs of several folders each get their own; sets, made for one of
+    them, keep the plain name then."""
+    roots: dict[str, set[str]] = {}
+    for r in runs:
+        if r.labels["dataset"] in ("folder", "csv") and (r.config.get("data") or {}).get("root"):
+            roots.setdefault(r.labels["dataset"], set()).add(Path(r.config["data"]["root"]).name)
+    for r in runs:
+        kind = r.labels["dataset"]
+        if kind in roots and (r.config.get("data") or {}).get("root"):
+            r.labels = {**r.labels, "dataset": f"{kind}:{Path(r.config['data']['root']).name}"}
+    for g in gensets:
+        kind = g.labels.get("dataset")
+        if kind in roots and len(roots[kind]) == 1:
+            g.labels = {**g.labels, "dataset": f"{kind}:{next(iter(roots[kind]))}"}
 
 
 def _figure(s: Study, page: Page, fig, name: str, caption: str) -> None:  # a figure of None: nothing to show
