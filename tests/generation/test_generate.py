@@ -298,6 +298,8 @@ def test_grid_images_writes_one_sheet_per_class(folder_data, tmp_path):
     assert len(sheets) == 3
     with Image.open(sheets[0]) as im:
         assert im.size[1] == 3 * 128 + 24 and np.asarray(im).std() > 0
+        ink = np.flatnonzero((np.asarray(im.convert("L"))[24:24 + 128, :150] < 128).any(axis=1))
+        assert ink.max() - ink.min() >= 12  # the row label "real" in a readable size, not an 11-px bitmap font
 
 
 def test_generator_error_is_a_synthtl_error():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from synthtl.data.genset import class_folders, read_state
 from synthtl.data.imagelist import ImageList
@@ -17,6 +18,7 @@ from synthtl.files import write_bytes
 
 THUMB = 128
 LABEL_W = 150
+FONT_PX = 18  # row labels readable at the sheet's size (PIL's default bitmap font is 11 px)
 
 
 def _thumb(path: Path) -> Image.Image:
@@ -51,11 +53,11 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
         lines = ([("real", real_by_name.get(name, []))] if real is not None else [])
         lines += [(label, rows.get(name, [])) for label, rows in by_set]
         sheet = Image.new("RGB", (LABEL_W + per_row * THUMB, len(lines) * THUMB + 24), "white")
-        draw = ImageDraw.Draw(sheet)
-        draw.text((4, 4), name, fill="black")
+        draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=FONT_PX)
+        draw.text((4, 2), name, fill="black", font=font)
         for row_i, (label, paths) in enumerate(lines):
             y = 24 + row_i * THUMB
-            draw.text((4, y + THUMB // 2), label, fill="black")
+            draw.multiline_text((6, y + 8), "\n".join(textwrap.wrap(label, 13)[:5]), fill="black", font=font)
             for j, p in enumerate(paths[:per_row]):
                 sheet.paste(_thumb(p), (LABEL_W + j * THUMB, y))
         buf = io.BytesIO()
