@@ -25,4 +25,4 @@ def test_leep_legend_lists_only_the_bars_drawn():
            "leep_pretrained_std": 0.1, "leep_stage1": math.nan, "leep_stage1_std": math.nan}
     fig = leep_figure(Table("leep", "LEEP", [], [row]))
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["pretrained"]
-    assert all(t.get_fontsize() >= 8 for t in fig.axes[0].get_xticklabels())  # readable axis labels
+    assert all(t.get_fontsize() >= 8 for t in fig.axes[0].get_yticklabels())  # readable axis labels

@@ -123,15 +123,15 @@ def leep_figure(table: Table):
     rows = [r for r in table.raw if not math.isnan(r["leep_pretrained"]) or not math.isnan(r["leep_stage1"])]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(rows)), 4.5))
-    x = np.arange(len(rows))
-    for dx, key, label in ((-0.2, "leep_pretrained", "pretrained"), (0.2, "leep_stage1", "after stage 1 (synthetic)")):
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.55 * len(rows)))  # bars across: long setting labels stay readable
+    y = np.arange(len(rows))
+    for dy, key, label in ((-0.2, "leep_pretrained", "pretrained"), (0.2, "leep_stage1", "after stage 1 (synthetic)")):
         if all(math.isnan(r[key]) for r in rows):
             continue  # no bar of this kind: no legend entry either
-        ax.bar(x + dx, [r[key] for r in rows], 0.4, yerr=[r[f"{key}_std"] for r in rows], capsize=3, label=label)
-    ax.set_xticks(x, [f"{r['dataset']}\n{r['setting']}\n{r['strategy'] or ''}".replace(", ", "\n", 2) for r in rows],
-                  fontsize=8)  # one line per part: dataset, model, shots, the rest of the setting, strategy
-    ax.set_ylabel("LEEP (higher = more transferable), mean ± std")
+        ax.barh(y + dy, [r[key] for r in rows], 0.4, xerr=[r[f"{key}_std"] for r in rows], capsize=3, label=label)
+    ax.set_yticks(y, [f"{r['dataset']} · {r['setting']} · {r['strategy'] or ''}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("LEEP (higher = more transferable), mean ± std")
     ax.legend(fontsize=7)
     return fig
 
