@@ -146,17 +146,17 @@ def csv_list(path: Path, root: Path, classes: list[str] | None = None, tag: str 
         lines = [(r["path"].strip(), r["label"].strip(), reader.line_num) for r in reader]
     if not lines:
         raise DataError(f"{path} has no rows")
-    first: dict[str, tuple[str, str, int]] = {}
+    first: dict[str, tuple[str, int]] = {}  # path -> (label, line) of its first row
     for p, lab, n in lines:
-        _, was, m = first.setdefault(p, (p, lab, n))
+        was, m = first.setdefault(p, (lab, n))
         if was != lab:
             raise DataError(f"{path}: {p!r} is listed with two labels, {was!r} (line {m}) and {lab!r} (line {n}); "
                             "keep the right one")
     if len(first) < len(lines):
-        twice = next(p for p, _, n in lines if first[p][2] != n)
+        twice = next(p for p, _, n in lines if first[p][1] != n)
         print(f"[synthtl] warning: {path} lists {len(lines) - len(first)} path(s) again with the same label (e.g. "
               f"{twice!r}); each counts once")
-    rows = [(p, lab) for p, lab, _ in first.values()]
+    rows = [(p, lab) for p, (lab, _) in first.items()]
     classes = sorted({lab for _, lab in rows}) if classes is None else classes
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({lab for _, lab in rows} - set(index))

@@ -9,11 +9,11 @@ from pathlib import Path
 from synthtl import identity
 from synthtl.config import StudyConfig, to_yaml
 from synthtl.data.datasets import load_data
-from synthtl.data.genset import COMPLETE, PROGRESS_DIR
+from synthtl.data.genset import COMPLETE, PROGRESS_DIR, set_stats
 from synthtl.errors import DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
-from synthtl.files import iter_jsonl, read_json, remove_temps, write_json, write_text
+from synthtl.files import read_json, remove_temps, write_json, write_text
 from synthtl.identity import IDENTITY
 from synthtl.jobs import is_finished
 from synthtl.runtime import is_main
@@ -83,9 +83,10 @@ DEFAULT_RATES = {  # seconds per unit on one H100-class GPU when nothing was mea
 def measured_rates(root: Path) -> dict[str, float]:
     """Seconds per unit measured by the study's finished jobs (they override the defaults)."""
     rates: dict[str, float] = {}
-    for kind, pattern, units, seconds in (("generate", "gen/*/progress/cost-shard-*.jsonl", "images", "seconds"),
-                                          ("style", "styles/*/style.json", "steps", "train_seconds")):
-        rows = [r for f in root.glob(pattern) for r in (iter_jsonl(f) if f.suffix == ".jsonl" else [read_json(f)])]
+    gens = [set_stats(plan.parent) for plan in root.glob("gen/*/plan.json")]  # every shard's cost rows, added up
+    styles = [read_json(f) for f in root.glob("styles/*/style.json")]
+    for kind, rows, units, seconds in (("generate", gens, "images", "seconds"),
+                                       ("style", styles, "steps", "train_seconds")):
         if sum(r[units] for r in rows):
             rates[kind] = sum(r[seconds] for r in rows) / sum(r[units] for r in rows)
     per_model: dict[str, list[float]] = {}

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from synthtl import faults, files, identity
+from synthtl import faults, identity
 from synthtl.config import GenerateConfig
 from synthtl.data import genset
 from synthtl.data.cache import resized_jpeg
@@ -174,7 +174,7 @@ def _run_shard(cfg: GenerateConfig, folder: Path, shard: int, num_shards: int) -
     def charge(images: int, redraws: int) -> None:  # this shard's cost since its last row, appended (a kill loses
         with lock:                                    # the batch in flight only); called after each logged batch
             t = time.perf_counter()
-            files.append_jsonl(genset.cost_file(folder, shard, num_shards), [{
+            append_jsonl(genset.cost_file(folder, shard, num_shards), [{
                 "images": images, "seconds": t - clock["t"], "redraws": redraws - clock["redraws"], "gpus": rt.gpus,
                 "device": str(rt.device)}])
             clock.update(t=t, redraws=redraws)

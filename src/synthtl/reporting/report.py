@@ -61,12 +61,10 @@ def _name_own_datasets(runs: list[Run], gensets: list[GenSet]) -> None:
     them, keep the plain name then."""
     roots: dict[str, set[str]] = {}
     for r in runs:
-        if r.labels["dataset"] in ("folder", "csv") and (r.config.get("data") or {}).get("root"):
-            roots.setdefault(r.labels["dataset"], set()).add(Path(r.config["data"]["root"]).name)
-    for r in runs:
-        kind = r.labels["dataset"]
-        if kind in roots and (r.config.get("data") or {}).get("root"):
-            r.labels = {**r.labels, "dataset": f"{kind}:{Path(r.config['data']['root']).name}"}
+        root = (r.config.get("data") or {}).get("root")
+        if r.labels["dataset"] in ("folder", "csv") and root:
+            roots.setdefault(r.labels["dataset"], set()).add(Path(root).name)
+            r.labels = {**r.labels, "dataset": f"{r.labels['dataset']}:{Path(root).name}"}
     for g in gensets:
         kind = g.labels.get("dataset")
         if kind in roots and len(roots[kind]) == 1:
