@@ -11,15 +11,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import signal
 import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+from synthtl import __version__
 from synthtl.errors import ConfigError, SynthTLError
+from synthtl.files import cache_home
 from synthtl.signals import Stopped, requeue_slurm, stop_signals
 
 
@@ -38,14 +43,9 @@ def _run_kind(kind: str, args: argparse.Namespace) -> int:
     """A stage command: its config (or --show-config), then its run function (`jobs.KINDS`)."""
     from synthtl.jobs import KINDS
 
-    cfg = _load(KINDS[kind].schema, args)
-    if cfg is not None:
+    if (cfg := _load(KINDS[kind].schema, args)) is not None:
         KINDS[kind].run(cfg)
     return 0
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    return _run_kind("finetune", args)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -107,8 +107,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from synthtl.data.prepare import split_seed
     from synthtl.data.splits import train_indices, write_split
 
-    cfg = _load(FinetuneConfig, args)
-    if cfg is None:
+    if (cfg := _load(FinetuneConfig, args)) is None:
         return 0
     images = load_data(cfg.data, "train")
     idx, short = train_indices(images, cfg.data, split_seed(cfg))  # the selection fine-tuning and style make
@@ -150,16 +149,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    if args.set and "=" in args.set:  # no set given: argparse took the first override for it
-        args.overrides.insert(0, args.set)
-        args.set = None
-    if args.set:  # else the set comes from the config file (a study's filter job) or is missing (refused below)
-        args.overrides.insert(0, f"set_dir={args.set}")
+    if args.set:  # key=value: no set was given (in the config file, or missing); argparse took the first override
+        args.overrides.insert(0, args.set if "=" in args.set else f"set_dir={args.set}")
     return _run_kind("filter", args)
-
-
-def cmd_learn_style(args: argparse.Namespace) -> int:
-    return _run_kind("style", args)
 
 
 def cmd_grid_images(args: argparse.Namespace) -> int:
@@ -183,27 +175,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from synthtl.generation.export import export_imagefolder
 
     res = export_imagefolder(args.set, args.out, link=not args.copy, allow_partial=args.allow_partial)
-    partial = f" (unfinished set: {res['done']} of {res['total']} planned images)" if res["partial"] else ""
-    print(f"[synthtl] exported {res['images']} images to {args.out}{partial}; read it with "
+    unfinished = f" (unfinished set: {res['done']} of {res['total']} planned images)" if res["partial"] else ""
+    print(f"[synthtl] exported {res['images']} images to {args.out}{unfinished}; read it with "
           f"datasets.load_dataset('{args.out}')")
     return 0
-
-
-EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, try again later (`synthtl study`: not finished yet)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     """Runs (or resumes) a study, or prints its plan (--dry-run) or where it stands (--status).
 
-    Exit status: 0 the study is finished (or the plan/status was printed); 75 (EX_TEMPFAIL) nothing failed, but jobs
-    are unfinished because another process runs them, they wait for inputs another process makes, or they were
-    submitted to Slurm without waiting: run the same command again later (a script can loop while it returns 75);
-    2 a job failed or an input is bad (the error line says which); 130 interrupted. With --report, the report is
-    built only when the study has finished; otherwise a line says so (`synthtl report` builds one from the finished
-    runs).
-    """
+    Exit status: 0 finished (or the plan/status printed); 75 (EX_TEMPFAIL) nothing failed but jobs are unfinished
+    (another process runs them or makes their inputs, or they were submitted to Slurm without waiting): run the same
+    command again later (a script can loop while it returns 75); 2 a job failed or an input is bad; 130 interrupted.
+    With --report, the report is built only once the study has finished."""
     from synthtl.config import StudyConfig
-    from synthtl.experiments.runner import run_study
+    from synthtl.experiments.runner import run_study, study_status
 
     if args.preset and "=" in args.preset:  # argparse took the first override for the preset
         args.overrides.insert(0, args.preset)
@@ -215,19 +201,15 @@ def cmd_study(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("which study? e.g. `synthtl study paper/utilization` or `synthtl study --config grid.yaml`; "
                           "`synthtl presets` lists them")
-    cfg = _load(StudyConfig, args)
-    if cfg is None:
+    if (cfg := _load(StudyConfig, args)) is None:
         return 0
     if args.status:
-        from synthtl.experiments.runner import study_status
-
         print(study_status(cfg))
         return 0
     summary = run_study(cfg, dry_run=args.dry_run)
     if args.dry_run:
         return 0
-    unfinished = summary["unfinished"]
-    if unfinished:
+    if unfinished := summary["unfinished"]:
         parts = [f"{len(summary[k])} {what}" for k, what in (
             ("elsewhere", "running in another process"), ("waiting", "waiting for inputs another process makes"),
             ("submitted", "submitted to Slurm")) if summary[k]]
@@ -237,12 +219,11 @@ def cmd_study(args: argparse.Namespace) -> int:
         if args.report:
             print(f"[synthtl] no report built: {len(unfinished)} jobs are unfinished (`synthtl report {cfg.folder}` "
                   "builds one from the finished runs)")
-        return EX_TEMPFAIL
+        return os.EX_TEMPFAIL  # 75, sysexits.h: a temporary failure, try again later
     if args.report:
         from synthtl.reporting.report import build_report
 
-        paths = build_report(cfg.folder, cfg.report)
-        print(f"[synthtl] report: {paths['html']}")
+        print(f"[synthtl] report: {build_report(cfg.folder, cfg.report)['html']}")
     else:
         print(f"[synthtl] study finished; build its report with: synthtl report {cfg.folder}")
     return 0
@@ -252,8 +233,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from synthtl.config import with_overrides
     from synthtl.reporting.report import build_report, study_report_config
 
-    cfg = with_overrides(study_report_config(Path(args.study)), args.overrides)
-    paths = build_report(args.study, cfg)
+    paths = build_report(args.study, with_overrides(study_report_config(Path(args.study)), args.overrides))
     print(f"[synthtl] report: {paths['html']} (also {paths['markdown']}, tables/*.csv|.tex, figures/*.png)")
     return 0
 
@@ -272,8 +252,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_forecast(args: argparse.Namespace) -> int:
     from synthtl.forecast import ForecastConfig, console_text, run_forecast
 
-    cfg = _load(ForecastConfig, args)
-    if cfg is None:
+    if (cfg := _load(ForecastConfig, args)) is None:
         return 0
     res = run_forecast(args.study, cfg)
     print(console_text(res["records"]))
@@ -282,8 +261,6 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
-
     from synthtl.predict import load_model, predict
 
     trained = load_model(args.run, args.weights)
@@ -312,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
-    "finetune": (cmd_finetune, "fine-tune a classifier with a data-utilisation strategy"),
+    "finetune": (partial(_run_kind, "finetune"), "fine-tune a classifier with a data-utilisation strategy"),
     "datasets": (cmd_datasets, "list datasets and whether their files are present"),
     "models": (cmd_models, "list classifier short names"),
     "strategies": (cmd_strategies, "list fine-tuning strategies"),
@@ -320,7 +297,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "split": (cmd_split, "write a few-shot (or full) train split file"),
     "generate": (cmd_generate, "generate a synthetic training set with Stable Diffusion (resumable, sharded)"),
     "filter": (cmd_filter, "score a generated set's images (CLIP or a real-data classifier) and keep the best"),
-    "learn-style": (cmd_learn_style, "learn a dataset style: a token (DSI), a token per class, or a LoRA "
+    "learn-style": (partial(_run_kind, "style"), "learn a dataset style: a token (DSI), a token per class, or a LoRA "
                     "(method=lora)"),
     "grid-images": (cmd_grid_images, "write per-class contact sheets: real beside synthetic images"),
     "export": (cmd_export, "export a generated set as a Hugging Face imagefolder dataset"),
@@ -407,8 +384,6 @@ OPTIONS: dict[str, list[tuple[tuple, dict]]] = {  # each command's own arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from synthtl import __version__
-
     parser = argparse.ArgumentParser(prog="synthtl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"synthtl {__version__}")
@@ -442,8 +417,6 @@ def matplotlib_home(env: dict) -> None:
     home = Path(env.get("HOME") or "~").expanduser()
     if env.get("MPLCONFIGDIR") or os.access(home, os.W_OK):
         return
-    from synthtl.files import cache_home
-
     for where in (cache_home(), Path(tempfile.gettempdir()) / f"synthtl-{os.getuid()}"):
         with contextlib.suppress(OSError):
             (where / "matplotlib").mkdir(parents=True, exist_ok=True)
@@ -470,8 +443,6 @@ def main(argv: list[str] | None = None) -> int:
     except SynthTLError as e:
         print(f"synthtl {args.command}: error: {e}", file=sys.stderr)
         if args.verbose and e.__cause__ is not None:  # e.g. PyTorch's reason for refusing a file
-            import traceback
-
             traceback.print_exception(e.__cause__, file=sys.stderr)
         return 2
     except BrokenPipeError:  # `synthtl ... | head`: the reader left; nothing is wrong
@@ -483,9 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (isinstance(e, (NotADirectoryError, FileNotFoundError, PermissionError, IsADirectoryError))
                 or e.errno == errno.EROFS):
             raise
-        where = e.filename or ""
-        print(f"synthtl {args.command}: error: {where}: {e.strerror or e}; check the paths you gave (out_dir, "
-              "--out, data.root, ...)", file=sys.stderr)
+        print(f"synthtl {args.command}: error: {e.filename or ''}: {e.strerror or e}; check the paths you gave "
+              "(out_dir, --out, data.root, ...)", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT

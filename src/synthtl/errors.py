@@ -17,9 +17,8 @@ class BadImageError(DataError):
     """An image file cannot be decoded."""
 
     def __init__(self, path: str, reason: str):
-        super().__init__(
-            f"cannot read image {path}: {reason}. Remove or replace the file, or set data.on_bad_image=skip "
-            "to skip unreadable images (a run counts them in result.json, a style in style.json)."
-        )
+        super().__init__(f"cannot read image {path}: {reason}. Remove or replace the file, or set "
+                         "data.on_bad_image=skip to skip unreadable images (a run counts them in result.json, a style "
+                         "in style.json).")
         self.path = path
         self.reason = reason

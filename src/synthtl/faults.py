@@ -29,7 +29,6 @@ def inject(name: str, hook: Callable[..., None]) -> Iterator[None]:
     try:
         yield
     finally:
-        if previous is None:
-            _HOOKS.pop(name, None)
-        else:
+        _HOOKS.pop(name, None)
+        if previous is not None:
             _HOOKS[name] = previous

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,9 @@ from typing import Any
 from synthtl import faults
 from synthtl.errors import SynthTLError
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's 0600 would hide results from collaborators
+_UMASK = os.umask(0)  # os.umask is the only way to read it: set, then put it back
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK  # what open() would give: mkstemp's 0600 would hide results from collaborators
 
 
 class DiskFullError(SynthTLError):
@@ -46,20 +43,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) ->
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        _unlink(tmp)
-        if e.errno == errno.ENOSPC:
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise DiskFullError(f"no space left on the device while writing {path}; free space and re-run "
                                 "(finished work is kept, the unfinished file was discarded)") from e
         raise
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(p: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(p)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -74,11 +63,9 @@ def write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     """torch.save, atomically."""
-    import io as _io
-
     import torch
 
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes(path, buf.getvalue())
 
@@ -198,11 +185,7 @@ TEMP_GLOB = ".*.tmp"  # what `atomic_open` leaves behind when its process is kil
 def remove_temps(folder: str | os.PathLike, recursive: bool = False, min_age_s: float = 0.0) -> int:
     """Deletes (and counts) the temp files a kill left in `folder`. Call it under the folder's lock; without one,
     `min_age_s` spares younger files (a live writer's exists for milliseconds)."""
-    import time
-
     folder = Path(folder)
-    if not folder.is_dir():
-        return 0
     found = folder.rglob(TEMP_GLOB) if recursive else folder.glob(TEMP_GLOB)
     n, now = 0, time.time()
     for p in found:
@@ -210,7 +193,7 @@ def remove_temps(folder: str | os.PathLike, recursive: bool = False, min_age_s: 
             if min_age_s and now - p.stat().st_mtime < min_age_s:
                 continue
         if p.is_file():
-            _unlink(str(p))
+            p.unlink(missing_ok=True)
             n += 1
     return n
 
@@ -238,10 +221,9 @@ def exclusive(folder: str | os.PathLike, what: str, wait: float = 0.0) -> Iterat
     try:
         lock.acquire()
     except Timeout:
-        try:
-            holder = holder_file.read_text().strip() or "another process"
-        except OSError:
-            holder = "another process"
+        holder = "another process"
+        with contextlib.suppress(OSError):
+            holder = holder_file.read_text().strip() or holder
         raise LockedError(f"{what} {folder} is being written by {holder}; wait for it to finish or stop it, "
                           "then re-run (two writers never share a folder)") from None
     try:
@@ -291,10 +273,9 @@ def content_sha256(path: str | os.PathLike, algo: str = "sha256") -> str:
     if key in _DIGESTS:
         return _DIGESTS[key]
     memo_file = cache_home() / "file-digests.json"
-    try:
-        memo = read_json(memo_file) if memo_file.is_file() else {}
-    except (OSError, ValueError):
-        memo = {}
+    memo = {}
+    with contextlib.suppress(OSError, ValueError):
+        memo = read_json(memo_file)
     if key not in memo:
         memo[key] = sha256_file(p, algo=algo)
         with contextlib.suppress(OSError, SynthTLError):

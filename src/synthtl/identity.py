@@ -203,12 +203,9 @@ def outside_input(value: str, key: str) -> str:
 def _files_in(folder: Path) -> list[tuple[str, Path]]:
     """(name inside the folder, file) of every file that can change what it holds: hidden files (caches, locks,
     synthtl's own temp files) and docs are left out, names are relative so the folder can move."""
-    found = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix != ".md":
-            found.append((rel.as_posix(), p))
-    return found
+    rels = ((p.relative_to(folder), p) for p in sorted(folder.rglob("*")))
+    return [(rel.as_posix(), p) for rel, p in rels
+            if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix != ".md"]
 
 
 def hash_files(files: list[tuple[str, Path]]) -> str:

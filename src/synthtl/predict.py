@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from synthtl.config import FinetuneConfig, from_dict
@@ -60,8 +61,6 @@ def load_model(run: str | os.PathLike, weights: str = "selected") -> Trained:
     if not (run / "result.json").is_file():
         raise DataError(f"{run} is not a finished fine-tuning run (no result.json); finish it first")
     result = read_json(run / "result.json")
-    import yaml
-
     cfg = from_dict(FinetuneConfig, yaml.safe_load((run / "config.yaml").read_text()))
     classes = result.get("class_names") or read_json(run / "splits" / "train.json")["classes"]
     model, data_config = create_classifier(cfg.model.name, len(classes), pretrained=False, img_size=cfg.model.img_size)

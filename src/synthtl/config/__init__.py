@@ -42,12 +42,11 @@ from synthtl.config.style import LoraStyleConfig, StyleConfig
 from synthtl.errors import ConfigError
 
 __all__ = ["PROMPT_STYLES", "STYLE_PROMPTS", "ClassifierFilterConfig", "ClipFilterConfig", "DataConfig", "EmaConfig",
-           "FilterConfig", "FinetuneConfig", "GenerateConfig", "GeneratorConfig", "GridConfig", "Img2ImgConfig",
-           "KeepConfig", "LauncherConfig", "LeepConfig", "LoraStyleConfig", "MatchedConfig", "MixedConfig",
-           "ForecastConfig", "MixupConfig", "ModelConfig", "PromptConfig", "ReportConfig", "StageConfig", "StudyConfig",
-           "StyleConfig",
-           "SyntheticConfig", "configs_dir", "find_preset", "from_dict", "key", "load_config", "to_yaml",
-           "with_overrides"]
+           "FilterConfig", "FinetuneConfig", "ForecastConfig", "GenerateConfig", "GeneratorConfig", "GridConfig",
+           "Img2ImgConfig", "KeepConfig", "LauncherConfig", "LeepConfig", "LoraStyleConfig", "MatchedConfig",
+           "MixedConfig", "MixupConfig", "ModelConfig", "PromptConfig", "ReportConfig", "StageConfig", "StudyConfig",
+           "StyleConfig", "SyntheticConfig", "configs_dir", "find_preset", "from_dict", "key", "load_config",
+           "to_yaml", "with_overrides"]
 
 T = TypeVar("T")
 
@@ -117,8 +116,7 @@ def load_config(schema: type[T], preset: str | os.PathLike | list | None = None,
         node = OmegaConf.structured(schema)
         for p in [preset] if isinstance(preset, (str, os.PathLike)) else list(preset or []):
             node = OmegaConf.merge(node, _load_yaml_chain(find_preset(str(p)).resolve()))
-        node = _apply_overrides(node, overrides)
-        return _build(node)
+        return _build(_apply_overrides(node, overrides))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = str(e).split("\n")[0]

@@ -43,11 +43,8 @@ class KeepConfig:
     @property
     def rule(self) -> str:
         """The rule in use: "top_k", "threshold", "fraction", or "" when none is set."""
-        if self.top_k:
-            return "top_k"
-        if self.threshold is not None:
-            return "threshold"
-        return "fraction" if self.fraction else ""
+        used = {"top_k": self.top_k, "threshold": self.threshold is not None, "fraction": self.fraction}
+        return next((rule for rule, on in used.items() if on), "")
 
 
 @dataclass(frozen=True)

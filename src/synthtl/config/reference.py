@@ -3,6 +3,7 @@ YAML, a preset); `markdown` is docs/config.md (`python -m synthtl.config.referen
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import MISSING, Field, fields, is_dataclass
@@ -18,9 +19,8 @@ from synthtl.config.generate import GenerateConfig
 from synthtl.config.study import ForecastConfig, StudyConfig
 from synthtl.config.style import StyleConfig
 
-COMMANDS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "learn-style": StyleConfig,
-            "filter": FilterConfig, "study": StudyConfig,
-            "forecast": ForecastConfig}  # a command and its config; presets live in its folder
+COMMANDS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "learn-style": StyleConfig,  # a command's config
+            "filter": FilterConfig, "study": StudyConfig, "forecast": ForecastConfig}
 PRESET_FOLDERS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "style": StyleConfig,
                   "filter": FilterConfig, "studies": StudyConfig}
 
@@ -48,16 +48,12 @@ def commented_yaml(cfg: Any) -> str:
     lines, open_sections = [], []
     for key, value, f in leaves(cfg):
         *sections, name = key.split(".")
-        common = 0
-        while common < min(len(sections), len(open_sections)) and sections[common] == open_sections[common]:
-            common += 1
+        common = len(os.path.commonprefix([sections, open_sections]))  # of lists: the sections still open
         for depth in range(common, len(sections)):
             lines.append(f"{'  ' * depth}{sections[depth]}:")
         open_sections = sections
-        note = f.metadata.get("help", "")
         allowed = f.metadata.get("allowed")
-        if allowed:
-            note += f" [{rule_of(allowed)}]"
+        note = f.metadata.get("help", "") + (f" [{rule_of(allowed)}]" if allowed else "")
         lines.append(f"{'  ' * len(sections)}{name}: {inline(value)}" + (f"  # {note}" if note else ""))
     return "\n".join(lines) + "\n"
 
@@ -73,8 +69,7 @@ def markdown() -> str:
                 "| --- | --- | --- | --- | --- |"]
         for key, value, f in leaves(schema):
             allowed = rule_of(f.metadata["allowed"]) if f.metadata.get("allowed") else ""
-            how = f.metadata.get("identity", "value")
-            how += f" ({f.metadata['of']})" if f.metadata.get("of") else ""
+            how = f.metadata.get("identity", "value") + (f" ({f.metadata['of']})" if f.metadata.get("of") else "")
             cells = [f"`{key}`", f"`{inline(value)}`", allowed, how, f.metadata.get("help", "")]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
@@ -83,10 +78,7 @@ def markdown() -> str:
 
 def schema_of_preset(path: Path) -> type | None:
     """The config class of a shipped preset, by its folder under configs/ (None for another file)."""
-    for part in path.parts:
-        if part in PRESET_FOLDERS:
-            return PRESET_FOLDERS[part]
-    return None
+    return next((PRESET_FOLDERS[part] for part in path.parts if part in PRESET_FOLDERS), None)
 
 
 if __name__ == "__main__":

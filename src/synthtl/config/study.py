@@ -105,10 +105,9 @@ class StudyConfig:
     finetune: list[str] = key(factory=list, help="overrides for every fine-tuning run")
     generate_preset: str = key("generate/sd15", "the generation preset of every set")
     generate: list[str] = key(factory=list, help="overrides for every generation job")
-    style_presets: dict[str, str] = key(factory=lambda: {
-        "dsi": "style/dsi", "per_class": "style/per_class", "lora": "style/lora",
-        "lora_per_class": "style/lora_per_class"}, help="each style method's own preset (prompt style -> preset): "
-        "per-class inversion keeps its 5k steps per class")
+    style_presets: dict[str, str] = key(factory=lambda: {p: f"style/{p}" for p in STYLE_PROMPTS}, help="each style "
+                                        "method's own preset (prompt style -> preset): per-class inversion keeps its "
+                                        "5k steps per class")
     style: list[str] = key(factory=list, help="overrides for every style job")
     filter_presets: dict[str, str] = key(factory=dict, help="grid.filters name -> its `synthtl filter` preset")
     filter: list[str] = key(factory=list, help="overrides for every filter job (e.g. clip.model=/local/clip)")
