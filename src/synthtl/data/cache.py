@@ -46,8 +46,7 @@ class ScanResult:
 
 def _key(images: ImageList) -> str:
     """The cache folder of the list's root folder (not of the list: subsets share it)."""
-    h = hashlib.sha1(f"format {CACHE_FORMAT}\n".encode())
-    h.update(os.fsencode(images.root.resolve()))
+    h = hashlib.sha1(f"format {CACHE_FORMAT}\n".encode() + os.fsencode(images.root.resolve()))
     # The readable part is only a hint for people browsing the cache: kept short and plain for any file system.
     hint = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "-" for ch in images.name)[:40]
     return f"{hint or 'images'}-{h.hexdigest()[:12]}"
@@ -112,13 +111,6 @@ def _signature(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
-
-
 def _read_log(log: Path) -> dict[str, dict]:
     """path -> latest row of a scan log. A torn last line is ignored; any other damage names the file and line."""
     done: dict[str, dict] = {}
@@ -143,10 +135,9 @@ def _writer_lock(base: Path) -> Iterator[None]:
             stack.enter_context(files.exclusive(base, "data cache", wait=0))
         except files.LockedError:
             if is_main():
-                try:
-                    holder = (base / f"{files.LOCK_NAME}.holder").read_text().strip() or "another process"
-                except OSError:
-                    holder = "another process"
+                holder = "another process"
+                with contextlib.suppress(OSError):
+                    holder = (base / f"{files.LOCK_NAME}.holder").read_text().strip() or holder
                 print(f"[synthtl] data cache {base} is being built by {holder}; waiting for it to finish "
                       f"(up to {SCAN_LOCK_WAIT_S // 3600} h)", flush=True)
             stack.enter_context(files.exclusive(base, "data cache", wait=SCAN_LOCK_WAIT_S))
@@ -181,12 +172,9 @@ def _scan_one(root: Path, resized_dir: Path | None, short_side: int | None, rel:
 
 def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side: int | None = 256,
                 on_bad: str = "error", workers: int = 4, progress: bool = True) -> ScanResult:
-    """Scans `images` once (resuming an earlier partial scan) and returns the usable ones.
-
-    Args:
-        cache_dir: Cache root ("" = $SYNTHTL_CACHE or ~/.cache/synthtl).
-        short_side: Write resized copies with this short side; None = hashes and checks only.
-        on_bad: "error" raises `BadImageError` naming the first unreadable file; "skip" drops it."""
+    """Scans `images` once (resuming an earlier partial scan) and returns the usable ones. `cache_dir` "" is
+    $SYNTHTL_CACHE or ~/.cache/synthtl; `short_side` None writes no resized copies (hashes and checks only); `on_bad`
+    "error" raises `BadImageError` naming the first unreadable file, "skip" drops it."""
     base = (Path(cache_dir) if cache_dir else default_cache_dir()) / "scans" / _key(images)
     base.mkdir(parents=True, exist_ok=True)
     log = base / "scan.jsonl"
@@ -198,8 +186,11 @@ def scan_images(images: ImageList, cache_dir: str | os.PathLike = "", short_side
             return True
         if not row["ok"] or resized_dir is None:
             return False
-        size = _size(resized_dir / _cached_name(rel))  # a copy a crash left short (rows of old scans have no size)
-        return size is None or size != row.get("copy", size)
+        try:  # a copy a crash left short (rows of old scans have no size)
+            size = (resized_dir / _cached_name(rel)).stat().st_size
+        except FileNotFoundError:
+            return True
+        return size != row.get("copy", size)
 
     unique = list(dict.fromkeys(images.paths))
     done = _read_log(log)

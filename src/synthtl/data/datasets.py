@@ -35,26 +35,21 @@ def readable(class_id: str) -> str:
     return name.replace("_", " ").strip()
 
 
-def _report_ignored(folder: Path, ignored: list[str]) -> None:
-    """One line (rank 0) naming what a folder listing skipped."""
-    if ignored and is_main():
-        more = f"; and {len(ignored) - 8} more" if len(ignored) > 8 else ""
-        _print_once(f"[synthtl] {printable(folder)}: ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'}: "
-                    f"{'; '.join(ignored[:8])}{more} (names starting with '.' and __MACOSX are skipped; images are "
-                    f"{' '.join(IMAGE_EXTENSIONS)})")
-
-
 @functools.cache  # once per process: load_data lists a dataset several times per run
-def _print_once(line: str) -> None:
-    print(line)
+def _report_ignored(folder: Path, ignored: tuple[str, ...]) -> None:
+    """One line naming what a folder listing skipped."""
+    if ignored:
+        more = f"; and {len(ignored) - 8} more" if len(ignored) > 8 else ""
+        print(f"[synthtl] {printable(folder)}: ignored {len(ignored)} entr{'y' if len(ignored) == 1 else 'ies'}: "
+              f"{'; '.join(ignored[:8])}{more} (names starting with '.' and __MACOSX are skipped; images are "
+              f"{' '.join(IMAGE_EXTENSIONS)})")
 
 
 def _list_class(folder: Path, c: str, ignored: list[str]) -> list[str]:
     """Image files under folder/c at any depth (relative to `folder`, sorted); what it skips goes to `ignored`.
     Links to folders inside the class folder are followed (each real folder once, so a link loop ends); a link that
     leaves it (`cat/up -> ..`) is skipped, and an unreadable folder is reported."""
-    found, seen, top = [], set(), os.path.realpath(folder / c)
-    errors: list[OSError] = []
+    found, seen, errors, top = [], set(), [], os.path.realpath(folder / c)
     for dirpath, dirnames, files in os.walk(folder / c, followlinks=True, onerror=errors.append):
         rel_dir = Path(dirpath).relative_to(folder).as_posix()
         real = os.path.realpath(dirpath)
@@ -91,7 +86,6 @@ def _images_inside(folder: Path, limit: int = 1000) -> int:
 
 def image_folder(folder: Path, classes: list[str] | None = None, tag: str = "") -> ImageList:
     """A class-per-folder image folder. With `classes`, labels follow that order and other folders are an error.
-
     Hidden names and files without an image extension are skipped and reported (one printed line, and
     `ImageList.ignored`). A hidden folder that holds images beside the class folders (say "..dotdot") and a class
     folder without a single image are errors that name the folder: either would silently change the classes."""
@@ -131,7 +125,8 @@ def image_folder(folder: Path, classes: list[str] | None = None, tag: str = "") 
                             + " ".join(IMAGE_EXTENSIONS) + "): add its images or remove the folder (an empty folder "
                             "would still count as a class)")
         items += [(p, index[c]) for p in paths]
-    _report_ignored(folder, ignored)
+    if is_main():
+        _report_ignored(folder, tuple(ignored))
     return ImageList.of(folder, sorted(items), classes, map(readable, classes), tag or folder.name, ignored)
 
 
@@ -178,14 +173,8 @@ class Layout:
 
 def load_split(name: str, split: str, root: str | os.PathLike = "", work_dir: str | os.PathLike = "",
                download: bool = False, **layout) -> ImageList:
-    """The "train" (train or trainval) or "test" list of a registered dataset, "folder" or "csv".
-
-    Args:
-        root: Folder holding the dataset ("" = $SYNTHTL_DATA or ./data).
-        work_dir: Where datasets stored as arrays are written out as PNG files once.
-        download: Let torchvision download the dataset first.
-        **layout: `Layout` keys: train_dir, test_dir, train_csv, test_csv, verify_checksums.
-    """
+    """The "train" (train or trainval) or "test" list of a registered dataset, "folder" or "csv", under `root` (""
+    = $SYNTHTL_DATA or ./data); datasets stored as arrays are written out as PNG files once under `work_dir`."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     lay = Layout(**layout)

@@ -32,6 +32,7 @@ import numpy as np
 
 from synthtl.errors import ConfigError, DataError
 from synthtl.files import CorruptFileError, atomic_open, iter_jsonl, read_json, write_json
+from synthtl.identity import refusal
 
 MANIFEST = "manifest.jsonl"
 PROGRESS_DIR = "progress"
@@ -42,9 +43,8 @@ EXT = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 def safe_folder(name: str, max_len: int = 64) -> str:
-    """A folder name safe on every file system for a class name (slashes, '..', unicode, very long): ASCII letters,
-    digits, '-', '_' and '.' are kept, anything else becomes '_', and a changed name gets a short hash of the original
-    appended, so two different names never collide."""
+    """A folder name safe on every file system for a class name (slashes, '..', unicode, very long); a changed name
+    gets a short hash of the original appended, so two different names never collide."""
     ascii_ = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_).strip("._") or "class"
     if safe != name or len(safe) > max_len:
@@ -172,9 +172,8 @@ def read_logged(rows: SetRows) -> tuple[np.ndarray, dict[int, dict]]:
     logged = np.zeros(len(rows), dtype=bool)
     redrawn: dict[int, dict] = {}
     for log in sorted((rows.folder / PROGRESS_DIR).glob("shard-*.jsonl")):
-        line = 0
+        line, rest = 0, b""
         with open(log, "rb") as f:
-            rest = b""
             while chunk := f.read(_CHUNK):
                 data = rest + chunk
                 cut = data.rfind(b"\n") + 1
@@ -193,17 +192,14 @@ def _parse_log(data: bytes, log: Path, line: int, rows: SetRows, logged: np.ndar
                 raise CorruptFileError(f"{log}, line {n}: not a progress row (the file is damaged); run synthtl "
                                        f"generate --validate {log.parent.parent} --repair to drop the line (its image "
                                        "is redrawn by the next run), or restore the file")
-    if not found:
-        return
     c, i = _digits(b"".join([f[0] for f in found]), 5), _digits(b"".join([f[1] for f in found]), 6)
     ok = (c < len(rows.classes)) & (i < rows.per_class)  # ids outside the plan are not ours
     pos = c * rows.per_class + i
     logged[pos[ok]] = True
     for p in set(redrawn).intersection(pos[ok].tolist()):  # a later log row of the same image wins
         del redrawn[p]
-    for k in [k for k, f in enumerate(found) if f[3] != b"0"]:  # the seeds of redrawn images only
-        _, _, seed, redraws = found[k]
-        if ok[k] and int(redraws):
+    for k, (_, _, seed, redraws) in enumerate(found):  # the seeds of redrawn images only
+        if redraws != b"0" and ok[k] and int(redraws):
             redrawn[int(pos[k])] = {"seed": int(seed), "redraws": int(redraws)}
 
 
@@ -224,9 +220,8 @@ def present(rows: SetRows) -> np.ndarray:
             found = name.findall("\0".join(os.listdir(rows.folder / "images" / k["folder"])))
         except FileNotFoundError:
             continue
-        if found:
-            i = _digits("".join(found).encode("ascii"), 6)
-            out[c * rows.per_class + i[i < rows.per_class]] = True
+        i = _digits("".join(found).encode("ascii"), 6)
+        out[c * rows.per_class + i[i < rows.per_class]] = True
     return out
 
 
@@ -266,8 +261,7 @@ def completion(state: SetState, per_class: int = 0) -> dict:
 def completed_rows(folder: str | os.PathLike, state: SetState | None = None) -> Iterator[dict]:
     """The finished rows one at a time, class-major (see `SetState.completed_row`)."""
     state = state or read_state(folder)
-    for p in np.flatnonzero(state.done).tolist():
-        yield state.completed_row(p)
+    yield from map(state.completed_row, np.flatnonzero(state.done).tolist())
 
 
 def completion_record(state: SetState) -> dict:
@@ -293,9 +287,8 @@ def is_complete(folder: str | os.PathLike, per_class: int = 0) -> bool:
 # ---------------------------------------------------------------------------------------------------- the plan
 def class_table(classes: list[tuple[str, str]], prompts: list[list[dict]], tokens: list[str],
                 sources=None) -> list[dict]:
-    """One record per class: id, name, folder, style token, and the prompt record of each template (image i of the
-    class uses template i mod len(templates)); with img2img `sources` (`img2img.Sources`), also the class's sorted
-    source ids and their content hashes (image i starts from source i mod len(sources))."""
+    """One record per class: id, name, folder, style token, a prompt record per template (image i uses template i mod
+    their count) and, with img2img `sources`, the sorted source ids and hashes (image i starts from source i mod n)."""
     folders = class_folders([n for _, n in classes])
     table = [{"id": cid, "name": name, "folder": folders[c], "token": tokens[c], "prompts": prompts[c]}
              for c, (cid, name) in enumerate(classes)]
@@ -317,8 +310,6 @@ def check_settings(folder: Path, settings: dict) -> dict | None:
     if not (folder / PLAN).is_file():
         return None
     old = read_plan(folder)
-    from synthtl.identity import refusal
-
     diff = sorted(k for k in set(old["settings"]) | set(settings) if old["settings"].get(k) != settings.get(k))
     if diff:
         raise refusal(folder, "a generated set", diff, old["settings"], settings)

@@ -58,9 +58,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode.startswith("I") or img.mode == "F":
         return _high_bit_depth_to_l(img).convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("LA", "PA", "La", "RGBa"):
+    if img.mode in ("LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
     if img.mode == "RGBA":
         background = Image.new("RGB", img.size, (255, 255, 255))

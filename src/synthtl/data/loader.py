@@ -69,8 +69,7 @@ class ConcatImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         i, sample_seed = key if isinstance(key, tuple) else (key, None)
         part = next(k for k in range(len(self.parts)) if i < self.offsets[k + 1])
-        local = i - self.offsets[part]
-        return self.parts[part][(local, sample_seed) if sample_seed is not None else local]
+        return self.parts[part][(i - self.offsets[part], sample_seed)]  # (index, None) reads like index
 
 
 def collate(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, int]:
@@ -87,8 +86,7 @@ def collate(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tenso
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimizer steps in one pass over n images; a final batch of one image is dropped (BatchNorm cannot
     train on it), every other partial batch is kept (few-shot sets are often smaller than one batch)."""
-    full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 else 0)
+    return n // batch_size + int(n % batch_size > 1)
 
 
 @dataclass(eq=False, repr=False)
@@ -153,8 +151,7 @@ def _worker_init(worker_id: int) -> None:
 
 
 def train_loader(parts: Sequence[ImageDataset], batch_size: int, seed: int, num_workers: int,
-                 fraction: float | None = None, pin_memory: bool = False, rank: int = 0,
-                 world: int = 1) -> DataLoader:
+                 fraction: float | None = None, pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
     """A training loader over one or two datasets (real, or real + synthetic for the mixed strategy)."""
     n = sum(len(p) for p in parts)
     if n < 2:

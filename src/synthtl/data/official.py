@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from synthtl.data import safe_pickle
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import hidden, is_image_file
 from synthtl.errors import ConfigError, DataError
-from synthtl.files import content_sha256, write_bytes, write_json
+from synthtl.files import atomic_open, content_sha256, write_json
 from synthtl.registry import Registry
 
 
@@ -42,8 +41,7 @@ DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 def classnames(name: str) -> list[str]:
     """The shipped human-readable class names of a named dataset, in label order."""
-    text = resources.files("synthtl.data").joinpath("classnames", f"{name}.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return _lines(resources.files("synthtl.data").joinpath("classnames", f"{name}.txt"))
 
 
 def _require(path: Path, name: str, root: Path) -> Path:
@@ -57,7 +55,7 @@ def _require(path: Path, name: str, root: Path) -> Path:
     return path
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path) -> list[str]:  # a Path or a package resource
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -87,7 +85,6 @@ def _class_folders(base: Path, exclude: str = "") -> tuple[list[str], list[list[
                      for c in classes]
 
 
-# Parsers (one per dataset); each takes (root, split, work_dir).
 def _aircraft(root: Path, split: str, work: Path) -> ImageList:
     base = root / "fgvc-aircraft-2013b" / "data"
     classes = _lines(_require(base / "variants.txt", "aircraft", root))
@@ -217,9 +214,8 @@ def _materialize(out: Path, arrays: np.ndarray, labels: list[int], classes: list
     items = [(f"{classes[y]}/{i:05d}.png", int(y)) for i, y in enumerate(labels)]
     if not (out / "complete.json").is_file():
         for (rel, _), arr in zip(items, arrays, strict=True):
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format="PNG")
-            write_bytes(out / rel, buf.getvalue())
+            with atomic_open(out / rel, "wb") as f:
+                Image.fromarray(arr).save(f, format="PNG")
         write_json(out / "complete.json", {"images": len(items)})
     return items
 
@@ -231,13 +227,10 @@ def _cifar(root: Path, split: str, work: Path, which: str) -> ImageList:
         meta_file, label_key, names_key = "batches.meta", "labels", "label_names"
     else:
         files, meta_file, label_key, names_key = [split], "meta", "fine_labels", "fine_label_names"
-    data, labels = [], []
-    for f in files:  # pickles: read without running code (`safe_pickle`)
-        d = safe_pickle.load(folder / f)
-        data.append(d["data"])
-        labels += list(d[label_key])
+    batches = [safe_pickle.load(folder / f) for f in files]  # pickles: read without running code (`safe_pickle`)
+    labels = [y for d in batches for y in d[label_key]]
     classes = list(safe_pickle.load(folder / meta_file)[names_key])
-    arrays = np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    arrays = np.vstack([d["data"] for d in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     out = work / f"{which}-png" / split
     return _make(out, _materialize(out, arrays, labels, classes), classes, which, split)
 
@@ -279,16 +272,14 @@ DATASETS.add("dogs", DatasetSpec("Stanford Dogs", "stanford_dogs/Images", _dogs,
                                  "the Stanford Dogs images.tar and lists.tar extracted into stanford_dogs/"))
 DATASETS.add("cub200", DatasetSpec("CUB-200-2011", "CUB_200_2011/images.txt", _cub200, "the CUB_200_2011 archive"))
 # The MD5 of each file of the official archives, as published with them (and checked by torchvision).
-CIFAR10_MD5 = (("cifar-10-batches-py/data_batch_1", "c99cafc152244af753f735de768cd75f"),
-               ("cifar-10-batches-py/data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
-               ("cifar-10-batches-py/data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
-               ("cifar-10-batches-py/data_batch_4", "634d18415352ddfa80567beed471001a"),
-               ("cifar-10-batches-py/data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
-               ("cifar-10-batches-py/test_batch", "40351d587109b95175f43aff81a1287e"),
-               ("cifar-10-batches-py/batches.meta", "5ff9c542aee3614f3951f8cda6e48888"))
-CIFAR100_MD5 = (("cifar-100-python/train", "16019d7e3df5f24257cddd939b257f8d"),
-                ("cifar-100-python/test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
-                ("cifar-100-python/meta", "7973b15100ade9c7d40fb424638fde48"))
+CIFAR10_MD5 = tuple((f"cifar-10-batches-py/{f}", md5) for f, md5 in (
+    ("data_batch_1", "c99cafc152244af753f735de768cd75f"), ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+    ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"), ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+    ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"), ("test_batch", "40351d587109b95175f43aff81a1287e"),
+    ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888")))
+CIFAR100_MD5 = tuple((f"cifar-100-python/{f}", md5) for f, md5 in (
+    ("train", "16019d7e3df5f24257cddd939b257f8d"), ("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+    ("meta", "7973b15100ade9c7d40fb424638fde48")))
 DATASETS.add("cifar10", DatasetSpec("CIFAR-10", "cifar-10-batches-py", functools.partial(_cifar, which="cifar10"),
                                     "the CIFAR-10 python archive", "CIFAR10", checksums=CIFAR10_MD5))
 DATASETS.add("cifar100", DatasetSpec("CIFAR-100", "cifar-100-python", functools.partial(_cifar, which="cifar100"),
@@ -324,10 +315,9 @@ def download_dataset(name: str, spec: DatasetSpec, root: Path) -> None:
         return
     import torchvision.datasets as tvd
 
-    cls = getattr(tvd, spec.download)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        cls(str(root), **_DOWNLOAD_ARGS.get(spec.download, {}), download=True)
+        getattr(tvd, spec.download)(str(root), **_DOWNLOAD_ARGS.get(spec.download, {}), download=True)
     except Exception as e:  # network errors come in many types (URLError, HTTPError, OSError, RuntimeError)
         raise DataError(f"downloading {name!r} with torchvision failed ({type(e).__name__}: {e}). Without internet, "
                         f"copy {spec.source} into {root} by hand and run without data.download") from e

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthtl.config import FinetuneConfig
-from synthtl.data.cache import ScanResult, check_overlap, default_cache_dir, scan_images
+from synthtl.data.cache import ScanResult, check_overlap, scan_images
 from synthtl.data.datasets import load_data
 from synthtl.data.genset import PLAN
 from synthtl.data.imagelist import ImageList
@@ -14,6 +14,7 @@ from synthtl.data.images import printable
 from synthtl.data.splits import stratified_val, train_indices, write_split
 from synthtl.data.synthetic import check_sources, load_synthetic_set, needs_scan
 from synthtl.errors import ConfigError, DataError
+from synthtl.filtering.store import read_kept
 from synthtl.runtime import is_main
 
 
@@ -43,8 +44,7 @@ def split_seed(cfg: FinetuneConfig) -> int:
 
 def _scan(images: ImageList, cfg: FinetuneConfig) -> ScanResult:
     d = cfg.data
-    return scan_images(images, Path(d.cache_dir) if d.cache_dir else default_cache_dir(),
-                       short_side=d.cache_short_side if d.cache else None, on_bad=d.on_bad_image,
+    return scan_images(images, d.cache_dir, short_side=d.cache_short_side if d.cache else None, on_bad=d.on_bad_image,
                        workers=max(1, d.num_workers), progress=cfg.progress)
 
 
@@ -84,11 +84,11 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     used = ScanResult(images=train, hashes=tuple(train_scan.hashes[i] for i in idx), skipped=(), source=train_src)
     overlap = check_overlap(used, test_scan, d.allow_overlap)
     scans = {"train": train_scan, "test": test_scan}
-    synthetic, syn_record = None, None
+    syn_record = None
     if needs_synthetic or cfg.synthetic.path:
         scans["synthetic"], syn_record = _synthetic(cfg, source, trained_on)
-        synthetic = scans["synthetic"].images
-    return RunData(train=train, test=test_scan.images, val=val, synthetic=synthetic,
+    return RunData(train=train, test=test_scan.images, val=val,
+                   synthetic=scans["synthetic"].images if "synthetic" in scans else None,
                    skipped={k: len(s.skipped) for k, s in scans.items()},
                    skipped_files={k: [printable(p) for p, _ in s.skipped] for k, s in scans.items()}, overlap=overlap,
                    short_classes=short, ignored={"train": list(train_list.ignored), "test": list(test_list.ignored)},
@@ -103,11 +103,7 @@ def _synthetic(cfg: FinetuneConfig, source: ImageList, trained_on: ImageList) ->
                           "generated set (`synthtl generate`) or a class-per-folder image folder")
     if (Path(s.path) / PLAN).is_file():  # an img2img set carries its real sources in
         check_sources(s.path, trained_on, s.per_class)
-    kept = None
-    if s.filter:  # the filter's immutable kept list of this volume (`synthtl filter`)
-        from synthtl.filtering.store import read_kept
-
-        kept = read_kept(s.path, s.filter, s.per_class)
+    kept = read_kept(s.path, s.filter, s.per_class) if s.filter else None  # the immutable kept list of this volume
     images, record = load_synthetic_set(s.path, source, s.per_class, s.allow_partial,
                                         set(kept["paths"]) if kept else None)
     if kept:

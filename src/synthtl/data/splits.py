@@ -24,8 +24,7 @@ def fewshot_indices(images: ImageList, shots: int, seed: int) -> tuple[list[int]
     for c, idx in enumerate(images.by_class()):
         if len(idx) < shots:
             short.append(images.classes[c])
-        take = rng.permutation(len(idx))[:shots]
-        chosen += [idx[t] for t in take]
+        chosen += [idx[t] for t in rng.permutation(len(idx))[:shots]]
     return sorted(chosen), short
 
 
@@ -95,8 +94,7 @@ def read_split(path: str | os.PathLike, images: ImageList) -> list[int]:
     if missing:
         raise DataError(f"split file {path} names {len(missing)} images not in {images.name} "
                         f"(e.g. {missing[:3]}); was it made for another dataset or root?")
-    out = [where[i] for i in ids]
     wrong = [i for i, y in zip(ids, labels, strict=True) if images.labels[where[i]] != y]
     if wrong:
         raise DataError(f"split file {path} gives other labels than the dataset for {wrong[:3]}")
-    return out
+    return [where[i] for i in ids]

@@ -31,12 +31,10 @@ def check_sources(folder: str | os.PathLike, train: ImageList, per_class: int = 
 
 def needs_scan(path: str | os.PathLike, short_side: int | None) -> bool:
     """Whether a synthetic set's training files need the data cache's first-use scan (`cache.scan_images`).
-
     A generated set needs none when its training copies are already what the cache would hold: synthtl wrote every
-    finished file itself (`synthtl generate --validate` checks them; the loader names or skips a damaged one like any
-    other), and a training copy (an upright RGB JPEG, short side at most `train_copy`) no longer than the cache's
-    `short_side` is what the scan would hard-link unchanged. With no cache (`short_side` None) the scan would only
-    check and hash, and the hashes of synthetic images feed nothing. Class-per-folder sets are always scanned."""
+    finished file itself (`synthtl generate --validate` checks them; the loader names or skips a damaged one), and a
+    training copy (an upright RGB JPEG) no longer than the cache's `short_side` is what the scan would hard-link
+    unchanged. With no cache the scan would only check and hash, and the hashes of synthetic images feed nothing."""
     if not (Path(path) / PLAN).is_file():
         return True
     side = read_plan(path)["settings"]["train_copy"]
@@ -48,11 +46,10 @@ def _match_classes(syn_classes: list[tuple[str, str]], real: ImageList, where: s
     "cat" are two classes): a real class is found by its id, its readable name, then the safe folder names and readable
     form derived from them (what a class-per-folder set is named after); earlier keys win over derived ones."""
     lookup: dict[str, int] = {}
-    derived = (lambda c, n: c, lambda c, n: n, lambda c, n: safe_folder(c), lambda c, n: safe_folder(n),
-               lambda c, n: readable(c))
-    for key_of in derived:
-        for i, (cid, name) in enumerate(zip(real.classes, real.names, strict=True)):
-            lookup.setdefault(key_of(cid, name), i)
+    for keys in (real.classes, real.names, map(safe_folder, real.classes), map(safe_folder, real.names),
+                 map(readable, real.classes)):
+        for i, key in enumerate(keys):
+            lookup.setdefault(key, i)
     mapping, unknown, taken = {}, [], {}
     for j, (cid, name) in enumerate(syn_classes):
         hit = next((lookup[k] for k in (cid, name) if k and k in lookup), None)
@@ -95,29 +92,24 @@ def _generated_items(folder: Path, real: ImageList, per_class: int, allow_partia
     done = np.flatnonzero(state.done)  # class-major, then image index: "first k"
     starts = np.searchsorted(rows.cls[done], order + [np.iinfo(np.int32).max])
     key = "train_path" if rows.settings["train_copy"] else "path"
-    paths: list[str] = []
-    labels = np.zeros(len(done), dtype=np.int64)
+    paths, labels = [], []  # labels: real class indices
     for j, c in enumerate(order):
         mine = (done[starts[j]:starts[j + 1]][:per_class or None] - c * rows.per_class).tolist()  # image indices
         train = rows.rel_paths(c, mine, key)
         if kept is not None:
             train = [t for t, p in zip(train, rows.rel_paths(c, mine), strict=True) if p in kept]
-        labels[len(paths):len(paths) + len(train)] = mapping[j]
         paths += train
-    return paths, labels[:len(paths)]
+        labels += [mapping[j]] * len(train)
+    return paths, np.array(labels, dtype=np.int64)
 
 
 def load_synthetic_set(path: str | os.PathLike, real: ImageList, per_class: int = 0, allow_partial: bool = False,
                        kept: set[str] | None = None) -> tuple[ImageList, dict]:
     """A synthetic training set labelled like `real` (classes matched one to one), and its record for result.json.
-
-    Args:
-        path: A generated set (`synthtl generate`) or a class-per-folder image folder.
-        per_class: Keep the first k images of each class; 0 = all (the record's done/total count those).
-        allow_partial: Use an unfinished generated set (the finished images only) instead of refusing it.
-        kept: A filter's kept list for this volume (manifest paths, `filtering.store.read_kept`): only those of the
-            first `per_class` images are used, so a filtered run trains on fewer images than the volume.
-    """
+    `path`: a generated set or a class-per-folder image folder; `per_class`: the first k images of each class (0 =
+    all; the record's done/total count those); `allow_partial`: use an unfinished generated set's finished images
+    instead of refusing it; `kept`: a filter's kept list (manifest paths, `filtering.store.read_kept`), which drops
+    images from the first `per_class`."""
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"synthetic.path={str(path)!r} is not a folder; point it at a generated set "

@@ -105,7 +105,6 @@ class DeviceAugment:
 
 def place(slot: torch.Tensor, im: torch.Tensor) -> None:
     """Copies a (3, h, w) image into the top-left of a larger (3, H, W) batch slot, edge pixels repeated beyond it.
-
     With aligned=True, roi_align's samples for a box that reaches the image's right (bottom) edge fall up to half a
     pixel past the last pixel centre, so bilinear interpolation also reads column w (row h): roi_align clamps there on
     a lone image, but in a padded batch zeros would bleed into the last output row and column. Repeating the edge

@@ -52,10 +52,9 @@ def load_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: 
     """The scorer of `cfg.method` for the set's classes [(index, id, name)]; CLIP prompts: `clip.template`."""
     if cfg.method == "classifier":
         return classifier_scorer(cfg, classes, device)
-    prompts = [cfg.clip.template.format(name) for _, _, name in classes]
     build = open_clip_scorer if cfg.clip.model.startswith(OPEN_CLIP) else clip_scorer
     return Scorer("clip", [name for _, _, name in classes], {c: j for j, (c, _, _) in enumerate(classes)},
-                  *build(cfg.clip.model, prompts, device))
+                  *build(cfg.clip.model, [cfg.clip.template.format(name) for _, _, name in classes], device))
 
 
 def _first_line(e: Exception) -> str:
@@ -175,7 +174,6 @@ def final_weights(run: Path, result: dict) -> Path:
 
 def classifier_run(cfg: FilterConfig) -> tuple[Path, dict, dict]:
     """(folder, config.yaml, result.json) of classifier.run, refused unless it is a finished run on real images only.
-
     Only its train-split classes and final weights are used (best val epoch with select=val: val is carved from
     train), never its test split or scores. Any run with synthetic.path is refused (even vanilla_matched): a classifier
     that learned the generator's look would rank synthetic images by resemblance to those it saw, not to the class."""

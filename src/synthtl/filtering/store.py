@@ -14,6 +14,7 @@ Growing the set adds scores and new kept lists, never changing old ones, so a ru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -102,12 +103,9 @@ def read_kept(set_dir: str | os.PathLike, name: str, per_class: int) -> dict:
         raise DataError(f"filter {name!r} of {set_dir} {state} {per_class} images per class: run `synthtl filter "
                         f"{set_dir} name={name} per_class=[{per_class}] ...` (images already scored are not scored "
                         "again)")
-    try:
+    with contextlib.suppress(ValueError, KeyError, TypeError):
         kept = read_json(f)
-        ok = kept_digest(kept["paths"]) == kept["digest"]
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise DataError(f"{f} is not the kept list filter {name!r} wrote (edited or damaged); delete it and re-run "
-                        f"`synthtl filter {set_dir} name={name} per_class=[{per_class}]`")
-    return kept
+        if kept_digest(kept["paths"]) == kept["digest"]:
+            return kept
+    raise DataError(f"{f} is not the kept list filter {name!r} wrote (edited or damaged); delete it and re-run "
+                    f"`synthtl filter {set_dir} name={name} per_class=[{per_class}]`")
