@@ -27,15 +27,13 @@ __all__ = ["ForecastConfig", "console_text", "forecast_records", "run_forecast"]
 
 def forecast_records(study_folder: str | Path, cfg: ForecastConfig, runs: list[Run] | None = None) -> list[dict]:
     """One JSON-able record per setting of a finished study (`curve.forecast_curve`'s keys, plus "label", "setting",
-    "cost" and "plumbing_only": the runs' classifiers have random weights, as in the demo). `runs`: the study's finished
-    runs, when already read.
+    "cost" and "plumbing_only": random-weight classifiers, as in the demo); `runs`: the study's runs, if already read.
 
     Raises:
         DataError: not a study, no volume grid, a missing cost record, a run of an unknown strategy.
         ConfigError: an asked strategy that is unknown or has no runs in the study.
     """
-    folder = Path(study_folder)
-    if not folder.is_dir():
+    if not (folder := Path(study_folder)).is_dir():
         raise DataError(f"{folder} is not a folder: give a study folder (the out_dir of `synthtl study`)")
     records = []
     for s in read_settings(folder, collect_runs(folder) if runs is None else runs, list(cfg.strategies)):
@@ -47,10 +45,8 @@ def forecast_records(study_folder: str | Path, cfg: ForecastConfig, runs: list[R
 
 
 def run_forecast(study_folder: str | Path, cfg: ForecastConfig) -> dict:
-    """Forecasts every setting; writes <study>/forecast/forecast.json and one figure per fitted setting beside it.
-
-    Returns {"records", "json": path, "figures": [paths]}.
-    """
+    """Forecasts every setting into <study>/forecast/: forecast.json and one figure per fitted setting; returns
+    {"records", "json": path, "figures": [paths]}."""
     out = Path(study_folder) / "forecast"
     records = forecast_records(study_folder, cfg)
     figures = [forecast_figure(r, out) for r in records]

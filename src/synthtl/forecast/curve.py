@@ -51,12 +51,10 @@ def check_data(volumes: np.ndarray, seeds: list[np.ndarray]) -> dict | None:
     if len(volumes) < 3 or volumes[0] != 0:
         have = "/".join(f"{v:g}" for v in volumes)
         return refusal(f"fewer than 3 volumes (measured: {have}; vanilla is volume 0 and counts)", 2 * vmax)
-    few = [v for v, s in zip(volumes, seeds, strict=True) if len(s) < 2]
-    if few:
+    if few := [v for v, s in zip(volumes, seeds, strict=True) if len(s) < 2]:
         return refusal(f"fewer than 2 seeds at volume {'/'.join(f'{v:g}' for v in few)} (the band is a bootstrap over "
                        "seeds: run them again with another seed)", max(few))
-    sd, means = noise_sd(seeds), [s.mean() for s in seeds]
-    direction = 0.0
+    sd, means, direction = noise_sd(seeds), [s.mean() for s in seeds], 0.0
     for j in range(1, len(means)):
         for i in range(j):
             move = means[j] - means[i]
@@ -142,16 +140,13 @@ def best_per_hour(point: Fits, boot: Fits, volumes: np.ndarray, cost: Cost) -> d
 
 def forecast_curve(volumes, seeds: list, at: list[int], cost: Cost, tol: float = 0.5, n_boot: int = 2000,
                    seed: int = 0) -> dict:
-    """The forecast of one curve: `seeds[j]` holds the test top-1 of every seed at `volumes[j]` (0 = vanilla).
-
-    Returns a JSON-able dict; its "refusal" (one line, with "next_volume") is set when the data cannot carry a fit.
-    """
+    """The forecast of one curve, JSON-able: `seeds[j]` holds the test top-1 of every seed at `volumes[j]` (0 =
+    vanilla); its "refusal" (one line, with "next_volume") is set when the data cannot carry a fit."""
     volumes, seeds = np.asarray(volumes, float), [np.asarray(s, float) for s in seeds]
     measured = [{"volume": float(v), "mean": float(s.mean()), "n": len(s), "std": float(s.std(ddof=1)) if len(s) > 1
                  else None} for v, s in zip(volumes, seeds, strict=True)]
     rec = {"measured": measured, "refusal": None, "next_volume": None, "unit": cost.unit}
-    bad = check_data(volumes, seeds)
-    if bad:
+    if bad := check_data(volumes, seeds):
         return {**rec, **bad}
     sd, n = noise_sd(seeds), np.array([len(s) for s in seeds], float)
     point = fit("power", volumes, [s.mean() for s in seeds], n, sd**2)

@@ -48,10 +48,8 @@ class Fits:
         return self.a[:, None] - self.g[:, None] * _x(self.law, volumes, self.shape[:, None, :], self.vmax)[:, 0]
 
     def params(self, i: int = 0) -> dict:
-        """Fit `i` in images per class; the power law also in its textbook form a - b (V + V0)^-c."""
+        """Power-law fit `i` in images per class, also in its textbook form a - b (V + V0)^-c."""
         s, a, g = np.exp(self.shape[i]), float(self.a[i]), float(self.g[i])
-        if self.law == "loglinear":
-            return {"a": a, "g": g, "v0": float(s[0] * self.vmax)}
         c, v0 = float(s[0]), float(s[1] * self.vmax)
         return {"a": a, "g": g, "c": c, "v0": v0, "b": g * v0**c}
 
@@ -86,7 +84,7 @@ def fit(law: str, volumes, y, weights, noise_var: float) -> Fits:
     y = np.atleast_2d(np.asarray(y, float))
     vmax = float(v.max())
     bounds = LAWS[law][2]
-    lows, highs = np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+    lows, highs, points = (np.array(x) for x in zip(*bounds, strict=True))
     center = np.array([0.0, np.log(np.exp(np.log(v[v > 0]).mean()) / vmax)])
 
     def criterion(shapes: np.ndarray) -> np.ndarray:  # (G, p) or (B, m, p) -> (B, G|m)
@@ -96,7 +94,7 @@ def fit(law: str, volumes, y, weights, noise_var: float) -> Fits:
     axes = [np.linspace(lo, hi, n) for lo, hi, n in bounds]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
     best = grid[criterion(grid).argmin(1)]
-    step = np.tile((highs - lows) / (np.array([b[2] for b in bounds]) - 1), (len(y), 1))
+    step = np.tile((highs - lows) / (points - 1), (len(y), 1))
     moves = np.stack(np.meshgrid(*[[0.0, -1.0, 1.0]] * len(bounds), indexing="ij"), -1).reshape(-1, len(bounds))
     rows = np.arange(len(y))
     for _ in range(200):  # move to the best neighbour; halve the step where the centre is best
@@ -113,8 +111,7 @@ def fit(law: str, volumes, y, weights, noise_var: float) -> Fits:
 def noise_sd(seeds: list[np.ndarray]) -> float:
     """Pooled seed standard deviation of one run, floored at FLOOR_SD."""
     df = sum(len(s) - 1 for s in seeds)
-    ss = sum(float(((s - s.mean()) ** 2).sum()) for s in seeds)
-    return max(np.sqrt(ss / df) if df else 0.0, FLOOR_SD)
+    return max(np.sqrt(sum(float(((s - s.mean()) ** 2).sum()) for s in seeds) / df) if df else 0.0, FLOOR_SD)
 
 
 def seed_bootstrap(seeds: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,5 +126,4 @@ def seed_bootstrap(seeds: list[np.ndarray], n: int, rng: np.random.Generator) ->
 
 def interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The central LEVEL interval of bootstrap samples (along the first axis)."""
-    lo, hi = np.percentile(samples, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
-    return lo, hi
+    return tuple(np.percentile(samples, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0))

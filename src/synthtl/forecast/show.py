@@ -15,26 +15,22 @@ def _interval(v, lo, hi) -> str:
 
 
 def _plateau(p: dict) -> str:
-    if not p:
-        return "–"
-    if p["volume"] is None:
-        return p["refusal"] or p["note"]
+    if p.get("volume") is None:
+        return p.get("refusal") or p.get("note") or "–"
     return f"{p['volume']}/class (95%: {p['volume_lo']:.0f} to {p['volume_hi']:.0f})"
 
 
 def _best(b: dict, unit: str) -> str:
-    if not b or b["volume"] is None:
-        return (b or {}).get("note") or "–"
+    if b.get("volume") is None:
+        return b.get("note") or "–"
     return (f"{b['volume']:.0f}/class: {b['gain']:+.2f} pt for {b['hours']:.3g} {unit}-h of one run "
             f"({b['per_hour']:+.3g} pt per {unit}-h)")
 
 
 def predictions_table(records: list[dict]) -> Table:
     """One row per setting and asked volume; a setting refused as a whole is one row with its refusal."""
-    rows = []
-    for r in records:
-        for p in r.get("predictions") or [{"volume": None, "top1": None, "gain": None, "hours": None}]:
-            rows.append({"setting": r["label"], **p, "unit": r["unit"], "note": p.get("refusal") or r["refusal"]})
+    rows = [{"setting": r["label"], **p, "unit": r["unit"], "note": p.get("refusal") or r["refusal"]} for r in records
+            for p in r.get("predictions") or [{"volume": None, "top1": None, "gain": None, "hours": None}]]
     return Table("forecast", "Forecast: predicted test top-1 at larger volumes", [
         Col("setting", "setting"), Col("per class", "volume", dash("{:g}")),
         Col("test top-1 % [95%]", ("top1", "top1_lo", "top1_hi"),
@@ -88,8 +84,7 @@ def forecast_figure(record: dict, folder: Path) -> Path | None:
     ax.plot(c["volume"], c["top1"], color="tab:blue", label=f"fit: {record['law']['formula']}")
     ax.errorbar([x["volume"] for x in m], [x["mean"] for x in m], yerr=[x["std"] for x in m], fmt="o",
                 color="black", capsize=3, label="measured (mean ± std over seeds)", zorder=3)
-    shown = [p for p in record["predictions"] if not p["refusal"]]
-    if shown:
+    if shown := [p for p in record["predictions"] if not p["refusal"]]:
         ax.errorbar([p["volume"] for p in shown], [p["top1"] for p in shown], fmt="D", color="tab:orange", capsize=3,
                     yerr=[[p["top1"] - p["top1_lo"] for p in shown], [p["top1_hi"] - p["top1"] for p in shown]],
                     label="predicted at the asked volumes")

@@ -54,8 +54,7 @@ def read_settings(folder: Path, runs: list[Run], strategies: list[str]) -> list[
         if r.labels["strategy"] not in STRATEGIES:
             raise DataError(f"{r.folder}: unknown strategy {r.labels['strategy']!r} (`synthtl strategies` lists "
                             "those synthtl knows); move the run out of runs/ to forecast the rest")
-    synthetic = [r for r in runs if volume_of(r) > 0]
-    if not synthetic:
+    if not (synthetic := [r for r in runs if volume_of(r) > 0]):
         raise DataError(f"{folder} has no volume grid: none of its runs trains on synthetic images; run a study with "
                         "grid.volumes, e.g. `synthtl study pilot grid.datasets=[pets]`")
     present = sorted({r.labels["strategy"] for r in synthetic}, key=rank)
@@ -84,11 +83,9 @@ def read_settings(folder: Path, runs: list[Run], strategies: list[str]) -> list[
 
 def _label(lab: dict, varying: set[str]) -> str:
     """dataset model strategy, then the axes this study varies (shots, prompts, guidance, filter)."""
-    words = [lab["dataset"], lab["model"], lab["strategy"]]
-    words += [f"{lab['shots']}-shot" if lab["shots"] else "full"] if "shots" in varying else []
-    words += [lab["prompt"]] if "prompt" in varying else []
-    words += [f"g{lab['guidance']}"] if "guidance" in varying else []
-    words += [f"filter {lab['filter'] or 'none'}"] if "filter" in varying else []
+    shown = {"shots": f"{lab['shots']}-shot" if lab["shots"] else "full", "prompt": lab["prompt"],
+             "guidance": f"g{lab['guidance']}", "filter": f"filter {lab['filter'] or 'none'}"}
+    words = [lab["dataset"], lab["model"], lab["strategy"], *(shown[k] for k in SHOWN if k in varying)]
     return " ".join(map(str, words))
 
 
@@ -101,21 +98,15 @@ def _seen(run: Run) -> float:
                         "train_images; re-run it with this synthtl") from None
 
 
-def _set_folder(study: Path, run: Run) -> Path:
-    """The generated set a run trained on (under <study>/gen by its folder name when the study was moved)."""
-    path = (run.config.get("synthetic") or {}).get("path") or run.result.get("synthetic")
-    if not path:
-        raise DataError(f"missing cost record: {run.folder / 'config.yaml'} names no synthetic set (synthetic.path)")
-    return Path(path) if Path(path).is_dir() or not (study / "gen" / Path(path).name).is_dir() else \
-        study / "gen" / Path(path).name
-
-
 def measured_cost(study: Path, setting: Setting) -> Cost:
     """Seconds per generated image and per training image seen, measured by the setting's own runs and sets: GPU
     seconds where every run and set recorded some, else wall seconds of whatever device did the work."""
     sets = {}
-    for r in setting.runs:
-        folder = _set_folder(study, r)
+    for r in setting.runs:  # the generated set each run trained on
+        if not (path := (r.config.get("synthetic") or {}).get("path") or r.result.get("synthetic")):
+            raise DataError(f"missing cost record: {r.folder / 'config.yaml'} names no synthetic set (synthetic.path)")
+        moved = study / "gen" / Path(path).name
+        folder = moved if moved.is_dir() and not Path(path).is_dir() else Path(path)  # the study moved: by folder name
         sets[folder.resolve()] = stats = set_stats(folder)
         if not stats["images"]:
             raise DataError(f"missing cost record: {folder}/progress has no cost-shard-*.jsonl (the generation cost "
@@ -131,7 +122,6 @@ def measured_cost(study: Path, setting: Setting) -> Cost:
     vanilla = float(np.mean([_seen(r) for r in setting.vanilla])) if setting.vanilla else 0.0
     # training images are linear in the volume: fitted on the strategy's own runs (through vanilla with one volume)
     per, fixed = np.polyfit(vols, seen, 1) if len(set(vols)) > 1 else ((seen.mean() - vanilla) / vols[0], vanilla)
-    classes = int(setting.runs[0].result.get("num_classes") or 0)
-    if not classes:
+    if not (classes := int(setting.runs[0].result.get("num_classes") or 0)):
         raise DataError(f"missing cost record: {setting.runs[0].folder / 'result.json'} has no num_classes")
     return Cost("GPU" if gpu else "device", gen_s, train_s, classes, (float(fixed), float(per)), vanilla)

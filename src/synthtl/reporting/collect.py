@@ -31,8 +31,7 @@ class Run:
 
 def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
     """(guidance, prompt style) of a generated set, from its plan alone (a manifest can hold a million rows)."""
-    plan = gen_dir / "plan.json"
-    if not plan.is_file():
+    if not (plan := gen_dir / "plan.json").is_file():
         return None, None
     data = read_json(plan)
     ident = data.get("settings", {})
@@ -62,18 +61,17 @@ def _result(path: Path) -> dict | None:
     """A run's result.json, or None with a warning naming it when it is damaged or not a finished run's."""
     try:
         r = read_json(path)
-        ok = isinstance(r, dict) and isinstance(r.get("test"), dict) and isinstance(r["test"].get("top1"), (int, float))
+        if isinstance(r, dict) and isinstance(r.get("test"), dict) and isinstance(r["test"].get("top1"), (int, float)):
+            return r
     except (OSError, ValueError):
-        ok = False
-    if not ok:
-        warnings.warn(f"{path} is damaged or not a finished run's result: that run is left out (re-run it to "
-                      "rebuild the file)", stacklevel=3)
-    return r if ok else None
+        pass
+    warnings.warn(f"{path} is damaged or not a finished run's result: that run is left out (re-run it to rebuild the "
+                  "file)", stacklevel=3)
+    return None
 
 
 def runs_root(folder: Path) -> Path:
-    """Where a folder's runs are: a study's runs/, else the folder itself (the out_dir of one-off `synthtl finetune`
-    runs, or any folder holding run folders)."""
+    """Where a folder's runs are: a study's runs/, else the folder itself (e.g. the out_dir of `synthtl finetune`)."""
     return folder / "runs" if (folder / "runs").is_dir() else folder
 
 
@@ -107,8 +105,7 @@ def find_runs(study_dir: str | Path) -> list[Run]:
             cfg = None
         # A study puts its runs at runs/<job id>; a folder elsewhere (a copy?) is named by its own path
         rid = folder.name if folder.name in plan and folder.parent == root / "runs" else str(folder.relative_to(base))
-        labels = plan.get(rid) or _labels(cfg, prompt_label)
-        if labels is None:
+        if (labels := plan.get(rid) or _labels(cfg, prompt_label)) is None:
             warnings.warn(f"{folder / 'config.yaml'} is missing or damaged: that run is left out (re-run it to "
                           "rebuild the file)", stacklevel=2)
             continue
@@ -119,8 +116,7 @@ def find_runs(study_dir: str | Path) -> list[Run]:
 
 def some_runs(folder: Path) -> list[Run]:
     """`find_runs`, refusing a folder without any."""
-    runs = find_runs(folder)
-    if not runs:
+    if not (runs := find_runs(folder)):
         raise DataError(f"{folder} has no finished runs (no result.json under {runs_root(folder)}): give a study "
                         "folder or a folder of `synthtl finetune` runs")
     return runs
@@ -134,8 +130,7 @@ def unique_runs(runs: list[Run]) -> tuple[list[Run], list[dict]]:
     for r in runs:
         # what makes two run folders the same run, wherever they live (result.json's "identity", `synthtl.identity`)
         ident = str(r.result.get("identity") or f"folder:{r.folder}"), r.result.get("seed", r.labels.get("seed"))
-        k = kept.setdefault(ident, r)
-        if k is not r:
+        if (k := kept.setdefault(ident, r)) is not r:
             dropped.append({"run": r.id, "folder": str(r.folder), "kept": k.id, "kept_folder": str(k.folder),
                             "identity": ident[0], "seed": ident[1], "top1": r.result.get("test", {}).get("top1"),
                             "kept_top1": k.result.get("test", {}).get("top1")})

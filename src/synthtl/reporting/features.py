@@ -106,8 +106,7 @@ class FeatureSpace:
         with quiet_pil(), ThreadPoolExecutor(os.cpu_count() or 1) as pool, flags:
             for start in range(0, len(paths), FEATURE_BATCH):
                 arrs = list(pool.map(self._load, paths[start:start + FEATURE_BATCH]))
-                good = [k for k, a in enumerate(arrs) if a is not None]
-                if not good:
+                if not (good := [k for k, a in enumerate(arrs) if a is not None]):
                     continue
                 x = torch.from_numpy(np.stack([arrs[k] for k in good])).to(self.device)
                 rows = [start + k for k in good]
@@ -146,8 +145,7 @@ class Scanned:
             n = len(self.images)
             self.features = np.full((n, space.dim), np.nan, dtype=np.float32)
             self.feature_ok, self._asked = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        missing = np.asarray(idx, dtype=np.int64)[~self._asked[idx]]
-        if len(missing):
+        if len(missing := np.asarray(idx, dtype=np.int64)[~self._asked[idx]]):
             f, ok = space([self.images.path(int(i)) for i in missing], [self.digests[int(i)] for i in missing])
             self.features[missing], self.feature_ok[missing], self._asked[missing] = f, ok, True
         ok = self.feature_ok[idx]

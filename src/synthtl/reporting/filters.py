@@ -48,9 +48,8 @@ def collect_filters(gensets: list[GenSet]) -> tuple[list[FilterRun], list[str]]:
             except (DataError, CorruptFileError, ValueError, KeyError) as e:  # a damaged or foreign filter folder
                 problems.append(f"{g.id}/{name}: {e if isinstance(e, SynthTLError) else f'unreadable ({e!r})'}")
                 continue
-            lab = g.labels
-            what = ", ".join(str(x) for x in (lab.get("dataset"), lab.get("prompt")) if x)
-            what += f", guidance {lab['guidance']:g}" if isinstance(lab.get("guidance"), int | float) else ""
+            what = ", ".join(str(x) for x in (g.labels.get("dataset"), g.labels.get("prompt")) if x)
+            what += f", guidance {g.labels['guidance']:g}" if isinstance(g.labels.get("guidance"), int | float) else ""
             found.append(FilterRun(g.id, g.folder, name, summary, rows, read_cost(filter_dir(g.folder, name)), what))
     return found, problems
 

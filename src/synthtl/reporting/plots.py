@@ -39,8 +39,7 @@ def radar_figure(table: Table):
     for r in table.raw:
         if r["n"]:
             data.setdefault(r["strategy"], {})[r["dataset"]] = (r["mean"], r["std"])
-    datasets = sorted({d for v in data.values() for d in v})
-    if not datasets:
+    if not (datasets := sorted({d for v in data.values() for d in v})):
         return None
     strategies = sorted(data, key=rank)
     nan = (np.nan, np.nan)
@@ -54,21 +53,19 @@ def radar_figure(table: Table):
         ax.set_xticks(angles, datasets)
         vals = [v for d in data.values() for v, _ in d.values() if not math.isnan(v)]
         ax.set_ylim(max(0.0, min(vals) - 5), max(vals) + 2)  # zoom on the differences, not on 0-100
-        ax.set_title(table.title, fontsize=9)
         ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
-        return fig
-    # too few datasets for a radar: bars of the mean with ± std over seeds, strategies on the x axis
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(strategies) * len(datasets)), 3.5))
-    width = 0.8 / len(datasets)
-    for j, d in enumerate(datasets):
-        cells = [data[s].get(d, nan) for s in strategies]
-        ax.bar(np.arange(len(strategies)) + j * width, [m for m, _ in cells], width, yerr=[sd for _, sd in cells],
-               capsize=3, color=[COLORS(i) for i in range(len(strategies))], alpha=1.0 - 0.35 * j, label=d)
-    ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2, strategies, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+    else:  # too few datasets for a radar: bars of the mean with ± std over seeds, strategies on the x axis
+        fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(strategies) * len(datasets)), 3.5))
+        width = 0.8 / len(datasets)
+        for j, d in enumerate(datasets):
+            cells = [data[s].get(d, nan) for s in strategies]
+            ax.bar(np.arange(len(strategies)) + j * width, [m for m, _ in cells], width, yerr=[sd for _, sd in cells],
+                   capsize=3, color=[COLORS(i) for i in range(len(strategies))], alpha=1.0 - 0.35 * j, label=d)
+        ax.set_xticks(np.arange(len(strategies)) + 0.4 - width / 2, strategies, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+        if len(datasets) > 1:
+            ax.legend(fontsize=7)
     ax.set_title(table.title, fontsize=9)
-    if len(datasets) > 1:
-        ax.legend(fontsize=7)
     return fig
 
 

@@ -71,8 +71,7 @@ def _entry(raw, where: str) -> Published:
         raise ConfigError(f"{where}: missing {missing}; every published number needs its source, table and protocol")
     values = {}
     for key, kind in KINDS.items():
-        v = raw.get(key)
-        if v is None:
+        if (v := raw.get(key)) is None:
             continue
         if kind is float and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100):  # NaN too
             raise ConfigError(f"{where}: {key}={v!r} must be a top-1 accuracy in percent (0-100)")
@@ -107,11 +106,9 @@ def load_published(path: str | Path | None = None) -> list[Published]:
     out, seen = [], {}
     for i, raw in enumerate(entries):
         e = _entry(raw, f"{path}, entry {i + 1}")
-        key = (e.peer, e.table, e.dataset, e.method, e.real, e.protocol)
-        if key in seen:
-            raise ConfigError(f"{path}, entry {i + 1}: repeats entry {seen[key]} (same peer, table, dataset, method, "
+        if (first := seen.setdefault((e.peer, e.table, e.dataset, e.method, e.real, e.protocol), i + 1)) != i + 1:
+            raise ConfigError(f"{path}, entry {i + 1}: repeats entry {first} (same peer, table, dataset, method, "
                               "real images and protocol); delete one")
-        seen[key] = i + 1
         out.append(e)
     return out
 
@@ -121,9 +118,8 @@ def _our_records(runs: list[Run], dataset: str, n_boot: int) -> list[dict]:
     out = []
     for (model, shots, volume, guidance, prompt), members in settings(runs):
         members = [r for r in members if r.labels["dataset"] == dataset]
-        base = prompt.split(", filter ")[0] if prompt else ""
-        family = (PROMPT_FAMILY.get(base, "other") if base else "–") + (
-            " + filter" if prompt and ", filter " in prompt else "")
+        base, filtered, _ = (prompt or "").partition(", filter ")
+        family = (PROMPT_FAMILY.get(base, "other") if base else "–") + (" + filter" if filtered else "")
         weights = "pretrained" if all(r.config.get("model", {}).get("pretrained", True) for r in members) \
             else "random init"
         protocol = f"{model} ({weights}), fully fine-tuned" + (
@@ -176,8 +172,7 @@ def published_table(runs: list[Run], entries: list[Published], n_boot: int = 100
     trains on (full split, k-shot, none), ours first: only rows of one group share a protocol."""
     raw = []
     for ds in sorted({r.labels["dataset"] for r in runs}):
-        theirs = [e for e in entries if e.dataset == ds]
-        if theirs:
+        if theirs := [e for e in entries if e.dataset == ds]:
             found = [(0, i, r) for i, r in enumerate(_our_records(runs, ds, n_boot))]
             found += [(1, (e.peer, e.method, i), _peer_record(e)) for i, e in enumerate(theirs)]
             raw += [r for *_, r in sorted(found, key=lambda f: (_real_order(f[2]["real"]), f[0], str(f[1])))]

@@ -149,13 +149,11 @@ def leakage_row(a: Scanned, role: str, test: Scanned, label: str, space: Feature
     row = {f"{role}_images": len(a.images), f"{role}_checked": int(a_ok.sum()), "test_images": len(test.images),
            "test_checked": int(b_ok.sum()), "unreadable": int((~a_ok).sum() + (~b_ok).sum()),
            "near_duplicates": n_pairs, f"{role}_flagged": n_flagged}
-    examples = []
-    for p in pairs:
-        info = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()
-                         if k in ("hash_bits", "cosine"))
-        examples.append({"left": a.images.path(p["image"]), "left_caption": a.describe(p["image"], role),
-                         "right": test.images.path(p["test"]), "right_caption": test.describe(p["test"], "test"),
-                         "caption": f"{label}: {info}"})
+    examples = [{"left": a.images.path(p["image"]), "left_caption": a.describe(p["image"], role),
+                 "right": test.images.path(p["test"]), "right_caption": test.describe(p["test"], "test"),
+                 "caption": f"{label}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in p.items() if k in ("hash_bits", "cosine"))}
+                for p in pairs]
     return row, examples
 
 
@@ -208,9 +206,6 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
     """Quality and leakage of every set (and filter's kept subset) and the leakage of every real train split."""
     space = FeatureSpace(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"), cache)
     found, problems = found_filters if found_filters is not None else collect_filters(gensets)
-    filters: dict[Path, list[FilterRun]] = {}
-    for f in found:
-        filters.setdefault(Path(f.set_folder), []).append(f)
     reals: dict[str | None, tuple | None] = {}  # dataset -> its (train, test), scanned
     q_raw, s_raw, examples, small = [], [], [], []
     for g in gensets:
@@ -225,7 +220,7 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
         label = f"{dataset} / {g.labels.get('prompt')} / guidance {g.settings.get('guidance')}"
         base = {"set": g.id, "dataset": dataset, "prompt": g.labels.get("prompt"),
                 "guidance": g.settings.get("guidance"), "_label": label}
-        mine = filters.get(Path(g.folder), [])
+        mine = [f for f in found if Path(f.set_folder) == Path(g.folder)]
         if reals[dataset] is None or not len(images):  # shown, not measured
             q_raw += [{"_shown_only": True, "_label": label, "n_synthetic": len(images), "dim": space.dim},
                       *[{"_shown_only": True, "_label": filter_label(label, f), "not_measured": "no real train split"}
@@ -243,10 +238,10 @@ def quality(runs: list[Run], gensets: list[GenSet], cfg: ReportConfig, cache: Pa
         if pair is not None:
             row, pairs = leakage_row(pair[0], "train", pair[1], dataset, space)
             t_raw, train_examples = t_raw + [{"dataset": dataset, **row}], train_examples + pairs
-    cols = COLUMNS if filters else COLUMNS[:-1]  # the last column is for filter rows only
+    cols = COLUMNS if found else COLUMNS[:-1]  # the last column is for filter rows only
     q = Table("quality", "Synthetic-set quality against the real train split", cols, q_raw,
-              _note(cfg, space, bool(filters), problems, small))
-    return QualityReport(q, *leakage_tables(s_raw, t_raw, space, bool(filters)), examples, train_examples)
+              _note(cfg, space, bool(found), problems, small))
+    return QualityReport(q, *leakage_tables(s_raw, t_raw, space, bool(found)), examples, train_examples)
 
 
 def _note(cfg: ReportConfig, space: FeatureSpace, with_filters: bool, problems: list[str], small: list[str]) -> str:

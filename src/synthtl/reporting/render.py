@@ -27,8 +27,7 @@ class Col:
     fmt: Callable[..., str] = str
 
     def cell(self, record: dict) -> str:
-        keys = self.key if isinstance(self.key, tuple) else (self.key,)
-        return self.fmt(*(record.get(k) for k in keys))
+        return self.fmt(*(record.get(k) for k in (self.key if isinstance(self.key, tuple) else (self.key,))))
 
 
 @dataclass

@@ -56,18 +56,15 @@ def read_study(folder: Path, cfg: ReportConfig) -> Study:
 
 
 def _name_own_datasets(runs: list[Run], gensets: list[GenSet]) -> None:
-    """An own dataset ("folder" or "csv") is shown by its folder's name ("folder:pets_photos"), in runs and generated
-    sets alike (they are matched by that label). Runs of several folders each get their own; sets, made for one of
-    them, keep the plain name then."""
+    """An own dataset ("folder" or "csv") is named by its folder ("folder:pets_photos") in runs and generated sets
+    alike (they are matched by that label); sets keep the plain name when runs read several such folders."""
     roots: dict[str, set[str]] = {}
     for r in runs:
-        root = (r.config.get("data") or {}).get("root")
-        if r.labels["dataset"] in ("folder", "csv") and root:
+        if r.labels["dataset"] in ("folder", "csv") and (root := (r.config.get("data") or {}).get("root")):
             roots.setdefault(r.labels["dataset"], set()).add(Path(root).name)
             r.labels = {**r.labels, "dataset": f"{r.labels['dataset']}:{Path(root).name}"}
     for g in gensets:
-        kind = g.labels.get("dataset")
-        if kind in roots and len(roots[kind]) == 1:
+        if (kind := g.labels.get("dataset")) in roots and len(roots[kind]) == 1:
             g.labels = {**g.labels, "dataset": f"{kind}:{next(iter(roots[kind]))}"}
 
 
@@ -93,8 +90,7 @@ def header(s: Study, page: Page) -> None:
 
 def strategies(s: Study, page: Page) -> None:
     page.section("Results by strategy", "strategies", tables.glossary_table(s.runs))
-    seeds = min(Counter((r.labels["dataset"], r.labels["strategy"]) for r in s.runs).values())
-    if seeds < 5:
+    if (seeds := min(Counter((r.labels["dataset"], r.labels["strategy"]) for r in s.runs).values())) < 5:
         page.text(f"With {seeds} seed(s) per cell a paired t-test has {max(seeds - 1, 0)} degree(s) of freedom: read "
                   "its p as a rough guide only, and the per-seed differences and the bootstrap interval (CSV) as the "
                   "evidence; more seeds (grid.seeds) tighten both.", "note")
@@ -116,15 +112,13 @@ def sweeps(s: Study, page: Page) -> None:
     for axis, key, title in (("volume", "volume", "Synthetic volume (images per class)"),
                              ("guidance", "guidance", "Guidance scale of the generator"),
                              ("shots", "fewshot", "Few-shot: real images per class")):
-        t = tables.sweep_table(s.runs, axis, key, title)
-        if t is not None:
+        if (t := tables.sweep_table(s.runs, axis, key, title)) is not None:
             page.section(title, key, t)
             _figure(s, page, plots.sweep_figure(t, axis, log2=axis == "shots"), key, title)
 
 
 def leep(s: Study, page: Page) -> None:
-    t = tables.leep_table(s.runs)
-    if t is not None:
+    if (t := tables.leep_table(s.runs)) is not None:
         page.section("Transferability (LEEP)", "leep", t)
         _figure(s, page, plots.leep_figure(t), "leep", "LEEP before and after stage 1")
 
@@ -144,8 +138,7 @@ def quality(s: Study, page: Page) -> None:
 
 
 def published(s: Study, page: Page) -> None:
-    t = published_table(s.runs, s.peers, s.cfg.bootstrap)
-    if t is not None:
+    if (t := published_table(s.runs, s.peers, s.cfg.bootstrap)) is not None:
         page.section("Beside peers' published numbers (ours)", "published")
         page.text("Beyond the paper: what peers report on the same datasets, copied from their papers with the table "
                   "each number comes from. Their classifiers, resolutions and amounts of real data differ from ours "
@@ -163,8 +156,7 @@ def cost(s: Study, page: Page) -> None:
 
 
 def forecast(s: Study, page: Page) -> None:
-    """How much to generate (`synthtl forecast`, ours): its tables and figures, or the one line that says why not.
-    A study without a volume grid gets no section."""
+    """How much to generate (`synthtl forecast`, ours), or the line that says why not; none without a volume grid."""
     from synthtl.errors import SynthTLError
     from synthtl.forecast import ForecastConfig, forecast_records
     from synthtl.forecast.show import answers_table, forecast_figure, predictions_table

@@ -32,15 +32,13 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
 
 
 def paired(ours: dict[int, float], base: dict[int, float], n_boot: int = 10000, seed: int = 0) -> dict:
-    """Two strategies run with the same seeds (seed -> accuracy; `base`: the baseline), compared on the seeds they
-    share: n, mean_diff, std_diff, t and p (two-sided paired t-test; nan below 2 pairs), ci_low/ci_high (95%
-    percentile interval of the mean difference over `n_boot` bootstrap resamples)."""
+    """Two strategies (seed -> accuracy; `base`: the baseline) on their shared seeds: n, mean_diff, std_diff, t and p
+    (two-sided paired t-test; nan below 2 pairs), ci_low/ci_high (95% interval of mean_diff over `n_boot` resamples)."""
     seeds = sorted(set(ours) & set(base))
     d = np.array([ours[s] - base[s] for s in seeds], dtype=float)
     nan = float("nan")
-    out = {"n": len(seeds), "mean_diff": nan, "std_diff": nan, "t": nan, "p": nan, "ci_low": nan, "ci_high": nan}
-    if len(d):
-        out["mean_diff"] = float(d.mean())
+    out = {"n": len(seeds), "mean_diff": float(d.mean()) if len(d) else nan, "std_diff": nan, "t": nan, "p": nan,
+           "ci_low": nan, "ci_high": nan}
     if len(d) > 1:
         sd = out["std_diff"] = float(d.std(ddof=1))
         if sd > 0:
@@ -132,9 +130,8 @@ def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
         note = ("mean ± std over seeds; [difference to vanilla paired by seed (paired t-test p)]; the test split is "
                 "never used for selection")
         if prompt and ", filter " in prompt:
-            kept = [r.result.get("images", {}).get("synthetic") for r in members
-                    if takes_synthetic(r.labels["strategy"])]
-            kept = [k for k in kept if isinstance(k, int)]
+            kept = [k for r in members if takes_synthetic(r.labels["strategy"])
+                    and isinstance(k := r.result.get("images", {}).get("synthetic"), int)]
             note += (f"; filtered: runs train on what the filter's rule keeps of the first {volume} per class"
                      + (f" ({min(kept)}–{max(kept)} synthetic images per run)" if kept else ""))
         cols = [*plain("dataset"), *[Col(s, s, top1_cell) for s in strategies],
@@ -158,10 +155,9 @@ def leep_table(runs: list[Run]) -> Table | None:
                 key = r.labels["dataset"], r.labels["model"], r.labels["shots"]
                 stage1.setdefault(key, {}).setdefault((setting, r.labels["strategy"]), {})[r.id] = v
     raw = []
-    for key in sorted(set(pretrained) | set(stage1), key=str):
-        ds, model, shots = key
-        mp, sp, npre = mean_std(pretrained.get(key, []))
-        cells = sorted(stage1.get(key, {}).items(), key=lambda kv: (str(kv[0][0]), rank(kv[0][1])))
+    for ds, model, shots in sorted(set(pretrained) | set(stage1), key=str):
+        mp, sp, npre = mean_std(pretrained.get((ds, model, shots), []))
+        cells = sorted(stage1.get((ds, model, shots), {}).items(), key=lambda kv: (str(kv[0][0]), rank(kv[0][1])))
         for (setting, strategy), found in cells or [(((None,) * 5, None), {})]:
             m1, s1d, n1 = mean_std(list(found.values()))
             paper = (PAPER_LEEP.get(ds, (None, None)) if model == "resnet18" and not shots
@@ -173,11 +169,9 @@ def leep_table(runs: list[Run]) -> Table | None:
     if not raw:
         return None
     cols = [*plain("dataset", "setting"), Col("strategy", "strategy", dash()),
-            Col("pretrained (ImageNet head)", ("leep_pretrained", "leep_pretrained_std", "n_pretrained"),
-                fmt_mean_std),
+            Col("pretrained (ImageNet head)", ("leep_pretrained", "leep_pretrained_std", "n_pretrained"), fmt_mean_std),
             Col("after stage 1", ("leep_stage1", "leep_stage1_std", "n_stage1"), fmt_mean_std),
-            Col("paper", ("paper_pretrained", "paper_stage1"),
-                lambda a, b: "–" if a is None else f"{a:.2f} → {b:.2f}")]
+            Col("paper", ("paper_pretrained", "paper_stage1"), lambda a, b: "–" if a is None else f"{a:.2f} → {b:.2f}")]
     return Table("leep", "LEEP on the real training images: the pretrained model vs the stage-1 (synthetic) model",
                  cols, raw, "higher is better; one row per synthetic setting (prompt style, filter, volume, guidance) "
                  "and bridged strategy, mean ± std over its seeds; the pretrained column is the same model on the "
@@ -283,15 +277,13 @@ def accuracy_per_gpu_hour(runs: list[Run], gensets: list, styles: list[dict] | N
         hours = sum(x["extra_finetune_gpu_h"] + x["synthetic_input_gpu_h"] for x in xs) / len(xs)
         shown.append({**{k: xs[0][k] for k in ("dataset", "setting", "strategy")}, "seeds": len(xs), "gain": gain,
                       "hours": hours, "per_hour": gain / hours if hours > 0 else None})
-    cols = [*plain("dataset", "setting", "strategy", "seeds"),
-            Col("Δ top-1 (pts)", "gain", "{:+.2f}".format),
+    cols = [*plain("dataset", "setting", "strategy", "seeds"), Col("Δ top-1 (pts)", "gain", "{:+.2f}".format),
             Col("extra GPU h (fine-tune + style + generation + filter)", "hours", "{:.3f}".format),
             Col("pts per GPU h", "per_hour", lambda v: "– (no extra GPU time)" if v is None else f"{v:+.2f}")]
     return Table("accuracy_per_gpu_hour", "Accuracy gained over vanilla per extra GPU-hour", cols,
-                 [x for xs in ordered for x in xs],
-                 "per seed, paired with that seed's vanilla run, then averaged; a generated set (and its style and "
-                 "filter) counts in full for every run that uses it, since each setting would need it on its own",
-                 shown=shown)
+                 [x for xs in ordered for x in xs], "per seed, paired with that seed's vanilla run, then averaged; a "
+                 "generated set (and its style and filter) counts in full for every run that uses it, since each "
+                 "setting would need it on its own", shown=shown)
 
 
 def glossary_table(runs: list[Run]) -> Table:
@@ -308,11 +300,10 @@ def runs_table(runs: list[Run]) -> Table:
             "leep_pretrained": (r.result.get("leep") or {}).get("pretrained"),
             "leep_stage1": (r.result.get("leep") or {}).get("stage1"), "selected": r.result.get("selected")}
            for r in sorted(runs, key=lambda r: (r.labels["dataset"], rank(r.labels["strategy"]), r.id))]
-    two = "{:.2f}".format
     cols = [*plain("run", "dataset", "model", "strategy", "seed", "shots"),
             Col("volume", "volume", lambda v: str(v or "–")),
             Col("prompts", ("prompt", "filter"), lambda p, f: str(p or "–") + (f", filter {f}" if f else "")),
-            Col("top-1", "top1", two), Col("top-5", "top5", dash("{:.2f}")),
+            Col("top-1", "top1", "{:.2f}".format), Col("top-5", "top5", dash("{:.2f}")),
             Col("mean class acc", "mean_class_acc", dash("{:.2f}")), Col("steps", "steps", dash()),
             Col("wall s", "wall_s", dash("{:.0f}"))]
     return Table("runs", "Every run", cols, raw)
