@@ -4,7 +4,6 @@ job is a resolved YAML (`jobs.run_job`) that resumes from its own checkpoints, s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from synthtl import faults
 from synthtl.config import StudyConfig
 from synthtl.errors import ConfigError
-from synthtl.files import LockedError, exclusive, read_json, write_json
+from synthtl.files import LockedError, exclusive, read_json, write_json, write_text
 from synthtl.jobs import KINDS, is_finished, run_job
 from synthtl.runtime import cpu_threads, is_main
 
@@ -129,15 +128,13 @@ def _in_process(tasks: list[Task], study: StudyConfig) -> Outcome:
         if is_main():
             print(f"[synthtl] {t.kind} job {eta(k, len(tasks), time.perf_counter() - t0)}: {t.name}", flush=True)
         try:
-            with exclusive(t.lock, "study job"):
-                JobRunner()(dataclasses.replace(t, lock=""))  # this process holds the lock
+            JobRunner()(t)  # holds the task's lock while it runs
         except LockedError:  # a second `synthtl study` (or a lone command) is running this very job
             out.elsewhere.append(t.job)
         except Exception as e:  # one failed job must not stop the others
             out.failed.append(t.job)
             log = Path(study.folder) / "logs" / f"{t.name}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text("".join(traceback.format_exception(e)))
+            write_text(log, "".join(traceback.format_exception(e)))
             if is_main():
                 print(f"[synthtl] job {t.name} failed: {e} (log: {log})")
     return out
@@ -153,9 +150,8 @@ def _visible(env) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1) -> list[str | None]:
+def gpu_slots(parallel: int, env: dict[str, str], per_job: int = 1) -> list[str | None]:
     """CUDA_VISIBLE_DEVICES of `parallel` slots of `per_job` visible GPUs (None: CPU); ConfigError if too few."""
-    env = os.environ if env is None else env
     visible = _visible(env)
     if not visible:
         return [None] * parallel
@@ -241,11 +237,8 @@ def slurm_states(ids: list[str]) -> dict[str, str]:
                              text=True, timeout=120)
     except (OSError, subprocess.SubprocessError):
         return {}
-    states = {}
-    for line in res.stdout.splitlines():
-        jid, _, state = line.partition("|")
-        states[jid.strip()] = state.split()[0] if state.split() else ""  # "CANCELLED by 42" -> CANCELLED
-    return states
+    rows = (line.partition("|") for line in res.stdout.splitlines())
+    return {jid.strip(): (state.split() or [""])[0] for jid, _, state in rows}  # "CANCELLED by 42" -> CANCELLED
 
 
 def state_of(states: dict[str, str], slurm_id: str) -> str:

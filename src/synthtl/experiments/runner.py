@@ -99,15 +99,13 @@ def measured_rates(root: Path) -> dict[str, float]:
 
 
 def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
-    c = job.config
-    if job.kind == "style":
-        steps = style_steps(job)[0] or c.steps_per_class * 10  # classes unknown until the data is there
-        return steps * rates.get("style", DEFAULT_RATES["style"])
+    c, rate = job.config, {**DEFAULT_RATES, **rates}  # measured rates override the defaults
+    if job.kind == "style":  # the classes are unknown until the data is there: 10
+        return (style_steps(job)[0] or c.steps_per_class * 10) * rate["style"]
     if job.kind == "generate":
-        return c.per_class * (num_classes(c.data.name) or 10) * rates.get("generate", DEFAULT_RATES["generate"])
+        return c.per_class * (num_classes(c.data.name) or 10) * rate["generate"]
     if job.kind == "filter":  # one forward pass per image of the set
-        return job.labels.get("per_class", 1000) * (num_classes(job.labels["dataset"]) or 10) * rates.get(
-            "filter", DEFAULT_RATES["filter"])
+        return job.labels.get("per_class", 1000) * (num_classes(job.labels["dataset"]) or 10) * rate["filter"]
     d = c.data
     classes = num_classes(d.name) or 10
     real = d.shots * classes if d.shots else TRAIN_SIZES.get(d.name, 10000)
@@ -115,8 +113,7 @@ def estimate_seconds(job: Job, rates: dict[str, float]) -> float:
     seen = {"synthetic": c.synth_stage.epochs * syn, "real": c.real_stage.epochs * real,
             "mixed": c.real_stage.epochs * (real + syn)}  # training images each kind of stage sees
     images = sum(seen[stage] for stage in STRATEGIES.get(c.strategy).cost_stages)
-    rate = rates.get(c.model.name, DEFAULT_RATES.get(c.model.name, DEFAULT_RATES["finetune"]))
-    return images * rate
+    return images * rate.get(c.model.name, rate["finetune"])
 
 
 def describe_style_job(job: Job) -> str:
@@ -167,8 +164,7 @@ def _earlier_submissions(plan: Plan) -> set[str]:
     study = plan.study
     if study.launcher.kind != "slurm":
         return set()
-    unfinished = {j.id for j in plan.jobs if not is_done(j)}
-    failed, active = launcher.check_submitted(study, unfinished)
+    failed, active = launcher.check_submitted(study, {j.id for j in plan.jobs if not is_done(j)})
     if failed:
         launcher.mark_reported(study, {r["task"] for r in failed})
         shown = "; ".join(f"{r['task']} (Slurm {r['slurm_id']}, {r['state']}; log: {r['log']})" for r in failed[:5])

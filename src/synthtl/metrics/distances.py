@@ -22,8 +22,7 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     if not np.isfinite(covmean).all():  # singular product: regularise, as the reference implementation does
         eps = np.eye(c1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((c1 + eps) @ (c2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean.real))
 
 
 def _poly_mmd2(x: np.ndarray, y: np.ndarray) -> float:
@@ -46,9 +45,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int 
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    aa = (a * a).sum(1)[:, None]
-    bb = (b * b).sum(1)[None, :]
-    return np.sqrt(np.maximum(aa + bb - 2 * a @ b.T, 0.0))
+    return np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0))
 
 
 def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:

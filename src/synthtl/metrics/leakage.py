@@ -79,9 +79,8 @@ def quiet_pil() -> Iterator[None]:
 def hash_files(paths: Sequence[Path], workers: int = 0) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
     """(phashes (n,) uint64, readable (n,) bool, 16-byte BLAKE2b digests of the bytes or b"" if missing), each file
     read once in `workers` threads (0 = one per core: decoding and hashing release the GIL)."""
-    workers = workers or os.cpu_count() or 1
     hashes, ok, digests, block = np.zeros(len(paths), dtype=np.uint64), np.zeros(len(paths), dtype=bool), [], 1024
-    with quiet_pil(), ThreadPoolExecutor(workers) as pool:
+    with quiet_pil(), ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for start in range(0, len(paths), block):
             scanned = list(pool.map(_scan_one, paths[start:start + block], chunksize=16))
             digests += [d for d, _ in scanned]
@@ -109,9 +108,7 @@ def hash_pairs(a: np.ndarray, b: np.ndarray, max_bits: int, chunk: int = 4096,
     block = rows * max(1, 64 // workers)
 
     def scan(start: int) -> list[tuple]:
-        x = np.empty((rows, cols), np.uint64)
-        bits = np.empty((rows, cols), np.uint8)
-        hit = np.empty((rows, cols), bool)
+        x, bits, hit = (np.empty((rows, cols), t) for t in (np.uint64, np.uint8, bool))
         out = []
         for i0 in range(start, min(start + block, len(a)), rows):
             pa = a[i0:i0 + rows, None]

@@ -14,10 +14,7 @@ def leep(probs: torch.Tensor, labels: torch.Tensor, num_target_classes: int) -> 
     """LEEP of source softmax `probs` (n, |Z|) for target `labels` (n,) in [0, num_target_classes)."""
     probs = probs.double()
     n = probs.shape[0]
-    onehot = torch.zeros(n, num_target_classes, dtype=torch.float64)
-    onehot[torch.arange(n), labels.long()] = 1.0
-    joint = onehot.T @ probs / n  # (|Y|, |Z|)
-    marginal = joint.sum(dim=0, keepdim=True)  # P(z)
-    conditional = joint / marginal.clamp_min(1e-300)  # P(y | z)
+    joint = torch.nn.functional.one_hot(labels.long(), num_target_classes).double().T @ probs / n  # (|Y|, |Z|)
+    conditional = joint / joint.sum(dim=0, keepdim=True).clamp_min(1e-300)  # P(y | z) = P(y, z) / P(z)
     eep = (probs @ conditional.T)[torch.arange(n), labels.long()]  # sum_z P(y_i|z) theta_i(z)
     return torch.log(eep.clamp_min(1e-300)).mean().item()

@@ -113,9 +113,8 @@ def _timm(arch: str, num_classes: int | None, pretrained: bool, weights: str, im
         try:
             model = timm.create_model(arch, pretrained=pretrained or bool(weights), **kwargs)
         except TypeError:
-            if "img_size" not in kwargs:
+            if not kwargs.pop("img_size", 0):  # CNNs take any resolution; only the data config changes
                 raise
-            kwargs.pop("img_size")  # CNNs take any resolution; only the data config changes
             model = timm.create_model(arch, pretrained=pretrained or bool(weights), **kwargs)
     except (ConfigError, TypeError):
         raise

@@ -42,12 +42,9 @@ class ResumeRecord:
         if self.tracker is not None:
             self.tracker.log(row)
         if self.tensorboard:
-            if self._tb is None:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError as e:
-                    raise RuntimeError("tensorboard=true needs the tensorboard package: pip install "
-                                       "'synthtl[tensorboard]'") from e
+            if self._tb is None:  # `run_finetune` checked that the package is there
+                from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(str(self.run_dir / "tb"))
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):

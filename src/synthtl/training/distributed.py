@@ -39,10 +39,6 @@ def wrap(model: nn.Module, rt: Runtime) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.is_cuda else None)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def sum_all(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums over ranks (identity without torchrun)."""
     if not active():

@@ -85,7 +85,7 @@ def train_one_epoch(model: nn.Module, loader, how: Steps, step: int) -> tuple[Ep
         if step >= how.total_steps:
             break
         n_global = sampler.global_size(i) if how.world > 1 else len(y)  # known to every rank without communication
-        if n_global < max(2, how.world) or (how.world == 1 and len(y) < 2):  # a lone sample (or fewer than ranks)
+        if n_global < max(2, how.world):  # a lone sample (or fewer than ranks)
             continue
         idle = how.world > 1 and len(y) == 0  # this rank's share was unreadable: it still joins the gradient average
         if idle:

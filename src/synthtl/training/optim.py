@@ -25,7 +25,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
     """Linear warmup from peak/100 to peak over warmup_steps, then cosine from peak to floor at total_steps."""
     if warmup_steps and step < warmup_steps:
         return peak * (0.01 + 0.99 * step / warmup_steps)
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 

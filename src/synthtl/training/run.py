@@ -20,12 +20,10 @@ from synthtl.errors import ConfigError
 from synthtl.files import LockedError, exclusive, git_sha, read_json, remove_temps, write_json, write_text
 from synthtl.models import resolve
 from synthtl.runtime import Runtime, dtype_name, is_main, resolve_runtime, seed_everything
-from synthtl.strategies import what_runs
+from synthtl.strategies import effective_config, what_runs
 from synthtl.training import checkpoint, distributed, tracker
-from synthtl.training.checkpoint import ResumeRecord
 from synthtl.training.stage import Run, evaluate_on
-from synthtl.training.strategies import STRATEGIES, effective_config
-from synthtl.training.tracker import Tracker
+from synthtl.training.strategies import STRATEGIES
 
 
 def run_dir_of(cfg: FinetuneConfig, fingerprint: str = "") -> Path:
@@ -103,8 +101,8 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, iden
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
     data = prepare_data(cfg, run_dir, spec.needs_synthetic)
-    record = ResumeRecord(run_dir, cfg.tensorboard, Tracker(cfg.tracker, describe(cfg), cfg)
-                          if cfg.tracker and is_main() else None)
+    record = checkpoint.ResumeRecord(run_dir, cfg.tensorboard, tracker.Tracker(cfg.tracker, describe(cfg), cfg)
+                                     if cfg.tracker and is_main() else None)
     run = Run(cfg, rt, run_dir, data, record, claim=lambda: _claim(run_dir, cfg, ident), world=world)
     result = None
     try:

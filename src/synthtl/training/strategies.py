@@ -21,8 +21,6 @@ from synthtl.registry import Registry
 from synthtl.runtime import derive_seed
 from synthtl.strategies import STRATEGIES as DECLARED
 from synthtl.strategies import TABLE, Strategy
-from synthtl.strategies import effective_config as effective_config  # re-exported: training.run imports it here
-from synthtl.training import distributed
 from synthtl.training.loop import predict
 from synthtl.training.stage import Run, augment, dataset, run_stage
 
@@ -60,76 +58,13 @@ def leep_score(run: Run, model: nn.Module) -> float:
         images = images.subset(sorted(torch.randperm(len(images), generator=g)[:n].tolist()))
     loader = eval_loader(dataset(run, images, train=False), 2 * run.cfg.real_stage.batch_size,
                          run.cfg.data.num_workers)
-    logits, labels, _ = predict(distributed.unwrap(model), loader, run.rt, augment(run, False), run.channels_last)
+    logits, labels, _ = predict(model, loader, run.rt, augment(run, False), run.channels_last)
     return leep(torch.softmax(logits, dim=1), labels, run.data.num_classes)
-
-
-def record_leep(run: Run, key: str, model: nn.Module) -> None:
-    if run.cfg.leep.enabled and key not in run.record.info["leep"]:
-        run.record.info["leep"][key] = leep_score(run, model)
-
-
-def synthetic(run: Run) -> list[ImageList]:
-    if run.data.synthetic is None:
-        raise RuntimeError("no synthetic set was prepared")
-    return [run.data.synthetic]
 
 
 def stage_steps(parts: list[ImageList], stage: StageConfig) -> int:
     """Optimizer steps of a stage over `parts` (what the compute-matched control matches)."""
     return stage.epochs * steps_per_epoch(sum(len(p) for p in parts), stage.batch_size)
-
-
-# ---------------------------------------------------------------------------------------------- strategies
-@FUNCTIONS.register("vanilla")
-def vanilla(run: Run) -> nn.Module:
-    model = new_model(run)
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
-    return model
-
-
-@FUNCTIONS.register("vanilla_mixup")
-def vanilla_mixup(run: Run) -> nn.Module:
-    model = new_model(run)
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)  # Mixup: its declared settings
-    return model
-
-
-@FUNCTIONS.register("from_scratch")
-def from_scratch(run: Run) -> nn.Module:
-    model = new_model(run, pretrained=False)
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
-    return model
-
-
-@FUNCTIONS.register("mixed")
-def mixed(run: Run) -> nn.Module:
-    model = new_model(run)
-    f = run.cfg.mixed.synthetic_fraction
-    run_stage(run, "mixed", model, [run.data.train] + synthetic(run), run.cfg.real_stage,
-              fraction=None if f < 0 else f, final=True)
-    return model
-
-
-@FUNCTIONS.register("synthetic_only")
-def synthetic_only(run: Run) -> nn.Module:
-    model = new_model(run)
-    run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage, final=True)
-    return model
-
-
-@FUNCTIONS.register("bridged")
-@FUNCTIONS.register("bridged_reinit")
-@FUNCTIONS.register("bridged++")  # Mixup in stage 1 and the head re-initialisation: its declared settings
-def bridged(run: Run) -> nn.Module:
-    model = new_model(run)
-    run_stage(run, "synthetic", model, synthetic(run), run.cfg.synth_stage)
-    record_leep(run, "stage1", model)
-    if DECLARED.get(run.cfg.strategy).reinit_head:
-        run.head = {"reinitialised": True, "seed": derive_seed(run.cfg.seed, "reinit")}
-        reset_head(model, run.head["seed"])
-    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
-    return model
 
 
 def matched_steps(run: Run) -> int:
@@ -145,15 +80,49 @@ def matched_steps(run: Run) -> int:
     if run.data.synthetic is None:
         raise ConfigError("vanilla_matched needs matched.steps, matched.pair_run, or synthetic.path to compute the "
                           "bridged run's step count")
-    return (stage_steps(synthetic(run), run.cfg.synth_stage)
-            + stage_steps([run.data.train], run.cfg.real_stage))
+    return stage_steps([run.data.synthetic], run.cfg.synth_stage) + stage_steps([run.data.train], run.cfg.real_stage)
 
 
-@FUNCTIONS.register("vanilla_matched")
-def vanilla_matched(run: Run) -> nn.Module:
-    steps = matched_steps(run)
-    model = new_model(run)
+# ---------------------------------------------------------------------------------------------- strategies
+@FUNCTIONS.register("vanilla")
+@FUNCTIONS.register("vanilla_mixup")  # Mixup: its declared settings
+@FUNCTIONS.register("vanilla_matched")  # as many optimizer steps as the paired bridged run
+@FUNCTIONS.register("from_scratch")  # random initialisation
+def vanilla(run: Run) -> nn.Module:
+    steps = matched_steps(run) if DECLARED.get(run.cfg.strategy).matches else None  # refused before any model work
+    model = new_model(run, pretrained=False if run.cfg.strategy == "from_scratch" else None)
     run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, total_steps=steps, final=True)
+    return model
+
+
+@FUNCTIONS.register("mixed")
+def mixed(run: Run) -> nn.Module:
+    model = new_model(run)
+    f = run.cfg.mixed.synthetic_fraction
+    run_stage(run, "mixed", model, [run.data.train, run.data.synthetic], run.cfg.real_stage,
+              fraction=None if f < 0 else f, final=True)
+    return model
+
+
+@FUNCTIONS.register("synthetic_only")
+def synthetic_only(run: Run) -> nn.Module:
+    model = new_model(run)
+    run_stage(run, "synthetic", model, [run.data.synthetic], run.cfg.synth_stage, final=True)
+    return model
+
+
+@FUNCTIONS.register("bridged")
+@FUNCTIONS.register("bridged_reinit")
+@FUNCTIONS.register("bridged++")  # Mixup in stage 1 and the head re-initialisation: its declared settings
+def bridged(run: Run) -> nn.Module:
+    model = new_model(run)
+    run_stage(run, "synthetic", model, [run.data.synthetic], run.cfg.synth_stage)
+    if run.cfg.leep.enabled and "stage1" not in run.record.info["leep"]:
+        run.record.info["leep"]["stage1"] = leep_score(run, model)
+    if DECLARED.get(run.cfg.strategy).reinit_head:
+        run.head = {"reinitialised": True, "seed": derive_seed(run.cfg.seed, "reinit")}
+        reset_head(model, run.head["seed"])
+    run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, final=True)
     return model
 
 

@@ -9,32 +9,25 @@ import importlib
 from typing import Any
 
 from synthtl.errors import ConfigError
-
-PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
+from synthtl.identity import flat
 
 
 def check(kind: str) -> None:
     """Refuses a tracker whose package is missing, before any data work."""
     if kind:
         try:
-            importlib.import_module(PACKAGES[kind])
+            importlib.import_module(kind)  # `tracker` is mlflow or wandb: the package's name
         except ImportError:
             raise ConfigError(f"tracker={kind} needs the {kind} package: pip install {kind}, or set "
                               "tracker=''") from None
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix[:-1]: d}
-    return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
 
 
 class Tracker:
     """One tracker run: `log(row)` per metric row (its numbers, as <stage>/<key> at the row's step), then `finish`."""
 
     def __init__(self, kind: str, name: str, cfg: Any):
-        self.kind, self.lib = kind, importlib.import_module(PACKAGES[kind])
-        params = _flat(dataclasses.asdict(cfg))
+        self.kind, self.lib = kind, importlib.import_module(kind)
+        params = flat(dataclasses.asdict(cfg))
         if kind == "mlflow":
             self.lib.set_experiment("synthtl")
             self.lib.start_run(run_name=name)
