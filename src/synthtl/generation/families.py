@@ -134,20 +134,11 @@ def tiny_tokenizer():
     return CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
 
 
-def _clip(tokenizer, width: int, projection: bool = False, **extra):
-    """A 2-layer CLIP text encoder of `width` (with a text projection for SDXL's second encoder)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-
-
 def _tiny(seed: int, encoders: dict, scaling_factor: float = 0.18215, **unet) -> dict:
-    """A UNet (block_out_channels (4, 8)), two-block VAE and `encoders` {name: (tokenizer, width, extra)}, seeded."""
+    """A UNet (block_out_channels (4, 8)), two-block VAE and `encoders` {name: (tokenizer, width, extra)}: 2-layer CLIP
+    text encoders of `width` (with a text projection where extra has `projection_dim`: SDXL's second), seeded."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -159,12 +150,16 @@ def _tiny(seed: int, encoders: dict, scaling_factor: float = 0.18215, **unet) ->
             block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
             sample_size=32, scaling_factor=scaling_factor)
-        for name, (tokenizer, width, extra) in encoders.items():
-            parts[name] = _clip(tokenizer, width, **extra)
+        for name, (tok, width, extra) in encoders.items():
+            config = CLIPTextConfig(
+                vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+            parts[name] = (CLIPTextModelWithProjection if "projection_dim" in extra else CLIPTextModel)(config)
     return parts
 
 
-def _scheduler(cls: str = "DPMSolverMultistepScheduler", **extra):
+def sd_scheduler(cls: str = "DPMSolverMultistepScheduler", **extra):
     """Stable Diffusion's noise schedule; DPM-Solver++ unless another class is named."""
     import diffusers
 
@@ -177,7 +172,7 @@ def tiny_components(seed: int = 0) -> dict:
     """A tiny random-weight SD 1.x (32x32, 2-layer CLIP of width 16) built from configs; same seed, same weights."""
     tokenizer = tiny_tokenizer()
     parts = _tiny(seed, {"text_encoder": (tokenizer, 16, {})}, cross_attention_dim=16, attention_head_dim=2)
-    return {**parts, "tokenizer": tokenizer, "scheduler": _scheduler()}
+    return {**parts, "tokenizer": tokenizer, "scheduler": sd_scheduler()}
 
 
 def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") -> dict:
@@ -185,7 +180,7 @@ def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") ->
     tokenizer = tiny_tokenizer()
     parts = _tiny(seed, {"text_encoder": (tokenizer, 24, {"hidden_act": "gelu"})}, cross_attention_dim=24,
                   attention_head_dim=(2, 4), use_linear_projection=True)
-    return {**parts, "tokenizer": tokenizer, "scheduler": _scheduler(prediction_type=prediction_type)}
+    return {**parts, "tokenizer": tokenizer, "scheduler": sd_scheduler(prediction_type=prediction_type)}
 
 
 def tiny_sdxl_components(seed: int = 0) -> dict:
@@ -193,13 +188,13 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     UNet conditioned on both, the pooled projection and six size/crop time ids ("text_time")."""
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
     time_dim, proj_dim = 8, 8
-    encoders = {"text_encoder": (tokenizer, 16, {}), "text_encoder_2": (
-        tokenizer_2, 24, {"projection": True, "projection_dim": proj_dim, "hidden_act": "gelu"})}
+    encoders = {"text_encoder": (tokenizer, 16, {}),
+                "text_encoder_2": (tokenizer_2, 24, {"projection_dim": proj_dim, "hidden_act": "gelu"})}
     parts = _tiny(seed, encoders, 0.13025, cross_attention_dim=16 + 24, attention_head_dim=(2, 4),
                   use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
                   projection_class_embeddings_input_dim=6 * time_dim + proj_dim)
     return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer_2,
-            "scheduler": _scheduler("EulerDiscreteScheduler")}
+            "scheduler": sd_scheduler("EulerDiscreteScheduler")}
 
 
 def save_tiny(components: dict, folder: str | Path, family: str) -> Path:

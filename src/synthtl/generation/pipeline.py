@@ -13,8 +13,8 @@ import torch
 
 from synthtl.config import GeneratorConfig
 from synthtl.errors import ConfigError, SynthTLError
-from synthtl.generation.families import family_of, tiny_components, tiny_tokenizer
-from synthtl.generation.styles import load_style_lora
+from synthtl.generation.families import family_of, sd_scheduler, tiny_components, tiny_tokenizer
+from synthtl.generation.styles import load_style_lora, quiet_transformers
 from synthtl.registry import Registry
 from synthtl.runtime import Runtime, resolve_runtime
 
@@ -37,7 +37,7 @@ def generator_runtime(gen: GeneratorConfig) -> Runtime:
 
 def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
     """SD v1.5's UNet, VAE and CLIP ViT-L/14 from their published configs, random weights (benchmarks; no download)."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet = UNet2DConditionModel(
@@ -54,12 +54,10 @@ def sd15_components(dtype: torch.dtype = torch.float32, tokenizer=None) -> dict:
     if tokenizer is None:
         tokenizer = tiny_tokenizer()
         tokenizer.model_max_length = 77
-    scheduler = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                            algorithm_type="dpmsolver++", steps_offset=1)
     parts = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
     for m in parts.values():
         m.to(dtype).eval()
-    return {**parts, "tokenizer": tokenizer, "scheduler": scheduler}
+    return {**parts, "tokenizer": tokenizer, "scheduler": sd_scheduler()}
 
 
 def _checkpoint_problem(path: str) -> str:
@@ -107,12 +105,10 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
         config = {"config": gen.single_file_config} if gen.single_file_config else {}
         from diffusers.utils import logging as diffusers_logging
 
-        level = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()  # its "no local configs, attempting to download" lines: ours says it
-        try:
-            pipe = cls.from_single_file(model, torch_dtype=dtype, **config, **common)
+        try:  # quiet: diffusers' "no local configs, attempting to download" lines (ours says it)
+            with quiet_transformers(diffusers_logging):
+                pipe = cls.from_single_file(model, torch_dtype=dtype, **config, **common)
         except Exception as e:
-            first = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             problem = _checkpoint_problem(model)
             if problem:
                 raise PipelineError(f"generator.model={model!r} is not a valid checkpoint file ({problem}): it is "
@@ -121,12 +117,11 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
             if gen.single_file_config:
                 raise _offline(model, e) from e
             raise PipelineError(
-                f"could not load the single-file checkpoint {model!r} ({first}). A single .safetensors/.ckpt file "
-                "holds weights only; its configs come from the hub, which is unreachable. Fix: set "
-                "generator.single_file_config to a local diffusers folder of the same architecture (e.g. a "
-                "downloaded stable-diffusion-v1-5 snapshot)") from e
-        finally:
-            diffusers_logging.set_verbosity(level)
+                f"could not load the single-file checkpoint {model!r} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}). A single .safetensors/.ckpt file holds weights "
+                "only; its configs come from the hub, which is unreachable. Fix: set generator.single_file_config to "
+                "a local diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5 snapshot)"
+            ) from e
     elif Path(model).is_dir():
         pipe = cls.from_pretrained(model, torch_dtype=dtype, **common)
     else:

@@ -136,10 +136,8 @@ def _setup(cfg: GenerateConfig, folder: Path):
     pipe = load_pipeline(cfg.generator, rt, style_lora=p.style_lora)
     lora = getattr(pipe, "synthtl_style_lora", None)  # which kind of style LoRA makes the set (for the report)
     notes = {"style_lora": "class" if lora.per_class else "dataset"} if lora is not None else {}
-    token_map, default_token = {}, STYLE_TOKEN
-    if p.style_embedding:
-        default_token = styles.load_into_pipeline(pipe, p.style_embedding)[0]
-        token_map = styles.class_tokens(p.style_embedding)
+    default_token = styles.load_into_pipeline(pipe, p.style_embedding)[0] if p.style_embedding else STYLE_TOKEN
+    token_map = styles.class_tokens(p.style_embedding) if p.style_embedding else {}
     if sources:
         pipe = img2img.pipeline(pipe)  # after the style token is loaded: the two pipelines share the tokenizer
     if planned is not None:
@@ -157,7 +155,8 @@ def run_generate(cfg: GenerateConfig) -> dict:
     """Generates (or resumes) this shard's part of the set; returns a summary (this shard's and the whole set's)."""
     shard, num_shards = parse_shard(cfg.shard)
     folder = Path(cfg.out_dir)
-    shards.check_out_dir(folder)
+    if folder.exists() and not folder.is_dir():  # one clear line instead of a NotADirectoryError
+        raise ConfigError(f"out_dir={str(folder)!r} is an existing file; give a folder (new, or a set to resume)")
     with shards.shard_lock(folder, shard, num_shards):
         return _run_shard(cfg, folder, shard, num_shards)
 
@@ -235,8 +234,7 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
     if per_class:
         todo = sorted(todo, key=lambda p: (rows.cls[p], rows.idx[p]))  # class by class: one switch per class
     queue = deque((p, 0) for p in todo)  # (row position, redraw attempt)
-    g, stats = cfg.generator, {"images": 0, "redraws": 0}
-    batch_size = g.batch_size
+    g, stats, batch_size = cfg.generator, {"images": 0, "redraws": 0}, cfg.generator.batch_size
     with _writing(folder, log, cfg, stats, len(todo), charge) as submit:
         while queue:
             n = min(batch_size, len(queue))

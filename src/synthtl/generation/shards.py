@@ -13,12 +13,13 @@ import numpy as np
 
 from synthtl.data import genset
 from synthtl.data.genset import COMPLETE, PROGRESS_DIR, SetRows, read_state, shard_name, write_manifest
-from synthtl.errors import BadImageError, ConfigError
-from synthtl.files import TEMP_GLOB, drop_damaged_lines, exclusive, remove_temps, repair_jsonl, torn_tail, write_json
+from synthtl.errors import BadImageError
+from synthtl.files import TEMP_GLOB, drop_damaged_lines, exclusive, remove_temps, repair_jsonl, write_json
 
 LOCKS = "locks"  # one lock folder per shard: two writers of one shard never interleave
 SET_LOCK_WAIT = 600.0  # seconds a shard waits for another's plan/finalize step (a million-row plan takes ~30 s)
 VALIDATE_SIDE = 32  # --validate decodes JPEGs at a reduced DCT scale down to this short side (see `_check_file`)
+VALIDATE_CHUNK = 4096  # images checked per batch of thread-pool tasks
 
 
 def shard_of(rid: str, num_shards: int) -> int:
@@ -31,12 +32,6 @@ def shard_mask(rows: SetRows, shard: int, num_shards: int) -> np.ndarray:
         return np.ones(len(rows), dtype=bool)
     return np.fromiter((shard_of(genset.row_id(c, i), num_shards) == shard for c, i in zip(rows.cls.tolist(),
                         rows.idx.tolist(), strict=True)), dtype=bool, count=len(rows))
-
-
-def check_out_dir(folder: Path) -> None:
-    """A path that exists as a file cannot hold a set: one clear line instead of a NotADirectoryError."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"out_dir={str(folder)!r} is an existing file; give a folder (new, or a set to resume)")
 
 
 def set_lock(folder: Path, wait: float | None = None) -> contextlib.AbstractContextManager:
@@ -88,10 +83,9 @@ def mend(folder: Path) -> dict:
             stack.enter_context(exclusive(d, f"{d.name} of {folder}:", wait=0.0))
         torn, damaged = {}, {}
         for log in sorted((folder / PROGRESS_DIR).glob("shard-*.jsonl")):
-            if torn_tail(log):
-                torn[log.name] = repair_jsonl(log)
-            lines = drop_damaged_lines(log)
-            if lines:
+            if cut := repair_jsonl(log):
+                torn[log.name] = cut
+            if lines := drop_damaged_lines(log):
                 damaged[log.name] = lines
         if damaged:  # the dropped rows' images are no longer logged as done: the set is not complete any more
             (folder / COMPLETE).unlink(missing_ok=True)
@@ -109,9 +103,6 @@ def _check_file(path: Path) -> str:
     except BadImageError as e:
         return "missing" if e.reason == "file not found" else "corrupt"
     return ""
-
-
-VALIDATE_CHUNK = 4096  # images checked per batch of thread-pool tasks
 
 
 def validate(folder: str | os.PathLike, repair: bool = False, workers: int = 0) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import textwrap
 from pathlib import Path
@@ -14,7 +13,7 @@ from synthtl.data.genset import class_folders, read_state
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb
 from synthtl.errors import BadImageError
-from synthtl.files import write_bytes
+from synthtl.files import atomic_open
 
 THUMB = 128
 LABEL_W = 150
@@ -60,8 +59,7 @@ def contact_sheets(sets: list[tuple[str, str | os.PathLike]], out: str | os.Path
             draw.multiline_text((6, y + 8), "\n".join(textwrap.wrap(label, 13)[:5]), fill="black", font=font)
             for j, p in enumerate(paths[:per_row]):
                 sheet.paste(_thumb(p), (LABEL_W + j * THUMB, y))
-        buf = io.BytesIO()
-        sheet.save(buf, format="PNG")
         written.append(Path(out) / f"{file}.png")
-        write_bytes(written[-1], buf.getvalue())
+        with atomic_open(written[-1], "wb") as f:
+            sheet.save(f, format="PNG")
     return written

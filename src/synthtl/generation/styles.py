@@ -22,7 +22,7 @@ import torch
 from synthtl.config import PromptConfig
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.files import read_json, sha256_file
-from synthtl.generation.families import is_sdxl
+from synthtl.generation.families import is_sdxl, text_encoders, tokenizers
 
 EMBEDS = "learned_embeds.safetensors"
 STYLE_JSON = "style.json"
@@ -33,9 +33,11 @@ SDXL_KEYS = ("clip_l", "clip_g")  # diffusers' SDXL textual-inversion layout: on
 
 
 @contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silences transformers' notices, noise here: an embedding table resized, a prompt measured as too long."""
-    from transformers.utils import logging as hf_logging
+def quiet_transformers(hf_logging=None) -> Iterator[None]:
+    """Silences transformers' notices, noise here: an embedding table resized, a prompt measured as too long.
+    `hf_logging`: another library's logging module of the same API (diffusers')."""
+    if hf_logging is None:
+        from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -68,16 +70,6 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_embeddings(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    state = _load_file(resolve_path(path), "style embedding", "point prompts.style_embedding at a `synthtl "
-                       "learn-style` folder or its learned_embeds.safetensors")
-    return {k: (v[None] if v.dim() == 1 else v) for k, v in state.items()}
-
-
-def embeddings_hash(path: str | os.PathLike) -> str:
-    return sha256_file(resolve_path(path))[:16]
-
-
 def class_tokens(path: str | os.PathLike) -> dict[str, str]:
     """class name -> token for a per-class embedding ({} for a dataset-style one)."""
     meta = resolve_path(path).parent / STYLE_JSON
@@ -98,7 +90,9 @@ def _check_fits(path, token: str, emb: torch.Tensor, encoder, tokenizer, what: t
 def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
     """Adds the file's tokens to the pipeline; returns them. SDXL: a key per encoder, the token named in style.json."""
     file = resolve_path(path)
-    state = read_embeddings(file)
+    state = _load_file(file, "style embedding", "point prompts.style_embedding at a `synthtl learn-style` folder or "
+                       "its learned_embeds.safetensors")
+    state = {k: (v[None] if v.dim() == 1 else v) for k, v in state.items()}
     if not is_sdxl(pipe):
         for token, emb in state.items():
             _check_fits(path, token, emb, pipe.text_encoder, pipe.tokenizer,
@@ -115,12 +109,11 @@ def load_into_pipeline(pipe, path: str | os.PathLike) -> list[str]:
         raise ConfigError(f"{file} has no {STYLE_JSON} beside it to name its token; point prompts.style_embedding at "
                           "the folder written by `synthtl learn-style`")
     token = read_json(file.parent / STYLE_JSON)["tokens"][0]
-    pairs = list(zip(SDXL_KEYS, [(pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2)],
-                     strict=True))
-    for key, (encoder, tokenizer) in pairs:
+    pairs = list(zip(SDXL_KEYS, text_encoders(pipe), tokenizers(pipe), strict=True))
+    for key, encoder, tokenizer in pairs:
         _check_fits(path, token, state[key], encoder, tokenizer, (f"{key} ", f"this generator's {key} text encoder"))
     with quiet_transformers():
-        for key, (encoder, tokenizer) in pairs:
+        for key, encoder, tokenizer in pairs:
             vectors = state[key].to(encoder.get_input_embeddings().weight.dtype)
             pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
     return [token]
@@ -155,7 +148,7 @@ def lora_hash(path: str | Path) -> str:
 
 def generation_style_hash(prompts: PromptConfig) -> str:
     """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+"."""
-    parts = [embeddings_hash(prompts.style_embedding)] if prompts.style_embedding else []
+    parts = [sha256_file(resolve_path(prompts.style_embedding))[:16]] if prompts.style_embedding else []
     if prompts.style_lora:
         parts.append("lora-" + lora_hash(prompts.style_lora))
     return "+".join(parts)

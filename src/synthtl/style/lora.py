@@ -157,8 +157,7 @@ class LoraRecipe(StyleRecipe):
         return {"prompt": [templates(self.cfg)[0].replace("{}", self.images.names[c])] * self.cfg.validation_images}
 
     def files(self, records: list[dict]) -> dict:
-        cfg, names = self.cfg, self.images.names
-        per_class = cfg.mode == "class"
+        cfg, names, per_class = self.cfg, self.images.names, self.cfg.mode == "class"
         if is_main():
             print(f"[synthtl] learned {len(records)} LoRA adapter(s) of rank {cfg.lora.rank} in "
                   f"{sum(r['train_seconds'] for r in records):.0f} s -> {self.out}")
