@@ -24,9 +24,13 @@ from synthtl.style.data import class_of_step
 from synthtl.style.recipe import StyleRecipe, Unit, loss_curve
 
 DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI prompt does
-    "a {} photo in the style of {token}.", "a photo of a {} in the style of {token}.",
-    "a rendition of a {} in the style of {token}.", "a picture of a {} in the style of {token}.",
-    "a cropped photo of a {} in the style of {token}.", "a close-up photo of a {} in the style of {token}."]
+    "a {} photo in the style of {token}.",
+    "a photo of a {} in the style of {token}.",
+    "a rendition of a {} in the style of {token}.",
+    "a picture of a {} in the style of {token}.",
+    "a cropped photo of a {} in the style of {token}.",
+    "a close-up photo of a {} in the style of {token}.",
+]
 
 
 @dataclass
