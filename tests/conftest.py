@@ -39,6 +39,14 @@ def make_folder(root: Path, per_class: int, seed: int, classes=CLASSES) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory) -> Path:
+    """The suite's synthtl cache ($SYNTHTL_CACHE, inherited by subprocesses): never the user's ~/.cache/synthtl."""
+    folder = tmp_path_factory.mktemp("synthtl-cache")
+    os.environ["SYNTHTL_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture
 def folder_data(tmp_path: Path) -> Path:
     """A `data.name=folder` dataset: 3 classes, 8 train and 4 test images each."""

@@ -1,4 +1,6 @@
 import errno
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -57,6 +59,30 @@ def test_drop_damaged_lines_keeps_every_row_and_names_the_lines(tmp_path):
     before = p.stat().st_mtime_ns
     assert io.drop_damaged_lines(p) == [] and p.stat().st_mtime_ns == before  # an intact file is not rewritten
     assert [x.name for x in tmp_path.iterdir()] == ["log.jsonl"]
+
+
+def test_large_files_are_hashed_once_across_processes_small_ones_once_per_process(tmp_path, monkeypatch):
+    """Only files of at least MEMO_MIN_BYTES (checkpoints) get a row in the on-disk memo, so it stays small; an
+    in-place change of either kind is never served from a memo."""
+    monkeypatch.setenv("SYNTHTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(io, "_DIGESTS", {})
+    big, small = tmp_path / "big.bin", tmp_path / "small.txt"
+    with open(big, "wb") as f:
+        f.truncate(io.MEMO_MIN_BYTES)  # sparse: cheap to make, hashed like any file
+    small.write_text("a")
+    calls = []
+    real = io.sha256_file
+    monkeypatch.setattr(io, "sha256_file", lambda p, **k: calls.append(Path(p).name) or real(p, **k))
+    digests = io.content_sha256(big), io.content_sha256(small)
+    assert digests == (io.sha256_file(big), hashlib.sha256(b"a").hexdigest())
+    memo = json.loads((tmp_path / "cache" / "file-digests.json").read_text())
+    assert len(memo) == 1 and next(iter(memo)).split("|")[1] == str(big.resolve())
+    monkeypatch.setattr(io, "_DIGESTS", {})  # a new process: the big file from the memo, the small one re-read
+    calls.clear()
+    assert (io.content_sha256(big), io.content_sha256(small)) == digests and calls == ["small.txt"]
+    small.write_text("b")
+    os.utime(small, ns=(1, 1))
+    assert io.content_sha256(small) == hashlib.sha256(b"b").hexdigest()
 
 
 def test_git_sha_is_a_string():

@@ -261,16 +261,21 @@ def cache_home() -> Path:
     return Path(os.environ.get("SYNTHTL_CACHE") or Path.home() / ".cache" / "synthtl")
 
 
-_DIGESTS: dict[str, str] = {}  # the on-disk cache's rows this process has read or written
+_DIGESTS: dict[str, str] = {}  # the digests this process has computed or read
+MEMO_MIN_BYTES = 1 << 24  # smaller files are re-hashed once per process: cheaper than reading and rewriting the memo
 
 
 def content_sha256(path: str | os.PathLike, algo: str = "sha256") -> str:
-    """A file's digest, cached by (absolute path, size, mtime_ns, inode) here and in `cache_home()/file-digests.json`: a
-    4 GB checkpoint is read once, an in-place change is never missed, and a broken cache only costs a re-hash."""
+    """A file's digest, cached by (absolute path, size, mtime_ns, inode) in this process and, for files of at least
+    `MEMO_MIN_BYTES`, in `cache_home()/file-digests.json`: a 4 GB checkpoint is read once, an in-place change is never
+    missed, a broken cache only costs a re-hash, and the memo (rewritten whole) keeps a row per large file only."""
     p = Path(path)
     st = p.stat()
     key = f"{algo}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
     if key in _DIGESTS:
+        return _DIGESTS[key]
+    if st.st_size < MEMO_MIN_BYTES:
+        _DIGESTS[key] = sha256_file(p, algo=algo)
         return _DIGESTS[key]
     memo_file = cache_home() / "file-digests.json"
     memo = {}
