@@ -150,8 +150,9 @@ def _visible(env) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def gpu_slots(parallel: int, env: dict[str, str], per_job: int = 1) -> list[str | None]:
+def gpu_slots(parallel: int, env: dict[str, str] | None = None, per_job: int = 1) -> list[str | None]:
     """CUDA_VISIBLE_DEVICES of `parallel` slots of `per_job` visible GPUs (None: CPU); ConfigError if too few."""
+    env = os.environ if env is None else env
     visible = _visible(env)
     if not visible:
         return [None] * parallel

@@ -48,8 +48,10 @@ class Fits:
         return self.a[:, None] - self.g[:, None] * _x(self.law, volumes, self.shape[:, None, :], self.vmax)[:, 0]
 
     def params(self, i: int = 0) -> dict:
-        """Power-law fit `i` in images per class, also in its textbook form a - b (V + V0)^-c."""
+        """Fit `i` in images per class; the power law also in its textbook form a - b (V + V0)^-c."""
         s, a, g = np.exp(self.shape[i]), float(self.a[i]), float(self.g[i])
+        if self.law == "loglinear":
+            return {"a": a, "g": g, "v0": float(s[0] * self.vmax)}
         c, v0 = float(s[0]), float(s[1] * self.vmax)
         return {"a": a, "g": g, "c": c, "v0": v0, "b": g * v0**c}
 
