@@ -21,6 +21,7 @@ class Strategy:
     settings: tuple[str, ...] = ()  # config overrides it implies: written into the run's config.yaml
     matches: str = ""  # the strategy whose optimizer steps it trains for (so it costs as much)
     reinit_head: bool = False  # the classifier head is re-initialised before the last stage (seed: `head_seed`)
+    pretrained: bool = True  # False: the model starts from random weights, whatever model.pretrained says
 
     def __post_init__(self):
         if not self.stages or set(self.stages) - set(STAGES):
@@ -53,7 +54,7 @@ TABLE = (
     Strategy("vanilla_mixup", "vanilla with Mixup (control: is bridged++'s gain just Mixup?)", "reviewers", ("real",),
              settings=("real_stage.mixup=true",)),
     Strategy("from_scratch", "random initialisation, real images only (control: what pretraining buys)", "reviewers",
-             ("real",)),
+             ("real",), pretrained=False),
     Strategy("mixed", "one stage on real + synthetic images together (paper: hurts)", "paper", ("mixed",)),
     Strategy("synthetic_only", "trained on synthetic images only, tested on real (control)", "reviewers",
              ("synthetic",)),

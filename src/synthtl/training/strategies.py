@@ -89,8 +89,9 @@ def matched_steps(run: Run) -> int:
 @FUNCTIONS.register("vanilla_matched")  # as many optimizer steps as the paired bridged run
 @FUNCTIONS.register("from_scratch")  # random initialisation
 def vanilla(run: Run) -> nn.Module:
-    steps = matched_steps(run) if DECLARED.get(run.cfg.strategy).matches else None  # refused before any model work
-    model = new_model(run, pretrained=False if run.cfg.strategy == "from_scratch" else None)
+    spec = DECLARED.get(run.cfg.strategy)
+    steps = matched_steps(run) if spec.matches else None  # refused before any model work
+    model = new_model(run, pretrained=None if spec.pretrained else False)
     run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, total_steps=steps, final=True)
     return model
 
