@@ -55,13 +55,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     spec = STRATEGIES.get(cfg.strategy)
     cfg = effective_config(cfg)  # what actually runs, e.g. bridged++ -> synth_stage.mixup: true
     resolve(cfg.model.name)  # unknown model names fail before any data work
-    tracker.check(cfg.tracker)  # before any data work, not after an epoch
-    if cfg.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'synthtl[tensorboard]', "
-                              "or set tensorboard=false") from None
+    tracker.check(cfg.tracker, cfg.tensorboard)  # before any data work, not after an epoch
     ident = identity.identity(cfg)  # what the inputs hold: the dataset, files, the sets and filters it trains on
     run_dir = run_dir_of(cfg, str(ident["data"]["root"]))
     if run_dir.exists() and not run_dir.is_dir():

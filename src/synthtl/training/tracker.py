@@ -12,14 +12,20 @@ from synthtl.errors import ConfigError
 from synthtl.identity import flat
 
 
-def check(kind: str) -> None:
-    """Refuses a tracker whose package is missing, before any data work."""
+def check(kind: str, tensorboard: bool = False) -> None:
+    """Refuses a tracker (`tracker=`) or TensorBoard whose package is missing, before any data work."""
     if kind:
         try:
             importlib.import_module(kind)  # `tracker` is mlflow or wandb: the package's name
         except ImportError:
             raise ConfigError(f"tracker={kind} needs the {kind} package: pip install {kind}, or set "
                               "tracker=''") from None
+    if tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'synthtl[tensorboard]', "
+                              "or set tensorboard=false") from None
 
 
 class Tracker:
