@@ -38,7 +38,8 @@ def train_indices(images: ImageList, data: DataConfig, seed: int) -> tuple[list[
         return list(range(len(images))), []
     chosen, short = fewshot_indices(images, data.shots, seed)
     if short and is_main():
-        counts = [c for n, c in zip(images.classes, images.class_counts(), strict=True) if n in set(short)]
+        shorts = set(short)
+        counts = [c for n, c in zip(images.classes, images.class_counts(), strict=True) if n in shorts]
         print(f"[synthtl] warning: data.shots={data.shots} but {len(short)} of {images.num_classes} classes have "
               f"fewer training images (smallest: {min(counts)}); those classes use all their images (listed as "
               "few_shot_short_classes in the split file and result.json)")

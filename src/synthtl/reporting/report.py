@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from synthtl.config import ReportConfig, StudyConfig, from_dict
+from synthtl.errors import SynthTLError
 from synthtl.files import git_sha, read_json, write_text
 from synthtl.reporting import plots, tables
 from synthtl.reporting.collect import GenSet, Run, collect_gensets, collect_styles, some_runs, unique_runs
@@ -157,7 +158,6 @@ def cost(s: Study, page: Page) -> None:
 
 def forecast(s: Study, page: Page) -> None:
     """How much to generate (`synthtl forecast`, ours), or the line that says why not; none without a volume grid."""
-    from synthtl.errors import SynthTLError
     from synthtl.forecast import ForecastConfig, forecast_records
     from synthtl.forecast.show import answers_table, forecast_figure, predictions_table
     from synthtl.forecast.study import volume_of
