@@ -75,25 +75,22 @@ def _small_plain_jpeg(data: bytes, short_side: int) -> bool:
         return False
 
 
-def _write_copy(dst: Path, data: bytes) -> None:
-    """Writes a cached copy atomically but without an fsync of its own, which made a scan wait for the disk once per
-    image: the scan log, fsynced per batch, records the copy's size, and a copy that a crash left empty or short
-    does not match it, so the next scan redoes it (`scan_images`)."""
+def _write_copy(dst: Path, data: bytes, link: Path | None = None) -> None:
+    """Writes a cached copy atomically, as a hard link to `link` if it can (no bytes copied), else `data`; without an
+    fsync of its own, which made a scan wait for the disk once per image: the scan log, fsynced per batch, records the
+    copy's size, and a copy that a crash left empty or short does not match it, so the next scan redoes it."""
+    if link is not None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.link{os.getpid()}.tmp"  # `remove_temps` clears it if a kill leaves it
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(link, tmp)
+            os.replace(tmp, dst)
+            return
+        except OSError:
+            tmp.unlink(missing_ok=True)
     with files.atomic_open(dst, "wb", fsync=False) as f:
         f.write(data)
-
-
-def _link_or_copy(src: Path, data: bytes, dst: Path) -> None:
-    """`dst` as a hard link to `src` (no bytes copied), else a copy of `data`; atomic either way."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.link{os.getpid()}.tmp"  # `remove_temps` clears it if a kill leaves it
-    try:
-        tmp.unlink(missing_ok=True)
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        _write_copy(dst, data)
 
 
 def _cached_name(rel: str) -> str:
@@ -162,11 +159,9 @@ def _scan_one(root: Path, resized_dir: Path | None, short_side: int | None, rel:
         return {**row, "reason": e.reason}
     if resized_dir is None:
         return {**row, "ok": True, "size": list(img.size)}
-    if _small_plain_jpeg(data, short_side):  # e.g. a generated set's 256-px training copy: link, no re-encode
-        _link_or_copy(path, data, resized_dir / _cached_name(rel))
-    else:
-        data = resized_jpeg(img, short_side)
-        _write_copy(resized_dir / _cached_name(rel), data)
+    link = _small_plain_jpeg(data, short_side)  # e.g. a generated set's 256-px training copy: link, no re-encode
+    data = data if link else resized_jpeg(img, short_side)
+    _write_copy(resized_dir / _cached_name(rel), data, path if link else None)
     return {**row, "ok": True, "size": list(img.size), "copy": len(data)}
 
 
@@ -246,9 +241,7 @@ def _scan_todo(todo: list[str], work: Callable[[str], dict], log: Path, done: di
 
 def find_overlap(train: ScanResult, test: ScanResult) -> list[tuple[str, str]]:
     """(train path, test path) pairs whose file bytes are identical."""
-    test_by_hash: dict[str, str] = {}
-    for p, h in zip(test.source.paths, test.hashes, strict=True):
-        test_by_hash.setdefault(h, p)
+    test_by_hash = dict(zip(test.hashes[::-1], test.source.paths[::-1], strict=True))  # the first path of each hash
     return [(p, test_by_hash[h]) for p, h in zip(train.source.paths, train.hashes, strict=True) if h in test_by_hash]
 
 

@@ -151,13 +151,14 @@ def csv_list(path: Path, root: Path, classes: list[str] | None = None, tag: str 
         twice = next(p for p, _, n in lines if first[p][1] != n)
         print(f"[synthtl] warning: {path} lists {len(lines) - len(first)} path(s) again with the same label (e.g. "
               f"{twice!r}); each counts once")
-    rows = [(p, lab) for p, (lab, _) in first.items()]
-    classes = sorted({lab for _, lab in rows}) if classes is None else classes
+    labels = {lab for lab, _ in first.values()}
+    classes = sorted(labels) if classes is None else classes
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({lab for _, lab in rows} - set(index))
+    unknown = sorted(labels - set(index))
     if unknown:
         raise DataError(f"{path}: labels not among the training classes: {unknown[:10]}")
-    return ImageList.of(root, [(p, index[lab]) for p, lab in rows], classes, map(readable, classes), tag or path.stem)
+    items = [(p, index[lab]) for p, (lab, _) in first.items()]
+    return ImageList.of(root, items, classes, map(readable, classes), tag or path.stem)
 
 
 @dataclass(frozen=True)

@@ -37,27 +37,22 @@ def printable(name: str | os.PathLike) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
-    """16-bit / 32-bit integer / float grayscale to 8-bit L, keeping the full dynamic range."""
-    arr = np.asarray(img).astype(np.float64)
-    peak = float(arr.max()) if arr.size else 0.0
-    if img.mode == "F":
-        scale = 255.0 if peak <= 1.0 else 1.0  # float images are usually in [0, 1]
-    elif peak <= 255:
-        scale = 1.0
-    elif peak <= 65535:
-        scale = 255.0 / 65535.0
-    else:
-        scale = 255.0 / peak
-    return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
-
-
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (1, L, P, LA, RGBA, CMYK, YCbCr, I;16, I, F, ...) as RGB; transparency over white."""
     if img.mode == "RGB":
         return img
-    if img.mode.startswith("I") or img.mode == "F":
-        return _high_bit_depth_to_l(img).convert("RGB")
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float grey: keep the full dynamic range
+        arr = np.asarray(img).astype(np.float64)
+        peak = float(arr.max()) if arr.size else 0.0
+        if img.mode == "F":
+            scale = 255.0 if peak <= 1.0 else 1.0  # float images are usually in [0, 1]
+        elif peak <= 255:
+            scale = 1.0
+        elif peak <= 65535:
+            scale = 255.0 / 65535.0
+        else:
+            scale = 255.0 / peak
+        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if img.mode in ("LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
     if img.mode == "RGBA":

@@ -6,13 +6,14 @@ loader workers, and workers can persist across epochs."""
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import load_rgb, printable
@@ -56,20 +57,14 @@ class ImageDataset(Dataset):
             raise
 
 
-class ConcatImages(Dataset):
+class ConcatImages(ConcatDataset):
     """Several ImageDatasets back to back (real + synthetic for the mixed strategy); keeps (index, seed) keys."""
-
-    def __init__(self, parts: Sequence[ImageDataset]):
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
 
     def __getitem__(self, key: int | tuple[int, int]):
         i, sample_seed = key if isinstance(key, tuple) else (key, None)
-        part = next(k for k in range(len(self.parts)) if i < self.offsets[k + 1])
-        return self.parts[part][(i - self.offsets[part], sample_seed)]  # (index, None) reads like index
+        part = bisect.bisect_right(self.cumulative_sizes, i)
+        start = self.cumulative_sizes[part - 1] if part else 0
+        return self.datasets[part][(i - start, sample_seed)]  # (index, None) reads like index
 
 
 def collate(batch: list) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor, int]:
@@ -134,11 +129,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         for s in range(len(self)):
             lo = s * self.batch_size
             batch = [(i, (base + lo + k) % 2**63) for k, i in enumerate(order[lo:lo + self.batch_size])]
-            if self.world > 1:
-                share, extra = divmod(len(batch), self.world)  # contiguous shares differing by at most one
-                start = self.rank * share + min(self.rank, extra)
-                batch = batch[start:start + share + (1 if self.rank < extra else 0)]
-            yield batch
+            share, extra = divmod(len(batch), self.world)  # contiguous shares differing by at most one
+            start = self.rank * share + min(self.rank, extra)
+            yield batch[start:start + share + (1 if self.rank < extra else 0)]
 
     def __len__(self) -> int:
         return steps_per_epoch(self.epoch_size(), self.batch_size)

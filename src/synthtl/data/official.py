@@ -78,11 +78,20 @@ def _rule_split(per_class: list[list[str]], split: str, n_train: Callable[[int],
     return out
 
 
-def _class_folders(base: Path, exclude: str = "") -> tuple[list[str], list[list[str]]]:
-    """The sorted class folders of `base` and the image files directly in each (for the rule splits)."""
+def _by_rule(root: Path, split: str, work: Path, name: str, n_train: Callable[[int], int],
+             exclude: str = "") -> ImageList:
+    """A dataset without an official split: the images directly in each class folder of its marker, by the hash rule."""
+    base = _require(root / DATASETS.get(name).marker, name, root)
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != exclude and not hidden(p.name))
-    return classes, [[f"{c}/{f.name}" for f in (base / c).iterdir() if is_image_file(f.name) and not hidden(f.name)]
-                     for c in classes]
+    per_class = [[f"{c}/{f.name}" for f in (base / c).iterdir() if is_image_file(f.name) and not hidden(f.name)]
+                 for c in classes]
+    return _make(base, _rule_split(per_class, split, n_train), classes, name, split)
+
+
+# 30 training images per class, the rest for test (the common protocol); EuroSAT: 80/20.
+_caltech101 = functools.partial(_by_rule, name="caltech101", n_train=lambda n: min(30, n - 1),
+                                exclude="BACKGROUND_Google")
+_eurosat = functools.partial(_by_rule, name="eurosat", n_train=lambda n: (n * 4) // 5)
 
 
 def _aircraft(root: Path, split: str, work: Path) -> ImageList:
@@ -153,13 +162,6 @@ def _sun397(root: Path, split: str, work: Path) -> ImageList:
     return _make(base, _rule_split(per_class, split, lambda n: min(50, n // 2)), classes, "sun397", split)
 
 
-def _caltech101(root: Path, split: str, work: Path) -> ImageList:
-    base = _require(root / "caltech101" / "101_ObjectCategories", "caltech101", root)
-    classes, per_class = _class_folders(base, exclude="BACKGROUND_Google")
-    # No official split: 30 training images per class by the hash rule, the rest for test (the common protocol).
-    return _make(base, _rule_split(per_class, split, lambda n: min(30, n - 1)), classes, "caltech101", split)
-
-
 def _flowers102(root: Path, split: str, work: Path) -> ImageList:
     from scipy.io import loadmat
 
@@ -202,13 +204,6 @@ def _cub200(root: Path, split: str, work: Path) -> ImageList:
     return _make(base, items, classes, "cub200", split)
 
 
-def _eurosat(root: Path, split: str, work: Path) -> ImageList:
-    base = _require(root / "eurosat" / "2750", "eurosat", root)
-    classes, per_class = _class_folders(base)
-    # No official split: 80/20 by the hash rule.
-    return _make(base, _rule_split(per_class, split, lambda n: (n * 4) // 5), classes, "eurosat", split)
-
-
 def _materialize(out: Path, arrays: np.ndarray, labels: list[int], classes: list[str]) -> list[tuple[str, int]]:
     """Writes in-memory uint8 HWC (or HW) images as PNG files once; returns (relative path, label) pairs."""
     items = [(f"{classes[y]}/{i:05d}.png", int(y)) for i, y in enumerate(labels)]
@@ -239,15 +234,12 @@ def _digits(root: Path, split: str, work: Path) -> ImageList:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images): the offline demo's real dataset."""
     classes = [str(i) for i in range(10)]
     out = work / "digits-png"
-    if (out / "complete.json").is_file():  # written once; no need to import scikit-learn again
-        all_items = sorted((f"{c}/{p.name}", int(c)) for c in classes for p in (out / c).glob("*.png"))
-    else:
+    if not (out / "complete.json").is_file():  # written once; no need to import scikit-learn again
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        arrays = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
-        all_items = _materialize(out, arrays, [int(t) for t in d.target], classes)
-    per_class = [[p for p, y in all_items if y == c] for c in range(10)]
+        _materialize(out, (d.images * (255.0 / 16.0)).round().astype(np.uint8), [int(t) for t in d.target], classes)
+    per_class = [[f"{c}/{p.name}" for p in (out / c).glob("*.png")] for c in classes]  # any order: the rule sorts
     return _make(out, _rule_split(per_class, split, lambda n: n // 2), classes, "digits", split)  # 50/50 hash rule
 
 

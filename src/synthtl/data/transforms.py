@@ -37,18 +37,17 @@ def eval_transform(data_config: dict) -> T.Compose:
                       T.ToDtype(torch.float32, scale=True), T.Normalize(data_config["mean"], data_config["std"])])
 
 
-def random_resized_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
-                       gen: torch.Generator | None = None) -> tuple[float, float, float, float]:
+def random_resized_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float]) -> tuple[float, ...]:
     """An (x0, y0, x1, y1) box by torchvision's RandomResizedCrop rule (10 tries, then a centre crop)."""
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=gen).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=gen).item())
+        target = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
         cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
-            y0 = torch.randint(0, h - ch + 1, (1,), generator=gen).item()
-            x0 = torch.randint(0, w - cw + 1, (1,), generator=gen).item()
+            y0 = torch.randint(0, h - ch + 1, (1,)).item()
+            x0 = torch.randint(0, w - cw + 1, (1,)).item()
             return float(x0), float(y0), float(x0 + cw), float(y0 + ch)
     in_ratio = w / h
     if in_ratio < ratio[0]:
@@ -111,10 +110,8 @@ def place(slot: torch.Tensor, im: torch.Tensor) -> None:
     makes the padded image read exactly like the image alone."""
     _, h, w = im.shape
     slot[:, :h, :w] = im
-    if w < slot.shape[2]:
-        slot[:, :h, w:] = im[:, :, w - 1:w]
-    if h < slot.shape[1]:
-        slot[:, h:, :] = slot[:, h - 1:h, :]
+    slot[:, :h, w:] = im[:, :, w - 1:w]  # empty when the image fills the slot
+    slot[:, h:, :] = slot[:, h - 1:h, :]
 
 
 def decode_on(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
