@@ -35,19 +35,16 @@ def _prompt_label(gen_dir: Path) -> tuple[float | None, str | None]:
         return None, None
     data = read_json(plan)
     ident = data.get("settings", {})
+    guidance = ident.get("guidance")
     if ident.get("mode") == "img2img":
-        prompt = "img2img"
-    elif "lora-" in str(ident.get("style_hash", "")):
-        prompt = "lora_per_class" if data.get("style_lora") == "class" else "lora"
-    elif ident.get("style_hash"):
-        prompt = "per_class" if len({k.get("token") for k in data.get("classes", [])}) > 1 else "dsi"
-    elif len(ident.get("templates", [])) == 80:
-        prompt = "imagenet80"
-    elif ident.get("templates") == ["a good photo of the {}."]:
-        prompt = "single"
-    else:
-        prompt = "custom"
-    return ident.get("guidance"), prompt
+        return guidance, "img2img"
+    if "lora-" in str(ident.get("style_hash", "")):
+        return guidance, "lora_per_class" if data.get("style_lora") == "class" else "lora"
+    if ident.get("style_hash"):
+        return guidance, "per_class" if len({k.get("token") for k in data.get("classes", [])}) > 1 else "dsi"
+    if len(ident.get("templates", [])) == 80:
+        return guidance, "imagenet80"
+    return guidance, "single" if ident.get("templates") == ["a good photo of the {}."] else "custom"
 
 
 def plan_labels(root: Path, kind: str) -> dict[str, dict]:

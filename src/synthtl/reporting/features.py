@@ -5,7 +5,6 @@ under the digests, so a regenerated or repaired image never reuses stale feature
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from synthtl.data.datasets import load_data
 from synthtl.data.imagelist import ImageList
 from synthtl.data.images import to_rgb
 from synthtl.errors import SynthTLError
-from synthtl.files import write_bytes
+from synthtl.files import atomic_open
 from synthtl.metrics.leakage import hash_files, quiet_pil
 from synthtl.reporting.collect import GenSet, Run
 
@@ -112,9 +111,8 @@ class FeatureSpace:
                 rows = [start + k for k in good]
                 feats[rows] = self.model((x / 255.0 - self.mean) / self.std).float().cpu().numpy()
                 ok[rows] = True
-        buf = io.BytesIO()
-        np.savez(buf, features=feats, ok=ok)
-        write_bytes(file, buf.getvalue())
+        with atomic_open(file, "wb") as f:
+            np.savez(f, features=feats, ok=ok)
         return feats, ok
 
 

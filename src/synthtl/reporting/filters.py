@@ -3,7 +3,6 @@ keep rates per class (a table) and each class's lowest-scored dropped images (a 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from synthtl.data.images import load_rgb
 from synthtl.errors import BadImageError, DataError, SynthTLError
-from synthtl.files import CorruptFileError, write_bytes
+from synthtl.files import CorruptFileError, atomic_open
 from synthtl.filtering.store import filter_dir, find_kept, read_cost, read_kept, read_scores
 from synthtl.reporting.collect import GenSet
 from synthtl.reporting.render import Col, Table
@@ -102,7 +101,6 @@ def dropped_sheet(f: FilterRun, path: Path, per_row: int = 8, max_classes: int =
         for j, r in enumerate(sorted(by_class[name], key=lambda r: (r["score"], r["index"]))[:per_row]):
             sheet.paste(_thumb(f.set_folder / r["image"]), (LABEL_W + j * THUMB, y))
             draw.text((LABEL_W + j * THUMB + 2, y + THUMB), f"{r['score']:.3g}", fill="black")
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
+    with atomic_open(path, "wb") as out:
+        sheet.save(out, format="PNG")
     return path

@@ -3,7 +3,6 @@ with error bars, LEEP before/after stage 1, cost per stage, a filter's scores; N
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -14,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from synthtl.files import write_bytes  # noqa: E402
+from synthtl.files import atomic_open  # noqa: E402
 from synthtl.reporting.collect import Run  # noqa: E402
 from synthtl.reporting.filters import FilterRun  # noqa: E402
 from synthtl.reporting.render import Table  # noqa: E402
@@ -26,10 +25,9 @@ COLORS = plt.get_cmap("tab10")
 def save(fig, path: Path) -> Path | None:
     if fig is None:
         return None
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
-    write_bytes(path, buf.getvalue())
     return path
 
 
