@@ -71,12 +71,11 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(Path(path).read_text())
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -109,23 +108,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def torn_tail(path: str | os.PathLike) -> int:
     """How many bytes at the end of `path` follow its last newline (0 for a missing or intact file)."""
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return 0
-    if size == 0:
+    if not os.path.exists(path):
         return 0
     with open(path, "rb") as f:
-        back = min(size, 1 << 16)
-        while True:
-            f.seek(size - back)
-            block = f.read(back)
-            cut = block.rfind(b"\n")
-            if cut >= 0:
-                return back - cut - 1
-            if back == size:
-                return size
-            back = min(size, back * 4)
+        size = end = f.seek(0, os.SEEK_END)
+        while end > 0:  # backwards, 64 KiB at a time
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            if (cut := f.read(end - start).rfind(b"\n")) >= 0:
+                return size - start - cut - 1
+            end = start
+    return size
 
 
 def repair_jsonl(path: str | os.PathLike) -> int:
@@ -189,12 +182,10 @@ def remove_temps(folder: str | os.PathLike, recursive: bool = False, min_age_s: 
     found = folder.rglob(TEMP_GLOB) if recursive else folder.glob(TEMP_GLOB)
     n, now = 0, time.time()
     for p in found:
-        with contextlib.suppress(FileNotFoundError):
-            if min_age_s and now - p.stat().st_mtime < min_age_s:
-                continue
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            n += 1
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile: its writer finished
+            if p.is_file() and not (min_age_s and now - p.stat().st_mtime < min_age_s):
+                p.unlink(missing_ok=True)
+                n += 1
     return n
 
 
@@ -248,10 +239,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, algo: str = "sha256") -> str:
+def sha256_file(path: str | os.PathLike, algo: str = "sha256") -> str:
     h = hashlib.new(algo)
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 

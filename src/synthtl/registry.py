@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from functools import partial
 from typing import Generic, TypeVar
 
 from synthtl.errors import ConfigError
@@ -20,17 +21,13 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering an object under `name`; a duplicate name is an error."""
+        return partial(self.add, name)
 
-        def deco(obj: T) -> T:
-            self.add(name, obj)
-            return obj
-
-        return deco
-
-    def add(self, name: str, obj: T) -> None:
+    def add(self, name: str, obj: T) -> T:
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
+        return obj
 
     def get(self, name: str) -> T:
         """Returns the object registered as `name`, or raises listing what exists."""

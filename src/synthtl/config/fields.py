@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import MISSING, field, fields, is_dataclass
+from collections.abc import Iterator
+from dataclasses import MISSING, Field, field, fields, is_dataclass
+from functools import reduce
 from typing import Any
 
 from synthtl.errors import ConfigError
@@ -40,14 +42,23 @@ def rule_of(allowed: dict) -> str:
     return "must be " + " and ".join(f"{BOUNDS[b][0]} {v}" for b, v in allowed.items())
 
 
-def check_values(schema: type, data: dict, prefix: str = "") -> None:
+def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Field]]:
+    """(dotted key, value, field) of every key of a config instance or class (a class gives the defaults)."""
+    for f in fields(cfg):
+        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):  # a nested section
+            yield from leaves(getattr(cfg, f.name) if not isinstance(cfg, type) else f.default_factory,
+                              f"{prefix}{f.name}.")
+        elif isinstance(cfg, type):
+            yield prefix + f.name, f.default_factory() if f.default is MISSING else f.default, f
+        else:
+            yield prefix + f.name, getattr(cfg, f.name), f
+
+
+def check_values(schema: type, data: dict) -> None:
     """Checks a config tree's values (every item of a list key) against their declared allowed values before any rule
     between keys, naming the full key and its help. Numbers must be finite: NaN passes no bound and is not JSON."""
-    for f in fields(schema):
-        value, name, help_ = data.get(f.name), prefix + f.name, f.metadata.get("help", "")
-        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):  # a nested section
-            check_values(f.default_factory, value or {}, name + ".")
-            continue
+    for name, _, f in leaves(schema):
+        value, help_ = reduce(dict.get, name.split("."), data), f.metadata.get("help", "")
         allowed = f.metadata.get("allowed", {})
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, float) and not math.isfinite(item):

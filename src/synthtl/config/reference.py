@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from dataclasses import MISSING, Field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from synthtl.config.fields import rule_of
+from synthtl.config.fields import leaves, rule_of
 from synthtl.config.filtering import FilterConfig
 from synthtl.config.finetune import FinetuneConfig
 from synthtl.config.generate import GenerateConfig
@@ -23,18 +21,6 @@ COMMANDS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "learn-style
             "filter": FilterConfig, "study": StudyConfig, "forecast": ForecastConfig}
 PRESET_FOLDERS = {"finetune": FinetuneConfig, "generate": GenerateConfig, "style": StyleConfig,
                   "filter": FilterConfig, "studies": StudyConfig}
-
-
-def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, Any, Field]]:
-    """(dotted key, value, field) of every key of a config instance or class (a class gives the defaults)."""
-    for f in fields(cfg):
-        if isinstance(f.default_factory, type) and is_dataclass(f.default_factory):
-            yield from leaves(getattr(cfg, f.name) if not isinstance(cfg, type) else f.default_factory,
-                              f"{prefix}{f.name}.")
-        elif isinstance(cfg, type):
-            yield prefix + f.name, f.default_factory() if f.default is MISSING else f.default, f
-        else:
-            yield prefix + f.name, getattr(cfg, f.name), f
 
 
 def inline(value: Any) -> str:
