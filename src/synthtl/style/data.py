@@ -36,16 +36,15 @@ def training_images(cfg: StyleConfig, out: Path) -> ImageList:
     return images.subset(idx)
 
 
-def square(img: Image.Image, size: int, center: bool) -> Image.Image:
-    """Short side to `size`; with `center`, also the centre square."""
+def square(img: Image.Image, size: int, center: bool) -> tuple[Image.Image, int, int]:
+    """Short side to `size`; with `center`, also the centre square. Returns (image, crop top, crop left)."""
     w, h = img.size
     s = size / min(w, h)
     img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
-    if center:
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return img
+    if not center:
+        return img, 0, 0
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size)), top, left
 
 
 @dataclass
@@ -57,12 +56,6 @@ class Latents:
     sizes: list[tuple[int, int, int, int]] = field(default_factory=list)  # SDXL: original h, w, crop top, left
     skipped: int = 0
 
-    def by_class(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for i, y in enumerate(self.labels):
-            out.setdefault(y, []).append(i)
-        return out
-
 
 @torch.inference_mode()
 def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime, sizes: bool = False) -> Latents:
@@ -71,7 +64,7 @@ def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime, sizes: 
     for i in tqdm(range(len(images)), desc="encode", unit="img", disable=not (cfg.progress and is_main())):
         try:
             original = load_rgb(images.path(i))
-            img = square(original, cfg.resolution, cfg.crop == "center")
+            img, top, left = square(original, cfg.resolution, cfg.crop == "center")
         except BadImageError:
             if cfg.data.on_bad_image == "skip":
                 out.skipped += 1
@@ -85,8 +78,6 @@ def cache_latents(vae, images: ImageList, cfg: StyleConfig, rt: Runtime, sizes: 
         out.latents.append(lat.to("cpu", vae.dtype))
         out.labels.append(images.labels[i])
         if sizes:
-            resized = square(original, cfg.resolution, False).size if cfg.crop == "center" else img.size
-            top, left = (resized[1] - img.height) // 2, (resized[0] - img.width) // 2  # as `square` cropped
             out.sizes.append((original.height, original.width, top, left))
     if not out.latents:
         raise DataError("none of the training images could be read")
@@ -109,8 +100,10 @@ def sample_picks(data: Latents, pool: dict[int, list[int]], count: int, size: in
     return picks
 
 
-def class_of_step(seed: int, classes: list[int], step: int) -> int:
-    """Per-class mode: the class filling step `step`'s batch. Classes take turns in a fresh seeded order each round,
-    so after k rounds every token had exactly k updates on its own class, as a separate run would."""
+def class_pool(seed: int, groups: dict[int, list[int]], step: int) -> dict[int, list[int]]:
+    """Per-class mode: the one class (and its images) filling step `step`'s batch. Classes take turns in a fresh seeded
+    order each round, so after k rounds every token had exactly k updates on its own class, as a separate run would."""
+    classes = sorted(groups)
     g = torch.Generator().manual_seed(derive_seed(seed, "style-class-order", step // len(classes)))
-    return classes[int(torch.randperm(len(classes), generator=g)[step % len(classes)])]
+    c = classes[int(torch.randperm(len(classes), generator=g)[step % len(classes)])]
+    return {c: groups[c]}

@@ -3,7 +3,7 @@
 Paper (docs/method.md, section 4): one pseudo-token learned from the real training images with prompts naming each
 image's class ("a {class} photo in the style of S*"), ~20k steps. Ours: per-class mode (same prompts: a clean
 comparison), trained as N separate runs in one process: each batch holds one class, classes take turns
-(`data.class_of_step`), and a token absent from a batch gets no gradient, so AdamW leaves it alone (no decay, moments
+(`data.class_pool`), and a token absent from a batch gets no gradient, so AdamW leaves it alone (no decay, moments
 or step count); its warmup follows its own updates. The vectors are separate fp32 parameters that a hook writes into
 the text encoder's embedding output, so no other embedding row can change."""
 
@@ -20,17 +20,8 @@ from synthtl.files import sha256_file, write_bytes
 from synthtl.generation.families import text_encoders, tokenizers
 from synthtl.generation.styles import EMBEDS, SDXL_KEYS
 from synthtl.runtime import derive_seed, is_main
-from synthtl.style.data import class_of_step
+from synthtl.style.data import class_pool
 from synthtl.style.recipe import StyleRecipe, Unit, loss_curve
-
-DEFAULT_TEMPLATES = [  # ours: each names the image's class, as the paper's DSI prompt does
-    "a {} photo in the style of {token}.",
-    "a photo of a {} in the style of {token}.",
-    "a rendition of a {} in the style of {token}.",
-    "a picture of a {} in the style of {token}.",
-    "a cropped photo of a {} in the style of {token}.",
-    "a close-up photo of a {} in the style of {token}.",
-]
 
 
 @dataclass
@@ -68,51 +59,43 @@ def add_tokens(pipe, cfg: StyleConfig, num_classes: int, device: torch.device) -
     tokens = [cfg.token] if cfg.mode == "dataset" else [  # <synthtl-style> -> <synthtl-style-0>, ...
         f"{cfg.token[:-1]}-{c}>" if cfg.token.endswith(">") else f"{cfg.token}-{c}" for c in range(num_classes)]
     sub_tokens = [[t] + [f"{t}_{i}" for i in range(1, cfg.vectors)] for t in tokens]
-    flat = [s for subs in sub_tokens for s in subs]
-    added = [_add_to_vocab(tok, encoder, cfg.initializer, flat)
-             for tok, encoder in zip(tokenizers(pipe), text_encoders(pipe), strict=True)]
-    encoder_ids, inits = [ids.to(device) for ids, _ in added], [init for _, init in added]
+    flat, encoder_ids, inits = [s for subs in sub_tokens for s in subs], [], []
+    for tokenizer, text_encoder in zip(tokenizers(pipe), text_encoders(pipe), strict=True):
+        init_ids = tokenizer.encode(cfg.initializer, add_special_tokens=False)
+        if len(init_ids) != 1:
+            raise ConfigError(f"initializer={cfg.initializer!r} is {len(init_ids)} tokens for this tokenizer; choose "
+                              "a word that is a single token (e.g. photo, style, painting)")
+        text_encoder.requires_grad_(False)  # only the separate fp32 vectors learn
+        vocab = tokenizer.get_vocab()
+        # "photo" is stored as "photo</w>" in CLIP's vocabulary: adding it would silently re-map that word everywhere.
+        clash = [s for s in flat if s in vocab or f"{s.lower()}</w>" in vocab]
+        if clash:
+            raise ConfigError(f"token {clash[0]!r} is already in the tokenizer; pick another style.token (e.g. "
+                              "<my-dataset-style>)")
+        tokenizer.add_tokens(flat)
+        try:
+            text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        except TypeError:  # transformers < 4.46
+            text_encoder.resize_token_embeddings(len(tokenizer))
+        ids = torch.tensor(tokenizer.convert_tokens_to_ids(flat))
+        table = text_encoder.get_input_embeddings().weight
+        inits.append(table[init_ids[0]].detach().float().clone())
+        with torch.no_grad():
+            table[ids] = inits[-1].to(table.dtype)  # the table rows are never read: the hook replaces them
+        encoder_ids.append(ids.to(device))
     init = torch.cat(inits)
     learned = [torch.nn.Parameter(init.repeat(len(subs), 1).to(device)) for subs in sub_tokens]
     return Inversion(tokens, sub_tokens, learned, encoder_ids, [len(i) for i in inits], [0] * len(tokens))
 
 
-def _add_to_vocab(tokenizer, text_encoder, initializer: str, flat: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adds `flat` to one tokenizer and its embedding table; returns (their ids, the initializer's fp32 vector)."""
-    init_ids = tokenizer.encode(initializer, add_special_tokens=False)
-    if len(init_ids) != 1:
-        raise ConfigError(f"initializer={initializer!r} is {len(init_ids)} tokens for this tokenizer; choose a "
-                          "word that is a single token (e.g. photo, style, painting)")
-    text_encoder.requires_grad_(False)  # only the separate fp32 vectors learn
-    vocab = tokenizer.get_vocab()
-    # "photo" is stored as "photo</w>" in CLIP's vocabulary: adding it would silently re-map that word everywhere.
-    clash = [s for s in flat if s in vocab or f"{s.lower()}</w>" in vocab]
-    if clash:
-        raise ConfigError(f"token {clash[0]!r} is already in the tokenizer; pick another style.token (e.g. "
-                          "<my-dataset-style>)")
-    tokenizer.add_tokens(flat)
-    try:
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    except TypeError:  # transformers < 4.46
-        text_encoder.resize_token_embeddings(len(tokenizer))
-    ids = torch.tensor(tokenizer.convert_tokens_to_ids(flat))
-    table = text_encoder.get_input_embeddings().weight
-    init = table[init_ids[0]].detach().float().clone()
-    with torch.no_grad():
-        table[ids] = init.to(table.dtype)  # the table rows are never read: the hook replaces them
-    return ids, init
-
-
 def install_hook(text_encoder, inv: Inversion, encoder: int = 0):
     """Makes the embedding layer output the learned vectors (cast) at the new tokens' positions; only tokens in the
     prompts enter the graph, so the others get no gradient. `encoder`: which text encoder (its ids, columns)."""
-    size = len(text_encoder.get_input_embeddings().weight)
-    token_of = torch.full((size,), -1, dtype=torch.long)
-    vector_of = torch.zeros(size, dtype=torch.long)
-    places = [(t, v) for t, subs in enumerate(inv.sub_tokens) for v in range(len(subs))]
-    for i, (t, v) in zip(inv.encoder_ids[encoder].tolist(), places, strict=True):
-        token_of[i], vector_of[i] = t, v
-    token_of, vector_of = token_of.to(inv.ids.device), vector_of.to(inv.ids.device)
+    size, rows = len(text_encoder.get_input_embeddings().weight), inv.encoder_ids[encoder]
+    token_of = torch.full((size,), -1, dtype=torch.long, device=rows.device)
+    vector_of = torch.zeros(size, dtype=torch.long, device=rows.device)
+    token_of[rows] = torch.tensor([t for t, subs in enumerate(inv.sub_tokens) for _ in subs], device=rows.device)
+    vector_of[rows] = torch.tensor([v for subs in inv.sub_tokens for v in range(len(subs))], device=rows.device)
     lo, hi = sum(inv.widths[:encoder]), sum(inv.widths[:encoder + 1])
 
     def hook(module, inputs, output):
@@ -133,6 +116,14 @@ def install_hook(text_encoder, inv: Inversion, encoder: int = 0):
 
 class InversionRecipe(StyleRecipe):
     checkpoint_format = 2  # one parameter and param group per token
+    default_templates = [  # ours: each names the image's class, as the paper's DSI prompt does
+        "a {} photo in the style of {token}.",
+        "a photo of a {} in the style of {token}.",
+        "a rendition of a {} in the style of {token}.",
+        "a picture of a {} in the style of {token}.",
+        "a cropped photo of a {} in the style of {token}.",
+        "a close-up photo of a {} in the style of {token}.",
+    ]
 
     def check_images(self) -> None:
         n = self.images.num_classes
@@ -151,28 +142,18 @@ class InversionRecipe(StyleRecipe):
                                      weight_decay=self.cfg.weight_decay)
 
     def make_units(self) -> list[Unit]:
-        groups, classes = self.groups, sorted(self.groups)
-        if self.cfg.mode == "class":
-            self.require_every_class("token")
-
-        def pool(step: int) -> dict[int, list[int]]:
-            if self.cfg.mode == "dataset":
-                return groups
-            c = class_of_step(self.cfg.seed, classes, step)
-            return {c: groups[c]}
-
-        return [Unit(-1, self.total_steps, pool, self.out / "checkpoint.pt")]
+        groups, seed = self.groups, self.cfg.seed
+        if self.cfg.mode == "dataset":
+            return [Unit(-1, self.total_steps, lambda step: groups, self.out / "checkpoint.pt")]
+        self.require_every_class("token")
+        return [Unit(-1, self.total_steps, lambda step: class_pool(seed, groups, step), self.out / "checkpoint.pt")]
 
     def step_seed(self, u: Unit, step: int) -> int:
         return derive_seed(self.cfg.seed, "style-step", step)
 
     def prompt(self, template: str, y: int) -> str:
         token = self.inv.prompt_token(0 if self.cfg.mode == "dataset" else y)
-        return template.replace("{token}", token).replace("{}", self.images.names[y])
-
-    def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
-        templates = self.cfg.templates or DEFAULT_TEMPLATES
-        return [self.prompt(templates[int(torch.randint(len(templates), (1,), generator=g))], y) for y in ys]
+        return super().prompt(template.replace("{token}", token), y)
 
     def set_lr(self, step: int) -> None:
         for t, group in enumerate(self.opt.param_groups):  # group t holds token t: its own warmup
@@ -206,7 +187,7 @@ class InversionRecipe(StyleRecipe):
     def validation_inputs(self, c: int) -> dict:
         """The class's prompt, embedded here as in training: given the text, diffusers would expand an already
         expanded multi-vector token again ("S* S*_1" -> "S* S*_1 S* S*_1_1")."""
-        prompt = self.prompt((self.cfg.templates or DEFAULT_TEMPLATES)[0], c)
+        prompt = self.prompt((self.cfg.templates or self.default_templates)[0], c)
         embeds, added = self.encode([prompt] * self.cfg.validation_images)
         pooled = {"pooled_prompt_embeds": added["text_embeds"]} if added else {}  # SDXL; sizes: the defaults
         return {"prompt_embeds": embeds, **pooled}

@@ -27,19 +27,10 @@ from synthtl.style.recipe import StyleRecipe, Unit, loss_curve
 ADAPTER_JSON = "adapter.json"  # written after an adapter's weights: the adapter is finished
 ADAPTER = "synthtl-style"  # peft adapter name while training
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' DreamBooth LoRA example
-DEFAULT_TEMPLATES = ["a photo of a {}."]  # DataDream's prompt; no style token: the weights carry the style
 
 
 def lora_scale(cfg: StyleConfig) -> float:
     return (cfg.lora.alpha or cfg.lora.rank) / cfg.lora.rank
-
-
-def templates(cfg: StyleConfig) -> list[str]:
-    found = cfg.templates or DEFAULT_TEMPLATES
-    if any("{token}" in t for t in found):
-        raise ConfigError("method=lora learns weights, not a token: remove {token} from templates (e.g. "
-                          "templates=['a photo of a {}.'])")
-    return found
 
 
 def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
@@ -67,32 +58,18 @@ def add_lora(pipe, cfg: StyleConfig) -> dict[str, torch.nn.Parameter]:
     return params
 
 
-def init_lora(params: dict[str, torch.nn.Parameter], seed: int) -> None:
-    """peft's default init (A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), B = 0) from a seeded generator: reproducible."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, p in sorted(params.items()):
-            if ".lora_A." in key:
-                bound = 1 / math.sqrt(p.shape[1])
-                p.copy_(torch.rand(p.shape, generator=g) * 2 * bound - bound)
-            else:
-                p.zero_()
-
-
-def lora_state(params: dict[str, torch.nn.Parameter], cfg: StyleConfig) -> dict[str, torch.Tensor]:
-    """The file's tensors: `<prefix>.<module>.lora_A/B.weight`, B multiplied by alpha / rank (see the module doc)."""
-    scale = lora_scale(cfg)
-    return {k: (p.detach().float().cpu() * (scale if ".lora_B." in k else 1)).contiguous() for k, p in params.items()}
-
-
 class LoraRecipe(StyleRecipe):
+    default_templates = ["a photo of a {}."]  # DataDream's prompt; no style token: the weights carry the style
+
     def __init__(self, cfg: StyleConfig, out: str | Path, identity: str = ""):
         # Fused q/k/v (CUDA) would bypass the injected to_q/to_k/to_v LoRAs (no gradient); compiling would hide them.
         gen = dataclasses.replace(cfg.generator, fuse_qkv=False, compile=False)
         super().__init__(dataclasses.replace(cfg, generator=gen), out, identity)
 
     def check_images(self) -> None:
-        templates(self.cfg)
+        if any("{token}" in t for t in self.cfg.templates):  # the default templates have none
+            raise ConfigError("method=lora learns weights, not a token: remove {token} from templates (e.g. "
+                              "templates=['a photo of a {}.'])")
 
     def add_params(self) -> None:
         self.params = add_lora(self.pipe, self.cfg)
@@ -113,22 +90,25 @@ class LoraRecipe(StyleRecipe):
         return self.out if u.index < 0 else self.out / ADAPTERS / str(u.index)
 
     def start_unit(self, u: Unit) -> dict | None:
-        """A finished adapter (adapter.json names this config) is read, not retrained; else a seeded init."""
+        """A finished adapter (adapter.json names this config) is read, not retrained; else peft's default init
+        (A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), B = 0) from a seeded generator: reproducible."""
         marker = self.folder(u) / ADAPTER_JSON
         if u.index >= 0 and marker.is_file() and read_json(marker).get("config_hash") == self.identity:
             return read_json(marker)
-        init_lora(self.params, derive_seed(self.cfg.seed, "lora-init", u.index))
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "lora-init", u.index))
+        with torch.no_grad():
+            for key, p in sorted(self.params.items()):
+                if ".lora_A." in key:
+                    bound = 1 / math.sqrt(p.shape[1])
+                    p.copy_(torch.rand(p.shape, generator=g) * 2 * bound - bound)
+                else:
+                    p.zero_()
         self.opt = torch.optim.AdamW(list(self.params.values()), lr=self.base_lr, weight_decay=self.cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.rt.dtype == torch.float16 else None
         return None
 
     def step_seed(self, u: Unit, step: int) -> int:
         return derive_seed(self.cfg.seed, "lora-step", u.index, step)
-
-    def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
-        found = templates(self.cfg)
-        return [found[int(torch.randint(len(found), (1,), generator=g))].replace("{}", self.images.names[y])
-                for y in ys]
 
     def params_state(self) -> dict:
         return {"lora": {k: p.detach().cpu() for k, p in self.params.items()}}
@@ -143,8 +123,10 @@ class LoraRecipe(StyleRecipe):
         record = {**record, "class_name": self.images.names[u.index] if u.index >= 0 else "",
                   "loss_curve": loss_curve(losses), "config_hash": self.identity}
         if is_main():
-            folder = self.folder(u)
-            write_bytes(folder / WEIGHTS, save(lora_state(self.params, self.cfg), metadata={"format": "pt"}))
+            folder, scale = self.folder(u), lora_scale(self.cfg)  # the file's B is times alpha / rank (module doc)
+            state = {k: (p.detach().float().cpu() * (scale if ".lora_B." in k else 1)).contiguous()
+                     for k, p in self.params.items()}
+            write_bytes(folder / WEIGHTS, save(state, metadata={"format": "pt"}))
             if u.index < 0:
                 self.validate(self.grid_classes, folder / "validation" / f"step-{record['steps']:06d}.png")
             elif u.index < self.cfg.validation_classes:  # the class's row, drawn with its own adapter
@@ -154,7 +136,8 @@ class LoraRecipe(StyleRecipe):
         return record
 
     def validation_inputs(self, c: int) -> dict:
-        return {"prompt": [templates(self.cfg)[0].replace("{}", self.images.names[c])] * self.cfg.validation_images}
+        prompt = self.prompt((self.cfg.templates or self.default_templates)[0], c)
+        return {"prompt": [prompt] * self.cfg.validation_images}
 
     def files(self, records: list[dict]) -> dict:
         cfg, names, per_class = self.cfg, self.images.names, self.cfg.mode == "class"

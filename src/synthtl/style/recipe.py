@@ -1,8 +1,8 @@
 """Learning a style as a recipe (torchtune's shape): `setup()` builds the frozen pipeline, noise scheduler, cached
-latents and trainable parameters once; `train()` runs each unit's checkpointed step loop; `save()` writes the files and
-style.json. Textual inversion and LoRA differ only in parameters, prompts, checkpoint state, validation and files. A
-unit is one step loop: the whole style (index -1) or one class's adapter of a per-class LoRA. Each step draws from a
-generator seeded from (seed, unit, step), so a resumed run draws what an uninterrupted one draws."""
+latents and trainable parameters once; `train_unit()` runs one unit's checkpointed step loop; `save()` writes the
+files and style.json. Textual inversion and LoRA differ only in parameters, prompts, checkpoint state, validation and
+files. A unit is one step loop: the whole style (index -1) or one class's adapter of a per-class LoRA. Each step draws
+from a generator seeded from (seed, unit, step), so a resumed run draws what an uninterrupted one draws."""
 
 from __future__ import annotations
 
@@ -75,17 +75,6 @@ def conditioning(pipe, ids: list[torch.Tensor], time_ids: torch.Tensor | None) -
     return states, added
 
 
-def write_sheet(rows: list[list[Image.Image]], path: Path) -> None:
-    """A validation grid: one row of images per class, written atomically as PNG."""
-    w, h = rows[0][0].size
-    sheet = Image.new("RGB", (w * len(rows[0]), h * len(rows)), "white")
-    for r, imgs in enumerate(rows):
-        for k, im in enumerate(imgs):
-            sheet.paste(im, (k * w, r * h))
-    with atomic_open(path, "wb") as f:
-        sheet.save(f, format="PNG")
-
-
 def loss_curve(losses: list[float]) -> list[dict]:
     window = max(1, len(losses) // 100)
     return [{"step": (i + 1) * window, "loss": float(np.mean(losses[i * window:(i + 1) * window]))}
@@ -93,12 +82,13 @@ def loss_curve(losses: list[float]) -> list[dict]:
 
 
 class StyleRecipe:
-    """The shared recipe. A subclass sets `checkpoint_format` and defines add_params (the trainable parameters and
-    `self.opt`), make_units, step_seed, prompts(ys, g), params_state, load_params_state, validation_inputs(class),
-    files(records) (writes the learned files on rank 0; returns style.json's method-specific fields) and style_hash;
-    it may override check_images, start_unit and end_unit (below)."""
+    """The shared recipe. A subclass sets `checkpoint_format` and `default_templates` and defines add_params (the
+    trainable parameters and `self.opt`), make_units, step_seed, params_state, load_params_state,
+    validation_inputs(class), files(records) (writes the learned files on rank 0; returns style.json's method-specific
+    fields) and style_hash; it may override check_images, start_unit, end_unit and prompt (below)."""
 
     checkpoint_format = 1
+    default_templates: list[str]  # the prompts when `templates` is empty
 
     def __init__(self, cfg: StyleConfig, out: str | Path, identity: str = ""):
         self.cfg, self.out, self.identity = cfg, Path(out), identity
@@ -112,7 +102,7 @@ class StyleRecipe:
         self.sdxl = is_sdxl(self.pipe)
         self.add_params()
         self.data = cache_latents(self.pipe.vae, self.images, self.cfg, self.rt, sizes=self.sdxl)
-        self.groups = self.data.by_class()
+        self.groups = {y: [i for i, z in enumerate(self.data.labels) if z == y] for y in sorted(set(self.data.labels))}
         self.scaler = torch.amp.GradScaler("cuda") if self.rt.dtype == torch.float16 else None
         self.units = self.make_units()
 
@@ -149,6 +139,14 @@ class StyleRecipe:
         noise = torch.randn(lat.shape, generator=g).to(self.rt.device, lat.dtype)
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(self.rt.device)
         return MicroBatch(lat, noise, t, self.prompts(ys, g), time_ids)
+
+    def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
+        """One prompt per image: a template drawn from `g`, filled in for the image's class (`prompt`)."""
+        templates = self.cfg.templates or self.default_templates
+        return [self.prompt(templates[int(torch.randint(len(templates), (1,), generator=g))], y) for y in ys]
+
+    def prompt(self, template: str, y: int) -> str:
+        return template.replace("{}", self.images.names[y])
 
     def encode(self, prompts: list[str], time_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, dict | None]:
         """The UNet's text conditioning of prompts: (encoder hidden states, SDXL's added conditions or None)."""
@@ -223,9 +221,6 @@ class StyleRecipe:
         warmup = self.cfg.warmup_steps
         return self.base_lr * min(1.0, (updates + 1) / warmup) if warmup else self.base_lr
 
-    def train(self) -> list[dict]:
-        return [self.train_unit(u) for u in self.units]
-
     def train_unit(self, u: Unit) -> dict:
         """A unit's step loop from its start (or its checkpoint); returns its record (`end_unit`)."""
         done = self.start_unit(u)
@@ -298,11 +293,17 @@ class StyleRecipe:
                     guidance_scale=cfg.generator.guidance, height=cfg.resolution, width=cfg.resolution,
                     generator=[torch.Generator("cpu").manual_seed(cfg.seed + k)
                                for k in range(cfg.validation_images)]).images for c in classes]
-        write_sheet(rows, path)
+        w, h = rows[0][0].size
+        sheet = Image.new("RGB", (w * len(rows[0]), h * len(rows)), "white")
+        for r, imgs in enumerate(rows):
+            for k, im in enumerate(imgs):
+                sheet.paste(im, (k * w, r * h))
+        with atomic_open(path, "wb") as f:
+            sheet.save(f, format="PNG")
 
     def run(self) -> dict:
         self.setup()
-        return self.save(self.train())
+        return self.save([self.train_unit(u) for u in self.units])
 
     def check_images(self) -> None:
         """Refuses what cannot be learned from these images, before any model loads."""
