@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from synthtl.config import (
     STYLE_PROMPTS,
     FilterConfig,
@@ -21,14 +23,13 @@ from synthtl.config import (
     load_config,
     with_overrides,
 )
-from synthtl.data.datasets import DATASETS, classnames
+from synthtl.data.datasets import DATASETS, classnames, default_root
 from synthtl.errors import ConfigError
 from synthtl.identity import Resolver, digest, identity
 from synthtl.jobs import KINDS, output_of
 from synthtl.strategies import STRATEGIES, effective_config
 
-TEMPLATES = {"single": "single", "imagenet80": "imagenet80", "dsi": "style", "per_class": "style", "lora": "single",
-             "lora_per_class": "single", "img2img": "single"}
+TEMPLATES = {"imagenet80": "imagenet80", "dsi": "style", "per_class": "style"}  # prompts.templates; else "single"
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _style_job(study: StudyConfig, dataset: str, prompt: str, shots: int, seed: 
 def _gen_job(study: StudyConfig, dataset: str, guidance: float, prompt: str, style: Job | None,
              res: Resolver, shots: int = 0, seed: int = -1) -> Job:
     overrides = [*study.generate, *_common(study), f"data.name={dataset}", f"generator.guidance={guidance}",
-                 f"prompts.templates={TEMPLATES[prompt]}"]
+                 f"prompts.templates={TEMPLATES.get(prompt, 'single')}"]
     if prompt == "img2img":  # from the run's own real training images: its k shots in few-shot runs
         overrides += ["mode=img2img", f"data.shots={shots}", f"data.split_seed={seed}"]
     key = "prompts.style_lora" if prompt.startswith("lora") else "prompts.style_embedding"
@@ -125,8 +126,6 @@ def _filter_job(study: StudyConfig, gen: Job, name: str, res: Resolver) -> Job:
 def check_stage_overrides(study: StudyConfig) -> None:
     """Refuses a stage override the study would silently replace (a key it sets per job), naming the key to use; the
     one value the grid gives every job is let through (`data.shots=20` beside `grid.shots=[20]`)."""
-    import yaml
-
     g = study.grid
     where, sets = ("the study's out_dir", None), ("grid.prompts and grid.guidance (the study's generated sets)", None)
     common = {k: (name, [v]) for k, name, v in (("data.root", "data_root", study.data_root),
@@ -229,8 +228,6 @@ def num_classes_of(data) -> int | None:
     if data.name in DATASETS:
         return len(classnames(data.name))
     if data.name == "folder":
-        from synthtl.data.datasets import default_root
-
         train = Path(data.root or default_root()) / data.train_dir
         if train.is_dir():
             return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -14,6 +14,7 @@ from synthtl.errors import DataError, SynthTLError
 from synthtl.experiments import launch as launcher
 from synthtl.experiments.grid import TRAIN_SIZES, Job, Plan, expand, num_classes, num_classes_of, style_steps
 from synthtl.files import read_json, remove_temps, write_json, write_text
+from synthtl.filtering.store import KEPT, SCORES
 from synthtl.identity import IDENTITY
 from synthtl.jobs import is_finished
 from synthtl.runtime import is_main
@@ -45,8 +46,6 @@ def progress_of(job: Job) -> str:
     if job.kind == "style":
         return "stopped" if (out / "checkpoint.pt").is_file() or (out / "adapters" / "checkpoint.pt").is_file() else ""
     if job.kind == "filter":
-        from synthtl.filtering.store import KEPT, SCORES
-
         return "extend" if any((out / KEPT).glob("*.json")) else "stopped" if (out / SCORES).is_file() else ""
     if (out / COMPLETE).is_file():
         return "extend"  # finished at a smaller volume
@@ -120,13 +119,12 @@ def describe_style_job(job: Job) -> str:
     """One line: the steps a style job will train (per class for per-class inversion)."""
     steps, per_class = style_steps(job)
     c = job.config
-    classes = num_classes_of(c.data)
     total = f"{steps:,} steps" if steps is not None else f"{c.steps_per_class:,} steps x the classes (unknown here)"
     what = "LoRA" if c.method == "lora" else "token"
-    if c.mode == "class":
-        each = f"{per_class:,}" if per_class is not None else "?"
-        return f"    {job.id}: {total} ({each} per class x {classes or '?'} classes, one {what} per class)"
-    return f"    {job.id}: {total} (one {what} for the dataset)"
+    if c.mode != "class":
+        return f"    {job.id}: {total} (one {what} for the dataset)"
+    each = f"{per_class:,}" if per_class is not None else "?"
+    return f"    {job.id}: {total} ({each} per class x {num_classes_of(c.data) or '?'} classes, one {what} per class)"
 
 
 def describe_plan(plan: Plan, elsewhere: set[str] | None = None) -> str:

@@ -122,8 +122,7 @@ def open_clip_scorer(spec: str, prompts: list[str], device: torch.device) -> tup
         raise ConfigError(f"clip.model={spec!r} could not be loaded by OpenCLIP ({_first_line(e)}); {fix}") from None
     finally:
         logging.disable(quiet)
-    model.eval()  # dropout and patch dropout off: a score must not depend on the batch or the run
-    model.to(device)
+    model.eval().to(device)  # dropout and patch dropout off: a score must not depend on the batch or the run
     with torch.inference_mode():
         text_features = _unit(model.encode_text(tokens.to(device)).float())
         scale = model.logit_scale.exp().float()

@@ -82,12 +82,9 @@ def is_finished(cfg: Any) -> bool:
 
 def find_kept(set_dir: str | os.PathLike) -> dict[str, Path]:
     """Filter name -> its largest volume's kept list (what the report shows), for every filter with one."""
-    out = {}
-    for folder in sorted((Path(set_dir) / FILTERS).glob("*")):
-        lists = sorted(folder.glob(f"{KEPT}/*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
-        if lists:
-            out[folder.name] = lists[-1]
-    return out
+    lists = {f.name: sorted(f.glob(f"{KEPT}/*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+             for f in sorted((Path(set_dir) / FILTERS).glob("*"))}
+    return {name: kept[-1] for name, kept in lists.items() if kept}
 
 
 def read_kept(set_dir: str | os.PathLike, name: str, per_class: int) -> dict:

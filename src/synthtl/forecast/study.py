@@ -73,20 +73,16 @@ def read_settings(folder: Path, runs: list[Run], strategies: list[str]) -> list[
     out = sorted(settings.values(), key=lambda s: (s.labels["dataset"], s.labels["model"], s.labels["shots"],
                                                    rank(s.labels["strategy"]), str(s.labels["prompt"]),
                                                    str(s.labels["guidance"]), s.labels["filter"]))
-    varying = {k for k in SHOWN if len({s.labels[k] for s in out}) > 1}
+    varying = [k for k in SHOWN if len({s.labels[k] for s in out}) > 1]
     for s in out:
+        lab = s.labels
         s.vanilla = [r for r in runs if r.labels["strategy"] == "vanilla"
-                     and all(r.labels.get(k) == s.labels[k] for k in ("dataset", "model", "shots"))]
-        s.label = _label(s.labels, varying)
+                     and all(r.labels.get(k) == lab[k] for k in ("dataset", "model", "shots"))]
+        # the label: dataset model strategy, then the axes this study varies (shots, prompts, guidance, filter)
+        shown = {"shots": f"{lab['shots']}-shot" if lab["shots"] else "full", "prompt": lab["prompt"],
+                 "guidance": f"g{lab['guidance']}", "filter": f"filter {lab['filter'] or 'none'}"}
+        s.label = " ".join(map(str, [lab["dataset"], lab["model"], lab["strategy"], *(shown[k] for k in varying)]))
     return out
-
-
-def _label(lab: dict, varying: set[str]) -> str:
-    """dataset model strategy, then the axes this study varies (shots, prompts, guidance, filter)."""
-    shown = {"shots": f"{lab['shots']}-shot" if lab["shots"] else "full", "prompt": lab["prompt"],
-             "guidance": f"g{lab['guidance']}", "filter": f"filter {lab['filter'] or 'none'}"}
-    words = [lab["dataset"], lab["model"], lab["strategy"], *(shown[k] for k in SHOWN if k in varying)]
-    return " ".join(map(str, words))
 
 
 def _seen(run: Run) -> float:
