@@ -34,9 +34,7 @@ def phash_batch(gray: np.ndarray) -> np.ndarray:
     """(n,) uint64 DCT perceptual hashes of (n, 32, 32) 8-bit luminance thumbnails: bit 63 says DC > 0; the other 63,
     whether each low-frequency AC term lies above the AC terms' median (the DC term carries brightness only)."""
     low = np.einsum("ij,njk,lk->nil", _DCT, gray.astype(np.float64), _DCT).reshape(len(gray), -1)
-    bits = np.empty(low.shape, dtype=bool)
-    bits[:, 0] = low[:, 0] > 0
-    bits[:, 1:] = low[:, 1:] > np.median(low[:, 1:], axis=1, keepdims=True)
+    bits = np.hstack([low[:, :1] > 0, low[:, 1:] > np.median(low[:, 1:], axis=1, keepdims=True)])
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
 
 

@@ -208,7 +208,4 @@ def reset_head(model: nn.Module, seed: int) -> None:
         torch.manual_seed(seed)
         # nn.Linear's own initialisation, computed on CPU so the result does not depend on the device.
         fresh = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
-    with torch.no_grad():
-        head.weight.copy_(fresh.weight)
-        if head.bias is not None:
-            head.bias.copy_(fresh.bias)
+    head.load_state_dict(fresh.state_dict())

@@ -102,7 +102,7 @@ def _run(cfg: FinetuneConfig, spec, run_dir: Path, rt: Runtime, world: int, iden
     try:
         model = spec.fn(run)
         if is_main():
-            result = {**_result(cfg, run, finish(run, model), time.perf_counter() - t0),
+            result = {**_result(run, finish(run, model), time.perf_counter() - t0),
                       "identity": identity.digest(ident)}
     finally:
         record.close(result)
@@ -130,14 +130,14 @@ def finish(run: Run, model: nn.Module) -> dict:
         model.load_state_dict(best["model"])
         selected = f"val:epoch{best['epoch']}"
     bs = 2 * run.cfg.real_stage.batch_size
-    reuse = selected == "last" and out is not None and out.final_test is not None  # the last epoch's numbers
-    test = out.final_test if reuse else evaluate_on(run, model, run.data.test, bs)
+    reuse = selected == "last" and out.get("final_test") is not None  # the last epoch's numbers
+    test = out["final_test"] if reuse else evaluate_on(run, model, run.data.test, bs)
     val = evaluate_on(run, model, run.data.val, bs) if run.data.val is not None else None
-    return {"test": test, "test_ema": out.final_test_ema if out is not None else None, "val": val, "selected": selected}
+    return {"test": test, "test_ema": out.get("final_test_ema"), "val": val, "selected": selected}
 
 
-def _result(cfg: FinetuneConfig, run: Run, final: dict, session_s: float) -> dict:
-    data, rt, stages = run.data, run.rt, run.record.info["stages"]
+def _result(run: Run, final: dict, session_s: float) -> dict:
+    cfg, data, rt, stages = run.cfg, run.data, run.rt, run.record.info["stages"]
     return {
         "strategy": cfg.strategy, "dataset": cfg.data.name, "model": cfg.model.name, "seed": cfg.seed,
         "shots": cfg.data.shots, "synthetic": cfg.synthetic.path or None, "synthetic_set": data.synthetic_record,

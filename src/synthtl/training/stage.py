@@ -41,24 +41,8 @@ class Run:
     world: int = 1  # data-parallel processes
     data_config: dict = field(default_factory=dict)  # preprocessing of the model's weights (set by new_model)
     eval_loaders: dict = field(default_factory=dict)  # `evaluate_on`'s loaders, by (images, batch size)
-    final: StageResult | None = None  # the last stage's result (what the run reports)
+    final: dict = field(default_factory=dict)  # the last stage's final_test and final_test_ema (what the run reports)
     head: dict | None = None  # how the head was changed before the next stage (kept in that stage's record)
-
-    @property
-    def channels_last(self) -> bool:
-        return self.cfg.model.channels_last and self.rt.is_cuda
-
-
-@dataclass
-class StageResult:
-    record: dict  # steps, epochs, settings, throughput, ... (result.json's stages[name])
-    final_test: dict | None = None  # test metrics of the last epoch (the reported ones when select=last)
-    final_test_ema: dict | None = None  # the same for the EMA weights (ema.enabled)
-    best_val: tuple[float, int] | None = None  # (val top-1, epoch) of the best epoch (select=val)
-
-    @classmethod
-    def of(cls, record: dict, state: dict) -> StageResult:
-        return cls(record, state.get("final_test"), state.get("final_test_ema"), state.get("best_val"))
 
 
 @dataclass
@@ -70,17 +54,19 @@ class Training:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     ema: object
-    out: StageResult
     step: int = 0
     epoch: int = 0  # the next epoch to train
     seconds: float = 0.0  # spent on this stage in every session so far
+    best_val: tuple[float, int] | None = None  # (val top-1, epoch) of the best epoch (select=val)
+    final_test: dict | None = None  # test metrics of the last epoch (the reported ones when select=last)
+    final_test_ema: dict | None = None  # the same for the EMA weights (ema.enabled)
 
     def state(self, epoch: int) -> dict:
         return {"stage": self.name, "epoch": epoch, "step": self.step, "seconds": self.seconds,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "ema": self.ema.module.state_dict() if self.ema is not None else None, "best_val": self.out.best_val,
-                "final_test": self.out.final_test, "final_test_ema": self.out.final_test_ema}
+                "ema": self.ema.module.state_dict() if self.ema is not None else None, "best_val": self.best_val,
+                "final_test": self.final_test, "final_test_ema": self.final_test_ema}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -89,12 +75,13 @@ class Training:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
             self.ema.module.load_state_dict(state["ema"])
-        self.out = StageResult.of({}, state)
         self.step, self.epoch, self.seconds = state["step"], state["epoch"] + 1, state["seconds"]
+        self.best_val, self.final_test = state.get("best_val"), state.get("final_test")
+        self.final_test_ema = state.get("final_test_ema")
 
 
 def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], stage: StageConfig, *,
-              total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> StageResult:
+              total_steps: int | None = None, fraction: float | None = None, final: bool = False) -> None:
     """Trains `model` in place on `parts` ([real, synthetic] for mixed) as stage `name`; resumes or skips it.
 
     `total_steps`: exact optimizer steps (compute-matched control; default epochs x steps per epoch); `fraction`: the
@@ -103,9 +90,8 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
     done = run.record.finished_stage(name)
     if done is not None:
         model.load_state_dict(done["model"])
-        out = StageResult.of(run.record.info["stages"][name], done)
-        run.final = out if final else run.final
-        return out
+        run.final = {k: done.get(k) for k in ("final_test", "final_test_ema")} if final else run.final
+        return
     run.claim()
     seed = derive_seed(run.cfg.seed, "stage", name)
     loader = train_loader([dataset(run, p, train=True) for p in parts], stage.batch_size, seed,
@@ -117,7 +103,7 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
     trained = distributed.wrap(model, run.rt)
     scaler = torch.amp.GradScaler("cuda") if run.rt.dtype == torch.float16 else None
     ema = ModelEmaV3(model, decay=run.cfg.ema.decay) if run.cfg.ema.enabled else None
-    t = Training(name, model, build_optimizer(model, stage), scaler, ema, StageResult(record={}))
+    t = Training(name, model, build_optimizer(model, stage), scaler, ema)
     if run.record.in_progress(name) is not None:
         t.restore(run.record.in_progress(name))
     how, rate = steps_of(run, t, stage, total, spe), 0.0
@@ -139,10 +125,9 @@ def run_stage(run: Run, name: str, model: nn.Module, parts: list[ImageList], sta
         run.record.log(row)
         if last or (epoch + 1) % run.cfg.checkpoint_every == 0:
             run.record.save_progress(t.state(epoch))
-    t.out.record = stage_record(run, t, stage, parts, (epochs, spe, rate)) | ({"head": run.head} if run.head else {})
-    run.record.finish_stage(name, t.out.record, t.state(epochs - 1))
-    run.final = t.out if final else run.final
-    return t.out
+    record = stage_record(run, t, stage, parts, (epochs, spe, rate)) | ({"head": run.head} if run.head else {})
+    run.record.finish_stage(name, record, t.state(epochs - 1))
+    run.final = {"final_test": t.final_test, "final_test_ema": t.final_test_ema} if final else run.final
 
 
 def steps_of(run: Run, t: Training, stage: StageConfig, total: int, spe: int) -> Steps:
@@ -156,7 +141,7 @@ def steps_of(run: Run, t: Training, stage: StageConfig, total: int, spe: int) ->
                   label_smoothing=stage.label_smoothing, num_classes=run.data.num_classes) if stage.mixup else None
     return Steps(t.optimizer, run.rt, total, partial(lr_at, total_steps=total, warmup_steps=warmup, peak=stage.lr,
                                                      floor=stage.min_lr), run.data.num_classes, mixup,
-                 stage.label_smoothing, stage.clip_grad, t.scaler, augment(run, True), run.channels_last,
+                 stage.label_smoothing, stage.clip_grad, t.scaler, augment(run, True), run.cfg.model.channels_last,
                  stage.accum_steps, t.ema, run.world, progress=run.cfg.progress)
 
 
@@ -182,7 +167,7 @@ def evaluate_on(run: Run, model: nn.Module, images: ImageList, batch_size: int) 
         run.eval_loaders[key] = eval_loader(dataset(run, images, train=False), batch_size, run.cfg.data.num_workers,
                                             pin_memory=run.rt.is_cuda, persistent=True)
     return evaluate(model, run.eval_loaders[key], run.rt, run.data.num_classes, augment(run, False),
-                    run.channels_last)
+                    run.cfg.model.channels_last)
 
 
 def _evaluate_epoch(run: Run, t: Training, stage: StageConfig, row: dict, last: bool, final: bool) -> None:
@@ -195,14 +180,14 @@ def _evaluate_epoch(run: Run, t: Training, stage: StageConfig, row: dict, last: 
         if t.ema is not None:
             row["test_top1_ema"] = (test_ema := evaluate_on(run, t.ema.module, run.data.test, bs))["top1"]
         if last and final:
-            t.out.final_test = test
-            t.out.final_test_ema = test_ema if t.ema is not None else None
+            t.final_test = test
+            t.final_test_ema = test_ema if t.ema is not None else None
     if run.data.val is not None:
         val = evaluate_on(run, t.model, run.data.val, bs)
         row.update(val_top1=val["top1"], val_loss=val["loss"])
-        best = t.out.best_val
+        best = t.best_val
         if final and run.cfg.select == "val" and (best is None or val["top1"] > best[0]):
-            t.out.best_val = (val["top1"], epoch)
+            t.best_val = (val["top1"], epoch)
             save_torch(run.dir / "checkpoints" / "best_val.pt", {"model": t.model.state_dict(), "epoch": epoch})
 
 

@@ -20,7 +20,7 @@ from synthtl.models import create_classifier, replace_head, reset_head, source_l
 from synthtl.registry import Registry
 from synthtl.runtime import derive_seed
 from synthtl.strategies import STRATEGIES as DECLARED
-from synthtl.strategies import TABLE, Strategy
+from synthtl.strategies import TABLE
 from synthtl.training.loop import predict
 from synthtl.training.stage import Run, augment, dataset, run_stage
 
@@ -29,10 +29,10 @@ FUNCTIONS: Registry[Train] = Registry("training function of strategy")  # name -
 
 
 # ---------------------------------------------------------------------------------------------------- parts
-def new_model(run: Run, pretrained: bool | None = None) -> nn.Module:
+def new_model(run: Run, pretrained: bool = True) -> nn.Module:
     """The starting model with a fresh target head; scores its LEEP first when it has a classifier head."""
     m = run.cfg.model
-    pretrained = m.pretrained if pretrained is None else pretrained
+    pretrained = pretrained and m.pretrained
     model, run.data_config = create_classifier(m.name, None, pretrained, m.weights if pretrained else "", m.img_size)
     leeps = run.record.info["leep"]
     if pretrained and run.cfg.leep.enabled and "pretrained" not in leeps:
@@ -42,7 +42,7 @@ def new_model(run: Run, pretrained: bool | None = None) -> nn.Module:
         leeps["pretrained_label_space"] = space
     replace_head(model, run.data.num_classes, seed=derive_seed(run.cfg.seed, "head"))
     model.to(run.rt.device)
-    if run.channels_last:
+    if m.channels_last and run.rt.is_cuda:
         model.to(memory_format=torch.channels_last)
     if m.compile:
         model.compile()  # in place: state_dict keys (checkpoints) stay those of the plain model
@@ -58,7 +58,7 @@ def leep_score(run: Run, model: nn.Module) -> float:
         images = images.subset(sorted(torch.randperm(len(images), generator=g)[:n].tolist()))
     loader = eval_loader(dataset(run, images, train=False), 2 * run.cfg.real_stage.batch_size,
                          run.cfg.data.num_workers)
-    logits, labels, _ = predict(model, loader, run.rt, augment(run, False), run.channels_last)
+    logits, labels, _ = predict(model, loader, run.rt, augment(run, False), run.cfg.model.channels_last)
     return leep(torch.softmax(logits, dim=1), labels, run.data.num_classes)
 
 
@@ -91,7 +91,7 @@ def matched_steps(run: Run) -> int:
 def vanilla(run: Run) -> nn.Module:
     spec = DECLARED.get(run.cfg.strategy)
     steps = matched_steps(run) if spec.matches else None  # refused before any model work
-    model = new_model(run, pretrained=None if spec.pretrained else False)
+    model = new_model(run, pretrained=spec.pretrained)
     run_stage(run, "real", model, [run.data.train], run.cfg.real_stage, total_steps=steps, final=True)
     return model
 
@@ -133,15 +133,15 @@ class Trainable:
     needs_synthetic: bool  # a stage trains on synthetic images (`synthtl.strategies.Strategy.synthetic`)
 
 
-def bind(functions: Registry[Train], table: tuple[Strategy, ...] = TABLE) -> Registry[Trainable]:
+def bind(functions: Registry[Train]) -> Registry[Trainable]:
     """Each declared strategy with its function; refuses a name without a function or a function without a name."""
-    declared = {s.name for s in table}
+    declared = {s.name for s in TABLE}
     missing, unknown = sorted(declared - set(functions.names())), sorted(set(functions.names()) - declared)
     if missing or unknown:
         raise RuntimeError(f"strategies declared in synthtl.strategies without a training function: {missing}; "
                            f"training functions without a declared strategy: {unknown}. Declare and train each once")
     out: Registry[Trainable] = Registry("strategy")
-    for s in table:
+    for s in TABLE:
         out.add(s.name, Trainable(functions.get(s.name), s.synthetic == "required"))
     return out
 

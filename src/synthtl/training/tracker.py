@@ -14,18 +14,15 @@ from synthtl.identity import flat
 
 def check(kind: str, tensorboard: bool = False) -> None:
     """Refuses a tracker (`tracker=`) or TensorBoard whose package is missing, before any data work."""
-    if kind:
-        try:
-            importlib.import_module(kind)  # `tracker` is mlflow or wandb: the package's name
-        except ImportError:
-            raise ConfigError(f"tracker={kind} needs the {kind} package: pip install {kind}, or set "
-                              "tracker=''") from None
+    needed = {kind: f"tracker={kind} needs the {kind} package: pip install {kind}, or set tracker=''"} if kind else {}
     if tensorboard:
+        needed["torch.utils.tensorboard"] = ("tensorboard=true needs the tensorboard package: pip install "
+                                             "'synthtl[tensorboard]', or set tensorboard=false")
+    for package, refusal in needed.items():
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            __import__(package)  # `tracker` (mlflow or wandb) is the package's name
         except ImportError:
-            raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'synthtl[tensorboard]', "
-                              "or set tensorboard=false") from None
+            raise ConfigError(refusal) from None
 
 
 class Tracker:
