@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any
 
 from synthtl.errors import ConfigError
@@ -36,7 +37,8 @@ class Tracker:
             self.lib.start_run(run_name=name)
             self.lib.log_params({k: str(v)[:500] for k, v in params.items()})
         else:
-            self.run = self.lib.init(project="synthtl", name=name, config=params, reinit=True)
+            project = os.environ.get("WANDB_PROJECT") or "synthtl"  # an explicit project would override the variable
+            self.run = self.lib.init(project=project, name=name, config=params, reinit="finish_previous")
 
     def log(self, row: dict) -> None:
         values = {f"{row['stage']}/{k}": float(v) for k, v in row.items()
