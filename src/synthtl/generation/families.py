@@ -134,12 +134,14 @@ def tiny_tokenizer():
     return CLIPTokenizer.from_pretrained(str(resources.files("synthtl").joinpath("assets", "tiny_tokenizer")))
 
 
-def _tiny(seed: int, encoders: dict, scaling_factor: float = 0.18215, **unet) -> dict:
-    """A UNet (block_out_channels (4, 8)), two-block VAE and `encoders` {name: (tokenizer, width, extra)}: 2-layer CLIP
-    text encoders of `width` (with a text projection where extra has `projection_dim`: SDXL's second), seeded."""
+def _tiny(seed: int, encoders: dict, scheduler, scaling_factor: float = 0.18215, **unet) -> dict:
+    """A UNet (block_out_channels (4, 8)), two-block VAE, `scheduler` and `encoders` {name: (width, extra)}: 2-layer
+    CLIP text encoders of `width` (with a text projection where extra has `projection_dim`: SDXL's second), seeded,
+    each with its own tokenizer."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    toks = {name.replace("text_encoder", "tokenizer"): tiny_tokenizer() for name in encoders}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         parts = {"unet": UNet2DConditionModel(
@@ -150,13 +152,13 @@ def _tiny(seed: int, encoders: dict, scaling_factor: float = 0.18215, **unet) ->
             block_out_channels=(4, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
             sample_size=32, scaling_factor=scaling_factor)
-        for name, (tok, width, extra) in encoders.items():
+        for (name, (width, extra)), tok in zip(encoders.items(), toks.values(), strict=True):
             config = CLIPTextConfig(
                 vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                 num_attention_heads=2, max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
             parts[name] = (CLIPTextModelWithProjection if "projection_dim" in extra else CLIPTextModel)(config)
-    return parts
+    return {**parts, **toks, "scheduler": scheduler}
 
 
 def sd_scheduler(cls: str = "DPMSolverMultistepScheduler", **extra):
@@ -170,31 +172,23 @@ def sd_scheduler(cls: str = "DPMSolverMultistepScheduler", **extra):
 
 def tiny_components(seed: int = 0) -> dict:
     """A tiny random-weight SD 1.x (32x32, 2-layer CLIP of width 16) built from configs; same seed, same weights."""
-    tokenizer = tiny_tokenizer()
-    parts = _tiny(seed, {"text_encoder": (tokenizer, 16, {})}, cross_attention_dim=16, attention_head_dim=2)
-    return {**parts, "tokenizer": tokenizer, "scheduler": sd_scheduler()}
+    return _tiny(seed, {"text_encoder": (16, {})}, sd_scheduler(), cross_attention_dim=16, attention_head_dim=2)
 
 
 def tiny_sd2_components(seed: int = 0, prediction_type: str = "v_prediction") -> dict:
     """A tiny random-weight SD 2.x (linear attention projections, GELU text encoder, `prediction_type`)."""
-    tokenizer = tiny_tokenizer()
-    parts = _tiny(seed, {"text_encoder": (tokenizer, 24, {"hidden_act": "gelu"})}, cross_attention_dim=24,
-                  attention_head_dim=(2, 4), use_linear_projection=True)
-    return {**parts, "tokenizer": tokenizer, "scheduler": sd_scheduler(prediction_type=prediction_type)}
+    return _tiny(seed, {"text_encoder": (24, {"hidden_act": "gelu"})}, sd_scheduler(prediction_type=prediction_type),
+                 cross_attention_dim=24, attention_head_dim=(2, 4), use_linear_projection=True)
 
 
 def tiny_sdxl_components(seed: int = 0) -> dict:
     """A tiny random-weight SDXL (32x32 images): text encoders of widths 16 and 24 (the second with projection), a
     UNet conditioned on both, the pooled projection and six size/crop time ids ("text_time")."""
-    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_tokenizer()
     time_dim, proj_dim = 8, 8
-    encoders = {"text_encoder": (tokenizer, 16, {}),
-                "text_encoder_2": (tokenizer_2, 24, {"projection_dim": proj_dim, "hidden_act": "gelu"})}
-    parts = _tiny(seed, encoders, 0.13025, cross_attention_dim=16 + 24, attention_head_dim=(2, 4),
-                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
-                  projection_class_embeddings_input_dim=6 * time_dim + proj_dim)
-    return {**parts, "tokenizer": tokenizer, "tokenizer_2": tokenizer_2,
-            "scheduler": sd_scheduler("EulerDiscreteScheduler")}
+    encoders = {"text_encoder": (16, {}), "text_encoder_2": (24, {"projection_dim": proj_dim, "hidden_act": "gelu"})}
+    return _tiny(seed, encoders, sd_scheduler("EulerDiscreteScheduler"), 0.13025, cross_attention_dim=16 + 24,
+                 attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=6 * time_dim + proj_dim)
 
 
 def save_tiny(components: dict, folder: str | Path, family: str) -> Path:

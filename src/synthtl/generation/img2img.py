@@ -40,11 +40,6 @@ class Sources:
     ids: list[list[str]]
     hashes: list[list[str]]  # SHA-256 of each file's bytes, first HASH_CHARS hex digits
 
-    def digest(self) -> str:
-        """One hash of every class's (ids, content hashes): what the set's identity records."""
-        blob = json.dumps([[i, h] for i, h in zip(self.ids, self.hashes, strict=True)])
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
 
 def _split_seed(cfg: GenerateConfig) -> int:
     d = cfg.data
@@ -114,9 +109,11 @@ def select_sources(cfg: GenerateConfig, classes: list[tuple[str, str]]) -> Sourc
 
 
 def identity(cfg: GenerateConfig, sources: Sources) -> dict:
-    """The keys img2img adds to a set's identity (a text-to-image set's identity has none of them)."""
+    """The keys img2img adds to a set's identity (a text-to-image set's identity has none of them); "sources" is one
+    hash of every class's (ids, content hashes)."""
+    blob = json.dumps([[i, h] for i, h in zip(sources.ids, sources.hashes, strict=True)])
     return {"mode": "img2img", "strength": cfg.img2img.strength, "source_fit": SOURCE_FIT,
-            "sources": sources.digest()}
+            "sources": hashlib.sha256(blob.encode()).hexdigest()[:16]}
 
 
 def refuse_other_sources(folder: Path, settings: dict, sources: Sources) -> None:

@@ -14,7 +14,7 @@ import torch
 from synthtl.config import GeneratorConfig
 from synthtl.errors import ConfigError, SynthTLError
 from synthtl.generation.families import family_of, sd_scheduler, tiny_components, tiny_tokenizer
-from synthtl.generation.styles import load_style_lora, quiet_transformers
+from synthtl.generation.styles import StyleLora, quiet_transformers
 from synthtl.registry import Registry
 from synthtl.runtime import Runtime, resolve_runtime
 
@@ -136,7 +136,7 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
     pipe.to(rt.device)
     if model == "tiny" and dtype != torch.float32:
         pipe.to(dtype=dtype)  # the tiny components are built in fp32
-    if style_lora and load_style_lora(pipe, style_lora).per_class:
+    if style_lora and StyleLora(pipe, style_lora).per_class:
         # Fused q/k/v copies of the weights would not follow the per-class weight switching: left unfused.
         gen = dataclasses.replace(gen, fuse_qkv=False)
     return optimize(pipe, gen, rt)

@@ -104,7 +104,7 @@ def finished(rows: SetRows, per_class: int) -> bool:
 def resume_todo(folder: Path, rows: SetRows, per_class: int, shard: int, num_shards: int) -> tuple[np.ndarray, list]:
     """(this shard's rows, its unfinished ones in generation order); removes the temp files it left when killed."""
     mine = shards.shard_mask(rows, shard, num_shards) & (rows.idx < per_class)
-    shards.remove_shard_temps(folder, rows, mine, shard, num_shards)
+    shards.remove_shard_temps(folder, rows, mine)
     todo = np.flatnonzero(mine & ~read_state(folder).done)
     todo = todo[np.lexsort((rows.cls[todo], rows.idx[todo]))]  # by image index, then class: batches span classes
     return mine, todo.tolist()
@@ -280,9 +280,9 @@ def _writing(folder: Path, log: Path, cfg: GenerateConfig, stats: dict, total: i
     bar = tqdm(total=total, desc="generate", unit="img", disable=not (cfg.progress and is_main()))
 
     def write(batch: list[tuple]) -> int:
-        entries, error = [], None
-        for row, img, seed, redraws in batch:
-            try:
+        entries = []
+        try:
+            for row, img, seed, redraws in batch:
                 faults.point("generate.write", row=row)
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format=cfg.image_format.upper(), **options)
@@ -290,16 +290,12 @@ def _writing(folder: Path, log: Path, cfg: GenerateConfig, stats: dict, total: i
                 if row.get("train_path"):
                     write_bytes(folder / row["train_path"], resized_jpeg(Image.fromarray(img), cfg.train_copy))
                 entries.append({"id": row["id"], "seed": seed, "redraws": redraws})
-            except BaseException as e:  # DiskFullError, KeyboardInterrupt...: log what is on disk, then stop
-                error = e
-                break
-        if entries:
-            with lock:  # writer threads share this shard's log: one append at a time
-                append_jsonl(log, entries)
-                if charge is not None:
-                    charge(len(entries), stats["redraws"])
-        if error is not None:
-            raise error
+        finally:  # also on DiskFullError, KeyboardInterrupt...: log what is on disk, then stop
+            if entries:
+                with lock:  # writer threads share this shard's log (and the cost log): one append at a time
+                    append_jsonl(log, entries)
+                    if charge is not None:
+                        charge(len(entries), stats["redraws"])
         return len(entries)
 
     def drain(wait: bool) -> None:  # counts finished batches in order; a write error is raised after the others

@@ -34,15 +34,14 @@ def shard_mask(rows: SetRows, shard: int, num_shards: int) -> np.ndarray:
                         rows.idx.tolist(), strict=True)), dtype=bool, count=len(rows))
 
 
-def set_lock(folder: Path, wait: float | None = None) -> contextlib.AbstractContextManager:
+def set_lock(folder: Path, wait: float = SET_LOCK_WAIT) -> contextlib.AbstractContextManager:
     """The set's writer lock, held for the short steps that touch shared files (plan, finalize, repair)."""
-    return exclusive(folder, "generated set", wait=SET_LOCK_WAIT if wait is None else wait)
+    return exclusive(folder, "generated set", wait=wait)
 
 
 def shard_lock(folder: Path, shard: int, num_shards: int) -> contextlib.AbstractContextManager:
     """The lock of one shard, held for its whole run: a second writer of the same shard fails at once."""
-    return exclusive(folder / LOCKS / shard_name(shard, num_shards), f"shard {shard}/{num_shards} of {folder}:",
-                     wait=0.0)
+    return exclusive(folder / LOCKS / shard_name(shard, num_shards), f"shard {shard}/{num_shards} of {folder}:")
 
 
 def finished_file(folder: Path, shard: int, num_shards: int) -> Path:
@@ -50,7 +49,7 @@ def finished_file(folder: Path, shard: int, num_shards: int) -> Path:
     return folder / PROGRESS_DIR / f"{shard_name(shard, num_shards)}.finished.json"
 
 
-def remove_shard_temps(folder: Path, rows: SetRows, mine: np.ndarray, shard: int, num_shards: int) -> int:
+def remove_shard_temps(folder: Path, rows: SetRows, mine: np.ndarray) -> int:
     """Deletes this shard's temp files from a kill (only its own: shards beside it lose nothing); hold `shard_lock`."""
     temps = []
     for c, k in enumerate(rows.classes):

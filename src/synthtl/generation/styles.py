@@ -182,7 +182,8 @@ def _read_deltas(file: Path, pipe) -> dict[tuple[str, str], tuple[torch.Tensor, 
 
 
 class StyleLora:
-    """A style LoRA added into a pipeline's weights; per-class LoRAs switch with `use(class_name)`."""
+    """Fuses a style LoRA into a pipeline's weights (`pipe.synthtl_style_lora`); a per-class one switches with
+    `set_style_lora_class`, and until then the UNet refuses to run."""
 
     def __init__(self, pipe, path: str | Path):
         files = _weight_files(path)
@@ -198,11 +199,19 @@ class StyleLora:
         self.modules = {k: getattr(pipe, k[0]).get_submodule(k[1]) for k in sorted(names)}
         # The base weights are kept only where they must be restored: per-class switching.
         self.base = {k: m.weight.detach().clone() for k, m in self.modules.items()} if self.per_class else {}
-        if not self.per_class:
-            self._write(self.deltas[-1])
+        pipe.synthtl_style_lora = self
+        if self.per_class:
+            pipe.unet.register_forward_pre_hook(self._need_class)
+        else:
+            self.write(self.deltas[-1])
+
+    def _need_class(self, module, args) -> None:
+        if self.current is None:
+            raise SynthTLError(f"{self.path} is a per-class LoRA: call set_style_lora_class(pipe, class_name) before "
+                               "generating, so each image gets its class's adapter")
 
     @torch.no_grad()
-    def _write(self, deltas: dict) -> None:
+    def write(self, deltas: dict) -> None:
         """W = W0 + B A for every module, computed in fp32 from the kept base (no drift over many switches)."""
         for k, m in self.modules.items():
             w = self.base.get(k, m.weight).float()
@@ -211,32 +220,14 @@ class StyleLora:
                 w = w + b.to(w.device, torch.float32) @ a.to(w.device, torch.float32)
             m.weight.copy_(w.to(m.weight.dtype))
 
-    def use(self, class_name: str) -> None:
-        if not self.per_class or class_name == self.current:
-            return
-        if class_name not in self.classes:
-            raise ConfigError(f"class {class_name!r} has no adapter in the per-class LoRA {self.path} (learned for "
-                              f"{len(self.classes)} classes: {self.classes[:5]}...); learn it on this dataset")
-        self._write(self.deltas[self.classes.index(class_name)])
-        self.current = class_name
-
-
-def load_style_lora(pipe, path: str | Path) -> StyleLora:
-    """Fuses a style LoRA into the weights; a per-class one: the UNet refuses to run until `set_style_lora_class`."""
-    lora = StyleLora(pipe, path)
-    pipe.synthtl_style_lora = lora
-    if lora.per_class:
-        def need_class(module, args):
-            if lora.current is None:
-                raise SynthTLError(f"{lora.path} is a per-class LoRA: call set_style_lora_class(pipe, class_name) "
-                                   "before generating, so each image gets its class's adapter")
-
-        pipe.unet.register_forward_pre_hook(need_class)
-    return lora
-
 
 def set_style_lora_class(pipe, class_name: str) -> None:
     """Writes `class_name`'s adapter into the weights (a per-class LoRA; else a no-op): batches must hold one class."""
     lora = getattr(pipe, "synthtl_style_lora", None)
-    if lora is not None:
-        lora.use(class_name)
+    if lora is None or not lora.per_class or class_name == lora.current:
+        return
+    if class_name not in lora.classes:
+        raise ConfigError(f"class {class_name!r} has no adapter in the per-class LoRA {lora.path} (learned for "
+                          f"{len(lora.classes)} classes: {lora.classes[:5]}...); learn it on this dataset")
+    lora.write(lora.deltas[lora.classes.index(class_name)])
+    lora.current = class_name
