@@ -34,9 +34,9 @@ def shard_mask(rows: SetRows, shard: int, num_shards: int) -> np.ndarray:
                         rows.idx.tolist(), strict=True)), dtype=bool, count=len(rows))
 
 
-def set_lock(folder: Path, wait: float = SET_LOCK_WAIT) -> contextlib.AbstractContextManager:
+def set_lock(folder: Path, wait: float | None = None) -> contextlib.AbstractContextManager:
     """The set's writer lock, held for the short steps that touch shared files (plan, finalize, repair)."""
-    return exclusive(folder, "generated set", wait=wait)
+    return exclusive(folder, "generated set", wait=SET_LOCK_WAIT if wait is None else wait)
 
 
 def shard_lock(folder: Path, shard: int, num_shards: int) -> contextlib.AbstractContextManager:
