@@ -1,6 +1,11 @@
 """User-facing errors: the CLI prints their message (which names the fix) without a traceback."""
 
 
+def cause(e: BaseException, limit: int = 200) -> str:
+    """"<type>: <first line of its message>" (cut at `limit` characters): a library's reason inside one line of ours."""
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:limit]}"
+
+
 class SynthTLError(Exception):
     """Base class for errors caused by input the user can fix."""
 

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from synthtl.config import DataConfig, FilterConfig, from_dict
-from synthtl.errors import ConfigError, DataError, SynthTLError
+from synthtl.errors import ConfigError, DataError, SynthTLError, cause
 from synthtl.files import load_torch, read_json
 
 OPEN_CLIP = "open_clip:"
@@ -57,10 +57,6 @@ def load_scorer(cfg: FilterConfig, classes: list[tuple[int, str, str]], device: 
                   *build(cfg.clip.model, [cfg.clip.template.format(name) for _, _, name in classes], device))
 
 
-def _first_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-
-
 def looks_like_path(model: str) -> bool:
     """Whether clip.model is meant as a local path rather than a hub id ("name" or "namespace/name")."""
     return (model.startswith(("/", "./", "../", "~", ".\\", "..\\")) or model in (".", "..") or model.count("/") > 1
@@ -87,7 +83,7 @@ def clip_scorer(model_id: str, prompts: list[str], device: torch.device) -> tupl
         model = CLIPModel.from_pretrained(model_id).eval()
         processor = CLIPProcessor.from_pretrained(model_id)
     except Exception as e:  # not cached offline, not a CLIP folder: many types
-        raise ConfigError(f"clip.model={model_id!r} could not be loaded as a transformers CLIP ({_first_line(e)}); "
+        raise ConfigError(f"clip.model={model_id!r} could not be loaded as a transformers CLIP ({cause(e)}); "
                           "offline, set clip.model to a local folder holding a CLIP model and its processor "
                           "(save_pretrained), or to a hub id already in the cache") from None
     model.to(device)
@@ -119,7 +115,7 @@ def open_clip_scorer(spec: str, prompts: list[str], device: torch.device) -> tup
     except Exception as e:  # weights not cached offline, a file of another arch, a tokenizer from the hub: many types
         fix = (f"offline, a tag's weights must be in the local cache; or set clip.model=open_clip:{arch}/<path to a "
                "local weights file>") if is_tag else f"check that {pretrained!r} holds weights of the {arch!r} arch"
-        raise ConfigError(f"clip.model={spec!r} could not be loaded by OpenCLIP ({_first_line(e)}); {fix}") from None
+        raise ConfigError(f"clip.model={spec!r} could not be loaded by OpenCLIP ({cause(e)}); {fix}") from None
     finally:
         logging.disable(quiet)
     model.eval().to(device)  # dropout and patch dropout off: a score must not depend on the batch or the run

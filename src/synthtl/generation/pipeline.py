@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from synthtl.config import GeneratorConfig
-from synthtl.errors import ConfigError, SynthTLError
+from synthtl.errors import ConfigError, SynthTLError, cause
 from synthtl.generation.families import family_of, sd_scheduler, tiny_components, tiny_tokenizer
 from synthtl.generation.styles import StyleLora, quiet_transformers
 from synthtl.registry import Registry
@@ -73,12 +73,12 @@ def _checkpoint_problem(path: str) -> str:
         load_torch(path, "PyTorch checkpoint of tensors", "download it again")
         return ""
     except Exception as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        return cause(e, 300)
 
 
 def _offline(what: str, err: Exception) -> PipelineError:
     return PipelineError(
-        f"could not load the generator {what!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Its files "
+        f"could not load the generator {what!r} ({cause(err)}). Its files "
         "are not in the local Hugging Face cache and the hub is unreachable. Fix: download it once with internet "
         "(huggingface-cli download <id>) or point generator.model at a local diffusers folder or .safetensors file; "
         "generator.model=tiny runs a random-weight pipeline for testing.")
@@ -117,10 +117,10 @@ def load_pipeline(gen: GeneratorConfig, rt: Runtime | None = None, style_lora: s
             if gen.single_file_config:
                 raise _offline(model, e) from e
             raise PipelineError(
-                f"could not load the single-file checkpoint {model!r} ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200] if str(e) else ''}). A single .safetensors/.ckpt file holds weights "
-                "only; its configs come from the hub, which is unreachable. Fix: set generator.single_file_config to "
-                "a local diffusers folder of the same architecture (e.g. a downloaded stable-diffusion-v1-5 snapshot)"
+                f"could not load the single-file checkpoint {model!r} ({cause(e)}). A single .safetensors/.ckpt file "
+                "holds weights only; its configs come from the hub, which is unreachable. Fix: set "
+                "generator.single_file_config to a local diffusers folder of the same architecture (e.g. a downloaded "
+                "stable-diffusion-v1-5 snapshot)"
             ) from e
     elif Path(model).is_dir():
         pipe = cls.from_pretrained(model, torch_dtype=dtype, **common)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from synthtl.config import PromptConfig
-from synthtl.errors import ConfigError, SynthTLError
+from synthtl.errors import ConfigError, SynthTLError, cause
 from synthtl.files import read_json, sha256_file
 from synthtl.generation.families import is_sdxl, text_encoders, tokenizers
 
@@ -54,8 +54,7 @@ def _load_file(file: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except Exception as e:
-        raise ConfigError(f"{what} {file} could not be read as a safetensors file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); {fix}") from None
+        raise ConfigError(f"{what} {file} could not be read as a safetensors file ({cause(e, 120)}); {fix}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- tokens

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from synthtl.errors import ConfigError, SynthTLError
+from synthtl.errors import ConfigError, SynthTLError, cause
 from synthtl.files import UnsafeFileError, load_torch
 from synthtl.registry import Registry
 
@@ -48,22 +48,18 @@ def resolve(name: str) -> tuple[str, str]:
     return lib, arch
 
 
-def _cause(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-
-
 def _weights_error(name: str, weights: str, err: Exception) -> WeightsError:
     """Local `weights` that don't fit `name`, or (none given) pretrained weights neither cached nor reachable."""
     if weights:
         shapes = re.findall(r"size mismatch for (\S+): copying a param with shape (torch.Size\(\[[^]]*\]\))", str(err))
         missing = re.findall(r'Missing key\(s\) in state_dict: "([^"]+)"', str(err))
-        cause = ("; ".join(f"{k} is {v} in the file" for k, v in shapes[:4]) if shapes else
-                 f"the file has no {missing[0]} (and maybe more): weights of another architecture" if missing
-                 else _cause(err))
-        return WeightsError(f"model.weights={weights!r} does not fit {name} ({cause}); pass weights of that "
+        why = ("; ".join(f"{k} is {v} in the file" for k, v in shapes[:4]) if shapes else
+               f"the file has no {missing[0]} (and maybe more): weights of another architecture" if missing
+               else cause(err))
+        return WeightsError(f"model.weights={weights!r} does not fit {name} ({why}); pass weights of that "
                             "architecture")
     return WeightsError(
-        f"pretrained weights for {name!r} could not be loaded ({_cause(err)}). They are not in the local cache and "
+        f"pretrained weights for {name!r} could not be loaded ({cause(err)}). They are not in the local cache and "
         "the hub is unreachable. Fix: run once with internet to fill the cache, or download the weights file and pass "
         "model.weights=/path/to/weights.safetensors, or set model.pretrained=false for random initialisation.")
 
@@ -85,7 +81,7 @@ def _load_state(path: str) -> dict:
         raise WeightsError(f"model.weights={path!r}: {e}") from e
     except Exception as e:  # a damaged or foreign file: name it and the real cause, never "the hub"
         kind = "safetensors" if p.suffix == ".safetensors" else "PyTorch"
-        raise WeightsError(f"model.weights={path!r} could not be read as a {kind} state dict ({_cause(e)}); check the "
+        raise WeightsError(f"model.weights={path!r} could not be read as a {kind} state dict ({cause(e)}); check the "
                            "file (.safetensors, or a .pth/.bin state dict)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
