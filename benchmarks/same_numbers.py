@@ -6,7 +6,9 @@ commit and on this tree, then every output compared.
 Both trees run, from source (PYTHONPATH), offline, on the CPU:
 - `synthtl demo` (a study: a DSI style, a single-template and a DSI set, every strategy x 2 seeds, the report);
 - a stage-by-stage scenario on the bundled digits: DSI and LoRA styles, a single-template, a DSI, a LoRA and an
-  img2img set, a classifier filter, then vanilla and bridged++ on each set and a filtered bridged++ run.
+  img2img set, a classifier filter, then vanilla and bridged++ on each set and a filtered bridged++ run;
+- the same stages on a small folder dataset of seeded noise images (which, unlike digits, img2img accepts): an img2img
+  set, per-class LoRA and per-class two-vector DSI styles with a set from each, and bridged++ on the img2img set.
 
 Compared, file by file: the bytes of every generated image and training copy, every learned embedding and LoRA
 file, the images each filtered run kept, and each run's test numbers, LEEP, steps and per-epoch metrics (timings
@@ -58,12 +60,43 @@ def scenario(out: Path) -> list[list[str]]:
                  "keep.top_k=6", "progress=false", "device=cpu"])
     cmds.append(["finetune", *tune, "strategy=bridged++", "seed=0", f"synthetic.path={out / 'single'}",
                  "synthetic.per_class=12", "synthetic.filter=classifier", "run_name=bpp_filtered"])
-    return cmds
+    return cmds + folder_scenario(out)
+
+
+def folder_scenario(out: Path) -> list[list[str]]:
+    """img2img and the per-class styles on `noise_folder` (digits' train images are near-copies of its test ones)."""
+    data = ["data.name=folder", f"data.root={out / 'noise_data'}", f"data.cache_dir={out / 'cache'}"]
+    style = ["-c", "style/tiny", *data, "progress=false", "mode=class", "steps_per_class=2"]
+    gen = ["-c", "generate/tiny", *data, "generator.steps=4", "per_class=4", "progress=false"]
+    return [["generate", *gen, "mode=img2img", "img2img.strength=0.5", f"out_dir={out / 'f_img2img'}"],
+            ["learn-style", *style, "method=lora", "lora.rank=2", f"out_dir={out / 'f_lora_pc'}"],
+            ["generate", *gen, f"prompts.style_lora={out / 'f_lora_pc'}", f"out_dir={out / 'f_lora_pc_set'}"],
+            ["learn-style", *style, "vectors=2", f"out_dir={out / 'f_dsi_pc'}"],
+            ["generate", *gen, "prompts.templates=style", f"prompts.style_embedding={out / 'f_dsi_pc'}",
+             f"out_dir={out / 'f_dsi_pc_set'}"],
+            ["finetune", "-c", "finetune/tiny_cpu", *data, "real_stage.epochs=2", "synth_stage.epochs=1",
+             "strategy=bridged++", "seed=0", f"synthetic.path={out / 'f_img2img'}", "synthetic.per_class=4",
+             f"out_dir={out / 'runs'}", "progress=false", "run_name=bpp_f_img2img"]]
+
+
+def noise_folder(root: Path) -> None:
+    """3 classes of seeded 48 x 48 noise JPEGs, 8 train and 4 test each: no two alike, the same bytes every time."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for c in ("cat", "dog", "fox"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+                img.save(root / split / c / f"{i:02d}.jpg", quality=95)
 
 
 def run_tree(tree: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1", "SYNTHTL_CACHE": str(out / "cache")}
     steps = [["demo", "--out", str(out / "demo")], *scenario(out / "stages")]
+    noise_folder(out / "stages" / "noise_data")
     refused = ""
     for argv in steps:
         if refused and any(refused in a for a in argv):
