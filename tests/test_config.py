@@ -28,6 +28,18 @@ def test_defaults_preset_and_overrides_stack(tmp_path):
     assert cfg.synth_stage.lr == FinetuneConfig().synth_stage.lr  # untouched defaults
 
 
+def test_interpolations_resolve_and_are_checked_and_a_bad_one_is_one_line(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("real_stage:\n  lr: 0.3\nsynth_stage: ${real_stage}\n")  # OmegaConf interpolation of a section
+    cfg = load_config(FinetuneConfig, preset, ["real_stage.epochs=4"])
+    assert cfg.synth_stage == cfg.real_stage and cfg.synth_stage.lr == 0.3 and cfg.synth_stage.epochs == 4
+    with pytest.raises(ConfigError, match=r"real_stage\.lr"):  # the resolved value is checked like a literal one
+        load_config(FinetuneConfig, None, ["seed=0", "real_stage.lr=${seed}"])  # lr 0
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneConfig, None, ["synth_stage=${nope}"])
+    assert "Interpolation key 'nope' not found" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_unknown_key_names_the_key():
     with pytest.raises(ConfigError, match=r"real_stage\.epoch"):
         load_config(FinetuneConfig, None, ["real_stage.epoch=3"])

@@ -128,7 +128,7 @@ def load_config(schema: type[T], preset: str | os.PathLike | list | None = None,
 
 def _build(node: Any) -> Any:
     """The config instance of a merged node: every key's allowed values are checked, then its `__post_init__` rules."""
-    check_values(OmegaConf.get_type(node), OmegaConf.to_container(node))
+    check_values(OmegaConf.get_type(node), OmegaConf.to_container(node, resolve=True))
     return OmegaConf.to_object(node)
 
 
