@@ -73,3 +73,12 @@ def test_a_missing_tracker_package_is_one_line_before_any_work(tiny_overrides, c
     err = capsys.readouterr().err.strip()
     assert err.endswith("tracker=wandb needs the wandb package: pip install wandb, or set tracker=''")
     assert len(err.splitlines()) == 1
+
+
+def test_a_wandb_too_old_for_string_reinit_is_one_line_before_any_work(tiny_overrides, capsys, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setattr("synthtl.training.tracker.version", lambda name: "0.19.1")
+    assert run_cli("finetune", *tiny_overrides, "tracker=wandb") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("tracker=wandb needs wandb >= 0.20 (this one is 0.19.1): pip install -U wandb, or set "
+                        "tracker=''") and len(err.splitlines()) == 1
