@@ -208,21 +208,29 @@ def exclusive(folder: str | os.PathLike, what: str, wait: float = 0.0) -> Iterat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME), timeout=wait)
-    holder_file = folder / f"{LOCK_NAME}.holder"
     try:
         lock.acquire()
     except Timeout:
-        holder = "another process"
-        with contextlib.suppress(OSError):
-            holder = holder_file.read_text().strip() or holder
-        raise LockedError(f"{what} {folder} is being written by {holder}; wait for it to finish or stop it, "
-                          "then re-run (two writers never share a folder)") from None
+        raise LockedError(f"{what} {folder} is being written by {lock_holder(folder)}; wait for it to finish or stop "
+                          "it, then re-run (two writers never share a folder)") from None
     try:
         with contextlib.suppress(OSError):
-            holder_file.write_text(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])})\n")
+            _holder_file(folder).write_text(f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:3])})\n")
         yield
     finally:
         lock.release()
+
+
+def _holder_file(folder: Path) -> Path:
+    return folder / f"{LOCK_NAME}.holder"
+
+
+def lock_holder(folder: str | os.PathLike) -> str:
+    """Who holds `folder`'s writer lock, as its holder wrote it (pid, host, command), or "another process"."""
+    try:
+        return _holder_file(Path(folder)).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
 
 
 def _json_default(o: Any) -> Any:

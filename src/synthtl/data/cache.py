@@ -132,11 +132,8 @@ def _writer_lock(base: Path) -> Iterator[None]:
             stack.enter_context(files.exclusive(base, "data cache", wait=0))
         except files.LockedError:
             if is_main():
-                holder = "another process"
-                with contextlib.suppress(OSError):
-                    holder = (base / f"{files.LOCK_NAME}.holder").read_text().strip() or holder
-                print(f"[synthtl] data cache {base} is being built by {holder}; waiting for it to finish "
-                      f"(up to {SCAN_LOCK_WAIT_S // 3600} h)", flush=True)
+                print(f"[synthtl] data cache {base} is being built by {files.lock_holder(base)}; waiting for it to "
+                      f"finish (up to {SCAN_LOCK_WAIT_S // 3600} h)", flush=True)
             stack.enter_context(files.exclusive(base, "data cache", wait=SCAN_LOCK_WAIT_S))
         files.remove_temps(base, recursive=True)  # copies a killed scan left half-written; no live writer now
         yield
