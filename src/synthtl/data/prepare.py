@@ -68,15 +68,17 @@ def prepare_data(cfg: FinetuneConfig, run_dir: Path, needs_synthetic: bool) -> R
     idx = [where[train_list.paths[i]] for i in listed if train_list.paths[i] in where]  # unreadable shots: skipped
     name = f"{source.name}" + (f"/{d.shots}-shot" if d.shots else "")
     train, train_src = train_scan.images.subset(idx, name), source.subset(idx, name)
-    val, trained_on, tr, va = None, train_src, list(range(len(train_src))), None
+    write = is_main()  # under torchrun every rank draws the same split; one writes it
+    val, trained_on, kept, carved = None, train_src, list(range(len(train_src))), {}
     if d.val_fraction > 0:
-        tr, va = stratified_val(train_src, d.val_fraction, seed)
-        val, train, trained_on = train.subset(va, f"{train.name}/val"), train.subset(tr), train_src.subset(tr)
-    if is_main():  # under torchrun every rank draws the same split; one writes it
-        if va is not None:
+        kept, va = stratified_val(train_src, d.val_fraction, seed)
+        val, train, trained_on = train.subset(va, f"{train.name}/val"), train.subset(kept), train_src.subset(kept)
+        carved = {"val_removed": len(va)}
+        if write:
             write_split(run_dir / "splits" / "val.json", train_src, va, kind="val", fraction=d.val_fraction, seed=seed)
-        write_split(run_dir / "splits" / "train.json", train_src, tr, kind="train", shots=d.shots, seed=seed,
-                    short_classes=short, **({"val_removed": len(va)} if va is not None else {}))
+    if write:
+        write_split(run_dir / "splits" / "train.json", train_src, kept, kind="train", shots=d.shots, seed=seed,
+                    short_classes=short, **carved)
     used = ScanResult(images=train, hashes=tuple(train_scan.hashes[i] for i in idx), skipped=(), source=train_src)
     overlap = check_overlap(used, test_scan, d.allow_overlap)
     scans = {"train": train_scan, "test": test_scan}
