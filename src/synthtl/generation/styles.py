@@ -137,6 +137,11 @@ def _weight_files(path: str | Path) -> dict[int, Path]:
                       f"learn-style method=lora` (with {WEIGHTS} or {ADAPTERS}/<class>/{WEIGHTS})")
 
 
+def embeddings_hash(path: str | os.PathLike) -> str:
+    """The content hash of a style embedding (style.json's "hash"; a generated set's style_hash)."""
+    return sha256_file(resolve_path(path))[:16]
+
+
 def lora_hash(path: str | Path) -> str:
     """The content hash of a style LoRA (style.json's "hash"): its file, or every class adapter's file."""
     files = _weight_files(path)
@@ -147,7 +152,7 @@ def lora_hash(path: str | Path) -> str:
 
 def generation_style_hash(prompts: PromptConfig) -> str:
     """What a generated set records as its style: the embedding's hash, "lora-" + the LoRA's, or both joined by "+"."""
-    parts = [sha256_file(resolve_path(prompts.style_embedding))[:16]] if prompts.style_embedding else []
+    parts = [embeddings_hash(prompts.style_embedding)] if prompts.style_embedding else []
     if prompts.style_lora:
         parts.append("lora-" + lora_hash(prompts.style_lora))
     return "+".join(parts)

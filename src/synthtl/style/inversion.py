@@ -16,9 +16,9 @@ from safetensors.torch import save
 
 from synthtl.config import StyleConfig
 from synthtl.errors import ConfigError
-from synthtl.files import sha256_file, write_bytes
+from synthtl.files import write_bytes
 from synthtl.generation.families import text_encoders, tokenizers
-from synthtl.generation.styles import EMBEDS, SDXL_KEYS
+from synthtl.generation.styles import EMBEDS, SDXL_KEYS, embeddings_hash
 from synthtl.runtime import derive_seed, is_main
 from synthtl.style.data import class_pool
 from synthtl.style.recipe import StyleRecipe, Unit, loss_curve
@@ -187,7 +187,7 @@ class InversionRecipe(StyleRecipe):
     def validation_inputs(self, c: int) -> dict:
         """The class's prompt, embedded here as in training: given the text, diffusers would expand an already
         expanded multi-vector token again ("S* S*_1" -> "S* S*_1 S* S*_1_1")."""
-        prompt = self.prompt((self.cfg.templates or self.default_templates)[0], c)
+        prompt = self.prompt(self.templates[0], c)
         embeds, added = self.encode([prompt] * self.cfg.validation_images)
         pooled = {"pooled_prompt_embeds": added["text_embeds"]} if added else {}  # SDXL; sizes: the defaults
         return {"prompt_embeds": embeds, **pooled}
@@ -209,4 +209,4 @@ class InversionRecipe(StyleRecipe):
                 "token_updates": dict(zip(inv.tokens, inv.updates, strict=True)), "loss_curve": curve}
 
     def style_hash(self) -> str:
-        return sha256_file(self.out / EMBEDS)[:16]
+        return embeddings_hash(self.out / EMBEDS)

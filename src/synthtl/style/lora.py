@@ -136,7 +136,7 @@ class LoraRecipe(StyleRecipe):
         return record
 
     def validation_inputs(self, c: int) -> dict:
-        prompt = self.prompt((self.cfg.templates or self.default_templates)[0], c)
+        prompt = self.prompt(self.templates[0], c)
         return {"prompt": [prompt] * self.cfg.validation_images}
 
     def files(self, records: list[dict]) -> dict:

@@ -140,9 +140,14 @@ class StyleRecipe:
         t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(ys),), generator=g).to(self.rt.device)
         return MicroBatch(lat, noise, t, self.prompts(ys, g), time_ids)
 
+    @property
+    def templates(self) -> list[str]:
+        """The prompt templates in use: `templates`, else the method's defaults."""
+        return self.cfg.templates or self.default_templates
+
     def prompts(self, ys: list[int], g: torch.Generator) -> list[str]:
         """One prompt per image: a template drawn from `g`, filled in for the image's class (`prompt`)."""
-        templates = self.cfg.templates or self.default_templates
+        templates = self.templates
         return [self.prompt(templates[int(torch.randint(len(templates), (1,), generator=g))], y) for y in ys]
 
     def prompt(self, template: str, y: int) -> str:
