@@ -7,14 +7,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import re
 from importlib.metadata import version
 from typing import Any
+
+from packaging.version import Version
 
 from synthtl.errors import ConfigError
 from synthtl.identity import flat
 
-WANDB_MIN = (0, 20)  # the first release with string `reinit` modes (also the dev extra's pin)
+WANDB_MIN = "0.20"  # the first release with string `reinit` modes (also the dev extra's pin)
 
 
 def check(kind: str, tensorboard: bool = False) -> None:
@@ -28,14 +29,9 @@ def check(kind: str, tensorboard: bool = False) -> None:
             __import__(package)  # `tracker` (mlflow or wandb) is the package's name
         except ImportError:
             raise ConfigError(refusal) from None
-    if kind == "wandb" and _release(version("wandb")) < WANDB_MIN:  # `reinit="finish_previous"` (below)
-        raise ConfigError(f"tracker=wandb needs wandb >= {'.'.join(map(str, WANDB_MIN))} (this one is "
-                          f"{version('wandb')}): pip install -U wandb, or set tracker=''")
-
-
-def _release(text: str) -> tuple[int, ...]:
-    """(major, minor) of a version string such as "0.19.1" or "0.21.0rc1"."""
-    return tuple(int(re.match(r"\d*", part).group() or 0) for part in text.split(".")[:2])
+    if kind == "wandb" and Version(found := version("wandb")) < Version(WANDB_MIN):  # `reinit="finish_previous"`
+        raise ConfigError(f"tracker=wandb needs wandb >= {WANDB_MIN} (this one is {found}): pip install -U wandb, or "
+                          "set tracker=''")
 
 
 class Tracker:
