@@ -241,7 +241,8 @@ def style_steps(job: Job) -> tuple[int | None, int | None]:
     classes = num_classes_of(c.data)
     if c.steps_per_class:
         return (c.steps_per_class * classes if classes else None), (c.steps_per_class if c.mode == "class" else None)
-    return c.steps, (c.steps // classes if classes else None) if c.mode == "class" else None
+    per_class = (c.steps // classes if classes else None) if c.mode == "class" else None
+    return c.steps, per_class
 
 
 # Standard train-split sizes (for GPU-hour estimates when a dataset is not on this machine).

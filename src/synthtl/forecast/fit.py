@@ -113,7 +113,8 @@ def fit(law: str, volumes, y, weights, noise_var: float) -> Fits:
 def noise_sd(seeds: list[np.ndarray]) -> float:
     """Pooled seed standard deviation of one run, floored at FLOOR_SD."""
     df = sum(len(s) - 1 for s in seeds)
-    return max(np.sqrt(sum(float(((s - s.mean()) ** 2).sum()) for s in seeds) / df) if df else 0.0, FLOOR_SD)
+    ss = sum(float(((s - s.mean()) ** 2).sum()) for s in seeds)
+    return max(np.sqrt(ss / df) if df else 0.0, FLOOR_SD)
 
 
 def seed_bootstrap(seeds: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:

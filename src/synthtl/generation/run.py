@@ -234,7 +234,8 @@ def _generate(pipe, rows: SetRows, todo: list[int], folder: Path, log: Path, cfg
     if per_class:
         todo = sorted(todo, key=lambda p: (rows.cls[p], rows.idx[p]))  # class by class: one switch per class
     queue = deque((p, 0) for p in todo)  # (row position, redraw attempt)
-    g, stats, batch_size = cfg.generator, {"images": 0, "redraws": 0}, cfg.generator.batch_size
+    g, stats = cfg.generator, {"images": 0, "redraws": 0}
+    batch_size = g.batch_size
     with _writing(folder, log, cfg, stats, len(todo), charge) as submit:
         while queue:
             n = min(batch_size, len(queue))

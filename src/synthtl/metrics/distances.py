@@ -45,7 +45,9 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 50, subset_size: int 
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0))
+    aa = (a * a).sum(1)[:, None]
+    bb = (b * b).sum(1)[None, :]
+    return np.sqrt(np.maximum(aa + bb - 2 * a @ b.T, 0.0))
 
 
 def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:

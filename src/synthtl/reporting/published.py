@@ -106,9 +106,11 @@ def load_published(path: str | Path | None = None) -> list[Published]:
     out, seen = [], {}
     for i, raw in enumerate(entries):
         e = _entry(raw, f"{path}, entry {i + 1}")
-        if (first := seen.setdefault((e.peer, e.table, e.dataset, e.method, e.real, e.protocol), i + 1)) != i + 1:
-            raise ConfigError(f"{path}, entry {i + 1}: repeats entry {first} (same peer, table, dataset, method, "
+        key = (e.peer, e.table, e.dataset, e.method, e.real, e.protocol)
+        if key in seen:
+            raise ConfigError(f"{path}, entry {i + 1}: repeats entry {seen[key]} (same peer, table, dataset, method, "
                               "real images and protocol); delete one")
+        seen[key] = i + 1
         out.append(e)
     return out
 

@@ -149,11 +149,13 @@ def leakage_row(a: Scanned, role: str, test: Scanned, label: str, space: Feature
     row = {f"{role}_images": len(a.images), f"{role}_checked": int(a_ok.sum()), "test_images": len(test.images),
            "test_checked": int(b_ok.sum()), "unreadable": int((~a_ok).sum() + (~b_ok).sum()),
            "near_duplicates": n_pairs, f"{role}_flagged": n_flagged}
-    examples = [{"left": a.images.path(p["image"]), "left_caption": a.describe(p["image"], role),
-                 "right": test.images.path(p["test"]), "right_caption": test.describe(p["test"], "test"),
-                 "caption": f"{label}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                                     for k, v in p.items() if k in ("hash_bits", "cosine"))}
-                for p in pairs]
+    examples = []
+    for p in pairs:
+        info = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()
+                         if k in ("hash_bits", "cosine"))
+        examples.append({"left": a.images.path(p["image"]), "left_caption": a.describe(p["image"], role),
+                         "right": test.images.path(p["test"]), "right_caption": test.describe(p["test"], "test"),
+                         "caption": f"{label}: {info}"})
     return row, examples
 
 

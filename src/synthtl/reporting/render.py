@@ -27,7 +27,8 @@ class Col:
     fmt: Callable[..., str] = str
 
     def cell(self, record: dict) -> str:
-        return self.fmt(*(record.get(k) for k in (self.key if isinstance(self.key, tuple) else (self.key,))))
+        keys = self.key if isinstance(self.key, tuple) else (self.key,)
+        return self.fmt(*(record.get(k) for k in keys))
 
 
 @dataclass

@@ -130,8 +130,9 @@ def strategy_tables(runs: list[Run], n_boot: int = 10000) -> list[Table]:
         note = ("mean ± std over seeds; [difference to vanilla paired by seed (paired t-test p)]; the test split is "
                 "never used for selection")
         if prompt and ", filter " in prompt:
-            kept = [k for r in members if takes_synthetic(r.labels["strategy"])
-                    and isinstance(k := r.result.get("images", {}).get("synthetic"), int)]
+            kept = [r.result.get("images", {}).get("synthetic") for r in members
+                    if takes_synthetic(r.labels["strategy"])]
+            kept = [k for k in kept if isinstance(k, int)]
             note += (f"; filtered: runs train on what the filter's rule keeps of the first {volume} per class"
                      + (f" ({min(kept)}–{max(kept)} synthetic images per run)" if kept else ""))
         cols = [*plain("dataset"), *[Col(s, s, top1_cell) for s in strategies],
